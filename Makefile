@@ -1,0 +1,49 @@
+# Two commands matter: `make run` (set up, build small bundles if absent, run) and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+# CPU build by default; on a GPU machine: make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+DATA ?= ../shared/data/dailydialog
+ARTIFACTS ?= artifacts
+RUNS ?= runs
+PRESET ?= small
+
+.PHONY: setup run build test test-slow lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[train,serve,dev]"
+	touch $@
+
+build: setup
+	$(PY) -m training build --preset $(PRESET) --data $(DATA) --out $(ARTIFACTS) --runs $(RUNS)
+
+run: setup
+	@if [ ! -f $(ARTIFACTS)/generator-standard/manifest.json ]; then \
+	  echo "no bundles in $(ARTIFACTS)/: building the '$(PRESET)' preset first"; \
+	  $(MAKE) --no-print-directory build; \
+	fi
+	$(PY) -m training reply --bundle $(ARTIFACTS)/generator-standard
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(VENV)/bin/pip install -q -e ".[bench]"
+	$(PY) -m benchmarks.decoding --out reports/decoding_benchmark
+
+clean:
+	rm -rf $(RUNS) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Benchmarks that print ratio tables; results go under reports/."""

@@ -1,0 +1,1 @@
+"""Model code shared by training and serving: seq2seq, bi-encoder, tokenizer, decoding, metrics, bundles."""

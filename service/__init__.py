@@ -1,0 +1,1 @@
+"""FastAPI service answering POST /respond from the trained bundles."""

@@ -1,0 +1,234 @@
+"""Seq2seq model and decoding: the KV cache changes nothing but speed, and every option does what it says."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from models.decoding import (
+    DecodingConfig,
+    banned_ngram_tokens,
+    filter_top_k_top_p,
+    generate,
+    sequence_log_likelihood,
+)
+from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
+
+VOCAB = 40
+
+
+@pytest.fixture(scope="module")
+def model() -> Seq2SeqTransformer:
+    torch.manual_seed(0)
+    cfg = Seq2SeqConfig(
+        vocab_size=VOCAB,
+        d_model=32,
+        n_heads=4,
+        d_ff=64,
+        n_encoder_layers=2,
+        n_decoder_layers=2,
+        dropout=0.0,
+        max_positions=64,
+    )
+    m = Seq2SeqTransformer(cfg)
+    # Sharpen the output distribution so greedy/beam choices are not near-ties.
+    with torch.no_grad():
+        m.embed.weight.mul_(4.0)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def src() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    s = torch.randint(5, VOCAB, (4, 7), generator=g)
+    s[1, 5:] = 0  # right padding
+    s[3, 3:] = 0
+    return s
+
+
+def test_decode_step_matches_full_decoder(model: Seq2SeqTransformer, src: torch.Tensor) -> None:
+    tgt = torch.randint(5, VOCAB, (4, 6), generator=torch.Generator().manual_seed(2))
+    tgt[:, 0] = model.cfg.bos_id
+    with torch.no_grad():
+        full = model(src, tgt).logits
+        memory, mask = model.encode(src)
+        cache = model.start_cache(memory, mask)
+        steps = [model.decode_step(tgt[:, t : t + 1], cache) for t in range(tgt.size(1))]
+    torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_generate_cache_gives_same_tokens_as_no_cache(
+    model: Seq2SeqTransformer, src: torch.Tensor, strategy: str
+) -> None:
+    cfg = DecodingConfig(strategy=strategy, max_length=10, beam_size=3)  # type: ignore[arg-type]
+    with_cache = generate(model, src, cfg)
+    without = generate(model, src, cfg.with_overrides(use_cache=False))
+    assert with_cache.tokens == without.tokens
+    assert with_cache.scores == pytest.approx(without.scores, abs=1e-4)
+
+
+def test_generate_padding_does_not_change_a_source_reply(
+    model: Seq2SeqTransformer, src: torch.Tensor
+) -> None:
+    cfg = DecodingConfig(max_length=10)
+    batched = generate(model, src, cfg).tokens
+    alone = generate(model, src[3:4, :3], cfg).tokens
+    assert batched[3] == alone[0]
+
+
+def test_greedy_is_argmax_of_teacher_forced_logits(
+    model: Seq2SeqTransformer, src: torch.Tensor
+) -> None:
+    out = generate(model, src[:1], DecodingConfig(max_length=8, min_length=8))
+    tokens = out.tokens[0]
+    tgt_in = torch.tensor([[model.cfg.bos_id, *tokens[:-1]]])
+    with torch.no_grad():
+        logits = model(src[:1], tgt_in).logits[0]
+    assert logits.argmax(-1).tolist() == tokens
+    lp, n = sequence_log_likelihood(model, src[:1], tgt_in, torch.tensor([tokens]))
+    assert int(n) == 8
+    assert float(lp) == pytest.approx(out.scores[0], abs=1e-4)
+
+
+def test_min_length_forbids_early_eos(
+    model: Seq2SeqTransformer, src: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = model.output_logits
+
+    def eos_heavy(hidden: torch.Tensor) -> torch.Tensor:  # EOS always the most likely token
+        logits = original(hidden).clone()
+        logits[..., model.cfg.eos_id] += 100.0
+        return logits
+
+    monkeypatch.setattr(model, "output_logits", eos_heavy)
+    short = generate(model, src, DecodingConfig(max_length=12, min_length=0))
+    forced = generate(model, src, DecodingConfig(max_length=12, min_length=5))
+    beam = generate(
+        model, src, DecodingConfig(strategy="beam", beam_size=3, max_length=12, min_length=5)
+    )
+    assert [len(t) for t in short.tokens] == [0, 0, 0, 0]
+    assert [len(t) for t in forced.tokens] == [5, 5, 5, 5]
+    assert [len(t) for t in beam.tokens] == [5, 5, 5, 5]
+
+
+def test_max_length_caps_tokens(model: Seq2SeqTransformer, src: torch.Tensor) -> None:
+    out = generate(model, src, DecodingConfig(max_length=3, min_length=3))
+    assert [len(t) for t in out.tokens] == [3, 3, 3, 3]
+
+
+def test_no_repeat_ngram_blocks_repeats(model: Seq2SeqTransformer, src: torch.Tensor) -> None:
+    out = generate(model, src, DecodingConfig(max_length=30, min_length=30, no_repeat_ngram_size=2))
+    for tokens in out.tokens:
+        bigrams = list(itertools.pairwise(tokens))
+        assert len(bigrams) == len(set(bigrams))
+
+
+def test_banned_ngram_tokens_by_hand() -> None:
+    # hypothesis 1 2 3 1 2: the bigram prefix "2" was followed by 3 -> 3 banned for n=2;
+    # for n=3 the prefix "1 2" was followed by 3 -> 3 banned.
+    assert banned_ngram_tokens([[1, 2, 3, 1, 2]], 2) == [[3]]
+    assert banned_ngram_tokens([[1, 2, 3, 1, 2]], 3) == [[3]]
+    assert banned_ngram_tokens([[1, 2]], 3) == [[]]
+    assert banned_ngram_tokens([[4, 4]], 1) == [[4, 4]]
+
+
+def test_filter_top_k_keeps_k_best() -> None:
+    logits = torch.tensor([[1.0, 4.0, 3.0, 2.0]])
+    out = filter_top_k_top_p(logits, top_k=2)
+    assert torch.isinf(out[0, [0, 3]]).all()
+    assert out[0, [1, 2]].tolist() == [4.0, 3.0]
+
+
+def test_filter_top_p_keeps_smallest_nucleus() -> None:
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    # cumulative before each token: 0, .5, .8, .95 -> with top_p=0.75 keep the first two.
+    out = filter_top_k_top_p(probs.log(), top_p=0.75)
+    assert torch.isfinite(out[0, :2]).all() and torch.isinf(out[0, 2:]).all()
+
+
+def test_sample_is_reproducible_with_a_seeded_generator(
+    model: Seq2SeqTransformer, src: torch.Tensor
+) -> None:
+    cfg = DecodingConfig(
+        strategy="sample", top_k=5, temperature=0.9, num_return_sequences=3, max_length=8
+    )
+    a = generate(model, src, cfg, generator=torch.Generator().manual_seed(7))
+    b = generate(model, src, cfg, generator=torch.Generator().manual_seed(7))
+    assert a.tokens == b.tokens
+    assert len(a.tokens) == 4 * 3
+
+
+def test_sample_top_k_one_equals_greedy(model: Seq2SeqTransformer, src: torch.Tensor) -> None:
+    greedy = generate(model, src, DecodingConfig(max_length=8))
+    sampled = generate(model, src, DecodingConfig(strategy="sample", top_k=1, max_length=8))
+    assert sampled.tokens == greedy.tokens
+
+
+def test_beam_size_one_equals_greedy(model: Seq2SeqTransformer, src: torch.Tensor) -> None:
+    greedy = generate(model, src, DecodingConfig(max_length=8))
+    beam = generate(
+        model, src, DecodingConfig(strategy="beam", beam_size=1, length_penalty=0.0, max_length=8)
+    )
+    assert beam.tokens == greedy.tokens
+
+
+def test_beam_finds_a_sequence_at_least_as_likely_as_greedy(
+    model: Seq2SeqTransformer, src: torch.Tensor
+) -> None:
+    greedy = generate(model, src, DecodingConfig(max_length=6, min_length=6))
+    beam = generate(
+        model,
+        src,
+        DecodingConfig(
+            strategy="beam", beam_size=4, length_penalty=0.0, max_length=6, min_length=6
+        ),
+    )
+    for g, b in zip(greedy.scores, beam.scores, strict=True):
+        assert b >= g - 1e-4
+
+
+def test_beam_returns_n_best_in_order(model: Seq2SeqTransformer, src: torch.Tensor) -> None:
+    out = generate(
+        model,
+        src,
+        DecodingConfig(strategy="beam", beam_size=4, num_return_sequences=3, max_length=8),
+    )
+    assert len(out.tokens) == 12
+    for i in range(4):
+        scores = out.scores[3 * i : 3 * i + 3]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_return_internals_shapes_and_logit_definition(
+    model: Seq2SeqTransformer, src: torch.Tensor
+) -> None:
+    tgt = torch.randint(5, VOCAB, (4, 5), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        plain = model(src, tgt).logits
+        out = model(src, tgt, return_internals=True)
+    torch.testing.assert_close(out.logits, plain, atol=1e-5, rtol=1e-4)
+    assert len(out.hidden_states) == 2 and len(out.self_attn_logits) == 2
+    assert out.hidden_states[0].shape == (4, 5, 32)
+    assert out.self_attn_logits[0].shape == (4, 4, 5, 5)
+    # Layer 0 logits are QK^T / sqrt(d_k) of the first decoder layer's normalised input.
+    layer = model.decoder_layers[0]
+    with torch.no_grad():
+        x = layer.norm1(model._embed(tgt))
+        q, k, _ = layer.self_attn.qkv_proj(x).chunk(3, dim=-1)
+        q = q.view(4, 5, 4, 8).transpose(1, 2)
+        k = k.view(4, 5, 4, 8).transpose(1, 2)
+        expected = q @ k.transpose(-2, -1) / math.sqrt(8)
+    torch.testing.assert_close(out.self_attn_logits[0], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_decoding_config_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="min_length"):
+        DecodingConfig(min_length=5, max_length=3)
+    with pytest.raises(ValueError, match="strategy"):
+        DecodingConfig(strategy="nucleus")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="temperature"):
+        DecodingConfig(temperature=0.0)

@@ -1,0 +1,189 @@
+"""Training loop: the eq. 17 schedule, exact resume, early stopping, logs and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
+from models.tokenizer import DialogueTokenizer
+from training.data import DialogueExample
+from training.distributed import DistContext
+from training.generator import MLEObjective, PairSet, bucketed_batches, run_generator_training
+from training.presets import PRESETS, Preset
+from training.trainer import LOG_FILE, PLOT_FILE, TrainConfig, Trainer, noam_learning_rate, read_log
+
+CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+def test_noam_learning_rate_matches_eq17_by_hand() -> None:
+    # d=512, s_wp=4000: at s=4000 both branches meet: 2 * 4000^-0.5 / sqrt(512)
+    assert noam_learning_rate(4000, 512, 4000) == pytest.approx(2 * 4000**-0.5 / 512**0.5)
+    # warm-up branch at s=100: 2 * 100 / 4000^1.5 / sqrt(512)
+    assert noam_learning_rate(100, 512, 4000) == pytest.approx(2 * 100 / 4000**1.5 / math.sqrt(512))
+    # decay branch at s=16000: 2 / sqrt(16000) / sqrt(512)
+    assert noam_learning_rate(16000, 512, 4000) == pytest.approx(
+        2 / math.sqrt(16000) / math.sqrt(512)
+    )
+    assert noam_learning_rate(0, 512, 4000) == noam_learning_rate(1, 512, 4000)
+
+
+def test_bucketed_batches_cover_every_example_once_and_are_deterministic() -> None:
+    lengths = [(i * 7) % 23 for i in range(103)]
+    a = bucketed_batches(lengths, 8, seed=1, epoch=0, bucket_batches=3)
+    b = bucketed_batches(lengths, 8, seed=1, epoch=0, bucket_batches=3)
+    c = bucketed_batches(lengths, 8, seed=1, epoch=1, bucket_batches=3)
+    assert a == b and a != c
+    assert sorted(i for batch in a for i in batch) == list(range(103))
+    assert all(len(batch) <= 8 for batch in a)
+
+
+@pytest.fixture(scope="module")
+def toy_data() -> tuple[DialogueTokenizer, PairSet, PairSet]:
+    words = [
+        "hello",
+        "how",
+        "are",
+        "you",
+        "fine",
+        "thanks",
+        "what",
+        "time",
+        "is",
+        "it",
+        "now",
+        "good",
+        "morning",
+        "see",
+        "later",
+    ]
+    g = torch.Generator().manual_seed(0)
+    examples = []
+    for _ in range(120):
+        ctx = " ".join(words[int(i)] for i in torch.randint(0, len(words), (5,), generator=g))
+        resp = " ".join(words[int(i)] for i in torch.randint(0, len(words), (4,), generator=g))
+        examples.append(DialogueExample(context=(ctx,), response=resp))
+    tok = DialogueTokenizer.train(
+        [w for e in examples for w in (*e.context, e.response)], vocab_size=60
+    )
+    preset = PRESETS["tiny"]
+    return (
+        tok,
+        PairSet.encode(examples[:100], tok, preset.inputs),
+        PairSet.encode(examples[100:], tok, preset.inputs),
+    )
+
+
+def _train(
+    tok: DialogueTokenizer,
+    train: PairSet,
+    val: PairSet,
+    run_dir: Path,
+    max_steps: int,
+    preset: Preset = PRESETS["tiny"],
+) -> tuple[Seq2SeqTransformer, list[dict]]:
+    torch.manual_seed(0)
+    cfg = Seq2SeqConfig(
+        vocab_size=tok.vocab_size,
+        d_model=16,
+        n_heads=2,
+        d_ff=32,
+        n_encoder_layers=1,
+        n_decoder_layers=1,
+        dropout=0.1,
+        max_positions=64,
+    )
+    model = Seq2SeqTransformer(cfg)
+    run_generator_training(
+        model,
+        MLEObjective(tok.pad_id),
+        preset=preset,
+        train_pairs=train,
+        val_pairs=val,
+        run_dir=run_dir,
+        dist_ctx=CPU,
+        resume=True,
+        train_overrides={
+            "max_steps": max_steps,
+            "batch_size": 16,
+            "eval_every": 4,
+            "log_every": 1,
+            "patience": 100,
+        },
+    )
+    return model, read_log(run_dir / LOG_FILE)
+
+
+def test_resume_reaches_the_same_loss_as_an_uninterrupted_run(toy_data, tmp_path: Path) -> None:
+    tok, train, val = toy_data
+    full_model, full_log = _train(tok, train, val, tmp_path / "full", max_steps=16)
+    # "Interrupt" after 8 steps (the last checkpoint), then resume the same run to 16.
+    _train(tok, train, val, tmp_path / "resumed", max_steps=8)
+    ckpt = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    ckpt["state"]["finished"] = False  # as if killed right after the step-8 checkpoint
+    torch.save(ckpt, tmp_path / "resumed" / "checkpoint.pt")
+    resumed_model, resumed_log = _train(tok, train, val, tmp_path / "resumed", max_steps=16)
+
+    def losses(log: list[dict]) -> list[float]:
+        return [r["loss"] for r in log if r["kind"] == "train"]
+
+    assert len(losses(full_log)) == 16 and len(losses(resumed_log)) == 16
+    assert losses(resumed_log) == losses(full_log)  # exactly: same batches, dropout masks, updates
+    for p, q in zip(full_model.parameters(), resumed_model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_fit_writes_log_plot_and_best_weights(toy_data, tmp_path: Path) -> None:
+    tok, train, val = toy_data
+    _, log = _train(tok, train, val, tmp_path / "run", max_steps=8)
+    assert [r["step"] for r in log if r["kind"] == "eval"] == [4, 8]
+    assert all(math.isfinite(r["val_loss"]) for r in log if r["kind"] == "eval")
+    assert (tmp_path / "run" / PLOT_FILE).stat().st_size > 1000
+    assert (tmp_path / "run" / "best.safetensors").exists()
+    train_losses = [r["loss"] for r in log if r["kind"] == "train"]
+    assert train_losses[-1] < train_losses[0]
+
+
+def test_early_stopping_stops_after_patience_evals_without_improvement(
+    toy_data, tmp_path: Path
+) -> None:
+    tok, train, _val = toy_data
+    evals = iter([3.0, 2.0, 2.5, 2.4, 2.6, 1.0])
+    model = Seq2SeqTransformer(
+        Seq2SeqConfig(
+            vocab_size=tok.vocab_size,
+            d_model=16,
+            n_heads=2,
+            d_ff=32,
+            n_encoder_layers=1,
+            n_decoder_layers=1,
+            max_positions=64,
+        )
+    )
+    trainer = Trainer(
+        model,
+        MLEObjective(tok.pad_id),
+        TrainConfig(
+            max_steps=100,
+            batch_size=16,
+            warmup_steps=2,
+            lr_dim=16,
+            eval_every=1,
+            patience=3,
+            progress=False,
+        ),
+        run_dir=tmp_path,
+        make_epoch=lambda e: bucketed_batches(train.lengths(), 16, seed=0, epoch=e),
+        collate=train.collate,
+        evaluate=lambda m: {"val_loss": next(evals)},
+        dist_ctx=CPU,
+    )
+    result = trainer.fit()
+    # best 2.0 at step 2, then 3 evaluations without improvement -> stop at step 5
+    assert (result.state.step, result.state.best_step, result.state.best_val) == (5, 2, 2.0)
+    assert result.state.stop_reason.startswith("early stop")
+    assert json.loads((tmp_path / LOG_FILE).read_text().splitlines()[-1])["step"] == 5

@@ -1,0 +1,204 @@
+"""Command line of the offline jobs: ``python -m training <command> ...`` (also under torchrun).
+
+build            the whole pipeline for a preset (resumable)
+train-tokenizer  BPE tokenizer from a corpus's training split
+train-generator  one generator (--method mle)
+evaluate         a generator bundle on a split: JSON + markdown
+reply            print a generator's replies to sample (or given) contexts
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from training.data import DataFormatError
+
+SAMPLE_CONTEXTS = [
+    ["hello , how are you today ?"],
+    ["what would you like to drink ?"],
+    ["i'm going to the cinema tonight . do you want to come ?"],
+    ["excuse me , where is the nearest bank ?"],
+    ["i lost my job yesterday ."],
+    ["can you help me with my homework ?"],
+]
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dailydialog"
+
+
+def _common(p: argparse.ArgumentParser, *, preset: bool = True) -> None:
+    if preset:
+        p.add_argument("--preset", default="small", help="tiny | small | paper (default: small)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="DailyDialog release dir or a dir of JSONL splits",
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build", help="tokenizer, standard generator and its evaluation")
+    _common(p)
+    p.add_argument("--out", type=Path, default=Path("artifacts"), help="bundle directory")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="checkpoints, logs, plots")
+    p.add_argument("--no-resume", action="store_true", help="start stages from scratch")
+
+    p = sub.add_parser("train-tokenizer", help="train the BPE tokenizer")
+    _common(p)
+    p.add_argument("--out", type=Path, required=True, help="tokenizer.json to write")
+
+    p = sub.add_parser("train-generator", help="train one generator and write its bundle")
+    _common(p)
+    p.add_argument("--method", choices=["mle"], default="mle")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: train one)")
+    p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    p.add_argument("--name", help="bundle name (default: the --out directory name)")
+    p.add_argument("--runs", type=Path, default=Path("runs"))
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--max-steps", type=int, help="override the preset's step budget")
+
+    p = sub.add_parser("evaluate", help="evaluate a generator bundle")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--split", choices=["validation", "test"], default="test")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-examples", type=int, default=0, help="0 = the whole split")
+    p.add_argument("--samples", type=int, default=20)
+    p.add_argument("--out", type=Path, help="JSON file (a .md beside it gets the table)")
+
+    p = sub.add_parser("reply", help="print a generator's replies")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument(
+        "--context", action="append", help="a context turn; repeat for several (oldest first)"
+    )
+    p.add_argument("--device", default="auto")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return _dispatch(args)
+    except (DataFormatError, FileNotFoundError, ValueError) as exc:
+        logging.getLogger("training").error("%s", exc)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    # Heavy imports after argument parsing, so `--help` is instant.
+    from dataclasses import replace
+
+    from models.bundle import verify_bundle
+    from models.generator import GenerativeResponder
+    from training.data import load_splits, training_response_token_counts
+    from training.distributed import init_distributed, resolve_device, shutdown
+    from training.evaluate import evaluate_generator, markdown_report
+    from training.generator import train_mle_generator
+    from training.pipeline import BuildPaths, build, ensure_tokenizer, prepare_splits
+    from training.presets import get_preset
+
+    if args.command == "reply":
+        responder = GenerativeResponder.load(args.bundle, device=resolve_device(args.device))
+        contexts = [args.context] if args.context else SAMPLE_CONTEXTS
+        greedy = responder.respond(contexts)
+        beam = responder.respond(
+            contexts, responder.decoding.with_overrides(strategy="beam", beam_size=5)
+        )
+        print(f"# {responder.bundle_id}")
+        for ctx_turns, g, b in zip(contexts, greedy, beam, strict=True):
+            print(f"> {' / '.join(ctx_turns)}\n  greedy: {g}\n  beam 5: {b}")
+        return 0
+
+    if args.command == "evaluate":
+        manifest = verify_bundle(args.bundle)
+        device = resolve_device(args.device)
+        responder = GenerativeResponder.load(args.bundle, device=device)
+        splits = load_splits(args.data, max_context_turns=responder.inputs.max_context_turns)
+        examples = splits.test if args.split == "test" else splits.validation
+        if args.max_examples:
+            examples = examples[: args.max_examples]
+        result = evaluate_generator(
+            responder,
+            examples,
+            training_response_token_counts(splits.train),
+            n_samples=args.samples,
+        )
+        result.update(split=args.split, preset=manifest.training.get("preset"), data=str(args.data))
+        text = json.dumps(result, indent=2)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text)
+            args.out.with_suffix(".md").write_text(markdown_report(manifest.name, result) + "\n")
+        print(markdown_report(manifest.name, result))
+        return 0
+
+    preset = get_preset(args.preset)
+    ctx = init_distributed(args.device)
+    try:
+        if args.command == "build":
+            summary = build(
+                preset,
+                BuildPaths(args.data, args.out, args.runs),
+                ctx,
+                resume=not args.no_resume,
+                seed=args.seed,
+            )
+            if ctx.is_main:
+                print(json.dumps(summary, indent=2))
+        elif args.command == "train-tokenizer":
+            splits = prepare_splits(preset, args.data)
+            ensure_tokenizer(preset, splits, args.out, ctx)
+        elif args.command == "train-generator":
+            if args.max_steps:
+                preset = replace(
+                    preset,
+                    generator=replace(
+                        preset.generator,
+                        train=replace(preset.generator.train, max_steps=args.max_steps),
+                    ),
+                )
+            splits = prepare_splits(preset, args.data)
+            name = args.name or args.out.name
+            tok_path = args.tokenizer or args.runs / preset.name / "tokenizer.json"
+            tokenizer = ensure_tokenizer(preset, splits, tok_path, ctx)
+            n_val = preset.generator.val_examples
+            trained = train_mle_generator(
+                preset=preset,
+                tokenizer=tokenizer,
+                train_examples=splits.train,
+                val_examples=splits.validation[:n_val] if n_val else splits.validation,
+                out_dir=args.out,
+                name=name,
+                run_dir=args.runs / preset.name / name,
+                dist_ctx=ctx,
+                data_desc=str(args.data),
+                resume=not args.no_resume,
+                seed=args.seed,
+            )
+            if trained is not None:
+                print(json.dumps(trained.to_dict(), indent=2))
+    finally:
+        shutdown(ctx)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

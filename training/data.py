@@ -1,0 +1,280 @@
+"""Dialogue data: DailyDialog release and JSONL loaders, deduplication and leak-free splits.
+
+Every utterance is passed through :func:`models.text.normalize_text` on load, so training text
+matches what the service sees. DailyDialog (Li et al., IJCNLP 2017) repeats 1,167 dialogues
+across its release; :func:`load_splits` therefore deduplicates pairs and drops every validation
+or test pair that also occurs in train.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+from models.text import normalize_text
+
+__all__ = [
+    "DataFormatError",
+    "DatasetNotFoundError",
+    "DialogueExample",
+    "DialogueSplits",
+    "LoadResult",
+    "deduplicate",
+    "load_dailydialog",
+    "load_jsonl",
+    "load_jsonl_report",
+    "load_splits",
+    "remove_overlap",
+    "training_response_token_counts",
+    "write_jsonl",
+]
+
+logger = logging.getLogger(__name__)
+
+Split = Literal["train", "validation", "test"]
+SPLITS: tuple[Split, ...] = ("train", "validation", "test")
+EOU = "__eou__"  # DailyDialog's end-of-utterance marker
+
+
+class DataFormatError(ValueError):
+    """A data file or directory does not have the expected format."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """No dataset in a recognised format was found in a directory."""
+
+
+@dataclass(frozen=True, slots=True)
+class DialogueExample:
+    """One training pair: the preceding turns and the response to them."""
+
+    context: tuple[str, ...]  # normalised turns, oldest first
+    response: str  # normalised response
+
+
+class LoadResult(NamedTuple):
+    """Examples read from a file plus the number of lines skipped as malformed."""
+
+    examples: list[DialogueExample]
+    skipped: int
+
+
+@dataclass
+class DialogueSplits:
+    """Deduplicated train/validation/test examples with counts from each cleaning step."""
+
+    train: list[DialogueExample]
+    validation: list[DialogueExample]
+    test: list[DialogueExample]
+    stats: dict[str, int] = field(
+        default_factory=dict
+    )  # e.g. train_raw, train, test_overlap_removed
+
+
+def _check_max_context_turns(max_context_turns: int) -> None:
+    if max_context_turns < 1:
+        raise ValueError(f"max_context_turns must be >= 1, got {max_context_turns}")
+
+
+def _dailydialog_pairs(path: Path, max_context_turns: int) -> LoadResult:
+    """Read one ``dialogues_<split>.txt``; a line with fewer than two utterances is skipped."""
+    examples: list[DialogueExample] = []
+    skipped = 0
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            turns = [t for t in map(normalize_text, line.split(EOU)) if t]
+            if len(turns) < 2:
+                skipped += 1
+                continue
+            for i in range(1, len(turns)):
+                context = tuple(turns[max(0, i - max_context_turns) : i])
+                examples.append(DialogueExample(context=context, response=turns[i]))
+    if skipped:
+        logger.debug("%s: skipped %d dialogue lines with fewer than 2 utterances", path, skipped)
+    return LoadResult(examples, skipped)
+
+
+def load_dailydialog(root: Path, split: Split, max_context_turns: int = 1) -> list[DialogueExample]:
+    """One example per utterance after the first of each dialogue in ``root/<split>/dialogues_<split>.txt``."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    _check_max_context_turns(max_context_turns)
+    return _dailydialog_pairs(
+        Path(root) / split / f"dialogues_{split}.txt", max_context_turns
+    ).examples
+
+
+def _parse_jsonl_line(line: str) -> DialogueExample:
+    """One ``{"context": [str, ...], "response": str}`` record; raises ValueError saying what is wrong."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    for key in ("context", "response"):
+        if key not in record:
+            raise ValueError(f'missing field "{key}"')
+    context, response = record["context"], record["response"]
+    if not isinstance(context, list):
+        raise ValueError(f'"context" must be a list of strings, got {type(context).__name__}')
+    if not context:
+        raise ValueError('"context" is empty')
+    turns: list[str] = []
+    for i, turn in enumerate(context):
+        if not isinstance(turn, str):
+            raise ValueError(f'"context"[{i}] must be a string, got {type(turn).__name__}')
+        normalised = normalize_text(turn)
+        if not normalised:
+            raise ValueError(f'"context"[{i}] is empty')
+        turns.append(normalised)
+    if not isinstance(response, str):
+        raise ValueError(f'"response" must be a string, got {type(response).__name__}')
+    normalised_response = normalize_text(response)
+    if not normalised_response:
+        raise ValueError('"response" is empty')
+    return DialogueExample(context=tuple(turns), response=normalised_response)
+
+
+def load_jsonl_report(path: Path, *, skip_malformed: bool = False) -> LoadResult:
+    """Read ``{"context": [...], "response": ...}`` lines; malformed lines raise or, if asked, are counted."""
+    path = Path(path)
+    examples: list[DialogueExample] = []
+    skipped = 0
+    with path.open(encoding="utf-8") as lines:
+        for lineno, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                examples.append(_parse_jsonl_line(line))
+            except ValueError as exc:
+                if not skip_malformed:
+                    raise DataFormatError(f"{path}:{lineno}: {exc}") from None
+                skipped += 1
+    if skipped:
+        logger.warning("%s: skipped %d malformed lines", path, skipped)
+    return LoadResult(examples, skipped)
+
+
+def load_jsonl(path: Path, *, skip_malformed: bool = False) -> list[DialogueExample]:
+    """Examples of a JSONL file (see :func:`load_jsonl_report` for the skipped-line count)."""
+    return load_jsonl_report(path, skip_malformed=skip_malformed).examples
+
+
+def write_jsonl(examples: Iterable[DialogueExample], path: Path) -> None:
+    """Write examples as ``{"context": [...], "response": ...}`` lines, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        for example in examples:
+            record = {"context": list(example.context), "response": example.response}
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def deduplicate(examples: Iterable[DialogueExample]) -> list[DialogueExample]:
+    """Drop repeated (context, response) pairs, keeping the first occurrence and the order."""
+    return list(dict.fromkeys(examples))
+
+
+def remove_overlap(
+    examples: Iterable[DialogueExample], reference: Iterable[DialogueExample]
+) -> list[DialogueExample]:
+    """Drop the examples whose (context, response) pair also occurs in ``reference``."""
+    seen = reference if isinstance(reference, set | frozenset) else set(reference)
+    return [e for e in examples if e not in seen]
+
+
+def training_response_token_counts(examples: Iterable[DialogueExample]) -> Counter[str]:
+    """Whitespace-token counts over the normalised responses (the frequency table behind LF)."""
+    counts: Counter[str] = Counter()
+    for example in examples:
+        counts.update(example.response.split())
+    return counts
+
+
+def _dailydialog_root(data_dir: Path) -> Path | None:
+    for root in (data_dir, data_dir / "dailydialog"):
+        if (root / "train" / "dialogues_train.txt").is_file():
+            return root
+    return None
+
+
+def _jsonl_files(data_dir: Path) -> dict[Split, Path] | None:
+    """The three JSONL split files, or None when there is no ``train.jsonl``."""
+    train = data_dir / "train.jsonl"
+    if not train.is_file():
+        return None
+    validation = data_dir / "validation.jsonl"
+    if not validation.is_file() and (data_dir / "valid.jsonl").is_file():
+        validation = data_dir / "valid.jsonl"
+    return {"train": train, "validation": validation, "test": data_dir / "test.jsonl"}
+
+
+def _read_raw_splits(data_dir: Path, max_context_turns: int) -> dict[Split, LoadResult]:
+    """Load all three splits in whichever supported format ``data_dir`` holds."""
+    if (root := _dailydialog_root(data_dir)) is not None:
+        files = {split: root / split / f"dialogues_{split}.txt" for split in SPLITS}
+        _require_files(data_dir, files)
+        logger.info("loading DailyDialog release from %s", root)
+        return {s: _dailydialog_pairs(p, max_context_turns) for s, p in files.items()}
+    if (jsonl := _jsonl_files(data_dir)) is not None:
+        _require_files(data_dir, jsonl)
+        logger.info("loading JSONL splits from %s", data_dir)
+        raw = {s: load_jsonl_report(p) for s, p in jsonl.items()}
+        # JSONL contexts may be longer than the model reads; keep the most recent turns.
+        return {
+            s: LoadResult(
+                [DialogueExample(e.context[-max_context_turns:], e.response) for e in r.examples],
+                r.skipped,
+            )
+            for s, r in raw.items()
+        }
+    raise DatasetNotFoundError(
+        f"no dataset found in {data_dir}: expected the DailyDialog release "
+        "(train/dialogues_train.txt, validation/dialogues_validation.txt, test/dialogues_test.txt, "
+        "directly or under dailydialog/) or JSONL files (train.jsonl, validation.jsonl or "
+        "valid.jsonl, test.jsonl)"
+    )
+
+
+def _require_files(data_dir: Path, files: dict[Split, Path]) -> None:
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise DatasetNotFoundError(
+            f"incomplete dataset in {data_dir}: missing {', '.join(missing)}"
+        )
+
+
+def load_splits(data_dir: Path, max_context_turns: int = 1) -> DialogueSplits:
+    """Load, deduplicate and de-leak train/validation/test from a DailyDialog or JSONL directory."""
+    data_dir = Path(data_dir)
+    _check_max_context_turns(max_context_turns)
+    raw = _read_raw_splits(data_dir, max_context_turns)
+    stats: dict[str, int] = {}
+    cleaned: dict[Split, list[DialogueExample]] = {}
+    for split in SPLITS:
+        examples, skipped = raw[split]
+        unique = deduplicate(examples)
+        stats[f"{split}_raw"] = len(examples)
+        stats[f"{split}_skipped_lines"] = skipped
+        stats[f"{split}_duplicates_removed"] = len(examples) - len(unique)
+        cleaned[split] = unique
+    train_pairs = set(cleaned["train"])
+    for split in ("validation", "test"):
+        kept = remove_overlap(cleaned[split], train_pairs)
+        stats[f"{split}_overlap_removed"] = len(cleaned[split]) - len(kept)
+        cleaned[split] = kept
+    for split in SPLITS:
+        stats[split] = len(cleaned[split])
+    logger.info("dialogue splits from %s: %s", data_dir, stats)
+    return DialogueSplits(cleaned["train"], cleaned["validation"], cleaned["test"], stats)

@@ -1,0 +1,241 @@
+"""Generator training: encoded pair sets, length-bucketed batches, the MLE objective and the job
+that turns a preset plus data into a generator bundle.
+
+MLE (ND paper eq. 1) with label smoothing 0.1, Adam and the warm-up schedule of ND eq. 17.
+Other objectives (negative distillation, NT, UL) reuse :class:`PairSet`, :func:`bucketed_batches`
+and :func:`run_generator_training`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.bundle import Manifest
+from models.generator import GenerativeResponder, InputConfig
+from models.seq2seq import Seq2SeqTransformer
+from models.tokenizer import DialogueTokenizer
+from training.data import DialogueExample
+from training.distributed import DistContext
+from training.presets import Preset
+from training.trainer import Objective, Trainer, TrainResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Seq2SeqBatch:
+    """Right-padded tensors for teacher forcing: src (B, S), tgt_in/tgt_out (B, T)."""
+
+    src: Tensor
+    tgt_in: Tensor
+    tgt_out: Tensor
+
+    def to(self, device: torch.device) -> Seq2SeqBatch:
+        return Seq2SeqBatch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device))
+
+
+class PairSet:
+    """Dialogue pairs tokenised once: source ids (context) and response ids (no BOS/EOS)."""
+
+    def __init__(
+        self, src: list[list[int]], tgt: list[list[int]], tokenizer: DialogueTokenizer
+    ) -> None:
+        assert len(src) == len(tgt), f"{len(src)} sources but {len(tgt)} targets"
+        self.src, self.tgt, self.tokenizer = src, tgt, tokenizer
+
+    @classmethod
+    def encode(
+        cls, examples: Sequence[DialogueExample], tokenizer: DialogueTokenizer, inputs: InputConfig
+    ) -> PairSet:
+        contexts = [list(e.context)[-inputs.max_context_turns :] for e in examples]
+        src = tokenizer.encode_contexts(contexts, inputs.max_source_len)
+        tgt = tokenizer.encode_responses([e.response for e in examples], inputs.max_target_len)
+        return cls(src, tgt, tokenizer)
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def lengths(self) -> list[int]:
+        return [len(s) + len(t) for s, t in zip(self.src, self.tgt, strict=True)]
+
+    def collate(self, indices: Sequence[int], device: torch.device | str = "cpu") -> Seq2SeqBatch:
+        tgt_in, tgt_out = self.tokenizer.decoder_io([self.tgt[i] for i in indices])
+        src = self.tokenizer.pad([self.src[i] for i in indices])
+        return Seq2SeqBatch(src, tgt_in, tgt_out).to(torch.device(device))
+
+
+def bucketed_batches(
+    lengths: Sequence[int], batch_size: int, *, seed: int, epoch: int, bucket_batches: int = 50
+) -> list[list[int]]:
+    """One epoch of batches: shuffle, sort within buckets of ``bucket_batches`` batches by length
+    (less padding), cut into batches, shuffle the batches. A pure function of (seed, epoch)."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    span = batch_size * bucket_batches
+    batches: list[list[int]] = []
+    for start in range(0, len(order), span):
+        bucket = sorted(order[start : start + span].tolist(), key=lambda i: lengths[i])
+        batches.extend(bucket[j : j + batch_size] for j in range(0, len(bucket), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+class MLEObjective:
+    """Token-level cross-entropy with label smoothing (ND eq. 1; Szegedy et al. 2016)."""
+
+    def __init__(self, pad_id: int, label_smoothing: float = 0.1) -> None:
+        self.pad_id = pad_id
+        self.label_smoothing = label_smoothing
+
+    def __call__(self, model: nn.Module, batch: Seq2SeqBatch) -> tuple[Tensor, dict[str, float]]:
+        logits = model(batch.src, batch.tgt_in).logits
+        loss = F.cross_entropy(
+            logits.transpose(1, 2).float(),
+            batch.tgt_out,
+            ignore_index=self.pad_id,
+            label_smoothing=self.label_smoothing,
+        )
+        return loss, {}
+
+
+@torch.no_grad()
+def corpus_nll(
+    model: Seq2SeqTransformer, pairs: PairSet, *, batch_size: int = 128
+) -> tuple[float, int]:
+    """Summed token NLL (no smoothing) of the responses incl. EOS, and the token count."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    lengths = pairs.lengths()
+    order = sorted(range(len(pairs)), key=lengths.__getitem__)
+    for start in range(0, len(order), batch_size):
+        batch = pairs.collate(order[start : start + batch_size], device)
+        logits = model(batch.src, batch.tgt_in).logits.float()
+        total += F.cross_entropy(
+            logits.transpose(1, 2), batch.tgt_out, ignore_index=model.cfg.pad_id, reduction="sum"
+        ).item()
+        count += int(batch.tgt_out.ne(model.cfg.pad_id).sum())
+    model.train(was_training)
+    return total, count
+
+
+def validation_loss_fn(pairs: PairSet) -> Callable[[nn.Module], dict[str, float]]:
+    """Early-stopping metric: mean token NLL on the validation pairs (and its perplexity)."""
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        assert isinstance(model, Seq2SeqTransformer)
+        total, count = corpus_nll(model, pairs)
+        val = total / max(count, 1)
+        return {"val_loss": val, "val_ppl": float(np.exp(min(val, 50.0)))}
+
+    return evaluate
+
+
+def build_generator_model(
+    preset: Preset, tokenizer: DialogueTokenizer, seed: int
+) -> Seq2SeqTransformer:
+    """A freshly initialised generator of the preset's shape (seeded)."""
+    torch.manual_seed(seed)
+    cfg = replace(preset.generator.model, vocab_size=tokenizer.vocab_size)
+    return Seq2SeqTransformer(cfg)
+
+
+def run_generator_training(
+    model: Seq2SeqTransformer,
+    objective: Objective,
+    *,
+    preset: Preset,
+    train_pairs: PairSet,
+    val_pairs: PairSet,
+    run_dir: Path,
+    dist_ctx: DistContext,
+    resume: bool,
+    train_overrides: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Fit ``model`` with ``objective`` and load its best validated weights back into it."""
+    cfg = replace(preset.generator.train, **(train_overrides or {}))
+    lengths = train_pairs.lengths()
+    trainer = Trainer(
+        model,
+        objective,
+        cfg,
+        run_dir=run_dir,
+        make_epoch=lambda epoch: bucketed_batches(
+            lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch
+        ),
+        collate=lambda idx: train_pairs.collate(idx, dist_ctx.device),
+        evaluate=validation_loss_fn(val_pairs),
+        dist_ctx=dist_ctx,
+    )
+    result = trainer.fit(resume=resume)
+    trainer.load_best()
+    return result
+
+
+def train_mle_generator(
+    *,
+    preset: Preset,
+    tokenizer: DialogueTokenizer,
+    train_examples: Sequence[DialogueExample],
+    val_examples: Sequence[DialogueExample],
+    out_dir: Path,
+    name: str,
+    run_dir: Path,
+    dist_ctx: DistContext,
+    data_desc: str,
+    resume: bool = True,
+    seed: int = 0,
+) -> Manifest | None:
+    """Train a standard (MLE) generator and write its bundle; returns None on non-main ranks."""
+    train_pairs = PairSet.encode(train_examples, tokenizer, preset.inputs)
+    val_pairs = PairSet.encode(val_examples, tokenizer, preset.inputs)
+    model = build_generator_model(preset, tokenizer, seed)
+    logger.info(
+        "training %s: %d pairs, %.2fM parameters, %d steps of %d",
+        name,
+        len(train_pairs),
+        model.num_parameters() / 1e6,
+        preset.generator.train.max_steps,
+        preset.generator.train.batch_size,
+    )
+    result = run_generator_training(
+        model,
+        MLEObjective(tokenizer.pad_id, label_smoothing=0.1),
+        preset=preset,
+        train_pairs=train_pairs,
+        val_pairs=val_pairs,
+        run_dir=run_dir,
+        dist_ctx=dist_ctx,
+        resume=resume,
+        train_overrides={"seed": seed},
+    )
+    if not dist_ctx.is_main:
+        return None
+    responder = GenerativeResponder(model.cpu().eval(), tokenizer, preset.inputs, preset.decoding)
+    st = result.state
+    return responder.save(
+        out_dir,
+        name=name,
+        training={
+            "data": data_desc,
+            "preset": preset.name,
+            "method": "mle",
+            "steps": st.step,
+            "best_step": st.best_step,
+            "seed": seed,
+            "train_pairs": len(train_pairs),
+            "world_size": dist_ctx.world_size,
+            "stop_reason": st.stop_reason,
+            "wall_time_s": round(st.elapsed_s, 1),
+        },
+        metrics={"val_loss": st.best_val, "val_ppl": float(np.exp(min(st.best_val, 50.0)))},
+    )

@@ -1,0 +1,352 @@
+"""One training loop for every objective: warm-up schedule, clipping, AMP, DDP, early stopping,
+checkpoints with exact resume, a JSONL log and a loss-curve plot.
+
+An objective is a callable ``(model, batch) -> (loss, {name: float})``; the MLE, negative
+distillation and retrieval losses all plug in here. Data come as a deterministic function of the
+epoch (``make_epoch(epoch) -> list of batches of example indices``), so a resumed run replays the
+same batches in the same order and, with the RNG states restored, reaches the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from training.distributed import DistContext
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+BEST_WEIGHTS_FILE = "best.safetensors"
+LOG_FILE = "metrics.jsonl"
+PLOT_FILE = "loss_curve.png"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings; presets fill these in (see training/presets.py)."""
+
+    max_steps: int = 1000  # optimizer updates
+    batch_size: int = 64  # examples per update, over all ranks together
+    warmup_steps: int = 4000  # s_wp of ND eq. 17 (paper: 128000 on DailyDialog)
+    lr_scale: float = 2.0  # the numerator of ND eq. 17
+    lr_dim: int = 512  # d_model in ND eq. 17
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-9
+    clip_norm: float = 1.0  # max global gradient L2 norm
+    eval_every: int = 200  # updates between validation runs (and checkpoints)
+    patience: int = 5  # validations without improvement before early stopping
+    log_every: int = 10
+    seed: int = 0
+    amp: bool = True  # bf16 autocast, CUDA only
+    progress: bool = True  # tqdm bar on rank 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def noam_learning_rate(step: int, d_model: int, warmup_steps: int, scale: float = 2.0) -> float:
+    """ND eq. 17: lr = scale * min(1/sqrt(s), s / sqrt(s_wp^3)) / sqrt(d_model), with s >= 1."""
+    s = max(step, 1)
+    return scale * min(s**-0.5, s * warmup_steps**-1.5) / math.sqrt(d_model)
+
+
+class Objective(Protocol):
+    def __call__(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]: ...
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs besides weights and optimizer moments."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of ``epoch`` already consumed
+    best_val: float = float("inf")
+    best_step: int = 0
+    bad_evals: int = 0
+    finished: bool = False
+    stop_reason: str = ""
+    elapsed_s: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    state: TrainState
+    run_dir: Path
+
+    @property
+    def best_weights(self) -> Path:
+        return self.run_dir / BEST_WEIGHTS_FILE
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_save_weights(model: nn.Module, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    save_file(
+        {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, tmp
+    )
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Runs ``objective`` over ``make_epoch`` batches until max_steps or early stopping."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        config: TrainConfig,
+        *,
+        run_dir: Path,
+        make_epoch: Callable[[int], Sequence[Sequence[int]]],
+        collate: Callable[[Sequence[int]], Any],
+        evaluate: Callable[[nn.Module], dict[str, float]],
+        dist_ctx: DistContext,
+        parameters: Sequence[nn.Parameter] | None = None,
+    ) -> None:
+        self.model = model.to(dist_ctx.device)
+        self.objective = objective
+        self.cfg = config
+        self.run_dir = run_dir
+        self.make_epoch = make_epoch
+        self.collate = collate
+        self.evaluate = evaluate
+        self.ctx = dist_ctx
+        params = list(parameters) if parameters is not None else list(model.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=0.0, betas=config.betas, eps=config.eps)
+        self.train_model: nn.Module = (
+            DistributedDataParallel(
+                self.model,
+                device_ids=[dist_ctx.local_rank] if dist_ctx.device.type == "cuda" else None,
+            )
+            if dist_ctx.distributed
+            else self.model
+        )
+        self.state = TrainState()
+
+    # --- persistence -------------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT_FILE
+
+    def save_checkpoint(self) -> None:
+        if not self.ctx.is_main:
+            return
+        _atomic_torch_save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "state": asdict(self.state),
+                "rng": _rng_state(),
+                "config": self.cfg.to_dict(),
+            },
+            self.checkpoint_path,
+        )
+
+    def load_checkpoint(self) -> bool:
+        """Restore a previous run's checkpoint; False when there is none."""
+        if not self.checkpoint_path.exists():
+            return False
+        ckpt = torch.load(self.checkpoint_path, map_location=self.ctx.device, weights_only=False)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.state = TrainState(**ckpt["state"])
+        _set_rng_state(ckpt["rng"])
+        logger.info("resumed from %s at step %d", self.checkpoint_path, self.state.step)
+        return True
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.ctx.is_main:
+            return
+        with open(self.run_dir / LOG_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def _batches(self) -> Any:
+        """Yield (epoch, index, this rank's share of the batch), endlessly, from the saved position."""
+        while True:
+            epoch_batches = self.make_epoch(self.state.epoch)
+            assert epoch_batches, "make_epoch returned no batches: is the training set empty?"
+            for i in range(self.state.batch_in_epoch, len(epoch_batches)):
+                yield i, epoch_batches[i][self.ctx.rank :: self.ctx.world_size], len(epoch_batches)
+            # fit() advanced state.epoch when it consumed the last batch of this one.
+
+    def _run_eval(self) -> bool:
+        """Validate, keep the best weights, decide on early stopping; True means stop."""
+        self.model.eval()
+        metrics = self.evaluate(self.model)
+        self.model.train()
+        val = metrics["val_loss"]
+        improved = val < self.state.best_val
+        if improved:
+            self.state.best_val, self.state.best_step, self.state.bad_evals = (
+                val,
+                self.state.step,
+                0,
+            )
+            if self.ctx.is_main:
+                _atomic_save_weights(self.model, self.run_dir / BEST_WEIGHTS_FILE)
+        else:
+            self.state.bad_evals += 1
+        record = {"step": self.state.step, "kind": "eval", **metrics, "improved": improved}
+        self.state.history.append({"step": float(self.state.step), **metrics})
+        self._log(record)
+        logger.info("step %d: %s", self.state.step, {k: round(v, 4) for k, v in metrics.items()})
+        return self.state.bad_evals >= self.cfg.patience
+
+    def fit(self, *, resume: bool = True) -> TrainResult:
+        """Train to the end (or resume to it); the best weights are in ``run_dir/best.safetensors``."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume and self.load_checkpoint() and self.state.finished:
+            return TrainResult(self.state, self.run_dir)
+        if self.state.step == 0:
+            torch.manual_seed(self.cfg.seed)
+            if self.ctx.is_main:
+                (self.run_dir / LOG_FILE).unlink(missing_ok=True)  # a fresh run starts a fresh log
+        use_amp = self.cfg.amp and self.ctx.device.type == "cuda"
+        self.model.train()
+        bar = tqdm(
+            total=self.cfg.max_steps,
+            initial=self.state.step,
+            disable=not (self.cfg.progress and self.ctx.is_main),
+            desc=self.run_dir.name,
+            dynamic_ncols=True,
+        )
+        started = time.monotonic() - self.state.elapsed_s
+        stop = False
+        for index, indices, n_batches in self._batches():
+            if self.state.step >= self.cfg.max_steps or stop:
+                break
+            lr = noam_learning_rate(
+                self.state.step + 1, self.cfg.lr_dim, self.cfg.warmup_steps, self.cfg.lr_scale
+            )
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            batch = self.collate(indices)
+            with torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss, logs = self.objective(self.train_model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.state.step}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
+            self.optimizer.step()
+            self.state.step += 1
+            self.state.batch_in_epoch = index + 1
+            if self.state.batch_in_epoch == n_batches:
+                self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+            bar.update(1)
+            if self.state.step % self.cfg.log_every == 0:
+                record = {
+                    "step": self.state.step,
+                    "kind": "train",
+                    "loss": loss.item(),
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
+                    "epoch": self.state.epoch,
+                    **logs,
+                }
+                self._log(record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}")
+            at_end = self.state.step >= self.cfg.max_steps
+            if self.state.step % self.cfg.eval_every == 0 or at_end:
+                stop = self._run_eval()
+                self.state.elapsed_s = time.monotonic() - started
+                if stop:
+                    self.state.stop_reason = (
+                        f"early stop: no improvement in {self.cfg.patience} evaluations"
+                    )
+                elif at_end:
+                    self.state.stop_reason = "max_steps"
+                self.state.finished = stop or at_end
+                self.save_checkpoint()
+        bar.close()
+        self.state.elapsed_s = time.monotonic() - started
+        if self.ctx.is_main:
+            plot_training_log(self.run_dir / LOG_FILE, self.run_dir / PLOT_FILE)
+        return TrainResult(self.state, self.run_dir)
+
+    def load_best(self) -> None:
+        """Load the best validated weights into the model."""
+        self.model.load_state_dict(
+            load_file(self.run_dir / BEST_WEIGHTS_FILE, device=str(self.ctx.device))
+        )
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_training_log(log_path: Path, out_path: Path) -> None:
+    """Training loss, validation loss and learning rate against steps, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_log(log_path)
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
+    ax.plot(
+        [r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation loss"
+    )
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(log_path.parent.name)
+    ax.grid(alpha=0.3)
+    if train:
+        lr_ax = ax.twinx()
+        lr_ax.plot([r["step"] for r in train], [r["lr"] for r in train], "g:", lw=1, label="lr")
+        lr_ax.set_ylabel("learning rate")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
