@@ -25,7 +25,6 @@ from training.data import (
     write_jsonl,
 )
 
-
 SPLITS = ("train", "validation", "test")
 
 

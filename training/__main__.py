@@ -2,7 +2,7 @@
 
 build            the whole pipeline for a preset (resumable)
 train-tokenizer  BPE tokenizer from a corpus's training split
-train-generator  one generator (--method mle)
+train-generator  one generator (--method mle|nd|nt|ul)
 evaluate         a generator bundle on a split: JSON + markdown
 reply            print a generator's replies to sample (or given) contexts
 """
@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from training.data import DataFormatError
+from training.jobs import ND_ABLATIONS, train_generator_command
 
 SAMPLE_CONTEXTS = [
     ["hello , how are you today ?"],
@@ -63,7 +64,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     p = sub.add_parser("train-generator", help="train one generator and write its bundle")
     _common(p)
-    p.add_argument("--method", choices=["mle"], default="mle")
+    p.add_argument("--method", choices=["mle", "nd", "nt", "ul"], default="mle")
+    p.add_argument(
+        "--subset",
+        choices=["all", "negative"],
+        default="all",
+        help="mle on all pairs or on D_N (the negative teacher)",
+    )
+    p.add_argument("--teacher", type=Path, help="nd: negative teacher bundle")
+    p.add_argument("--base", type=Path, help="nt/ul: the standard generator to fine-tune")
+    p.add_argument(
+        "--ablation",
+        choices=sorted(ND_ABLATIONS),
+        default="none",
+        help="nd: the ND paper's ablations",
+    )
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: train one)")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     p.add_argument("--name", help="bundle name (default: the --out directory name)")
@@ -80,6 +95,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=20)
     p.add_argument("--out", type=Path, help="JSON file (a .md beside it gets the table)")
 
+    p = sub.add_parser("compare", help="compare generator bundles on one split")
+    p.add_argument(
+        "--bundle", action="append", required=True, metavar="LABEL=DIR", help="repeat per model"
+    )
+    p.add_argument("--split", choices=["validation", "test"], default="test")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-examples", type=int, default=0, help="0 = the whole split")
+    p.add_argument("--samples", type=int, default=20)
+    p.add_argument("--title", default="Generator comparison")
+    p.add_argument("--out", type=Path, required=True, help="writes <out>.json and <out>.md")
+
     p = sub.add_parser("reply", help="print a generator's replies")
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument(
@@ -87,6 +114,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--device", default="auto")
     return parser.parse_args(argv)
+
+
+def _label_path(spec: str) -> tuple[str, Path]:
+    label, sep, path = spec.partition("=")
+    if not sep or not label or not path:
+        raise ValueError(f"--bundle takes LABEL=DIR, got {spec!r}")
+    return label, Path(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +145,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     from training.data import load_splits, training_response_token_counts
     from training.distributed import init_distributed, resolve_device, shutdown
     from training.evaluate import evaluate_generator, markdown_report
-    from training.generator import train_mle_generator
     from training.pipeline import BuildPaths, build, ensure_tokenizer, prepare_splits
     from training.presets import get_preset
 
@@ -125,6 +158,27 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"# {responder.bundle_id}")
         for ctx_turns, g, b in zip(contexts, greedy, beam, strict=True):
             print(f"> {' / '.join(ctx_turns)}\n  greedy: {g}\n  beam 5: {b}")
+        return 0
+
+    if args.command == "compare":
+        from training.compare import compare_generators, write_comparison
+
+        bundles = dict(_label_path(b) for b in args.bundle)
+        first = GenerativeResponder.load(next(iter(bundles.values())))
+        splits = load_splits(args.data, max_context_turns=first.inputs.max_context_turns)
+        examples = splits.test if args.split == "test" else splits.validation
+        if args.max_examples:
+            examples = examples[: args.max_examples]
+        results = compare_generators(
+            bundles,
+            train=splits.train,
+            examples=examples,
+            device=str(resolve_device(args.device)),
+            n_samples=args.samples,
+        )
+        command = "python -m training " + " ".join(sys.argv[1:])
+        write_comparison(results, args.out, title=args.title, command=command)
+        print(args.out.with_suffix(".md").read_text())
         return 0
 
     if args.command == "evaluate":
@@ -175,24 +229,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                         train=replace(preset.generator.train, max_steps=args.max_steps),
                     ),
                 )
-            splits = prepare_splits(preset, args.data)
-            name = args.name or args.out.name
-            tok_path = args.tokenizer or args.runs / preset.name / "tokenizer.json"
-            tokenizer = ensure_tokenizer(preset, splits, tok_path, ctx)
-            n_val = preset.generator.val_examples
-            trained = train_mle_generator(
-                preset=preset,
-                tokenizer=tokenizer,
-                train_examples=splits.train,
-                val_examples=splits.validation[:n_val] if n_val else splits.validation,
-                out_dir=args.out,
-                name=name,
-                run_dir=args.runs / preset.name / name,
-                dist_ctx=ctx,
-                data_desc=str(args.data),
-                resume=not args.no_resume,
-                seed=args.seed,
-            )
+            trained = train_generator_command(args, preset, ctx)
             if trained is not None:
                 print(json.dumps(trained.to_dict(), indent=2))
     finally:

@@ -72,9 +72,9 @@ class DialogueSplits:
     train: list[DialogueExample]
     validation: list[DialogueExample]
     test: list[DialogueExample]
-    stats: dict[str, int] = field(
-        default_factory=dict
-    )  # e.g. train_raw, train, test_overlap_removed
+    # per split: <split>_raw, <split>_skipped_lines, <split>_duplicates_removed, <split> (final);
+    # validation_overlap_removed and test_overlap_removed count pairs dropped for occurring in train
+    stats: dict[str, int] = field(default_factory=dict)
 
 
 def _check_max_context_turns(max_context_turns: int) -> None:

@@ -220,22 +220,46 @@ def train_mle_generator(
     )
     if not dist_ctx.is_main:
         return None
-    responder = GenerativeResponder(model.cpu().eval(), tokenizer, preset.inputs, preset.decoding)
+    return save_generator(
+        model,
+        tokenizer,
+        preset,
+        result,
+        out_dir=out_dir,
+        name=name,
+        training={
+            "data": data_desc,
+            "method": "mle",
+            "seed": seed,
+            "train_pairs": len(train_pairs),
+            "world_size": dist_ctx.world_size,
+        },
+    )
+
+
+def save_generator(
+    model: Seq2SeqTransformer,
+    tokenizer: DialogueTokenizer,
+    preset: Preset,
+    result: TrainResult,
+    *,
+    out_dir: Path,
+    name: str,
+    training: dict[str, Any],
+) -> Manifest:
+    """Write a trained generator's bundle with the run's facts (steps, stop reason, wall time)."""
     st = result.state
+    responder = GenerativeResponder(model.cpu().eval(), tokenizer, preset.inputs, preset.decoding)
     return responder.save(
         out_dir,
         name=name,
         training={
-            "data": data_desc,
             "preset": preset.name,
-            "method": "mle",
             "steps": st.step,
             "best_step": st.best_step,
-            "seed": seed,
-            "train_pairs": len(train_pairs),
-            "world_size": dist_ctx.world_size,
             "stop_reason": st.stop_reason,
             "wall_time_s": round(st.elapsed_s, 1),
+            **training,
         },
         metrics={"val_loss": st.best_val, "val_ppl": float(np.exp(min(st.best_val, 50.0)))},
     )

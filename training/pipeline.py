@@ -1,4 +1,5 @@
-"""``python -m training build``: data -> tokenizer -> standard generator -> evaluation, resumable.
+"""``python -m training build``: data -> tokenizer -> standard generator -> negative teacher (on
+D_N) -> ND student -> evaluation; resumable.
 
 Each stage leaves a file behind (tokenizer.json, a verified bundle, an evaluation JSON); a rerun
 skips the stages whose outputs are already there and resumes an interrupted training stage from
@@ -11,6 +12,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,14 @@ from training.data import DialogueSplits, load_splits, training_response_token_c
 from training.distributed import DistContext, barrier
 from training.evaluate import evaluate_generator, markdown_report
 from training.generator import train_mle_generator
+from training.nd import NegativeSet, negative_set, train_nd_student
 from training.presets import Preset
 
 logger = logging.getLogger(__name__)
 
 STANDARD_GENERATOR = "generator-standard"
+NEGATIVE_TEACHER = "generator-negative-teacher"
+ND_STUDENT = "generator-nd"
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ def prepare_splits(preset: Preset, data_dir: Path) -> DialogueSplits:
     splits = load_splits(data_dir, max_context_turns=preset.inputs.max_context_turns)
     if preset.max_train_examples:
         splits.train = splits.train[: preset.max_train_examples]
+    splits.stats["train_used"] = len(splits.train)
     logger.info("data %s: %s", data_dir, splits.stats)
     return splits
 
@@ -112,44 +118,81 @@ def build(
         preset, splits, paths.runs_dir / preset.name / "tokenizer.json", ctx
     )
     timings["data+tokenizer_s"] = time.perf_counter() - started
+    data_desc = (
+        f"{paths.data_dir} (official split, max_context_turns={preset.inputs.max_context_turns})"
+    )
+    common: dict[str, Any] = {
+        "preset": preset,
+        "tokenizer": tokenizer,
+        "val_examples": val_subset(preset, splits),
+        "dist_ctx": ctx,
+        "data_desc": data_desc,
+        "resume": resume,
+        "seed": seed,
+    }
 
-    bundle = paths.out_dir / STANDARD_GENERATOR
-    stage_start = time.perf_counter()
-    if existing_bundle(bundle, preset):
-        logger.info("%s exists and verifies; skipping its training", bundle)
-    else:
-        train_mle_generator(
-            preset=preset,
-            tokenizer=tokenizer,
-            train_examples=splits.train,
-            val_examples=_val_subset(preset, splits),
-            out_dir=bundle,
-            name=STANDARD_GENERATOR,
-            run_dir=paths.run_dir(preset, STANDARD_GENERATOR),
-            dist_ctx=ctx,
-            data_desc=f"{paths.data_dir} (official split, max_context_turns={preset.inputs.max_context_turns})",
-            resume=resume,
-            seed=seed,
+    def stage(name: str, train: Callable[..., Any], **kwargs: Any) -> Path:
+        bundle = paths.out_dir / name
+        stage_start = time.perf_counter()
+        if existing_bundle(bundle, preset):
+            logger.info("%s exists and verifies; skipping its training", bundle)
+        else:
+            train(
+                out_dir=bundle, name=name, run_dir=paths.run_dir(preset, name), **common, **kwargs
+            )
+        barrier(ctx)
+        timings[f"{name}_s"] = time.perf_counter() - stage_start
+        return bundle
+
+    standard = stage(STANDARD_GENERATOR, train_mle_generator, train_examples=splits.train)
+    dn = negative_set(splits.train, preset.nd.negative_fraction, seed=seed)
+    if ctx.is_main:
+        write_negative_set_report(
+            dn, len(splits.train), paths.runs_dir / preset.name / "negative_set.json"
         )
-    barrier(ctx)
-    timings["generator-standard_s"] = time.perf_counter() - stage_start
+    teacher = stage(NEGATIVE_TEACHER, train_mle_generator, train_examples=dn.examples)
+    student = stage(
+        ND_STUDENT, train_nd_student, teacher_bundle=teacher, train_examples=splits.train
+    )
 
     summary: dict[str, Any] = {
         "preset": preset.name,
-        "bundles": [str(bundle)],
+        "bundles": [str(b) for b in (standard, teacher, student)],
         "data": splits.stats,
+        "negative_set": {"pairs": len(dn.examples), "threshold": dn.threshold},
     }
     if ctx.is_main:
-        stage_start = time.perf_counter()
-        eval_json = paths.run_dir(preset, STANDARD_GENERATOR) / "eval-test.json"
-        result = evaluate_bundle(bundle, splits, preset, eval_json, device=str(ctx.device))
-        timings["evaluate_s"] = time.perf_counter() - stage_start
-        summary["evaluation"] = {"perplexity": result["perplexity"], **result["decodings"]}
+        summary["evaluation"] = {}
+        for bundle in (standard, student):
+            stage_start = time.perf_counter()
+            eval_json = paths.run_dir(preset, bundle.name) / "eval-test.json"
+            result = evaluate_bundle(bundle, splits, preset, eval_json, device=str(ctx.device))
+            timings[f"evaluate_{bundle.name}_s"] = time.perf_counter() - stage_start
+            summary["evaluation"][bundle.name] = {
+                "perplexity": result["perplexity"],
+                **result["decodings"],
+            }
     timings["total_s"] = time.perf_counter() - started
     summary["timings"] = timings
     return summary
 
 
-def _val_subset(preset: Preset, splits: DialogueSplits) -> list[Any]:
+def write_negative_set_report(dn: NegativeSet, n_train: int, path: Path) -> None:
+    """D_N's size, cut-off and most generic responses, for the ND report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "train_pairs": n_train,
+        "negative_pairs": len(dn.examples),
+        "entropy_threshold": dn.threshold,
+        "top20_share_in_dn": dn.top20_share_in_dn,
+        "top20_share_in_d": dn.top20_share_in_d,
+        "top_responses": [
+            {"response": r, "source_entropy": h, "pairs_in_dn": n} for r, h, n in dn.top_responses
+        ],
+    }
+    path.write_text(json.dumps(report, indent=2))
+
+
+def val_subset(preset: Preset, splits: DialogueSplits) -> list[Any]:
     n = preset.generator.val_examples
     return splits.validation[:n] if n else splits.validation

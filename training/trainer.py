@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,9 @@ class TrainConfig:
 
     max_steps: int = 1000  # optimizer updates
     batch_size: int = 64  # examples per update, over all ranks together
+    optimizer: str = "adam"  # adam | sgd (He & Glass fine-tune with plain SGD)
+    lr_schedule: str = "noam"  # noam (ND eq. 17) | constant (``lr``)
+    lr: float = 1e-3  # the constant learning rate when lr_schedule == "constant"
     warmup_steps: int = 4000  # s_wp of ND eq. 17 (paper: 128000 on DailyDialog)
     lr_scale: float = 2.0  # the numerator of ND eq. 17
     lr_dim: int = 512  # d_model in ND eq. 17
@@ -51,6 +55,7 @@ class TrainConfig:
     clip_norm: float = 1.0  # max global gradient L2 norm
     eval_every: int = 200  # updates between validation runs (and checkpoints)
     patience: int = 5  # validations without improvement before early stopping
+    keep: str = "best"  # best (lowest val_loss, early stopping) | last (fine-tunes: no stopping)
     log_every: int = 10
     seed: int = 0
     amp: bool = True  # bf16 autocast, CUDA only
@@ -112,6 +117,12 @@ def _atomic_save_weights(model: nn.Module, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _objective_state(objective: Any) -> Any:
+    """An objective with running state (a schedule position, frequency windows) exposes
+    ``state_dict()``/``load_state_dict()``; it is checkpointed with the weights."""
+    return objective.state_dict() if hasattr(objective, "state_dict") else None
+
+
 def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -156,7 +167,17 @@ class Trainer:
         self.evaluate = evaluate
         self.ctx = dist_ctx
         params = list(parameters) if parameters is not None else list(model.parameters())
-        self.optimizer = torch.optim.Adam(params, lr=0.0, betas=config.betas, eps=config.eps)
+        self.optimizer: torch.optim.Optimizer
+        if config.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(params, lr=0.0, betas=config.betas, eps=config.eps)
+        elif config.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=0.0)
+        else:
+            raise ValueError(f"unknown optimizer {config.optimizer!r} (adam | sgd)")
+        if config.keep not in ("best", "last"):
+            raise ValueError(f"unknown keep {config.keep!r} (best | last)")
+        if config.lr_schedule not in ("noam", "constant"):
+            raise ValueError(f"unknown lr_schedule {config.lr_schedule!r} (noam | constant)")
         self.train_model: nn.Module = (
             DistributedDataParallel(
                 self.model,
@@ -166,6 +187,11 @@ class Trainer:
             else self.model
         )
         self.state = TrainState()
+
+    def learning_rate(self, step: int) -> float:
+        if self.cfg.lr_schedule == "constant":
+            return self.cfg.lr
+        return noam_learning_rate(step, self.cfg.lr_dim, self.cfg.warmup_steps, self.cfg.lr_scale)
 
     # --- persistence -------------------------------------------------------------------------
 
@@ -183,6 +209,7 @@ class Trainer:
                 "state": asdict(self.state),
                 "rng": _rng_state(),
                 "config": self.cfg.to_dict(),
+                "objective": _objective_state(self.objective),
             },
             self.checkpoint_path,
         )
@@ -196,6 +223,8 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state = TrainState(**ckpt["state"])
         _set_rng_state(ckpt["rng"])
+        if ckpt.get("objective") is not None and hasattr(self.objective, "load_state_dict"):
+            self.objective.load_state_dict(ckpt["objective"])
         logger.info("resumed from %s at step %d", self.checkpoint_path, self.state.step)
         return True
 
@@ -223,7 +252,7 @@ class Trainer:
         self.model.train()
         val = metrics["val_loss"]
         improved = val < self.state.best_val
-        if improved:
+        if self.cfg.keep == "last" or improved:  # fixed-length fine-tunes keep their final weights
             self.state.best_val, self.state.best_step, self.state.bad_evals = (
                 val,
                 self.state.step,
@@ -256,15 +285,14 @@ class Trainer:
             disable=not (self.cfg.progress and self.ctx.is_main),
             desc=self.run_dir.name,
             dynamic_ncols=True,
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,  # logs stay readable
         )
         started = time.monotonic() - self.state.elapsed_s
         stop = False
         for index, indices, n_batches in self._batches():
             if self.state.step >= self.cfg.max_steps or stop:
                 break
-            lr = noam_learning_rate(
-                self.state.step + 1, self.cfg.lr_dim, self.cfg.warmup_steps, self.cfg.lr_scale
-            )
+            lr = self.learning_rate(self.state.step + 1)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             batch = self.collate(indices)

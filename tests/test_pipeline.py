@@ -1,0 +1,163 @@
+"""The tiny preset end to end on real DailyDialog: build, bundle, load, decode, evaluate; DDP; bad bundles."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.bundle import BundleError, verify_bundle
+from models.generator import GenerativeResponder
+from training.distributed import DistContext
+from training.pipeline import ND_STUDENT, NEGATIVE_TEACHER, STANDARD_GENERATOR, BuildPaths, build
+from training.presets import PRESETS
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def tiny_build(dailydialog_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    base = tmp_path_factory.mktemp("tiny")
+    summary = build(PRESETS["tiny"], BuildPaths(dailydialog_dir, base / "artifacts", base / "runs"), CPU)
+    return base, summary
+
+
+def test_build_tiny_writes_a_verified_generator_bundle(tiny_build: tuple[Path, dict]) -> None:
+    base, summary = tiny_build
+    manifest = verify_bundle(base / "artifacts" / STANDARD_GENERATOR)
+    assert manifest.kind == "generator"
+    assert manifest.training["preset"] == "tiny" and manifest.training["method"] == "mle"
+    assert manifest.training["steps"] == PRESETS["tiny"].generator.train.max_steps
+    assert "test_perplexity" in manifest.metrics and "test_greedy_dist-2" in manifest.metrics
+    assert set(summary["evaluation"]) == {STANDARD_GENERATOR, ND_STUDENT}
+    assert set(summary["evaluation"][ND_STUDENT]) == {"perplexity", "greedy", "beam5"}
+    run_dir = base / "runs" / "tiny" / STANDARD_GENERATOR
+    assert (run_dir / "loss_curve.png").exists() and (run_dir / "eval-test.md").exists()
+
+
+def test_build_tiny_trains_teacher_on_dn_and_the_nd_student(tiny_build: tuple[Path, dict]) -> None:
+    base, summary = tiny_build
+    teacher = verify_bundle(base / "artifacts" / NEGATIVE_TEACHER)
+    student = verify_bundle(base / "artifacts" / ND_STUDENT)
+    n_train = summary["data"]["train_used"]
+    assert teacher.training["train_pairs"] == summary["negative_set"]["pairs"] == round(n_train / 2)
+    assert student.training["method"] == "nd" and student.training["teacher"] == teacher.bundle_id
+    assert student.training["train_pairs"] == n_train
+    dn = json.loads((base / "runs" / "tiny" / "negative_set.json").read_text())
+    assert dn["negative_pairs"] == summary["negative_set"]["pairs"] and dn["top_responses"]
+
+
+def test_build_again_skips_finished_stages(tiny_build: tuple[Path, dict], dailydialog_dir: Path) -> None:
+    base, _ = tiny_build
+    bundle = base / "artifacts" / STANDARD_GENERATOR
+    before = verify_bundle(bundle).files
+    build(PRESETS["tiny"], BuildPaths(dailydialog_dir, base / "artifacts", base / "runs"), CPU)
+    assert verify_bundle(bundle).files == before  # same weights: the stage was skipped
+
+
+def test_load_and_respond_returns_text(tiny_build: tuple[Path, dict]) -> None:
+    base, _ = tiny_build
+    responder = GenerativeResponder.load(base / "artifacts" / STANDARD_GENERATOR)
+    replies = responder.respond([["Hello, how are you?"], ["what time is it ?", "it's ten ."]])
+    assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
+    assert responder.bundle_id.startswith(f"{STANDARD_GENERATOR}@")
+
+
+def test_load_corrupt_generator_bundle_names_the_file(tiny_build: tuple[Path, dict], tmp_path: Path) -> None:
+    base, _ = tiny_build
+    import shutil
+
+    bundle = tmp_path / "broken"
+    shutil.copytree(base / "artifacts" / STANDARD_GENERATOR, bundle)
+    tok = bundle / "tokenizer.json"
+    tok.write_text(tok.read_text().replace("<sep>", "<SEP>", 1))
+    with pytest.raises(BundleError, match=r"tokenizer\.json checksum mismatch"):
+        GenerativeResponder.load(bundle)
+
+
+def test_cli_evaluate_writes_json_and_markdown(tiny_build: tuple[Path, dict], dailydialog_dir: Path, tmp_path: Path) -> None:
+    base, _ = tiny_build
+    out = tmp_path / "eval.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "training", "evaluate", "--bundle", str(base / "artifacts" / STANDARD_GENERATOR),
+         "--data", str(dailydialog_dir), "--split", "test", "--max-examples", "40", "--samples", "5", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["n_examples"] == 40 and len(result["samples"]) == 5
+    assert set(result["decodings"]) == {"greedy", "beam5"}
+    assert "| model |" in out.with_suffix(".md").read_text()
+
+
+def test_cli_reports_bad_data_dir_without_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "training", "train-generator", "--preset", "tiny", "--data", str(tmp_path),
+         "--out", str(tmp_path / "g"), "--runs", str(tmp_path / "runs")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and str(tmp_path) in proc.stderr
+
+
+def test_torchrun_two_gloo_processes_train_one_bundle(dailydialog_dir: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+         "-m", "training", "train-generator", "--preset", "tiny", "--device", "cpu", "--data", str(dailydialog_dir),
+         "--out", str(tmp_path / "ddp"), "--runs", str(tmp_path / "runs"), "--max-steps", "6"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = verify_bundle(tmp_path / "ddp")
+    assert manifest.training["world_size"] == 2 and manifest.training["steps"] == 6
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [("nd", ["--ablation", "no-att"]), ("nt", []), ("ul", []), ("mle", ["--subset", "negative"])],
+)
+def test_cli_train_generator_methods(
+    tiny_build: tuple[Path, dict], dailydialog_dir: Path, tmp_path: Path, method: str, extra: list[str]
+) -> None:
+    base, _ = tiny_build
+    artifacts = base / "artifacts"
+    out = artifacts / f"cli-{method}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "training", "train-generator", "--preset", "tiny", "--method", method,
+         "--data", str(dailydialog_dir), "--out", str(out), "--runs", str(tmp_path / "runs"),
+         "--tokenizer", str(base / "runs" / "tiny" / "tokenizer.json"), "--max-steps", "4", *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = verify_bundle(out)
+    assert manifest.training["method"] == method and manifest.training["steps"] == 4
+    if method in ("nt", "ul"):
+        assert manifest.training["base"] == verify_bundle(artifacts / STANDARD_GENERATOR).bundle_id
+    if method == "nd":
+        assert manifest.training["nd"]["use_att"] is False
+
+
+def test_cli_compare_writes_one_table(tiny_build: tuple[Path, dict], dailydialog_dir: Path, tmp_path: Path) -> None:
+    base, _ = tiny_build
+    out = tmp_path / "cmp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "training", "compare", "--data", str(dailydialog_dir), "--max-examples", "12",
+         "--samples", "3", "--out", str(out),
+         "--bundle", f"standard={base / 'artifacts' / STANDARD_GENERATOR}",
+         "--bundle", f"nd={base / 'artifacts' / ND_STUDENT}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert list(result) == ["standard", "nd"]
+    assert set(result["nd"]) >= {"perplexity", "greedy", "beam5", "model", "training"}
+    assert "dist-2" in result["standard"]["greedy"]
+    md = out.with_suffix(".md").read_text()
+    assert md.count("| standard |") == 2 and "Sample replies" in md
