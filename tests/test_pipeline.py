@@ -14,7 +14,14 @@ import torch
 from models.bundle import BundleError, verify_bundle
 from models.generator import GenerativeResponder
 from training.distributed import DistContext
-from training.pipeline import ND_STUDENT, NEGATIVE_TEACHER, STANDARD_GENERATOR, BuildPaths, build
+from training.pipeline import (
+    G2R_RETRIEVER,
+    ND_STUDENT,
+    NEGATIVE_TEACHER,
+    STANDARD_GENERATOR,
+    BuildPaths,
+    build,
+)
 from training.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +58,19 @@ def test_build_tiny_trains_teacher_on_dn_and_the_nd_student(tiny_build: tuple[Pa
     assert student.training["train_pairs"] == n_train
     dn = json.loads((base / "runs" / "tiny" / "negative_set.json").read_text())
     assert dn["negative_pairs"] == summary["negative_set"]["pairs"] and dn["top_responses"]
+
+
+def test_build_tiny_writes_a_g2r_retriever_that_answers(tiny_build: tuple[Path, dict]) -> None:
+    from models.retriever import RetrievalResponder
+
+    base, _ = tiny_build
+    manifest = verify_bundle(base / "artifacts" / G2R_RETRIEVER)
+    assert manifest.kind == "retriever" and manifest.training["method"] == "g2r-dm"
+    responder = RetrievalResponder.load(base / "artifacts" / G2R_RETRIEVER)
+    (candidates,) = responder.respond([["hello , how are you ?"]], top_k=3)
+    assert len(candidates) == 3 and all(isinstance(t, str) and t for t, _ in candidates)
+    scores = [s for _, s in candidates]
+    assert scores == sorted(scores, reverse=True)
 
 
 def test_build_again_skips_finished_stages(tiny_build: tuple[Path, dict], dailydialog_dir: Path) -> None:
@@ -160,4 +180,4 @@ def test_cli_compare_writes_one_table(tiny_build: tuple[Path, dict], dailydialog
     assert set(result["nd"]) >= {"perplexity", "greedy", "beam5", "model", "training"}
     assert "dist-2" in result["standard"]["greedy"]
     md = out.with_suffix(".md").read_text()
-    assert md.count("| standard |") == 2 and "Sample replies" in md
+    assert md.count("\n| standard |") == 3 and "## greedy" in md and "Sample replies" in md

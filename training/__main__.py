@@ -15,8 +15,10 @@ import logging
 import sys
 from pathlib import Path
 
+from models.bundle import BundleError
 from training.data import DataFormatError
 from training.jobs import ND_ABLATIONS, train_generator_command
+from training.retrieval_cli import dispatch as dispatch_retrieval
 
 SAMPLE_CONTEXTS = [
     ["hello , how are you today ?"],
@@ -73,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--teacher", type=Path, help="nd: negative teacher bundle")
     p.add_argument("--base", type=Path, help="nt/ul: the standard generator to fine-tune")
+    p.add_argument("--init-from", type=Path, help="nd: start the student from this bundle")
+    p.add_argument("--nd-lambda", type=float, help="nd: λ of eq. 15 (default: the preset's)")
     p.add_argument(
         "--ablation",
         choices=sorted(ND_ABLATIONS),
@@ -131,12 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return _dispatch(args)
-    except (DataFormatError, FileNotFoundError, ValueError) as exc:
+    except (DataFormatError, FileNotFoundError, ValueError, BundleError) as exc:
         logging.getLogger("training").error("%s", exc)
         return 2
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    handled = dispatch_retrieval(args)
+    if handled is not None:
+        return handled
     # Heavy imports after argument parsing, so `--help` is instant.
     from dataclasses import replace
 

@@ -194,6 +194,7 @@ def train_mle_generator(
     data_desc: str,
     resume: bool = True,
     seed: int = 0,
+    max_steps: int | None = None,
 ) -> Manifest | None:
     """Train a standard (MLE) generator and write its bundle; returns None on non-main ranks."""
     train_pairs = PairSet.encode(train_examples, tokenizer, preset.inputs)
@@ -216,7 +217,7 @@ def train_mle_generator(
         run_dir=run_dir,
         dist_ctx=dist_ctx,
         resume=resume,
-        train_overrides={"seed": seed},
+        train_overrides={"seed": seed, **({"max_steps": max_steps} if max_steps else {})},
     )
     if not dist_ctx.is_main:
         return None

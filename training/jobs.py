@@ -72,6 +72,8 @@ def train_generator_command(
             fixed_alpha=fixed_alpha,
             negative_examples=dn,
             max_steps=args.max_steps,
+            init_from=args.init_from,
+            lam=args.nd_lambda,
             **common,
         )
     base = args.base or artifacts / STANDARD_GENERATOR

@@ -41,7 +41,7 @@ from training.generator import (
     save_generator,
 )
 from training.presets import Preset
-from training.trainer import read_log
+from training.trainer import LOG_FILE, noam_learning_rate, read_log
 
 # --- D_N: source entropy ------------------------------------------------------------------------
 
@@ -335,10 +335,18 @@ def train_nd_student(
     fixed_alpha: bool = False,
     negative_examples: Sequence[DialogueExample] | None = None,
     max_steps: int | None = None,
+    init_from: Path | None = None,
+    lam: float | None = None,
     resume: bool = True,
     seed: int = 0,
 ) -> Manifest | None:
-    """Train an ND student from scratch on D against a frozen negative teacher (ND Alg. 1, 9-12)."""
+    """Train an ND student on D against a frozen negative teacher (ND Alg. 1, lines 9-12).
+
+    The paper trains the student from scratch. ``init_from`` (a generator bundle, e.g. the
+    standard model) instead starts from trained weights and runs the ND schedule as a fine-tune
+    at the constant learning rate where that model's schedule ended, keeping the last weights:
+    the variant for budgets too short for the from-scratch protocol (see reports/).
+    """
     teacher = GenerativeResponder.load(teacher_bundle, device=dist_ctx.device)
     if teacher.tokenizer.to_str() != tokenizer.to_str():
         raise ValueError(f"teacher {teacher_bundle} was trained with a different tokenizer")
@@ -348,6 +356,7 @@ def train_nd_student(
         )
     steps = max_steps or preset.generator.train.max_steps
     gamma = preset.nd.gamma_fraction * steps
+    lam = preset.nd.lam if lam is None else lam
     loss = loss or NDLossConfig(temperature=preset.nd.temperature)
     random_targets = None
     if loss.targets == "random":
@@ -357,15 +366,28 @@ def train_nd_student(
         teacher.model,
         pad_id=tokenizer.pad_id,
         gamma=gamma,
-        lam=preset.nd.lam,
+        lam=lam,
         loss=loss,
-        fixed_alpha=mean_progressive_alpha(steps, gamma, preset.nd.lam) if fixed_alpha else None,
+        fixed_alpha=mean_progressive_alpha(steps, gamma, lam) if fixed_alpha else None,
         random_targets=random_targets,
         seed=seed,
     )
     train_pairs = PairSet.encode(train_examples, tokenizer, preset.inputs)
     val_pairs = PairSet.encode(val_examples, tokenizer, preset.inputs)
     model = build_generator_model(preset, tokenizer, seed)
+    overrides: dict[str, object] = {"seed": seed, "max_steps": steps}
+    if init_from is not None:
+        base = GenerativeResponder.load(init_from)
+        if base.tokenizer.to_str() != tokenizer.to_str():
+            raise ValueError(f"{init_from} was trained with a different tokenizer")
+        model.load_state_dict(base.model.state_dict())
+        tc = preset.generator.train
+        base_steps = int(base.manifest.training.get("steps", tc.max_steps)) if base.manifest else 0
+        overrides.update(
+            lr_schedule="constant",
+            lr=noam_learning_rate(base_steps, tc.lr_dim, tc.warmup_steps, tc.lr_scale),
+            keep="last",
+        )
     result = run_generator_training(
         model,
         objective,
@@ -375,7 +397,7 @@ def train_nd_student(
         run_dir=run_dir,
         dist_ctx=dist_ctx,
         resume=resume,
-        train_overrides={"seed": seed, "max_steps": steps},
+        train_overrides=overrides,
     )
     if not dist_ctx.is_main:
         return None
@@ -397,7 +419,8 @@ def train_nd_student(
             "nd": {
                 "gamma": gamma,
                 "beta": 6.0 / gamma,
-                "lambda": preset.nd.lam,
+                "lambda": lam,
+                "init_from": str(init_from) if init_from else None,
                 "fixed_alpha": objective.fixed_alpha,
                 **asdict(loss),
             },

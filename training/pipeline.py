@@ -23,6 +23,7 @@ from models.tokenizer import DialogueTokenizer
 from training.data import DialogueSplits, load_splits, training_response_token_counts
 from training.distributed import DistContext, barrier
 from training.evaluate import evaluate_generator, markdown_report
+from training.g2r import build_retriever
 from training.generator import train_mle_generator
 from training.nd import NegativeSet, negative_set, train_nd_student
 from training.presets import Preset
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 STANDARD_GENERATOR = "generator-standard"
 NEGATIVE_TEACHER = "generator-negative-teacher"
 ND_STUDENT = "generator-nd"
+G2R_RETRIEVER = "retriever-g2r"
 
 
 @dataclass(frozen=True)
@@ -150,14 +152,44 @@ def build(
         write_negative_set_report(
             dn, len(splits.train), paths.runs_dir / preset.name / "negative_set.json"
         )
-    teacher = stage(NEGATIVE_TEACHER, train_mle_generator, train_examples=dn.examples)
+    teacher = stage(
+        NEGATIVE_TEACHER,
+        train_mle_generator,
+        train_examples=dn.examples,
+        max_steps=preset.nd.teacher_steps or None,
+    )
     student = stage(
         ND_STUDENT, train_nd_student, teacher_bundle=teacher, train_examples=splits.train
     )
 
+    # G2R: the teacher is the ND student, the generator this product serves and the least generic
+    # one by design; its replies enrich the retriever's training pairs and response set.
+    retriever = paths.out_dir / G2R_RETRIEVER
+    stage_start = time.perf_counter()
+    if existing_bundle(retriever, preset):
+        logger.info("%s exists and verifies; skipping G2R", retriever)
+    elif preset.retriever is not None:
+        build_retriever(
+            method="g2r-dm",
+            preset=preset.retriever,
+            splits=splits,
+            tokenizer=tokenizer,
+            out_dir=retriever,
+            name=G2R_RETRIEVER,
+            run_dir=paths.run_dir(preset, G2R_RETRIEVER),
+            dist_ctx=ctx,
+            data_desc=data_desc,
+            augmentation_dir=paths.run_dir(preset, "g2r-augment"),
+            teacher=student,
+            resume=resume,
+            seed=seed,
+        )
+    barrier(ctx)
+    timings[f"{G2R_RETRIEVER}_s"] = time.perf_counter() - stage_start
+
     summary: dict[str, Any] = {
         "preset": preset.name,
-        "bundles": [str(b) for b in (standard, teacher, student)],
+        "bundles": [str(b) for b in (standard, teacher, student, retriever)],
         "data": splits.stats,
         "negative_set": {"pairs": len(dn.examples), "threshold": dn.threshold},
     }

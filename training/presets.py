@@ -5,16 +5,81 @@
   the model is small and the generator sees a fraction of an epoch.
 * ``paper``: the ND paper's generator (6+6 layers, d=512, 8 heads, FFN 2048, dropout 0.1,
   batch 256, warm-up 128000 as in its eq. 17 appendix); for a GPU.
+
+Retrieval side (``Preset.retriever``), measured for ``small``:
+
+* ``small``: what ``make run`` builds on a 2-core CPU inside the ~15-minute budget of the whole
+  pipeline. Measured with ``OMP_NUM_THREADS=1 nice -n 15`` on the shared 2-core machine while
+  another job kept the other core busy (so an idle machine with 2 threads is faster):
+
+  - augmentation with the small generator (700 steps, d=256): 93 ms per context for m = 4
+    (sampling plus LL and MI scores of gold + 4 replies), so 2,000 contexts take ~3.1 min;
+  - bi-encoder steps: 2 layers d=256 with 32 contexts + 128 random negatives 0.70 s/step and
+    only Hits@1/K 0.034 after 360 steps (0.059 warm-started from the generator); 1 layer
+    d=128 with 128 contexts + 16 random negatives 0.17 s/step and Hits@1/K 0.084 after 500
+    steps, 0.138 after 1000 (Hits@5/K 0.366). 800 steps + 4 validations ~2.4 min;
+  - embedding ~60k responses and building the HNSW index: ~15 s.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from models.biencoder import BiEncoderConfig
 from models.decoding import DecodingConfig
 from models.generator import InputConfig
+from models.retriever import IndexConfig
 from models.seq2seq import Seq2SeqConfig
 from training.trainer import TrainConfig
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Data-level G2R (Kim et al. 2021, sec. 2.3): how many teacher replies, sampled how."""
+
+    m: int = 10  # teacher replies per training context (paper: 10)
+    top_k: int = 20  # top-k sampling (Fan et al. 2018; paper: 20)
+    no_repeat_ngram_size: int = 3  # n-gram blocking (paper: trigrams)
+    min_lengths: tuple[int, ...] = (10, 20)  # the m replies are split evenly over these minimums
+    max_length: int = 32  # generated pieces per reply, EOS included
+    max_contexts: int = 0  # training contexts augmented: a seeded subset (0 = all)
+    batch_contexts: int = 16  # contexts per teacher call (and per shard flush)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        assert self.m >= 1, f"m must be >= 1, got {self.m}"
+        assert self.min_lengths, "min_lengths must name at least one minimum length"
+        assert all(0 <= n <= self.max_length for n in self.min_lengths), (
+            f"min_lengths {self.min_lengths} must lie in [0, max_length={self.max_length}]"
+        )
+
+    def replies_per_min_length(self) -> list[tuple[int, int]]:
+        """(min_length, count) pairs splitting m as evenly as possible: 10 over (10, 20) -> 5 + 5."""
+        n = len(self.min_lengths)
+        counts = [self.m // n + (1 if i < self.m % n else 0) for i in range(n)]
+        return [(ml, c) for ml, c in zip(self.min_lengths, counts, strict=True) if c]
+
+
+@dataclass(frozen=True)
+class RetrieverPreset:
+    """Everything the retrieval stages need for one preset."""
+
+    name: str
+    inputs: InputConfig  # context/response limits; the same as the generators of this preset
+    model: BiEncoderConfig  # vocab_size is filled from the tokenizer
+    train: TrainConfig  # batch_size = unique contexts per update
+    augment: AugmentConfig
+    positives_per_context: int = 10  # gold + teacher replies per context in a batch (paper: 10)
+    random_negatives: int = 512  # shared random negatives per batch from the response set (paper)
+    alpha: float = 0.9  # eq. 5 weight of L_CE against L_KD (paper: 0.9)
+    temperature: float = 1.0  # eq. 4 (paper: 1)
+    teacher_score: str = "ll"  # G(c, r): "ll" (eq. 3) or "mi" (eq. 6)
+    val_examples: int = 0  # validation pairs for Hits@1/K and Hits@5/K (0 = all)
+    hits_k: int = 100  # K: the gold plus K - 1 random responses of the split
+    response_min_tokens: int = 1  # response-set length bounds (whitespace tokens, inclusive)
+    response_max_tokens: int = 60
+    index: IndexConfig = field(default_factory=IndexConfig)
+    warm_start: bool = True  # copy a same-shaped generator's encoder into both encoders
 
 
 @dataclass(frozen=True)
@@ -34,6 +99,7 @@ class NDPreset:
     gamma_fraction: float = 0.5  # γ = gamma_fraction * student max_steps (paper: γ = 25600)
     lam: float = 4.0  # λ of eq. 15: peak α = 1
     temperature: float = 1.0  # t of eq. 7
+    teacher_steps: int = 0  # negative teacher's updates (0 = the generator's max_steps)
 
 
 @dataclass(frozen=True)
@@ -44,6 +110,7 @@ class Preset:
     generator: GeneratorPreset
     decoding: DecodingConfig = field(default_factory=DecodingConfig)  # the bundle's default
     nd: NDPreset = field(default_factory=NDPreset)
+    retriever: RetrieverPreset | None = None  # the G2R retriever built from this preset
     eval_examples: int = 0  # test pairs scored by `evaluate` (0 = the whole split)
     max_train_examples: int = 0  # 0 = the whole training split
 
@@ -51,6 +118,38 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
+        retriever=RetrieverPreset(
+            name="tiny",
+            inputs=InputConfig(max_context_turns=1, max_source_len=24, max_target_len=16),
+            model=BiEncoderConfig(
+                d_model=32,
+                n_heads=2,
+                d_ff=64,
+                n_layers=1,
+                dropout=0.1,
+                max_positions=64,
+                embed_dim=32,
+            ),
+            train=TrainConfig(
+                max_steps=6,
+                batch_size=8,
+                warmup_steps=2,
+                lr_scale=1.0,
+                lr_dim=32,
+                eval_every=3,
+                patience=3,
+                log_every=1,
+                progress=False,
+            ),
+            augment=AugmentConfig(
+                m=2, min_lengths=(1, 3), max_length=8, max_contexts=24, batch_contexts=8
+            ),
+            positives_per_context=3,
+            random_negatives=16,
+            val_examples=32,
+            response_max_tokens=40,
+            index=IndexConfig(ef_search=64, add_batch_size=512),
+        ),
         vocab_size=300,
         inputs=InputConfig(max_context_turns=1, max_source_len=24, max_target_len=16),
         generator=GeneratorPreset(
@@ -82,6 +181,38 @@ PRESETS: dict[str, Preset] = {
     ),
     "small": Preset(
         name="small",
+        retriever=RetrieverPreset(
+            name="small",
+            inputs=InputConfig(max_context_turns=1, max_source_len=48, max_target_len=32),
+            # One narrow layer: on 2 CPU cores the step count matters more than depth (module doc).
+            model=BiEncoderConfig(
+                d_model=128,
+                n_heads=4,
+                d_ff=512,
+                n_layers=1,
+                dropout=0.1,
+                max_positions=128,
+                embed_dim=128,
+            ),
+            train=TrainConfig(
+                max_steps=800,
+                batch_size=128,
+                warmup_steps=60,
+                lr_scale=0.15,  # peak lr 0.15 / sqrt(60) / sqrt(128) = 1.7e-3
+                lr_dim=128,
+                eval_every=200,
+                patience=3,
+                log_every=20,
+            ),
+            augment=AugmentConfig(
+                m=4, min_lengths=(5, 10), max_length=32, max_contexts=2000, batch_contexts=32
+            ),
+            positives_per_context=5,
+            random_negatives=16,
+            val_examples=1000,
+            response_max_tokens=40,
+            warm_start=False,  # the small generator is d=256; a d=256 bi-encoder learned too slowly
+        ),
         vocab_size=4000,
         inputs=InputConfig(max_context_turns=1, max_source_len=48, max_target_len=32),
         generator=GeneratorPreset(
@@ -95,7 +226,7 @@ PRESETS: dict[str, Preset] = {
                 max_positions=128,
             ),
             train=TrainConfig(
-                max_steps=600,
+                max_steps=700,
                 batch_size=64,
                 warmup_steps=200,
                 lr_scale=0.5,  # peak lr 2.2e-3: eq. 17 with a 200-step warm-up peaks too high at 2.0
@@ -107,10 +238,42 @@ PRESETS: dict[str, Preset] = {
             val_examples=1000,
         ),
         decoding=DecodingConfig(max_length=32, no_repeat_ngram_size=3),
-        eval_examples=0,
+        # D_N replies are short and repetitive: the teacher learns them in half the budget.
+        nd=NDPreset(teacher_steps=350),
+        eval_examples=1000,  # in `build`; reports run `compare` on the whole test split
     ),
     "paper": Preset(
         name="paper",
+        retriever=RetrieverPreset(
+            name="paper",
+            inputs=InputConfig(max_context_turns=1, max_source_len=128, max_target_len=64),
+            model=BiEncoderConfig(
+                d_model=512,
+                n_heads=8,
+                d_ff=2048,
+                n_layers=6,
+                dropout=0.1,
+                max_positions=256,
+                embed_dim=512,
+            ),
+            train=TrainConfig(
+                max_steps=60_000,
+                batch_size=48,
+                warmup_steps=4000,
+                lr_scale=1.0,
+                lr_dim=512,
+                eval_every=1000,
+                patience=10,
+                log_every=50,
+            ),
+            augment=AugmentConfig(
+                m=10, min_lengths=(10, 20), max_length=64, max_contexts=0, batch_contexts=64
+            ),
+            positives_per_context=10,
+            random_negatives=512,
+            val_examples=0,
+            response_max_tokens=60,
+        ),
         vocab_size=16000,
         inputs=InputConfig(max_context_turns=1, max_source_len=128, max_target_len=64),
         generator=GeneratorPreset(
@@ -147,3 +310,16 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def get_retriever_preset(name: str) -> RetrieverPreset:
+    """The retrieval side of preset ``name``."""
+    retriever = get_preset(name).retriever
+    if retriever is None:
+        raise ValueError(f"preset {name!r} has no retriever configuration")
+    return retriever
+
+
+RETRIEVER_PRESETS: dict[str, RetrieverPreset] = {
+    name: p.retriever for name, p in PRESETS.items() if p.retriever is not None
+}

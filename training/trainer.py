@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from training.distributed import DistContext
+from training.distributed import DistContext, barrier
 
 logger = logging.getLogger(__name__)
 
@@ -340,7 +340,8 @@ class Trainer:
         return TrainResult(self.state, self.run_dir)
 
     def load_best(self) -> None:
-        """Load the best validated weights into the model."""
+        """Load the best validated weights into the model (rank 0 wrote them: wait for it)."""
+        barrier(self.ctx)
         self.model.load_state_dict(
             load_file(self.run_dir / BEST_WEIGHTS_FILE, device=str(self.ctx.device))
         )

@@ -1,0 +1,205 @@
+"""Bi-encoder for response retrieval (Humeau et al. 2019; the retrieval model of G2R, Kim et al. 2021).
+
+Read bottom-up: ``BiEncoderConfig -> TextEncoder -> BiEncoder``. A context and a response are
+encoded separately into ``embed_dim``-sized vectors and scored by their dot product (G2R section
+2.2), so every response can be embedded once, offline, and searched with FAISS.
+
+* Each encoder is a pre-LN Transformer encoder built from :class:`models.seq2seq.EncoderLayer` (the
+  generator's own layer), over the generators' tokenizer and sinusoidal positions.
+* Pooling (``BiEncoderConfig.pooling``):
+
+  - ``"mean"`` (default): the average of the final-layer states of the non-pad tokens;
+  - ``"cls"``: a BOS token (id 1) is prepended to every sequence and its final state is used,
+    like BERT's ``[CLS]``; the caller never adds it.
+
+  The pooled state goes through a bias-free linear projection to ``embed_dim``.
+* The context and response encoders have separate weights by default (Humeau et al.); with
+  ``shared=True`` one encoder serves both (half the parameters).
+* Because the layers match the generator's encoder, :meth:`BiEncoder.init_from_generator` can
+  warm-start both encoders from a trained generator of the same shape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from models.seq2seq import EncoderLayer, Seq2SeqConfig, sinusoidal_positions
+
+Pooling = Literal["mean", "cls"]
+
+
+@dataclass
+class BiEncoderConfig:
+    """Shape of the bi-encoder; stored in retriever bundles as ``model_config["biencoder"]``."""
+
+    vocab_size: int = 8000  # set from the (generators') tokenizer
+    d_model: int = 512  # hidden size of each encoder
+    n_heads: int = 8  # attention heads; head_dim = d_model / n_heads
+    d_ff: int = 2048  # feed-forward inner size
+    n_layers: int = 6  # Transformer layers per encoder
+    dropout: float = 0.1  # attention, FFN and residual dropout (as in the generator)
+    max_positions: int = 256  # longest input (the cls token included) the position table covers
+    embed_dim: int = 256  # size of the context/response embeddings (what the index stores)
+    pooling: Pooling = "mean"  # "mean" over non-pad tokens or the state of a prepended "cls" token
+    shared: bool = False  # one encoder for contexts and responses instead of two
+    pad_id: int = 0
+    cls_id: int = 1  # BOS doubles as the [CLS] token when pooling == "cls"
+
+    def __post_init__(self) -> None:
+        assert self.d_model % self.n_heads == 0, (
+            f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}"
+        )
+        assert self.pooling in ("mean", "cls"), f"unknown pooling {self.pooling!r}"
+        assert self.embed_dim > 0, f"embed_dim must be positive, got {self.embed_dim}"
+
+    def layer_config(self) -> Seq2SeqConfig:
+        """The :class:`Seq2SeqConfig` that :class:`EncoderLayer` is built from."""
+        return Seq2SeqConfig(
+            vocab_size=self.vocab_size,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            d_ff=self.d_ff,
+            n_encoder_layers=self.n_layers,
+            n_decoder_layers=0,
+            dropout=self.dropout,
+            max_positions=self.max_positions,
+            pad_id=self.pad_id,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BiEncoderConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown BiEncoderConfig fields: {sorted(unknown)}")
+        return cls(**data)
+
+
+class TextEncoder(nn.Module):
+    """Token ids (B, T) -> pooled, projected embeddings (B, embed_dim)."""
+
+    def __init__(self, cfg: BiEncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        layer_cfg = cfg.layer_config()
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        self.positions: Tensor
+        self.register_buffer(
+            "positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False
+        )
+        self.embed_dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(EncoderLayer(layer_cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.embed_dim, bias=False)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        cfg = self.cfg
+        if cfg.pooling == "cls":
+            cls = torch.full((ids.size(0), 1), cfg.cls_id, dtype=ids.dtype, device=ids.device)
+            ids = torch.cat([cls, ids], dim=1)  # (B, 1 + T)
+        t = ids.size(1)
+        assert t <= cfg.max_positions, (
+            f"sequence of {t} positions exceeds max_positions={cfg.max_positions}"
+        )
+        keep = ids.ne(cfg.pad_id)  # (B, T) True on real tokens
+        # An all-pad row (an empty text) would attend to nothing (NaN); let it see position 0.
+        keep[:, 0] |= ~keep.any(dim=1)
+        mask = None if bool(keep.all()) else keep[:, None, None, :]  # (B, 1, 1, T)
+        x = self.embed(ids) * math.sqrt(cfg.d_model) + self.positions[:t]
+        x = self.embed_dropout(x)
+        for layer in self.layers:
+            x = layer(x, mask)
+        x = self.norm(x)  # (B, T, d)
+        if cfg.pooling == "cls":
+            pooled = x[:, 0]
+        else:
+            weights = keep.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+            pooled = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, d)
+        return self.proj(pooled)  # (B, embed_dim)
+
+
+class BiEncoder(nn.Module):
+    """Context and response encoders whose embeddings are scored by dot product (G2R sec. 2.2)."""
+
+    def __init__(self, cfg: BiEncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.context_encoder = TextEncoder(cfg)
+        # Shared weights: no second module, so the state dict holds each tensor once.
+        self.response_encoder: TextEncoder | None = None if cfg.shared else TextEncoder(cfg)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # The generator's initialisation (models/seq2seq.py), so warm starts and fresh runs match.
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=module.embedding_dim**-0.5)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+
+    def _response_encoder(self) -> TextEncoder:
+        return self.context_encoder if self.response_encoder is None else self.response_encoder
+
+    def encode_contexts(self, ids: Tensor) -> Tensor:
+        """Right-padded context ids (B, S) -> embeddings (B, embed_dim)."""
+        return self.context_encoder(ids)
+
+    def encode_responses(self, ids: Tensor) -> Tensor:
+        """Right-padded response ids (M, T), no BOS/EOS -> embeddings (M, embed_dim)."""
+        return self._response_encoder()(ids)
+
+    @staticmethod
+    def score(contexts: Tensor, responses: Tensor) -> Tensor:
+        """Relevance R(c, r) = <e_c, e_r> for every pair: (B, E) x (M, E) -> (B, M)."""
+        return contexts @ responses.transpose(0, 1)
+
+    def forward(self, context_ids: Tensor, response_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Both embeddings in one call (DDP only synchronises gradients of ``forward``)."""
+        return self.encode_contexts(context_ids), self.encode_responses(response_ids)
+
+    @torch.no_grad()
+    def init_from_generator(self, state_dict: Mapping[str, Tensor]) -> list[str]:
+        """Copy a same-shaped generator's embeddings and encoder stack into both encoders.
+
+        ``state_dict`` is a :class:`~models.seq2seq.Seq2SeqTransformer`'s (``embed.weight``,
+        ``encoder_layers.<i>.*``, ``encoder_norm.*``); the first ``n_layers`` layers are used and
+        the projections stay random. Returns the parameter names that were copied.
+        """
+        copied: list[str] = []
+        encoders = [self.context_encoder]
+        if self.response_encoder is not None:
+            encoders.append(self.response_encoder)
+        for prefix, encoder in zip(("context_encoder", "response_encoder"), encoders, strict=False):
+            for name, param in encoder.named_parameters():
+                if name.startswith("proj."):
+                    continue
+                # layers.<i>.* -> encoder_layers.<i>.*, norm.* -> encoder_norm.*, embed.* as is
+                source = f"encoder_{name}" if name.startswith(("layers.", "norm.")) else name
+                if source not in state_dict:
+                    raise ValueError(f"generator state has no {source!r} for {prefix}.{name}")
+                value = state_dict[source]
+                if value.shape != param.shape:
+                    raise ValueError(
+                        f"shape mismatch for {prefix}.{name}: generator {tuple(value.shape)}, "
+                        f"bi-encoder {tuple(param.shape)}"
+                    )
+                param.copy_(value)
+                copied.append(f"{prefix}.{name}")
+        return copied
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,267 @@
+"""Response index and retrieval bundles: HNSW vs exact recall, id alignment, refusing bad bundles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from models.biencoder import BiEncoder, BiEncoderConfig
+from models.bundle import BundleError, read_manifest, verify_bundle, write_bundle
+from models.generator import InputConfig
+from models.retriever import (
+    IndexConfig,
+    ResponseIndex,
+    RetrievalResponder,
+    build_response_index,
+    embed_responses,
+    exact_search,
+    read_responses,
+)
+from models.tokenizer import DialogueTokenizer
+from training.g2r import index_recall, rebuild_index
+
+WORDS = [
+    "hello",
+    "hi",
+    "how",
+    "are",
+    "you",
+    "fine",
+    "thanks",
+    "what",
+    "time",
+    "is",
+    "it",
+    "now",
+    "good",
+    "morning",
+    "night",
+    "see",
+    "later",
+    "bye",
+    "yes",
+    "no",
+]
+RESPONSES = [
+    "i am fine , thanks .",
+    "it is ten o'clock .",
+    "good morning to you !",
+    "see you later .",
+    "yes , of course .",
+    "no , thanks .",
+    "what time is it now ?",
+    "good night .",
+]
+INPUTS = InputConfig(max_context_turns=2, max_source_len=16, max_target_len=12)
+
+
+def _seeded_vectors(n: int, d: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+
+
+@pytest.mark.parametrize("equal_norm", [True, False])
+def test_hnsw_recall_at_1_matches_exact_search_and_survives_a_permutation(
+    equal_norm: bool,
+) -> None:
+    database, queries = _seeded_vectors(4000, 16, 0), _seeded_vectors(200, 16, 1)
+    config = IndexConfig(equal_norm=equal_norm)
+    index = ResponseIndex.build(np.array_split(database, 7), 16, config, progress=False)
+    assert index.ntotal == 4000 and index.dim == 16 and index.config.ef_search == 256
+    assert index_recall(index, database, queries, k=1) >= 0.98
+
+    perm = np.random.default_rng(2).permutation(len(database))
+    permuted = ResponseIndex.build([database[perm]], 16, config, progress=False)
+    assert index_recall(permuted, database[perm], queries, k=1) >= 0.98
+    # Same neighbours, renamed by the permutation: exact ids map back through it.
+    _, exact = exact_search(database, queries, 1)
+    _, exact_perm = exact_search(database[perm], queries, 1)
+    np.testing.assert_array_equal(perm[exact_perm[:, 0]], exact[:, 0])
+    _, approx_perm = permuted.search(queries, 1)
+    assert np.mean(perm[approx_perm[:, 0]] == exact[:, 0]) >= 0.98
+
+
+def test_equal_norm_index_returns_exact_inner_products_and_the_raw_vectors() -> None:
+    database, queries = _seeded_vectors(500, 8, 4), _seeded_vectors(20, 8, 5)
+    database *= np.linspace(0.5, 2.0, 500, dtype=np.float32)[:, None]  # norms differ a lot
+    index = ResponseIndex.build([database], 8, IndexConfig(equal_norm=True), progress=False)
+    assert index.index.d == 9
+    np.testing.assert_allclose(index.vectors(), database, rtol=1e-6)
+    scores, ids = index.search(queries, 5)
+    np.testing.assert_allclose(
+        scores, np.take_along_axis(queries @ database.T, ids, axis=1), rtol=1e-4, atol=1e-4
+    )
+    back = ResponseIndex.from_bytes(index.to_bytes())
+    assert back.max_norm == pytest.approx(float(np.linalg.norm(database, axis=1).max()), rel=1e-5)
+    with pytest.raises(AssertionError, match="exceeds the index's M"):
+        back.add(np.full((1, 8), 100.0, dtype=np.float32))
+
+
+def test_exact_search_returns_inner_product_scores_by_hand() -> None:
+    database = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]], dtype=np.float32)
+    scores, ids = exact_search(database, np.array([[1.0, 1.0]], dtype=np.float32), 2, use_gpu=False)
+    # <q, x_i> = 1, 2, 2: ids 1 and 2 tie at 2.0, id 0 scores 1.0
+    assert sorted(ids[0].tolist()) == [1, 2] and scores[0].tolist() == [2.0, 2.0]
+
+
+def test_index_round_trips_through_bytes_and_keeps_ef_search() -> None:
+    x = _seeded_vectors(300, 8, 3)
+    index = ResponseIndex.build([x], 8, IndexConfig(ef_search=64), progress=False)
+    back = ResponseIndex.from_bytes(index.to_bytes(), IndexConfig(ef_search=32))
+    assert back.ntotal == 300 and back.dim == 8 and back.index.hnsw.efSearch == 32
+    np.testing.assert_array_equal(back.search(x[:5], 3)[1], index.search(x[:5], 3)[1])
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> DialogueTokenizer:
+    texts = [
+        *RESPONSES,
+        *WORDS,
+        "how are you ?",
+        "what time is it ?",
+        "hello , how are you today ?",
+    ]
+    return DialogueTokenizer.train(texts * 3, vocab_size=120, min_frequency=1)
+
+
+@pytest.fixture(scope="module")
+def responder(tokenizer: DialogueTokenizer) -> RetrievalResponder:
+    torch.manual_seed(0)
+    cfg = BiEncoderConfig(
+        vocab_size=tokenizer.vocab_size,
+        d_model=16,
+        n_heads=2,
+        d_ff=32,
+        n_layers=1,
+        dropout=0.0,
+        max_positions=32,
+        embed_dim=8,
+    )
+    model = BiEncoder(cfg).eval()
+    index = build_response_index(
+        model, tokenizer, RESPONSES, INPUTS, IndexConfig(ef_search=16), progress=False
+    )
+    sources = ["corpus"] * 6 + ["teacher"] * 2
+    return RetrievalResponder(model, tokenizer, INPUTS, index, RESPONSES, sources)
+
+
+@pytest.fixture
+def bundle(responder: RetrievalResponder, tmp_path: Path) -> Path:
+    responder.save(
+        tmp_path / "retriever", name="retriever-test", training={"method": "test"}, metrics={}
+    )
+    return tmp_path / "retriever"
+
+
+def test_bundle_ids_align_with_responses_jsonl(bundle: Path) -> None:
+    rows = [json.loads(line) for line in (bundle / "responses.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == list(range(len(RESPONSES)))
+    assert [r["text"] for r in rows] == RESPONSES
+    assert [r["source"] for r in rows] == ["corpus"] * 6 + ["teacher"] * 2
+    loaded = RetrievalResponder.load(bundle)
+    # Index vector i is the embedding of row i, and searching with it finds row i first.
+    own = np.concatenate(
+        list(embed_responses(loaded.model, loaded.tokenizer, RESPONSES, loaded.inputs))
+    )
+    np.testing.assert_allclose(loaded.index.vectors(), own, rtol=1e-5, atol=1e-5)
+    _, ids = exact_search(own, own, 1)
+    _, approx = loaded.index.search(own, 1)
+    np.testing.assert_array_equal(approx[:, 0], ids[:, 0])
+
+
+def test_load_and_respond_returns_top_k_texts_with_scores(bundle: Path) -> None:
+    loaded = RetrievalResponder.load(bundle)
+    assert loaded.bundle_id.startswith("retriever-test@") and loaded.index.config.ef_search == 16
+    out = loaded.respond([["Hello, how are you?"], ["what time is it ?", "it's ten ."]], top_k=3)
+    assert len(out) == 2 and all(len(row) == 3 for row in out)
+    for row in out:
+        assert all(text in RESPONSES and isinstance(score, float) for text, score in row)
+        assert [s for _, s in row] == sorted((s for _, s in row), reverse=True)
+    # The score is the dot product of the context and response embeddings.
+    ctx = loaded.embed(loaded.encode_contexts([["Hello, how are you?"]]))
+    text, score = out[0][0]
+    emb = loaded.index.vectors()[RESPONSES.index(text)]
+    assert score == pytest.approx(float(ctx[0] @ emb), rel=1e-4)
+    assert loaded.respond([]) == []
+    assert len(loaded.respond([["hi"]], top_k=100)[0]) == len(RESPONSES)
+
+
+def test_bundle_whose_index_count_disagrees_refuses_to_load(
+    responder: RetrievalResponder, bundle: Path, tmp_path: Path
+) -> None:
+    manifest = read_manifest(bundle)
+    short = ResponseIndex.build([responder.index.vectors()[:5]], 8, progress=False)
+    bad = tmp_path / "bad"
+    write_bundle(  # checksums are right: only the count is wrong
+        bad,
+        kind="retriever",
+        name="bad",
+        model_config=manifest.model_config,
+        training={},
+        metrics={},
+        state_dict=responder.model.state_dict(),
+        tokenizer_json=responder.tokenizer.to_str(),
+        extra_files={
+            "responses.jsonl": bundle / "responses.jsonl",
+            "index.faiss": short.to_bytes(),
+        },
+    )
+    verify_bundle(bad)
+    with pytest.raises(
+        BundleError, match=r"index\.faiss holds 5 vectors .* responses\.jsonl has 8 rows"
+    ) as err:
+        RetrievalResponder.load(bad)
+    assert err.value.file == "index.faiss"
+
+
+def test_bundle_with_unreadable_index_or_bad_ids_names_the_file(
+    bundle: Path, tmp_path: Path
+) -> None:
+    manifest = read_manifest(bundle)
+    common: dict[str, Any] = dict(
+        kind="retriever",
+        name="bad",
+        model_config=manifest.model_config,
+        training={},
+        metrics={},
+        state_dict=RetrievalResponder.load(bundle).model.state_dict(),
+        tokenizer_json=(bundle / "tokenizer.json").read_text(),
+    )
+    write_bundle(
+        tmp_path / "junk",
+        **common,
+        extra_files={"responses.jsonl": bundle / "responses.jsonl", "index.faiss": b"junk"},
+    )
+    with pytest.raises(BundleError, match=r"index\.faiss is not a readable FAISS index"):
+        RetrievalResponder.load(tmp_path / "junk")
+    rows = (bundle / "responses.jsonl").read_text().replace('"id": 3', '"id": 4')
+    write_bundle(
+        tmp_path / "ids",
+        **common,
+        extra_files={"responses.jsonl": rows.encode(), "index.faiss": bundle / "index.faiss"},
+    )
+    with pytest.raises(BundleError, match=r"responses\.jsonl line 4 has id 4, expected 3"):
+        RetrievalResponder.load(tmp_path / "ids")
+
+
+def test_corrupt_index_file_fails_its_checksum(bundle: Path) -> None:
+    with (bundle / "index.faiss").open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BundleError, match=r"index\.faiss checksum mismatch"):
+        RetrievalResponder.load(bundle)
+
+
+def test_rebuild_index_repairs_a_bundle_and_sets_ef_search(bundle: Path) -> None:
+    before = RetrievalResponder.load(bundle).index.vectors()
+    (bundle / "index.faiss").write_bytes(b"broken")
+    manifest = rebuild_index(bundle, ef_search=48, progress=False)
+    assert manifest.model_config["index"]["ef_search"] == 48
+    assert manifest.metrics["index_recall@1"] >= 0.99
+    loaded = RetrievalResponder.load(bundle)
+    assert loaded.index.index.hnsw.efSearch == 48
+    np.testing.assert_allclose(loaded.index.vectors(), before, rtol=1e-5, atol=1e-5)
+    assert read_responses(bundle)[0] == RESPONSES
