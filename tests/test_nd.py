@@ -27,8 +27,13 @@ def ex(q: str, r: str) -> DialogueExample:
 
 
 TOY = [
-    ex("a", "i don't know ."), ex("b", "i don't know ."), ex("c", "i don't know ."), ex("d", "i don't know ."),
-    ex("e", "ok ."), ex("f", "ok ."), ex("e", "ok ."),
+    ex("a", "i don't know ."),
+    ex("b", "i don't know ."),
+    ex("c", "i don't know ."),
+    ex("d", "i don't know ."),
+    ex("e", "ok ."),
+    ex("f", "ok ."),
+    ex("e", "ok ."),
     ex("g", "the train leaves at six ."),
 ]
 
@@ -71,7 +76,9 @@ def test_soft_unlikelihood_temperature_softens_both() -> None:
     s3 = math.sqrt(3.0)
     p_s = (s3 / (s3 + 1), 1 / (s3 + 1))
     expected = -(0.25 * math.log(1 - p_s[0]) + 0.75 * math.log(1 - p_s[1]))
-    assert soft_unlikelihood(student, teacher, mask, temperature=2.0).item() == pytest.approx(expected, rel=1e-5)
+    assert soft_unlikelihood(student, teacher, mask, temperature=2.0).item() == pytest.approx(
+        expected, rel=1e-5
+    )
 
 
 def test_soft_unlikelihood_ignores_masked_positions() -> None:
@@ -88,14 +95,18 @@ def test_mrse_by_hand() -> None:
     # (e^0 + e^-1 + e^-4) / 3
     assert mrse(a, b).item() == pytest.approx((1 + math.exp(-1) + math.exp(-4)) / 3)
     # with the last element masked out: (1 + e^-1) / 2
-    assert mrse(a, b, torch.tensor([True, True, False])).item() == pytest.approx((1 + math.exp(-1)) / 2)
+    assert mrse(a, b, torch.tensor([True, True, False])).item() == pytest.approx(
+        (1 + math.exp(-1)) / 2
+    )
     assert mrse(a, a).item() == 1.0
 
 
 def test_progressive_alpha_peaks_at_one_at_gamma() -> None:
     assert progressive_alpha(25600, gamma=25600) == pytest.approx(1.0)
     # at s = 0: z = -6, α = 4 e^6 / (e^6 + 1)^2
-    assert progressive_alpha(0, gamma=25600) == pytest.approx(4 * math.exp(6) / (math.exp(6) + 1) ** 2)
+    assert progressive_alpha(0, gamma=25600) == pytest.approx(
+        4 * math.exp(6) / (math.exp(6) + 1) ** 2
+    )
     # symmetric around γ
     assert progressive_alpha(100, gamma=300) == pytest.approx(progressive_alpha(500, gamma=300))
     assert max(progressive_alpha(s, gamma=300) for s in range(601)) == pytest.approx(1.0)
@@ -105,8 +116,16 @@ def test_progressive_alpha_peaks_at_one_at_gamma() -> None:
 @pytest.fixture()
 def pair() -> tuple[Seq2SeqTransformer, Seq2SeqTransformer, Seq2SeqBatch]:
     torch.manual_seed(0)
-    cfg = Seq2SeqConfig(vocab_size=30, d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1,
-                        n_decoder_layers=2, dropout=0.0, max_positions=32)
+    cfg = Seq2SeqConfig(
+        vocab_size=30,
+        d_model=16,
+        n_heads=2,
+        d_ff=32,
+        n_encoder_layers=1,
+        n_decoder_layers=2,
+        dropout=0.0,
+        max_positions=32,
+    )
     student, teacher = Seq2SeqTransformer(cfg), Seq2SeqTransformer(cfg)
     src = torch.randint(5, 30, (3, 6))
     tgt = torch.randint(5, 30, (3, 5))
@@ -160,8 +179,13 @@ def test_nd_ablations_switch_terms_off(pair, cfg: NDLossConfig, keys: set[str]) 
 
 def test_nd_random_targets_push_down_negative_replies(pair) -> None:
     student, teacher, batch = pair
-    objective = NDObjective(teacher, pad_id=0, gamma=1.0, loss=NDLossConfig(targets="random"),
-                            random_targets=[[7, 8, 9], [10, 11]])
+    objective = NDObjective(
+        teacher,
+        pad_id=0,
+        gamma=1.0,
+        loss=NDLossConfig(targets="random"),
+        random_targets=[[7, 8, 9], [10, 11]],
+    )
     loss, logs = objective(student, batch)
     loss.backward()
     assert set(logs) == {"alpha", "mle", "nd_pred"} and logs["nd_pred"] > 0

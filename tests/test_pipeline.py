@@ -29,9 +29,13 @@ CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def tiny_build(dailydialog_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def tiny_build(
+    dailydialog_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict]:
     base = tmp_path_factory.mktemp("tiny")
-    summary = build(PRESETS["tiny"], BuildPaths(dailydialog_dir, base / "artifacts", base / "runs"), CPU)
+    summary = build(
+        PRESETS["tiny"], BuildPaths(dailydialog_dir, base / "artifacts", base / "runs"), CPU
+    )
     return base, summary
 
 
@@ -73,7 +77,9 @@ def test_build_tiny_writes_a_g2r_retriever_that_answers(tiny_build: tuple[Path, 
     assert scores == sorted(scores, reverse=True)
 
 
-def test_build_again_skips_finished_stages(tiny_build: tuple[Path, dict], dailydialog_dir: Path) -> None:
+def test_build_again_skips_finished_stages(
+    tiny_build: tuple[Path, dict], dailydialog_dir: Path
+) -> None:
     base, _ = tiny_build
     bundle = base / "artifacts" / STANDARD_GENERATOR
     before = verify_bundle(bundle).files
@@ -89,7 +95,9 @@ def test_load_and_respond_returns_text(tiny_build: tuple[Path, dict]) -> None:
     assert responder.bundle_id.startswith(f"{STANDARD_GENERATOR}@")
 
 
-def test_load_corrupt_generator_bundle_names_the_file(tiny_build: tuple[Path, dict], tmp_path: Path) -> None:
+def test_load_corrupt_generator_bundle_names_the_file(
+    tiny_build: tuple[Path, dict], tmp_path: Path
+) -> None:
     base, _ = tiny_build
     import shutil
 
@@ -101,13 +109,34 @@ def test_load_corrupt_generator_bundle_names_the_file(tiny_build: tuple[Path, di
         GenerativeResponder.load(bundle)
 
 
-def test_cli_evaluate_writes_json_and_markdown(tiny_build: tuple[Path, dict], dailydialog_dir: Path, tmp_path: Path) -> None:
+def test_cli_evaluate_writes_json_and_markdown(
+    tiny_build: tuple[Path, dict], dailydialog_dir: Path, tmp_path: Path
+) -> None:
     base, _ = tiny_build
     out = tmp_path / "eval.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "training", "evaluate", "--bundle", str(base / "artifacts" / STANDARD_GENERATOR),
-         "--data", str(dailydialog_dir), "--split", "test", "--max-examples", "40", "--samples", "5", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "evaluate",
+            "--bundle",
+            str(base / "artifacts" / STANDARD_GENERATOR),
+            "--data",
+            str(dailydialog_dir),
+            "--split",
+            "test",
+            "--max-examples",
+            "40",
+            "--samples",
+            "5",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
@@ -118,21 +147,63 @@ def test_cli_evaluate_writes_json_and_markdown(tiny_build: tuple[Path, dict], da
 
 def test_cli_reports_bad_data_dir_without_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "training", "train-generator", "--preset", "tiny", "--data", str(tmp_path),
-         "--out", str(tmp_path / "g"), "--runs", str(tmp_path / "runs")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "train-generator",
+            "--preset",
+            "tiny",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "g"),
+            "--runs",
+            str(tmp_path / "runs"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and str(tmp_path) in proc.stderr
 
 
-def test_torchrun_two_gloo_processes_train_one_bundle(dailydialog_dir: Path, tmp_path: Path) -> None:
+def test_torchrun_two_gloo_processes_train_one_bundle(
+    dailydialog_dir: Path, tmp_path: Path
+) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-         "-m", "training", "train-generator", "--preset", "tiny", "--device", "cpu", "--data", str(dailydialog_dir),
-         "--out", str(tmp_path / "ddp"), "--runs", str(tmp_path / "runs"), "--max-steps", "6"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29531",
+            "-m",
+            "training",
+            "train-generator",
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--data",
+            str(dailydialog_dir),
+            "--out",
+            str(tmp_path / "ddp"),
+            "--runs",
+            str(tmp_path / "runs"),
+            "--max-steps",
+            "6",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = verify_bundle(tmp_path / "ddp")
@@ -144,16 +215,41 @@ def test_torchrun_two_gloo_processes_train_one_bundle(dailydialog_dir: Path, tmp
     [("nd", ["--ablation", "no-att"]), ("nt", []), ("ul", []), ("mle", ["--subset", "negative"])],
 )
 def test_cli_train_generator_methods(
-    tiny_build: tuple[Path, dict], dailydialog_dir: Path, tmp_path: Path, method: str, extra: list[str]
+    tiny_build: tuple[Path, dict],
+    dailydialog_dir: Path,
+    tmp_path: Path,
+    method: str,
+    extra: list[str],
 ) -> None:
     base, _ = tiny_build
     artifacts = base / "artifacts"
     out = artifacts / f"cli-{method}"
     proc = subprocess.run(
-        [sys.executable, "-m", "training", "train-generator", "--preset", "tiny", "--method", method,
-         "--data", str(dailydialog_dir), "--out", str(out), "--runs", str(tmp_path / "runs"),
-         "--tokenizer", str(base / "runs" / "tiny" / "tokenizer.json"), "--max-steps", "4", *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "train-generator",
+            "--preset",
+            "tiny",
+            "--method",
+            method,
+            "--data",
+            str(dailydialog_dir),
+            "--out",
+            str(out),
+            "--runs",
+            str(tmp_path / "runs"),
+            "--tokenizer",
+            str(base / "runs" / "tiny" / "tokenizer.json"),
+            "--max-steps",
+            "4",
+            *extra,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = verify_bundle(out)
@@ -164,15 +260,34 @@ def test_cli_train_generator_methods(
         assert manifest.training["nd"]["use_att"] is False
 
 
-def test_cli_compare_writes_one_table(tiny_build: tuple[Path, dict], dailydialog_dir: Path, tmp_path: Path) -> None:
+def test_cli_compare_writes_one_table(
+    tiny_build: tuple[Path, dict], dailydialog_dir: Path, tmp_path: Path
+) -> None:
     base, _ = tiny_build
     out = tmp_path / "cmp"
     proc = subprocess.run(
-        [sys.executable, "-m", "training", "compare", "--data", str(dailydialog_dir), "--max-examples", "12",
-         "--samples", "3", "--out", str(out),
-         "--bundle", f"standard={base / 'artifacts' / STANDARD_GENERATOR}",
-         "--bundle", f"nd={base / 'artifacts' / ND_STUDENT}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "compare",
+            "--data",
+            str(dailydialog_dir),
+            "--max-examples",
+            "12",
+            "--samples",
+            "3",
+            "--out",
+            str(out),
+            "--bundle",
+            f"standard={base / 'artifacts' / STANDARD_GENERATOR}",
+            "--bundle",
+            f"nd={base / 'artifacts' / ND_STUDENT}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.with_suffix(".json").read_text())

@@ -32,7 +32,9 @@ def test_decode_round_trips_normalised_text(tok: DialogueTokenizer) -> None:
 
 def test_encode_contexts_joins_turns_with_sep(tok: DialogueTokenizer) -> None:
     a, b = tok.encode_texts(["hello", "it's half past ten ."])
-    assert tok.encode_contexts([["hello", "it's half past ten ."]], max_len=100) == [[*a, tok.sep_id, *b]]
+    assert tok.encode_contexts([["hello", "it's half past ten ."]], max_len=100) == [
+        [*a, tok.sep_id, *b]
+    ]
 
 
 def test_encode_contexts_keeps_the_most_recent_tokens(tok: DialogueTokenizer) -> None:
