@@ -25,11 +25,11 @@ build: setup
 	$(PY) -m training build --preset $(PRESET) --data $(DATA) --out $(ARTIFACTS) --runs $(RUNS)
 
 run: setup
-	@if [ ! -f $(ARTIFACTS)/generator-standard/manifest.json ]; then \
+	@if [ ! -f $(ARTIFACTS)/retriever-g2r/manifest.json ]; then \
 	  echo "no bundles in $(ARTIFACTS)/: building the '$(PRESET)' preset first"; \
 	  $(MAKE) --no-print-directory build; \
 	fi
-	$(PY) -m training reply --bundle $(ARTIFACTS)/generator-standard
+	$(PY) -m training reply --bundle $(ARTIFACTS)/generator-nd --bundle $(ARTIFACTS)/retriever-g2r
 
 test: setup
 	$(PY) -m pytest -q

@@ -296,3 +296,34 @@ def test_cli_compare_writes_one_table(
     assert "dist-2" in result["standard"]["greedy"]
     md = out.with_suffix(".md").read_text()
     assert md.count("\n| standard |") == 3 and "## greedy" in md and "Sample replies" in md
+
+
+def test_cli_reply_prints_generator_and_retriever_replies(tiny_build: tuple[Path, dict]) -> None:
+    base, _ = tiny_build
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "reply",
+            "--device",
+            "cpu",
+            "--context",
+            "hello , how are you ?",
+            "--bundle",
+            str(base / "artifacts" / ND_STUDENT),
+            "--bundle",
+            str(base / "artifacts" / G2R_RETRIEVER),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("> hello , how are you ?") == 2
+    assert (
+        "  greedy: " in proc.stdout
+        and "  beam 5: " in proc.stdout
+        and "  retrieved: " in proc.stdout
+    )

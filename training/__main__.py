@@ -111,13 +111,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--title", default="Generator comparison")
     p.add_argument("--out", type=Path, required=True, help="writes <out>.json and <out>.md")
 
-    p = sub.add_parser("reply", help="print a generator's replies")
-    p.add_argument("--bundle", type=Path, required=True)
+    p = sub.add_parser("reply", help="print replies of generator and retriever bundles")
+    p.add_argument("--bundle", type=Path, action="append", required=True, help="repeatable")
     p.add_argument(
         "--context", action="append", help="a context turn; repeat for several (oldest first)"
     )
     p.add_argument("--device", default="auto")
     return parser.parse_args(argv)
+
+
+def print_replies(bundles: list[Path], contexts: list[list[str]], device: str) -> None:
+    """Each bundle's replies to ``contexts``: greedy and beam 5 for generators, top-1 retrieved."""
+    from models.bundle import read_manifest
+    from models.generator import GenerativeResponder
+    from models.retriever import RetrievalResponder
+    from training.distributed import resolve_device
+
+    for bundle in bundles:
+        if read_manifest(bundle).kind == "retriever":
+            retriever = RetrievalResponder.load(bundle, device=resolve_device(device))
+            print(f"# {retriever.bundle_id}")
+            for turns, hits in zip(contexts, retriever.respond(contexts, top_k=1), strict=True):
+                print(f"> {' / '.join(turns)}\n  retrieved: {hits[0][0]} ({hits[0][1]:.2f})")
+            continue
+        responder = GenerativeResponder.load(bundle, device=resolve_device(device))
+        greedy = responder.respond(contexts)
+        beam = responder.respond(
+            contexts, responder.decoding.with_overrides(strategy="beam", beam_size=5)
+        )
+        print(f"# {responder.bundle_id}")
+        for turns, g, b in zip(contexts, greedy, beam, strict=True):
+            print(f"> {' / '.join(turns)}\n  greedy: {g}\n  beam 5: {b}")
 
 
 def _label_path(spec: str) -> tuple[str, Path]:
@@ -156,15 +180,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from training.presets import get_preset
 
     if args.command == "reply":
-        responder = GenerativeResponder.load(args.bundle, device=resolve_device(args.device))
-        contexts = [args.context] if args.context else SAMPLE_CONTEXTS
-        greedy = responder.respond(contexts)
-        beam = responder.respond(
-            contexts, responder.decoding.with_overrides(strategy="beam", beam_size=5)
-        )
-        print(f"# {responder.bundle_id}")
-        for ctx_turns, g, b in zip(contexts, greedy, beam, strict=True):
-            print(f"> {' / '.join(ctx_turns)}\n  greedy: {g}\n  beam 5: {b}")
+        print_replies(args.bundle, [args.context] if args.context else SAMPLE_CONTEXTS, args.device)
         return 0
 
     if args.command == "compare":
