@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="all",
         help="mle on all pairs or on D_N (the negative teacher)",
     )
+    p.add_argument(
+        "--negative-fraction", type=float, help="share of pairs in D_N (default: the preset's)"
+    )
     p.add_argument("--teacher", type=Path, help="nd: negative teacher bundle")
     p.add_argument("--base", type=Path, help="nt/ul: the standard generator to fine-tune")
     p.add_argument("--init-from", type=Path, help="nd: start the student from this bundle")

@@ -53,17 +53,18 @@ def train_generator_command(
         "seed": args.seed,
     }
     artifacts: Path = args.out.parent
+    fraction = args.negative_fraction or preset.nd.negative_fraction
     if args.method == "mle":
         train = splits.train
         if args.subset == "negative":
-            train = negative_set(splits.train, preset.nd.negative_fraction, seed=args.seed).examples
+            train = negative_set(splits.train, fraction, seed=args.seed).examples
         tok_path = args.tokenizer or args.runs / preset.name / "tokenizer.json"
         tokenizer = ensure_tokenizer(preset, splits, tok_path, ctx)
         return train_mle_generator(tokenizer=tokenizer, train_examples=train, **common)
     if args.method == "nd":
         teacher = args.teacher or artifacts / NEGATIVE_TEACHER
         loss, fixed_alpha = ND_ABLATIONS[args.ablation]
-        dn = negative_set(splits.train, preset.nd.negative_fraction, seed=args.seed).examples
+        dn = negative_set(splits.train, fraction, seed=args.seed).examples
         return train_nd_student(
             tokenizer=GenerativeResponder.load(teacher).tokenizer,
             teacher_bundle=teacher,

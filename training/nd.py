@@ -447,14 +447,17 @@ def plot_nd_log(log_path: Path, out_path: Path) -> None:
         ("nd_pred", "L_pred (eq. 6)"),
         ("nd_hid", "Σ L_hid (eq. 9)"),
         ("nd_att", "Σ L_att (eq. 12)"),
-        ("mle", "L_mle"),
     ):
         if key in records[0]:
             ax_loss.plot(steps, [r[key] for r in records], label=label, lw=1)
     ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("loss")
+    ax_loss.set_ylabel("ND losses")
     ax_loss.grid(alpha=0.3)
-    ax_loss.legend()
+    ax_loss.legend(loc="upper left")
+    ax_mle = ax_loss.twinx()  # MLE is an order of magnitude larger: its own axis
+    ax_mle.plot(steps, [r["mle"] for r in records], "k:", lw=1, label="L_mle (right axis)")
+    ax_mle.set_ylabel("L_mle")
+    ax_mle.legend(loc="upper right")
     fig.suptitle(f"negative distillation: {log_path.parent.name}")
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
