@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--max-examples", type=int, default=0, help="0 = the whole split")
     p.add_argument("--samples", type=int, default=20)
-    p.add_argument("--out", type=Path, help="JSON file (a .md beside it gets the table)")
+    p.add_argument("--out", type=Path, help="writes <out>.json and <out>.md")
 
     p = sub.add_parser("compare", help="compare generator bundles on one split")
     p.add_argument(
@@ -225,7 +225,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         text = json.dumps(result, indent=2)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text)
+            args.out.with_suffix(".json").write_text(text)
             args.out.with_suffix(".md").write_text(markdown_report(manifest.name, result) + "\n")
         print(markdown_report(manifest.name, result))
         return 0
