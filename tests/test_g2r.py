@@ -22,27 +22,29 @@ from training.data import DialogueExample
 from training.distributed import DistContext
 from training.g2r import (
     DEFAULT_BLOCKLIST,
-    BundleTeacher,
-    ContextGroup,
-    G2RDistillationLoss,
-    HFTeacher,
     ResponseFilter,
-    RetrievalCrossEntropyLoss,
     RetrievalData,
     RetrievalTrainSet,
+    build_retrieval_data,
+    load_blocklist,
+)
+from training.g2r_augment import (
+    ContextGroup,
     augment_contexts,
     augmentation_status,
-    build_retrieval_data,
+    read_shards,
+    shard_path,
+)
+from training.g2r_teachers import BundleTeacher, HFTeacher, teacher_scores
+from training.presets import RETRIEVER_PRESETS, AugmentConfig
+from training.retrieval_losses import (
+    G2RDistillationLoss,
+    RetrievalCrossEntropyLoss,
     contrastive_cross_entropy,
     distillation_cross_entropy,
     hits_at_k,
     hits_candidates,
-    load_blocklist,
-    read_shards,
-    shard_path,
-    teacher_scores,
 )
-from training.presets import RETRIEVER_PRESETS, AugmentConfig
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 LN3 = math.log(3.0)

@@ -1,50 +1,40 @@
 """G2R: distilling a generative teacher into a bi-encoder retriever (Kim et al., Findings of EMNLP 2021).
 
-Sections, in pipeline order:
+The pieces, in pipeline order:
 
-1. Teachers: :class:`Teacher` samples replies and scores pairs with eq. 3 (LL / |r|) and eq. 6
-   (MI / |r|); :class:`BundleTeacher` wraps our generator bundles, :class:`HFTeacher` a local
-   Hugging Face seq2seq or causal LM (``transformers`` is an optional extra, imported lazily).
-2. Data-level G2R (sec. 2.3): m teacher replies per training context written to resumable JSONL
-   shards ``shard-<rank>-of-<world>.jsonl`` (context i belongs to rank i % world), then read back
-   into the augmented set D^G and response set R^G (deduplicated).
-3. The response set filter (length bounds and a blocklist), with counts of what was dropped.
-4. Losses: eq. 2 (cross-entropy over the positives against in-batch and shared random
-   negatives) and eqs. 4-5 (KD from the teacher's scores, teacher probability 0 for negatives).
-5. Hits@1/K and Hits@5/K (K = 100) for validation and early stopping.
-6. The retriever training job (``biencoder``, ``g2r-d``, ``g2r-dm``) and its bundle.
+1. Teachers (eqs. 3 and 6): :mod:`training.g2r_teachers`.
+2. Data-level G2R, the resumable augmentation shards: :mod:`training.g2r_augment`.
+3. The response set filter (length bounds and a blocklist), with counts of what was dropped, and
+   D / D^G with the response set R / R^G (here).
+4. Losses (eqs. 2, 4, 5) and Hits@k/K: :mod:`training.retrieval_losses`.
+5. Training batches and the jobs: the retriever training job (``biencoder``, ``g2r-d``,
+   ``g2r-dm``), the whole retrieval stage, and index (re)building with its bundle (here).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
-import json
 import logging
 import math
-import os
 import re
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from models.biencoder import BiEncoder, BiEncoderConfig
 from models.bundle import INDEX_FILE, Manifest, load_state_dict, read_manifest, verify_bundle
-from models.decoding import DecodingConfig, sequence_log_likelihood
-from models.generator import GenerativeResponder, InputConfig
+from models.generator import InputConfig
 from models.retriever import (
     IndexConfig,
     ResponseIndex,
     RetrievalResponder,
     build_response_index,
-    embed_responses,
     exact_search,
     read_responses,
 )
@@ -52,8 +42,17 @@ from models.text import normalize_text
 from models.tokenizer import DialogueTokenizer
 from training.data import DialogueExample, DialogueSplits
 from training.distributed import DistContext, barrier
+from training.g2r_augment import (
+    augment_contexts,
+    augmentation_status,
+    group_by_context,
+    read_shards,
+    select_contexts,
+)
+from training.g2r_teachers import batch_ranges, load_teacher
 from training.generator import bucketed_batches
-from training.presets import AugmentConfig, RetrieverPreset
+from training.presets import RetrieverPreset
+from training.retrieval_losses import G2RDistillationLoss, HitsEvaluator
 from training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -61,479 +60,9 @@ logger = logging.getLogger(__name__)
 Method = Literal["biencoder", "g2r-d", "g2r-dm"]
 METHODS: tuple[Method, ...] = ("biencoder", "g2r-d", "g2r-dm")
 DEFAULT_BLOCKLIST = Path(__file__).resolve().parents[1].parent / "shared/data/blocklist/en.txt"
-SHARD_FORMAT = 1
-
-# --- 1. teachers --------------------------------------------------------------------------------
 
 
-class Teacher(Protocol):
-    """A generative model that samples replies and scores (context, response) pairs."""
-
-    name: str  # provenance recorded in shards and manifests
-
-    def sample(
-        self,
-        contexts: Sequence[Sequence[str]],
-        m: int,
-        *,
-        min_length: int = 0,
-        top_k: int = 20,
-        no_repeat_ngram_size: int = 3,
-        max_length: int = 32,
-        seed: int = 0,
-    ) -> list[list[str]]:
-        """``m`` normalised replies per context, sampled with top-k and n-gram blocking."""
-        ...
-
-    def score(
-        self, contexts: Sequence[Sequence[str]], responses: Sequence[str]
-    ) -> tuple[list[float], list[float]]:
-        """Per pair: G_LL = log P(r|c) / |r| (eq. 3) and G_MI = (log P(r|c) - log P(r)) / |r| (eq. 6)."""
-        ...
-
-
-def teacher_scores(
-    log_likelihood: Tensor, n_tokens: Tensor, dummy_log_likelihoods: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Eq. 3 and eq. 6 from summed log-probabilities.
-
-    ``log_likelihood`` (B,) is log P(r|c), ``n_tokens`` (B,) is |r| (EOS included) and
-    ``dummy_log_likelihoods`` (D, B) is log P(r|d) for D content-free contexts d. P(r) is their
-    average likelihood (G2R appendix G): log P(r) = logsumexp_d log P(r|d) - log D.
-    """
-    n = n_tokens.to(log_likelihood.dtype).clamp(min=1)
-    log_prior = torch.logsumexp(dummy_log_likelihoods, dim=0) - math.log(
-        dummy_log_likelihoods.size(0)
-    )
-    return log_likelihood / n, (log_likelihood - log_prior) / n
-
-
-def _chunks(n: int, size: int) -> list[range]:
-    return [range(s, min(s + size, n)) for s in range(0, n, size)]
-
-
-class BundleTeacher:
-    """One of our generator bundles as the G2R teacher.
-
-    MI's dummy contexts are ".", ``<unk>`` and ``<sep>``: the paper's ``<PAD>`` cannot be used
-    because our encoder masks padding out of attention, so the separator stands in for it.
-    """
-
-    def __init__(self, responder: GenerativeResponder, *, batch_size: int = 128) -> None:
-        self.responder = responder
-        self.name = responder.bundle_id
-        self.batch_size = batch_size
-        tok = responder.tokenizer
-        self._dummy_sources = [tok.encode_contexts([["."]], 8)[0], [tok.unk_id], [tok.sep_id]]
-
-    @classmethod
-    def load(cls, bundle_dir: Path, device: str | torch.device = "cpu") -> BundleTeacher:
-        return cls(GenerativeResponder.load(bundle_dir, device=device))
-
-    def sample(
-        self,
-        contexts: Sequence[Sequence[str]],
-        m: int,
-        *,
-        min_length: int = 0,
-        top_k: int = 20,
-        no_repeat_ngram_size: int = 3,
-        max_length: int = 32,
-        seed: int = 0,
-    ) -> list[list[str]]:
-        decoding = DecodingConfig(
-            strategy="sample",
-            top_k=top_k,
-            no_repeat_ngram_size=no_repeat_ngram_size,
-            min_length=min_length,
-            max_length=max_length,
-            num_return_sequences=m,
-        )
-        gen = torch.Generator(device=self.responder.device).manual_seed(seed)
-        texts = [
-            normalize_text(t) for t in self.responder.respond(contexts, decoding, generator=gen)
-        ]
-        return [texts[i * m : (i + 1) * m] for i in range(len(contexts))]
-
-    @torch.inference_mode()
-    def score(
-        self, contexts: Sequence[Sequence[str]], responses: Sequence[str]
-    ) -> tuple[list[float], list[float]]:
-        assert len(contexts) == len(responses), (
-            f"{len(contexts)} contexts, {len(responses)} responses"
-        )
-        r, tok, model = self.responder, self.responder.tokenizer, self.responder.model
-        ll_out: list[float] = []
-        mi_out: list[float] = []
-        for rows in _chunks(len(responses), self.batch_size):
-            src = r.encode_contexts([contexts[i] for i in rows])
-            ids = tok.encode_responses([responses[i] for i in rows], r.inputs.max_target_len)
-            tgt_in, tgt_out = (t.to(r.device) for t in tok.decoder_io(ids))
-            ll, n = sequence_log_likelihood(model, src, tgt_in, tgt_out)
-            dummies = torch.stack(
-                [
-                    sequence_log_likelihood(
-                        model, tok.pad([d] * len(rows), r.device), tgt_in, tgt_out
-                    )[0]
-                    for d in self._dummy_sources
-                ]
-            )
-            g_ll, g_mi = teacher_scores(ll, n, dummies)
-            ll_out += g_ll.tolist()
-            mi_out += g_mi.tolist()
-        return ll_out, mi_out
-
-
-class HFTeacher:
-    """A local Hugging Face seq2seq or causal LM directory as the G2R teacher (never the hub).
-
-    A context is its turns joined by ``turn_separator``; a causal LM reads it followed by the
-    separator and continues with the reply. Replies are normalised like our corpus. MI's dummy
-    contexts are ".", the unknown token and the pad token (G2R appendix G).
-    """
-
-    def __init__(
-        self,
-        model_dir: Path,
-        device: str | torch.device = "cpu",
-        *,
-        turn_separator: str = "\n",
-        max_source_len: int = 256,
-        batch_size: int = 32,
-    ) -> None:
-        try:
-            transformers: Any = importlib.import_module("transformers")
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "a Hugging Face teacher needs the optional 'transformers' package "
-                "(pip install -e '.[bench]')"
-            ) from exc
-        model_dir = Path(model_dir)
-        config = transformers.AutoConfig.from_pretrained(model_dir, local_files_only=True)
-        self.seq2seq = bool(getattr(config, "is_encoder_decoder", False))
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(
-            model_dir, local_files_only=True
-        )
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        auto = (
-            transformers.AutoModelForSeq2SeqLM
-            if self.seq2seq
-            else transformers.AutoModelForCausalLM
-        )
-        self.model = auto.from_pretrained(model_dir, local_files_only=True).to(device).eval()
-        self.device = torch.device(device)
-        self.name = f"hf:{model_dir.resolve().name}"
-        self.turn_separator = turn_separator
-        self.max_source_len = max_source_len
-        self.batch_size = batch_size
-        specials = [self.tokenizer.unk_token, self.tokenizer.pad_token]
-        self._dummy_contexts = [["."], *([s] for s in specials if s)]
-
-    def _prompt(self, context: Sequence[str]) -> str:
-        text = self.turn_separator.join(context)
-        return text if self.seq2seq else text + self.turn_separator
-
-    @torch.inference_mode()
-    def sample(
-        self,
-        contexts: Sequence[Sequence[str]],
-        m: int,
-        *,
-        min_length: int = 0,
-        top_k: int = 20,
-        no_repeat_ngram_size: int = 3,
-        max_length: int = 32,
-        seed: int = 0,
-    ) -> list[list[str]]:
-        tok = self.tokenizer
-        tok.padding_side = "right" if self.seq2seq else "left"  # causal LMs continue on the right
-        enc = tok(
-            [self._prompt(c) for c in contexts],
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=self.max_source_len,
-        ).to(self.device)
-        torch.manual_seed(seed)
-        out = self.model.generate(
-            **enc,
-            do_sample=True,
-            top_k=top_k,
-            no_repeat_ngram_size=no_repeat_ngram_size,
-            min_new_tokens=min_length,
-            max_new_tokens=max_length,
-            num_return_sequences=m,
-            pad_token_id=tok.pad_token_id,
-        )
-        if not self.seq2seq:
-            out = out[:, enc["input_ids"].shape[1] :]
-        texts = [normalize_text(t) for t in tok.batch_decode(out, skip_special_tokens=True)]
-        return [texts[i * m : (i + 1) * m] for i in range(len(contexts))]
-
-    def _log_likelihoods(
-        self, prompts: Sequence[str], responses: Sequence[str]
-    ) -> tuple[Tensor, Tensor]:
-        """Summed log P(response | prompt) (EOS included) and token counts, (B,) each."""
-        tok = self.tokenizer
-        eos = tok.eos_token_id
-        if self.seq2seq:
-            tok.padding_side = "right"
-            enc = tok(
-                list(prompts),
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_source_len,
-            ).to(self.device)
-            lab = tok(text_target=list(responses), return_tensors="pt", padding=True).to(
-                self.device
-            )
-            labels = lab["input_ids"].masked_fill(lab["attention_mask"] == 0, -100)
-            logits = self.model(**enc, labels=labels).logits.float()
-            mask = labels.ne(-100)
-            target = labels.clamp(min=0)
-        else:
-            rows = []
-            starts = []
-            for p, r in zip(prompts, responses, strict=True):
-                p_ids = tok(p)["input_ids"][-self.max_source_len :] or [eos]
-                r_ids = [*tok(r, add_special_tokens=False)["input_ids"], eos]
-                rows.append(p_ids + r_ids)
-                starts.append(len(p_ids))
-            width = max(map(len, rows))
-            ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for i, row in enumerate(rows):
-                ids[i, : len(row)] = torch.tensor(row)
-                attn[i, : len(row)] = 1
-            ids, attn = ids.to(self.device), attn.to(self.device)
-            logits = self.model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-            target = ids[:, 1:]  # token t is predicted at position t - 1
-            pos = torch.arange(width - 1, device=self.device)[None, :]
-            start = torch.tensor(starts, device=self.device)[:, None] - 1
-            mask = (pos >= start) & attn[:, 1:].bool()
-        logp = logits.log_softmax(-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        return (logp * mask).sum(dim=1), mask.sum(dim=1)
-
-    @torch.inference_mode()
-    def score(
-        self, contexts: Sequence[Sequence[str]], responses: Sequence[str]
-    ) -> tuple[list[float], list[float]]:
-        assert len(contexts) == len(responses), (
-            f"{len(contexts)} contexts, {len(responses)} responses"
-        )
-        ll_out: list[float] = []
-        mi_out: list[float] = []
-        for rows in _chunks(len(responses), self.batch_size):
-            resp = [responses[i] for i in rows]
-            ll, n = self._log_likelihoods([self._prompt(contexts[i]) for i in rows], resp)
-            dummies = torch.stack(
-                [
-                    self._log_likelihoods([self._prompt(d)] * len(rows), resp)[0]
-                    for d in self._dummy_contexts
-                ]
-            )
-            g_ll, g_mi = teacher_scores(ll, n, dummies)
-            ll_out += g_ll.tolist()
-            mi_out += g_mi.tolist()
-        return ll_out, mi_out
-
-
-def load_teacher(path: Path, device: str | torch.device = "cpu") -> Teacher:
-    """A generator bundle (has manifest.json) or a local HF model directory (has config.json)."""
-    path = Path(path)
-    if (path / "manifest.json").is_file():
-        return BundleTeacher.load(path, device)
-    if (path / "config.json").is_file():
-        return HFTeacher(path, device)
-    raise FileNotFoundError(
-        f"teacher {path} is neither a generator bundle (manifest.json) nor a Hugging Face "
-        "model directory (config.json)"
-    )
-
-
-# --- 2. data-level G2R: augmentation shards ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ContextGroup:
-    """A distinct training context and its gold responses in D."""
-
-    context: tuple[str, ...]
-    responses: tuple[str, ...]
-
-
-def group_by_context(examples: Sequence[DialogueExample]) -> list[ContextGroup]:
-    """Distinct contexts in order of first appearance, each with its distinct gold responses."""
-    groups: dict[tuple[str, ...], dict[str, None]] = {}
-    for e in examples:
-        groups.setdefault(e.context, {}).setdefault(e.response)
-    return [ContextGroup(c, tuple(r)) for c, r in groups.items()]
-
-
-def select_contexts(
-    groups: Sequence[ContextGroup], max_contexts: int, seed: int
-) -> list[ContextGroup]:
-    """A seeded subset of ``max_contexts`` groups in corpus order (all when 0 or enough)."""
-    if not max_contexts or max_contexts >= len(groups):
-        return list(groups)
-    keep = np.sort(np.random.default_rng(seed).choice(len(groups), max_contexts, replace=False))
-    return [groups[i] for i in keep.tolist()]
-
-
-def shard_path(out_dir: Path, rank: int, world_size: int) -> Path:
-    return Path(out_dir) / f"shard-{rank}-of-{world_size}.jsonl"
-
-
-def _shard_header(
-    teacher: str, cfg: AugmentConfig, groups: Sequence[ContextGroup]
-) -> dict[str, Any]:
-    digest = hashlib.sha256(json.dumps([g.context for g in groups]).encode()).hexdigest()
-    header = {
-        "format": SHARD_FORMAT,
-        "teacher": teacher,
-        "config": asdict(cfg),
-        "n_contexts": len(groups),
-        "contexts_sha256": digest,
-    }
-    return dict(json.loads(json.dumps(header)))  # as read back from disk (tuples become lists)
-
-
-def _read_jsonl_records(path: Path) -> list[dict[str, Any]]:
-    """Complete JSON lines of a shard; a torn last line (a killed writer) is ignored."""
-    records = []
-    with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            if not line.endswith("\n"):
-                logger.warning("%s: ignoring a partial last line", path)
-                break
-            records.append(json.loads(line))
-    return records
-
-
-def read_shards(out_dir: Path) -> tuple[dict[str, Any] | None, dict[int, dict[str, Any]]]:
-    """The shards' common header and their records by context index (first copy wins)."""
-    header: dict[str, Any] | None = None
-    records: dict[int, dict[str, Any]] = {}
-    for path in sorted(Path(out_dir).glob("shard-*-of-*.jsonl")):
-        for rec in _read_jsonl_records(path):
-            if "header" in rec:
-                if header is not None and rec["header"] != header:
-                    raise ValueError(
-                        f"{path} was written with different settings than its siblings"
-                    )
-                header = rec["header"]
-            else:
-                records.setdefault(int(rec["index"]), rec)
-    return header, records
-
-
-def _truncate_partial_line(path: Path) -> None:
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
-def augment_contexts(
-    teacher: Teacher,
-    groups: Sequence[ContextGroup],
-    out_dir: Path,
-    cfg: AugmentConfig,
-    *,
-    rank: int = 0,
-    world_size: int = 1,
-    progress: bool = True,
-) -> int:
-    """Write m teacher replies (and teacher scores of gold and replies) for this rank's contexts.
-
-    Context i goes to rank ``i % world_size``. Contexts already in any shard of ``out_dir`` are
-    skipped, so a killed run continues where it stopped. Returns the contexts written now.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    header = _shard_header(teacher.name, cfg, groups)
-    old_header, done = read_shards(out_dir)
-    if old_header is not None and old_header != header:
-        raise ValueError(
-            f"{out_dir} holds shards of a different teacher, configuration or context list; "
-            "use another directory or delete it to start over"
-        )
-    path = shard_path(out_dir, rank, world_size)
-    if path.exists():
-        _truncate_partial_line(path)
-    pending = [i for i in range(rank, len(groups), world_size) if i not in done]
-    logger.info(
-        "G2R augmentation rank %d/%d: %d of %d contexts left -> %s",
-        rank,
-        world_size,
-        len(pending),
-        len(groups),
-        path,
-    )
-    with path.open("a", encoding="utf-8") as shard:
-        if shard.tell() == 0:
-            shard.write(json.dumps({"header": header}) + "\n")
-        bar = tqdm(total=len(pending), desc=f"g2r-augment[{rank}]", disable=not progress)
-        for rows in _chunks(len(pending), cfg.batch_contexts):
-            indices = [pending[r] for r in rows]
-            contexts = [groups[i].context for i in indices]
-            generated: list[list[tuple[str, int]]] = [[] for _ in indices]
-            for min_length, count in cfg.replies_per_min_length():
-                seed = int(
-                    np.random.SeedSequence([cfg.seed, indices[0], min_length]).generate_state(1)[0]
-                )
-                replies = teacher.sample(
-                    contexts,
-                    count,
-                    min_length=min_length,
-                    top_k=cfg.top_k,
-                    no_repeat_ngram_size=cfg.no_repeat_ngram_size,
-                    max_length=cfg.max_length,
-                    seed=seed,
-                )
-                for j, texts in enumerate(replies):
-                    generated[j] += [(t, min_length) for t in texts]
-            pairs = [
-                (j, text)
-                for j, i in enumerate(indices)
-                for text in [*groups[i].responses, *(t for t, _ in generated[j])]
-            ]
-            ll, mi = teacher.score([contexts[j] for j, _ in pairs], [t for _, t in pairs])
-            at = 0  # position of the context's first pair in (ll, mi)
-            for j, i in enumerate(indices):
-                n_gold = len(groups[i].responses)
-                gold = [
-                    {"text": t, "ll": ll[at + k], "mi": mi[at + k]}
-                    for k, t in enumerate(groups[i].responses)
-                ]
-                gen = [
-                    {
-                        "text": t,
-                        "ll": ll[at + n_gold + k],
-                        "mi": mi[at + n_gold + k],
-                        "min_length": ml,
-                    }
-                    for k, (t, ml) in enumerate(generated[j])
-                ]
-                at += n_gold + len(generated[j])
-                record = {"index": i, "context": list(contexts[j]), "gold": gold, "generated": gen}
-                shard.write(json.dumps(record, ensure_ascii=False) + "\n")
-            shard.flush()
-            os.fsync(shard.fileno())
-            bar.update(len(indices))
-        bar.close()
-    return len(pending)
-
-
-def augmentation_status(out_dir: Path) -> tuple[int, int]:
-    """(contexts written, contexts expected) over all shards of ``out_dir``; (0, 0) when empty."""
-    header, records = read_shards(out_dir) if Path(out_dir).is_dir() else (None, {})
-    return len(records), int(header["n_contexts"]) if header else 0
-
-
-# --- 3. the response set and its filter ----------------------------------------------------------
+# --- the response set and its filter -------------------------------------------------------------
 
 
 def load_blocklist(path: Path | None) -> list[str]:
@@ -650,156 +179,7 @@ def build_retrieval_data(
     return RetrievalData(contexts, positives, scores, responses, sources, stats)
 
 
-# --- 4. losses -------------------------------------------------------------------------------
-
-
-def contrastive_cross_entropy(scores: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
-    """Eq. 2, averaged over the positive pairs: -log e^{s_p} / (e^{s_p} + sum_{n in R^-} e^{s_n}).
-
-    ``scores`` (B, M) are R(c_b, r_j); ``positive``/``negative`` (B, M) are disjoint boolean masks.
-    Each positive competes with the row's negatives only, never with the row's other positives.
-    """
-    neg = scores.masked_fill(~negative, float("-inf")).logsumexp(dim=1, keepdim=True)  # (B, 1)
-    log_p = scores - torch.logaddexp(scores, neg)  # (B, M)
-    return -log_p[positive].mean()
-
-
-def distillation_cross_entropy(
-    scores: Tensor, teacher: Tensor, positive: Tensor, negative: Tensor, temperature: float = 1.0
-) -> Tensor:
-    """Eq. 4, averaged over the rows (contexts) that have teacher scores for all their positives.
-
-    P_G = softmax(G/T) over the row's positives R_i (random and in-batch negatives get teacher
-    probability 0), P_R = softmax(R/T) over R_i + R^-; loss = -sum_{r in R_i} P_G log P_R.
-    ``teacher`` (B, M) holds G(c_b, r_j) on positive entries (NaN elsewhere or when unknown).
-    """
-    rows = positive.any(dim=1) & ~(teacher.isnan() & positive).any(dim=1)
-    if not bool(rows.any()):
-        return scores.new_zeros(())
-    s, t, pos, neg = scores[rows], teacher[rows], positive[rows], negative[rows]
-    log_p_student = (s / temperature).masked_fill(~(pos | neg), float("-inf")).log_softmax(dim=1)
-    p_teacher = (t.nan_to_num(0.0) / temperature).masked_fill(~pos, float("-inf")).softmax(dim=1)
-    return -(p_teacher * log_p_student.masked_fill(~pos, 0.0)).sum(dim=1).mean()
-
-
-class RetrievalCrossEntropyLoss(nn.Module):
-    """Bi-encoder cross-entropy over the gold response and the negatives (G2R eq. 2)."""
-
-    def forward(self, scores: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
-        return contrastive_cross_entropy(scores, positive, negative)
-
-
-class G2RDistillationLoss(nn.Module):
-    """Model-level G2R: alpha * L_CE (eq. 2) + (1 - alpha) * L_KD (eq. 4), i.e. eq. 5.
-
-    With ``alpha = 1`` this is the data-level (and plain bi-encoder) objective and L_KD is skipped.
-    """
-
-    def __init__(self, alpha: float = 0.9, temperature: float = 1.0) -> None:
-        super().__init__()
-        assert 0.0 <= alpha <= 1.0 and temperature > 0, "need 0 <= alpha <= 1 and T > 0"
-        self.alpha, self.temperature = alpha, temperature
-
-    def forward(
-        self, scores: Tensor, positive: Tensor, negative: Tensor, teacher: Tensor
-    ) -> tuple[Tensor, dict[str, float]]:
-        ce = contrastive_cross_entropy(scores, positive, negative)
-        if self.alpha == 1.0:
-            return ce, {"ce": ce.item()}
-        kd = distillation_cross_entropy(scores, teacher, positive, negative, self.temperature)
-        logs = {"ce": ce.item()}
-        if (positive & ~teacher.isnan()).any():  # else no row had teacher scores: kd is 0
-            logs["kd"] = kd.item()
-        return self.alpha * ce + (1 - self.alpha) * kd, logs
-
-
-# --- 5. Hits@k/K ------------------------------------------------------------------------------
-
-
-def hits_at_k(scores: Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
-    """Hits@k/K for candidate scores (N, K) whose column 0 is the gold response.
-
-    The gold's rank is the number of distractors scoring at least as high (ties count against it).
-    """
-    rank = (scores[:, 1:] >= scores[:, :1]).sum(dim=1)  # (N,)
-    return {f"hits@{k}": (rank < k).float().mean().item() for k in ks}
-
-
-def hits_candidates(golds: Sequence[str], pool: Sequence[str], k: int, seed: int) -> np.ndarray:
-    """(N, k) indices into ``pool``: the gold first, then k - 1 distinct random other responses."""
-    position = {text: i for i, text in enumerate(pool)}
-    k = min(k, len(pool))
-    rng = np.random.default_rng(seed)
-    out = np.empty((len(golds), k), dtype=np.int64)
-    for row, gold in enumerate(golds):
-        g = position[gold]
-        others = rng.choice(len(pool) - 1, k - 1, replace=False)
-        out[row, 0] = g
-        out[row, 1:] = others + (others >= g)  # skip the gold's own index
-    return out
-
-
-class HitsEvaluator:
-    """Validation Hits@1/K and Hits@5/K (K = 100: gold + 99 random responses of the split).
-
-    Returns ``val_loss = -Hits@1/K`` so the trainer's early stopping maximises Hits@1/K.
-    """
-
-    def __init__(
-        self,
-        examples: Sequence[DialogueExample],
-        tokenizer: DialogueTokenizer,
-        inputs: InputConfig,
-        *,
-        k: int = 100,
-        max_examples: int = 0,
-        seed: int = 0,
-        batch_size: int = 256,
-    ) -> None:
-        pool = list(dict.fromkeys(e.response for e in examples))
-        chosen = list(examples[:max_examples] if max_examples else examples)
-        cand = hits_candidates([e.response for e in chosen], pool, k, seed)
-        used = np.unique(cand)
-        self.candidates = torch.from_numpy(np.searchsorted(used, cand))  # into self.responses
-        self.responses = [pool[i] for i in used.tolist()]
-        contexts = [list(e.context)[-inputs.max_context_turns :] for e in chosen]
-        self.context_ids = tokenizer.encode_contexts(contexts, inputs.max_source_len)
-        self.tokenizer, self.inputs, self.batch_size = tokenizer, inputs, batch_size
-        self.k = cand.shape[1]
-
-    @torch.no_grad()
-    def __call__(self, model: nn.Module) -> dict[str, float]:
-        assert isinstance(model, BiEncoder)
-        device = next(model.parameters()).device
-        resp = torch.from_numpy(
-            np.concatenate(
-                list(
-                    embed_responses(
-                        model,
-                        self.tokenizer,
-                        self.responses,
-                        self.inputs,
-                        batch_size=self.batch_size,
-                    )
-                )
-            )
-        )
-        ctx = torch.cat(
-            [
-                model.encode_contexts(
-                    self.tokenizer.pad(self.context_ids[r.start : r.stop], device)
-                )
-                .float()
-                .cpu()
-                for r in _chunks(len(self.context_ids), self.batch_size)
-            ]
-        )
-        scores = (ctx[:, None, :] * resp[self.candidates]).sum(dim=-1)  # (N, K)
-        hits = hits_at_k(scores)
-        return {"val_loss": -hits["hits@1"], **hits, "hits_k": float(self.k)}
-
-
-# --- 6. the retriever training job ----------------------------------------------------------------
+# --- batches and the retriever jobs --------------------------------------------------------------
 
 
 @dataclass
@@ -923,7 +303,7 @@ def _embed_contexts(
     with torch.no_grad():
         out = [
             model.encode_contexts(tokenizer.pad(ids[r.start : r.stop])).float()
-            for r in _chunks(len(ids), 256)
+            for r in batch_ranges(len(ids), 256)
         ]
     return torch.cat(out).numpy() if out else np.zeros((0, model.cfg.embed_dim), np.float32)
 
