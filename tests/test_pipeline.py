@@ -295,7 +295,8 @@ def test_cli_compare_writes_one_table(
     assert set(result["nd"]) >= {"perplexity", "greedy", "beam5", "model", "training"}
     assert "dist-2" in result["standard"]["greedy"]
     md = out.with_suffix(".md").read_text()
-    assert md.count("\n| standard |") == 3 and "## greedy" in md and "Sample replies" in md
+    assert md.count("\n| standard |") == 5 and "## greedy: ratios against standard" in md
+    assert "| standard | 1.00x | 1.00x |" in md and "Sample replies" in md
 
 
 def test_cli_reply_prints_generator_and_retriever_replies(tiny_build: tuple[Path, dict]) -> None:
@@ -327,3 +328,21 @@ def test_cli_reply_prints_generator_and_retriever_replies(tiny_build: tuple[Path
         and "  beam 5: " in proc.stdout
         and "  retrieved: " in proc.stdout
     )
+
+
+def test_cli_parses_every_subcommand() -> None:
+    from training.__main__ import parse_args
+
+    for command in (
+        "build",
+        "train-generator",
+        "evaluate",
+        "compare",
+        "reply",
+        "augment",
+        "train-retriever",
+        "build-index",
+    ):
+        with pytest.raises(SystemExit) as exc:
+            parse_args([command, "--help"])
+        assert exc.value.code == 0

@@ -18,6 +18,7 @@ from pathlib import Path
 from models.bundle import BundleError
 from training.data import DataFormatError
 from training.jobs import ND_ABLATIONS, train_generator_command
+from training.retrieval_cli import add_parsers as add_retrieval_parsers
 from training.retrieval_cli import dispatch as dispatch_retrieval
 
 SAMPLE_CONTEXTS = [
@@ -120,6 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--context", action="append", help="a context turn; repeat for several (oldest first)"
     )
     p.add_argument("--device", default="auto")
+    add_retrieval_parsers(sub)
     return parser.parse_args(argv)
 
 

@@ -72,6 +72,17 @@ def comparison_markdown(results: Mapping[str, Any], *, title: str, command: str)
         parts.append(
             markdown_table({label: r["decodings"][decoding] for label, r in results.items()})
         )
+    baseline = next(iter(results))
+    ratio_metrics = ("dist-1", "dist-2", "dist-3", "bleu-3", "bleu-4", "max-ratio", "avg-len")
+    for decoding in first["decodings"]:
+        parts += ["", f"## {decoding}: ratios against {baseline} (same run)", ""]
+        parts.append("| model | " + " | ".join(ratio_metrics) + " | lf |")
+        parts.append("|---|" + "---:|" * (len(ratio_metrics) + 1))
+        base = results[baseline]["decodings"][decoding]
+        for label, r in results.items():
+            m = r["decodings"][decoding]
+            cells = [_ratio(m[k], base[k]) for k in ratio_metrics]
+            parts.append(f"| {label} | " + " | ".join(cells) + f" | {m['lf']:.4f} |")
     parts += ["", "## Sample replies (greedy)", ""]
     labels = list(results)
     parts.append("| context | reference | " + " | ".join(labels) + " |")
@@ -81,6 +92,10 @@ def comparison_markdown(results: Mapping[str, Any], *, title: str, command: str)
         cells += [results[label]["samples"][i]["greedy"] for label in labels]
         parts.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(parts) + "\n"
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}x" if base else "n/a"
 
 
 def write_comparison(results: Mapping[str, Any], out: Path, *, title: str, command: str) -> None:

@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1
 PY=.venv/bin/python
-TEACHER=artifacts/generator-nd-ft   # the fine-tuned ND generator (see the report)
+# The teacher: the fine-tuned ND generator when it exists, else the standard one (see the report).
+TEACHER=artifacts/generator-nd-ft
+[ -f $TEACHER/manifest.json ] || TEACHER=artifacts/generator-standard
 SHARDS=runs/small/g2r-augment
 
 # 1. data-level G2R: m=4 teacher replies for 2,000 seeded training contexts (small preset)
@@ -22,9 +24,9 @@ $PY -m training.retrieval_cli train-retriever --preset small --method g2r-dm \
     --teacher $TEACHER --augmented $SHARDS --out artifacts/retriever-g2r-dm
 
 # 3. the benchmark: Hits@k/K on test, Dist-2/3, length, latency vs the generator (same run)
-$PY -m benchmarks.retrieval --teacher $TEACHER \
+$PY -m benchmarks.retrieval --teacher $TEACHER --shards $SHARDS \
     --retriever biencoder=artifacts/retriever-biencoder \
     --retriever g2r-d=artifacts/retriever-g2r-d \
     --retriever g2r-dm=artifacts/retriever-g2r-dm \
-    --generator nd-ft=$TEACHER --generator standard=artifacts/generator-standard \
+    --generator nd-ft=artifacts/generator-nd-ft --generator standard=artifacts/generator-standard \
     --out reports/g2r

@@ -32,3 +32,20 @@ $PY -m training compare --title "ND ablations (fine-tune variant, preset small, 
     --bundle standard=artifacts/generator-standard --bundle nd-ft=artifacts/generator-nd-ft \
     $(for ab in no-pred no-hid no-att fixed-alpha hard-targets random-targets; do echo --bundle nd-ft-$ab=artifacts/ablation-nd-ft-$ab; done) \
     --out reports/nd_ablations
+# 6. the greedy ratio table of the analysis section
+python3 -c "
+import json
+r=json.load(open('reports/negative_distillation.json'))
+s=r['standard']['greedy']
+for k,v in r.items():
+    g=v['greedy']; print(k, 'dist2 x%.2f'%(g['dist-2']/s['dist-2']), 'dist3 x%.2f'%(g['dist-3']/s['dist-3']), 'bleu4 x%.2f'%(g['bleu-4']/s['bleu-4']), 'lf', round(g['lf'],4), 'maxr', round(g['max-ratio'],3), 'ppl', round(v['perplexity'],2))
+"
+# 7. ND against a strictly generic teacher (D_N = the 12.5% of pairs with H_src > 0)
+$PY -m training train-generator --preset small --method mle --subset negative --negative-fraction 0.125 \
+    --max-steps 350 --tokenizer runs/small/tokenizer.json --out artifacts/generator-negative-teacher-12
+$PY -m training train-generator --preset small --method nd --teacher artifacts/generator-negative-teacher-12 \
+    --init-from artifacts/generator-standard --out artifacts/generator-nd-ft-t12 --max-steps 200
+$PY -m training compare --title "ND with a strictly generic teacher (D_N = top 12.5% by source entropy; preset small, 1000 test pairs)" \
+    --max-examples 1000 --bundle standard=artifacts/generator-standard \
+    --bundle negative-teacher-12=artifacts/generator-negative-teacher-12 --bundle nd-ft-t12=artifacts/generator-nd-ft-t12 \
+    --out reports/nd_generic_teacher

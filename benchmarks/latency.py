@@ -1,0 +1,82 @@
+"""Per-query latency and search agreement, shared by the retrieval benchmarks.
+
+Latency follows the G2R paper (Kim et al. 2021, sec. 4.4): one request at a time, a few warm-up
+requests first, then the mean over the timed ones; we add the median (p50) and p90.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+Q = TypeVar("Q")
+
+
+def time_per_query(fn: Callable[[Q], Any], queries: Sequence[Q], *, warmup: int = 3) -> list[float]:
+    """Seconds per call of ``fn(q)`` for every query, after ``warmup`` untimed calls."""
+    assert queries, "need at least one query"
+    for i in range(warmup):
+        fn(queries[i % len(queries)])
+    times = []
+    for q in queries:
+        start = time.perf_counter()
+        fn(q)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
+    """Mean, p50 and p90 in milliseconds, and the number of timed queries."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    assert ms.size, "no timings"
+    return {
+        "mean_ms": float(ms.mean()),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "n": float(ms.size),
+    }
+
+
+def top1_agreement(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
+    """Share of queries whose approximate top-1 id equals the exact top-1 id."""
+    a, e = np.asarray(approx_ids), np.asarray(exact_ids)
+    assert a.shape[0] == e.shape[0] and a.shape[0] > 0, f"shapes {a.shape} and {e.shape}"
+    return float(np.mean(a[:, 0] == e[:, 0]))
+
+
+def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
+    """Share of the exact top-k ids that the approximate top-k also returns (k = their width)."""
+    hits = [
+        len(set(a) & set(e)) for a, e in zip(approx_ids.tolist(), exact_ids.tolist(), strict=True)
+    ]
+    return float(np.sum(hits) / exact_ids.size)
+
+
+def machine_description(threads: int) -> dict[str, Any]:
+    """What every report states about where its numbers come from."""
+    import faiss
+    import torch
+
+    return {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "faiss": faiss.__version__,
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def set_threads(threads: int) -> None:
+    """One thread count for torch and FAISS (OMP_NUM_THREADS should match, set before start)."""
+    import faiss
+    import torch
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
