@@ -346,3 +346,48 @@ def test_cli_parses_every_subcommand() -> None:
         with pytest.raises(SystemExit) as exc:
             parse_args([command, "--help"])
         assert exc.value.code == 0
+
+
+def test_cli_nd_student_fine_tuned_from_the_standard_model(
+    tiny_build: tuple[Path, dict], dailydialog_dir: Path, tmp_path: Path
+) -> None:
+    base, _ = tiny_build
+    artifacts = base / "artifacts"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "train-generator",
+            "--preset",
+            "tiny",
+            "--method",
+            "nd",
+            "--data",
+            str(dailydialog_dir),
+            "--out",
+            str(tmp_path / "nd-ft"),
+            "--runs",
+            str(tmp_path / "runs"),
+            "--teacher",
+            str(artifacts / NEGATIVE_TEACHER),
+            "--init-from",
+            str(artifacts / STANDARD_GENERATOR),
+            "--max-steps",
+            "3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = verify_bundle(tmp_path / "nd-ft")
+    assert manifest.training["nd"]["init_from"] == str(artifacts / STANDARD_GENERATOR)
+    assert manifest.training["steps"] == 3
+    # the run kept its last weights (a fixed-budget fine-tune), at a constant learning rate
+    log = [
+        json.loads(line) for line in (tmp_path / "runs" / "tiny" / "nd-ft" / "metrics.jsonl").open()
+    ]
+    lrs = {r["lr"] for r in log if r["kind"] == "train"}
+    assert len(lrs) == 1

@@ -159,7 +159,12 @@ def build(
         max_steps=preset.nd.teacher_steps or None,
     )
     student = stage(
-        ND_STUDENT, train_nd_student, teacher_bundle=teacher, train_examples=splits.train
+        ND_STUDENT,
+        train_nd_student,
+        teacher_bundle=teacher,
+        train_examples=splits.train,
+        init_from=standard if preset.nd.student_init == "standard" else None,
+        max_steps=preset.nd.student_steps or None,
     )
 
     # G2R: the teacher is the ND student, the generator this product serves and the least generic
