@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -296,7 +297,8 @@ def test_cli_compare_writes_one_table(
     assert "dist-2" in result["standard"]["greedy"]
     md = out.with_suffix(".md").read_text()
     assert md.count("\n| standard |") == 5 and "## greedy: ratios against standard" in md
-    assert "| standard | 1.00x | 1.00x |" in md and "Sample replies" in md
+    # the baseline's own ratios are 1 (or n/a where a tiny model's metric is 0)
+    assert re.search(r"\| standard \| ((1\.00x|n/a) \| ){7}", md) and "Sample replies" in md
 
 
 def test_cli_reply_prints_generator_and_retriever_replies(tiny_build: tuple[Path, dict]) -> None:
