@@ -1,4 +1,4 @@
-# Two commands matter: `make run` (set up, build small bundles if absent, run) and `make test`.
+# Two commands matter: `make run` (set up, build small bundles if absent, serve on :8000) and `make test`.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +10,7 @@ ARTIFACTS ?= artifacts
 RUNS ?= runs
 PRESET ?= small
 
-.PHONY: setup run build test test-slow lint bench clean
+.PHONY: setup run reply build test test-slow lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,9 @@ run: setup
 	  echo "no bundles in $(ARTIFACTS)/: building the '$(PRESET)' preset first"; \
 	  $(MAKE) --no-print-directory build; \
 	fi
+	DIALOGUE_MODELS_DIR=$(ARTIFACTS) $(PY) -m service
+
+reply: setup
 	$(PY) -m training reply --bundle $(ARTIFACTS)/generator-nd --bundle $(ARTIFACTS)/retriever-g2r
 
 test: setup

@@ -1,0 +1,146 @@
+"""The FastAPI application: ``create_app(settings)`` with thin routes over :class:`DialogueEngine`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from service.engine import DialogueEngine, load_backends
+from service.errors import NotReady, Unauthorized, error_response, install_error_handlers
+from service.metrics import ServiceMetrics
+from service.schemas import ErrorBody, Health, ModelList, RespondRequest, RespondResponse
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_ERRORS = {code: {"model": ErrorBody} for code in (413, 422, 429, 503, 504)}
+# Bodies are refused before parsing when their declared size could not fit the limits
+# (4 bytes per character as UTF-8 worst case, plus room for JSON syntax and options).
+_BODY_SLACK_BYTES = 16 * 1024
+
+
+def _check_bearer(request: Request, token: str) -> None:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), token.encode()):
+        raise Unauthorized("a valid bearer token is required")
+
+
+def _install_sighup_reload(engine: DialogueEngine) -> bool:
+    """SIGHUP reloads the bundles (as POST /admin/reload does); False where signals cannot be
+    handled (not the main thread, or no SIGHUP on this platform)."""
+    if not hasattr(signal, "SIGHUP"):
+        return False
+
+    def on_hangup() -> None:
+        task = asyncio.ensure_future(engine.reload())
+        # reload logs its own failure; retrieving the exception keeps asyncio from warning
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hangup)
+    except (ValueError, RuntimeError, NotImplementedError):
+        logger.info("SIGHUP reload unavailable here (not the main thread)")
+        return False
+    return True
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; its lifespan loads the bundles onto the device and releases them on exit."""
+    settings = settings or Settings()
+    metrics = ServiceMetrics(settings.quality_window)
+    engine = DialogueEngine(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Loading verifies every checksum and may take seconds: keep it off the event loop.
+        engine.backends = await asyncio.to_thread(load_backends, settings, metrics)
+        await engine.start()
+        logger.info("ready: %s", ", ".join(f"{n}={b.model_id}" for n, b in engine.backends.items()))
+        hangup = _install_sighup_reload(engine)
+        try:
+            yield
+        finally:
+            if hangup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            await engine.stop()
+
+    app = FastAPI(
+        title="Dialogue response service",
+        description="Answers conversations with a generative or a G2R retrieval responder.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.engine = engine
+
+    def count_invalid(request: Request) -> None:
+        if request.url.path == "/respond":
+            metrics.observe_request("none", "none", "invalid", 0.0)
+
+    install_error_handlers(app, on_invalid=count_invalid)
+    max_body = settings.max_request_chars * 4 + _BODY_SLACK_BYTES
+
+    @app.middleware("http")
+    async def refuse_huge_bodies(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body:
+            return error_response(
+                413, "payload_too_large", f"request body of {length} bytes exceeds {max_body}"
+            )
+        return await call_next(request)
+
+    @app.post(
+        "/respond",
+        response_model=RespondResponse,
+        response_model_exclude_none=True,
+        responses=_ERRORS,  # type: ignore[arg-type]
+    )
+    async def respond(body: RespondRequest) -> RespondResponse:
+        """Answer a conversation (A/B routed, sticky per session_id)."""
+        return await engine.respond(body)
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
+        """Alive (the process answers), loaded or not."""
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, responses={503: {"model": ErrorBody}})
+    async def readyz() -> Health:
+        """503 until every bundle is loaded and the backends run."""
+        if not engine.ready:
+            raise NotReady("the service is still loading its models")
+        return Health(status="ready", backends=list(engine.backends))  # type: ignore[arg-type]
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models() -> ModelList:
+        """The bundle each backend serves."""
+        return ModelList(models=engine.models())
+
+    if settings.admin_token is not None:
+        token = settings.admin_token.get_secret_value()
+
+        @app.post(
+            "/admin/reload",
+            response_model=ModelList,
+            responses={401: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+        )
+        async def admin_reload(request: Request) -> ModelList:
+            """Load and verify the bundles again and swap them in; a bad bundle keeps the old."""
+            _check_bearer(request, token)
+            return ModelList(models=await engine.reload())
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.exposition(), media_type=metrics.content_type)
+
+    return app

@@ -1,0 +1,341 @@
+"""Backends: the two responders behind a micro-batching queue, run off the event loop.
+
+Each backend owns an asyncio queue (bounded by MAX_QUEUE: a full queue is a 429) and one worker
+task. The worker takes the first waiting request, gathers more for up to MAX_WAIT_MS or until
+MAX_BATCH, and runs one batched model call in the backend's own single worker thread, so the event
+loop keeps serving while the model computes. Each request waits on its own future until its
+deadline (504). A request that times out while queued is dropped from its batch; one whose batch
+is already computing is simply not waited for (a thread cannot be interrupted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from models.bundle import Manifest
+from models.decoding import DecodingConfig, generate
+from models.generator import GenerativeResponder
+from models.retriever import RetrievalResponder
+from service.errors import (
+    BackendFailed,
+    BackendUnavailable,
+    DeadlineExceeded,
+    InvalidOptions,
+    Overloaded,
+)
+from service.metrics import ServiceMetrics
+from service.schemas import ResponseOptions
+
+logger = logging.getLogger(__name__)
+
+_DECODING_OPTIONS = (
+    "strategy",
+    "max_length",
+    "min_length",
+    "beam_size",
+    "temperature",
+    "top_k",
+    "top_p",
+    "no_repeat_ngram_size",
+)
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch: int = 16
+    max_wait_s: float = 0.005
+    max_queue: int = 64
+
+
+@dataclass
+class Answer:
+    """One request's result from a backend."""
+
+    text: str
+    candidates: list[tuple[str, float]] | None = None
+    generated_tokens: int = 0
+
+
+@dataclass
+class _Job:
+    context: list[str]
+    params: Hashable
+    deadline: float  # time.monotonic()
+    future: asyncio.Future[Answer]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Backend(ABC):
+    """A responder behind a bounded queue and a micro-batching worker."""
+
+    name: ClassVar[str]
+
+    def __init__(
+        self,
+        responder: Any,
+        bundle_dir: Path,
+        metrics: ServiceMetrics,
+        limits: BatchLimits,
+    ) -> None:
+        self.responder = responder
+        self.bundle_dir = Path(bundle_dir)
+        self.metrics = metrics
+        self.limits = limits
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._current: list[_Job] = []  # taken from the queue, not yet answered
+        self._accepting = False
+
+    # --- identity ----------------------------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        return str(self.responder.bundle_id)
+
+    @property
+    def manifest(self) -> Manifest | None:
+        manifest: Manifest | None = self.responder.manifest
+        return manifest
+
+    @property
+    def device(self) -> str:
+        return str(self.responder.device)
+
+    # --- what subclasses provide -------------------------------------------------------------
+
+    @abstractmethod
+    def prepare(self, options: ResponseOptions | None) -> Hashable:
+        """Validate the request's options for this backend; raises InvalidOptions."""
+
+    @abstractmethod
+    def infer(self, contexts: list[list[str]], params: list[Hashable]) -> list[Answer]:
+        """One batched model call (runs in the worker thread); one answer per context, in order."""
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue(maxsize=self.limits.max_queue)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-infer")
+        self._worker = asyncio.create_task(self._run(), name=f"{self.name}-batcher")
+        self._accepting = True
+
+    async def stop(self, drain_s: float = 0.0) -> None:
+        """Stop taking work, let queued and running batches finish for up to ``drain_s``, then
+        fail whatever is left and wait for the model call in flight."""
+        self._accepting = False
+        if self._queue is not None:
+            waited_until = time.monotonic() + drain_s
+            while (not self._queue.empty() or self._current) and time.monotonic() < waited_until:
+                await asyncio.sleep(0.01)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        leftovers = list(self._current)
+        if self._queue is not None:
+            while not self._queue.empty():
+                leftovers.append(self._queue.get_nowait())
+        for job in leftovers:
+            if not job.future.done():
+                job.future.set_exception(BackendUnavailable(f"the {self.name} backend stopped"))
+        self._current = []
+        if self._executor is not None:
+            await asyncio.to_thread(self._executor.shutdown, wait=True)
+            self._executor = None
+
+    # --- serving -----------------------------------------------------------------------------
+
+    async def submit(self, context: list[str], params: Hashable, deadline: float) -> Answer:
+        """Queue one request and wait for its answer until ``deadline`` (time.monotonic())."""
+        if self._queue is None or not self._accepting:
+            raise BackendUnavailable(f"the {self.name} backend is not running")
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Job(context, params, deadline, future))
+        except asyncio.QueueFull:
+            raise Overloaded(
+                f"the {self.name} backend has {self.limits.max_queue} requests queued; retry later"
+            ) from None
+        remaining = deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(future, timeout=max(remaining, 0.0))
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the {self.name} backend did not answer within the request deadline"
+            ) from None
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            self._current = []
+            batch = [await self._queue.get()]
+            self._current = batch
+            flush_at = time.monotonic() + self.limits.max_wait_s
+            while len(batch) < self.limits.max_batch:
+                wait = flush_at - time.monotonic()
+                if wait <= 0:
+                    # Still take what is already waiting: it costs nothing to batch it.
+                    if self._queue.empty():
+                        break
+                    batch.append(self._queue.get_nowait())
+                    continue
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), timeout=wait))
+                except TimeoutError:
+                    break
+            now = time.monotonic()
+            live = [job for job in batch if not job.future.done() and job.deadline > now]
+            for job in batch:
+                if job not in live and not job.future.done():
+                    job.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+            if not live:
+                continue
+            for job in live:
+                self.metrics.observe_stage("queue", now - job.enqueued)
+            try:
+                assert self._executor is not None
+                answers = await loop.run_in_executor(
+                    self._executor,
+                    self._infer_logged,
+                    [job.context for job in live],
+                    [job.params for job in live],
+                )
+            except Exception:
+                logger.exception("%s backend failed on a batch of %d", self.name, len(live))
+                for job in live:
+                    if not job.future.done():
+                        job.future.set_exception(BackendFailed(f"the {self.name} backend failed"))
+                continue
+            for job, answer in zip(live, answers, strict=True):
+                if not job.future.done():
+                    job.future.set_result(answer)
+
+    def _infer_logged(self, contexts: list[list[str]], params: list[Hashable]) -> list[Answer]:
+        self.metrics.observe_batch(self.name, len(contexts))
+        answers = self.infer(contexts, params)
+        if len(answers) != len(contexts):
+            raise RuntimeError(f"{len(answers)} answers for {len(contexts)} contexts")
+        return answers
+
+    def _timed(self, stage: str, started: float) -> float:
+        now = time.perf_counter()
+        self.metrics.observe_stage(stage, now - started)
+        return now
+
+
+class GenerativeBackend(Backend):
+    """The seq2seq responder; requests with different decoding settings run as separate calls."""
+
+    name = "generative"
+    responder: GenerativeResponder
+
+    @classmethod
+    def load(
+        cls,
+        bundle_dir: Path,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        metrics: ServiceMetrics,
+        limits: BatchLimits,
+    ) -> GenerativeBackend:
+        return cls(GenerativeResponder.load(bundle_dir, device, dtype), bundle_dir, metrics, limits)
+
+    def prepare(self, options: ResponseOptions | None) -> DecodingConfig:
+        base = self.responder.decoding
+        overrides = {
+            key: value
+            for key in _DECODING_OPTIONS
+            if (value := getattr(options, key, None)) is not None
+        }
+        if overrides.get("max_length", 0) > base.max_length:
+            raise InvalidOptions(
+                f"options.max_length must be <= {base.max_length} (this model's limit), "
+                f"got {overrides['max_length']}"
+            )
+        if overrides.get("strategy", base.strategy) != "beam" and "beam_size" in overrides:
+            raise InvalidOptions("options.beam_size only applies to strategy 'beam'")
+        try:
+            return base.with_overrides(num_return_sequences=1, **overrides)
+        except ValueError as exc:
+            raise InvalidOptions(f"invalid decoding options: {exc}") from None
+
+    def infer(self, contexts: list[list[str]], params: list[Hashable]) -> list[Answer]:
+        answers: list[Answer | None] = [None] * len(contexts)
+        groups: dict[Hashable, list[int]] = {}
+        for i, p in enumerate(params):
+            groups.setdefault(p, []).append(i)
+        responder = self.responder
+        for config, rows in groups.items():
+            assert isinstance(config, DecodingConfig)
+            started = time.perf_counter()
+            src = responder.encode_contexts([contexts[i] for i in rows])
+            started = self._timed("tokenize", started)
+            out = generate(responder.model, src, config)
+            texts = responder.tokenizer.decode_batch(out.tokens)
+            self._timed("generate", started)
+            for i, tokens, text in zip(rows, out.tokens, texts, strict=True):
+                answers[i] = Answer(text=text, generated_tokens=len(tokens))
+            self.metrics.add_generated_tokens(sum(len(t) for t in out.tokens))
+        return [a for a in answers if a is not None]
+
+
+class RetrievalBackend(Backend):
+    """The bi-encoder + HNSW responder: tokenize -> encode -> search, one call for the batch."""
+
+    name = "retrieval"
+    responder: RetrievalResponder
+
+    def __init__(self, *args: Any, max_candidates: int = 10, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_candidates = max_candidates
+
+    @classmethod
+    def load(
+        cls,
+        bundle_dir: Path,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        metrics: ServiceMetrics,
+        limits: BatchLimits,
+        max_candidates: int = 10,
+    ) -> RetrievalBackend:
+        responder = RetrievalResponder.load(bundle_dir, device, dtype)
+        return cls(responder, bundle_dir, metrics, limits, max_candidates=max_candidates)
+
+    def prepare(self, options: ResponseOptions | None) -> int:
+        wanted = options.num_candidates if options and options.num_candidates else 1
+        if wanted > self.max_candidates:
+            raise InvalidOptions(
+                f"options.num_candidates must be <= {self.max_candidates}, got {wanted}"
+            )
+        return wanted
+
+    def infer(self, contexts: list[list[str]], params: list[Hashable]) -> list[Answer]:
+        top_k = max(int(p) for p in params)  # type: ignore[call-overload]
+        responder = self.responder
+        started = time.perf_counter()
+        ids = responder.encode_contexts(contexts)
+        started = self._timed("tokenize", started)
+        embeddings = responder.embed(ids)
+        started = self._timed("encode", started)
+        hits = responder.search(embeddings, top_k)
+        self._timed("search", started)
+        answers = []
+        for row, wanted in zip(hits, params, strict=True):
+            kept = row[: int(wanted)]  # type: ignore[call-overload]
+            answers.append(Answer(text=kept[0][0] if kept else "", candidates=kept))
+        return answers

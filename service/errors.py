@@ -1,0 +1,120 @@
+"""Domain exceptions and the one place that maps them to JSON errors (DESIGN.md, "HTTP API")."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """A failure the client is told about: an HTTP status, a stable ``type`` and a message."""
+
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "internal_error"
+    backend: str | None = None  # the backend that failed, when one did (for metrics labels)
+
+
+class InvalidRequest(ServiceError):
+    status_code = 422
+    error_type = "invalid_request"
+
+
+class InvalidOptions(InvalidRequest):
+    error_type = "invalid_options"
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    error_type = "payload_too_large"
+
+
+class Overloaded(ServiceError):
+    status_code = 429
+    error_type = "overloaded"
+
+
+class NotReady(ServiceError):
+    status_code = 503
+    error_type = "not_ready"
+
+
+class BackendUnavailable(ServiceError):
+    status_code = 503
+    error_type = "backend_unavailable"
+
+
+class BackendFailed(ServiceError):
+    """The model call raised; the message stays generic (details go to the log only)."""
+
+    status_code = 503
+    error_type = "backend_error"
+
+
+class DeadlineExceeded(ServiceError):
+    status_code = 504
+    error_type = "deadline_exceeded"
+
+
+class ReloadFailed(ServiceError):
+    """New bundles did not load; the old ones keep serving. The message says why."""
+
+    status_code = 409
+    error_type = "reload_failed"
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    error_type = "unauthorized"
+
+
+def error_response(status_code: int, error_type: str, message: str) -> JSONResponse:
+    return JSONResponse(
+        status_code=status_code, content={"error": {"type": error_type, "message": message}}
+    )
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    """``body.context: List should have at least 1 item; ...`` without echoing the input."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg")))
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(
+    app: FastAPI, on_invalid: Callable[[Request], None] | None = None
+) -> None:
+    """Register one handler per exception type; ``on_invalid`` lets metrics count 422s."""
+
+    async def service_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
+        return error_response(exc.status_code, exc.error_type, str(exc) or exc.error_type)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        if on_invalid is not None:
+            on_invalid(request)
+        return error_response(422, "validation_error", _describe_validation(exc))
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return error_response(exc.status_code, "http_error", str(exc.detail))
+
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        # Logged with its traceback here; the client only learns that something broke.
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "internal server error")
+
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)

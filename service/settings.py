@@ -1,0 +1,70 @@
+"""Service settings from the environment (prefix ``DIALOGUE_``) or a ``.env`` file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.routing import parse_weights, validate_weights
+
+
+class Settings(BaseSettings):
+    """Everything the service reads at start-up; see DESIGN.md, "HTTP API"."""
+
+    model_config = SettingsConfigDict(env_prefix="DIALOGUE_", env_file=".env", extra="ignore")
+
+    # --- where and what to serve
+    models_dir: Path = Path("artifacts")  # folder of bundles written by training
+    generative_bundle: str = (
+        "generator-nd"  # preferred generator bundle (directory or manifest name)
+    )
+    retrieval_bundle: str = "retriever-g2r"  # preferred retriever bundle
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when present, else CPU
+    log_level: str = "info"
+
+    # --- A/B routing
+    # "generative=0.2,retrieval=0.8" in the environment; normalised to sum to 1.
+    ab_weights: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=lambda: {"generative": 0.2, "retrieval": 0.8}
+    )
+    ab_salt: str = "dialogue-ab-1"  # change it to reshuffle conversations between arms
+    fallback: bool = True  # on|off: answer from the other backend when the chosen one fails
+
+    # --- admin endpoints: off when unset
+    admin_token: SecretStr | None = None
+
+    # --- request limits
+    max_turns: int = Field(default=16, ge=1)  # turns per request
+    max_turn_chars: int = Field(default=1000, ge=1)  # characters per turn
+    max_request_chars: int = Field(default=8000, ge=1)  # characters over all turns
+    request_timeout_s: float = Field(default=5.0, gt=0)  # deadline per backend attempt
+    max_candidates: int = Field(
+        default=10, ge=1
+    )  # largest num_candidates a retrieval request may ask for
+
+    # --- micro-batching, per backend
+    max_queue: int = Field(default=64, ge=1)  # requests waiting for a batch; beyond it -> 429
+    max_batch: int = Field(default=16, ge=1)  # requests per model call
+    max_wait_ms: float = Field(default=5.0, ge=0)  # how long the first request waits for company
+
+    # --- response-quality gauges
+    quality_window: int = Field(
+        default=1000, ge=1
+    )  # responses in the rolling max-ratio/distinct-2 window
+
+    @field_validator("ab_weights", mode="before")
+    @classmethod
+    def _parse_ab_weights(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_weights(value)
+        return value
+
+    @field_validator("ab_weights")
+    @classmethod
+    def _check_ab_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        return validate_weights(value)

@@ -1,0 +1,120 @@
+"""Hot reload: the admin endpoint, SIGHUP, and keeping the old bundles when new ones are bad."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from service_fixtures import build_tiny_bundles, make_settings, parse_metrics, sample
+
+from service.app import create_app
+from service.schemas import RespondRequest
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _model_ids(client: TestClient) -> dict[str, str]:
+    return {m["backend"]: m["model"] for m in client.get("/v1/models").json()["models"]}
+
+
+def test_admin_reload_is_absent_without_admin_token(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(build_tiny_bundles(tmp_path)))) as client:
+        resp = client.post("/admin/reload", headers=AUTH)
+    assert resp.status_code == 404
+    assert resp.json() == {"error": {"type": "http_error", "message": "Not Found"}}
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}]
+)
+def test_admin_reload_refuses_a_missing_or_wrong_token(
+    tmp_path: Path, headers: dict[str, str]
+) -> None:
+    settings = make_settings(build_tiny_bundles(tmp_path), admin_token=TOKEN)
+    with TestClient(create_app(settings)) as client:
+        resp = client.post("/admin/reload", headers=headers)
+    assert resp.status_code == 401
+    assert resp.json() == {
+        "error": {"type": "unauthorized", "message": "a valid bearer token is required"}
+    }
+
+
+def test_admin_reload_swaps_in_new_bundles(tmp_path: Path) -> None:
+    models_dir = build_tiny_bundles(tmp_path)
+    with TestClient(create_app(make_settings(models_dir, admin_token=TOKEN))) as client:
+        before = _model_ids(client)
+        build_tiny_bundles(models_dir, retriever=False, seed=1)  # retrain the generator
+        resp = client.post("/admin/reload", headers=AUTH)
+        assert resp.status_code == 200
+        after = {m["backend"]: m["model"] for m in resp.json()["models"]}
+        assert after["generative"] != before["generative"]
+        assert after["retrieval"] == before["retrieval"]
+        assert _model_ids(client) == after
+        reply = client.post("/respond", json={"context": ["hi"], "backend": "generative"}).json()
+        assert reply["model"] == after["generative"]
+        m = parse_metrics(client.get("/metrics").text)
+    assert sample(m, "dialogue_model_info", backend="generative", model=after["generative"]) == 1
+    assert (
+        "dialogue_model_info",
+        frozenset({("backend", "generative"), ("model", before["generative"])}),
+    ) not in m
+
+
+def test_admin_reload_with_a_bad_bundle_keeps_the_old_ones(tmp_path: Path) -> None:
+    models_dir = build_tiny_bundles(tmp_path)
+    with TestClient(create_app(make_settings(models_dir, admin_token=TOKEN))) as client:
+        before = _model_ids(client)
+        with (models_dir / "retriever-g2r" / "index.faiss").open("ab") as f:
+            f.write(b"corrupt")
+        resp = client.post("/admin/reload", headers=AUTH)
+        assert resp.status_code == 409
+        error = resp.json()["error"]
+        assert error["type"] == "reload_failed"
+        assert error["message"].startswith("reload failed, kept the loaded models: bundle ")
+        assert "index.faiss checksum mismatch" in error["message"]
+        assert _model_ids(client) == before
+        for backend in ("generative", "retrieval"):
+            reply = client.post("/respond", json={"context": ["hi"], "backend": backend})
+            assert reply.status_code == 200 and reply.json()["model"] == before[backend]
+
+
+def test_sighup_reloads_the_bundles(tmp_path: Path) -> None:
+    models_dir = build_tiny_bundles(tmp_path)
+    app = create_app(make_settings(models_dir))
+
+    async def scenario() -> tuple[str, str]:
+        async with app.router.lifespan_context(app):
+            engine = app.state.engine
+            before = engine.backends["generative"].model_id
+            # Never send SIGHUP unless the app handles it: the default action kills pytest.
+            assert signal.getsignal(signal.SIGHUP) is not signal.SIG_DFL
+            build_tiny_bundles(models_dir, retriever=False, seed=2)
+            os.kill(os.getpid(), signal.SIGHUP)
+            for _ in range(500):
+                await asyncio.sleep(0.01)
+                if engine.backends["generative"].model_id != before:
+                    break
+            return before, engine.backends["generative"].model_id
+
+    before, after = asyncio.run(scenario())
+    assert after != before
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # handler removed on shutdown
+
+
+def test_shutdown_lets_queued_requests_finish(tmp_path: Path) -> None:
+    app = create_app(make_settings(build_tiny_bundles(tmp_path), max_batch=1))
+
+    async def scenario() -> list[str]:
+        async with app.router.lifespan_context(app):
+            engine = app.state.engine
+            requests = [RespondRequest(context=["hi"], backend="retrieval") for _ in range(4)]
+            tasks = [asyncio.create_task(engine.respond(r)) for r in requests]
+            await asyncio.sleep(0)  # all four queued before shutdown starts
+        return [(await t).backend for t in tasks]
+
+    assert asyncio.run(scenario()) == ["retrieval"] * 4

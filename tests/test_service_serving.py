@@ -1,0 +1,261 @@
+"""Serving behaviour: exact metric counts, fallback, deadlines, overload and micro-batching."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from service_fixtures import build_tiny_bundles, make_settings, parse_metrics, sample
+
+from service.app import create_app
+from service.backends import Answer, Backend
+from service.schemas import ResponseOptions
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bundles(tmp_path_factory.mktemp("models"))
+
+
+def _serve(models_dir: Path, **overrides: Any) -> tuple[FastAPI, TestClient]:
+    app = create_app(make_settings(models_dir, **overrides))
+    return app, TestClient(app)
+
+
+def _backend(app: FastAPI, name: str) -> Backend:
+    backend: Backend = app.state.engine.backends[name]
+    return backend
+
+
+def _metrics(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    resp = client.get("/metrics")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/plain")
+    return parse_metrics(resp.text)
+
+
+def _slow(backend: Backend, seconds: float) -> None:
+    """Make the backend's model call take at least ``seconds`` (an instance attribute override)."""
+    infer = backend.infer
+
+    def slow_infer(contexts: list[list[str]], params: list[Hashable]) -> list[Answer]:
+        time.sleep(seconds)
+        return infer(contexts, params)
+
+    backend.infer = slow_infer  # type: ignore[method-assign]
+
+
+def _broken(backend: Backend) -> None:
+    def broken_infer(contexts: list[list[str]], params: list[Hashable]) -> list[Answer]:
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    backend.infer = broken_infer  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def served(models_dir: Path) -> Iterator[tuple[FastAPI, TestClient]]:
+    app, client = _serve(models_dir)
+    with client:
+        yield app, client
+
+
+def test_metrics_count_every_request_exactly(served: tuple[FastAPI, TestClient]) -> None:
+    _, client = served
+    for _ in range(5):
+        assert (
+            client.post("/respond", json={"context": ["hi"], "backend": "retrieval"}).status_code
+            == 200
+        )
+    for _ in range(3):
+        assert (
+            client.post("/respond", json={"context": ["hi"], "backend": "generative"}).status_code
+            == 200
+        )
+    assert client.post("/respond", json={"context": []}).status_code == 422
+    assert (
+        client.post("/respond", json={"context": ["hi"] * 17, "backend": "retrieval"}).status_code
+        == 413
+    )
+
+    m = _metrics(client)
+    requests = "dialogue_requests_total"
+    assert sample(m, requests, backend="retrieval", arm="override", outcome="ok") == 5
+    assert sample(m, requests, backend="generative", arm="override", outcome="ok") == 3
+    assert sample(m, requests, backend="none", arm="none", outcome="invalid") == 1
+    assert sample(m, requests, backend="retrieval", arm="override", outcome="invalid") == 1
+    duration = "dialogue_request_duration_seconds"
+    assert sample(m, duration + "_count", backend="retrieval", arm="override") == 5
+    assert sample(m, duration + "_count", backend="generative", arm="override") == 3
+    assert sample(m, duration + "_bucket", backend="retrieval", arm="override", le="+Inf") == 5
+    assert any(
+        labels == frozenset({("backend", "retrieval"), ("arm", "override"), ("le", "0.001")})
+        for name, labels in m
+        if name == duration + "_bucket"
+    )
+    # Sequential requests: one batch each.
+    assert sample(m, "dialogue_batch_size_count", backend="retrieval") == 5
+    assert sample(m, "dialogue_batch_size_sum", backend="retrieval") == 5
+    assert sample(m, "dialogue_batch_size_count", backend="generative") == 3
+    stage = "dialogue_stage_duration_seconds_count"
+    assert sample(m, stage, stage="queue") == 8
+    assert sample(m, stage, stage="tokenize") == 8
+    assert sample(m, stage, stage="encode") == 5
+    assert sample(m, stage, stage="search") == 5
+    assert sample(m, stage, stage="generate") == 3
+    assert sample(m, "dialogue_fallbacks_total", backend="generative", outcome="error") == 0
+    models = {m["backend"]: m["model"] for m in client.get("/v1/models").json()["models"]}
+    for backend, model in models.items():
+        assert sample(m, "dialogue_model_info", backend=backend, model=model) == 1
+    # The retrieval replies were all for the same context, so one response fills the window.
+    assert sample(m, "dialogue_response_max_ratio", backend="retrieval") == 1.0
+    assert sample(m, "dialogue_response_distinct_2", backend="retrieval") > 0
+    assert sample(m, "dialogue_generated_tokens_total") >= 3
+
+
+def test_respond_falls_back_when_the_backend_raises(served: tuple[FastAPI, TestClient]) -> None:
+    app, client = served
+    _broken(_backend(app, "generative"))
+    for _ in range(2):
+        resp = client.post("/respond", json={"context": ["hi"], "backend": "generative"})
+        assert resp.status_code == 200
+        assert (resp.json()["backend"], resp.json()["arm"]) == ("retrieval", "override")
+        assert resp.json()["model"].startswith("retriever-g2r@")
+    m = _metrics(client)
+    assert sample(m, "dialogue_fallbacks_total", backend="generative", outcome="error") == 2
+    assert (
+        sample(m, "dialogue_requests_total", backend="retrieval", arm="override", outcome="ok") == 2
+    )
+    assert (
+        sample(m, "dialogue_requests_total", backend="generative", arm="override", outcome="ok")
+        == 0
+    )
+
+
+def test_respond_without_fallback_returns_503_when_the_backend_raises(models_dir: Path) -> None:
+    app, client = _serve(models_dir, fallback=False)
+    with client:
+        _broken(_backend(app, "generative"))
+        resp = client.post("/respond", json={"context": ["hi"], "backend": "generative"})
+        assert resp.status_code == 503
+        assert resp.json() == {
+            "error": {"type": "backend_error", "message": "the generative backend failed"}
+        }
+        m = _metrics(client)
+    assert (
+        sample(m, "dialogue_requests_total", backend="generative", arm="override", outcome="error")
+        == 1
+    )
+    assert sample(m, "dialogue_fallbacks_total", backend="generative", outcome="error") == 0
+
+
+def test_respond_past_the_deadline_returns_504(models_dir: Path) -> None:
+    app, client = _serve(models_dir, fallback=False, request_timeout_s=0.1)
+    with client:
+        _slow(_backend(app, "retrieval"), 0.4)
+        resp = client.post("/respond", json={"context": ["hi"], "backend": "retrieval"})
+        assert resp.status_code == 504
+        assert resp.json() == {
+            "error": {
+                "type": "deadline_exceeded",
+                "message": "the retrieval backend did not answer within the request deadline",
+            }
+        }
+        m = _metrics(client)
+    assert (
+        sample(m, "dialogue_requests_total", backend="retrieval", arm="override", outcome="timeout")
+        == 1
+    )
+
+
+def test_respond_past_the_deadline_falls_back(models_dir: Path) -> None:
+    app, client = _serve(models_dir, fallback=True, request_timeout_s=0.2)
+    with client:
+        _slow(_backend(app, "generative"), 0.5)
+        resp = client.post("/respond", json={"context": ["hi"], "backend": "generative"})
+        assert resp.status_code == 200
+        assert resp.json()["backend"] == "retrieval"
+        m = _metrics(client)
+    assert sample(m, "dialogue_fallbacks_total", backend="generative", outcome="timeout") == 1
+
+
+def _post_concurrently(client: TestClient, bodies: list[dict[str, Any]]) -> list[Any]:
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(lambda b: client.post("/respond", json=b), bodies))
+
+
+def test_respond_over_the_queue_bound_returns_429(models_dir: Path) -> None:
+    # One request computing, one queued (MAX_QUEUE=1): the rest are turned away at once.
+    app, client = _serve(models_dir, fallback=False, max_queue=1, max_batch=1, request_timeout_s=10)
+    with client:
+        _slow(_backend(app, "retrieval"), 0.5)
+        replies = _post_concurrently(client, [{"context": ["hi"], "backend": "retrieval"}] * 5)
+        m = _metrics(client)
+    statuses = sorted(r.status_code for r in replies)
+    assert statuses == [200, 200, 429, 429, 429]
+    refused = next(r for r in replies if r.status_code == 429)
+    assert refused.json() == {
+        "error": {
+            "type": "overloaded",
+            "message": "the retrieval backend has 1 requests queued; retry later",
+        }
+    }
+    assert (
+        sample(
+            m, "dialogue_requests_total", backend="retrieval", arm="override", outcome="overloaded"
+        )
+        == 3
+    )
+    assert (
+        sample(m, "dialogue_requests_total", backend="retrieval", arm="override", outcome="ok") == 2
+    )
+
+
+def test_concurrent_requests_are_micro_batched(models_dir: Path) -> None:
+    # A slow first batch lets the other requests pile up; they then go in one model call.
+    app, client = _serve(models_dir, max_batch=16, max_wait_ms=50, request_timeout_s=10)
+    with client:
+        _slow(_backend(app, "retrieval"), 0.3)
+        replies = _post_concurrently(
+            client, [{"context": [f"hello {i}"], "backend": "retrieval"} for i in range(8)]
+        )
+        m = _metrics(client)
+    assert [r.status_code for r in replies] == [200] * 8
+    batches = sample(m, "dialogue_batch_size_count", backend="retrieval")
+    assert sample(m, "dialogue_batch_size_sum", backend="retrieval") == 8
+    assert batches < 8  # at least one batch held more than one request
+    assert sample(m, "dialogue_batch_size_bucket", backend="retrieval", le="1.0") < batches
+    assert sample(m, "dialogue_stage_duration_seconds_count", stage="queue") == 8
+    assert sample(m, "dialogue_stage_duration_seconds_count", stage="search") == batches
+
+
+def test_generative_batch_decodes_each_request_with_its_own_options(
+    served: tuple[FastAPI, TestClient],
+) -> None:
+    app, _ = served
+    backend = _backend(app, "generative")
+    short = backend.prepare(ResponseOptions(max_length=1))
+    full = backend.prepare(None)
+    contexts = [["hi"], ["what time is it ?"], ["good morning !"]]
+    batched = backend.infer(contexts, [short, full, short])
+    alone = [
+        backend.infer([c], [p])[0] for c, p in zip(contexts, [short, full, short], strict=True)
+    ]
+    assert [a.text for a in batched] == [a.text for a in alone]  # greedy: deterministic
+    assert batched[0].generated_tokens <= 1 and batched[2].generated_tokens <= 1
+    assert batched[1].generated_tokens == alone[1].generated_tokens
+
+
+def test_retrieval_batch_returns_each_requests_number_of_candidates(
+    served: tuple[FastAPI, TestClient],
+) -> None:
+    app, _ = served
+    backend = _backend(app, "retrieval")
+    answers = backend.infer([["hi"], ["hi"]], [1, 4])
+    assert [len(a.candidates or []) for a in answers] == [1, 4]
+    assert answers[0].candidates == (answers[1].candidates or [])[:1]
