@@ -16,7 +16,7 @@ from typing import Any
 
 from models.generator import GenerativeResponder
 from training.data import DialogueExample, training_response_token_counts
-from training.evaluate import STANDARD_DECODINGS, evaluate_generator, markdown_table
+from training.evaluate import evaluate_generator, markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -104,4 +104,3 @@ def write_comparison(results: Mapping[str, Any], out: Path, *, title: str, comma
     out.with_suffix(".md").write_text(comparison_markdown(results, title=title, command=command))
 
 
-__all__ = ["STANDARD_DECODINGS", "compare_generators", "write_comparison"]

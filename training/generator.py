@@ -205,7 +205,7 @@ def train_mle_generator(
         name,
         len(train_pairs),
         model.num_parameters() / 1e6,
-        preset.generator.train.max_steps,
+        max_steps or preset.generator.train.max_steps,
         preset.generator.train.batch_size,
     )
     result = run_generator_training(
