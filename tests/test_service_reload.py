@@ -118,3 +118,50 @@ def test_shutdown_lets_queued_requests_finish(tmp_path: Path) -> None:
         return [(await t).backend for t in tasks]
 
     assert asyncio.run(scenario()) == ["retrieval"] * 4
+
+
+@pytest.mark.parametrize("bundle_state", ["good", "corrupt"])
+def test_reload_under_concurrent_requests_fails_none(tmp_path: Path, bundle_state: str) -> None:
+    from service.errors import ReloadFailed
+
+    models_dir = build_tiny_bundles(tmp_path)
+    app = create_app(make_settings(models_dir, max_batch=4))
+
+    async def scenario() -> tuple[list[str], str, str]:
+        async with app.router.lifespan_context(app):
+            engine = app.state.engine
+            before = engine.backends["generative"].model_id
+            if bundle_state == "good":
+                build_tiny_bundles(models_dir, retriever=False, seed=3)
+            else:
+                with (models_dir / "retriever-g2r" / "index.faiss").open("ab") as f:
+                    f.write(b"corrupt")
+            reloaded = asyncio.Event()
+            models: list[str] = []
+
+            async def client(i: int) -> None:
+                # Keep asking until well after the swap; any failed request raises out of gather.
+                backend = "generative" if i % 2 else "retrieval"
+                after_swap = 0
+                while after_swap < 3:
+                    answer = await engine.respond(RespondRequest(context=["hi"], backend=backend))
+                    assert answer.backend == backend
+                    models.append(answer.model)
+                    after_swap += reloaded.is_set()
+
+            clients = [asyncio.create_task(client(i)) for i in range(8)]
+            await asyncio.sleep(0.02)
+            try:
+                await engine.reload()
+            except ReloadFailed:
+                assert bundle_state == "corrupt"
+            reloaded.set()
+            await asyncio.gather(*clients)
+            return models, before, engine.backends["generative"].model_id
+
+    models, before, after = asyncio.run(scenario())
+    assert len(models) >= 8 * 3
+    if bundle_state == "good":
+        assert after != before and before in models and after in models  # served by both
+    else:
+        assert after == before and after in models
