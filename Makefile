@@ -10,7 +10,7 @@ ARTIFACTS ?= artifacts
 RUNS ?= runs
 PRESET ?= small
 
-.PHONY: setup run reply build test test-slow lint bench clean
+.PHONY: setup run reply build test test-slow lint bench compose-check clean
 
 setup: $(VENV)/.installed
 
@@ -47,6 +47,14 @@ lint: setup
 bench: setup
 	$(VENV)/bin/pip install -q -e ".[bench]"
 	$(PY) -m benchmarks.decoding --out reports/decoding_benchmark
+
+# Deployment configs (docker/, docker-compose.yml) parse and agree; promtool and `docker compose
+# config` too where installed. The live Prometheus and chat-page browser tests are in `test-slow`.
+compose-check: setup
+	$(PY) -m pytest -q tests/test_deploy_configs.py
+	@if command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then \
+	  docker compose config --quiet && echo "docker compose config: ok"; \
+	else echo "docker compose not installed: skipped 'docker compose config'"; fi
 
 clean:
 	rm -rf $(RUNS) .pytest_cache .mypy_cache .ruff_cache

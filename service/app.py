@@ -8,9 +8,11 @@ import secrets
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from service.engine import DialogueEngine, load_backends
 from service.errors import NotReady, Unauthorized, error_response, install_error_handlers
@@ -19,6 +21,9 @@ from service.schemas import ErrorBody, Health, ModelList, RespondRequest, Respon
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# The chat page: static HTML, JS and CSS, no build step.
+STATIC_DIR = Path(__file__).parent / "static"
 
 _ERRORS = {code: {"model": ErrorBody} for code in (413, 422, 429, 503, 504)}
 # Bodies are refused before parsing when their declared size could not fit the limits
@@ -138,6 +143,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             """Load and verify the bundles again and swap them in; a bad bundle keeps the old."""
             _check_bearer(request, token)
             return ModelList(models=await engine.reload())
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def chat_page() -> FileResponse:
+        """The chat page; it calls POST /respond from the browser."""
+        return FileResponse(STATIC_DIR / "index.html")
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:

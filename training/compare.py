@@ -102,5 +102,3 @@ def write_comparison(results: Mapping[str, Any], out: Path, *, title: str, comma
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(comparison_json(results), indent=2))
     out.with_suffix(".md").write_text(comparison_markdown(results, title=title, command=command))
-
-

@@ -1,0 +1,238 @@
+"""The chat page at GET /: served from service/static/ with no build step and no third-party
+assets; (slow) in headless Chromium it sends a message to POST /respond with a session id, shows
+the reply with its backend and latency, and forces the other backend."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from service_fixtures import build_tiny_bundles, make_settings
+
+from service.app import create_app
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+# Headless, and nothing that phones home (the test blocks every other origin anyway).
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bundles(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def client(models_dir: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(models_dir))) as c:
+        yield c
+
+
+class _Assets(HTMLParser):
+    """Collects the src/href of every element and the ids in a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.ids: set[str] = set()
+        self.options: list[str | None] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        self.urls += [v for k, v in attrs if k in ("src", "href") and v is not None]
+        if values.get("id"):
+            self.ids.add(str(values["id"]))
+        if tag == "option":
+            self.options.append(values.get("value"))
+
+
+def test_get_root_returns_the_chat_page(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    assets = _Assets()
+    assets.feed(page.text)
+    assert {"conversation", "composer", "message", "send", "backend", "session-id"} <= assets.ids
+    assert assets.options == ["", "generative", "retrieval"]  # A/B, or force one backend
+    assert "/static/app.js" in assets.urls and "/static/style.css" in assets.urls
+
+
+def test_chat_page_assets_are_served_and_load_nothing_from_other_origins(
+    client: TestClient,
+) -> None:
+    assets = _Assets()
+    assets.feed(client.get("/").text)
+    for url in assets.urls:
+        assert url.startswith("/static/") or url.startswith("data:"), url
+        if url.startswith("/static/"):
+            assert client.get(url).status_code == 200, url
+    script = client.get("/static/app.js")
+    assert script.headers["content-type"].startswith(("text/javascript", "application/javascript"))
+    assert 'fetch("/respond"' in script.text and "session_id" in script.text
+    assert "innerHTML" not in script.text  # replies are shown as text, never parsed as HTML
+    assert not re.search(r"https?://", script.text)
+    assert client.get("/static/style.css").headers["content-type"].startswith("text/css")
+
+
+def test_chat_page_stays_out_of_the_api_schema(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/" not in paths and not any(p.startswith("/static") for p in paths)
+
+
+# --- headless Chromium against `python -m service` (slow) -------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextmanager
+def live_service(models_dir: Path, cwd: Path) -> Iterator[str]:
+    """``python -m service`` on a free port, configured as the images do (DIALOGUE_* env)."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "DIALOGUE_MODELS_DIR": str(models_dir),
+        "DIALOGUE_HOST": "127.0.0.1",
+        "DIALOGUE_PORT": str(port),
+        "DIALOGUE_DEVICE": "cpu",
+        "DIALOGUE_MAX_WAIT_MS": "1",
+        "DIALOGUE_LOG_LEVEL": "warning",
+    }
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service"],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not _ready(url):
+            if process.poll() is not None:
+                pytest.fail(f"service exited with {process.returncode}: {process.stderr}")
+            if time.monotonic() > deadline:
+                pytest.fail("service not ready within 120 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.slow
+def test_chat_page_in_chromium_replies_with_backend_and_latency_then_forces_the_other(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"{CHROMIUM} not found (Debian package `chromium`)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+
+    with live_service(models_dir, tmp_path) as url, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            foreign: list[str] = []
+            console_errors: list[str] = []
+
+            def only_the_service(route: Any) -> None:
+                if route.request.url.startswith(url):
+                    route.continue_()
+                else:
+                    foreign.append(route.request.url)
+                    route.abort()
+
+            def on_console(message: Any) -> None:
+                if message.type == "error":
+                    console_errors.append(message.text)
+
+            page.route("**/*", only_the_service)
+            page.on("console", on_console)
+            page.on("pageerror", lambda e: console_errors.append(str(e)))
+            page.goto(f"{url}/")
+            session_id = page.text_content("#session-id")
+            assert session_id and re.fullmatch(r"chat-[0-9a-f]{24}", session_id)
+
+            def send(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
+                """Type and send ``text``; returns the JSON the page POSTed and the reply."""
+                page.fill("#message", text)
+                with page.expect_response(f"{url}/respond") as answer:
+                    page.click("#send")
+                assert answer.value.status == 200
+                return answer.value.request.post_data_json, answer.value.json()
+
+            # 1. A/B: no backend in the request; the reply says which backend and how long
+            sent, received = send("hello , how are you ?")
+            assert sent == {"context": ["hello , how are you ?"], "session_id": session_id}
+            replies = page.locator(".message.bot")
+            replies.first.wait_for()
+            first = replies.nth(0)
+            backend = first.locator(".backend").text_content()
+            assert backend in ("generative", "retrieval")
+            assert re.fullmatch(r"\d+\.\d ms", first.locator(".latency").text_content() or "")
+            assert re.fullmatch(
+                r"(generator-nd|retriever-g2r)@\w+", first.locator(".model").inner_text()
+            )
+            assert first.locator(".arm").count() == 0  # answered by its own arm
+
+            # 2. Force the other backend: same session, the whole conversation as context
+            other = "retrieval" if backend == "generative" else "generative"
+            page.select_option("#backend", other)
+            assert received["backend"] == backend
+            # an empty reply (a random-weight generator may give one) is left out of the context
+            reply = [received["response"]] if received["response"].strip() else []
+            sent, received = send("what time is it ?")
+            assert sent == {
+                "context": ["hello , how are you ?", *reply, "what time is it ?"],
+                "session_id": session_id,
+                "backend": other,
+            }
+            replies.nth(1).wait_for()
+            second = replies.nth(1)
+            assert second.locator(".backend").text_content() == other == received["backend"]
+            assert second.locator(".arm").text_content() == "arm override"
+            assert re.fullmatch(r"\d+\.\d ms", second.locator(".latency").text_content() or "")
+            assert page.locator(".message.user").count() == 2
+            assert page.locator(".message.error").count() == 0
+        finally:
+            browser.close()
+    assert foreign == [], "the page must not load anything from another origin"
+    assert console_errors == []
