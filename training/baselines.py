@@ -32,9 +32,16 @@ from models.generator import GenerativeResponder
 from models.seq2seq import Seq2SeqTransformer
 from training.data import DialogueExample
 from training.distributed import DistContext
-from training.generator import PairSet, Seq2SeqBatch, run_generator_training, save_generator
+from training.generator import (
+    PairSet,
+    Seq2SeqBatch,
+    fine_tune_overrides,
+    run_generator_training,
+    save_generator,
+    smoothed_nll,
+)
 from training.presets import Preset
-from training.trainer import Objective, noam_learning_rate
+from training.trainer import Objective
 
 logger = logging.getLogger(__name__)
 
@@ -246,16 +253,6 @@ def _joint_logits(
     return logits[:b, :t], logits[b:, : extra_in.size(1)]
 
 
-def _mle_loss(logits: Tensor, tgt_out: Tensor, pad_id: int, label_smoothing: float) -> Tensor:
-    """Token-mean cross-entropy, as :class:`training.generator.MLEObjective` computes it."""
-    return F.cross_entropy(
-        logits.transpose(1, 2).float(),
-        tgt_out,
-        ignore_index=pad_id,
-        label_smoothing=label_smoothing,
-    )
-
-
 # --- objectives -------------------------------------------------------------------------------
 
 
@@ -329,7 +326,7 @@ class NegativeTrainingObjective:
             )
         else:
             gold_logits = model(batch.src, batch.tgt_in).logits
-        mle = _mle_loss(gold_logits, batch.tgt_out, self.pad_id, self.label_smoothing)
+        mle = smoothed_nll(gold_logits, batch.tgt_out, self.pad_id, self.label_smoothing)
         loss = self.lambda_pos * mle
         neg_loss = 0.0
         if neg:
@@ -432,7 +429,7 @@ class UnlikelihoodObjective:
         else:
             gold_logits = model(batch.src, batch.tgt_in).logits
             ul, n_penalised = gold_logits.new_zeros((), dtype=torch.float32), 0
-        mle = _mle_loss(gold_logits, batch.tgt_out, self.pad_id, self.label_smoothing)
+        mle = smoothed_nll(gold_logits, batch.tgt_out, self.pad_id, self.label_smoothing)
         return mle + self.alpha * ul, {
             "ul_loss": ul.item(),
             "ul_penalised_tokens": float(n_penalised),
@@ -481,9 +478,9 @@ def _fine_tune_standard(
     train_pairs = PairSet.encode(train_examples, base.tokenizer, preset.inputs)
     val_pairs = PairSet.encode(val_examples, base.tokenizer, preset.inputs)
     tc = preset.generator.train
-    base_steps = int((base.manifest.training if base.manifest else {}).get("steps", tc.max_steps))
+    schedule = fine_tune_overrides(base, preset)  # NT/UL run a fixed budget; val loss only rises
     if lr is None:  # where the standard model's schedule ended (see train_nt_generator)
-        lr = noam_learning_rate(base_steps, tc.lr_dim, tc.warmup_steps, tc.lr_scale)
+        lr = float(schedule["lr"])
     steps = max_steps if max_steps is not None else tc.max_steps
     objective: Objective = make_objective(base)
     logger.info(
@@ -501,10 +498,9 @@ def _fine_tune_standard(
         train_overrides={
             "seed": seed,
             "optimizer": optimizer,
-            "lr_schedule": "constant",
+            **schedule,
             "lr": lr,
             "max_steps": steps,
-            "keep": "last",  # NT/UL run a fixed budget (He & Glass); val loss only rises
         },
     )
     if not dist_ctx.is_main:

@@ -26,7 +26,7 @@ from models.tokenizer import DialogueTokenizer
 from training.data import DialogueExample
 from training.distributed import DistContext
 from training.presets import Preset
-from training.trainer import Objective, Trainer, TrainResult
+from training.trainer import Objective, Trainer, TrainResult, noam_learning_rate
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +97,33 @@ class MLEObjective:
 
     def __call__(self, model: nn.Module, batch: Seq2SeqBatch) -> tuple[Tensor, dict[str, float]]:
         logits = model(batch.src, batch.tgt_in).logits
-        loss = F.cross_entropy(
-            logits.transpose(1, 2).float(),
-            batch.tgt_out,
-            ignore_index=self.pad_id,
-            label_smoothing=self.label_smoothing,
-        )
-        return loss, {}
+        return smoothed_nll(logits, batch.tgt_out, self.pad_id, self.label_smoothing), {}
+
+
+def smoothed_nll(logits: Tensor, targets: Tensor, pad_id: int, label_smoothing: float) -> Tensor:
+    """ND eq. 1 with label smoothing: token-mean cross-entropy of (B, T, V) logits, pads ignored.
+
+    The MLE term of every generator objective (standard, ND eq. 13, NT eq. 4, UL)."""
+    return F.cross_entropy(
+        logits.transpose(1, 2).float(),
+        targets,
+        ignore_index=pad_id,
+        label_smoothing=label_smoothing,
+    )
+
+
+def fine_tune_overrides(base: GenerativeResponder, preset: Preset) -> dict[str, Any]:
+    """Trainer settings for a fixed-budget fine-tune of ``base`` (NT, UL, ND from a trained
+    model): a constant learning rate where the base's eq. 17 schedule ended, keep the last weights."""
+    tc = preset.generator.train
+    base_steps = tc.max_steps
+    if base.manifest is not None:
+        base_steps = int(base.manifest.training.get("steps", tc.max_steps))
+    return {
+        "lr_schedule": "constant",
+        "lr": noam_learning_rate(base_steps, tc.lr_dim, tc.warmup_steps, tc.lr_scale),
+        "keep": "last",
+    }
 
 
 @torch.no_grad()

@@ -37,11 +37,13 @@ from training.generator import (
     PairSet,
     Seq2SeqBatch,
     build_generator_model,
+    fine_tune_overrides,
     run_generator_training,
     save_generator,
+    smoothed_nll,
 )
 from training.presets import Preset
-from training.trainer import LOG_FILE, noam_learning_rate, read_log
+from training.trainer import LOG_FILE, read_log
 
 # --- D_N: source entropy ------------------------------------------------------------------------
 
@@ -270,12 +272,7 @@ class NDObjective:
         self.step += 1
         alpha = self.alpha(self.step)
         student = model(batch.src, batch.tgt_in, return_internals=True)
-        mle = F.cross_entropy(
-            student.logits.transpose(1, 2).float(),
-            batch.tgt_out,
-            ignore_index=self.pad_id,
-            label_smoothing=self.label_smoothing,
-        )
+        mle = smoothed_nll(student.logits, batch.tgt_out, self.pad_id, self.label_smoothing)
         if self.loss_cfg.targets == "random":
             nd, parts = self._random_target_loss(model, batch)
         else:
@@ -381,13 +378,7 @@ def train_nd_student(
         if base.tokenizer.to_str() != tokenizer.to_str():
             raise ValueError(f"{init_from} was trained with a different tokenizer")
         model.load_state_dict(base.model.state_dict())
-        tc = preset.generator.train
-        base_steps = int(base.manifest.training.get("steps", tc.max_steps)) if base.manifest else 0
-        overrides.update(
-            lr_schedule="constant",
-            lr=noam_learning_rate(base_steps, tc.lr_dim, tc.warmup_steps, tc.lr_scale),
-            keep="last",
-        )
+        overrides.update(fine_tune_overrides(base, preset))
     result = run_generator_training(
         model,
         objective,
