@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel
 
 from models.seq2seq import Seq2SeqTransformer
@@ -179,9 +181,16 @@ class FlatGDObjective:
         self.weights = weights
         self.pad_id = pad_id
 
-    def safety_terms(self, model: nn.Module, batch: Seq2SeqBatch) -> tuple[Tensor, SafetyLossTerms]:
-        """``model``'s logits on ``batch``'s teacher-forcing prefixes and its L_S (eq. 4)."""
-        logits = model(batch.src, batch.tgt_in).logits
+    def safety_terms(
+        self, model: nn.Module, batch: Seq2SeqBatch, *, twice_differentiable: bool = False
+    ) -> tuple[Tensor, SafetyLossTerms]:
+        """``model``'s logits on ``batch``'s teacher-forcing prefixes and its L_S (eq. 4).
+
+        ``twice_differentiable`` runs attention on the plain-math kernel: the fused CPU kernels
+        have no double backward, which the gradient-norm term of eq. 1 needs.
+        """
+        with sdpa_kernel([SDPBackend.MATH]) if twice_differentiable else nullcontext():
+            logits = model(batch.src, batch.tgt_in).logits
         with torch.no_grad():
             toxic = self.toxic(batch.src, batch.tgt_in).logits
             clean = self.clean(batch.src, batch.tgt_in).logits
@@ -210,14 +219,15 @@ class FlatGDObjective:
 
     def terms(self, model: nn.Module, batch: SafetyBatch) -> dict[str, Tensor]:
         """The three terms of eq. 2 (``grad_sq`` only when λ > 0) and L_S's two divergences."""
-        logits, ls = self.safety_terms(model, batch.safety)
+        lam = self.weights.lam
+        logits, ls = self.safety_terms(model, batch.safety, twice_differentiable=lam > 0)
         out = {
             "lm": self.lm_loss(model, batch, logits),
             "safety": ls.loss,
             "js_toxic": ls.js_toxic,
             "js_clean": ls.js_clean,
         }
-        if self.weights.lam > 0:
+        if lam > 0:
             if isinstance(model, DistributedDataParallel):
                 raise ValueError("the gradient-norm term (λ > 0) needs a single process, not DDP")
             out["grad_sq"] = squared_gradient_norm(ls.loss, trainable_parameters(model))
