@@ -174,7 +174,8 @@ def test_objective_combines_its_three_terms() -> None:
     parts = [(model(b.src, b.tgt_in).logits, b.tgt_out) for b in (safe, batch.lm)]
     counts = [int(t.ne(PAD).sum()) for _, t in parts]
     means = [float(smoothed_nll(lg, t, PAD, 0.1)) for lg, t in parts]
-    assert logs["lm"] == pytest.approx(sum(m * c for m, c in zip(means, counts)) / sum(counts))
+    weighted = sum(m * c for m, c in zip(means, counts, strict=True))
+    assert logs["lm"] == pytest.approx(weighted / sum(counts))
 
     # λ = 0 is the Safety_loss baseline: no gradient-norm term; the λ term adds exactly λ H∇L_S
     baseline = FlatGDObjective(clean, toxic, replace_lam(weights, 0.0), pad_id=PAD)
