@@ -2,7 +2,8 @@
 
 A bundle is a directory holding ``manifest.json`` (kind, config, training provenance, metrics and
 the sha256 of every other file), ``tokenizer.json``, ``model.safetensors`` and, for retrievers,
-``responses.jsonl`` and ``index.faiss``. This module only knows files, tensors and JSON: it never
+``responses.jsonl`` and ``index.faiss``; safety classifiers (kind ``classifier``) may add a
+``blocklist.txt`` the service filters replies with. This module only knows files, tensors and JSON: it never
 imports model code, so training and serving can both depend on it. See DESIGN.md, "Bundles".
 
 Writing is atomic at the directory level: everything goes into ``<out_dir>.tmp`` (fsynced), then
@@ -41,7 +42,7 @@ from safetensors.torch import load_file, save_file
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-BUNDLE_KINDS = ("generator", "retriever")
+BUNDLE_KINDS = ("generator", "retriever", "classifier")
 
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -53,6 +54,9 @@ INDEX_FILE = "index.faiss"
 REQUIRED_FILES: dict[str, tuple[str, ...]] = {
     "generator": (TOKENIZER_FILE, WEIGHTS_FILE),
     "retriever": (TOKENIZER_FILE, WEIGHTS_FILE, RESPONSES_FILE, INDEX_FILE),
+    # A safety classifier (models/safety.py); its optional blocklist.txt is checksummed like
+    # every other listed file when present.
+    "classifier": (TOKENIZER_FILE, WEIGHTS_FILE),
 }
 
 MANIFEST_KEYS = (

@@ -6,6 +6,12 @@ MAX_BATCH, and runs one batched model call in the backend's own single worker th
 loop keeps serving while the model computes. Each request waits on its own future until its
 deadline (504). A request that times out while queued is dropped from its batch; one whose batch
 is already computing is simply not waited for (a thread cannot be interrupted).
+
+With the output safety filter on (service/safety.py), each backend checks its replies in the same
+worker thread, batched like the model call: the retriever replaces a blocked reply by its
+best-ranked safe candidate of the top ``SAFETY_CANDIDATES`` (and drops unsafe candidates from the
+list it returns), the generator samples ``SAFETY_CANDIDATES`` alternatives for a blocked reply
+and takes the first safe one; with none safe the reply is the fallback reply.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from service.errors import (
     Overloaded,
 )
 from service.metrics import ServiceMetrics
+from service.safety import Block, BlockReason, SafetyFilter
 from service.schemas import ResponseOptions
 
 logger = logging.getLogger(__name__)
@@ -65,6 +72,7 @@ class Answer:
     text: str
     candidates: list[tuple[str, float]] | None = None
     generated_tokens: int = 0
+    block: Block | None = None  # set when the safety filter blocked the first reply
 
 
 @dataclass
@@ -87,11 +95,13 @@ class Backend(ABC):
         bundle_dir: Path,
         metrics: ServiceMetrics,
         limits: BatchLimits,
+        safety: SafetyFilter | None = None,
     ) -> None:
         self.responder = responder
         self.bundle_dir = Path(bundle_dir)
         self.metrics = metrics
         self.limits = limits
+        self.safety = safety if safety is not None and safety.enabled else None
         self._queue: asyncio.Queue[_Job] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -251,8 +261,10 @@ class GenerativeBackend(Backend):
         dtype: torch.dtype | None,
         metrics: ServiceMetrics,
         limits: BatchLimits,
+        safety: SafetyFilter | None = None,
     ) -> GenerativeBackend:
-        return cls(GenerativeResponder.load(bundle_dir, device, dtype), bundle_dir, metrics, limits)
+        responder = GenerativeResponder.load(bundle_dir, device, dtype)
+        return cls(responder, bundle_dir, metrics, limits, safety)
 
     def prepare(self, options: ResponseOptions | None) -> DecodingConfig:
         base = self.responder.decoding
@@ -290,7 +302,46 @@ class GenerativeBackend(Backend):
             for i, tokens, text in zip(rows, out.tokens, texts, strict=True):
                 answers[i] = Answer(text=text, generated_tokens=len(tokens))
             self.metrics.add_generated_tokens(sum(len(t) for t in out.tokens))
+            if self.safety is not None:
+                group = [answers[i] for i in rows]
+                self._make_safe(src, [contexts[i][-1] for i in rows], config, group)  # type: ignore[arg-type]
         return [a for a in answers if a is not None]
+
+    def _make_safe(
+        self, src: torch.Tensor, turns: list[str], config: DecodingConfig, answers: list[Answer]
+    ) -> None:
+        """Replace each blocked reply (in place) by the first safe, non-empty one of
+        ``SAFETY_CANDIDATES`` samples for its context, else by the fallback reply."""
+        safety = self.safety
+        assert safety is not None
+        reasons = safety.check(turns, [a.text for a in answers])
+        blocked = [k for k, why in enumerate(reasons) if why is not None]
+        if not blocked:
+            return
+        k = safety.candidates
+        # Sampling, not the n-best of the same search: alternatives that differ from the blocked
+        # reply. Nucleus sampling (Holtzman et al. 2020) keeps them fluent.
+        alt_config = config.with_overrides(
+            strategy="sample", num_return_sequences=k, top_p=min(config.top_p, 0.9)
+        )
+        started = time.perf_counter()
+        rows = torch.tensor(blocked, device=src.device)
+        out = generate(self.responder.model, src.index_select(0, rows), alt_config)
+        texts = self.responder.tokenizer.decode_batch(out.tokens)
+        self._timed("generate", started)
+        self.metrics.add_generated_tokens(sum(len(t) for t in out.tokens))
+        alt_reasons = safety.check([turns[b] for b in blocked for _ in range(k)], texts)
+        for n, b in enumerate(blocked):
+            options = range(n * k, (n + 1) * k)
+            safe = [j for j in options if alt_reasons[j] is None and texts[j].strip()]
+            reason = reasons[b]
+            assert reason is not None
+            answer = answers[b]
+            answer.generated_tokens += sum(len(out.tokens[j]) for j in options)
+            if safe:
+                answer.text, answer.block = texts[safe[0]], Block(reason, "reranked")
+            else:
+                answer.text, answer.block = safety.fallback_reply, Block(reason, "replaced")
 
 
 class RetrievalBackend(Backend):
@@ -312,9 +363,10 @@ class RetrievalBackend(Backend):
         metrics: ServiceMetrics,
         limits: BatchLimits,
         max_candidates: int = 10,
+        safety: SafetyFilter | None = None,
     ) -> RetrievalBackend:
         responder = RetrievalResponder.load(bundle_dir, device, dtype)
-        return cls(responder, bundle_dir, metrics, limits, max_candidates=max_candidates)
+        return cls(responder, bundle_dir, metrics, limits, safety, max_candidates=max_candidates)
 
     def prepare(self, options: ResponseOptions | None) -> int:
         wanted = options.num_candidates if options and options.num_candidates else 1
@@ -325,7 +377,10 @@ class RetrievalBackend(Backend):
         return wanted
 
     def infer(self, contexts: list[list[str]], params: list[Hashable]) -> list[Answer]:
-        top_k = max(int(p) for p in params)  # type: ignore[call-overload]
+        wanted = [int(p) for p in params]  # type: ignore[call-overload]
+        top_k = max(wanted)
+        if self.safety is not None:  # room to re-rank a blocked reply
+            top_k = max(top_k, self.safety.candidates)
         responder = self.responder
         started = time.perf_counter()
         ids = responder.encode_contexts(contexts)
@@ -334,8 +389,49 @@ class RetrievalBackend(Backend):
         started = self._timed("encode", started)
         hits = responder.search(embeddings, top_k)
         self._timed("search", started)
+        if self.safety is not None:
+            return self._safe_answers([c[-1] for c in contexts], hits, wanted)
         answers = []
-        for row, wanted in zip(hits, params, strict=True):
-            kept = row[: int(wanted)]  # type: ignore[call-overload]
+        for row, n in zip(hits, wanted, strict=True):
+            kept = row[:n]
             answers.append(Answer(text=kept[0][0] if kept else "", candidates=kept))
+        return answers
+
+    def _safe_answers(
+        self, turns: list[str], hits: list[list[tuple[str, float]]], wanted: list[int]
+    ) -> list[Answer]:
+        """Answers from the safe candidates only, in rank order. The candidates a client would
+        see are checked first; the rest of a row only when one of those was unsafe."""
+        safety = self.safety
+        assert safety is not None
+        verdicts: list[dict[int, BlockReason | None]] = [{} for _ in hits]
+
+        def check(pairs: list[tuple[int, int]]) -> None:
+            reasons = safety.check([turns[r] for r, _ in pairs], [hits[r][j][0] for r, j in pairs])
+            for (r, j), why in zip(pairs, reasons, strict=True):
+                verdicts[r][j] = why
+
+        check([(r, j) for r, row in enumerate(hits) for j in range(min(wanted[r], len(row)))])
+        check(
+            [
+                (r, j)
+                for r, row in enumerate(hits)
+                if any(verdicts[r].values())
+                for j in range(wanted[r], len(row))
+            ]
+        )
+        answers = []
+        for r, row in enumerate(hits):
+            safe = [row[j] for j in sorted(verdicts[r]) if verdicts[r][j] is None]
+            first = verdicts[r].get(0)  # why the top-ranked reply was blocked; None if it was not
+            if first is None:
+                answers.append(
+                    Answer(text=safe[0][0] if safe else "", candidates=safe[: wanted[r]])
+                )
+            elif safe:
+                answers.append(
+                    Answer(safe[0][0], safe[: wanted[r]], block=Block(first, "reranked"))
+                )
+            else:
+                answers.append(Answer(safety.fallback_reply, [], block=Block(first, "replaced")))
         return answers

@@ -32,12 +32,13 @@ from service.errors import (
 )
 from service.metrics import ServiceMetrics
 from service.routing import BACKENDS, choose_arm
+from service.safety import load_safety_filter
 from service.schemas import Candidate, ModelInfo, RespondRequest, RespondResponse
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-_KIND_OF = {"generative": "generator", "retrieval": "retriever"}
+_KIND_OF = {"generative": "generator", "retrieval": "retriever", "safety": "classifier"}
 _OUTCOME_OF: dict[type[ServiceError], str] = {
     DeadlineExceeded: "timeout",
     Overloaded: "overloaded",
@@ -71,10 +72,19 @@ def select_bundle(models_dir: Path, backend: str, wanted: str) -> Path | None:
 
 
 def load_backends(settings: Settings, metrics: ServiceMetrics) -> dict[str, Backend]:
-    """Load every backend that has a bundle (fully verified); raises when none has one."""
+    """Load every backend that has a bundle (fully verified), sharing one output safety filter;
+    raises when none has one or when the safety filter the settings ask for cannot be built."""
     device = resolve_device(settings.device)
     dtype = serving_dtype(device)
     limits = BatchLimits(settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue)
+    safety_dir = (
+        select_bundle(settings.models_dir, "safety", settings.safety_bundle)
+        if settings.safety_filter != "off"
+        else None
+    )
+    # Loaded first: a bad classifier bundle fails the whole load (start-up or reload), never
+    # leaving backends that serve unfiltered.
+    safety = load_safety_filter(settings, metrics, safety_dir, device)
     wanted = {"generative": settings.generative_bundle, "retrieval": settings.retrieval_bundle}
     backends: dict[str, Backend] = {}
     for name in BACKENDS:
@@ -89,10 +99,16 @@ def load_backends(settings: Settings, metrics: ServiceMetrics) -> dict[str, Back
             continue
         backend: Backend
         if name == "generative":
-            backend = GenerativeBackend.load(path, device, dtype, metrics, limits)
+            backend = GenerativeBackend.load(path, device, dtype, metrics, limits, safety)
         else:
             backend = RetrievalBackend.load(
-                path, device, dtype, metrics, limits, max_candidates=settings.max_candidates
+                path,
+                device,
+                dtype,
+                metrics,
+                limits,
+                max_candidates=settings.max_candidates,
+                safety=safety,
             )
         logger.info("loaded %s backend %s on %s", name, backend.model_id, device)
         backends[name] = backend
@@ -217,6 +233,10 @@ class DialogueEngine:
         elapsed = time.perf_counter() - started
         self.metrics.observe_request(backend_label, arm, "ok", elapsed)
         self.metrics.observe_response(backend_label, answer.text)
+        if answer.block is not None:
+            self.metrics.observe_safety_block(
+                backend_label, answer.block.reason, answer.block.action
+            )
         return RespondResponse(
             response=answer.text,
             backend=backend_label,  # type: ignore[arg-type]
@@ -228,6 +248,7 @@ class DialogueEngine:
                 if answer.candidates is not None
                 else None
             ),
+            filtered=answer.block.action if answer.block is not None else None,
         )
 
     async def _answer(

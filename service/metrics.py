@@ -2,7 +2,8 @@
 
 The only module that touches ``prometheus_client``: backends and the request handler report plain
 numbers through :class:`ServiceMetrics`. Labels stay low-cardinality: ``backend``, ``arm``,
-``outcome``, ``stage`` (and ``model`` on the info gauge).
+``outcome``, ``stage`` (and ``model`` on the info gauge; ``reason`` and ``action`` on the safety
+filter's counter).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from models.metrics import RollingResponseStats
 # From 1 ms: retrieval answers in a few ms, generation in tens to hundreds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-STAGES = ("tokenize", "encode", "search", "generate", "queue")
+STAGES = ("tokenize", "encode", "search", "generate", "queue", "safety")
 
 
 class ServiceMetrics:
@@ -68,6 +69,13 @@ class ServiceMetrics:
             ["backend", "outcome"],
             registry=r,
         )
+        self.safety_blocked = Counter(
+            "dialogue_safety_blocked",
+            "Replies the safety filter blocked; reason = blocklist|classifier, "
+            "action = reranked (a safe candidate answered) | replaced (the fallback reply).",
+            ["backend", "reason", "action"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "dialogue_model_info",
             "Loaded bundle per backend (value 1).",
@@ -107,6 +115,9 @@ class ServiceMetrics:
 
     def observe_fallback(self, failed_backend: str, outcome: str) -> None:
         self.fallbacks.labels(backend=failed_backend, outcome=outcome).inc()
+
+    def observe_safety_block(self, backend: str, reason: str, action: str) -> None:
+        self.safety_blocked.labels(backend=backend, reason=reason, action=action).inc()
 
     def set_model(self, backend: str, model: str) -> None:
         """Mark ``model`` as the one ``backend`` serves (replacing any previous one)."""

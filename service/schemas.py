@@ -103,6 +103,11 @@ class RespondResponse(_Strict):
     model: str = Field(description="bundle name@hash")
     latency_ms: float
     candidates: list[Candidate] | None = None
+    filtered: Literal["reranked", "replaced"] | None = Field(
+        default=None,
+        description="present when the safety filter blocked the model's first reply: 'reranked' "
+        "(a safe candidate answered) or 'replaced' (the fallback reply answered)",
+    )
 
 
 class ErrorDetail(_Strict):

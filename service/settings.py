@@ -57,6 +57,35 @@ class Settings(BaseSettings):
         default=1000, ge=1
     )  # responses in the rolling max-ratio/distinct-2 window
 
+    # --- output safety filter (service/safety.py)
+    # auto = both when a classifier bundle is present, else blocklist with SAFETY_BLOCKLIST, else off
+    safety_filter: Literal["auto", "off", "blocklist", "classifier", "both"] = "auto"
+    safety_bundle: str = "safety-classifier"  # classifier bundle (directory or manifest name)
+    safety_threshold: float | None = Field(
+        default=None, gt=0, lt=1
+    )  # P(unsafe) cut-off; unset = the bundle's own (chosen on held-out DiaSafety train)
+    safety_blocklist: Path | None = None  # phrase list file; unset = the classifier bundle's
+    safety_candidates: int = Field(
+        default=4, ge=1, le=32
+    )  # retrieval: candidates searched for a safe one; generative: samples drawn when blocked
+    safety_fallback_reply: str = Field(
+        default="i'd rather not talk about that . can we talk about something else ?",
+        min_length=1,
+        max_length=1000,
+    )  # served when no candidate is safe
+
+    @field_validator("safety_filter", mode="before")
+    @classmethod
+    def _lower_safety_filter(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("safety_fallback_reply")
+    @classmethod
+    def _check_fallback_reply(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the safety fallback reply must not be blank")
+        return value.strip()
+
     @field_validator("ab_weights", mode="before")
     @classmethod
     def _parse_ab_weights(cls, value: Any) -> Any:

@@ -147,7 +147,7 @@ def test_write_retriever_without_index_raises(tmp_path: Path) -> None:
 
 
 def test_write_unknown_kind_raises(tmp_path: Path) -> None:
-    assert BUNDLE_KINDS == ("generator", "retriever")
+    assert BUNDLE_KINDS == ("generator", "retriever", "classifier")
     with pytest.raises(ValueError, match=r"unknown bundle kind 'ranker'"):
         _write(tmp_path / "x", kind="ranker")
 
@@ -216,7 +216,7 @@ def test_read_manifest_unknown_kind(tmp_path: Path) -> None:
     with pytest.raises(BundleError) as info:
         read_manifest(out)
     assert str(info.value) == (
-        f"bundle {out}: manifest.json: unknown kind 'ranker' (expected one of: generator, retriever)"
+        f"bundle {out}: manifest.json: unknown kind 'ranker' (expected one of: generator, retriever, classifier)"
     )
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,7 +37,7 @@ from models.retriever import (
     exact_search,
     read_responses,
 )
-from models.text import normalize_text
+from models.safety import Blocklist, load_blocklist
 from models.tokenizer import DialogueTokenizer
 from training.data import DialogueExample, DialogueSplits
 from training.distributed import DistContext, barrier
@@ -65,14 +64,6 @@ DEFAULT_BLOCKLIST = Path(__file__).resolve().parents[1].parent / "shared/data/bl
 # --- the response set and its filter -------------------------------------------------------------
 
 
-def load_blocklist(path: Path | None) -> list[str]:
-    """Normalised blocklist phrases, one per line (``#`` comments and blank lines skipped)."""
-    if path is None:
-        return []
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return sorted({normalize_text(x) for x in lines if x.strip() and not x.startswith("#")})
-
-
 @dataclass(frozen=True)
 class ResponseFilter:
     """Keeps responses of ``min_tokens..max_tokens`` whitespace tokens with no blocklisted phrase."""
@@ -80,14 +71,11 @@ class ResponseFilter:
     min_tokens: int = 1
     max_tokens: int = 60
     blocklist: tuple[str, ...] = ()
-    _pattern: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+    # The matcher the service's output filter uses too (models/safety.py): whole-token phrases.
+    _matcher: Blocklist = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.blocklist:
-            # Whole-token phrases: "ass" must not match "class". Longest first within the alternation.
-            phrases = sorted(self.blocklist, key=len, reverse=True)
-            pattern = r"(?<!\S)(?:" + "|".join(map(re.escape, phrases)) + r")(?!\S)"
-            object.__setattr__(self, "_pattern", re.compile(pattern))
+        object.__setattr__(self, "_matcher", Blocklist(self.blocklist))
 
     def reason(self, text: str) -> str | None:
         """Why ``text`` is dropped (``too_short``, ``too_long``, ``blocked``), or None to keep it."""
@@ -96,7 +84,7 @@ class ResponseFilter:
             return "too_short"
         if n > self.max_tokens:
             return "too_long"
-        if self._pattern is not None and self._pattern.search(text):
+        if self._matcher.find(text, normalised=True) is not None:
             return "blocked"
         return None
 

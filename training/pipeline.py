@@ -1,5 +1,5 @@
-"""``python -m training build``: data -> tokenizer -> standard generator -> negative teacher (on
-D_N) -> ND student -> evaluation; resumable.
+"""``python -m training build``: data -> tokenizer -> standard generator -> safety classifier
+(DiaSafety, skipped when absent) -> negative teacher (on D_N) -> ND student -> evaluation; resumable.
 
 Each stage leaves a file behind (tokenizer.json, a verified bundle, an evaluation JSON); a rerun
 skips the stages whose outputs are already there and resumes an interrupted training stage from
@@ -27,6 +27,8 @@ from training.g2r import build_retriever
 from training.generator import train_mle_generator
 from training.nd import NegativeSet, negative_set, train_nd_student
 from training.presets import Preset
+from training.safety_classifier import SAFETY_CLASSIFIER
+from training.safety_classifier import build_stage as build_safety_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +149,22 @@ def build(
         return bundle
 
     standard = stage(STANDARD_GENERATOR, train_mle_generator, train_examples=splits.train)
+    # The service's output filter: cheap, and warm-started from the standard generator's encoder.
+    safety = paths.out_dir / SAFETY_CLASSIFIER
+    stage_start = time.perf_counter()
+    if existing_bundle(safety, preset):
+        logger.info("%s exists and verifies; skipping its training", safety)
+    elif ctx.is_main:
+        build_safety_classifier(
+            preset.name,
+            paths.data_dir,
+            safety,
+            base=standard,
+            report=paths.run_dir(preset, SAFETY_CLASSIFIER) / "metrics",
+            seed=seed,
+        )
+    barrier(ctx)
+    timings[f"{SAFETY_CLASSIFIER}_s"] = time.perf_counter() - stage_start
     dn = negative_set(splits.train, preset.nd.negative_fraction, seed=seed)
     if ctx.is_main:
         write_negative_set_report(
@@ -194,7 +212,8 @@ def build(
 
     summary: dict[str, Any] = {
         "preset": preset.name,
-        "bundles": [str(b) for b in (standard, teacher, student, retriever)],
+        "bundles": [str(b) for b in (standard, teacher, student, retriever)]
+        + ([str(safety)] if safety.is_dir() else []),
         "data": splits.stats,
         "negative_set": {"pairs": len(dn.examples), "threshold": dn.threshold},
     }

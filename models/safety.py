@@ -1,0 +1,421 @@
+"""Reply safety shared by training and serving: a blocklist matcher and a DiaSafety classifier.
+
+* :class:`Blocklist` matches whole-token phrases (LDNOOBW-style lists) in normalised text: "ass"
+  matches "you ass !" but not "class". G2R's response-set filter (training/g2r.py) and the
+  service's output filter use this one implementation.
+* :class:`SafetyClassifier` scores a (context, response) pair with P(unsafe), trained on DiaSafety
+  (Sun et al., Findings of ACL 2022), where the label depends on the context: "you're right ." is
+  safe after a harmless remark and unsafe after a toxic one. Two architectures, read bottom-up:
+
+  - ``cross-encoder``: ``context <sep> response`` through pre-LN Transformer encoder layers (the
+    generator's own :class:`~models.seq2seq.EncoderLayer`, so a trained generator's encoder can warm
+    start it), a segment embedding for the response side, mean pooling, a linear head;
+  - ``bag``: fastText-style (Joulin et al., EACL 2017): mean embeddings of the context's and the
+    response's BPE pieces and hashed piece bigrams, combined as ``[c, r, c * r]`` by a small MLP.
+
+A classifier is stored as a bundle of kind ``classifier`` (models/bundle.py): ``model_config``
+holds ``classifier`` (:class:`SafetyClassifierConfig`) and ``threshold`` (the decision threshold
+on P(unsafe)); an optional ``blocklist.txt`` travels with it so the service is self-contained.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from models.bundle import (
+    BundleError,
+    Manifest,
+    load_state_dict,
+    verify_bundle,
+    write_bundle,
+)
+from models.seq2seq import EncoderLayer, Seq2SeqConfig, sinusoidal_positions
+from models.text import normalize_text
+from models.tokenizer import DialogueTokenizer
+
+__all__ = [
+    "BLOCKLIST_FILE",
+    "BagOfNgramsClassifier",
+    "Blocklist",
+    "CrossEncoderClassifier",
+    "SafetyClassifier",
+    "SafetyClassifierConfig",
+    "load_blocklist",
+]
+
+BLOCKLIST_FILE = "blocklist.txt"
+Architecture = Literal["cross-encoder", "bag"]
+ARCHITECTURES: tuple[Architecture, ...] = ("cross-encoder", "bag")
+
+
+# --- the blocklist ----------------------------------------------------------------------------
+
+
+def load_blocklist(path: Path | None) -> list[str]:
+    """Normalised blocklist phrases, one per line (``#`` comments and blank lines skipped)."""
+    if path is None:
+        return []
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return sorted({normalize_text(x) for x in lines if x.strip() and not x.startswith("#")} - {""})
+
+
+class Blocklist:
+    """Whole-token phrase matcher over normalised text: "ass" matches "you ass !", not "class"."""
+
+    def __init__(self, phrases: Iterable[str]) -> None:
+        self.phrases: tuple[str, ...] = tuple(
+            sorted({p for p in (normalize_text(x) for x in phrases) if p})
+        )
+        self._pattern: re.Pattern[str] | None = None
+        if self.phrases:
+            # Longest first within the alternation, so "hot pocket" wins over "hot"; the
+            # look-arounds make a phrase match only between whitespace (or the text's ends).
+            ordered = sorted(self.phrases, key=len, reverse=True)
+            pattern = r"(?<!\S)(?:" + "|".join(map(re.escape, ordered)) + r")(?!\S)"
+            self._pattern = re.compile(pattern)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Blocklist:
+        """One phrase per line; ``#`` comments and blank lines skipped."""
+        return cls(load_blocklist(path))
+
+    def __len__(self) -> int:
+        return len(self.phrases)
+
+    def find(self, text: str, *, normalised: bool = False) -> str | None:
+        """The first blocklisted phrase in ``text``, or None; ``normalised=True`` skips
+        normalising text that already went through :func:`normalize_text` (it is idempotent)."""
+        if self._pattern is None:
+            return None
+        match = self._pattern.search(text if normalised else normalize_text(text))
+        return match.group() if match else None
+
+    def to_text(self) -> str:
+        """The phrases one per line, as :meth:`from_file` reads them."""
+        return "".join(f"{p}\n" for p in self.phrases)
+
+
+# --- the classifier models --------------------------------------------------------------------
+
+
+@dataclass
+class SafetyClassifierConfig:
+    """Shape of a safety classifier; stored in bundles as ``model_config["classifier"]``."""
+
+    architecture: Architecture = "cross-encoder"
+    vocab_size: int = 8000  # set from the tokenizer
+    d_model: int = 256  # hidden size (cross-encoder) or embedding size (bag)
+    n_heads: int = 4  # cross-encoder only
+    d_ff: int = 1024  # cross-encoder only
+    n_layers: int = 2  # cross-encoder only: Transformer encoder layers
+    dropout: float = 0.1
+    max_len: int = 96  # pieces of "context <sep> response" kept (the most recent ones)
+    bigram_buckets: int = 1 << 16  # bag only: hashed piece bigrams per side
+    pad_id: int = 0
+    sep_id: int = 4  # <sep> of models/tokenizer.py: where the response starts
+
+    def __post_init__(self) -> None:
+        assert self.architecture in ARCHITECTURES, f"unknown architecture {self.architecture!r}"
+        assert self.d_model % self.n_heads == 0, (
+            f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}"
+        )
+        assert self.max_len >= 2 and self.bigram_buckets >= 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SafetyClassifierConfig:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown SafetyClassifierConfig fields: {sorted(unknown)}")
+        return cls(**data)
+
+    def layer_config(self) -> Seq2SeqConfig:
+        """The :class:`Seq2SeqConfig` the cross-encoder's :class:`EncoderLayer` is built from."""
+        return Seq2SeqConfig(
+            vocab_size=self.vocab_size,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            d_ff=self.d_ff,
+            n_encoder_layers=self.n_layers,
+            n_decoder_layers=0,
+            dropout=self.dropout,
+            max_positions=self.max_len,
+            pad_id=self.pad_id,
+        )
+
+
+def response_segments(ids: Tensor, sep_id: int) -> Tensor:
+    """(B, T) long: 1 from the first ``<sep>`` on (the response side), 0 before it."""
+    return ids.eq(sep_id).long().cumsum(dim=1).clamp(max=1)
+
+
+def _init_weights(module: nn.Module) -> None:
+    # The generator's initialisation (models/seq2seq.py), so warm starts and fresh runs match.
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=module.embedding_dim**-0.5)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+
+
+class CrossEncoderClassifier(nn.Module):
+    """``context <sep> response`` ids (B, T) -> unsafe logits (B,): encoder, mean pool, linear."""
+
+    def __init__(self, cfg: SafetyClassifierConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        self.segment = nn.Embedding(2, cfg.d_model)  # context / response side
+        self.positions: Tensor
+        self.register_buffer(
+            "positions", sinusoidal_positions(cfg.max_len, cfg.d_model), persistent=False
+        )
+        self.embed_dropout = nn.Dropout(cfg.dropout)
+        layer_cfg = cfg.layer_config()
+        self.layers = nn.ModuleList(EncoderLayer(layer_cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, 1)
+        self.apply(_init_weights)
+        nn.init.zeros_(self.segment.weight)  # a warm start begins as the generator's encoder
+
+    def forward(self, ids: Tensor) -> Tensor:
+        cfg = self.cfg
+        t = ids.size(1)
+        assert t <= cfg.max_len, f"sequence of {t} pieces exceeds max_len={cfg.max_len}"
+        keep = ids.ne(cfg.pad_id)  # (B, T)
+        keep[:, 0] |= ~keep.any(dim=1)  # an all-pad row would attend to nothing (NaN)
+        mask = None if bool(keep.all()) else keep[:, None, None, :]  # (B, 1, 1, T)
+        x = self.embed(ids) * math.sqrt(cfg.d_model) + self.positions[:t]
+        x = self.embed_dropout(x + self.segment(response_segments(ids, cfg.sep_id)))
+        for layer in self.layers:
+            x = layer(x, mask)
+        x = self.norm(x)  # (B, T, d)
+        weights = keep.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+        pooled = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, d)
+        return self.head(pooled).squeeze(-1)  # (B,)
+
+    @torch.no_grad()
+    def init_from_generator(self, state_dict: Mapping[str, Tensor]) -> list[str]:
+        """Copy a same-shaped generator's embeddings, encoder layers and encoder norm; returns the
+        names copied. The generator's first ``n_layers`` encoder layers are used."""
+        copied = []
+        for name, param in self.named_parameters():
+            if name.startswith(("head.", "segment.")):
+                continue
+            # layers.<i>.* -> encoder_layers.<i>.*, norm.* -> encoder_norm.*, embed.* as is
+            source = f"encoder_{name}" if name.startswith(("layers.", "norm.")) else name
+            if source not in state_dict:
+                raise ValueError(f"generator state has no {source!r} for {name}")
+            value = state_dict[source]
+            if value.shape != param.shape:
+                raise ValueError(
+                    f"shape mismatch for {name}: generator {tuple(value.shape)}, "
+                    f"classifier {tuple(param.shape)}"
+                )
+            param.copy_(value)
+            copied.append(name)
+        return copied
+
+
+class BagOfNgramsClassifier(nn.Module):
+    """fastText-style: per side, the mean embedding of its pieces and hashed piece bigrams; the
+    two means ``c`` and ``r`` go through an MLP over ``[c, r, c * r]`` (the product lets the
+    verdict on a response depend on its context)."""
+
+    def __init__(self, cfg: SafetyClassifierConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        # Feature 0 is padding; then unigrams and bigram buckets of each side.
+        self.n_features = 1 + 2 * (cfg.vocab_size + cfg.bigram_buckets)
+        self.embed = nn.Embedding(self.n_features, cfg.d_model, padding_idx=0)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.mlp = nn.Sequential(
+            nn.Linear(3 * cfg.d_model, cfg.d_model), nn.ReLU(), nn.Linear(cfg.d_model, 1)
+        )
+        self.apply(_init_weights)
+
+    def features(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Feature ids (B, 2T - 1) (0 = none) and their side (B, 2T - 1) for piece ids (B, T)."""
+        cfg = self.cfg
+        v, buckets = cfg.vocab_size, cfg.bigram_buckets
+        seg = response_segments(ids, cfg.sep_id)  # (B, T)
+        real = ids.ne(cfg.pad_id) & ids.ne(cfg.sep_id)
+        uni = torch.where(real, 1 + ids + seg * v, torch.zeros_like(ids))
+        a, b = ids[:, :-1], ids[:, 1:]
+        pair = real[:, :-1] & real[:, 1:] & seg[:, :-1].eq(seg[:, 1:])
+        # A fixed multiplicative hash of the id pair: deterministic across processes.
+        bucket = (a * 1_000_003 + b) % buckets
+        bi = torch.where(pair, 1 + 2 * v + seg[:, 1:] * buckets + bucket, torch.zeros_like(a))
+        return torch.cat([uni, bi], dim=1), torch.cat([seg, seg[:, 1:]], dim=1)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        feats, side = self.features(ids)  # (B, F)
+        x = self.dropout(self.embed(feats))  # (B, F, d)
+        present = feats.ne(0)
+        means = []
+        for s in (0, 1):  # context, response
+            w = (present & side.eq(s)).unsqueeze(-1).to(x.dtype)  # (B, F, 1)
+            means.append((x * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0))  # (B, d)
+        c, r = means
+        return self.mlp(torch.cat([c, r, c * r], dim=-1)).squeeze(-1)  # (B,)
+
+
+def build_classifier_model(cfg: SafetyClassifierConfig) -> nn.Module:
+    """The module for ``cfg.architecture``."""
+    if cfg.architecture == "cross-encoder":
+        return CrossEncoderClassifier(cfg)
+    return BagOfNgramsClassifier(cfg)
+
+
+# --- the responder-facing wrapper and its bundle ----------------------------------------------
+
+
+class SafetyClassifier:
+    """P(unsafe | context, response) with a stored decision threshold, loadable from a bundle."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: DialogueTokenizer,
+        cfg: SafetyClassifierConfig,
+        *,
+        threshold: float = 0.5,
+        blocklist: Blocklist | None = None,
+        manifest: Manifest | None = None,
+    ) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.threshold = threshold
+        self.blocklist = blocklist
+        self.manifest = manifest
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def bundle_id(self) -> str:
+        return self.manifest.bundle_id if self.manifest else "unsaved"
+
+    def encode(self, contexts: Sequence[str], responses: Sequence[str]) -> Tensor:
+        """Right-padded ``context <sep> response`` ids (B, T), the last ``max_len`` kept."""
+        if len(contexts) != len(responses):
+            raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
+        pairs = [[c, r] for c, r in zip(contexts, responses, strict=True)]
+        ids = self.tokenizer.encode_contexts(pairs, self.cfg.max_len)
+        return self.tokenizer.pad(ids, self.device)
+
+    def unsafe_probability(
+        self, contexts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64
+    ) -> list[float]:
+        """P(unsafe) of each (context, response) pair; batched, without gradients."""
+        if len(contexts) != len(responses):
+            raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
+        was_training = self.model.training
+        self.model.eval()
+        out: list[float] = []
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(contexts), batch_size):
+                    ids = self.encode(
+                        contexts[start : start + batch_size], responses[start : start + batch_size]
+                    )
+                    out.extend(torch.sigmoid(self.model(ids).float()).tolist())
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def is_unsafe(
+        self, contexts: Sequence[str], responses: Sequence[str], *, threshold: float | None = None
+    ) -> list[bool]:
+        """P(unsafe) >= the stored threshold (or ``threshold``) for each pair."""
+        cut = self.threshold if threshold is None else threshold
+        return [p >= cut for p in self.unsafe_probability(contexts, responses)]
+
+    def model_config(self) -> dict[str, Any]:
+        return {"classifier": self.cfg.to_dict(), "threshold": self.threshold}
+
+    def save(
+        self, out_dir: Path, *, name: str, training: Mapping[str, Any], metrics: Mapping[str, Any]
+    ) -> Manifest:
+        """Write this classifier (and its blocklist, if any) as a ``classifier`` bundle."""
+        extra = {BLOCKLIST_FILE: self.blocklist.to_text().encode()} if self.blocklist else None
+        self.manifest = write_bundle(
+            out_dir,
+            kind="classifier",
+            name=name,
+            model_config=self.model_config(),
+            training=training,
+            metrics=metrics,
+            state_dict=self.model.state_dict(),
+            tokenizer_json=self.tokenizer.to_str(),
+            extra_files=extra,
+        )
+        return self.manifest
+
+    @classmethod
+    def load(cls, bundle_dir: Path, device: str | torch.device = "cpu") -> SafetyClassifier:
+        """Verify every checksum, then build the model; raises BundleError naming what is wrong."""
+        bundle_dir = Path(bundle_dir)
+        manifest = verify_bundle(bundle_dir)
+        if manifest.kind != "classifier":
+            raise BundleError(
+                f"bundle {bundle_dir}: is a {manifest.kind} bundle, not a classifier",
+                bundle_dir=bundle_dir,
+                file="manifest.json",
+            )
+        mc = manifest.model_config
+        try:
+            cfg = SafetyClassifierConfig.from_dict(mc["classifier"])
+            threshold = float(mc["threshold"])
+            if not 0.0 < threshold < 1.0:
+                raise ValueError(f"threshold {threshold} is not in (0, 1)")
+        except (KeyError, TypeError, ValueError, AssertionError) as exc:
+            raise BundleError(
+                f"bundle {bundle_dir}: manifest.json: invalid classifier model_config ({exc!r})",
+                bundle_dir=bundle_dir,
+                file="manifest.json",
+            ) from exc
+        model = build_classifier_model(cfg)
+        try:
+            model.load_state_dict(load_state_dict(bundle_dir, manifest))
+        except RuntimeError as exc:  # missing/unexpected keys or shapes that do not fit cfg
+            raise BundleError(
+                f"bundle {bundle_dir}: model.safetensors does not fit the classifier config: {exc}",
+                bundle_dir=bundle_dir,
+                file="model.safetensors",
+            ) from exc
+        model.to(device).eval()
+        try:
+            tokenizer = DialogueTokenizer.from_file(bundle_dir / "tokenizer.json")
+        except Exception as exc:  # tokenizers raises its own exception types
+            raise BundleError(
+                f"bundle {bundle_dir}: tokenizer.json is not a valid tokenizer: {exc}",
+                bundle_dir=bundle_dir,
+                file="tokenizer.json",
+            ) from exc
+        blocklist = (
+            Blocklist.from_file(bundle_dir / BLOCKLIST_FILE)
+            if BLOCKLIST_FILE in manifest.files
+            else None
+        )
+        return cls(
+            model, tokenizer, cfg, threshold=threshold, blocklist=blocklist, manifest=manifest
+        )

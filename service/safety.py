@@ -1,0 +1,174 @@
+"""The output safety filter: replies checked against a blocklist and/or the DiaSafety classifier.
+
+Modes (``SAFETY_FILTER``): ``off``; ``blocklist`` (whole-token phrase match, models/safety.py);
+``classifier`` (P(unsafe | last context turn, reply) >= threshold, the classifier bundle's own
+threshold unless ``SAFETY_THRESHOLD`` overrides it); ``both`` (blocklist first, then the
+classifier on what the blocklist let through); ``auto`` (the default) = ``both`` when a classifier
+bundle is present, else ``blocklist`` when ``SAFETY_BLOCKLIST`` names a file, else ``off``.
+
+The classifier sees the *last* context turn only: DiaSafety contexts are single utterances, so
+that is the input it was trained on. The backends decide what happens to a blocked reply
+(service/backends.py): the retriever takes its best-ranked safe candidate, the generator samples
+``SAFETY_CANDIDATES`` alternatives and takes the first safe one, and when none is safe the reply
+becomes ``SAFETY_FALLBACK_REPLY``. Every blocked reply that reaches a client is counted once in
+``dialogue_safety_blocked_total{backend, reason, action}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from models.bundle import BundleError
+from models.safety import Blocklist, SafetyClassifier
+from service.metrics import ServiceMetrics
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+FilterMode = Literal["off", "blocklist", "classifier", "both"]
+BlockReason = Literal["blocklist", "classifier"]
+BlockAction = Literal["reranked", "replaced"]
+
+
+@dataclass(frozen=True)
+class Block:
+    """Why a backend's first reply was blocked and what was served instead."""
+
+    reason: BlockReason
+    action: BlockAction
+
+
+class SafetyFilter:
+    """Judges replies; one instance is shared by the backends loaded together with it."""
+
+    def __init__(
+        self,
+        mode: FilterMode,
+        *,
+        metrics: ServiceMetrics,
+        blocklist: Blocklist | None = None,
+        classifier: SafetyClassifier | None = None,
+        threshold: float | None = None,
+        fallback_reply: str = "",
+        candidates: int = 4,
+    ) -> None:
+        if mode in ("classifier", "both") and classifier is None:
+            raise ValueError(f"safety filter mode {mode!r} needs a classifier")
+        self.mode: FilterMode = mode
+        self.metrics = metrics
+        self.blocklist = blocklist if mode in ("blocklist", "both") and blocklist else None
+        self.classifier = classifier if mode in ("classifier", "both") else None
+        self.threshold = (
+            threshold
+            if threshold is not None
+            else (classifier.threshold if classifier is not None else 0.5)
+        )
+        self.fallback_reply = fallback_reply
+        self.candidates = candidates
+
+    @property
+    def enabled(self) -> bool:
+        return self.blocklist is not None or self.classifier is not None
+
+    def describe(self) -> str:
+        parts = []
+        if self.blocklist is not None:
+            parts.append(f"blocklist of {len(self.blocklist)} phrases")
+        if self.classifier is not None:
+            parts.append(f"classifier {self.classifier.bundle_id} at threshold {self.threshold:g}")
+        return " + ".join(parts) or "off"
+
+    def check(self, contexts: Sequence[str], replies: Sequence[str]) -> list[BlockReason | None]:
+        """Why each reply is unsafe (``blocklist`` / ``classifier``) or None when it is safe.
+
+        ``contexts[i]`` is the turn ``replies[i]`` answers. Runs in a backend's worker thread;
+        its time goes into the stage histogram as ``safety``.
+        """
+        started = time.perf_counter()
+        reasons: list[BlockReason | None] = [None] * len(replies)
+        if self.blocklist is not None:
+            for i, reply in enumerate(replies):
+                if self.blocklist.find(reply) is not None:
+                    reasons[i] = "blocklist"
+        if self.classifier is not None:
+            rows = [i for i, why in enumerate(reasons) if why is None]
+            if rows:
+                probs = self.classifier.unsafe_probability(
+                    [contexts[i] for i in rows], [replies[i] for i in rows]
+                )
+                for i, p in zip(rows, probs, strict=True):
+                    if p >= self.threshold:
+                        reasons[i] = "classifier"
+        if replies:
+            self.metrics.observe_stage("safety", time.perf_counter() - started)
+        return reasons
+
+
+def _resolve_mode(settings: Settings, has_classifier: bool) -> FilterMode:
+    """``auto`` -> both / blocklist / off; an explicit mode is checked against what exists."""
+    mode = settings.safety_filter
+    if mode == "auto":
+        if has_classifier:
+            return "both"
+        return "blocklist" if settings.safety_blocklist is not None else "off"
+    if mode in ("classifier", "both") and not has_classifier:
+        raise BundleError(
+            f"SAFETY_FILTER={mode} needs a classifier bundle, but there is no "
+            f"{settings.safety_bundle!r} (or any classifier bundle) in {settings.models_dir}"
+        )
+    return mode
+
+
+def load_safety_filter(
+    settings: Settings,
+    metrics: ServiceMetrics,
+    bundle_dir: Path | None,
+    device: torch.device | str = "cpu",
+) -> SafetyFilter:
+    """Build the filter the settings ask for, loading (and fully verifying) the classifier bundle
+    at ``bundle_dir`` (None: there is none); raises BundleError / ValueError with one clear
+    message when the settings cannot be met."""
+    mode = _resolve_mode(settings, bundle_dir is not None)
+    classifier = None
+    if bundle_dir is not None and mode != "off":
+        # Loaded even for "blocklist" alone: the bundle's blocklist.txt is the default list.
+        classifier = SafetyClassifier.load(bundle_dir, device=device)
+    blocklist = None
+    if settings.safety_blocklist is not None:
+        path = settings.safety_blocklist
+        if not path.is_file():
+            raise ValueError(f"SAFETY_BLOCKLIST {path} is not a file")
+        blocklist = Blocklist.from_file(path)
+    elif classifier is not None:
+        blocklist = classifier.blocklist
+    if mode == "blocklist" and not blocklist:
+        raise ValueError(
+            "SAFETY_FILTER=blocklist needs a blocklist: set SAFETY_BLOCKLIST or provide a "
+            "classifier bundle with blocklist.txt"
+        )
+    if mode == "both" and not blocklist:
+        logger.warning("no blocklist (SAFETY_BLOCKLIST or the bundle's): classifier only")
+    safety = SafetyFilter(
+        mode,
+        metrics=metrics,
+        blocklist=blocklist,
+        classifier=classifier if mode in ("classifier", "both") else None,
+        threshold=settings.safety_threshold,
+        fallback_reply=settings.safety_fallback_reply,
+        candidates=settings.safety_candidates,
+    )
+    if settings.safety_filter == "auto" and mode == "off":
+        logger.warning(
+            "no classifier bundle %r in %s and no SAFETY_BLOCKLIST: the output filter is off",
+            settings.safety_bundle,
+            settings.models_dir,
+        )
+    logger.info("safety filter (%s): %s", mode, safety.describe())
+    return safety

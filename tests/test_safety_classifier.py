@@ -1,0 +1,327 @@
+"""The safety classifier and blocklist (models/safety.py) and their training (training/safety_classifier.py):
+whole-token blocklist matching, metrics on hand-computed cases, a tiny train/save/load round trip
+on a synthetic DiaSafety-format corpus, corrupt bundles refused, the CLI and the pipeline stage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.bundle import BundleError, read_manifest
+from models.safety import (
+    BLOCKLIST_FILE,
+    BagOfNgramsClassifier,
+    Blocklist,
+    CrossEncoderClassifier,
+    SafetyClassifier,
+    SafetyClassifierConfig,
+    load_blocklist,
+)
+from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
+from models.tokenizer import DialogueTokenizer
+from training.g2r import ResponseFilter
+from training.safety_classifier import (
+    SAFETY_PRESETS,
+    best_f1_threshold,
+    binary_metrics,
+    build_stage,
+    evaluate_split,
+    find_diasafety,
+    roc_auc,
+    stratified_holdout,
+    train_safety_classifier,
+)
+from training.safety_data import SafetyExample, load_diasafety
+
+CATEGORIES = ("Toxicity Agreement", "Risk Ignorance", "Offending User")
+TOXIC = ["you people are all idiots .", "i hate them all .", "they deserve to suffer ."]
+HARMLESS = ["i like my new garden .", "the weather is nice today .", "i baked a cake ."]
+AGREE = ["yes , you are right .", "totally agree with you .", "exactly , i think so too ."]
+OTHER = ["that sounds lovely .", "what kind of flowers ?", "enjoy your day ."]
+
+
+def _synthetic_records(n: int, seed: int) -> list[dict[str, str]]:
+    """DiaSafety-shaped records whose label depends on the context: agreeing with a toxic
+    context is unsafe, the same agreement after a harmless one is safe."""
+    rng = random.Random(seed)
+    records = []
+    for i in range(n):
+        toxic, agree = rng.random() < 0.5, rng.random() < 0.5
+        records.append(
+            {
+                "context": rng.choice(TOXIC if toxic else HARMLESS),
+                "response": rng.choice(AGREE if agree else OTHER),
+                "category": CATEGORIES[i % len(CATEGORIES)],
+                "label": "Unsafe" if toxic and agree else "Safe",
+            }
+        )
+    return records
+
+
+@pytest.fixture(scope="module")
+def diasafety_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "diasafety"
+    root.mkdir()
+    (root / "train.json").write_text(json.dumps(_synthetic_records(240, seed=0)))
+    (root / "val.json").write_text(json.dumps(_synthetic_records(60, seed=1)))
+    (root.parent / "blocklist").mkdir()
+    (root.parent / "blocklist" / "en.txt").write_text("# offensive\nidiots\nhot pocket\n\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(diasafety_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("bundles") / "safety-classifier"
+    preset = replace(SAFETY_PRESETS["tiny"], max_train_examples=0)
+    report = train_safety_classifier(
+        preset,
+        diasafety_dir.parent,
+        out,
+        architecture="both",
+        blocklist=diasafety_dir.parent / "blocklist" / "en.txt",
+    )
+    return out, report
+
+
+# --- the blocklist ----------------------------------------------------------------------------
+
+
+def test_blocklist_matches_whole_tokens_only() -> None:
+    blocklist = Blocklist(["ass", "hot pocket", "Bad Word"])
+    assert blocklist.phrases == ("ass", "bad word", "hot pocket")  # normalised, sorted
+    assert blocklist.find("you ass !") == "ass"
+    assert blocklist.find("ass") == "ass"
+    assert blocklist.find("this class is fun .") is None
+    assert blocklist.find("assess the hot pockets") is None
+    assert blocklist.find("a hot pocket please") == "hot pocket"
+    assert blocklist.find("What a BAD WORD!") == "bad word"  # the text is normalised too
+    assert blocklist.find("") is None
+    assert Blocklist([]).find("you ass") is None and len(Blocklist(["", " "])) == 0
+
+
+def test_blocklist_from_file_skips_comments_and_blank_lines(tmp_path: Path) -> None:
+    path = tmp_path / "list.txt"
+    path.write_text("# a comment\nHot Pocket\n\n  \nass\nass\n")
+    assert load_blocklist(path) == ["ass", "hot pocket"]
+    blocklist = Blocklist.from_file(path)
+    assert Blocklist.from_file(_write(tmp_path / "again.txt", blocklist.to_text())).phrases == (
+        "ass",
+        "hot pocket",
+    )
+
+
+def test_g2r_response_filter_uses_the_shared_matcher() -> None:
+    f = ResponseFilter(blocklist=("ass",))
+    assert f.reason("you ass !") == "blocked" and f.reason("the class .") is None
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+def test_binary_metrics_hand_computed() -> None:
+    m = binary_metrics([0.9, 0.8, 0.3, 0.1, 0.6], [True, False, True, False, True], 0.5)
+    # predicted unsafe: 0.9 (T), 0.8 (F), 0.6 (T) -> tp 2, fp 1, fn 1, tn 1
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (2, 1, 1, 1)
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert binary_metrics([0.1], [False], 0.5)["f1"] == 0.0  # undefined -> 0
+
+
+def test_best_f1_threshold_hand_computed() -> None:
+    # cuts: top1 F1 2/4, top2 4/5, top3 4/6, all 6/7 -> everything unsafe at 0.2
+    assert best_f1_threshold([0.9, 0.7, 0.6, 0.2], [True, True, False, True]) == (
+        pytest.approx(0.2),
+        pytest.approx(6 / 7),
+    )
+    # tied probabilities are cut together: {0.5, 0.5} -> F1 2/3 beats all three (2/4)
+    assert best_f1_threshold([0.5, 0.5, 0.1], [True, False, False]) == (
+        pytest.approx(0.5),
+        pytest.approx(2 / 3),
+    )
+    assert best_f1_threshold([0.3, 0.2], [False, False]) == (0.5, 0.0)
+
+
+def test_roc_auc_hand_computed() -> None:
+    assert roc_auc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == pytest.approx(0.75)
+    assert roc_auc([0.5, 0.5], [True, False]) == pytest.approx(0.5)  # a tie counts half
+
+
+def test_stratified_holdout_takes_a_share_of_every_group() -> None:
+    examples = [SafetyExample(f"c{i}", f"r{i}", CATEGORIES[i % 3], i % 2 == 0) for i in range(120)]
+    fit, held = stratified_holdout(examples, 0.1, seed=0)
+    assert len(fit) + len(held) == 120 and not set(fit) & set(held)
+    groups = {(e.category, e.unsafe) for e in held}
+    assert len(groups) == 6 and len(held) == 12
+    assert stratified_holdout(examples, 0.1, seed=0) == (fit, held)
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def _tokenizer() -> DialogueTokenizer:
+    return DialogueTokenizer.train([*TOXIC, *HARMLESS, *AGREE, *OTHER] * 2, 150, min_frequency=1)
+
+
+def test_bag_features_separate_context_and_response_sides() -> None:
+    cfg = SafetyClassifierConfig("bag", vocab_size=10, d_model=4, bigram_buckets=7, sep_id=4)
+    model = BagOfNgramsClassifier(cfg)
+    ids = torch.tensor([[5, 6, 4, 5, 0]])  # context 5 6, <sep>, response 5, pad
+    feats, side = model.features(ids)
+    # unigrams: 1 + id + side * V; <sep> and padding -> 0
+    assert feats[0, :5].tolist() == [6, 7, 0, 16, 0]
+    # bigrams: only (5, 6) on the context side; pairs across <sep> or with padding -> 0
+    assert feats[0, 5:].tolist() == [1 + 2 * 10 + (5 * 1_000_003 + 6) % 7, 0, 0, 0]
+    assert side[0].tolist() == [0, 0, 1, 1, 1, 0, 1, 1, 1]
+
+
+def test_cross_encoder_warm_starts_from_a_same_shaped_generator() -> None:
+    gen = Seq2SeqTransformer(
+        Seq2SeqConfig(vocab_size=50, d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1)
+    )
+    cfg = SafetyClassifierConfig(
+        "cross-encoder", vocab_size=50, d_model=16, n_heads=2, d_ff=32, n_layers=1, max_len=20
+    )
+    model = CrossEncoderClassifier(cfg)
+    copied = model.init_from_generator(gen.state_dict())
+    assert "embed.weight" in copied and "norm.weight" in copied
+    assert torch.equal(model.layers[0].ffn.fc1.weight, gen.encoder_layers[0].ffn.fc1.weight)
+    wider = CrossEncoderClassifier(replace(cfg, d_model=32, d_ff=64))
+    with pytest.raises(ValueError, match="shape mismatch"):
+        wider.init_from_generator(gen.state_dict())
+
+
+@pytest.mark.parametrize("architecture", ["cross-encoder", "bag"])
+def test_unsafe_probability_is_batched_and_order_preserving(architecture: str) -> None:
+    torch.manual_seed(0)
+    tok = _tokenizer()
+    cfg = SafetyClassifierConfig(
+        architecture,  # type: ignore[arg-type]
+        vocab_size=tok.vocab_size,
+        d_model=16,
+        n_heads=2,
+        d_ff=32,
+        n_layers=1,
+        max_len=24,
+        bigram_buckets=64,
+    )
+    from models.safety import build_classifier_model
+
+    clf = SafetyClassifier(build_classifier_model(cfg), tok, cfg, threshold=0.5)
+    contexts, responses = TOXIC + HARMLESS, AGREE + OTHER
+    together = clf.unsafe_probability(contexts, responses)
+    one_by_one = clf.unsafe_probability(contexts, responses, batch_size=1)
+    assert together == pytest.approx(one_by_one, abs=1e-5)
+    assert all(0.0 < p < 1.0 for p in together)
+    assert clf.is_unsafe(contexts, responses, threshold=1e-9) == [True] * 6
+    assert clf.model.training  # unsafe_probability restores the mode it found
+    with pytest.raises(ValueError, match="2 contexts but 1 responses"):
+        clf.unsafe_probability(["a", "b"], ["c"])
+
+
+# --- training, bundle round trip ----------------------------------------------------------------
+
+
+def test_train_writes_a_classifier_bundle_that_loads_and_scores_the_same(
+    trained: tuple[Path, dict], diasafety_dir: Path
+) -> None:
+    out, report = trained
+    manifest = read_manifest(out)
+    assert manifest.kind == "classifier" and manifest.name == "safety-classifier"
+    assert set(manifest.files) == {"tokenizer.json", "model.safetensors", BLOCKLIST_FILE}
+    assert set(report["architectures"]) == {"cross-encoder", "bag"}
+    assert report["chosen"] == manifest.training["method"]
+    assert report["split"] == {
+        "train_fit": 216,
+        "threshold_holdout": 24,
+        "val": 60,
+        "holdout_fraction": 0.1,
+    }
+    clf = SafetyClassifier.load(out)
+    assert clf.threshold == pytest.approx(report["threshold"])
+    assert clf.threshold == pytest.approx(manifest.model_config["threshold"])
+    assert clf.blocklist is not None and clf.blocklist.phrases == ("hot pocket", "idiots")
+    assert clf.bundle_id == manifest.bundle_id
+    # The loaded weights reproduce the val figures computed before saving.
+    again = evaluate_split(clf, load_diasafety(diasafety_dir, "val"), clf.threshold)
+    chosen_val = report["architectures"][report["chosen"]]["val"]
+    assert again["f1"] == pytest.approx(chosen_val["f1"])
+    assert again["per_category"].keys() == set(CATEGORIES)
+    assert manifest.metrics["val_f1"] == pytest.approx(chosen_val["f1"])
+
+
+def test_corrupt_classifier_bundle_is_refused(trained: tuple[Path, dict], tmp_path: Path) -> None:
+    import shutil
+
+    src, _ = trained
+    for file_name in ("model.safetensors", BLOCKLIST_FILE):
+        bad = tmp_path / file_name.replace(".", "-")
+        shutil.copytree(src, bad)
+        with (bad / file_name).open("ab") as f:
+            f.write(b"x")
+        with pytest.raises(BundleError) as info:
+            SafetyClassifier.load(bad)
+        assert str(info.value).startswith(f"bundle {bad}: {file_name} checksum mismatch")
+        assert info.value.file == file_name
+
+
+def test_a_generator_bundle_is_not_a_classifier(tmp_path: Path) -> None:
+    from service_fixtures import build_tiny_bundles
+
+    build_tiny_bundles(tmp_path, retriever=False)
+    with pytest.raises(BundleError, match="is a generator bundle, not a classifier"):
+        SafetyClassifier.load(tmp_path / "generator-nd")
+
+
+def test_find_diasafety_looks_in_and_beside_the_data_dir(diasafety_dir: Path) -> None:
+    assert find_diasafety(diasafety_dir) == diasafety_dir
+    assert find_diasafety(diasafety_dir.parent) == diasafety_dir
+    (diasafety_dir.parent / "dailydialog").mkdir(exist_ok=True)
+    assert find_diasafety(diasafety_dir.parent / "dailydialog") == diasafety_dir
+
+
+def test_pipeline_stage_skips_with_a_warning_without_diasafety(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "corpus").mkdir()
+    with caplog.at_level(logging.WARNING):
+        result = build_stage("tiny", tmp_path / "corpus", tmp_path / "out", base=None)
+    assert result is None and not (tmp_path / "out").exists()
+    assert "skipping the safety classifier: no DiaSafety" in caplog.text
+
+
+def test_cli_trains_a_bundle_and_writes_the_report(diasafety_dir: Path, tmp_path: Path) -> None:
+    from training.__main__ import main
+
+    argv = [
+        "train-safety-classifier",
+        "--preset",
+        "tiny",
+        "--data",
+        str(diasafety_dir.parent),
+        "--out",
+        str(tmp_path / "clf"),
+        "--architecture",
+        "bag",
+        "--report",
+        str(tmp_path / "report"),
+    ]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["chosen"] == "bag" and report["command"].startswith(
+        "python -m training train-safety-classifier --preset tiny"
+    )
+    md = (tmp_path / "report.md").read_text()
+    assert "| val |" in md and "Toxicity Agreement" in md
+    assert read_manifest(tmp_path / "clf").training["method"] == "bag"

@@ -1,0 +1,132 @@
+"""Safety-classifier commands of ``python -m training``:
+
+train-safety-classifier  a DiaSafety (context, response) classifier bundle, plus its metrics as
+                         JSON and markdown
+
+Wire in with ``add_parsers(sub)`` after the other sub-commands and ``dispatch(args)`` first in
+the dispatcher (it returns None for commands that are not its own). On its own:
+``python -m training.classifier_cli <command> ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+COMMANDS = ("train-safety-classifier",)
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+logger = logging.getLogger(__name__)
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``train-safety-classifier`` to an argparse sub-parser set."""
+    p = sub.add_parser(
+        "train-safety-classifier", help="train the DiaSafety safety classifier bundle"
+    )
+    p.add_argument("--preset", default="small", help="tiny | small | paper (default: small)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="shared data dir, the diasafety/ dir itself, or a corpus dir beside it",
+    )
+    p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    p.add_argument("--name", help="bundle name (default: the --out directory name)")
+    p.add_argument(
+        "--base",
+        type=Path,
+        help="generator bundle: its tokenizer, and its encoder warm-starts the cross-encoder",
+    )
+    p.add_argument(
+        "--architecture",
+        choices=["cross-encoder", "bag", "both"],
+        help="what to fit (default: the preset's); 'both' keeps the better on held-out train",
+    )
+    p.add_argument(
+        "--blocklist",
+        default="auto",
+        help="phrase list shipped in the bundle for the service's filter; 'none' = no list; "
+        "'auto' (default) = blocklist/en.txt in or beside --data",
+    )
+    p.add_argument(
+        "--report",
+        type=Path,
+        help="writes <report>.json and <report>.md (default: <runs>/<preset>/<name>/metrics)",
+    )
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="where default reports go")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run, every option spelled out (for the report)."""
+    parts = ["python", "-m", "training", args.command, "--preset", args.preset]
+    parts += ["--data", str(args.data), "--out", str(args.out)]
+    for option in ("name", "base", "architecture", "report"):
+        value = getattr(args, option)
+        if value is not None:
+            parts += [f"--{option}", str(value)]
+    parts += ["--blocklist", args.blocklist, "--threads", str(args.threads)]
+    return shlex.join([*parts, "--seed", str(args.seed)])
+
+
+def dispatch(args: argparse.Namespace) -> int | None:
+    """Run a safety-classifier command; None when ``args.command`` is not one of them."""
+    if args.command not in COMMANDS:
+        return None
+    # Heavy imports after argument parsing, so `--help` stays instant.
+    import torch
+
+    from training.safety_classifier import (
+        find_blocklist,
+        get_safety_preset,
+        markdown_report,
+        train_safety_classifier,
+        write_report,
+    )
+
+    torch.set_num_threads(args.threads)
+    preset = get_safety_preset(args.preset)
+    if args.blocklist == "auto":
+        blocklist = find_blocklist(args.data)
+    else:
+        blocklist = None if args.blocklist.lower() == "none" else Path(args.blocklist)
+    name = args.name or args.out.name
+    report = train_safety_classifier(
+        preset,
+        args.data,
+        args.out,
+        name=name,
+        architecture=args.architecture,
+        base=args.base,
+        blocklist=blocklist,
+        seed=args.seed,
+    )
+    command = command_line(args)
+    write_report(report, args.report or args.runs / preset.name / name / "metrics", command)
+    print(markdown_report(report, command))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The safety-classifier commands without the rest of ``python -m training``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m training.classifier_cli",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return dispatch(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
