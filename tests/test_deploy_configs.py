@@ -47,6 +47,7 @@ SERVICE_METRICS = (
     "dialogue_model_info",
     "dialogue_response_max_ratio",
     "dialogue_response_distinct_2",
+    "dialogue_safety_blocked_total",
 )
 # Series Prometheus itself writes for every target; the service cannot export them.
 PROMETHEUS_SYNTHETIC = {"up"}
