@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from models.bundle import BundleError
-from training import classifier_cli, flatgd_cli
+from training import attack_cli, classifier_cli, flatgd_cli
 from training.data import DataFormatError
 from training.jobs import ND_ABLATIONS, train_generator_command
 from training.retrieval_cli import add_parsers as add_retrieval_parsers
@@ -123,6 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--device", default="auto")
     add_retrieval_parsers(sub)
+    attack_cli.add_parsers(sub)
     flatgd_cli.add_parsers(sub)
     classifier_cli.add_parsers(sub)
     return parser.parse_args(argv)
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     handled = dispatch_retrieval(args)
     handled = flatgd_cli.dispatch(args) if handled is None else handled
+    handled = attack_cli.dispatch(args) if handled is None else handled
     handled = classifier_cli.dispatch(args) if handled is None else handled
     if handled is not None:
         return handled
