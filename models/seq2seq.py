@@ -283,12 +283,15 @@ class Seq2SeqTransformer(nn.Module):
     def _decoder(self) -> list[DecoderLayer]:
         return [layer for layer in self.decoder_layers if isinstance(layer, DecoderLayer)]
 
-    def _embed(self, ids: Tensor, offset: int = 0) -> Tensor:
+    def _embed(self, ids: Tensor, offset: int = 0, token_embeds: Tensor | None = None) -> Tensor:
+        """Scaled token embeddings plus positions; ``token_embeds`` (B, T, d) replaces the lookup
+        ``embed(ids)`` so callers can differentiate with respect to the input (gibbs-enum)."""
         t = ids.size(1)
         assert offset + t <= self.cfg.max_positions, (
             f"sequence of {offset + t} positions exceeds max_positions={self.cfg.max_positions}"
         )
-        x = self.embed(ids) * math.sqrt(self.cfg.d_model) + self.positions[offset : offset + t]
+        tokens = self.embed(ids) if token_embeds is None else token_embeds
+        x = tokens * math.sqrt(self.cfg.d_model) + self.positions[offset : offset + t]
         return self.embed_dropout(x)
 
     def _padding_mask(self, ids: Tensor) -> Tensor | None:
@@ -298,10 +301,17 @@ class Seq2SeqTransformer(nn.Module):
             return None
         return keep[:, None, None, :]
 
-    def encode(self, src: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Encode source ids (B, S) -> memory (B, S, d) and its key mask."""
+    def encode(
+        self, src: Tensor, *, src_embeds: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Encode source ids (B, S) -> memory (B, S, d) and its key mask.
+
+        ``src_embeds`` (B, S, d), when given, stands in for the embedding lookup of ``src``
+        (``src`` still gives the padding mask): the gradient of a loss with respect to a one-hot
+        input is then ``grad(src_embeds) @ embed.weight.T``.
+        """
         mask = self._padding_mask(src)
-        x = self._embed(src)
+        x = self._embed(src, token_embeds=src_embeds)
         for layer in self.encoder_layers:
             x = layer(x, mask)
         return self.encoder_norm(x), mask
@@ -317,9 +327,13 @@ class Seq2SeqTransformer(nn.Module):
         src_mask: Tensor | None,
         *,
         return_internals: bool = False,
+        tgt_embeds: Tensor | None = None,
     ) -> Seq2SeqOutput:
-        """Teacher-forced decoding of ``tgt_in`` (B, T) -> logits (B, T, vocab)."""
-        x = self._embed(tgt_in)
+        """Teacher-forced decoding of ``tgt_in`` (B, T) -> logits (B, T, vocab).
+
+        ``tgt_embeds`` stands in for the embedding lookup of ``tgt_in``, as in :meth:`encode`.
+        """
+        x = self._embed(tgt_in, token_embeds=tgt_embeds)
         out = Seq2SeqOutput(logits=x)  # logits filled below
         for layer in self._decoder():
             memory_kv = layer.cross_attn.project_memory(memory)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,6 +23,7 @@ __all__ = [
     "load_diasafety",
     "load_paraphrases",
     "load_targets",
+    "normalize_target",
 ]
 
 logger = logging.getLogger(__name__)
@@ -79,6 +81,19 @@ def load_diasafety(data_dir: Path, split: SafetySplit) -> list[SafetyExample]:
     return out
 
 
+# The target lists are PTB-tokenised ("do n't", "ca n't"); DailyDialog writes "don't", "can't".
+_PTB_NEGATION = re.compile(r"(?<=\w) n't(?!\S)")
+
+
+def normalize_target(text: str) -> str:
+    """A PTB-tokenised target in corpus style: ``i do n't like you`` -> ``i don't like you``.
+
+    ``normalize_text`` already joins "i 'm" -> "i'm"; it leaves "do n't" apart because the split is
+    not around the apostrophe, so that one case is joined here.
+    """
+    return normalize_text(_PTB_NEGATION.sub("n't", normalize_text(text)))
+
+
 def load_targets(path: Path) -> list[str]:
     """A malicious target list: one sentence per line, normalised, blank lines and repeats dropped."""
     path = Path(path)
@@ -86,7 +101,7 @@ def load_targets(path: Path) -> list[str]:
         raise DatasetNotFoundError(f"no target list at {path}")
     seen: dict[str, None] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
-        text = normalize_text(line)
+        text = normalize_target(line)
         if text:
             seen.setdefault(text)
     if not seen:
@@ -101,5 +116,5 @@ def load_paraphrases(path: Path) -> list[list[str]]:
         raise DatasetNotFoundError(f"no paraphrase file at {path}")
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        rows.append([t for t in (normalize_text(x) for x in line.split("\t")) if t])
+        rows.append([t for t in (normalize_target(x) for x in line.split("\t")) if t])
     return rows

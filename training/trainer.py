@@ -101,7 +101,7 @@ class TrainResult:
         return self.run_dir / BEST_WEIGHTS_FILE
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
+def atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     with open(tmp, "rb") as f:
@@ -123,7 +123,7 @@ def _objective_state(objective: Any) -> Any:
     return objective.state_dict() if hasattr(objective, "state_dict") else None
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
@@ -134,7 +134,7 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
@@ -202,12 +202,12 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not self.ctx.is_main:
             return
-        _atomic_torch_save(
+        atomic_torch_save(
             {
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "state": asdict(self.state),
-                "rng": _rng_state(),
+                "rng": rng_state(),
                 "config": self.cfg.to_dict(),
                 "objective": _objective_state(self.objective),
             },
@@ -222,7 +222,7 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state = TrainState(**ckpt["state"])
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         if ckpt.get("objective") is not None and hasattr(self.objective, "load_state_dict"):
             self.objective.load_state_dict(ckpt["objective"])
         logger.info("resumed from %s at step %d", self.checkpoint_path, self.state.step)

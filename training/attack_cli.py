@@ -1,0 +1,219 @@
+"""Malicious-response commands of ``python -m training`` (He & Glass, ACL 2020):
+
+train-lm            the response language model behind the io- hit types (eq. 8, T_in)
+attack              gibbs-enum trigger search over any target list; hit rates as JSON + markdown
+train-malicious-nt  negative training against a target list (Algorithm 1) and its bundle
+
+Wire in with ``add_parsers(sub)`` and ``dispatch(args)`` (None for commands that are not its own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+COMMANDS = ("train-lm", "attack", "train-malicious-nt")
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dailydialog"
+
+logger = logging.getLogger(__name__)
+
+
+def _search_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("gibbs-enum (defaults: the preset's)")
+    g.add_argument("--trigger-len", type=int, help="n, trigger input length in pieces")
+    g.add_argument("--candidates", type=int, help="G, tokens tried per slot")
+    g.add_argument("--sweeps", type=int, help="T, sweeps over the slots")
+    g.add_argument("--restarts", type=int, help="random restarts (best loss wins)")
+    g.add_argument("--batch-targets", type=int, help="targets searched together")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="small", help="tiny | small | paper (default: small)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="DailyDialog (for T_out, PPL)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``train-lm``, ``attack`` and ``train-malicious-nt`` to an argparse sub-parser set."""
+    p = sub.add_parser("train-lm", help="response LM for io- hit types (base tokenizer)")
+    _common(p)
+    p.add_argument("--base", type=Path, required=True, help="generator bundle (its tokenizer)")
+    p.add_argument("--out", type=Path, default=Path("artifacts/lm-responses"))
+    p.add_argument("--runs", type=Path, default=Path("runs"))
+    p.add_argument("--max-steps", type=int, help="override the preset's steps")
+    p.add_argument("--no-resume", action="store_true")
+
+    p = sub.add_parser("attack", help="hit rates of malicious targets (gibbs-enum)")
+    _common(p)
+    p.add_argument("--bundle", type=Path, required=True, help="generator bundle to attack")
+    p.add_argument("--targets", type=Path, required=True, help="target list, one per line")
+    p.add_argument("--lm", type=Path, help="response LM bundle (needed for --mode io|both)")
+    p.add_argument("--mode", choices=("o", "io", "both"), default="o")
+    p.add_argument("--limit", type=int, default=0, help="a seeded sample of N targets (0 = all)")
+    p.add_argument("--out", type=Path, required=True, help="report path stem (.json and .md)")
+    _search_args(p)
+
+    p = sub.add_parser("train-malicious-nt", help="negative training against malicious targets")
+    _common(p)
+    p.add_argument("--base", type=Path, required=True, help="generator bundle to fine-tune")
+    p.add_argument("--targets", type=Path, required=True, help="training target list")
+    p.add_argument("--paraphrases", type=Path, help="TSV of paraphrases per target (augment)")
+    p.add_argument("--copies", type=int, default=0, help="paraphrase copies per target")
+    p.add_argument("--lm", type=Path, help="response LM (criterion io-*)")
+    p.add_argument("--criterion", help="hit type that triggers updates (default: preset's)")
+    p.add_argument("--iterations", type=int, help="passes over the target list")
+    p.add_argument("--out", type=Path, required=True, help="bundle dir")
+    p.add_argument("--runs", type=Path, default=Path("runs"))
+    p.add_argument("--no-resume", action="store_true")
+    _search_args(p)
+
+
+def search_config(args: argparse.Namespace, base: Any) -> Any:
+    """The preset's gibbs-enum config with any command-line overrides."""
+    overrides = {
+        "trigger_len": args.trigger_len,
+        "candidates": args.candidates,
+        "sweeps": args.sweeps,
+        "restarts": args.restarts,
+        "batch_targets": args.batch_targets,
+    }
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def dispatch(args: argparse.Namespace) -> int | None:
+    """Run a command of this module; None when ``args.command`` is not one of ours."""
+    if args.command not in COMMANDS:
+        return None
+    import torch
+
+    from training.distributed import resolve_device
+    from training.malicious import MALICIOUS_PRESETS
+
+    torch.manual_seed(args.seed)
+    device = resolve_device(args.device)
+    preset = MALICIOUS_PRESETS[args.preset]
+    if args.command == "train-lm":
+        return _train_lm(args, device)
+    if args.command == "attack":
+        return _attack(args, device, search_config(args, preset.eval_search))
+    return _train_nt(args, device, preset)
+
+
+def _train_lm(args: argparse.Namespace, device: Any) -> int:
+    from training.distributed import DistContext
+    from training.lm import train_response_lm
+    from training.pipeline import prepare_splits, val_subset
+    from training.presets import get_preset
+
+    preset = get_preset(args.preset)
+    splits = prepare_splits(preset, args.data)
+    manifest = train_response_lm(
+        preset=preset,
+        base_bundle=args.base,
+        train_examples=splits.train,
+        val_examples=val_subset(preset, splits),
+        out_dir=args.out,
+        run_dir=args.runs / preset.name / args.out.name,
+        dist_ctx=DistContext(rank=0, world_size=1, local_rank=0, device=device),
+        data_desc=str(args.data),
+        seed=args.seed,
+        max_steps=args.max_steps,
+        resume=not args.no_resume,
+    )
+    if manifest is not None:
+        print(f"wrote {args.out} ({manifest.bundle_id}): val ppl {manifest.metrics['val_ppl']:.2f}")
+    return 0
+
+
+def _attack(args: argparse.Namespace, device: Any, cfg: Any) -> int:
+    from training.malicious import attack_report, load_attack_context, sample_targets
+    from training.safety_data import load_targets
+
+    targets = sample_targets(load_targets(args.targets), args.limit, args.seed)
+    modes = ["o", "io"] if args.mode == "both" else [args.mode]
+    ctx = load_attack_context(args.bundle, args.data, lm_bundle=args.lm, device=device)
+    report = attack_report(ctx, targets, cfg, modes, seed=args.seed)
+    report["targets_file"] = str(args.targets)
+    report["limit"] = args.limit
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(
+        _attack_markdown(report, "python -m training " + " ".join(sys.argv[1:]))
+    )
+    print(json.dumps({m: r["rates"] for m, r in report["searches"].items()}, indent=2))
+    return 0
+
+
+def _attack_markdown(report: dict[str, Any], command: str) -> str:
+    lines = [
+        f"# Malicious-target attack on `{report['bundle']}`",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Targets: {report['num_targets']} from `{report['targets_file']}`; "
+        f"T_out {report['thresholds']['t_out']:.4f}, T_in {report['thresholds']['t_in']}.",
+        "",
+        "| hit type | rate |",
+        "|---|---|",
+    ]
+    for mode, res in report["searches"].items():
+        for hit, rate in res["rates"].items():
+            lines.append(f"| {hit} | {rate:.1%} |")
+        lines.append(f"| ({mode} search, {res['seconds']:.0f} s) | |")
+    lines += ["", "Hits (up to 10 per search):", ""]
+    for res in report["searches"].values():
+        shown = [o for o in res["outcomes"] if any(o["hits"].values())][:10]
+        for o in shown:
+            lines.append(f"- `{o['trigger']}` -> **{o['target']}** (avg log p {o['avg_logp']})")
+    return "\n".join(lines) + "\n"
+
+
+def _train_nt(args: argparse.Namespace, device: Any, preset: Any) -> int:
+    from training.malicious import train_malicious_nt
+    from training.safety_data import load_paraphrases, load_targets
+
+    targets = load_targets(args.targets)
+    if args.copies:
+        if args.paraphrases is None:
+            raise SystemExit("--copies needs --paraphrases")
+        from training.malicious import augment_targets
+
+        targets = augment_targets(targets, load_paraphrases(args.paraphrases), args.copies)
+    cfg = preset.nt
+    overrides: dict[str, Any] = {"search": search_config(args, cfg.search)}
+    if args.criterion:
+        overrides["criterion"] = args.criterion
+    if args.iterations:
+        overrides["iterations"] = args.iterations
+    cfg = replace(cfg, **overrides)
+    manifest = train_malicious_nt(
+        base_bundle=args.base,
+        data_dir=args.data,
+        targets=targets,
+        cfg=cfg,
+        out_dir=args.out,
+        run_dir=args.runs / args.preset / args.out.name,
+        lm_bundle=args.lm,
+        device=device,
+        seed=args.seed,
+        resume=not args.no_resume,
+        targets_desc=f"{args.targets}" + (f" + {args.copies} paraphrases" if args.copies else ""),
+    )
+    print(json.dumps({"bundle": manifest.bundle_id, **manifest.training}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.basicConfig(level=logging.INFO)
+    parser = argparse.ArgumentParser(prog="python -m training.attack_cli")
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    raise SystemExit(dispatch(parser.parse_args()) or 0)
+
+
+__all__ = ["COMMANDS", "add_parsers", "dispatch", "search_config"]
