@@ -297,17 +297,13 @@ def gibbs_enum(
 
 @torch.no_grad()
 def greedy_hits(
-    model: Seq2SeqTransformer, triggers: Tensor, targets: Sequence[Sequence[int]], eos_id: int
+    model: Seq2SeqTransformer, triggers: Tensor, targets: Sequence[Sequence[int]]
 ) -> list[bool]:
     """o-greedy-hit: does plain greedy decoding (no n-gram blocking) reproduce ``y </s>``?"""
     longest = max(len(t) for t in targets) + 1
     cfg = DecodingConfig(strategy="greedy", max_length=longest, min_length=1)
-    out = generate(model, triggers, cfg).tokens
-    hits = []
-    for produced, target in zip(out, targets, strict=True):
-        want = [*target, eos_id]
-        hits.append(list(produced[: len(want)]) == want)
-    return hits
+    out = generate(model, triggers, cfg).tokens  # EOS stripped; a row without EOS is longer
+    return [list(produced) == list(target) for produced, target in zip(out, targets, strict=True)]
 
 
 @dataclass
@@ -357,7 +353,7 @@ def judge(
     """Hit flags per target for the search's hit types (section 3.2)."""
     if mode == "io" and thresholds.t_in is None:
         raise ValueError("io- hit types need T_in (the LM's test log-likelihood)")
-    greedy = greedy_hits(model, result.triggers, targets, tok.eos_id)
+    greedy = greedy_hits(model, result.triggers, targets)
     s = result.scores
     likely_input = (
         [True] * len(targets)

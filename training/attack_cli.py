@@ -54,6 +54,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--bundle", type=Path, required=True, help="generator bundle to attack")
     p.add_argument("--targets", type=Path, required=True, help="target list, one per line")
     p.add_argument("--lm", type=Path, help="response LM bundle (needed for --mode io|both)")
+    p.add_argument(
+        "--reference",
+        type=Path,
+        help="bundle whose test log-likelihood sets T_out (default: the attacked bundle); "
+        "use the base model to compare before/after negative training at fixed thresholds",
+    )
     p.add_argument("--mode", choices=("o", "io", "both"), default="o")
     p.add_argument("--limit", type=int, default=0, help="a seeded sample of N targets (0 = all)")
     p.add_argument("--out", type=Path, required=True, help="report path stem (.json and .md)")
@@ -132,12 +138,15 @@ def _train_lm(args: argparse.Namespace, device: Any) -> int:
 
 
 def _attack(args: argparse.Namespace, device: Any, cfg: Any) -> int:
+    from training.attack import SearchMode
     from training.malicious import attack_report, load_attack_context, sample_targets
     from training.safety_data import load_targets
 
     targets = sample_targets(load_targets(args.targets), args.limit, args.seed)
-    modes = ["o", "io"] if args.mode == "both" else [args.mode]
-    ctx = load_attack_context(args.bundle, args.data, lm_bundle=args.lm, device=device)
+    modes: list[SearchMode] = ["o", "io"] if args.mode == "both" else [args.mode]
+    ctx = load_attack_context(
+        args.bundle, args.data, lm_bundle=args.lm, reference=args.reference, device=device
+    )
     report = attack_report(ctx, targets, cfg, modes, seed=args.seed)
     report["targets_file"] = str(args.targets)
     report["limit"] = args.limit

@@ -123,18 +123,18 @@ MALICIOUS_PRESETS: dict[str, MaliciousPreset] = {
             search=GibbsEnumConfig(trigger_len=4, candidates=8, sweeps=1, restarts=1),
         ),
     ),
-    # What a 2-core CPU affords (reports/safety.md): one search costs ~2 s per target at n=10,
-    # G=50, T=3 on one thread, so evaluation uses that and training a cheaper search.
+    # What a 2-core CPU affords (reports/safety.md): one search costs 2-5 s per target at n=10,
+    # G=50, T=3 on one (shared) thread, so evaluation uses that and training a cheaper search.
     "small": MaliciousPreset(
         eval_search=GibbsEnumConfig(
             trigger_len=10, candidates=50, sweeps=3, restarts=1, batch_targets=50
         ),
         nt=MaliciousNTConfig(
-            iterations=3,
+            iterations=2,
             target_batch=100,
             max_updates=10,
             search=GibbsEnumConfig(
-                trigger_len=10, candidates=20, sweeps=2, restarts=1, batch_targets=100
+                trigger_len=10, candidates=16, sweeps=2, restarts=1, batch_targets=100
             ),
         ),
     ),
@@ -192,7 +192,8 @@ def lm_average_log_likelihood(
 
     Scored like ``R(x)`` in the search (eq. 8): the response's own tokens after ``<s>``, no EOS.
     """
-    ids = [r for r in tok.encode_texts(list(responses)) if r]
+    longest = lm.responder.inputs.max_target_len - 1  # as the LM saw responses in training
+    ids = [r[:longest] for r in tok.encode_texts(list(responses)) if r]
     total, count = 0.0, 0
     for start in range(0, len(ids), batch):
         chunk = ids[start : start + batch]
