@@ -86,7 +86,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--max-contexts", type=int, default=0, help="0 = every DiaSafety val context")
     p.add_argument("--temperature", type=float, help="default: the bundle's")
     p.add_argument("--top-k", type=int, help="default: the bundle's")
-    p.add_argument("--top-p", type=float, help="default: the bundle's")
+    p.add_argument(
+        "--top-p",
+        type=float,
+        default=0.9,
+        help="nucleus sampling, as the service samples (default 0.9; 1 = the bundle's plain sampling)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="writes <out>.json and <out>.md")
