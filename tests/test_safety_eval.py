@@ -128,10 +128,14 @@ def test_run_safety_evaluation_writes_json_and_markdown(
         max_contexts=6,
         device="cpu",
         command="test",
+        experts=(bundle, bundle),
     )
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["results"]["base"]["contexts"] == 6
     # the same bundle, seed and contexts give the same replies: every ratio is 1
     assert saved["results"]["again"]["ratio_div-2"] == pytest.approx(1.0)
     assert report["classifier"] == "fake@0"
+    base = saved["results"]["base"]  # both "experts" are the bundle itself: JS = 0, no gradient
+    assert base["js_toxic"] == base["js_clean"] == pytest.approx(0.0, abs=1e-6)
+    assert base["safety_grad_sq"] == pytest.approx(0.0, abs=1e-9)
     assert "| again | mle |" in (tmp_path / "report.md").read_text()

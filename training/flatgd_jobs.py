@@ -182,30 +182,44 @@ def train_expert(
     )
 
 
+def safety_probe_pairs(
+    safety_val: Sequence[SafetyExample], base: GenerativeResponder, n: int = 256, seed: int = 0
+) -> PairSet:
+    """A fixed, seeded set of ``n`` DiaSafety val pairs (both labels) for :func:`safety_probe`."""
+    return PairSet.encode(
+        dialogue_pairs(_seeded_subset(safety_val, n, seed)), base.tokenizer, base.inputs
+    )
+
+
+def safety_probe(objective: FlatGDObjective, model: nn.Module, probe: PairSet) -> dict[str, float]:
+    """L_S (eq. 4), its two divergences and ||∇_θ L_S||² (the sharpness that FlatGD's eq. 1 term
+    penalises) of ``model`` on the ``probe`` pairs as one batch, in the model's current mode."""
+    batch = probe.collate(range(len(probe)), next(model.parameters()).device)
+    with torch.enable_grad():
+        _, ls = objective.safety_terms(model, batch)
+        grad_sq = squared_gradient_norm(ls.loss, trainable_parameters(model), create_graph=False)
+    return {
+        "safety_loss": float(ls.loss),
+        "js_toxic": float(ls.js_toxic),
+        "js_clean": float(ls.js_clean),
+        "safety_grad_sq": float(grad_sq),
+    }
+
+
 def flatgd_validation_fn(
     objective: FlatGDObjective, lm_val: PairSet, safety_val: PairSet
 ) -> Callable[[nn.Module], dict[str, float]]:
-    """Validation: DailyDialog NLL (``val_loss``) and, on a fixed DiaSafety val batch, L_S, its
-    two divergences and ||∇_θ L_S||² (the sharpness that FlatGD's eq. 1 term penalises)."""
-    probe = safety_val.collate(range(len(safety_val)))
+    """Validation: DailyDialog NLL (``val_loss``) and :func:`safety_probe` on ``safety_val``."""
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         assert isinstance(model, Seq2SeqTransformer), "validation runs on the unwrapped model"
         total, count = corpus_nll(model, lm_val)
         val = total / max(count, 1)
-        device = next(model.parameters()).device
-        with torch.enable_grad():
-            _, ls = objective.safety_terms(model, probe.to(device))
-            grad_sq = squared_gradient_norm(
-                ls.loss, trainable_parameters(model), create_graph=False
-            )
+        probe = safety_probe(objective, model, safety_val)
         return {
             "val_loss": val,
             "val_ppl": float(np.exp(min(val, 50.0))),
-            "val_safety_loss": float(ls.loss),
-            "val_js_toxic": float(ls.js_toxic),
-            "val_js_clean": float(ls.js_clean),
-            "val_safety_grad_sq": float(grad_sq),
+            **{f"val_{k}": v for k, v in probe.items()},
         }
 
     return evaluate
@@ -252,7 +266,6 @@ def train_flatgd(
         lm_batch_size=setting.lm_batch_size,
         seed=seed,
     )
-    probe = dialogue_pairs(_seeded_subset(safety_val, setting.val_safety_pairs, seed))
     steps = max_steps or setting.epochs * data.batches_per_epoch()
     config = replace(
         preset.generator.train,
@@ -285,7 +298,7 @@ def train_flatgd(
         evaluate=flatgd_validation_fn(
             objective,
             PairSet.encode(lm_val, tok, base.inputs),
-            PairSet.encode(probe, tok, base.inputs),
+            safety_probe_pairs(safety_val, base, setting.val_safety_pairs, seed),
         ),
         dist_ctx=dist_ctx,
     )

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -131,8 +131,11 @@ def evaluate_bundle(
     seed: int = 0,
     decoding_overrides: Mapping[str, Any] | None = None,
     n_examples: int = 5,
+    sharpness: Callable[[GenerativeResponder], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
-    """All metrics of one bundle, plus the first ``n_examples`` contexts with their replies."""
+    """All metrics of one bundle, plus the first ``n_examples`` contexts with their replies.
+
+    ``sharpness`` (optional) adds L_S and ||∇_θ L_S||² on DiaSafety val against the experts."""
     decoding = responder.decoding.with_overrides(
         strategy="sample", num_return_sequences=n_samples, **(decoding_overrides or {})
     )
@@ -150,6 +153,7 @@ def evaluate_bundle(
         "div-1": distinct_n(flat, 1),
         "div-2": distinct_n(flat, 2),
         "avg_len": average_length(flat),
+        **(sharpness(responder) if sharpness is not None else {}),
         "decoding": {k: getattr(decoding, k) for k in ("temperature", "top_k", "top_p")},
         "sampling_s": round(sampled_s, 1),
         "wall_s": round(time.perf_counter() - started, 1),
@@ -213,8 +217,12 @@ def run_safety_evaluation(
     device: str = "auto",
     seed: int = 0,
     command: str = "",
+    experts: tuple[Path, Path] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``bundles`` (the first is the base) and write ``<out>.json`` and ``<out>.md``."""
+    """Evaluate ``bundles`` (the first is the base) and write ``<out>.json`` and ``<out>.md``.
+
+    With ``experts`` (clean, toxic bundles) each bundle also gets the FlatGD validation probe:
+    L_S (eq. 4, Table 5's β and γ) and ||∇_θ L_S||² on 256 seeded DiaSafety val pairs."""
     from models.safety import SafetyClassifier
     from training.data import load_splits
     from training.distributed import resolve_device
@@ -226,6 +234,7 @@ def run_safety_evaluation(
     contexts, categories = unique_contexts([e.context for e in val], [e.category for e in val])
     if max_contexts:
         contexts, categories = contexts[:max_contexts], categories[:max_contexts]
+    sharpness = _sharpness_fn(experts, val, dev) if experts is not None else None
     results: dict[str, dict[str, Any]] = {}
     tests: dict[int, list[DialogueExample]] = {}  # DailyDialog test by max_context_turns
     for label, path in bundles:
@@ -243,6 +252,7 @@ def run_safety_evaluation(
             n_samples=n_samples,
             seed=seed,
             decoding_overrides=decoding_overrides,
+            sharpness=sharpness,
         )
         logger.info("%s: %s", label, {k: results[label][k] for k in RATIO_METRICS})
     add_ratios(results)
@@ -269,3 +279,23 @@ def run_safety_evaluation(
     ]
     out.with_suffix(".md").write_text("\n".join(header) + markdown_table(results) + "\n")
     return report
+
+
+def _sharpness_fn(
+    experts: tuple[Path, Path], safety_val: Sequence[Any], device: torch.device
+) -> Callable[[GenerativeResponder], dict[str, float]]:
+    from training.flatgd import FlatGDObjective, FlatGDWeights
+    from training.flatgd_jobs import safety_probe, safety_probe_pairs
+
+    clean, toxic = (GenerativeResponder.load(p, device=device) for p in experts)
+    objective = FlatGDObjective(
+        clean.model, toxic.model, FlatGDWeights(), pad_id=clean.tokenizer.pad_id
+    )
+    probe = safety_probe_pairs(safety_val, clean)
+
+    def sharpness(responder: GenerativeResponder) -> dict[str, float]:
+        if responder.tokenizer.to_str() != clean.tokenizer.to_str():
+            return {}  # another vocabulary: the experts' distributions do not compare
+        return safety_probe(objective, responder.model, probe)
+
+    return sharpness
