@@ -244,6 +244,9 @@ def test_train_writes_a_classifier_bundle_that_loads_and_scores_the_same(
     assert report["chosen"] == manifest.training["method"]
     assert report["split"] == {
         "train_fit": 216,
+        "benign_fit": 0,  # no DailyDialog beside the synthetic corpus
+        "benign_eval": 0,
+        "benign_data": None,
         "threshold_holdout": 24,
         "val": 60,
         "holdout_fraction": 0.1,

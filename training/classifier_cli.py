@@ -54,6 +54,12 @@ def add_parsers(sub: Any) -> None:
         "'auto' (default) = blocklist/en.txt in or beside --data",
     )
     p.add_argument(
+        "--benign-pairs",
+        type=int,
+        help="DailyDialog train pairs (found in or beside --data) added as Safe "
+        "(default: the preset's; 0 = DiaSafety only)",
+    )
+    p.add_argument(
         "--report",
         type=Path,
         help="writes <report>.json and <report>.md (default: <runs>/<preset>/<name>/metrics)",
@@ -67,10 +73,10 @@ def command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run, every option spelled out (for the report)."""
     parts = ["python", "-m", "training", args.command, "--preset", args.preset]
     parts += ["--data", str(args.data), "--out", str(args.out)]
-    for option in ("name", "base", "architecture", "report"):
+    for option in ("name", "base", "architecture", "benign_pairs", "report"):
         value = getattr(args, option)
         if value is not None:
-            parts += [f"--{option}", str(value)]
+            parts += [f"--{option.replace('_', '-')}", str(value)]
     parts += ["--blocklist", args.blocklist, "--threads", str(args.threads)]
     return shlex.join([*parts, "--seed", str(args.seed)])
 
@@ -105,6 +111,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
         architecture=args.architecture,
         base=args.base,
         blocklist=blocklist,
+        benign_pairs=args.benign_pairs,
         seed=args.seed,
     )
     command = command_line(args)

@@ -11,7 +11,11 @@ Input is the (context, response) pair, label Unsafe = positive. Procedure:
 3. The decision threshold is the one maximising F1 on the held-out part; with ``both``
    architectures, the higher held-out F1 picks the bundle that is written.
 4. Val is scored once at the end: accuracy, precision, recall, F1 (and per DiaSafety category)
-   at the chosen threshold, plus ROC AUC.
+   at the chosen threshold, plus ROC AUC; and the share of ordinary DailyDialog validation replies
+   flagged (a false-positive rate on the benign traffic the service mostly sees).
+
+DiaSafety's contexts were all selected as risky, so with ``benign_pairs`` DailyDialog train pairs
+are added to the fit set as Safe: without them the classifier flags about half of ordinary replies.
 
 Runs take minutes on one CPU thread, so there is no checkpointing: an interrupted run restarts,
 and the pipeline skips the stage once the bundle verifies.
@@ -80,6 +84,11 @@ class SafetyPreset:
     vocab_size: int = 4000  # BPE pieces when no base generator provides the tokenizer
     threshold_holdout: float = 0.1  # share of DiaSafety train held out for threshold choice
     max_train_examples: int = 0  # 0 = all of DiaSafety train (tests use a subset)
+    # Every DiaSafety context was picked as risky, so a classifier fitted on it alone flags about
+    # half of ordinary replies. This many DailyDialog train pairs (when the corpus is found) join
+    # the fit set labelled Safe; 0 = off. The held-out and val sets stay DiaSafety only.
+    benign_pairs: int = 0
+    benign_eval_pairs: int = 500  # DailyDialog validation pairs for the benign flag rate
 
     def fit_config(self, architecture: Architecture) -> FitConfig:
         return self.cross_encoder if architecture == "cross-encoder" else self.bag
@@ -105,6 +114,7 @@ SAFETY_PRESETS: dict[str, SafetyPreset] = {
         ),
         vocab_size=300,
         max_train_examples=400,
+        benign_eval_pairs=0,  # tests: no DailyDialog loading
     ),
     # Measured on 1 CPU thread of a shared 2-core machine: reports/safety_classifier.md.
     "small": SafetyPreset(
@@ -112,21 +122,25 @@ SAFETY_PRESETS: dict[str, SafetyPreset] = {
         # The small generator's encoder (d=256, 4 heads, FFN 1024, 2 layers): warm start.
         cross_encoder=FitConfig(
             model=SafetyClassifierConfig(
-                "cross-encoder", d_model=256, n_heads=4, d_ff=1024, n_layers=2, max_len=96
+                "cross-encoder", d_model=256, n_heads=4, d_ff=1024, n_layers=2, max_len=80
             ),
             epochs=3,
             batch_size=32,
-            lr=1e-4,
+            lr=3e-4,  # 1e-4 reached only val ROC AUC 0.735 in the 300 s budget
             max_seconds=300.0,
         ),
         bag=FitConfig(
             model=SafetyClassifierConfig("bag", d_model=64, max_len=96, bigram_buckets=1 << 16),
-            epochs=5,
+            epochs=3,
             batch_size=32,
             lr=2e-3,
             weight_decay=0.0,
-            max_seconds=120.0,
+            max_seconds=150.0,
         ),
+        benign_pairs=8000,
+        # The bag model: better on held-out train and ~4x cheaper than the cross-encoder in the
+        # same CPU budget (reports/safety_classifier.md), so the pipeline builds it.
+        architecture="bag",
     ),
     "paper": SafetyPreset(
         name="paper",
@@ -187,6 +201,32 @@ def find_blocklist(data_dir: Path) -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def find_dailydialog(data_dir: Path) -> Path | None:
+    """DailyDialog for ``data_dir``: itself (the pipeline's corpus), its ``dailydialog/`` child
+    or its sibling; None when there is none."""
+    data_dir = Path(data_dir)
+    for root in (data_dir, data_dir / "dailydialog", data_dir.parent / "dailydialog"):
+        if (root / "train").is_dir() or (root / "train.jsonl").is_file():
+            return root
+    return None
+
+
+def load_benign_pairs(
+    dailydialog: Path, n_train: int, n_eval: int, seed: int
+) -> tuple[list[SafetyExample], list[SafetyExample]]:
+    """(``n_train`` seeded DailyDialog train pairs, the first ``n_eval`` validation pairs), as
+    single-turn Safe examples of category ``DailyDialog``."""
+    from training.data import load_splits
+
+    splits = load_splits(dailydialog, max_context_turns=1)
+
+    def to_safe(examples: Sequence[Any]) -> list[SafetyExample]:
+        return [SafetyExample(e.context[-1], e.response, "DailyDialog", False) for e in examples]
+
+    train = random.Random(seed).sample(splits.train, min(n_train, len(splits.train)))
+    return to_safe(train), to_safe(splits.validation[:n_eval])
 
 
 def stratified_holdout(
@@ -439,10 +479,13 @@ def train_safety_classifier(
     architecture: ArchitectureChoice | None = None,
     base: Path | None = None,
     blocklist: Path | None = None,
+    benign_pairs: int | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Fit the architecture(s), write the chosen one as a ``classifier`` bundle at ``out_dir``
-    and return the report: every fitted architecture with its held-out and val metrics."""
+    and return the report: every fitted architecture with its held-out and val metrics.
+    ``benign_pairs`` overrides the preset's count of DailyDialog pairs added as Safe."""
+    benign_pairs = preset.benign_pairs if benign_pairs is None else benign_pairs
     started = time.perf_counter()
     root = find_diasafety(data_dir)
     train_all = load_diasafety(root, "train")
@@ -453,6 +496,15 @@ def train_safety_classifier(
             train_all, min(preset.max_train_examples, len(train_all))
         )
     fit_set, holdout = stratified_holdout(train_all, preset.threshold_holdout, seed)
+    benign_fit: list[SafetyExample] = []
+    benign_eval: list[SafetyExample] = []
+    dailydialog = find_dailydialog(data_dir) if preset.benign_eval_pairs or benign_pairs else None
+    if dailydialog is not None:
+        benign_fit, benign_eval = load_benign_pairs(
+            dailydialog, benign_pairs, preset.benign_eval_pairs, seed
+        )
+    elif benign_pairs:
+        logger.warning("no DailyDialog near %s: fitting on DiaSafety alone", data_dir)
     tokenizer, base_state = base_generator(base)
     if tokenizer is None:
         texts = list(dict.fromkeys(t for e in fit_set for t in (e.context, e.response)))
@@ -465,13 +517,18 @@ def train_safety_classifier(
             arch,
             preset.fit_config(arch),
             tokenizer,
-            fit_set,
+            fit_set + benign_fit,
             holdout,
             base_state=base_state if arch == "cross-encoder" else None,
             seed=seed,
         )
         # Val is scored for the report only; nothing is chosen with it.
         res.val = evaluate_split(res.classifier, val, res.classifier.threshold)
+        if benign_eval:
+            flagged = res.classifier.is_unsafe(
+                [e.context for e in benign_eval], [e.response for e in benign_eval]
+            )
+            res.val["benign_flag_rate"] = sum(flagged) / len(flagged)
         results.append(res)
     chosen = max(results, key=lambda r: r.holdout["f1"])
     if blocklist is not None:
@@ -484,6 +541,9 @@ def train_safety_classifier(
         "blocklist": str(blocklist) if blocklist else None,
         "split": {
             "train_fit": len(fit_set),
+            "benign_fit": len(benign_fit),
+            "benign_eval": len(benign_eval),
+            "benign_data": str(dailydialog) if dailydialog else None,
             "threshold_holdout": len(holdout),
             "val": len(val),
             "holdout_fraction": preset.threshold_holdout,
@@ -502,6 +562,7 @@ def train_safety_classifier(
         "val_recall": chosen.val["recall"],
         "val_f1": chosen.val["f1"],
         "val_roc_auc": chosen.val["roc_auc"],
+        "benign_flag_rate": chosen.val.get("benign_flag_rate"),
         "holdout_f1": chosen.holdout["f1"],
         "threshold": chosen.classifier.threshold,
     }
@@ -513,6 +574,7 @@ def train_safety_classifier(
         "seed": seed,
         "base": str(base) if base else None,
         "train_pairs": len(fit_set),
+        "benign_pairs": len(benign_fit),
         "holdout_pairs": len(holdout),
         "wall_time_s": round(chosen.wall_time_s, 1),
     }
@@ -609,7 +671,14 @@ def markdown_report(report: dict[str, Any], command: str | None = None) -> str:
         f"DiaSafety train split, stratified by (category, label): {s['train_fit']} pairs to fit, "
         f"{s['threshold_holdout']} held out ({s['holdout_fraction']:.0%}) to choose the epoch, "
         f"the decision threshold and the architecture. Val ({s['val']} pairs) was scored once at "
-        "the end and used for no choice.",
+        "the end and used for no choice. "
+        + (
+            f"{s['benign_fit']} DailyDialog train pairs (`{s['benign_data']}`) were added to the "
+            f"fit set as Safe; the benign flag rate is the share of {s['benign_eval']} DailyDialog "
+            "validation (context, gold reply) pairs the classifier calls unsafe."
+            if s.get("benign_data")
+            else "No DailyDialog pairs were used."
+        ),
         "",
         f"Chosen: **{report['chosen']}**, threshold {report['threshold']:.4f} "
         f"-> bundle `{report['bundle']['id']}` at `{report['bundle']['path']}`.",
@@ -628,7 +697,12 @@ def markdown_report(report: dict[str, Any], command: str | None = None) -> str:
             f"{shape}, max_len {m['max_len']}, {r['parameters']:,} parameters; warm start: "
             f"{r['warm_start'] or 'none'}. {r['steps']} updates in {r['wall_time_s']:.0f} s "
             f"(stopped: {r['stop_reason']}; kept epoch {r['best_epoch']}). Threshold "
-            f"{r['threshold']:.4f}; val ROC AUC {r['val']['roc_auc']:.3f}.",
+            f"{r['threshold']:.4f}; val ROC AUC {r['val']['roc_auc']:.3f}"
+            + (
+                f"; benign flag rate {r['val']['benign_flag_rate']:.3f}."
+                if "benign_flag_rate" in r["val"]
+                else "."
+            ),
             "",
             header,
             _row("held-out train (threshold chosen here)", r["holdout"]),
