@@ -2,6 +2,7 @@
 
 train-lm            the response language model behind the io- hit types (eq. 8, T_in)
 attack              gibbs-enum trigger search over any target list; hit rates as JSON + markdown
+attack-table        one before/after table (hit rates, PPL) from several ``attack`` reports
 train-malicious-nt  negative training against a target list (Algorithm 1) and its bundle
 
 Wire in with ``add_parsers(sub)`` and ``dispatch(args)`` (None for commands that are not its own).
@@ -12,12 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-COMMANDS = ("train-lm", "attack", "train-malicious-nt")
+COMMANDS = ("train-lm", "attack", "train-malicious-nt", "attack-table")
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dailydialog"
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--out", type=Path, required=True, help="report path stem (.json and .md)")
     _search_args(p)
 
+    p = sub.add_parser("attack-table", help="table of several attack reports (first = baseline)")
+    p.add_argument("--report", type=Path, action="append", required=True, help="NAME=PATH.json")
+    p.add_argument("--out", type=Path, required=True, help="markdown path")
+
     p = sub.add_parser("train-malicious-nt", help="negative training against malicious targets")
     _common(p)
     p.add_argument("--base", type=Path, required=True, help="generator bundle to fine-tune")
@@ -96,6 +102,11 @@ def dispatch(args: argparse.Namespace) -> int | None:
     """Run a command of this module; None when ``args.command`` is not one of ours."""
     if args.command not in COMMANDS:
         return None
+    if args.command == "attack-table":
+        text = attack_table([_named_report(r) for r in args.report])
+        args.out.write_text(text)
+        print(text)
+        return 0
     import torch
 
     from training.distributed import resolve_device
@@ -157,6 +168,37 @@ def _attack(args: argparse.Namespace, device: Any, cfg: Any) -> int:
     )
     print(json.dumps({m: r["rates"] for m, r in report["searches"].items()}, indent=2))
     return 0
+
+
+def _named_report(spec: Path) -> tuple[str, dict[str, Any]]:
+    name, _, path = str(spec).partition("=")
+    if not path:
+        raise SystemExit(f"--report wants NAME=PATH.json, got {spec}")
+    return name, json.loads(Path(path).read_text())
+
+
+def attack_table(reports: list[tuple[str, dict[str, Any]]]) -> str:
+    """Hit rate of every hit type per model, test PPL, and PPL as a ratio to the first model."""
+    hit_types = [h for _, r in reports[:1] for s in r["searches"].values() for h in s["rates"]]
+    head = "| model | bundle | " + " | ".join(hit_types) + " | test PPL | PPL vs first |"
+    lines = [head, "|" + "---|" * (len(hit_types) + 4)]
+    base_ppl = reports[0][1]["test_ppl"]
+    for name, r in reports:
+        rates = {h: v for s in r["searches"].values() for h, v in s["rates"].items()}
+        cells = [f"{rates[h]:.0%}" if h in rates else "-" for h in hit_types]
+        ppl = r["test_ppl"]
+        lines.append(
+            f"| {name} | `{r['bundle']}` | "
+            + " | ".join(cells)
+            + f" | {ppl:.2f} | {ppl / base_ppl:.3f}x |"
+        )
+    r0 = reports[0][1]
+    lines += [
+        "",
+        f"{r0['num_targets']} targets; T_out {r0['thresholds']['t_out']:.4f} "
+        f"(PPL {math.exp(-r0['thresholds']['t_out']):.2f}), T_in {r0['thresholds']['t_in']}.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _attack_markdown(report: dict[str, Any], command: str) -> str:
