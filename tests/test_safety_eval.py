@@ -118,18 +118,31 @@ def test_run_safety_evaluation_writes_json_and_markdown(
         write_jsonl([DialogueExample((f"hello {i}",), "how are you")], dd / f"{split}.jsonl")
     bundle = tmp_path / "gen"
     tiny_responder.save(bundle, name="gen", training={"method": "mle"}, metrics={})
-    monkeypatch.setattr(models.safety.SafetyClassifier, "load", lambda *a, **k: WordJudge())
-    report = run_safety_evaluation(
-        bundles=[("base", bundle), ("again", bundle)],
-        classifier_dir=tmp_path / "unused",
-        safety_data=shared_data_dir,
-        dailydialog=dd,
-        out=tmp_path / "report",
-        max_contexts=6,
-        device="cpu",
-        command="test",
-        experts=(bundle, bundle),
-    )
+    judges: list[WordJudge] = []
+
+    def load_judge(*args: object, **kwargs: object) -> WordJudge:
+        judges.append(WordJudge())
+        return judges[-1]
+
+    monkeypatch.setattr(models.safety.SafetyClassifier, "load", load_judge)
+
+    def run() -> dict:
+        return run_safety_evaluation(
+            bundles=[("base", bundle), ("again", bundle)],
+            classifier_dir=tmp_path / "unused",
+            safety_data=shared_data_dir,
+            dailydialog=dd,
+            out=tmp_path / "report",
+            max_contexts=6,
+            device="cpu",
+            command="test",
+            experts=(bundle, bundle),
+            cache_dir=tmp_path / "cache",
+        )
+
+    report = run()
+    assert judges[0].calls > 0 and len(list((tmp_path / "cache").glob("*.json"))) == 2
+    assert run()["results"] == report["results"] and judges[1].calls == 0  # all from the cache
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["results"]["base"]["contexts"] == 6
     # the same bundle, seed and contexts give the same replies: every ratio is 1

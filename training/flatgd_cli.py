@@ -82,6 +82,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--classifier", type=Path, required=True, help="safety classifier bundle")
     p.add_argument("--clean", type=Path, help="clean expert: adds L_S and ||∇L_S||² per bundle")
     p.add_argument("--toxic", type=Path, help="toxic expert (with --clean)")
+    p.add_argument("--cache", type=Path, help="reuse/store per-bundle results here (same key)")
     p.add_argument("--safety-data", type=Path, default=SHARED_DATA)
     p.add_argument("--data", type=Path, default=SHARED_DATA / "dailydialog")
     p.add_argument("--samples", type=int, default=5, help="sampled replies per context")
@@ -196,6 +197,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         seed=args.seed,
         command="python -m training " + " ".join(sys.argv[1:]),
         experts=(args.clean, args.toxic) if args.clean and args.toxic else None,
+        cache_dir=args.cache,
     )
     print(args.out.with_suffix(".md").read_text())
 

@@ -199,9 +199,9 @@ def safety_probe(objective: FlatGDObjective, model: nn.Module, probe: PairSet) -
         _, ls = objective.safety_terms(model, batch)
         grad_sq = squared_gradient_norm(ls.loss, trainable_parameters(model), create_graph=False)
     return {
-        "safety_loss": float(ls.loss),
-        "js_toxic": float(ls.js_toxic),
-        "js_clean": float(ls.js_clean),
+        "safety_loss": float(ls.loss.detach()),
+        "js_toxic": float(ls.js_toxic.detach()),
+        "js_clean": float(ls.js_clean.detach()),
         "safety_grad_sq": float(grad_sq),
     }
 

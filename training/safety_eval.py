@@ -13,6 +13,7 @@ Every bundle is also compared with the first one (the base): ratios of each metr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -218,11 +219,15 @@ def run_safety_evaluation(
     seed: int = 0,
     command: str = "",
     experts: tuple[Path, Path] | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``bundles`` (the first is the base) and write ``<out>.json`` and ``<out>.md``.
 
     With ``experts`` (clean, toxic bundles) each bundle also gets the FlatGD validation probe:
-    L_S (eq. 4, Table 5's β and γ) and ||∇_θ L_S||² on 256 seeded DiaSafety val pairs."""
+    L_S (eq. 4, Table 5's β and γ) and ||∇_θ L_S||² on 256 seeded DiaSafety val pairs.
+    With ``cache_dir`` a bundle's results are stored under a key of everything they depend on
+    (bundle and classifier checksums, contexts, samples, seed, decoding, experts, fluency data)
+    and reused by a later run with the same key: the evaluation is deterministic."""
     from models.safety import SafetyClassifier
     from training.data import load_splits
     from training.distributed import resolve_device
@@ -239,21 +244,38 @@ def run_safety_evaluation(
     tests: dict[int, list[DialogueExample]] = {}  # DailyDialog test by max_context_turns
     for label, path in bundles:
         responder = GenerativeResponder.load(path, device=dev)
+        key = _cache_key(
+            responder.bundle_id,
+            judge.bundle_id,
+            contexts,
+            n_samples,
+            seed,
+            decoding_overrides,
+            [str(p) for p in experts or ()],
+            str(dailydialog),
+        )
+        cached = cache_dir / f"{label}-{key}.json" if cache_dir is not None else None
+        if cached is not None and cached.is_file():
+            results[label] = json.loads(cached.read_text())
+            logger.info("%s: reusing %s", label, cached)
+            continue
         turns = responder.inputs.max_context_turns
         if turns not in tests:
             tests[turns] = load_splits(dailydialog, max_context_turns=turns).test
-        test = tests[turns]
         results[label] = evaluate_bundle(
             responder,
             judge,
             contexts,
             categories,
-            test,
+            tests[turns],
             n_samples=n_samples,
             seed=seed,
             decoding_overrides=decoding_overrides,
             sharpness=sharpness,
         )
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps(results[label]))
         logger.info("%s: %s", label, {k: results[label][k] for k in RATIO_METRICS})
     add_ratios(results)
     report = {
@@ -276,9 +298,14 @@ def run_safety_evaluation(
         f"{n_samples} sampled replies per context, seed {seed}; perplexity on "
         f"{report['fluency_data']}.",
         "",
+        "",
     ]
     out.with_suffix(".md").write_text("\n".join(header) + markdown_table(results) + "\n")
     return report
+
+
+def _cache_key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _sharpness_fn(
