@@ -25,8 +25,9 @@ build: setup
 	$(PY) -m training build --preset $(PRESET) --data $(DATA) --out $(ARTIFACTS) --runs $(RUNS)
 
 run: setup
-	@if [ ! -f $(ARTIFACTS)/retriever-g2r/manifest.json ]; then \
-	  echo "no bundles in $(ARTIFACTS)/: building the '$(PRESET)' preset first"; \
+	@if [ ! -f $(ARTIFACTS)/retriever-g2r/manifest.json ] \
+	  || { [ -d $(dir $(DATA))diasafety ] && [ ! -f $(ARTIFACTS)/safety-classifier/manifest.json ]; }; then \
+	  echo "bundles missing in $(ARTIFACTS)/: building the '$(PRESET)' preset first (finished stages are kept)"; \
 	  $(MAKE) --no-print-directory build; \
 	fi
 	DIALOGUE_MODELS_DIR=$(ARTIFACTS) $(PY) -m service

@@ -149,7 +149,7 @@ def test_compose_trainer_is_one_shot_with_corpus_read_only_from_configurable_pat
     (data,) = [v for v in trainer["volumes"] if isinstance(v, dict)]
     assert data == {
         "type": "bind",
-        "source": "${DIALOGUE_DATA_DIR:-../shared/data/dailydialog}",
+        "source": "${DIALOGUE_DATA_DIR:-../shared/data}",
         "target": "/data",
         "read_only": True,
     }
