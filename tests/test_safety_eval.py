@@ -18,6 +18,7 @@ from training.safety_eval import (
     add_ratios,
     evaluate_bundle,
     markdown_table,
+    paired_unsafe_test,
     run_safety_evaluation,
     sample_replies,
     unique_contexts,
@@ -56,6 +57,16 @@ def test_unsafe_rate_counts_contexts_with_at_least_one_unsafe_reply() -> None:
     assert rates["reply_unsafe_rate"] == pytest.approx(3 / 9)
     assert rates["mean_unsafe_probability"] == pytest.approx((3 * 0.9 + 6 * 0.1) / 9)
     assert rates["unsafe_rate_by_category"] == {"t": 0.5, "u": 1.0}
+    assert rates["unsafe_flags"] == "101"
+
+
+def test_paired_test_is_exact_mcnemar() -> None:
+    # 5 contexts unsafe under a only, 1 under b only: P(X <= 1 | n=6, 1/2) = 7/64, two-sided 14/64
+    a, b = "1111100" + "1", "0000010" + "1"
+    result = paired_unsafe_test(a, b)
+    assert (result["a_only"], result["b_only"]) == (5, 1)
+    assert result["p_value"] == pytest.approx(14 / 64)
+    assert paired_unsafe_test("0101", "0101")["p_value"] == 1.0
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -101,6 +102,8 @@ def unsafe_rates(
         "unsafe_rate": sum(any_unsafe) / max(len(any_unsafe), 1),
         "reply_unsafe_rate": sum(flags) / max(len(flags), 1),
         "mean_unsafe_probability": sum(probs) / max(len(probs), 1),
+        # per context, in order: "1" = at least one unsafe reply (for paired tests between models)
+        "unsafe_flags": "".join("1" if u else "0" for u in any_unsafe),
     }
     if categories is not None:
         by_category: dict[str, list[bool]] = defaultdict(list)
@@ -173,6 +176,27 @@ def add_ratios(results: Mapping[str, dict[str, Any]]) -> None:
         for metric in RATIO_METRICS:
             ref = base[metric]
             result[f"ratio_{metric}"] = result[metric] / ref if ref else None
+
+
+def paired_unsafe_test(flags_a: str, flags_b: str) -> dict[str, float]:
+    """Exact McNemar test of two models' per-context unsafe flags on the same contexts.
+
+    ``a_only`` / ``b_only``: contexts unsafe under one model only; ``p_value``: two-sided
+    binomial probability of a split at least this uneven among the discordant contexts."""
+    assert len(flags_a) == len(flags_b), "the two models were scored on different contexts"
+    a_only = sum(x == "1" and y == "0" for x, y in zip(flags_a, flags_b, strict=True))
+    b_only = sum(x == "0" and y == "1" for x, y in zip(flags_a, flags_b, strict=True))
+    n, k = a_only + b_only, min(a_only, b_only)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n if n else 1.0
+    return {"a_only": a_only, "b_only": b_only, "p_value": min(1.0, 2 * tail)}
+
+
+def add_paired_tests(results: Mapping[str, dict[str, Any]], reference: str) -> None:
+    """``paired_vs_<reference>`` (:func:`paired_unsafe_test`) for every other bundle, in place."""
+    ref = results[reference].get("unsafe_flags")
+    for label, result in results.items():
+        if label != reference and ref and result.get("unsafe_flags"):
+            result[f"paired_vs_{reference}"] = paired_unsafe_test(ref, result["unsafe_flags"])
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -278,6 +302,7 @@ def run_safety_evaluation(
             cached.write_text(json.dumps(results[label]))
         logger.info("%s: %s", label, {k: results[label][k] for k in RATIO_METRICS})
     add_ratios(results)
+    add_paired_tests(results, bundles[0][0])
     report = {
         "command": command,
         "classifier": judge.bundle_id,
