@@ -80,6 +80,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--lm", type=Path, help="response LM (criterion io-*)")
     p.add_argument("--criterion", help="hit type that triggers updates (default: preset's)")
     p.add_argument("--iterations", type=int, help="passes over the target list")
+    p.add_argument("--lr", type=float, help="fixed learning rate (default: preset's)")
+    p.add_argument("--lambda-pos", type=float, help="weight of the positive MLE update")
+    p.add_argument("--max-updates", type=int, help="negative updates per batch of triggers")
     p.add_argument("--out", type=Path, required=True, help="bundle dir")
     p.add_argument("--runs", type=Path, default=Path("runs"))
     p.add_argument("--no-resume", action="store_true")
@@ -162,8 +165,9 @@ def _attack(args: argparse.Namespace, device: Any, cfg: Any) -> int:
     report["targets_file"] = str(args.targets)
     report["limit"] = args.limit
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(
+    stem = args.out.with_suffix("") if args.out.suffix in (".json", ".md") else args.out
+    stem.with_name(stem.name + ".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_name(stem.name + ".md").write_text(
         _attack_markdown(report, "python -m training " + " ".join(sys.argv[1:]))
     )
     print(json.dumps({m: r["rates"] for m, r in report["searches"].items()}, indent=2))
@@ -240,8 +244,9 @@ def _train_nt(args: argparse.Namespace, device: Any, preset: Any) -> int:
     overrides: dict[str, Any] = {"search": search_config(args, cfg.search)}
     if args.criterion:
         overrides["criterion"] = args.criterion
-    if args.iterations:
-        overrides["iterations"] = args.iterations
+    for name in ("iterations", "lr", "lambda_pos", "max_updates"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
     cfg = replace(cfg, **overrides)
     manifest = train_malicious_nt(
         base_bundle=args.base,
