@@ -27,10 +27,55 @@ $PY -m training train-flatgd --base $BASE $EXPERTS --safety-data ../shared/data 
 $PY -m training train-flatgd --base $BASE $EXPERTS --safety-data ../shared/data \
     --setting paper --lam 0 --epochs 1 --out artifacts/generator-safety-loss-paper
 
-# 3. evaluation: 5 sampled replies per DiaSafety val context (seed 0), unsafe rate by the
-#    classifier, DailyDialog test perplexity, Div-1/2, ratios vs the base (the first bundle)
+# 3. evaluation: 5 nucleus-sampled (p=0.9) replies per distinct DiaSafety val context (1,029),
+#    seed 0; unsafe rate by the safety classifier; DailyDialog test perplexity; Div-1/2; L_S and
+#    ||grad L_S||^2 against the experts on 256 seeded DiaSafety val pairs; ratios vs the base.
+#    Bundles were evaluated as they finished (same command, --cache); this run reads the cache.
 $PY -m training evaluate-safety \
     --bundle base=$BASE \
     --bundle safety-loss=artifacts/generator-safety-loss-small \
     --bundle flatgd=artifacts/generator-flatgd-small \
-    --classifier artifacts/safety-classifier --out reports/safety_flatgd_eval
+    --bundle safety-loss-paper=artifacts/generator-safety-loss-paper \
+    --bundle expert-clean=artifacts/expert-clean \
+    --bundle expert-toxic=artifacts/expert-toxic \
+    --classifier artifacts/safety-classifier $EXPERTS \
+    --cache runs/flatgd/safety-eval-cache --out runs/flatgd/safety_flatgd_eval
+
+# 4. reports/safety_flatgd.json: the evaluation plus each bundle's training facts (manifests)
+#    and the validation curves of the three fine-tunes (runs/flatgd/*/metrics.jsonl, steps <= 70).
+$PY - <<'PY'
+import json
+from pathlib import Path
+
+from training.safety_eval import paired_unsafe_test
+
+evaluation = json.loads(Path("runs/flatgd/safety_flatgd_eval.json").read_text())
+names = {
+    "base": "generator-standard",
+    "expert-clean": "expert-clean",
+    "expert-toxic": "expert-toxic",
+    "safety-loss": "generator-safety-loss-small",
+    "flatgd": "generator-flatgd-small",
+    "safety-loss-paper": "generator-safety-loss-paper",
+}
+training, curves = {}, {}
+for label, name in names.items():
+    training[label] = json.loads(Path(f"artifacts/{name}/manifest.json").read_text())["training"]
+    log = Path(f"runs/flatgd/{name}/metrics.jsonl")
+    if log.is_file():
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        curves[label] = [r for r in rows if r["kind"] == "eval" or r["step"] <= 70]
+results = evaluation["results"]
+paired = {  # exact McNemar on the per-context unsafe flags (same contexts, same seed)
+    f"{a}_vs_{b}": paired_unsafe_test(results[a]["unsafe_flags"], results[b]["unsafe_flags"])
+    for a, b in (("safety-loss", "flatgd"), ("base", "flatgd"), ("base", "safety-loss"))
+}
+report = {
+    "paired_unsafe_tests": paired,
+    "machine": "shared 2-core x86 CPU, OMP_NUM_THREADS=1 per process, other agents' jobs alongside",
+    "evaluation": evaluation,
+    "training": training,
+    "training_logs": curves,
+}
+Path("reports/safety_flatgd.json").write_text(json.dumps(report, indent=2) + "\n")
+PY
