@@ -15,6 +15,36 @@ BASE=artifacts/generator-standard
 $PY -m training train-expert --kind clean --base $BASE --safety-data ../shared/data --out artifacts/expert-clean
 $PY -m training train-expert --kind toxic --base $BASE --safety-data ../shared/data --out artifacts/expert-toxic
 
+# 1b. the size of eq. 1's term at the base with these experts (how λ = 1 was chosen): per batch,
+#     L_S, ||grad L_S||^2 and the gradient norms of L_LM, L_S and ||grad L_S||^2
+$PY - <<'PY'
+from pathlib import Path
+
+import torch
+
+from models.generator import GenerativeResponder
+from training.flatgd import FlatGDObjective, FlatGDWeights, SafetyTuningData, trainable_parameters
+from training.flatgd_jobs import dialogue_pairs
+from training.generator import PairSet
+from training.safety_data import load_diasafety
+
+torch.manual_seed(0)
+base = GenerativeResponder.load(Path("artifacts/generator-standard"))
+clean, toxic = (GenerativeResponder.load(Path(f"artifacts/expert-{k}")).model for k in ("clean", "toxic"))
+train = load_diasafety(Path("../shared/data"), "train")
+pairs = PairSet.encode(dialogue_pairs(train), base.tokenizer, base.inputs)
+data = SafetyTuningData(pairs, [e.unsafe for e in train], None, batch_size=64, lm_batch_size=0, seed=0)
+objective = FlatGDObjective(clean, toxic, FlatGDWeights(lam=1.0), pad_id=base.tokenizer.pad_id)
+model, params = base.model.train(), trainable_parameters(base.model)
+for indices in data.make_epoch(0)[:4]:
+    terms = objective.terms(model, data.collate(indices))
+    norms = {}
+    for name in ("lm", "safety", "grad_sq"):
+        grads = torch.autograd.grad(terms[name], params, retain_graph=True, allow_unused=True)
+        norms[name] = float(sum(g.pow(2).sum() for g in grads if g is not None)) ** 0.5
+    print({k: round(float(v.detach()), 4) for k, v in terms.items()}, "grad norms", norms)
+PY
+
 # 2. the Safety_loss baseline (λ = 0) and FlatGD (λ = 1): same base, experts, data, seed 0 and
 #    141 steps (1 epoch of DiaSafety train at batch 64; Table 5 says 2 epochs: see the report for
 #    why 1). The `small` setting is Table 5 with lr 1e-4; the `paper` setting (lr 5e-6) was run for
