@@ -173,7 +173,7 @@ def test_objective_combines_its_three_terms() -> None:
     safe = Seq2SeqBatch(s.src[[0, 2]], s.tgt_in[[0, 2]], s.tgt_out[[0, 2]])
     parts = [(model(b.src, b.tgt_in).logits, b.tgt_out) for b in (safe, batch.lm)]
     counts = [int(t.ne(PAD).sum()) for _, t in parts]
-    means = [float(smoothed_nll(lg, t, PAD, 0.1)) for lg, t in parts]
+    means = [float(smoothed_nll(lg, t, PAD, 0.1).detach()) for lg, t in parts]
     weighted = sum(m * c for m, c in zip(means, counts, strict=True))
     assert logs["lm"] == pytest.approx(weighted / sum(counts))
 
