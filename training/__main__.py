@@ -5,6 +5,12 @@ train-tokenizer  BPE tokenizer from a corpus's training split
 train-generator  one generator (--method mle|nd|nt|ul)
 evaluate         a generator bundle on a split: JSON + markdown
 reply            print a generator's replies to sample (or given) contexts
+
+Also, from their own modules: retrieval (training/retrieval_cli.py: augment, train-retriever,
+build-index), malicious targets (training/attack_cli.py: train-lm, attack, attack-table,
+train-malicious-nt), FlatGD (training/flatgd_cli.py: train-expert, train-flatgd,
+evaluate-safety) and the safety classifier (training/classifier_cli.py:
+train-safety-classifier).
 """
 
 from __future__ import annotations
