@@ -37,7 +37,7 @@ from models.bundle import (
     verify_bundle,
     write_bundle,
 )
-from models.seq2seq import EncoderLayer, Seq2SeqConfig, sinusoidal_positions
+from models.seq2seq import EncoderLayer, Seq2SeqConfig, init_weights, sinusoidal_positions
 from models.text import normalize_text
 from models.tokenizer import DialogueTokenizer
 
@@ -159,19 +159,6 @@ def response_segments(ids: Tensor, sep_id: int) -> Tensor:
     return ids.eq(sep_id).long().cumsum(dim=1).clamp(max=1)
 
 
-def _init_weights(module: nn.Module) -> None:
-    # The generator's initialisation (models/seq2seq.py), so warm starts and fresh runs match.
-    if isinstance(module, nn.Linear):
-        nn.init.xavier_uniform_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, mean=0.0, std=module.embedding_dim**-0.5)
-        if module.padding_idx is not None:
-            with torch.no_grad():
-                module.weight[module.padding_idx].zero_()
-
-
 class CrossEncoderClassifier(nn.Module):
     """``context <sep> response`` ids (B, T) -> unsafe logits (B,): encoder, mean pool, linear."""
 
@@ -189,7 +176,7 @@ class CrossEncoderClassifier(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(layer_cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, 1)
-        self.apply(_init_weights)
+        self.apply(init_weights)
         nn.init.zeros_(self.segment.weight)  # a warm start begins as the generator's encoder
 
     def forward(self, ids: Tensor) -> Tensor:
@@ -246,7 +233,7 @@ class BagOfNgramsClassifier(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(3 * cfg.d_model, cfg.d_model), nn.ReLU(), nn.Linear(cfg.d_model, 1)
         )
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def features(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         """Feature ids (B, 2T - 1) (0 = none) and their side (B, 2T - 1) for piece ids (B, T)."""

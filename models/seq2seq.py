@@ -236,6 +236,20 @@ class DecoderLayer(nn.Module):
         return x, self_kv, logits
 
 
+def init_weights(module: nn.Module) -> None:
+    """Xavier-uniform linear layers, N(0, d^-1/2) embeddings with a zero padding row; shared by
+    every Transformer in models/ so warm starts and fresh runs start alike."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=module.embedding_dim**-0.5)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+
+
 @dataclass
 class Seq2SeqOutput:
     """Teacher-forced decoder outputs.
@@ -270,15 +284,7 @@ class Seq2SeqTransformer(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=module.embedding_dim**-0.5)
-            if module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
+        init_weights(module)
 
     def _decoder(self) -> list[DecoderLayer]:
         return [layer for layer in self.decoder_layers if isinstance(layer, DecoderLayer)]
