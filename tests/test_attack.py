@@ -300,3 +300,26 @@ def test_malicious_nt_lowers_hits_and_resumes_exactly(planted, tmp_path: Path) -
         torch.ones(1, 4),
     )
     assert planted_logp.item() < math.log(0.5)  # the planted reply is no longer near-certain
+
+
+def test_attack_table_compares_against_the_first_report() -> None:
+    from training.attack_cli import attack_table
+
+    def report(bundle: str, rate: float, ppl: float, logps: list[float]) -> dict:
+        outcomes = [{"avg_logp": x} for x in logps]
+        return {
+            "bundle": bundle,
+            "num_targets": len(logps),
+            "test_ppl": ppl,
+            "thresholds": {"t_out": -4.0, "t_in": None},
+            "searches": {"o": {"rates": {"o-sample-avg": rate}, "outcomes": outcomes}},
+        }
+
+    text = attack_table(
+        [("base", report("a@1", 0.2, 80.0, [-3.0, -5.0])), ("nt", report("b@2", 0.0, 88.0, [-6.0]))]
+    )
+    rows = [
+        line for line in text.splitlines() if line.startswith("| base") or line.startswith("| nt")
+    ]
+    assert rows[0].split(" | ")[2:] == ["20%", "-4.000", "80.00", "1.000x |"]
+    assert rows[1].split(" | ")[2:] == ["0%", "-6.000", "88.00", "1.100x |"]

@@ -184,12 +184,22 @@ def _named_report(spec: Path) -> tuple[str, dict[str, Any]]:
 def attack_table(reports: list[tuple[str, dict[str, Any]]]) -> str:
     """Hit rate of every hit type per model, test PPL, and PPL as a ratio to the first model."""
     hit_types = [h for _, r in reports[:1] for s in r["searches"].values() for h in s["rates"]]
-    head = "| model | bundle | " + " | ".join(hit_types) + " | test PPL | PPL vs first |"
-    lines = [head, "|" + "---|" * (len(hit_types) + 4)]
+    modes = list(reports[0][1]["searches"])
+    head = (
+        "| model | bundle | "
+        + " | ".join(hit_types)
+        + "".join(f" | {m}: mean best avg log p" for m in modes)
+        + " | test PPL | PPL vs first |"
+    )
+    lines = [head, "|" + "---|" * (len(hit_types) + len(modes) + 4)]
     base_ppl = reports[0][1]["test_ppl"]
     for name, r in reports:
         rates = {h: v for s in r["searches"].values() for h, v in s["rates"].items()}
         cells = [f"{rates[h]:.0%}" if h in rates else "-" for h in hit_types]
+        for m in modes:  # how close the search got on average: a finer measure than a 0% rate
+            outcomes = r["searches"].get(m, {}).get("outcomes", [])
+            mean = sum(o["avg_logp"] for o in outcomes) / len(outcomes) if outcomes else None
+            cells.append("-" if mean is None else f"{mean:.3f}")
         ppl = r["test_ppl"]
         lines.append(
             f"| {name} | `{r['bundle']}` | "
