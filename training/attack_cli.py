@@ -83,6 +83,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--lr", type=float, help="fixed learning rate (default: preset's)")
     p.add_argument("--lambda-pos", type=float, help="weight of the positive MLE update")
     p.add_argument("--max-updates", type=int, help="negative updates per batch of triggers")
+    p.add_argument(
+        "--fwa-corpus-top",
+        type=int,
+        help="FWA also spares the N most frequent corpus response words (not in the paper)",
+    )
     p.add_argument("--out", type=Path, required=True, help="bundle dir")
     p.add_argument("--runs", type=Path, default=Path("runs"))
     p.add_argument("--no-resume", action="store_true")
@@ -254,7 +259,7 @@ def _train_nt(args: argparse.Namespace, device: Any, preset: Any) -> int:
     overrides: dict[str, Any] = {"search": search_config(args, cfg.search)}
     if args.criterion:
         overrides["criterion"] = args.criterion
-    for name in ("iterations", "lr", "lambda_pos", "max_updates"):
+    for name in ("iterations", "lr", "lambda_pos", "max_updates", "fwa_corpus_top"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     cfg = replace(cfg, **overrides)

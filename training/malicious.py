@@ -51,7 +51,7 @@ from training.attack import (
     score_triggers,
     target_log_probs,
 )
-from training.data import DialogueSplits, load_splits
+from training.data import DialogueSplits, load_splits, training_response_token_counts
 from training.generator import PairSet, corpus_nll, smoothed_nll
 from training.lm import ResponseLM
 from training.trainer import atomic_torch_save, rng_state, set_rng_state
@@ -89,6 +89,9 @@ class MaliciousNTConfig:
     pos_batch: int = 64
     label_smoothing: float = 0.1  # of the positive MLE term, as in training
     fwa: bool = True
+    # Extension (not in the paper): also spare the N most frequent response words of the training
+    # corpus, so negative updates only push down the targets' rarer, content-bearing words.
+    fwa_corpus_top: int = 0
     warm_start: bool = True  # later iterations also restart from the previous trigger
     search: GibbsEnumConfig = field(default_factory=GibbsEnumConfig)
 
@@ -270,14 +273,19 @@ def attack_report(
 # --- Algorithm 1 --------------------------------------------------------------------------------
 
 
-def fwa_weights(tok: DialogueTokenizer, tgt_out: Tensor, enabled: bool) -> Tensor:
+def fwa_ids(tok: DialogueTokenizer, extra_words: Sequence[str] = ()) -> set[int]:
+    """Piece ids FWA spares: <EOS>, the paper's words and any ``extra_words`` (one-piece words)."""
+    words = [*FWA_WORDS, *extra_words]
+    return {tok.eos_id} | {ids[0] for ids in tok.encode_texts(words) if len(ids) == 1}
+
+
+def fwa_weights(
+    tok: DialogueTokenizer, tgt_out: Tensor, enabled: bool, avoid: set[int] | None = None
+) -> Tensor:
     """1 for target tokens that take a negative gradient, 0 for padding and (FWA) frequent words."""
     weights = tgt_out.ne(tok.pad_id).float()
     if enabled:
-        avoid = {tok.eos_id} | {
-            ids[0] for ids in tok.encode_texts(list(FWA_WORDS)) if len(ids) == 1
-        }
-        for i in avoid:
+        for i in fwa_ids(tok) if avoid is None else avoid:
             weights = weights.masked_fill(tgt_out.eq(i), 0.0)
     return weights
 
@@ -338,6 +346,8 @@ def train_malicious_nt(
     base_ppl = ctx.test_ppl
     pos = PairSet.encode(splits.train, tok, responder.inputs)
     ids = [t[: responder.inputs.max_target_len - 1] for t in tok.encode_texts(list(targets))]
+    frequent = training_response_token_counts(splits.train).most_common(cfg.fwa_corpus_top)
+    avoid = fwa_ids(tok, [w for w, _ in frequent] if cfg.fwa_corpus_top else ())
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer: torch.optim.Optimizer = (
         torch.optim.Adam(params, lr=cfg.lr)
@@ -404,7 +414,7 @@ def train_malicious_nt(
             while any(hit) and updates < cfg.max_updates:
                 sel = [i for i, h in enumerate(hit) if h]
                 tb = TargetBatch.build([batch_ids[i] for i in sel], tok, triggers.device)
-                weights = fwa_weights(tok, tb.tgt_out, cfg.fwa)
+                weights = fwa_weights(tok, tb.tgt_out, cfg.fwa, avoid)
                 loss_neg = negative_loss(model, triggers[sel], tb, weights)
                 idx = torch.randint(len(pos), (cfg.pos_batch,), generator=pos_gen).tolist()
                 pb = pos.collate(idx, triggers.device)
