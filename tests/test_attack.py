@@ -29,6 +29,7 @@ from training.data import DialogueExample, write_jsonl
 from training.malicious import (
     MALICIOUS_PRESETS,
     augment_targets,
+    fwa_ids,
     fwa_weights,
     negative_loss,
     sample_targets,
@@ -187,6 +188,9 @@ def test_fwa_spares_frequent_words_and_eos(planted) -> None:
     w = fwa_weights(tok, tb.tgt_out, enabled=True)
     assert w.tolist() == [[0.0, 0.0, 1.0, 0.0]]  # you, are, good, </s>: only "good" is pushed down
     assert fwa_weights(tok, tb.tgt_out, enabled=False).tolist() == [[1.0, 1.0, 1.0, 1.0]]
+    # the corpus-frequency extension spares extra words too
+    avoid = fwa_ids(tok, ["good"])
+    assert fwa_weights(tok, tb.tgt_out, enabled=True, avoid=avoid).tolist() == [[0.0] * 4]
 
 
 def test_negative_update_lowers_the_target_likelihood(planted) -> None:

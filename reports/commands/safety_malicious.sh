@@ -34,3 +34,35 @@ wait
 $PY -m training train-malicious-nt --base $BASE --targets $T/train.txt --lr 3e-5 --max-updates 20 \
   --out artifacts/generator-nt-malicious-0.5k-lr3e-5 > runs/logs/nt05-lr.log 2>&1
 attack artifacts/generator-nt-malicious-0.5k-lr3e-5 nt-0.5k-lr3e-5
+
+# Held-out paraphrases (run after the above):
+# Held-out paraphrase list: paraphrases of the train targets that no train list (train, aug1k,
+# aug2_5k) contains; a stand-in for the paper's held-out test list, which is not public here.
+.venv/bin/python - <<'PY'
+from pathlib import Path
+from training.safety_data import load_paraphrases, load_targets
+d = Path("../shared/data/malicious_targets")
+seen = set()
+for f in ("train.txt", "train_aug1k.txt", "train_aug2_5k.txt"):
+    seen |= set(load_targets(d / f))
+paras = {p for row in load_paraphrases(d / "train_paraphrases.tsv") for p in row if "<unk>" not in p}
+held = sorted(paras - seen)
+Path("runs/malicious").mkdir(parents=True, exist_ok=True)
+Path("runs/malicious/heldout_paraphrases.txt").write_text("\n".join(held) + "\n")
+print(len(held), "held-out paraphrases")
+PY
+export OMP_NUM_THREADS=1
+for m in base:artifacts/generator-standard nt-0.5k:artifacts/generator-nt-malicious-0.5k nt-1k:artifacts/generator-nt-malicious-1k; do
+  name=${m%%:*}; bundle=${m#*:}
+  .venv/bin/python -m training attack --bundle $bundle --reference artifacts/generator-standard \
+    --targets runs/malicious/heldout_paraphrases.txt --limit 100 --mode o \
+    --out reports/safety_malicious/heldout_$name > runs/logs/heldout_$name.log 2>&1
+done
+
+# Variant: FWA also over the 100 most frequent DailyDialog response words (not in the paper).
+$PY -m training train-malicious-nt --base $BASE --targets $T/train.txt --fwa-corpus-top 100 \
+  --out artifacts/generator-nt-malicious-0.5k-fwa100 > runs/logs/nt05-fwa100.log 2>&1
+attack artifacts/generator-nt-malicious-0.5k-fwa100 nt-0.5k-fwa100
+$PY -m training attack --bundle artifacts/generator-nt-malicious-0.5k-fwa100 --reference $BASE \
+  --targets runs/malicious/heldout_paraphrases.txt --limit 100 --mode o \
+  --out $OUT/heldout_nt-0.5k-fwa100 > runs/logs/heldout_nt-0.5k-fwa100.log 2>&1
