@@ -81,6 +81,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--criterion", help="hit type that triggers updates (default: preset's)")
     p.add_argument("--iterations", type=int, help="passes over the target list")
     p.add_argument("--lr", type=float, help="fixed learning rate (default: preset's)")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), help="default: preset's (adam)")
     p.add_argument("--lambda-pos", type=float, help="weight of the positive MLE update")
     p.add_argument("--max-updates", type=int, help="negative updates per batch of triggers")
     p.add_argument(
@@ -259,7 +260,7 @@ def _train_nt(args: argparse.Namespace, device: Any, preset: Any) -> int:
     overrides: dict[str, Any] = {"search": search_config(args, cfg.search)}
     if args.criterion:
         overrides["criterion"] = args.criterion
-    for name in ("iterations", "lr", "lambda_pos", "max_updates", "fwa_corpus_top"):
+    for name in ("iterations", "lr", "optimizer", "lambda_pos", "max_updates", "fwa_corpus_top"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     cfg = replace(cfg, **overrides)
