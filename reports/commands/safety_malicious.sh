@@ -66,3 +66,19 @@ attack artifacts/generator-nt-malicious-0.5k-fwa100 nt-0.5k-fwa100
 $PY -m training attack --bundle artifacts/generator-nt-malicious-0.5k-fwa100 --reference $BASE \
   --targets runs/malicious/heldout_paraphrases.txt --limit 100 --mode o \
   --out $OUT/heldout_nt-0.5k-fwa100 > runs/logs/heldout_nt-0.5k-fwa100.log 2>&1
+
+# The whole 500-target train list, o- search, base and NT(0.5k):
+for m in base:$BASE nt-0.5k:artifacts/generator-nt-malicious-0.5k; do
+  name=${m%%:*}; bundle=${m#*:}
+  $PY -m training attack --bundle $bundle --reference $BASE --targets $T/train.txt --mode o \
+    --out $OUT/full500_$name > runs/logs/full500_$name.log 2>&1
+done
+
+# Variant: the paper's optimizer, SGD at a fixed lr 0.01.
+$PY -m training train-malicious-nt --base $BASE --targets $T/train.txt --optimizer sgd --lr 0.01 \
+  --out artifacts/generator-nt-malicious-0.5k-sgd > runs/logs/nt05-sgd.log 2>&1
+attack artifacts/generator-nt-malicious-0.5k-sgd nt-0.5k-sgd
+
+# PPL attribution (reports/safety_malicious/ppl_attribution.txt):
+# for b in 0.5k 0.5k-fwa100; do .venv/bin/python reports/commands/safety_ppl_attribution.py \
+#   artifacts/generator-standard artifacts/generator-nt-malicious-$b 10; echo; done
