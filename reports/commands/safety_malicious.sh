@@ -82,3 +82,16 @@ attack artifacts/generator-nt-malicious-0.5k-sgd nt-0.5k-sgd
 # PPL attribution (reports/safety_malicious/ppl_attribution.txt):
 # for b in 0.5k 0.5k-fwa100; do .venv/bin/python reports/commands/safety_ppl_attribution.py \
 #   artifacts/generator-standard artifacts/generator-nt-malicious-$b 10; echo; done
+
+# Tables (reports/safety_malicious/table_*.md, pasted into reports/safety.md), then safety.json:
+R=$OUT
+$PY -m training attack-table --report base=$R/attack_base.json --report nt-0.5k=$R/attack_nt-0.5k.json \
+  --report nt-1k=$R/attack_nt-1k.json --report nt-0.5k-lr3e-5=$R/attack_nt-0.5k-lr3e-5.json \
+  --report nt-0.5k-sgd=$R/attack_nt-0.5k-sgd.json --report nt-0.5k-fwa100=$R/attack_nt-0.5k-fwa100.json \
+  --out $R/table_train.md
+$PY -m training attack-table --report base=$R/full500_base.json --report nt-0.5k=$R/full500_nt-0.5k.json \
+  --out $R/table_full500.md
+$PY -m training attack-table --report base=$R/heldout_base.json --report nt-0.5k=$R/heldout_nt-0.5k.json \
+  --report nt-1k=$R/heldout_nt-1k.json --report nt-0.5k-fwa100=$R/heldout_nt-0.5k-fwa100.json \
+  --out $R/table_heldout.md
+$PY reports/commands/safety_summary.py
