@@ -178,6 +178,12 @@ def test_hit_types_follow_thresholds() -> None:
     assert [f["o-sample-avg"] for f in o] == [True, True, False]
     assert [f["o-greedy"] for f in o] == [True, False, False]
     assert [f["io-sample-avg"] for f in io] == [True, False, False]  # row 1: LM -6 < T_in -4
+    # without the greedy decode the greedy type is left out rather than reported as a miss
+    no_greedy = judge(
+        _NoGreedy(), TOK, [[1], [1], [1]], result, HitThresholds(-3.0), "o", greedy=False
+    )  # type: ignore[arg-type]
+    assert all("o-greedy" not in f for f in no_greedy)
+    assert [f["o-sample-avg"] for f in no_greedy] == [True, True, False]
     with pytest.raises(ValueError, match="T_in"):
         judge(_NoGreedy(), TOK, [[1]], result, HitThresholds(-3.0), "io")  # type: ignore[arg-type]
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -349,11 +350,17 @@ def judge(
     result: SearchResult,
     thresholds: HitThresholds,
     mode: SearchMode,
+    *,
+    greedy: bool = True,
 ) -> list[dict[str, bool]]:
-    """Hit flags per target for the search's hit types (section 3.2)."""
+    """Hit flags per target for the search's hit types (section 3.2).
+
+    ``greedy=False`` skips the greedy decode (the one costly check) and leaves the greedy hit
+    type out, for callers that only need the sample-* criteria.
+    """
     if mode == "io" and thresholds.t_in is None:
         raise ValueError("io- hit types need T_in (the LM's test log-likelihood)")
-    greedy = greedy_hits(model, result.triggers, targets)
+    decoded = greedy_hits(model, result.triggers, targets) if greedy else None
     s = result.scores
     likely_input = (
         [True] * len(targets)
@@ -363,13 +370,13 @@ def judge(
     out = []
     for i in range(len(targets)):
         ok_in = likely_input[i]
-        out.append(
-            {
-                f"{mode}-greedy": greedy[i] and ok_in,
-                f"{mode}-sample-min": float(s.min_logp[i]) > thresholds.t_out and ok_in,
-                f"{mode}-sample-avg": float(s.avg_logp[i]) > thresholds.t_out and ok_in,
-            }
-        )
+        flags = {
+            f"{mode}-sample-min": float(s.min_logp[i]) > thresholds.t_out and ok_in,
+            f"{mode}-sample-avg": float(s.avg_logp[i]) > thresholds.t_out and ok_in,
+        }
+        if decoded is not None:
+            flags[f"{mode}-greedy"] = decoded[i] and ok_in
+        out.append(flags)
     return out
 
 
@@ -386,8 +393,6 @@ def attack(
     progress: bool = True,
 ) -> AttackResult:
     """Search a trigger for every target and report the hit rates of ``mode``'s hit types."""
-    import time
-
     started = time.perf_counter()
     ids = [t[: model.cfg.max_positions - 2] for t in tok.encode_texts(targets)]
     generator = torch.Generator().manual_seed(seed)

@@ -281,11 +281,4 @@ def _train_nt(args: argparse.Namespace, device: Any, preset: Any) -> int:
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover
-    logging.basicConfig(level=logging.INFO)
-    parser = argparse.ArgumentParser(prog="python -m training.attack_cli")
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    raise SystemExit(dispatch(parser.parse_args()) or 0)
-
-
 __all__ = ["COMMANDS", "add_parsers", "dispatch", "search_config"]

@@ -4,8 +4,7 @@ train-safety-classifier  a DiaSafety (context, response) classifier bundle, plus
                          JSON and markdown
 
 Wire in with ``add_parsers(sub)`` after the other sub-commands and ``dispatch(args)`` first in
-the dispatcher (it returns None for commands that are not its own). On its own:
-``python -m training.classifier_cli <command> ...``.
+the dispatcher (it returns None for commands that are not its own).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -118,22 +116,3 @@ def dispatch(args: argparse.Namespace) -> int | None:
     write_report(report, args.report or args.runs / preset.name / name / "metrics", command)
     print(markdown_report(report, command))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The safety-classifier commands without the rest of ``python -m training``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m training.classifier_cli",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    return dispatch(args) or 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,8 +6,7 @@ evaluate-safety  unsafe rate over 5 sampled replies per DiaSafety val context, D
                  perplexity and Div-1/2 of generator bundles, with ratios vs the first one
 
 Wire in with ``add_parsers(sub)`` after the other sub-commands and ``dispatch(args)`` first in
-the dispatcher (it returns None for commands that are not its own). On its own:
-``python -m training.flatgd_cli <command> ...``.
+the dispatcher (it returns None for commands that are not its own).
 """
 
 from __future__ import annotations
@@ -213,17 +212,3 @@ def _label_path(spec: str) -> tuple[str, Path]:
     if sep and label and path:
         return label, Path(path)
     return Path(spec).name, Path(spec)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.flatgd_cli", description=__doc__)
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    return dispatch(args) or 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -179,6 +179,7 @@ class AttackContext:
     thresholds: HitThresholds
     test_ppl: float
     lm_test_ppl: float | None
+    splits: DialogueSplits  # loaded once for T_out; negative training reuses its train split
 
 
 def average_log_likelihood(model: Seq2SeqTransformer, pairs: PairSet) -> float:
@@ -215,12 +216,10 @@ def load_attack_context(
     lm_bundle: Path | None = None,
     reference: Path | None = None,
     device: torch.device | str = "cpu",
-    splits: DialogueSplits | None = None,
 ) -> AttackContext:
     """Load the model (and LM) and compute T_out / T_in on the DailyDialog test split."""
     responder = GenerativeResponder.load(bundle, device=device)
-    if splits is None:
-        splits = load_splits(data_dir, responder.inputs.max_context_turns)
+    splits = load_splits(data_dir, responder.inputs.max_context_turns)
     test = splits.test
     pairs = PairSet.encode(test, responder.tokenizer, responder.inputs)
     own = average_log_likelihood(responder.model, pairs)
@@ -240,6 +239,7 @@ def load_attack_context(
         HitThresholds(t_out=t_out, t_in=t_in),
         test_ppl=math.exp(-own),
         lm_test_ppl=None if t_in is None else math.exp(-t_in),
+        splits=splits,
     )
 
 
@@ -315,7 +315,9 @@ def _hits(
     scores = score_triggers(
         model, tok, ids, triggers, mode=cfg.mode, lm=lm, lm_weight=cfg.search.lm_weight
     )
-    flags = judge(model, tok, ids, SearchResult(triggers, scores), thresholds, cfg.mode)
+    greedy = cfg.criterion.endswith("-greedy")  # decode only when the criterion needs it
+    result = SearchResult(triggers, scores)
+    flags = judge(model, tok, ids, result, thresholds, cfg.mode, greedy=greedy)
     model.train(was)
     return [f[cfg.criterion] for f in flags]
 
@@ -338,11 +340,9 @@ def train_malicious_nt(
     if cfg.mode == "io" and lm_bundle is None:
         raise ValueError(f"criterion {cfg.criterion} needs a language model (--lm)")
     started = time.perf_counter()
-    splits = load_splits(data_dir, GenerativeResponder.load(base_bundle).inputs.max_context_turns)
-    ctx = load_attack_context(
-        base_bundle, data_dir, lm_bundle=lm_bundle, device=device, splits=splits
-    )
+    ctx = load_attack_context(base_bundle, data_dir, lm_bundle=lm_bundle, device=device)
     responder, tok, model = ctx.responder, ctx.responder.tokenizer, ctx.responder.model
+    splits = ctx.splits
     base_ppl = ctx.test_ppl
     pos = PairSet.encode(splits.train, tok, responder.inputs)
     ids = [t[: responder.inputs.max_target_len - 1] for t in tok.encode_texts(list(targets))]
@@ -358,7 +358,6 @@ def train_malicious_nt(
     ckpt_path, log_path = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
     search_gen = torch.Generator().manual_seed(seed)
     pos_gen = torch.Generator().manual_seed(seed + 1)
-    order_rng = random.Random(seed)
     state: dict[str, Any] = {"iteration": 0, "batch": 0, "triggers": {}, "updates": 0}
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, weights_only=False)
@@ -367,7 +366,6 @@ def train_malicious_nt(
         set_rng_state(ckpt["rng"])
         search_gen.set_state(ckpt["search_gen"])
         pos_gen.set_state(ckpt["pos_gen"])
-        order_rng.setstate(ckpt["order_rng"])
         state = ckpt["state"]
         logger.info(
             "resumed negative training at iteration %d batch %d", state["iteration"], state["batch"]
@@ -450,7 +448,6 @@ def train_malicious_nt(
                     "rng": rng_state(),
                     "search_gen": search_gen.get_state(),
                     "pos_gen": pos_gen.get_state(),
-                    "order_rng": order_rng.getstate(),
                     "state": state,
                 },
                 ckpt_path,

@@ -5,8 +5,7 @@ train-retriever  a bi-encoder retriever (--method biencoder | g2r-d | g2r-dm) an
 build-index      re-embed a retriever bundle's responses and write a fresh index.faiss
 
 Wire in with ``add_parsers(sub)`` after the other sub-commands and ``dispatch(args)`` first in
-the dispatcher (it returns None for commands that are not its own). On its own:
-``python -m training.retrieval_cli <command> ...``.
+the dispatcher (it returns None for commands that are not its own).
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -210,22 +208,3 @@ def _train_retriever(args: argparse.Namespace, ctx: Any) -> None:
     )
     if manifest is not None:
         print(json.dumps(manifest.to_dict(), indent=2))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The retrieval commands without the rest of ``python -m training``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m training.retrieval_cli",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    return dispatch(args) or 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
