@@ -8,9 +8,13 @@ with the bundle's HNSW index and with exact ``IndexFlatIP`` search. For each gen
 the same run and with the same thread count: greedy latency per query on the same contexts, the
 same metrics of its greedy replies on the test split, and its replies to the 20 sample contexts
 (picked like ``training.evaluate``). Ratio tables put every latency against each generator's.
+Each retriever's row also says how much of what it serves is teacher-written text (G2R's R^G)
+against the teacher's share of its response set (:func:`served_teacher_share`). ``--lexical
+tfidf,bm25`` adds TF-IDF and BM25 rows (:mod:`benchmarks.lexical`) over the first retriever's
+response set, evaluated on the same test pairs and candidates.
 
     OMP_NUM_THREADS=1 python -m benchmarks.retrieval --retriever g2r-dm=artifacts/retriever-g2r-dm \\
-        --generator nd-ft=artifacts/generator-nd-ft --out reports/g2r
+        --generator nd-ft=artifacts/generator-nd-ft --lexical tfidf,bm25 --out reports/g2r
 """
 
 from __future__ import annotations
@@ -105,6 +109,49 @@ def exact_index(responder: RetrievalResponder) -> Any:
     return flat
 
 
+def served_teacher_share(sources: Sequence[str], top1: Sequence[int]) -> dict[str, float]:
+    """The teacher's share of the response set against its share of the top-1 replies served,
+    per context and over the distinct replies served (``sources[i]``: "corpus" or "teacher")."""
+    n = len(sources)
+    teacher = sum(s == "teacher" for s in sources)
+    picks = [int(i) for i in top1]
+    distinct = set(picks)
+    served_teacher = sum(sources[i] == "teacher" for i in picks)
+    distinct_teacher = sum(sources[i] == "teacher" for i in distinct)
+    return {
+        "response_set": float(n),
+        "response_set_teacher": float(teacher),
+        "response_set_teacher_share": teacher / n if n else 0.0,
+        "contexts": float(len(picks)),
+        "served_teacher_share": served_teacher / len(picks) if picks else 0.0,
+        "distinct_served": float(len(distinct)),
+        "distinct_served_teacher": float(distinct_teacher),
+        "distinct_served_teacher_share": distinct_teacher / len(distinct) if distinct else 0.0,
+    }
+
+
+def retriever_top1(
+    responder: RetrievalResponder, contexts: Sequence[Sequence[str]], *, batch_size: int = 256
+) -> np.ndarray:
+    """The bundle's HNSW top-1 response id for each context (as the service answers)."""
+    ids = []
+    for start in range(0, len(contexts), batch_size):
+        emb = responder.embed(responder.encode_contexts(contexts[start : start + batch_size]))
+        ids.append(responder.index.search(emb, 1)[1][:, 0])
+    return np.concatenate(ids) if ids else np.zeros(0, np.int64)
+
+
+def served_share(
+    responder: RetrievalResponder | Path, contexts: Sequence[Sequence[str]]
+) -> dict[str, float]:
+    """For a retriever bundle (or its loaded responder) and contexts (e.g. the test split's, or a
+    sample of 1,000): the teacher's share of its top-1 replies against its share of the response
+    set (:func:`served_teacher_share`). Bundles without sources count as all corpus."""
+    if not isinstance(responder, RetrievalResponder):
+        responder = RetrievalResponder.load(responder, device="cpu")
+    return served_teacher_share(responder.sources, retriever_top1(responder, contexts).tolist())
+
+
 def evaluate_retriever(
     responder: RetrievalResponder,
     examples: Sequence[DialogueExample],
@@ -158,12 +205,44 @@ def evaluate_retriever(
         "n_examples": len(examples),
         **{m: metrics[m] for m in QUALITY_METRICS},
         "hnsw_top1_agreement_test": top1_agreement(hnsw, exact),
+        "served": served_teacher_share(responder.sources, hnsw[:, 0].tolist()),
         "latency": latency,
         "replies": replies,
         "training": manifest.training if manifest else {},
         "bundle_metrics": manifest.metrics if manifest else {},
         "quality_wall_s": quality_s,
     }
+
+
+def evaluate_lexical_rows(
+    methods: Sequence[str],
+    responses: Sequence[str],
+    sources: Sequence[str],
+    examples: Sequence[DialogueExample],
+    turns: int,
+    train_counts: Mapping[str, int],
+    latency_contexts: Sequence[Sequence[str]],
+    *,
+    warmup: int,
+) -> dict[str, dict[str, Any]]:
+    """TF-IDF / BM25 over ``responses``: Hits@k/K (HitsEvaluator's candidates), top-1 reply
+    metrics, served teacher share and batch-1 latency (vectorise + score every response)."""
+    from benchmarks.lexical import context_text, evaluate_lexical, make_retriever
+
+    out: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        logger.info("lexical %s over %d responses", method, len(responses))
+        retriever = make_retriever(method, responses)
+        row = evaluate_lexical(retriever, examples, turns, train_counts, sources)
+
+        def top1(context: Sequence[str], r: Any = retriever) -> Any:
+            return r.top1([context_text(context, turns)])
+
+        row["latency"] = {
+            "exact": latency_summary(time_per_query(top1, latency_contexts, warmup=warmup))
+        }
+        out[method] = row
+    return out
 
 
 def evaluate_generator_greedy(
@@ -271,21 +350,43 @@ def to_markdown(results: Mapping[str, Any]) -> str:
         "Hits@k/K: gold + 99 random test responses scored by the bi-encoder (K = 100). Reply "
         "metrics: the top-1 retrieved reply (HNSW) for every test context; generators: greedy.",
         "",
+        "Teacher share: of the response set / of the top-1 replies over the test contexts / of "
+        "the distinct top-1 replies.",
+        "",
         "| system | response set (teacher) | Hits@1/K | Hits@5/K | Dist-2 | Dist-3 | avg len | "
-        "max-ratio | HNSW top-1 = exact |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "max-ratio | HNSW top-1 = exact | teacher share: set / served / distinct served |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def served_cell(r: Mapping[str, Any]) -> str:
+        s = r.get("served")
+        if not s:
+            return "-"
+        return (
+            f"{s['response_set_teacher_share']:.4f} / {s['served_teacher_share']:.4f} / "
+            f"{s['distinct_served_teacher_share']:.4f} ({s['distinct_served_teacher']:.0f} of "
+            f"{s['distinct_served']:.0f})"
+        )
+
     for label, r in rets.items():
         lines.append(
             f"| {label} | {r['n_responses']} ({r['responses_teacher']}) | {r['hits@1']:.4f} | "
             f"{r['hits@5']:.4f} | {r['dist-2']:.4f} | {r['dist-3']:.4f} | {r['avg-len']:.2f} | "
-            f"{r['max-ratio']:.4f} | {r['hnsw_top1_agreement_test']:.4f} |"
+            f"{r['max-ratio']:.4f} | {r['hnsw_top1_agreement_test']:.4f} | {served_cell(r)} |"
+        )
+    lexical = results.get("lexical", {})
+    for label, r in lexical.items():
+        lines.append(
+            f"| {label} (lexical, {meta['lexical_responses']}'s set) | {r['n_responses']} "
+            f"({r['served']['response_set_teacher']:.0f}) | {r['hits@1']:.4f} | "
+            f"{r['hits@5']:.4f} | {r['dist-2']:.4f} | {r['dist-3']:.4f} | {r['avg-len']:.2f} | "
+            f"{r['max-ratio']:.4f} | - | {served_cell(r)} |"
         )
     for label, g in gens.items():
         if "dist-2" in g:
             lines.append(
                 f"| {label} (generator, greedy) | - | - | - | {g['dist-2']:.4f} | "
-                f"{g['dist-3']:.4f} | {g['avg-len']:.2f} | {g['max-ratio']:.4f} | - |"
+                f"{g['dist-3']:.4f} | {g['avg-len']:.2f} | {g['max-ratio']:.4f} | - | - |"
             )
     lines += [
         "",
@@ -311,6 +412,8 @@ def to_markdown(results: Mapping[str, Any]) -> str:
         lines.append(row(label, f"HNSW ef {r['ef_search']}", r["latency"]["hnsw"]))
         lines.append(row(label, "exact FlatIP", r["latency"]["exact"]))
         lines.append(row(label, "(encode only)", r["latency"]["encode_only"]))
+    for label, r in lexical.items():
+        lines.append(row(label, "sparse, every response", r["latency"]["exact"]))
     for label, g in gens.items():
         lines.append(row(label, "greedy generation", g["latency"]["greedy"]))
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
@@ -345,7 +448,7 @@ def to_markdown(results: Mapping[str, Any]) -> str:
             f"(T = 1). Mean length: gold {shard['gold_words']:.2f} words, teacher replies "
             f"{shard['teacher_reply_words']:.2f}.",
         ]
-    labels = [*rets, *gens]
+    labels = [*rets, *lexical, *gens]
     lines += [
         "",
         "## Sample replies (the 20 test contexts of `training.evaluate`)",
@@ -375,6 +478,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "data": str(args.data),
         "split": "test",
     }
+    lexical_methods: list[str] = []
+    if args.lexical:
+        from benchmarks.lexical import parse_methods  # scikit-learn only when asked for
+
+        lexical_methods = parse_methods(args.lexical)
     loaded = {k: RetrievalResponder.load(p, device="cpu") for k, p in retrievers.items()}
     turns = max(r.inputs.max_context_turns for r in loaded.values())
     splits = load_splits(args.data, max_context_turns=turns)
@@ -389,6 +497,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         logger.info("retriever %s (%s)", label, responder.bundle_id)
         results["retrievers"][label] = evaluate_retriever(
             responder, examples, counts, latency_contexts, warmup=args.warmup
+        )
+    if lexical_methods:
+        first = next(iter(loaded))
+        meta["lexical_responses"] = first
+        results["lexical"] = evaluate_lexical_rows(
+            lexical_methods,
+            loaded[first].responses,
+            loaded[first].sources,
+            examples,
+            turns,
+            counts,
+            latency_contexts,
+            warmup=args.warmup,
         )
     for label, path in generators.items():
         logger.info("generator %s (%s)", label, path)
@@ -405,10 +526,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for j, i in enumerate(picks):
         sample = {"context": list(examples[i].context), "reference": examples[i].response}
         sample.update({k: r["replies"][i] for k, r in results["retrievers"].items()})
+        sample.update({k: r["replies"][i] for k, r in results.get("lexical", {}).items()})
         sample.update({k: g["samples"][j] for k, g in results["generators"].items()})
         samples.append(sample)
     results["samples"] = samples
-    for r in results["retrievers"].values():
+    for r in [*results["retrievers"].values(), *results.get("lexical", {}).values()]:
         del r["replies"]
     for g in results["generators"].values():
         del g["samples"]
@@ -430,6 +552,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--lexical",
+        default="",
+        metavar="METHODS",
+        help="comma-separated lexical baselines (tfidf,bm25) over the first retriever's "
+        "response set, on the same test pairs (benchmarks/lexical.py)",
+    )
     parser.add_argument(
         "--no-generator-metrics", action="store_true", help="skip greedy decoding of the split"
     )

@@ -4,8 +4,9 @@ The pieces, in pipeline order:
 
 1. Teachers (eqs. 3 and 6): :mod:`training.g2r_teachers`.
 2. Data-level G2R, the resumable augmentation shards: :mod:`training.g2r_augment`.
-3. The response set filter (length bounds and a blocklist), with counts of what was dropped, and
-   D / D^G with the response set R / R^G (here).
+3. The response set filter (length bounds and a blocklist) and the teacher-reply quality bar
+   (:mod:`training.g2r_filter`), with counts of what was dropped, and D / D^G with the response
+   set R / R^G (here).
 4. Losses (eqs. 2, 4, 5) and Hits@k/K: :mod:`training.retrieval_losses`.
 5. Training batches and the jobs: the retriever training job (``biencoder``, ``g2r-d``,
    ``g2r-dm``), the whole retrieval stage, and index (re)building with its bundle (here).
@@ -18,7 +19,7 @@ import logging
 import math
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,6 +49,7 @@ from training.g2r_augment import (
     read_shards,
     select_contexts,
 )
+from training.g2r_filter import TeacherReplyFilter
 from training.g2r_teachers import batch_ranges, load_teacher
 from training.generator import bucketed_batches
 from training.presets import RetrieverPreset
@@ -111,7 +113,7 @@ class RetrievalData:
     teacher_scores: list[list[float] | None]  # aligned with positives; None when not scored
     responses: list[str]  # the indexed response set: row i = id i
     sources: list[str]  # "corpus" | "teacher" per response
-    stats: dict[str, int]
+    stats: dict[str, int | float]
 
 
 def build_retrieval_data(
@@ -120,15 +122,38 @@ def build_retrieval_data(
     response_filter: ResponseFilter,
     *,
     score: str = "ll",
+    teacher_filter: TeacherReplyFilter | None = None,
 ) -> RetrievalData:
     """D^G = D + teacher replies as extra positives; R^G = R + teacher replies, deduplicated and
-    filtered (teacher replies the filter drops are not used as positives either)."""
+    filtered (teacher replies the filter drops are not used as positives either).
+
+    With ``teacher_filter`` a (context, teacher reply) pair must first pass that quality bar: a
+    reply enters R^G when at least one of its pairs does, and only passing pairs are positives.
+    Its counts go into ``stats`` as ``teacher_filter_*``.
+    """
     assert score in ("ll", "mi"), f"teacher score must be 'll' or 'mi', got {score!r}"
     groups = group_by_context(train)
-    by_context = {tuple(r["context"]): r for r in (augmented or {}).values()}
+    records = list((augmented or {}).values())
+    by_context = {tuple(r["context"]): r for r in records}
     corpus = list(dict.fromkeys(e.response for e in train))
+    filter_stats: dict[str, int | float] = {}
+    accepted: set[tuple[tuple[str, ...], str]] | None = None
+    if teacher_filter is not None:
+        generic = teacher_filter.generic_responses(e.response for e in train)
+        verdict = teacher_filter.apply(records, generic)
+        accepted = verdict.accepted
+        filter_stats = {f"teacher_filter_{k}": v for k, v in verdict.counts.items()}
+        if verdict.score_floor is not None:
+            filter_stats["teacher_filter_score_floor"] = verdict.score_floor
+
+    def passes(context: Sequence[str], text: str) -> bool:
+        return accepted is None or (tuple(context), text) in accepted
+
     teacher_texts = [
-        g["text"] for r in (augmented or {}).values() for g in r["generated"] if g["text"]
+        g["text"]
+        for r in records
+        for g in r["generated"]
+        if g["text"] and passes(r["context"], g["text"])
     ]
     in_corpus = set(corpus)
     candidates = corpus + [t for t in dict.fromkeys(teacher_texts) if t not in in_corpus]
@@ -145,7 +170,11 @@ def build_retrieval_data(
         if rec is not None:
             n_augmented += 1
             scored = {x["text"]: float(x[score]) for x in [*rec["gold"], *rec["generated"]]}
-            extra = [x["text"] for x in rec["generated"] if x["text"] in indexed]
+            extra = [
+                x["text"]
+                for x in rec["generated"]
+                if x["text"] in indexed and passes(g.context, x["text"])
+            ]
             texts = list(dict.fromkeys([*texts, *extra]))
             n_teacher_pairs += len(texts) - len(g.responses)
             if all(t in scored for t in texts):
@@ -162,6 +191,7 @@ def build_retrieval_data(
         "responses_corpus": sources.count("corpus"),
         "responses_teacher": sources.count("teacher"),
         **{f"responses_{k}": v for k, v in counts.items()},
+        **filter_stats,
     }
     logger.info("retrieval data: %s", stats)
     return RetrievalData(contexts, positives, scores, responses, sources, stats)
@@ -265,7 +295,8 @@ class RetrievalObjective:
 
     def __call__(self, model: nn.Module, batch: RetrievalBatch) -> tuple[Tensor, dict[str, float]]:
         ctx, resp = model(batch.context_ids, batch.response_ids)
-        scores = BiEncoder.score(ctx.float(), resp.float())  # (B, M)
+        with torch.autocast(ctx.device.type, enabled=False):  # scores in fp32 under bf16 autocast
+            scores = BiEncoder.score(ctx.float(), resp.float())  # (B, M)
         return self.loss(scores, batch.positive, batch.negative, batch.teacher)
 
 
@@ -340,13 +371,21 @@ def train_retriever(
     init_from: Path | None = None,
     blocklist: Path | None = None,
     teacher_score: str | None = None,
+    teacher_filter: TeacherReplyFilter | Literal["preset"] | None = "preset",
     resume: bool = True,
     seed: int = 0,
 ) -> Manifest | None:
     """Train a bi-encoder (``biencoder`` on D, ``g2r-d`` on D^G, ``g2r-dm`` on D^G with eq. 5),
-    index its response set and write the retriever bundle; returns None on non-main ranks."""
+    index its response set and write the retriever bundle; returns None on non-main ranks.
+
+    ``teacher_filter``: the quality bar for teacher replies (None = off); ``"preset"`` = the
+    preset's ``teacher_filter`` when it has one, else off.
+    """
     assert method in METHODS, f"unknown method {method!r}; choose one of {METHODS}"
     score = teacher_score or preset.teacher_score
+    if teacher_filter == "preset":
+        teacher_filter = getattr(preset, "teacher_filter", None)
+    assert teacher_filter is None or isinstance(teacher_filter, TeacherReplyFilter)
     augmented = None
     teacher_name = None
     if method != "biencoder":
@@ -360,7 +399,11 @@ def train_retriever(
     response_filter = ResponseFilter(
         preset.response_min_tokens, preset.response_max_tokens, tuple(blocked)
     )
-    data = build_retrieval_data(train_examples, augmented, response_filter, score=score)
+    if augmented is None:
+        teacher_filter = None
+    data = build_retrieval_data(
+        train_examples, augmented, response_filter, score=score, teacher_filter=teacher_filter
+    )
     trainset = RetrievalTrainSet(
         data,
         tokenizer,
@@ -433,6 +476,7 @@ def train_retriever(
         "blocklist": str(blocklist) if blocklist else None,
         "response_min_tokens": preset.response_min_tokens,
         "response_max_tokens": preset.response_max_tokens,
+        "teacher_filter": asdict(teacher_filter) if teacher_filter is not None else None,
         "counts": data.stats,
     }
     metrics: dict[str, Any] = {k: best[k] for k in ("hits@1", "hits@5", "hits_k") if k in best}
@@ -482,6 +526,7 @@ def build_retriever(
     init_from: Path | None = None,
     blocklist: Path | None = DEFAULT_BLOCKLIST,
     teacher_score: str | None = None,
+    teacher_filter: TeacherReplyFilter | Literal["preset"] | None = "preset",
     resume: bool = True,
     seed: int = 0,
 ) -> Manifest | None:
@@ -536,6 +581,7 @@ def build_retriever(
         init_from=init_from,
         blocklist=blocklist,
         teacher_score=teacher_score,
+        teacher_filter=teacher_filter,
         resume=resume,
         seed=seed,
     )

@@ -86,6 +86,20 @@ def add_parsers(sub: Any) -> None:
         "../shared/data/blocklist/en.txt",
     )
     p.add_argument("--score", choices=["ll", "mi"], help="teacher score for g2r-dm (eq. 3 or 6)")
+    p.add_argument(
+        "--teacher-filter",
+        choices=["preset", "default", "none"],
+        default="preset",
+        help="quality bar for teacher replies entering D^G and R^G (training/g2r_filter.py): "
+        "'preset' (default) = the preset's, off when it has none; 'default' = "
+        "TeacherReplyFilter()'s defaults; 'none' = off",
+    )
+    p.add_argument(
+        "--teacher-min-score-quantile",
+        type=float,
+        help="with a teacher filter: keep replies the teacher scores at least this quantile of "
+        "its scores of all its replies (default 0.25)",
+    )
     p.add_argument("--max-steps", type=int, help="override the preset's step budget")
 
     p = sub.add_parser("build-index", help="rebuild the index of a retriever bundle")
@@ -187,6 +201,7 @@ def _train_retriever(args: argparse.Namespace, ctx: Any) -> None:
         else:
             shape = read_manifest(teacher_bundle).model_config.get("seq2seq", {})
             logger.info("no warm start: the teacher's encoder %s differs from the preset's", shape)
+    teacher_filter = _teacher_filter(args, rp)
     name = args.name or args.out.name
     manifest = build_retriever(
         method=args.method,
@@ -203,8 +218,26 @@ def _train_retriever(args: argparse.Namespace, ctx: Any) -> None:
         init_from=init_from,
         blocklist=_optional_path(args.blocklist, DEFAULT_BLOCKLIST),
         teacher_score=args.score,
+        teacher_filter=teacher_filter,
         resume=not args.no_resume,
         seed=args.seed,
     )
     if manifest is not None:
         print(json.dumps(manifest.to_dict(), indent=2))
+
+
+def _teacher_filter(args: argparse.Namespace, preset: Any) -> Any:
+    """The --teacher-filter choice as a TeacherReplyFilter or None (--teacher-min-score-quantile
+    overrides its score quantile)."""
+    from training.g2r_filter import TeacherReplyFilter
+
+    chosen = {
+        "preset": getattr(preset, "teacher_filter", None),
+        "default": TeacherReplyFilter(),
+        "none": None,
+    }[args.teacher_filter]
+    if args.teacher_min_score_quantile is not None:
+        if chosen is None:
+            raise SystemExit("--teacher-min-score-quantile needs a teacher filter")
+        chosen = replace(chosen, min_score_teacher_quantile=args.teacher_min_score_quantile)
+    return chosen
