@@ -466,3 +466,18 @@ def update_metrics(bundle_dir: Path, metrics: Mapping[str, Any]) -> Manifest:
     _fsync_dir(bundle_dir)
     logger.info("updated metrics of bundle %s: %s", updated.bundle_id, ", ".join(sorted(metrics)))
     return updated
+
+
+# --- the build's choice of bundles ---------------------------------------------------------------
+
+SERVING_FILE = "serving.json"  # written by `python -m training build` (training/selection.py)
+
+
+def read_serving(models_dir: Path) -> dict[str, Any] | None:
+    """``<models_dir>/serving.json`` ({"generative": name, "retrieval": name, "why": ...}), or None
+    when it is absent or unreadable."""
+    try:
+        data = json.loads((Path(models_dir) / SERVING_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from models.bundle import BundleError, Manifest, find_bundles, read_manifest
+from models.bundle import BundleError, Manifest, find_bundles, read_manifest, read_serving
 from models.text import normalize_text
 from service.backends import Answer, Backend, BatchLimits, GenerativeBackend, RetrievalBackend
 from service.device import resolve_device, serving_dtype
@@ -47,11 +47,21 @@ _OUTCOME_OF: dict[type[ServiceError], str] = {
 }
 
 
+_DEFAULT_BUNDLE = {"generative": "generator-nd", "retrieval": "retriever-g2r", "safety": ""}
+
+
 def select_bundle(models_dir: Path, backend: str, wanted: str) -> Path | None:
     """The bundle for ``backend``: the one named ``wanted`` (directory or manifest name), else
     the newest whose directory name starts with it (``retriever-g2r`` -> ``retriever-g2r-dm``),
-    else the first of the right kind; None when there is none."""
+    else the first of the right kind; None when there is none.
+
+    ``wanted == "auto"`` means the bundle the build chose for ``backend`` in
+    ``<models_dir>/serving.json`` (the least generic generator of comparable perplexity, see
+    training/selection.py), else the historical default name for it."""
     kind = _KIND_OF[backend]
+    if wanted == "auto":
+        chosen = (read_serving(models_dir) or {}).get(backend)
+        wanted = chosen if isinstance(chosen, str) and chosen else _DEFAULT_BUNDLE[backend]
     candidates: list[tuple[Path, Manifest]] = []
     for path in find_bundles(models_dir):
         try:

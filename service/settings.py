@@ -18,10 +18,10 @@ class Settings(BaseSettings):
 
     # --- where and what to serve
     models_dir: Path = Path("artifacts")  # folder of bundles written by training
-    generative_bundle: str = (
-        "generator-nd"  # preferred generator bundle (directory or manifest name)
-    )
-    retrieval_bundle: str = "retriever-g2r"  # preferred retriever bundle
+    # preferred bundles (directory or manifest name); "auto" = the build's choice in
+    # <models_dir>/serving.json (training/selection.py), else generator-nd / retriever-g2r
+    generative_bundle: str = "auto"
+    retrieval_bundle: str = "auto"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when present, else CPU

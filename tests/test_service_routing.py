@@ -92,10 +92,24 @@ def test_settings_defaults_match_the_design() -> None:
     assert settings.models_dir == Path("artifacts") and settings.port == 8000
     assert settings.device == "auto" and settings.fallback is True and settings.admin_token is None
     assert settings.ab_weights == {"generative": 0.2, "retrieval": 0.8}
-    assert (settings.generative_bundle, settings.retrieval_bundle) == (
-        "generator-nd",
-        "retriever-g2r",
+    assert (settings.generative_bundle, settings.retrieval_bundle) == ("auto", "auto")
+
+
+def test_select_bundle_auto_follows_the_builds_choice(tmp_path: Path) -> None:
+    build_tiny_bundles(tmp_path)
+    # No serving.json: the historical names.
+    assert select_bundle(tmp_path, "generative", "auto") == tmp_path / "generator-nd"
+    assert select_bundle(tmp_path, "retrieval", "auto") == tmp_path / "retriever-g2r"
+    shutil.copytree(tmp_path / "generator-nd", tmp_path / "generator-standard")
+    manifest = json.loads((tmp_path / "generator-standard" / "manifest.json").read_text())
+    manifest["name"] = "generator-standard"
+    (tmp_path / "generator-standard" / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "serving.json").write_text(
+        json.dumps({"generative": "generator-standard", "retrieval": "retriever-g2r", "why": {}})
     )
+    assert select_bundle(tmp_path, "generative", "auto") == tmp_path / "generator-standard"
+    # An explicit name still wins over the build's choice.
+    assert select_bundle(tmp_path, "generative", "generator-nd") == tmp_path / "generator-nd"
 
 
 def test_select_bundle_prefers_the_named_then_a_prefix_then_any_of_the_kind(tmp_path: Path) -> None:

@@ -42,7 +42,21 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 
 def _common(p: argparse.ArgumentParser, *, preset: bool = True) -> None:
     if preset:
-        p.add_argument("--preset", default="small", help="tiny | small | paper (default: small)")
+        p.add_argument(
+            "--preset", default="small", help="tiny | small | base | paper (default: small)"
+        )
+        p.add_argument(
+            "--context-turns",
+            type=int,
+            default=0,
+            help="most recent turns the models read (default: the preset's)",
+        )
+        p.add_argument(
+            "--max-source-len",
+            type=int,
+            default=0,
+            help="source pieces kept (default: the preset's)",
+        )
     p.add_argument(
         "--data",
         type=Path,
@@ -60,6 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads (default: OMP_NUM_THREADS, else usable cores / local ranks)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("build", help="tokenizer, standard generator and its evaluation")
@@ -172,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from training.distributed import set_training_threads
+
+    threads = set_training_threads(args.threads)
+    logging.getLogger("training").debug("torch intra-op threads: %d", threads)
     try:
         return _dispatch(args)
     except (DataFormatError, FileNotFoundError, ValueError, BundleError) as exc:
@@ -246,6 +270,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
 
     preset = get_preset(args.preset)
+    if args.context_turns or args.max_source_len:
+        from training.presets import with_context_turns
+
+        preset = with_context_turns(
+            preset, args.context_turns or preset.inputs.max_context_turns, args.max_source_len
+        )
     ctx = init_distributed(args.device)
     try:
         if args.command == "build":

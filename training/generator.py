@@ -67,6 +67,15 @@ class PairSet:
     def lengths(self) -> list[int]:
         return [len(s) + len(t) for s, t in zip(self.src, self.tgt, strict=True)]
 
+    def bucket_keys(self, src_granularity: int = 4) -> list[tuple[int, int]]:
+        """Sort keys for :func:`bucketed_batches`: source length in steps of ``src_granularity``,
+        then target length. Source and target are padded separately, so sorting on both cuts
+        padding from 38% (sorting on their sum) to 10% of the tokens of a ``small`` epoch
+        (benchmarks/train_throughput.py reports it)."""
+        return [
+            (len(s) // src_granularity, len(t)) for s, t in zip(self.src, self.tgt, strict=True)
+        ]
+
     def collate(self, indices: Sequence[int], device: torch.device | str = "cpu") -> Seq2SeqBatch:
         tgt_in, tgt_out = self.tokenizer.decoder_io([self.tgt[i] for i in indices])
         src = self.tokenizer.pad([self.src[i] for i in indices])
@@ -74,10 +83,12 @@ class PairSet:
 
 
 def bucketed_batches(
-    lengths: Sequence[int], batch_size: int, *, seed: int, epoch: int, bucket_batches: int = 50
+    lengths: Sequence[Any], batch_size: int, *, seed: int, epoch: int, bucket_batches: int = 200
 ) -> list[list[int]]:
     """One epoch of batches: shuffle, sort within buckets of ``bucket_batches`` batches by length
-    (less padding), cut into batches, shuffle the batches. A pure function of (seed, epoch)."""
+    (less padding), cut into batches, shuffle the batches. A pure function of (seed, epoch).
+
+    ``lengths`` are sort keys: an int per example, or a tuple (e.g. :meth:`PairSet.bucket_keys`)."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
     span = batch_size * bucket_batches
@@ -183,7 +194,7 @@ def run_generator_training(
 ) -> TrainResult:
     """Fit ``model`` with ``objective`` and load its best validated weights back into it."""
     cfg = replace(preset.generator.train, **(train_overrides or {}))
-    lengths = train_pairs.lengths()
+    lengths = train_pairs.bucket_keys()
     trainer = Trainer(
         model,
         objective,

@@ -22,13 +22,14 @@ from models.generator import GenerativeResponder
 from models.tokenizer import DialogueTokenizer
 from training.data import DialogueSplits, load_splits, training_response_token_counts
 from training.distributed import DistContext, barrier
-from training.evaluate import evaluate_generator, markdown_report
+from training.evaluate import STANDARD_DECODINGS, evaluate_generator, markdown_report
 from training.g2r import build_retriever
 from training.generator import train_mle_generator
 from training.nd import NegativeSet, negative_set, train_nd_student
 from training.presets import Preset
 from training.safety_classifier import SAFETY_CLASSIFIER
 from training.safety_classifier import build_stage as build_safety_classifier
+from training.selection import SelectionRule, select_generator, write_serving
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +186,24 @@ def build(
         max_steps=preset.nd.student_steps or None,
     )
 
-    # G2R: the teacher is the ND student, the generator this product serves and the least generic
-    # one by design; its replies enrich the retriever's training pairs and response set.
+    # The served generator: the least generic of those that model the validation split about as
+    # well as the best (training/selection.py). It is also the G2R teacher.
+    stage_start = time.perf_counter()
+    selection = (
+        select_served_generator([standard, student], splits, preset, paths, device=str(ctx.device))
+        if ctx.is_main
+        else None
+    )
+    barrier(ctx)
+    served = paths.out_dir / (
+        selection["chosen"]
+        if selection
+        else json.loads((paths.run_dir(preset, "selection") / "selection.json").read_text())[
+            "chosen"
+        ]
+    )
+    timings["select_generator_s"] = time.perf_counter() - stage_start
+
     retriever = paths.out_dir / G2R_RETRIEVER
     stage_start = time.perf_counter()
     if existing_bundle(retriever, preset):
@@ -202,13 +219,20 @@ def build(
             run_dir=paths.run_dir(preset, G2R_RETRIEVER),
             dist_ctx=ctx,
             data_desc=data_desc,
-            augmentation_dir=paths.run_dir(preset, "g2r-augment"),
-            teacher=student,
+            augmentation_dir=paths.run_dir(preset, f"g2r-augment-{served.name}"),
+            teacher=served,
             resume=resume,
             seed=seed,
         )
     barrier(ctx)
     timings[f"{G2R_RETRIEVER}_s"] = time.perf_counter() - stage_start
+    if ctx.is_main:
+        write_serving(
+            paths.out_dir,
+            served.name,
+            G2R_RETRIEVER if retriever.is_dir() else None,
+            selection,
+        )
 
     summary: dict[str, Any] = {
         "preset": preset.name,
@@ -216,6 +240,7 @@ def build(
         + ([str(safety)] if safety.is_dir() else []),
         "data": splits.stats,
         "negative_set": {"pairs": len(dn.examples), "threshold": dn.threshold},
+        "served_generator": served.name,
     }
     if ctx.is_main:
         summary["evaluation"] = {}
@@ -231,6 +256,37 @@ def build(
     timings["total_s"] = time.perf_counter() - started
     summary["timings"] = timings
     return summary
+
+
+def select_served_generator(
+    bundles: list[Path], splits: DialogueSplits, preset: Preset, paths: BuildPaths, device: str
+) -> dict[str, Any]:
+    """Evaluate each generator on the validation split (perplexity and greedy replies) and pick
+    the one to serve by :func:`training.selection.select_generator`; the record of why is kept
+    in ``runs/<preset>/selection/selection.json`` (and reused on a rerun with the same bundles)."""
+    out = paths.run_dir(preset, "selection") / "selection.json"
+    ids = {b.name: verify_bundle(b).bundle_id for b in bundles}
+    if out.exists():
+        previous = json.loads(out.read_text())
+        if previous.get("bundle_ids") == ids:
+            logger.info("served generator: %s (chosen before, %s)", previous["chosen"], out)
+            return dict(previous)
+    n = preset.eval_examples
+    val = splits.validation[:n] if n else splits.validation
+    counts = training_response_token_counts(splits.train)
+    evaluations = {}
+    for bundle in bundles:
+        responder = GenerativeResponder.load(bundle, device=device)
+        result = evaluate_generator(
+            responder, val, counts, decodings={"greedy": STANDARD_DECODINGS["greedy"]}, n_samples=0
+        )
+        evaluations[bundle.name] = {"perplexity": result["perplexity"], **result["decodings"]}
+    chosen, record = select_generator(evaluations, SelectionRule())
+    record.update(split="validation", pairs=len(val), bundle_ids=ids)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2))
+    logger.info("served generator: %s (%s)", chosen, record["criterion"])
+    return record
 
 
 def write_negative_set_report(dn: NegativeSet, n_train: int, path: Path) -> None:

@@ -23,7 +23,7 @@ Retrieval side (``Preset.retriever``), measured for ``small``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from models.biencoder import BiEncoderConfig
 from models.decoding import DecodingConfig
@@ -320,6 +320,29 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def with_context_turns(preset: Preset, turns: int, max_source_len: int = 0) -> Preset:
+    """``preset`` reading the last ``turns`` turns (generators and retriever alike), with an
+    optional new source length; how the 1- vs multi-turn measurements are run."""
+    if turns < 1:
+        raise ValueError(f"context turns must be >= 1, got {turns}")
+    inputs = replace(
+        preset.inputs,
+        max_context_turns=turns,
+        max_source_len=max_source_len or preset.inputs.max_source_len,
+    )
+    retriever = preset.retriever
+    if retriever is not None:
+        retriever = replace(
+            retriever,
+            inputs=replace(
+                retriever.inputs,
+                max_context_turns=turns,
+                max_source_len=max_source_len or retriever.inputs.max_source_len,
+            ),
+        )
+    return replace(preset, inputs=inputs, retriever=retriever)
 
 
 def get_retriever_preset(name: str) -> RetrieverPreset:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from training.distributed import DistContext, barrier
+from training.distributed import DistContext, barrier, bf16_autocast_supported
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,9 @@ class TrainConfig:
     keep: str = "best"  # best (lowest val_loss, early stopping) | last (fine-tunes: no stopping)
     log_every: int = 10
     seed: int = 0
-    amp: bool = True  # bf16 autocast, CUDA only
+    # bf16 autocast where the device has native bf16 (CUDA; CPUs with AVX512-BF16 or AMX): 1.3x the
+    # tokens/s of fp32 on this workplace's CPU with the same loss curve (reports/train_throughput.md)
+    amp: bool = True
     progress: bool = True  # tqdm bar on rank 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -277,7 +279,7 @@ class Trainer:
             torch.manual_seed(self.cfg.seed)
             if self.ctx.is_main:
                 (self.run_dir / LOG_FILE).unlink(missing_ok=True)  # a fresh run starts a fresh log
-        use_amp = self.cfg.amp and self.ctx.device.type == "cuda"
+        use_amp = self.cfg.amp and bf16_autocast_supported(self.ctx.device)
         self.model.train()
         bar = tqdm(
             total=self.cfg.max_steps,

@@ -1,0 +1,56 @@
+"""The served-generator rule (training/selection.py) and the serving.json the service reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from models.bundle import read_serving
+from training.selection import SelectionRule, select_generator, write_serving
+
+
+def _eval(ppl: float, max_ratio: float, dist2: float) -> dict[str, object]:
+    return {"perplexity": ppl, "greedy": {"max-ratio": max_ratio, "dist-2": dist2, "bleu-4": 0.01}}
+
+
+def test_least_generic_among_comparable_perplexity_wins() -> None:
+    chosen, record = select_generator(
+        {
+            "standard": _eval(50.0, 0.30, 0.010),
+            "nd": _eval(53.0, 0.12, 0.020),  # within 1.10x: eligible and less generic
+            "wild": _eval(80.0, 0.01, 0.200),  # diverse because it models the data badly
+        }
+    )
+    assert chosen == "nd"
+    assert record["candidates"]["wild"]["eligible"] is False
+    assert record["candidates"]["nd"]["eligible"] is True
+    assert "max-ratio" in record["criterion"]
+
+
+def test_near_equal_max_ratio_goes_to_higher_dist2() -> None:
+    chosen, _ = select_generator(
+        {"a": _eval(50.0, 0.201, 0.010), "b": _eval(50.5, 0.203, 0.030)},
+        SelectionRule(tie=0.01),
+    )
+    assert chosen == "b"
+
+
+def test_perplexity_gate_can_exclude_the_least_generic() -> None:
+    evals = {"standard": _eval(50.0, 0.30, 0.01), "nd": _eval(60.0, 0.10, 0.02)}
+    assert select_generator(evals, SelectionRule(max_ppl_ratio=1.1))[0] == "standard"
+    assert select_generator(evals, SelectionRule(max_ppl_ratio=1.3))[0] == "nd"
+
+
+def test_no_candidates_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no generator"):
+        select_generator({})
+
+
+def test_serving_file_round_trip(tmp_path: Path) -> None:
+    assert read_serving(tmp_path) is None
+    write_serving(tmp_path, "generator-standard", "retriever-g2r", {"chosen": "generator-standard"})
+    data = read_serving(tmp_path)
+    assert data is not None and data["generative"] == "generator-standard"
+    (tmp_path / "serving.json").write_text("{not json")
+    assert read_serving(tmp_path) is None

@@ -1,0 +1,86 @@
+"""Which generator the service serves: the least generic of those that model the data about as well
+as the best, chosen on the validation split and recorded in ``<artifacts>/serving.json``.
+
+The rule (``SelectionRule``):
+
+1. candidates = the generators whose validation perplexity is within ``max_ppl_ratio`` of the
+   lowest one (a generator that is diverse because it models the data badly is not a candidate);
+2. among them, the lowest greedy max-ratio (the share of the most frequent reply: what a user
+   sees as "it always says the same thing"); ties within ``tie`` go to the higher greedy Dist-2.
+
+Selection never looks at the test split, so the test figures in the reports stay unbiased.
+The service reads ``serving.json`` when its ``GENERATIVE_BUNDLE`` setting is ``auto`` (the
+default).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from models.bundle import SERVING_FILE
+
+
+@dataclass(frozen=True)
+class SelectionRule:
+    max_ppl_ratio: float = 1.10  # candidates: validation perplexity <= 1.10 x the best
+    tie: float = 0.01  # max-ratios closer than this are a tie, broken by Dist-2
+
+
+def select_generator(
+    evaluations: Mapping[str, Mapping[str, Any]], rule: SelectionRule = SelectionRule()
+) -> tuple[str, dict[str, Any]]:
+    """``evaluations``: name -> {"perplexity": float, "greedy": {"max-ratio", "dist-2", ...}}.
+
+    Returns the chosen name and a record of why (the rule, every candidate's figures, who was
+    excluded by perplexity)."""
+    if not evaluations:
+        raise ValueError("no generator evaluations to choose from")
+    best_ppl = min(float(e["perplexity"]) for e in evaluations.values())
+    eligible = {
+        name: e
+        for name, e in evaluations.items()
+        if float(e["perplexity"]) <= rule.max_ppl_ratio * best_ppl
+    }
+
+    def key(name: str) -> tuple[float, float]:
+        g = eligible[name]["greedy"]
+        # Bucket max-ratio by the tie width so near-equal values fall to Dist-2.
+        return (round(float(g["max-ratio"]) / rule.tie), -float(g["dist-2"]))
+
+    chosen = min(sorted(eligible), key=key)
+    record = {
+        "chosen": chosen,
+        "criterion": (
+            f"lowest greedy max-ratio on the validation split among generators with validation "
+            f"perplexity <= {rule.max_ppl_ratio:g} x the best ({best_ppl:.2f}); max-ratios within "
+            f"{rule.tie:g} tie and go to the higher Dist-2"
+        ),
+        "rule": asdict(rule),
+        "candidates": {
+            name: {
+                "perplexity": float(e["perplexity"]),
+                "max-ratio": float(e["greedy"]["max-ratio"]),
+                "dist-2": float(e["greedy"]["dist-2"]),
+                "bleu-4": float(e["greedy"].get("bleu-4", float("nan"))),
+                "eligible": name in eligible,
+            }
+            for name, e in evaluations.items()
+        },
+    }
+    return chosen, record
+
+
+def write_serving(out_dir: Path, generative: str | None, retrieval: str | None, why: Any) -> Path:
+    """Atomically write ``serving.json``: the bundles the service should load and why."""
+    path = out_dir / SERVING_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps({"generative": generative, "retrieval": retrieval, "why": why}, indent=2)
+    )
+    os.replace(tmp, path)
+    return path
