@@ -19,6 +19,7 @@ from training.pipeline import (
     G2R_RETRIEVER,
     ND_STUDENT,
     NEGATIVE_TEACHER,
+    NT_GENERATOR,
     STANDARD_GENERATOR,
     BuildPaths,
     build,
@@ -47,8 +48,32 @@ def test_build_tiny_writes_a_verified_generator_bundle(tiny_build: tuple[Path, d
     assert manifest.training["preset"] == "tiny" and manifest.training["method"] == "mle"
     assert manifest.training["steps"] == PRESETS["tiny"].generator.train.max_steps
     assert "test_perplexity" in manifest.metrics and "test_greedy_dist-2" in manifest.metrics
-    assert set(summary["evaluation"]) == {STANDARD_GENERATOR, ND_STUDENT}
+    assert set(summary["evaluation"]) == {STANDARD_GENERATOR, ND_STUDENT, NT_GENERATOR}
     assert set(summary["evaluation"][ND_STUDENT]) == {"perplexity", "greedy", "beam5"}
+
+
+def test_build_serves_the_generator_its_rule_chose(tiny_build: tuple[Path, dict]) -> None:
+    from models.bundle import read_serving
+
+    base, summary = tiny_build
+    serving = read_serving(base / "artifacts")
+    assert serving is not None
+    assert serving["generative"] == summary["served_generator"]
+    assert serving["generative"] in {STANDARD_GENERATOR, ND_STUDENT, NT_GENERATOR}
+    assert serving["retrieval"] == G2R_RETRIEVER
+    why = serving["why"]
+    assert why["split"] == "validation" and set(why["candidates"]) == {
+        STANDARD_GENERATOR,
+        ND_STUDENT,
+        NT_GENERATOR,
+    }
+    eligible = [n for n, c in why["candidates"].items() if c["eligible"]]
+    best = min(eligible, key=lambda n: why["candidates"][n]["max-ratio"])
+    assert (
+        why["candidates"][why["chosen"]]["max-ratio"] <= why["candidates"][best]["max-ratio"] + 0.01
+    )
+    nt = verify_bundle(base / "artifacts" / NT_GENERATOR)
+    assert nt.training["method"] == "nt" and nt.training["steps"] == PRESETS["tiny"].nt_steps
     run_dir = base / "runs" / "tiny" / STANDARD_GENERATOR
     assert (run_dir / "loss_curve.png").exists() and (run_dir / "eval-test.md").exists()
 

@@ -187,3 +187,14 @@ def test_early_stopping_stops_after_patience_evals_without_improvement(
     assert (result.state.step, result.state.best_step, result.state.best_val) == (5, 2, 2.0)
     assert result.state.stop_reason.startswith("early stop")
     assert json.loads((tmp_path / LOG_FILE).read_text().splitlines()[-1])["step"] == 5
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero() -> None:
+    from training.trainer import linear_warmup_decay
+
+    peak, warm, total = 2e-3, 10, 110
+    assert linear_warmup_decay(1, peak, warm, total) == pytest.approx(peak / 10)
+    assert linear_warmup_decay(10, peak, warm, total) == pytest.approx(peak)
+    assert linear_warmup_decay(60, peak, warm, total) == pytest.approx(peak / 2)
+    assert linear_warmup_decay(110, peak, warm, total) == 0.0
+    assert linear_warmup_decay(500, peak, warm, total) == 0.0

@@ -125,8 +125,16 @@ def smoothed_nll(logits: Tensor, targets: Tensor, pad_id: int, label_smoothing: 
 
 def fine_tune_overrides(base: GenerativeResponder, preset: Preset) -> dict[str, Any]:
     """Trainer settings for a fixed-budget fine-tune of ``base`` (NT, UL, ND from a trained
-    model): a constant learning rate where the base's eq. 17 schedule ended, keep the last weights."""
+    model): a constant learning rate, keep the last weights. The rate is where the base's eq. 17
+    schedule ended; a base trained with the linear schedule ended at 0, so its fine-tunes run at
+    ``preset.generator.fine_tune_lr_fraction`` of its peak."""
     tc = preset.generator.train
+    if tc.lr_schedule == "linear":
+        return {
+            "lr_schedule": "constant",
+            "lr": tc.lr * preset.generator.fine_tune_lr_fraction,
+            "keep": "last",
+        }
     base_steps = tc.max_steps
     if base.manifest is not None:
         base_steps = int(base.manifest.training.get("steps", tc.max_steps))

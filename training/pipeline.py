@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 STANDARD_GENERATOR = "generator-standard"
 NEGATIVE_TEACHER = "generator-negative-teacher"
 ND_STUDENT = "generator-nd"
+NT_GENERATOR = "generator-nt"
 G2R_RETRIEVER = "retriever-g2r"
 
 
@@ -95,7 +96,17 @@ def existing_bundle(path: Path, preset: Preset) -> bool:
 def evaluate_bundle(
     bundle_dir: Path, splits: DialogueSplits, preset: Preset, out_json: Path, device: str = "cpu"
 ) -> dict[str, Any]:
-    """Evaluate a generator bundle on the test split, record it in the manifest and on disk."""
+    """Evaluate a generator bundle on the test split, record it in the manifest and on disk;
+    an evaluation of the same bundle (same id) on disk is reused, not redone."""
+    bundle_id = verify_bundle(bundle_dir).bundle_id
+    if out_json.exists():
+        try:
+            previous = json.loads(out_json.read_text())
+        except ValueError:
+            previous = {}
+        if previous.get("model") == bundle_id and previous.get("preset") == preset.name:
+            logger.info("%s: evaluated before (%s); not redone", bundle_dir.name, out_json)
+            return dict(previous)
     responder = GenerativeResponder.load(bundle_dir, device=device)
     test = splits.test[: preset.eval_examples] if preset.eval_examples else splits.test
     counts = training_response_token_counts(splits.train)
@@ -186,11 +197,23 @@ def build(
         max_steps=preset.nd.student_steps or None,
     )
 
+    candidates = [standard, student]
+    if preset.nt_steps:
+        candidates.append(
+            stage(
+                NT_GENERATOR,
+                _train_nt,
+                base_bundle=standard,
+                train_examples=splits.train,
+                max_steps=preset.nt_steps,
+            )
+        )
+
     # The served generator: the least generic of those that model the validation split about as
     # well as the best (training/selection.py). It is also the G2R teacher.
     stage_start = time.perf_counter()
     selection = (
-        select_served_generator([standard, student], splits, preset, paths, device=str(ctx.device))
+        select_served_generator(candidates, splits, preset, paths, device=str(ctx.device))
         if ctx.is_main
         else None
     )
@@ -206,13 +229,23 @@ def build(
 
     retriever = paths.out_dir / G2R_RETRIEVER
     stage_start = time.perf_counter()
+    # The retriever may read more turns than the generators (its own InputConfig): then its
+    # pairs are loaded, deduplicated and de-leaked at its context length.
+    retriever_splits = splits
+    if (
+        preset.retriever is not None
+        and preset.retriever.inputs.max_context_turns != preset.inputs.max_context_turns
+    ):
+        retriever_splits = prepare_splits(
+            replace(preset, inputs=preset.retriever.inputs), paths.data_dir
+        )
     if existing_bundle(retriever, preset):
         logger.info("%s exists and verifies; skipping G2R", retriever)
     elif preset.retriever is not None:
         build_retriever(
             method="g2r-dm",
             preset=preset.retriever,
-            splits=splits,
+            splits=retriever_splits,
             tokenizer=tokenizer,
             out_dir=retriever,
             name=G2R_RETRIEVER,
@@ -244,7 +277,7 @@ def build(
     }
     if ctx.is_main:
         summary["evaluation"] = {}
-        for bundle in (standard, student):
+        for bundle in candidates:
             stage_start = time.perf_counter()
             eval_json = paths.run_dir(preset, bundle.name) / "eval-test.json"
             result = evaluate_bundle(bundle, splits, preset, eval_json, device=str(ctx.device))
@@ -256,6 +289,14 @@ def build(
     timings["total_s"] = time.perf_counter() - started
     summary["timings"] = timings
     return summary
+
+
+def _train_nt(*, tokenizer: DialogueTokenizer, **kwargs: Any) -> Any:
+    """``build``'s NT stage: He & Glass's fine-tune of the standard model (its own tokenizer)."""
+    from training.baselines import train_nt_generator
+
+    del tokenizer  # the base bundle carries it
+    return train_nt_generator(**kwargs)
 
 
 def select_served_generator(

@@ -1,10 +1,16 @@
 """Named, committed training configurations. Every report says which preset produced it.
 
 * ``tiny``: tests; seconds; meaningless replies.
-* ``small``: what ``make run`` builds on a 2-core CPU (the whole pipeline within ~15 minutes), so
-  the model is small and the generator sees a fraction of an epoch.
+* ``small``: what ``make run`` builds on a 2-core CPU, the whole pipeline within ~15 minutes of an
+  idle machine (README: measured wall time). Training runs in bf16 on both cores with tight
+  length buckets (reports/train_throughput.md: 1.56x the tokens/s of the old fp32 loop), which
+  buys about one epoch for the generator; the build also fine-tunes an NT model and serves the
+  least generic generator of comparable perplexity (training/selection.py).
+* ``base``: the reproduction preset, ~2 hours for the whole pipeline on the same CPU: 3+3 layers
+  for several epochs, ND from scratch as in the paper, a 2-layer retriever on 3-turn contexts.
+  Every stage resumes from its last checkpoint, so it can run across sessions.
 * ``paper``: the ND paper's generator (6+6 layers, d=512, 8 heads, FFN 2048, dropout 0.1,
-  batch 256, warm-up 128000 as in its eq. 17 appendix); for a GPU.
+  batch 256, warm-up 128000 as in its eq. 17 appendix); for a GPU. Single-turn, as the paper.
 
 Retrieval side (``Preset.retriever``), measured for ``small``:
 
@@ -30,6 +36,7 @@ from models.decoding import DecodingConfig
 from models.generator import InputConfig
 from models.retriever import IndexConfig
 from models.seq2seq import Seq2SeqConfig
+from training.g2r_filter import TeacherReplyFilter
 from training.trainer import TrainConfig
 
 
@@ -80,6 +87,8 @@ class RetrieverPreset:
     response_max_tokens: int = 60
     index: IndexConfig = field(default_factory=IndexConfig)
     warm_start: bool = True  # copy a same-shaped generator's encoder into both encoders
+    # the quality bar teacher replies pass to enter D^G and R^G (None = every reply enters)
+    teacher_filter: TeacherReplyFilter | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,9 @@ class GeneratorPreset:
     model: Seq2SeqConfig
     train: TrainConfig
     val_examples: int  # validation pairs used for the early-stopping loss (0 = all)
+    # fine-tunes (NT, UL, ND from the standard model) of a base trained with the linear schedule
+    # run at this share of its peak learning rate (training/generator.py fine_tune_overrides)
+    fine_tune_lr_fraction: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -123,6 +135,9 @@ class Preset:
     retriever: RetrieverPreset | None = None  # the G2R retriever built from this preset
     eval_examples: int = 0  # test pairs scored by `evaluate` (0 = the whole split)
     max_train_examples: int = 0  # 0 = the whole training split
+    # NT (He & Glass 2020, Alg. 2) fine-tune of the standard model that `build` adds to the
+    # served-generator candidates (training/selection.py); 0 = not built
+    nt_steps: int = 0
 
 
 PRESETS: dict[str, Preset] = {
@@ -188,12 +203,15 @@ PRESETS: dict[str, Preset] = {
         decoding=DecodingConfig(max_length=12),
         eval_examples=64,
         max_train_examples=2000,
+        nt_steps=2,
     ),
     "small": Preset(
         name="small",
         retriever=RetrieverPreset(
             name="small",
-            inputs=InputConfig(max_context_turns=1, max_source_len=48, max_target_len=32),
+            # The retriever reads the last 3 turns (the generators read 1): reports/quality_small.md
+            # measured both; multi-turn context helps retrieval and, at this budget, not generation.
+            inputs=InputConfig(max_context_turns=3, max_source_len=64, max_target_len=32),
             # One narrow layer: on 2 CPU cores the step count matters more than depth (module doc).
             model=BiEncoderConfig(
                 d_model=128,
@@ -205,25 +223,28 @@ PRESETS: dict[str, Preset] = {
                 embed_dim=128,
             ),
             train=TrainConfig(
-                max_steps=800,
+                max_steps=1200,
                 batch_size=128,
                 warmup_steps=60,
                 lr_scale=0.15,  # peak lr 0.15 / sqrt(60) / sqrt(128) = 1.7e-3
                 lr_dim=128,
-                eval_every=200,
+                eval_every=300,
                 patience=3,
                 log_every=20,
             ),
             augment=AugmentConfig(
-                m=4, min_lengths=(5, 10), max_length=32, max_contexts=2000, batch_contexts=32
+                m=4, min_lengths=(5, 10), max_length=32, max_contexts=1500, batch_contexts=32
             ),
             positives_per_context=5,
             random_negatives=16,
             val_examples=1000,
             response_max_tokens=40,
             warm_start=False,  # the small generator is d=256; a d=256 bi-encoder learned too slowly
+            teacher_filter=TeacherReplyFilter(),
         ),
         vocab_size=4000,
+        # Single-turn generators: at 1,000 updates a 3-turn model reached the same perplexity but
+        # was more generic (greedy max-ratio .455 vs .285), at 1.8x the cost per update.
         inputs=InputConfig(max_context_turns=1, max_source_len=48, max_target_len=32),
         generator=GeneratorPreset(
             model=Seq2SeqConfig(
@@ -236,21 +257,90 @@ PRESETS: dict[str, Preset] = {
                 max_positions=128,
             ),
             train=TrainConfig(
-                max_steps=700,
+                # bf16 and tighter buckets (reports/train_throughput.md) buy 1,100 updates (1.05
+                # epochs) where 700 fit before.
+                max_steps=1100,
                 batch_size=64,
                 warmup_steps=200,
                 lr_scale=0.5,  # peak lr 2.2e-3: eq. 17 with a 200-step warm-up peaks too high at 2.0
                 lr_dim=256,
-                eval_every=150,
+                eval_every=275,
                 patience=3,
                 log_every=10,
             ),
             val_examples=1000,
         ),
         decoding=DecodingConfig(max_length=32, no_repeat_ngram_size=3),
-        # D_N replies are short and repetitive: the teacher learns them in half the budget.
-        nd=NDPreset(teacher_steps=350, student_init="standard", student_steps=200),
+        # D_N replies are short and repetitive: the teacher learns them in a fraction of the budget.
+        nd=NDPreset(teacher_steps=300, student_init="standard", student_steps=200),
         eval_examples=1000,  # in `build`; reports run `compare` on the whole test split
+        nt_steps=200,
+    ),
+    "base": Preset(
+        name="base",
+        # ~2 hours for the whole pipeline on the 2-core CPU (README: measured wall time), for the
+        # reproduction reports: 3+3 layers, several epochs, ND from scratch as in the paper.
+        retriever=RetrieverPreset(
+            name="base",
+            inputs=InputConfig(max_context_turns=3, max_source_len=64, max_target_len=32),
+            model=BiEncoderConfig(
+                d_model=256,
+                n_heads=4,
+                d_ff=1024,
+                n_layers=2,
+                dropout=0.1,
+                max_positions=128,
+                embed_dim=256,
+            ),
+            train=TrainConfig(
+                max_steps=5000,
+                batch_size=128,
+                warmup_steps=200,
+                lr_scale=0.2,
+                lr_dim=256,
+                eval_every=500,
+                patience=4,
+                log_every=50,
+            ),
+            augment=AugmentConfig(
+                m=6, min_lengths=(5, 10), max_length=32, max_contexts=8000, batch_contexts=32
+            ),
+            positives_per_context=7,
+            random_negatives=64,
+            val_examples=2000,
+            response_max_tokens=40,
+            warm_start=False,
+            teacher_filter=TeacherReplyFilter(),
+        ),
+        vocab_size=6000,
+        inputs=InputConfig(max_context_turns=1, max_source_len=48, max_target_len=32),
+        generator=GeneratorPreset(
+            model=Seq2SeqConfig(
+                d_model=256,
+                n_heads=4,
+                d_ff=1024,
+                n_encoder_layers=3,
+                n_decoder_layers=3,
+                dropout=0.1,
+                max_positions=128,
+            ),
+            train=TrainConfig(
+                max_steps=5000,
+                batch_size=64,
+                warmup_steps=400,
+                lr_scale=0.6,
+                lr_dim=256,
+                eval_every=500,
+                patience=4,
+                log_every=20,
+            ),
+            val_examples=2000,
+        ),
+        decoding=DecodingConfig(max_length=32, no_repeat_ngram_size=3),
+        # The paper's protocol: teacher and student from scratch, γ at a quarter of the run.
+        nd=NDPreset(gamma_fraction=0.25, teacher_steps=2000, student_init="scratch"),
+        eval_examples=2000,
+        nt_steps=400,
     ),
     "paper": Preset(
         name="paper",

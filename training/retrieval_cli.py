@@ -24,7 +24,13 @@ logger = logging.getLogger(__name__)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="small", help="tiny | small | paper (default: small)")
+    p.add_argument("--preset", default="small", help="tiny | small | base | paper (default: small)")
+    p.add_argument(
+        "--context-turns", type=int, default=0, help="turns the models read (default: preset's)"
+    )
+    p.add_argument(
+        "--max-source-len", type=int, default=0, help="context pieces kept (default: preset's)"
+    )
     p.add_argument(
         "--data",
         type=Path,
@@ -35,6 +41,21 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", type=Path, default=Path("runs"), help="checkpoints, logs, shards")
     p.add_argument("--no-resume", action="store_true", help="start from scratch")
+
+
+def _preset(args: argparse.Namespace) -> Any:
+    """The preset named by ``--preset`` with the ``--context-turns``/``--max-source-len``
+    overrides applied to generators and retriever alike."""
+    from training.presets import get_preset, with_context_turns
+
+    preset = get_preset(args.preset)
+    if args.context_turns or args.max_source_len:
+        preset = with_context_turns(
+            preset, args.context_turns or preset.inputs.max_context_turns, args.max_source_len
+        )
+    if preset.retriever is None:
+        raise ValueError(f"preset {preset.name!r} has no retriever configuration")
+    return preset
 
 
 def _optional_path(value: str, auto: Path | None) -> Path | None:
@@ -146,9 +167,9 @@ def _augment(args: argparse.Namespace, ctx: Any) -> None:
     )
     from training.g2r_teachers import load_teacher
     from training.pipeline import prepare_splits
-    from training.presets import get_preset, get_retriever_preset
 
-    rp = get_retriever_preset(args.preset)
+    preset = _preset(args)
+    rp = preset.retriever
     cfg = rp.augment
     if args.m is not None:
         cfg = replace(cfg, m=args.m)
@@ -159,7 +180,7 @@ def _augment(args: argparse.Namespace, ctx: Any) -> None:
         for old in out.glob("shard-*-of-*.jsonl"):
             old.unlink()
     barrier(ctx)
-    splits = prepare_splits(get_preset(args.preset), args.data)
+    splits = prepare_splits(preset, args.data)
     groups = select_contexts(group_by_context(splits.train), cfg.max_contexts, cfg.seed)
     teacher = load_teacher(args.teacher, ctx.device)
     augment_contexts(
@@ -176,12 +197,12 @@ def _train_retriever(args: argparse.Namespace, ctx: Any) -> None:
     from models.tokenizer import DialogueTokenizer
     from training.g2r import DEFAULT_BLOCKLIST, build_retriever, warm_start_matches
     from training.pipeline import ensure_tokenizer, prepare_splits
-    from training.presets import get_preset, get_retriever_preset
 
-    rp = get_retriever_preset(args.preset)
+    preset = _preset(args)
+    rp = preset.retriever
     if args.max_steps:
         rp = replace(rp, train=replace(rp.train, max_steps=args.max_steps))
-    splits = prepare_splits(get_preset(args.preset), args.data)
+    splits = prepare_splits(preset, args.data)
     teacher_bundle = (
         args.teacher
         if args.teacher is not None and (args.teacher / "manifest.json").is_file()
@@ -193,7 +214,7 @@ def _train_retriever(args: argparse.Namespace, ctx: Any) -> None:
         tokenizer = DialogueTokenizer.from_file(teacher_bundle / "tokenizer.json")
     else:
         tok_path = args.runs / args.preset / "tokenizer.json"
-        tokenizer = ensure_tokenizer(get_preset(args.preset), splits, tok_path, ctx)
+        tokenizer = ensure_tokenizer(preset, splits, tok_path, ctx)
     init_from = _optional_path(args.init_from, None)
     if args.init_from == "auto" and teacher_bundle is not None and rp.warm_start:
         if warm_start_matches(rp.model, teacher_bundle, tokenizer.vocab_size):

@@ -45,8 +45,10 @@ class TrainConfig:
     max_steps: int = 1000  # optimizer updates
     batch_size: int = 64  # examples per update, over all ranks together
     optimizer: str = "adam"  # adam | sgd (He & Glass fine-tune with plain SGD)
-    lr_schedule: str = "noam"  # noam (ND eq. 17) | constant (``lr``)
-    lr: float = 1e-3  # the constant learning rate when lr_schedule == "constant"
+    # noam (ND eq. 17) | constant (``lr``) | linear (warm-up to ``lr``, then linearly to 0 at
+    # max_steps: for a fixed budget it ends lower than eq. 17's 1/sqrt(s) tail, see presets.py)
+    lr_schedule: str = "noam"
+    lr: float = 1e-3  # the constant learning rate, or the peak of the linear schedule
     warmup_steps: int = 4000  # s_wp of ND eq. 17 (paper: 128000 on DailyDialog)
     lr_scale: float = 2.0  # the numerator of ND eq. 17
     lr_dim: int = 512  # d_model in ND eq. 17
@@ -71,6 +73,14 @@ def noam_learning_rate(step: int, d_model: int, warmup_steps: int, scale: float 
     """ND eq. 17: lr = scale * min(1/sqrt(s), s / sqrt(s_wp^3)) / sqrt(d_model), with s >= 1."""
     s = max(step, 1)
     return scale * min(s**-0.5, s * warmup_steps**-1.5) / math.sqrt(d_model)
+
+
+def linear_warmup_decay(step: int, peak: float, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up to ``peak`` over ``warmup_steps``, then linear decay to 0 at ``total_steps``."""
+    s = max(step, 1)
+    if s <= warmup_steps:
+        return peak * s / max(warmup_steps, 1)
+    return peak * max(0.0, (total_steps - s) / max(total_steps - warmup_steps, 1))
 
 
 class Objective(Protocol):
@@ -178,8 +188,10 @@ class Trainer:
             raise ValueError(f"unknown optimizer {config.optimizer!r} (adam | sgd)")
         if config.keep not in ("best", "last"):
             raise ValueError(f"unknown keep {config.keep!r} (best | last)")
-        if config.lr_schedule not in ("noam", "constant"):
-            raise ValueError(f"unknown lr_schedule {config.lr_schedule!r} (noam | constant)")
+        if config.lr_schedule not in ("noam", "constant", "linear"):
+            raise ValueError(
+                f"unknown lr_schedule {config.lr_schedule!r} (noam | constant | linear)"
+            )
         self.train_model: nn.Module = (
             DistributedDataParallel(
                 self.model,
@@ -193,6 +205,8 @@ class Trainer:
     def learning_rate(self, step: int) -> float:
         if self.cfg.lr_schedule == "constant":
             return self.cfg.lr
+        if self.cfg.lr_schedule == "linear":
+            return linear_warmup_decay(step, self.cfg.lr, self.cfg.warmup_steps, self.cfg.max_steps)
         return noam_learning_rate(step, self.cfg.lr_dim, self.cfg.warmup_steps, self.cfg.lr_scale)
 
     # --- persistence -------------------------------------------------------------------------
