@@ -1,0 +1,839 @@
+"""The quality report of a ``python -m training build``: every bundle in one folder, measured on the
+official test split, against the papers' headline numbers.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.quality_report --artifacts artifacts \\
+        --out reports/quality_small [--preset small] [--max-examples N]
+
+What it measures (nothing here is re-implemented; each part calls the function named):
+
+1. Generators (every ``generator`` bundle in the folder): perplexity and the greedy reply metrics
+   on the test split (:func:`training.evaluate.evaluate_generator`, greedy only); ratios against
+   ``generator-standard``; the served generator and the record of why (``serving.json``).
+2. Retrievers (every ``retriever`` bundle) and the TF-IDF / BM25 baselines: Hits@1/K and
+   Hits@5/K with the standard protocol (K = 100: the gold and 99 random test responses, seed 0;
+   :func:`benchmarks.retrieval.evaluate_retriever` through ``HitsEvaluator``, and
+   :func:`benchmarks.lexical.evaluate_lexical`), each with its standard error sqrt(p(1-p)/n);
+   the teacher's share of the top-1 replies against its share of the response set on 1,000
+   seeded test contexts (:func:`benchmarks.retrieval.served_share`).
+3. Latency at batch 1 (the G2R paper's protocol: 3 warm-ups, then the mean of 200 requests; p50
+   too): the served retriever's top-1 (tokenize + encode + HNSW search) against greedy generation
+   of the served generator, in-process, on the same test contexts (:mod:`benchmarks.latency`).
+4. One table of the papers' headline numbers against ours (the constants below).
+5. 20 sample replies per system on the same contexts: 14 seeded test contexts (their last 3
+   turns) and the 6 probes below.
+6. The machine, torch's thread count (as OMP_NUM_THREADS sets it) and the load average before and
+   after, so a reader can judge the timings.
+
+Output: ``<out>.md`` (printed too) and ``<out>.json`` with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shlex
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.latency import latency_summary, machine_description, time_per_query
+from benchmarks.retrieval import DEFAULT_DATA, evaluate_retriever, sample_picks, served_share
+from models.bundle import find_bundles, read_manifest, read_serving
+from models.decoding import DecodingConfig
+from models.generator import GenerativeResponder
+from models.retriever import RetrievalResponder
+from training.data import (
+    DialogueExample,
+    DialogueSplits,
+    load_splits,
+    training_response_token_counts,
+)
+from training.evaluate import STANDARD_DECODINGS, evaluate_generator
+from training.presets import PRESETS, Preset
+
+logger = logging.getLogger("benchmarks.quality_report")
+
+STANDARD = "generator-standard"
+ND = "generator-nd"
+SERVED_SHARE_CONTEXTS = 1000  # test contexts for the teacher's served share
+LATENCY_QUERIES = 200  # G2R sec. 4.4: the mean of 200 requests ...
+LATENCY_WARMUP = 3  # ... after 3 warm-ups
+SAMPLE_TEST_CONTEXTS = 14  # seeded test contexts among the 20 sample replies
+SAMPLE_TURNS = 3  # the sample test contexts keep their last 3 turns
+SEED = 0  # sample contexts, served-share contexts, latency contexts (Hits@K uses seed 0 too)
+LEXICAL_METHODS = ("tfidf", "bm25")
+
+# Fixed probes (oldest turn first), the last 6 of the 20 sample contexts.
+PROBES: tuple[tuple[str, ...], ...] = (
+    ("i lost my wallet", "what should i do now ?"),
+    ("we won the lottery", "what should i do now ?"),
+    ("my dog died yesterday .",),
+    ("how much is this shirt ?",),
+    ("would you like to go to the cinema tonight ?", "sure . what's on ?"),
+    ("i'm sorry i'm late .", "what happened ?", "my car broke down on the highway ."),
+)
+
+# --- the papers' headline numbers (constants; see ../shared/PAPERS.md and papers/) ------------------
+
+# ND paper (Li et al., NAACL 2022), Table 3: DailyDialog, greedy decoding.
+PAPER_ND_STANDARD_DIST2 = 0.0313
+PAPER_ND_ND_DIST2 = 0.0678
+PAPER_ND_STANDARD_BLEU4 = 0.395
+PAPER_ND_ND_BLEU4 = 0.388
+# G2R paper (Kim et al., Findings of EMNLP 2021), Table 7 (= Table 3): test Hits@1/K on BST+.
+PAPER_G2R_BIENCODER_HITS1 = 0.7537
+PAPER_G2R_D_HITS1 = 0.8052
+# G2R paper, Table 1: G2R-DM 25.1 ms vs Blender 90M 499.7 ms per response on an A100 = 19.91x.
+PAPER_G2R_DM_MS = 25.1
+PAPER_BLENDER_90M_MS = 499.7
+PAPER_G2R_SPEEDUP = 19.9  # Table 1's rounded "19.91x" (PAPERS.md: 19.9x)
+
+
+def greedy(responder: GenerativeResponder) -> DecodingConfig:
+    """Greedy decoding with the bundle's length and n-gram rules, as ``evaluate_generator`` does."""
+    base = STANDARD_DECODINGS["greedy"]
+    return responder.decoding.with_overrides(
+        strategy=base.strategy,
+        beam_size=base.beam_size,
+        length_penalty=base.length_penalty,
+        num_return_sequences=1,
+    )
+
+
+def standard_error(p: float, n: int) -> float:
+    """sqrt(p (1 - p) / n): the standard error of a proportion over n independent trials."""
+    return math.sqrt(p * (1.0 - p) / n) if n else float("nan")
+
+
+def ratio(value: float | None, base: float | None) -> float | None:
+    if value is None or base is None or not base:
+        return None
+    return value / base
+
+
+def seeded_indices(n: int, k: int, seed: int = SEED) -> list[int]:
+    """``min(k, n)`` distinct indices in [0, n), drawn with ``seed``, sorted."""
+    picks = np.random.default_rng(seed).choice(n, size=min(k, n), replace=False)
+    return sorted(int(i) for i in picks.tolist())
+
+
+class SplitCache:
+    """``load_splits`` once per context length; the training split capped as the preset trains."""
+
+    def __init__(self, data: Path, max_train_examples: int) -> None:
+        self.data, self.max_train = data, max_train_examples
+        self._splits: dict[int, DialogueSplits] = {}
+
+    def get(self, turns: int) -> DialogueSplits:
+        if turns not in self._splits:
+            logger.info("loading %s with %d context turn(s)", self.data, turns)
+            splits = load_splits(self.data, max_context_turns=turns)
+            if self.max_train:
+                splits.train = splits.train[: self.max_train]
+            self._splits[turns] = splits
+        return self._splits[turns]
+
+
+def discover(artifacts: Path) -> dict[str, dict[str, Path]]:
+    """Bundle folders by kind; generators with ``generator-standard`` first, then by name."""
+    out: dict[str, dict[str, Path]] = {"generator": {}, "retriever": {}, "other": {}}
+    for path in find_bundles(artifacts):
+        kind = read_manifest(path).kind
+        out[kind if kind in ("generator", "retriever") else "other"][path.name] = path
+    gens = out["generator"]
+    out["generator"] = {k: gens[k] for k in sorted(gens, key=lambda k: (k != STANDARD, k))}
+    return out
+
+
+def resolve_preset(name: str | None, bundles: Mapping[str, Path]) -> tuple[Preset | None, str]:
+    """The preset asked for, else the one the bundles' manifests name (None if none is known)."""
+    built = sorted(
+        {str(read_manifest(p).training.get("preset")) for p in bundles.values()} - {"None"}
+    )
+    chosen = name or (built[0] if len(built) == 1 else None)
+    note = f"bundles built with preset(s) {', '.join(built) or 'unrecorded'}"
+    if name and built and built != [name]:
+        note += f"; --preset {name} asked for: the caps below are {name}'s"
+    return (PRESETS.get(chosen) if chosen else None), note
+
+
+# --- measurements ---------------------------------------------------------------------------------
+
+
+def measure_generators(
+    paths: Mapping[str, Path], examples: Sequence[DialogueExample], counts: Mapping[str, int]
+) -> tuple[dict[str, Any], dict[str, GenerativeResponder]]:
+    """``evaluate_generator`` (greedy only) on ``examples`` for each generator bundle."""
+    results: dict[str, Any] = {}
+    loaded: dict[str, GenerativeResponder] = {}
+    for label, path in paths.items():
+        started = time.perf_counter()
+        responder = GenerativeResponder.load(path, device="cpu")
+        r = evaluate_generator(
+            responder,
+            examples,
+            counts,
+            decodings={"greedy": STANDARD_DECODINGS["greedy"]},
+            n_samples=0,
+        )
+        manifest = responder.manifest
+        results[label] = {
+            "model": r["model"],
+            "n_examples": r["n_examples"],
+            "perplexity": r["perplexity"],
+            "greedy": r["decodings"]["greedy"],
+            "context_turns": responder.inputs.max_context_turns,
+            "training": {
+                k: manifest.training.get(k)
+                for k in ("method", "preset", "steps", "best_step", "train_pairs", "wall_time_s")
+                if manifest and k in manifest.training
+            },
+            "eval_wall_s": time.perf_counter() - started,
+        }
+        loaded[label] = responder
+        logger.info("%s: perplexity %.2f", label, r["perplexity"])
+    return results, loaded
+
+
+def generator_ratios(gens: Mapping[str, Any], base_label: str) -> dict[str, Any]:
+    """Dist-2, BLEU-4 and LF of every other generator against ``base_label`` (same run)."""
+    base = gens[base_label]["greedy"]
+    out = {}
+    for label, g in gens.items():
+        if label == base_label:
+            continue
+        m = g["greedy"]
+        out[label] = {
+            "dist-2_ratio": ratio(m["dist-2"], base["dist-2"]),
+            "bleu-4_ratio": ratio(m["bleu-4"], base["bleu-4"]),
+            "lf": m["lf"],
+            "lf_ratio": ratio(m["lf"], base["lf"]),
+            "max-ratio": m["max-ratio"],
+        }
+    return out
+
+
+def measure_retrievers(
+    paths: Mapping[str, Path],
+    examples: Sequence[DialogueExample],
+    counts: Mapping[str, int],
+    latency_contexts: Sequence[Sequence[str]],
+    share_idx: Sequence[int],
+) -> tuple[dict[str, Any], dict[str, RetrievalResponder]]:
+    """``evaluate_retriever`` per bundle, standard errors, served share on ``share_idx``."""
+    results: dict[str, Any] = {}
+    loaded: dict[str, RetrievalResponder] = {}
+    share_contexts = [examples[i].context for i in share_idx]
+    for label, path in paths.items():
+        responder = RetrievalResponder.load(path, device="cpu")
+        logger.info("retriever %s (%s)", label, responder.bundle_id)
+        r = evaluate_retriever(responder, examples, counts, latency_contexts, warmup=LATENCY_WARMUP)
+        r.pop("replies")
+        r.pop("bundle_metrics", None)
+        n = r["n_examples"]
+        r["hits@1_se"] = standard_error(r["hits@1"], n)
+        r["hits@5_se"] = standard_error(r["hits@5"], n)
+        r["context_turns"] = responder.inputs.max_context_turns
+        r["served_test"] = r.pop("served")  # over every test context
+        r["served"] = served_share(responder, share_contexts)
+        results[label] = r
+        loaded[label] = responder
+    return results, loaded
+
+
+def measure_lexical(
+    responses: Sequence[str],
+    sources: Sequence[str],
+    examples: Sequence[DialogueExample],
+    turns: int,
+    counts: Mapping[str, int],
+    latency_contexts: Sequence[Sequence[str]],
+    share_idx: Sequence[int],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """TF-IDF and BM25 over ``responses``: ``evaluate_lexical`` (Hits@k/K with HitsEvaluator's
+    candidates), standard errors, served share on ``share_idx`` and batch-1 latency."""
+    from benchmarks.lexical import context_text, evaluate_lexical, make_retriever
+    from benchmarks.retrieval import served_teacher_share
+
+    results: dict[str, Any] = {}
+    fitted: dict[str, Any] = {}
+    for method in LEXICAL_METHODS:
+        logger.info("lexical %s over %d responses", method, len(responses))
+        retriever = make_retriever(method, responses)
+        row = evaluate_lexical(retriever, examples, turns, counts)
+        row.pop("replies")
+        n = row["n_examples"]
+        row["hits@1_se"] = standard_error(row["hits@1"], n)
+        row["hits@5_se"] = standard_error(row["hits@5"], n)
+        top1 = retriever.top1([context_text(examples[i].context, turns) for i in share_idx])
+        row["served"] = served_teacher_share(sources, top1.tolist())
+
+        def search(context: Sequence[str], r: Any = retriever) -> Any:
+            return r.top1([context_text(context, turns)])
+
+        row["latency"] = latency_summary(
+            time_per_query(search, latency_contexts, warmup=LATENCY_WARMUP)
+        )
+        results[method] = row
+        fitted[method] = retriever
+    return results, fitted
+
+
+def measure_generation_latency(
+    responder: GenerativeResponder, contexts: Sequence[Sequence[str]]
+) -> dict[str, float]:
+    """Greedy generation at batch 1 (``responder.respond``, KV cache), G2R's protocol."""
+    decoding = greedy(responder)
+
+    def reply(context: Sequence[str]) -> list[str]:
+        return responder.respond([context], decoding)
+
+    return latency_summary(time_per_query(reply, contexts, warmup=LATENCY_WARMUP))
+
+
+def sample_replies(
+    contexts: Sequence[Sequence[str]],
+    generators: Mapping[str, GenerativeResponder],
+    retrievers: Mapping[str, RetrievalResponder],
+    lexical: Any | None,
+    lexical_turns: int,
+) -> dict[str, list[str]]:
+    """Every generator's greedy reply, every retriever's top-1 and TF-IDF's top-1 per context."""
+    out: dict[str, list[str]] = {}
+    for label, g in generators.items():
+        out[label] = g.respond(contexts, greedy(g))
+    for label, r in retrievers.items():
+        out[label] = [cands[0][0] if cands else "" for cands in r.respond(contexts, top_k=1)]
+    if lexical is not None:
+        from benchmarks.lexical import context_text
+
+        ids = lexical.top1([context_text(c, lexical_turns) for c in contexts])
+        out["tfidf"] = [lexical.responses[i] for i in ids.tolist()]
+    return out
+
+
+def pick_by_method(rets: Mapping[str, Any], methods: Sequence[str]) -> str | None:
+    """The first retriever (by name) whose training method is one of ``methods``, in that order."""
+    for method in methods:
+        for label, r in rets.items():
+            if r.get("method") == method:
+                return label
+    return None
+
+
+def paper_table(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The papers' headline numbers against ours."""
+    gens, rets = results["generators"], results["retrievers"]
+    turns = results["meta"]["context_turns"]
+    corpus = Path(results["meta"]["data"]).name  # "dailydialog" for the paper's corpus
+    rows: list[dict[str, Any]] = []
+    std = gens.get(STANDARD, {}).get("greedy")
+    nd = gens.get(ND, {}).get("greedy")
+    nd_note = (
+        "ND paper Table 3 (DailyDialog, greedy; 6+6-layer d=512 Transformers trained to "
+        f"convergence); ours: preset {results['meta']['preset']}, {corpus} test split "
+        f"({gens[next(iter(gens))]['n_examples'] if gens else 0} pairs), {turns['generators']} "
+        "context turn(s)"
+    )
+
+    def row(name: str, paper: float, ours: float | None, note: str) -> None:
+        rows.append(
+            {
+                "quantity": name,
+                "paper": paper,
+                "ours": ours,
+                "ratio": ratio(ours, paper),
+                "note": note,
+            }
+        )
+
+    row(
+        "ND Dist-2 ratio ND / Standard",
+        PAPER_ND_ND_DIST2 / PAPER_ND_STANDARD_DIST2,
+        ratio(nd["dist-2"], std["dist-2"]) if nd and std else None,
+        nd_note,
+    )
+    row(
+        "ND BLEU-4 ratio ND / Standard",
+        PAPER_ND_ND_BLEU4 / PAPER_ND_STANDARD_BLEU4,
+        ratio(nd["bleu-4"], std["bleu-4"]) if nd and std else None,
+        nd_note,
+    )
+    row("Standard Dist-2", PAPER_ND_STANDARD_DIST2, std["dist-2"] if std else None, nd_note)
+    row("ND Dist-2", PAPER_ND_ND_DIST2, nd["dist-2"] if nd else None, nd_note)
+    k = next((r["hits_k"] for r in rets.values()), None)
+    g2r_note = (
+        "G2R paper Table 7: BST+ test, 256M-parameter Reddit-pretrained bi-encoder, K of Roller "
+        f"et al. (not stated in the paper); ours: {corpus} test, K = "
+        f"{k:.0f}"
+        if k is not None
+        else "G2R paper Table 7: BST+ test; ours: no retriever bundle"
+    )
+    be = pick_by_method(rets, ["biencoder"])
+    row(
+        "G2R Hits@1/K bi-encoder",
+        PAPER_G2R_BIENCODER_HITS1,
+        rets[be]["hits@1"] if be else None,
+        f"{g2r_note}; measured: {be}" if be else f"{g2r_note}; no bi-encoder bundle in the folder",
+    )
+    g2r = pick_by_method(rets, ["g2r-d", "g2r-dm"])
+    g2r_method = rets[g2r]["method"] if g2r else None
+    row(
+        "G2R Hits@1/K G2R-D",
+        PAPER_G2R_D_HITS1,
+        rets[g2r]["hits@1"] if g2r else None,
+        f"{g2r_note}; measured: {g2r} ({g2r_method}"
+        + (", the paper reports no G2R-DM Hits@1/K)" if g2r_method == "g2r-dm" else ")")
+        if g2r
+        else f"{g2r_note}; no G2R bundle in the folder",
+    )
+    lat = results["latency"]
+    row(
+        "retrieval vs generation speed-up (mean latency)",
+        PAPER_G2R_SPEEDUP,
+        lat.get("speedup_mean"),
+        f"G2R paper Table 1: G2R-DM {PAPER_G2R_DM_MS} ms vs Blender 90M {PAPER_BLENDER_90M_MS} "
+        "ms on an A100; ours: "
+        + (
+            f"{lat['retriever']} vs {lat['generator']} greedy, batch 1, CPU, "
+            f"{results['meta']['machine']['threads']} torch thread(s), "
+            f"models far smaller than the paper's; by p50 {lat['speedup_p50']:.1f}x"
+            if lat.get("speedup_mean") is not None
+            else "no served retriever and generator pair to time"
+        ),
+    )
+    return rows
+
+
+def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    import faiss
+    import torch
+
+    started = time.perf_counter()
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    bundles = discover(args.artifacts)
+    gen_paths, ret_paths = bundles["generator"], bundles["retriever"]
+    if not gen_paths and not ret_paths:
+        raise SystemExit(f"no generator or retriever bundles in {args.artifacts}")
+    preset, preset_note = resolve_preset(args.preset, {**gen_paths, **ret_paths})
+    threads = torch.get_num_threads()
+    meta: dict[str, Any] = {
+        "command": command,
+        "artifacts": str(args.artifacts),
+        "data": str(args.data),
+        "split": "test",
+        "max_examples": args.max_examples,
+        "preset": preset.name if preset else args.preset,
+        "preset_note": preset_note,
+        "machine": machine_description(threads),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "faiss_threads": faiss.omp_get_max_threads(),
+        "load_average_before": load_before,
+        "other_bundles": sorted(bundles["other"]),
+    }
+    serving = read_serving(args.artifacts)
+    meta["serving_file"] = serving is not None
+
+    def turns_of(paths: Mapping[str, Path]) -> int:
+        return max(
+            (
+                int(read_manifest(p).model_config["inputs"]["max_context_turns"])
+                for p in paths.values()
+            ),
+            default=1,
+        )
+
+    gen_turns, ret_turns = turns_of(gen_paths), turns_of(ret_paths)
+    if not ret_paths and preset and preset.retriever:
+        ret_turns = preset.retriever.inputs.max_context_turns
+    wide_turns = max(SAMPLE_TURNS, gen_turns, ret_turns)
+    meta["context_turns"] = {
+        "generators": gen_turns,
+        "retrievers": ret_turns,
+        "samples": wide_turns,
+    }
+    cache = SplitCache(args.data, preset.max_train_examples if preset else 0)
+
+    def test_of(turns: int) -> list[DialogueExample]:
+        test = cache.get(turns).test
+        return test[: args.max_examples] if args.max_examples else test
+
+    # 1. generators
+    gen_examples = test_of(gen_turns)
+    counts = training_response_token_counts(cache.get(gen_turns).train)
+    meta["train_pairs_for_lf"] = len(cache.get(gen_turns).train)
+    gens, gen_loaded = measure_generators(gen_paths, gen_examples, counts)
+    base_label = STANDARD if STANDARD in gens else next(iter(gens), None)
+    served_gen = serving.get("generative") if serving else None
+    served_gen_note = "serving.json"
+    if served_gen not in gen_loaded:
+        served_gen = ND if ND in gen_loaded else next(iter(gen_loaded), None)
+        served_gen_note = "no usable serving.json entry; assumed (the service's default)"
+    served_ret = serving.get("retrieval") if serving else None
+    served_ret_note = "serving.json"
+    if served_ret not in ret_paths:
+        served_ret = (
+            "retriever-g2r" if "retriever-g2r" in ret_paths else next(iter(ret_paths), None)
+        )
+        served_ret_note = "no usable serving.json entry; assumed (the service's default)"
+
+    # 2. retrievers and lexical baselines, on the retrievers' test split
+    ret_examples = test_of(ret_turns)
+    ret_counts = training_response_token_counts(cache.get(ret_turns).train)
+    wide_test = test_of(wide_turns)
+    latency_idx = seeded_indices(len(wide_test), args.queries)
+    latency_contexts = [wide_test[i].context for i in latency_idx]
+    share_idx = seeded_indices(len(ret_examples), SERVED_SHARE_CONTEXTS)
+    rets, ret_loaded = measure_retrievers(
+        ret_paths, ret_examples, ret_counts, latency_contexts, share_idx
+    )
+    # 3. latency: served retriever top-1 (timed just above, in evaluate_retriever) vs served
+    # generator greedy, same contexts, timed next so that the two runs are close in time
+    latency: dict[str, Any] = {
+        "queries": len(latency_contexts),
+        "warmup": LATENCY_WARMUP,
+        "generator": served_gen,
+        "generator_note": served_gen_note,
+        "retriever": served_ret,
+        "retriever_note": served_ret_note,
+    }
+    if served_gen is not None:
+        latency["generation"] = measure_generation_latency(gen_loaded[served_gen], latency_contexts)
+    if served_ret is not None:
+        latency["retrieval"] = rets[served_ret]["latency"]["hnsw"]
+    if served_gen is not None and served_ret is not None:
+        g, r = latency["generation"], latency["retrieval"]
+        latency["speedup_mean"] = g["mean_ms"] / r["mean_ms"]
+        latency["speedup_p50"] = g["p50_ms"] / r["p50_ms"]
+
+    if served_ret is not None:
+        lex_responses = ret_loaded[served_ret].responses
+        lex_sources = ret_loaded[served_ret].sources
+        lex_set = f"{served_ret}'s response set"
+    else:
+        from benchmarks.lexical import response_set
+        from training.g2r import DEFAULT_BLOCKLIST
+
+        assert preset is not None, "no retriever bundle: --preset names the response set filter"
+        lex_responses, lex_sources = response_set(
+            cache.get(ret_turns).train, preset.name, DEFAULT_BLOCKLIST
+        )
+        lex_set = f"the distinct training responses through preset {preset.name}'s filter"
+    lexical, lex_fitted = measure_lexical(
+        lex_responses, lex_sources, ret_examples, ret_turns, ret_counts, latency_contexts, share_idx
+    )
+    meta["lexical_response_set"] = lex_set
+    meta["lexical_turns"] = ret_turns
+
+    # 5. samples: 14 seeded test contexts (last 3 turns) + the probes
+    picks = sample_picks(len(wide_test), SAMPLE_TEST_CONTEXTS, seed=SEED)
+    contexts = [tuple(wide_test[i].context[-SAMPLE_TURNS:]) for i in picks] + list(PROBES)
+    references = [wide_test[i].response for i in picks] + [""] * len(PROBES)
+    replies = sample_replies(contexts, gen_loaded, ret_loaded, lex_fitted.get("tfidf"), ret_turns)
+    samples = [
+        {
+            "source": "test" if j < len(picks) else "probe",
+            "context": list(c),
+            "reference": references[j],
+            "replies": {label: rs[j] for label, rs in replies.items()},
+        }
+        for j, c in enumerate(contexts)
+    ]
+
+    meta["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    meta["wall_s"] = time.perf_counter() - started
+    results: dict[str, Any] = {
+        "meta": meta,
+        "generators": gens,
+        "ratio_base": base_label,
+        "ratios": generator_ratios(gens, base_label) if base_label else {},
+        "serving": {
+            "generative": served_gen,
+            "generative_note": served_gen_note,
+            "retrieval": served_ret,
+            "retrieval_note": served_ret_note,
+            "why": serving.get("why") if serving else None,
+            "current_bundle_ids": {label: g["model"] for label, g in gens.items()},
+        },
+        "retrievers": rets,
+        "lexical": lexical,
+        "latency": latency,
+        "samples": samples,
+    }
+    results["paper"] = paper_table(results)
+    return results
+
+
+# --- markdown -------------------------------------------------------------------------------------
+
+
+def _f(x: Any, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _x(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _served_cell(s: Mapping[str, float]) -> str:
+    return (
+        f"{s['response_set_teacher_share']:.4f} | {s['served_teacher_share']:.4f} "
+        f"({s['contexts']:.0f} contexts) | {s['distinct_served']:.0f} "
+        f"({s['distinct_served_teacher']:.0f})"
+    )
+
+
+def selection_lines(serving: Mapping[str, Any]) -> list[str]:
+    why = serving.get("why")
+    lines = [
+        f"Served generator: **{serving['generative']}** ({serving['generative_note']}); served "
+        f"retriever: **{serving['retrieval']}** ({serving['retrieval_note']}).",
+        "",
+    ]
+    if not isinstance(why, Mapping) or "candidates" not in why:
+        lines.append(f'Selection record (serving.json "why"): `{json.dumps(why)}`')
+        return lines
+    lines += [
+        f'Selection record (serving.json "why", on the {why.get("split", "?")} split, '
+        f"{why.get('pairs', '?')} pairs): chosen **{why.get('chosen')}** by the rule: "
+        f"{why.get('criterion', '?')}.",
+        "",
+        "| generator | val perplexity | val greedy max-ratio | val Dist-2 | val BLEU-4 | eligible "
+        "| bundle then = bundle now |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+    ids, now = why.get("bundle_ids", {}), serving["current_bundle_ids"]
+    for name, c in why["candidates"].items():
+        same = "-" if name not in ids else ("yes" if ids[name] == now.get(name) else "**no**")
+        mark = f"**{name}**" if name == why.get("chosen") else name
+        lines.append(
+            f"| {mark} | {_f(c.get('perplexity'), 2)} | {_f(c.get('max-ratio'))} | "
+            f"{_f(c.get('dist-2'))} | {_f(c.get('bleu-4'))} | "
+            f"{'yes' if c.get('eligible') else 'no'} | {same} |"
+        )
+    return lines
+
+
+def to_markdown(results: Mapping[str, Any]) -> str:
+    meta, gens, rets = results["meta"], results["generators"], results["retrievers"]
+    lexical, lat, machine = results["lexical"], results["latency"], results["meta"]["machine"]
+    turns = meta["context_turns"]
+    n_gen = next(iter(gens.values()))["n_examples"] if gens else 0
+    lines = [
+        f"# Quality report: preset {meta['preset']} ({meta['artifacts']}, "
+        f"{Path(meta['data']).name} test split)",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {machine['machine']}, {machine['cpu_count']} CPU cores; torch "
+        f"{machine['torch']} with {machine['threads']} thread(s) (OMP_NUM_THREADS="
+        f"{meta['omp_num_threads'] or 'unset'}), FAISS {machine['faiss']} with "
+        f"{meta['faiss_threads']}; Python {machine['python']}.  ",
+        f"Load average (1, 5, 15 min): before {meta['load_average_before']}, after "
+        f"{meta['load_average_after']}. Wall time {meta['wall_s']:.0f} s.  ",
+        f"Data: {meta['data']}, official test split"
+        + (f", first {meta['max_examples']} pairs" if meta["max_examples"] else "")
+        + f"; generators read {turns['generators']} context turn(s), retrievers "
+        f"{turns['retrievers']} (each split deduplicated and de-leaked at that length). "
+        f"{meta['preset_note']}; LF counts from {meta['train_pairs_for_lf']} training pairs.",
+    ]
+    if meta["other_bundles"]:
+        lines.append(f"Not measured here (other kinds): {', '.join(meta['other_bundles'])}.")
+
+    # papers
+    lines += [
+        "",
+        "## Against the papers",
+        "",
+        "Paper values are constants from the papers (table named in the note); ratio = ours / "
+        "paper; - where ours cannot be measured (a bundle is missing, or a ratio's base is 0).",
+        "",
+        "| quantity | paper value | ours | ratio | note |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for r in results["paper"]:
+        lines.append(
+            f"| {r['quantity']} | {r['paper']:.4g} | {_f(r['ours'])} | {_x(r['ratio'])} | "
+            f"{_cell(r['note'])} |"
+        )
+
+    # generators
+    lines += [
+        "",
+        f"## Generators (greedy, {n_gen} test pairs)",
+        "",
+        "Perplexity is teacher-forced; the rest are over the greedy replies to every test context "
+        "(`training.evaluate.evaluate_generator`). LF: share of generated tokens whose training "
+        "frequency is < 100; max-ratio: share of the most frequent reply.",
+        "",
+        "| generator | bundle | perplexity | Dist-1 | Dist-2 | BLEU-4 | LF | max-ratio | avg len |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, g in gens.items():
+        m = g["greedy"]
+        served = " (served)" if label == results["serving"]["generative"] else ""
+        lines.append(
+            f"| {label}{served} | {g['model']} | {g['perplexity']:.2f} | {m['dist-1']:.4f} | "
+            f"{m['dist-2']:.4f} | {m['bleu-4']:.4f} | {m['lf']:.4f} | {m['max-ratio']:.4f} | "
+            f"{m['avg-len']:.2f} |"
+        )
+    if results["ratios"]:
+        lines += [
+            "",
+            f"Against {results['ratio_base']} (same run, same test pairs; - where its value is 0):",
+            "",
+            "| generator | Dist-2 ratio | BLEU-4 ratio | LF | LF ratio |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for label, r in results["ratios"].items():
+            lines.append(
+                f"| {label} | {_x(r['dist-2_ratio'])} | {_x(r['bleu-4_ratio'])} | "
+                f"{r['lf']:.4f} | {_x(r['lf_ratio'])} |"
+            )
+    lines += ["", *selection_lines(results["serving"])]
+
+    # retrievers
+    k = next((r["hits_k"] for r in [*rets.values(), *lexical.values()]), None)
+    lines += [
+        "",
+        f"## Retrievers and lexical baselines (test split, K = {_f(k, 0)})",
+        "",
+        "Hits@k/K: the gold and K - 1 random test responses (seed 0) scored per context; ± is the "
+        "standard error sqrt(p(1-p)/n) over the n test pairs. Teacher share: of the response set, "
+        f"and of the top-1 replies to {SERVED_SHARE_CONTEXTS} seeded test contexts (fewer when "
+        f"the split is smaller). TF-IDF and BM25 answer from {meta['lexical_response_set']}, "
+        f"reading {meta['lexical_turns']} turn(s).",
+        "",
+        "| system | response set | n | Hits@1/K | Hits@5/K | teacher share of set | teacher share "
+        "of top-1 | distinct top-1 (teacher) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, r in rets.items():
+        served = ", served" if label == results["serving"]["retrieval"] else ""
+        lines.append(
+            f"| {label} ({r['method']}{served}) | {r['n_responses']} | {r['n_examples']} | "
+            f"{r['hits@1']:.4f} ± {r['hits@1_se']:.4f} | {r['hits@5']:.4f} ± "
+            f"{r['hits@5_se']:.4f} | {_served_cell(r['served'])} |"
+        )
+    for label, r in lexical.items():
+        lines.append(
+            f"| {label} (lexical) | {r['n_responses']} | {r['n_examples']} | "
+            f"{r['hits@1']:.4f} ± {r['hits@1_se']:.4f} | {r['hits@5']:.4f} ± "
+            f"{r['hits@5_se']:.4f} | {_served_cell(r['served'])} |"
+        )
+
+    # latency
+    lines += [
+        "",
+        "## Latency (batch 1, in-process, CPU)",
+        "",
+        f"{lat['queries']} seeded test contexts, {lat['warmup']} warm-ups first, one request at a "
+        "time (G2R sec. 4.4), the same contexts for every row. Retrieval: tokenize + encode + "
+        "HNSW top-1; generation: greedy decoding with the KV cache.",
+        "",
+        "| system | mean ms | p50 ms | p90 ms | x faster than the served generator (mean) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    gen_lat = lat.get("generation")
+
+    def lat_row(name: str, s: Mapping[str, float]) -> str:
+        x = gen_lat["mean_ms"] / s["mean_ms"] if gen_lat else None
+        return f"| {name} | {s['mean_ms']:.2f} | {s['p50_ms']:.2f} | {s['p90_ms']:.2f} | {_x(x)} |"
+
+    if gen_lat:
+        lines.append(lat_row(f"{lat['generator']} greedy (served generator)", gen_lat))
+    for label, r in rets.items():
+        tag = " (served retriever)" if label == lat["retriever"] else ""
+        lines.append(lat_row(f"{label} HNSW top-1{tag}", r["latency"]["hnsw"]))
+    for label, r in lexical.items():
+        lines.append(lat_row(f"{label} top-1 (every response scored)", r["latency"]))
+    busy = max(meta["load_average_before"][0], meta["load_average_after"][0])
+    if busy > (machine["cpu_count"] or 1):
+        lines += [
+            "",
+            f"**Caution:** the 1-minute load average ({busy}) exceeded the {machine['cpu_count']} "
+            "CPU cores during the run, so these timings include time spent waiting for a core "
+            "(the means more than the p50s); compare p50s, or rerun on an idle machine.",
+        ]
+    if lat.get("speedup_mean") is not None:
+        lines += [
+            "",
+            f"Retrieval vs generation: {lat['speedup_mean']:.1f}x by mean, "
+            f"{lat['speedup_p50']:.1f}x by p50 ({lat['retriever']} vs {lat['generator']}; "
+            f"the G2R paper: {PAPER_G2R_SPEEDUP}x on an A100).",
+        ]
+
+    # samples
+    labels = list(next(iter(results["samples"]))["replies"]) if results["samples"] else []
+    lines += [
+        "",
+        "## Sample replies",
+        "",
+        f"{SAMPLE_TEST_CONTEXTS} seeded test contexts (their last {SAMPLE_TURNS} turns; each "
+        f"system reads as many as it was trained on) and {len(PROBES)} fixed probes. Generators: "
+        "greedy; retrievers: HNSW top-1; tfidf: top-1 over the lexical response set.",
+    ]
+    for j, s in enumerate(results["samples"], start=1):
+        ctx = " / ".join(s["context"])
+        ref = f" — reference: _{_cell(s['reference'])}_" if s["reference"] else ""
+        lines += [
+            "",
+            f"**{j}. ({s['source']})** {_cell(ctx)}{ref}",
+            "",
+            "| system | reply |",
+            "|---|---|",
+        ]
+        lines += [f"| {label} | {_cell(s['replies'][label])} |" for label in labels]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--artifacts", type=Path, required=True, help="the build's bundle folder")
+    parser.add_argument("--out", type=Path, required=True, help="write <out>.md and <out>.json")
+    parser.add_argument(
+        "--preset",
+        help="the preset the bundles were built with (default: the one their manifests name); "
+        "its training-split cap applies to LF counts",
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--max-examples", type=int, default=0, help="0 = the whole test split")
+    parser.add_argument(
+        "--queries", type=int, default=LATENCY_QUERIES, help="timed requests per system"
+    )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    env = (
+        f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} "
+        if "OMP_NUM_THREADS" in os.environ
+        else ""
+    )
+    command = f"{env}python -m benchmarks.quality_report {shlex.join(argv)}"
+    results = run(args, command)
+    text = to_markdown(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_name(args.out.name + ".json").write_text(json.dumps(results, indent=2) + "\n")
+    args.out.with_name(args.out.name + ".md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
