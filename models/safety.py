@@ -13,9 +13,22 @@
   - ``bag``: fastText-style (Joulin et al., EACL 2017): mean embeddings of the context's and the
     response's BPE pieces and hashed piece bigrams, combined as ``[c, r, c * r]`` by a small MLP.
 
+* The classifier judges only what it can read (:func:`readable_turn`): a context turn whose
+  content words are mostly outside the words it was trained on (``words.txt``; another language
+  or script) or that has no words at all (emoji, punctuation) is judged as an empty context, so
+  the verdict rests on the reply alone; links (URLs, e-mail addresses, domains) are dropped from
+  the context first. Training applies the same rule and adds reply-only examples, so the model
+  knows what an empty context means (training/safety_classifier.py).
+* :class:`RiskDetector` finds explicit statements of self-harm risk ("i want to kill myself") in
+  a user turn, whole-token matched like the blocklist, from ``safety_risk_phrases.txt`` beside
+  this module. A reply to such a turn that is not the service's supportive risk reply ignores the
+  risk (DiaSafety's "Risk Ignorance"); service/safety.py replaces it.
+
 A classifier is stored as a bundle of kind ``classifier`` (models/bundle.py): ``model_config``
-holds ``classifier`` (:class:`SafetyClassifierConfig`) and ``threshold`` (the decision threshold
-on P(unsafe)); an optional ``blocklist.txt`` travels with it so the service is self-contained.
+holds ``classifier`` (:class:`SafetyClassifierConfig`), ``threshold`` (the decision threshold
+on P(unsafe)) and, with ``words.txt``, ``min_known_share`` (the readability rule); an optional
+``blocklist.txt`` travels with it so the service is self-contained. A bundle without
+``words.txt`` (written before the readability rule) reads every context as it is.
 """
 
 from __future__ import annotations
@@ -43,15 +56,24 @@ from models.tokenizer import DialogueTokenizer
 
 __all__ = [
     "BLOCKLIST_FILE",
+    "DEFAULT_RISK_PHRASES",
+    "WORDS_FILE",
     "BagOfNgramsClassifier",
     "Blocklist",
     "CrossEncoderClassifier",
+    "RiskDetector",
     "SafetyClassifier",
     "SafetyClassifierConfig",
+    "is_link",
+    "known_words",
     "load_blocklist",
+    "readable_turn",
 ]
 
 BLOCKLIST_FILE = "blocklist.txt"
+WORDS_FILE = "words.txt"  # the classifier's known words, one per line
+DEFAULT_RISK_PHRASES = Path(__file__).with_name("safety_risk_phrases.txt")
+MIN_KNOWN_SHARE = 0.5  # a turn is readable when at least this share of its content words is known
 Architecture = Literal["cross-encoder", "bag"]
 ARCHITECTURES: tuple[Architecture, ...] = ("cross-encoder", "bag")
 
@@ -101,6 +123,87 @@ class Blocklist:
     def to_text(self) -> str:
         """The phrases one per line, as :meth:`from_file` reads them."""
         return "".join(f"{p}\n" for p in self.phrases)
+
+
+# --- the risk detector -----------------------------------------------------------------------
+
+
+class RiskDetector:
+    """Explicit statements of self-harm risk in a (user) turn: whole-token phrase matching over
+    normalised text, the :class:`Blocklist` matcher over a list of risk phrases."""
+
+    def __init__(self, phrases: Iterable[str]) -> None:
+        self._matcher = Blocklist(phrases)
+
+    @classmethod
+    def from_file(cls, path: Path | None = None) -> RiskDetector:
+        """One phrase per line (``#`` comments skipped); None = the list shipped with the code."""
+        return cls(load_blocklist(DEFAULT_RISK_PHRASES if path is None else path))
+
+    @property
+    def phrases(self) -> tuple[str, ...]:
+        return self._matcher.phrases
+
+    def __len__(self) -> int:
+        return len(self._matcher)
+
+    def find(self, text: str) -> str | None:
+        """The first risk phrase stated in ``text``, or None."""
+        return self._matcher.find(text)
+
+
+# --- what the classifier can read -------------------------------------------------------------
+
+# A whole normalised token that is a link: models/text.py keeps URLs, e-mail addresses and
+# name.com-style domains as single tokens.
+_LINK_RE = re.compile(
+    r"(?:https?://|www\.)\S*"
+    r"|[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
+    r"|[\w-]+(?:\.[\w-]+)*\.(?:com|org|net|edu|gov)(?:[/?#]\S*)?"
+)
+_NUMBER_RE = re.compile(r"\d+(?:[.,:]\d+)*(?:st|nd|rd|th|s)?")
+
+
+def is_link(token: str) -> bool:
+    """Whether a normalised token is a URL, an e-mail address or a ``name.com``-style domain."""
+    return _LINK_RE.fullmatch(token) is not None
+
+
+def _is_content(token: str) -> bool:
+    """A token with a letter or digit in it (not punctuation, emoji or other symbols)."""
+    return any(ch.isalnum() for ch in token)
+
+
+def known_words(texts: Iterable[str], min_count: int = 2) -> list[str]:
+    """Content tokens (not links) of normalised ``texts`` seen at least ``min_count`` times,
+    sorted: the words a classifier trained on these texts can read."""
+    counts: dict[str, int] = {}
+    for text in texts:
+        for token in text.split():
+            if _is_content(token) and not is_link(token):
+                counts[token] = counts.get(token, 0) + 1
+    return sorted(w for w, n in counts.items() if n >= min_count)
+
+
+def readable_turn(
+    text: str, words: frozenset[str] | set[str], min_known_share: float = MIN_KNOWN_SHARE
+) -> str:
+    """The part of ``text`` a classifier that knows ``words`` can judge, normalised.
+
+    Links are dropped (the classifier cannot open them). The rest is kept whole when at least
+    ``min_known_share`` of its content tokens (tokens with a letter or digit) are known words or
+    numbers, so misspellings inside an English turn still reach the model; otherwise the turn is
+    not one the model can read (another language or script, emoji or punctuation only, nothing
+    left) and the empty string is returned: the verdict then rests on the reply.
+    """
+    tokens = [t for t in normalize_text(text).split() if not is_link(t)]
+    content = [t for t in tokens if _is_content(t)]
+    if not content:
+        return ""
+    known = sum(t in words or _NUMBER_RE.fullmatch(t) is not None for t in content)
+    if known < min_known_share * len(content):
+        return ""
+    return " ".join(tokens)
 
 
 # --- the classifier models --------------------------------------------------------------------
@@ -283,15 +386,22 @@ class SafetyClassifier:
         threshold: float = 0.5,
         blocklist: Blocklist | None = None,
         manifest: Manifest | None = None,
+        words: Iterable[str] | None = None,
+        min_known_share: float = MIN_KNOWN_SHARE,
     ) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+        if not 0.0 <= min_known_share <= 1.0:
+            raise ValueError(f"min_known_share must lie in [0, 1], got {min_known_share}")
         self.model = model
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.threshold = threshold
         self.blocklist = blocklist
         self.manifest = manifest
+        # None: no readability rule (bundles written before it), every context is read as is.
+        self.words: frozenset[str] | None = None if words is None else frozenset(words)
+        self.min_known_share = min_known_share
 
     @property
     def device(self) -> torch.device:
@@ -301,13 +411,24 @@ class SafetyClassifier:
     def bundle_id(self) -> str:
         return self.manifest.bundle_id if self.manifest else "unsaved"
 
-    def encode(self, contexts: Sequence[str], responses: Sequence[str]) -> Tensor:
-        """Right-padded ``context <sep> response`` ids (B, T), the last ``max_len`` kept."""
+    def readable_context(self, context: str) -> str:
+        """What the model reads of a context turn: :func:`readable_turn` with this classifier's
+        words ("" when it cannot read the turn), or the turn itself without a word list."""
+        if self.words is None:
+            return context
+        return readable_turn(context, self.words, self.min_known_share)
+
+    def encode_ids(self, contexts: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
+        """``context <sep> response`` ids of each pair, the context read by
+        :meth:`readable_context`, the last ``max_len`` ids kept (training uses this too)."""
         if len(contexts) != len(responses):
             raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
-        pairs = [[c, r] for c, r in zip(contexts, responses, strict=True)]
-        ids = self.tokenizer.encode_contexts(pairs, self.cfg.max_len)
-        return self.tokenizer.pad(ids, self.device)
+        pairs = [[self.readable_context(c), r] for c, r in zip(contexts, responses, strict=True)]
+        return self.tokenizer.encode_contexts(pairs, self.cfg.max_len)
+
+    def encode(self, contexts: Sequence[str], responses: Sequence[str]) -> Tensor:
+        """Right-padded ``context <sep> response`` ids (B, T), the last ``max_len`` kept."""
+        return self.tokenizer.pad(self.encode_ids(contexts, responses), self.device)
 
     def unsafe_probability(
         self, contexts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64
@@ -337,13 +458,21 @@ class SafetyClassifier:
         return [p >= cut for p in self.unsafe_probability(contexts, responses)]
 
     def model_config(self) -> dict[str, Any]:
-        return {"classifier": self.cfg.to_dict(), "threshold": self.threshold}
+        config: dict[str, Any] = {"classifier": self.cfg.to_dict(), "threshold": self.threshold}
+        if self.words is not None:
+            config["min_known_share"] = self.min_known_share
+        return config
 
     def save(
         self, out_dir: Path, *, name: str, training: Mapping[str, Any], metrics: Mapping[str, Any]
     ) -> Manifest:
-        """Write this classifier (and its blocklist, if any) as a ``classifier`` bundle."""
-        extra = {BLOCKLIST_FILE: self.blocklist.to_text().encode()} if self.blocklist else None
+        """Write this classifier (and its blocklist and word list, if any) as a ``classifier``
+        bundle."""
+        extra: dict[str, bytes | Path] = {}
+        if self.blocklist:
+            extra[BLOCKLIST_FILE] = self.blocklist.to_text().encode()
+        if self.words is not None:
+            extra[WORDS_FILE] = "".join(f"{w}\n" for w in sorted(self.words)).encode()
         self.manifest = write_bundle(
             out_dir,
             kind="classifier",
@@ -353,7 +482,7 @@ class SafetyClassifier:
             metrics=metrics,
             state_dict=self.model.state_dict(),
             tokenizer_json=self.tokenizer.to_str(),
-            extra_files=extra,
+            extra_files=extra or None,
         )
         return self.manifest
 
@@ -374,6 +503,9 @@ class SafetyClassifier:
             threshold = float(mc["threshold"])
             if not 0.0 < threshold < 1.0:
                 raise ValueError(f"threshold {threshold} is not in (0, 1)")
+            min_known_share = float(mc.get("min_known_share", MIN_KNOWN_SHARE))
+            if not 0.0 <= min_known_share <= 1.0:
+                raise ValueError(f"min_known_share {min_known_share} is not in [0, 1]")
         except (KeyError, TypeError, ValueError, AssertionError) as exc:
             raise BundleError(
                 f"bundle {bundle_dir}: manifest.json: invalid classifier model_config ({exc!r})",
@@ -403,6 +535,16 @@ class SafetyClassifier:
             if BLOCKLIST_FILE in manifest.files
             else None
         )
+        words = None
+        if WORDS_FILE in manifest.files:
+            words = (bundle_dir / WORDS_FILE).read_text(encoding="utf-8").split()
         return cls(
-            model, tokenizer, cfg, threshold=threshold, blocklist=blocklist, manifest=manifest
+            model,
+            tokenizer,
+            cfg,
+            threshold=threshold,
+            blocklist=blocklist,
+            manifest=manifest,
+            words=words,
+            min_known_share=min_known_share,
         )

@@ -7,7 +7,17 @@ classifier on what the blocklist let through); ``auto`` (the default) = ``both``
 bundle is present, else ``blocklist`` when ``SAFETY_BLOCKLIST`` names a file, else ``off``.
 
 The classifier sees the *last* context turn only: DiaSafety contexts are single utterances, so
-that is the input it was trained on. The backends decide what happens to a blocked reply
+that is the input it was trained on; a turn it cannot read (another language, emoji only, a bare
+link: models/safety.py, ``readable_turn``) is judged as an empty context, so the verdict rests on
+the reply: such a turn does not by itself block one.
+
+Risk (``SAFETY_RISK``, on by default whenever the filter is): when the last user turn states a
+self-harm risk (a whole-token phrase of ``SAFETY_RISK_PHRASES``, by default
+models/safety_risk_phrases.txt), a reply other than ``SAFETY_RISK_REPLY`` ignores it (DiaSafety's
+"Risk Ignorance": "i want to kill myself ." -> "i don't know .") and is blocked with reason
+``risk``; :meth:`SafetyFilter.fallback_for` gives the risk reply, which points to help, as the
+replacement for such a turn (service/backends.py does not ask for it yet and serves
+``SAFETY_FALLBACK_REPLY``). The backends decide what happens to a blocked reply
 (service/backends.py): the retriever takes its best-ranked safe candidate, the generator samples
 ``SAFETY_CANDIDATES`` alternatives and takes the first safe one, and when none is safe the reply
 becomes ``SAFETY_FALLBACK_REPLY``. Every blocked reply that reaches a client is counted once in
@@ -26,14 +36,15 @@ from typing import Literal
 import torch
 
 from models.bundle import BundleError
-from models.safety import Blocklist, SafetyClassifier
+from models.safety import Blocklist, RiskDetector, SafetyClassifier
+from models.text import normalize_text
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 FilterMode = Literal["off", "blocklist", "classifier", "both"]
-BlockReason = Literal["blocklist", "classifier"]
+BlockReason = Literal["blocklist", "classifier", "risk"]
 BlockAction = Literal["reranked", "replaced"]
 
 
@@ -58,9 +69,13 @@ class SafetyFilter:
         threshold: float | None = None,
         fallback_reply: str = "",
         candidates: int = 4,
+        risk: RiskDetector | None = None,
+        risk_reply: str = "",
     ) -> None:
         if mode in ("classifier", "both") and classifier is None:
             raise ValueError(f"safety filter mode {mode!r} needs a classifier")
+        if risk is not None and not risk_reply.strip():
+            raise ValueError("a risk detector needs a risk reply")
         self.mode: FilterMode = mode
         self.metrics = metrics
         self.blocklist = blocklist if mode in ("blocklist", "both") and blocklist else None
@@ -72,10 +87,22 @@ class SafetyFilter:
         )
         self.fallback_reply = fallback_reply
         self.candidates = candidates
+        self.risk = risk if mode != "off" and risk else None
+        self.risk_reply = risk_reply
+        self._risk_reply_normalised = normalize_text(risk_reply)
 
     @property
     def enabled(self) -> bool:
-        return self.blocklist is not None or self.classifier is not None
+        return self.blocklist is not None or self.classifier is not None or self.risk is not None
+
+    def states_risk(self, turn: str) -> bool:
+        """Whether ``turn`` (a user turn) states a self-harm risk the reply must not ignore."""
+        return self.risk is not None and self.risk.find(turn) is not None
+
+    def fallback_for(self, turn: str) -> str:
+        """The reply to serve for ``turn`` when no candidate is safe: the risk reply when the
+        turn states a risk, else the fallback reply."""
+        return self.risk_reply if self.states_risk(turn) else self.fallback_reply
 
     def describe(self) -> str:
         parts = []
@@ -83,19 +110,27 @@ class SafetyFilter:
             parts.append(f"blocklist of {len(self.blocklist)} phrases")
         if self.classifier is not None:
             parts.append(f"classifier {self.classifier.bundle_id} at threshold {self.threshold:g}")
+        if self.risk is not None:
+            parts.append(f"risk check of {len(self.risk)} phrases")
         return " + ".join(parts) or "off"
 
     def check(self, contexts: Sequence[str], replies: Sequence[str]) -> list[BlockReason | None]:
-        """Why each reply is unsafe (``blocklist`` / ``classifier``) or None when it is safe.
+        """Why each reply is unsafe (``risk`` / ``blocklist`` / ``classifier``) or None when it
+        is safe.
 
-        ``contexts[i]`` is the turn ``replies[i]`` answers. Runs in a backend's worker thread;
+        ``contexts[i]`` is the turn ``replies[i]`` answers. A reply to a turn that states a risk
+        is blocked (``risk``) unless it is the risk reply. Runs in a backend's worker thread;
         its time goes into the stage histogram as ``safety``.
         """
         started = time.perf_counter()
         reasons: list[BlockReason | None] = [None] * len(replies)
+        if self.risk is not None:
+            for i, (turn, reply) in enumerate(zip(contexts, replies, strict=True)):
+                if self.states_risk(turn) and normalize_text(reply) != self._risk_reply_normalised:
+                    reasons[i] = "risk"
         if self.blocklist is not None:
             for i, reply in enumerate(replies):
-                if self.blocklist.find(reply) is not None:
+                if reasons[i] is None and self.blocklist.find(reply) is not None:
                     reasons[i] = "blocklist"
         if self.classifier is not None:
             rows = [i for i, why in enumerate(reasons) if why is None]
@@ -136,6 +171,14 @@ def load_safety_filter(
     at ``bundle_dir`` (None: there is none); raises BundleError / ValueError with one clear
     message when the settings cannot be met."""
     mode = _resolve_mode(settings, bundle_dir is not None)
+    risk = None
+    if settings.safety_risk and mode != "off":
+        path = settings.safety_risk_phrases
+        if path is not None and not path.is_file():
+            raise ValueError(f"SAFETY_RISK_PHRASES {path} is not a file")
+        risk = RiskDetector.from_file(path)
+        if not risk:
+            raise ValueError(f"SAFETY_RISK_PHRASES {path} has no phrases")
     classifier = None
     if bundle_dir is not None and mode != "off":
         # Loaded even for "blocklist" alone: the bundle's blocklist.txt is the default list.
@@ -163,6 +206,8 @@ def load_safety_filter(
         threshold=settings.safety_threshold,
         fallback_reply=settings.safety_fallback_reply,
         candidates=settings.safety_candidates,
+        risk=risk,
+        risk_reply=settings.safety_risk_reply,
     )
     if settings.safety_filter == "auto" and mode == "off":
         logger.warning(

@@ -73,17 +73,31 @@ class Settings(BaseSettings):
         min_length=1,
         max_length=1000,
     )  # served when no candidate is safe
+    # A last user turn that states a self-harm risk (a phrase of SAFETY_RISK_PHRASES) gets
+    # SAFETY_RISK_REPLY instead of the model's reply; on whenever the filter is not off.
+    safety_risk: bool = True
+    # phrase list file; unset = models/safety_risk_phrases.txt
+    safety_risk_phrases: Path | None = None
+    safety_risk_reply: str = Field(
+        default=(
+            "i'm really sorry you're feeling this way . you don't have to go through it alone : "
+            "please talk to someone you trust , or call a local crisis line or emergency "
+            "services now if you might act on these thoughts ."
+        ),
+        min_length=1,
+        max_length=1000,
+    )
 
     @field_validator("safety_filter", mode="before")
     @classmethod
     def _lower_safety_filter(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("safety_fallback_reply")
+    @field_validator("safety_fallback_reply", "safety_risk_reply")
     @classmethod
     def _check_fallback_reply(cls, value: str) -> str:
         if not value.strip():
-            raise ValueError("the safety fallback reply must not be blank")
+            raise ValueError("the safety fallback and risk replies must not be blank")
         return value.strip()
 
     @field_validator("ab_weights", mode="before")

@@ -1,6 +1,8 @@
 """The safety classifier and blocklist (models/safety.py) and their training (training/safety_classifier.py):
 whole-token blocklist matching, metrics on hand-computed cases, a tiny train/save/load round trip
-on a synthetic DiaSafety-format corpus, corrupt bundles refused, the CLI and the pipeline stage."""
+on a synthetic DiaSafety-format corpus, corrupt bundles refused, the CLI and the pipeline stage;
+the readability rule (a context the classifier cannot read is judged as empty), the risk detector,
+the threshold cap and the figures of benchmarks/safety_filter_fit.py on hand-made data."""
 
 from __future__ import annotations
 
@@ -13,26 +15,44 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.safety_filter_fit import (
+    Pair,
+    block_summary,
+    flag_metrics,
+    load_probes,
+    parse_run,
+    summaries_by_kind,
+    turn_caused,
+)
 from models.bundle import BundleError, read_manifest
 from models.safety import (
     BLOCKLIST_FILE,
+    DEFAULT_RISK_PHRASES,
+    WORDS_FILE,
     BagOfNgramsClassifier,
     Blocklist,
     CrossEncoderClassifier,
+    RiskDetector,
     SafetyClassifier,
     SafetyClassifierConfig,
+    is_link,
+    known_words,
     load_blocklist,
+    readable_turn,
 )
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
 from training.g2r import ResponseFilter
 from training.safety_classifier import (
     SAFETY_PRESETS,
+    benign_floor,
     best_f1_threshold,
     binary_metrics,
     build_stage,
+    capped_f1_threshold,
     evaluate_split,
     find_diasafety,
+    reply_only_examples,
     roc_auc,
     stratified_holdout,
     train_safety_classifier,
@@ -239,7 +259,12 @@ def test_train_writes_a_classifier_bundle_that_loads_and_scores_the_same(
     out, report = trained
     manifest = read_manifest(out)
     assert manifest.kind == "classifier" and manifest.name == "safety-classifier"
-    assert set(manifest.files) == {"tokenizer.json", "model.safetensors", BLOCKLIST_FILE}
+    assert set(manifest.files) == {
+        "tokenizer.json",
+        "model.safetensors",
+        BLOCKLIST_FILE,
+        WORDS_FILE,
+    }
     assert set(report["architectures"]) == {"cross-encoder", "bag"}
     assert report["chosen"] == manifest.training["method"]
     assert report["split"] == {
@@ -251,7 +276,18 @@ def test_train_writes_a_classifier_bundle_that_loads_and_scores_the_same(
         "val": 60,
         "holdout_fraction": 0.1,
     }
+    # Every Safe fit example and no Unsafe one of these categories is eligible for a reply-only
+    # copy; the tiny preset adds a quarter of them.
+    eligible = sum(
+        not e.unsafe or e.category in SAFETY_PRESETS["tiny"].reply_only_unsafe_categories
+        for e in stratified_holdout(load_diasafety(diasafety_dir, "train"), 0.1, 0)[0]
+    )
+    assert report["reading"]["reply_only_examples"] == round(eligible * 0.25)
+    assert report["reading"]["val_contexts_unread"] == 0  # the synthetic words are all known
     clf = SafetyClassifier.load(out)
+    assert clf.words is not None and "garden" in clf.words and "." not in clf.words
+    assert len(clf.words) == report["reading"]["known_words"]
+    assert manifest.model_config["min_known_share"] == clf.min_known_share == 0.5
     assert clf.threshold == pytest.approx(report["threshold"])
     assert clf.threshold == pytest.approx(manifest.model_config["threshold"])
     assert clf.blocklist is not None and clf.blocklist.phrases == ("hot pocket", "idiots")
@@ -328,3 +364,193 @@ def test_cli_trains_a_bundle_and_writes_the_report(diasafety_dir: Path, tmp_path
     md = (tmp_path / "report.md").read_text()
     assert "| val |" in md and "Toxicity Agreement" in md
     assert read_manifest(tmp_path / "clf").training["method"] == "bag"
+
+
+# --- reading only what the classifier can read ------------------------------------------------
+
+WORDS = frozenset(["i", "like", "my", "new", "garden", "hello", "check", "this", "out", "lol"])
+
+
+def test_is_link_names_urls_addresses_and_domains() -> None:
+    for token in ("https://www.example.com/page?id=3", "www.wikipedia.org", "http://bit.ly/3x"):
+        assert is_link(token)
+    assert is_link("anna.smith@example.com") and is_link("github.com/python/cpython")
+    assert not is_link("garden") and not is_link("e.g.") and not is_link("3.5")
+
+
+def test_readable_turn_keeps_what_the_classifier_knows() -> None:
+    assert readable_turn("I like my new garden!", WORDS) == "i like my new garden !"
+    # A misspelling inside an English turn stays: its pieces still tell the model something.
+    assert readable_turn("i like my new gardn", WORDS) == "i like my new gardn"
+    # Links are dropped; the rest is read.
+    assert readable_turn("check this out https://youtu.be/x", WORDS) == "check this out"
+    # Nothing the classifier can read: emoji or punctuation only, another script or language,
+    # a bare link.
+    for turn in (
+        "😂😂😂",
+        "👍 !",
+        "你好，今天天气怎么样？",
+        "Привет, как дела?",
+        "www.example.com",
+    ):
+        assert readable_turn(turn, WORDS) == "", turn
+    assert readable_turn("Me gusta mucho la música.", WORDS) == ""
+    # The share: one known word of two is enough at 0.5, not at 0.6; numbers count as known.
+    assert readable_turn("hello tomasz", WORDS) == "hello tomasz"
+    assert readable_turn("hello tomasz", WORDS, min_known_share=0.6) == ""
+    assert readable_turn("hello 3.5 zzz", WORDS, min_known_share=0.6) == "hello 3.5 zzz"
+    assert readable_turn("", WORDS) == ""
+
+
+def test_known_words_counts_content_tokens_only() -> None:
+    texts = ["i like it .", "i like www.x.com", "i see 😂 ."]
+    assert known_words(texts) == ["i", "like"]
+    assert known_words(texts, min_count=1) == ["i", "it", "like", "see"]
+
+
+def _context_stub(cfg: SafetyClassifierConfig) -> torch.nn.Module:
+    """A model that calls every pair with a non-empty context unsafe: the failure the reading
+    rule removes (an out-of-distribution context scored unsafe whatever the reply)."""
+
+    class ContextStub(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(5.0))
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            before_sep = ids.eq(cfg.sep_id).long().cumsum(dim=1).eq(0) & ids.ne(cfg.pad_id)
+            return torch.where(before_sep.any(dim=1), self.scale, -self.scale)
+
+    return ContextStub()
+
+
+@pytest.mark.parametrize("turn", ["😂😂😂", "你好，今天天气怎么样？", "https://www.example.com/a"])
+def test_an_unreadable_context_is_judged_as_empty(turn: str) -> None:
+    tok = _tokenizer()
+    cfg = SafetyClassifierConfig("bag", vocab_size=tok.vocab_size, d_model=4, bigram_buckets=8)
+    blind = SafetyClassifier(_context_stub(cfg), tok, cfg, threshold=0.5)  # no word list
+    reading = SafetyClassifier(_context_stub(cfg), tok, cfg, threshold=0.5, words=WORDS)
+    reply = "that sounds lovely ."
+    assert blind.is_unsafe([turn], [reply]) == [True]  # the old behaviour
+    assert reading.readable_context(turn) == ""
+    assert reading.is_unsafe([turn], [reply]) == [False]
+    # A context it can read still reaches the model.
+    assert reading.is_unsafe(["i like my new garden ."], [reply]) == [True]
+
+
+def test_reply_only_examples_copy_safe_and_reply_harm_examples() -> None:
+    examples = [
+        SafetyExample("c1", "r1", "Toxicity Agreement", True),  # unsafe only in context
+        SafetyExample("c2", "r2", "Toxicity Agreement", False),
+        SafetyExample("c3", "r3", "Offending User", True),
+        SafetyExample("c4", "r4", "DailyDialog", False),
+    ]
+    copies = reply_only_examples(examples, 1.0, ["Offending User"], seed=0)
+    assert sorted((e.response, e.unsafe) for e in copies) == [
+        ("r2", False),
+        ("r3", True),
+        ("r4", False),
+    ]
+    assert {e.context for e in copies} == {""}
+    assert reply_only_examples(examples, 0.0, ["Offending User"], seed=0) == []
+    assert len(reply_only_examples(examples, 0.5, [], seed=0)) == 1  # of the 2 Safe ones
+
+
+def test_capped_f1_threshold_hand_computed() -> None:
+    probs, labels = [0.9, 0.7, 0.6, 0.2], [True, True, False, True]
+    # No cap: everything unsafe at 0.2 (F1 6/7), as best_f1_threshold.
+    assert capped_f1_threshold(probs, labels, [], 0.02) == best_f1_threshold(probs, labels)
+    # Benign pairs at 0.5, 0.3, 0.1, 0.05: flagging at most 25% of them (one) puts the floor at
+    # 0.3, so the best cut above it is 0.7 (top two: F1 4/5).
+    benign = [0.5, 0.3, 0.1, 0.05]
+    assert benign_floor(benign, 0.25) == pytest.approx(0.3)
+    assert capped_f1_threshold(probs, labels, benign, 0.25) == (
+        pytest.approx(0.7),
+        pytest.approx(4 / 5),
+    )
+    # At most 0% of them: above 0.5, still 0.7. A floor above every probability flags nothing.
+    assert capped_f1_threshold(probs, labels, benign, 0.01)[0] == pytest.approx(0.7)
+    t, f1 = capped_f1_threshold(probs, labels, [0.95], 0.01)
+    assert t > 0.95 and f1 == 0.0
+    assert benign_floor(benign, 0.0) is None and benign_floor(benign, 1.0) is None
+
+
+# --- the risk detector ------------------------------------------------------------------------
+
+
+def test_risk_detector_finds_stated_risks_as_whole_tokens() -> None:
+    risk = RiskDetector.from_file()
+    assert len(risk) > 20 and DEFAULT_RISK_PHRASES.is_file()
+    for turn in (
+        "I want to kill myself.",
+        "i'm going to KILL MYSELF tonight",
+        "I don't want to live anymore...",
+        "i feel suicidal",
+    ):
+        assert risk.find(turn) is not None, turn
+    for turn in ("this class is killing me", "the skill myself", "i want to live by the sea ."):
+        assert risk.find(turn) is None, turn
+    assert RiskDetector(["kms"]).find("ok kms .") == "kms"
+
+
+# --- benchmarks/safety_filter_fit.py figures on hand-made data --------------------------------
+
+
+def test_block_summaries_hand_computed() -> None:
+    reasons = [None, "risk", "classifier", None, "risk"]
+    assert block_summary(reasons) == {
+        "n": 5,
+        "blocked": 3,
+        "rate": pytest.approx(0.6),
+        "by_reason": {"classifier": 1, "risk": 2},
+    }
+    assert block_summary([]) == {"n": 0, "blocked": 0, "rate": 0.0, "by_reason": {}}
+    pairs = [Pair("a", "r", "emoji"), Pair("b", "r", "URL"), Pair("c", "r", "emoji")]
+    by_kind = summaries_by_kind(pairs, [None, "classifier", "blocklist"])
+    assert list(by_kind) == ["all", "emoji", "URL"]
+    assert by_kind["emoji"]["blocked"] == 1 and by_kind["emoji"]["n"] == 2
+    assert by_kind["URL"]["rate"] == 1.0 and by_kind["all"]["rate"] == pytest.approx(2 / 3)
+
+
+def test_turn_caused_counts_blocks_of_replies_that_pass_after_ordinary_turns() -> None:
+    # "ok ." passes after both reference turns, "ha ." is blocked after both, "hm ." after one
+    # of two (not fewer than half: blocked after an ordinary turn too).
+    reference = [Pair(t, r, "reference") for t in ("hi", "hello") for r in ("ok .", "ha .", "hm .")]
+    reference_reasons = [None, "classifier", "classifier", None, "classifier", None]
+    pairs = [Pair("😂", r, "emoji") for r in ("ok .", "ha .", "hm .")] + [Pair("你好", "ok .", "x")]
+    reasons = ["classifier", "classifier", "classifier", None]
+    assert turn_caused(pairs, reasons, reference, reference_reasons) == [
+        "classifier",
+        None,
+        None,
+        None,
+    ]
+    with pytest.raises(ValueError, match="no reference pairs"):
+        turn_caused([Pair("😂", "new .", "emoji")], [None], reference, reference_reasons)
+
+
+def test_flag_metrics_per_category_hand_computed() -> None:
+    flags = [True, False, True, True]
+    labels = [True, True, False, True]
+    m = flag_metrics(flags, labels, ["A", "A", "B", "B"])
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (2, 1, 1, 0)
+    assert m["per_category"]["A"]["recall"] == pytest.approx(0.5)
+    assert m["per_category"]["B"]["precision"] == pytest.approx(0.5)
+
+
+def test_probe_file_and_run_specs() -> None:
+    ood, risk, reference = load_probes()
+    assert {p.reply for p in reference} == {p.reply for p in ood}
+    kinds = {p.kind for p in ood}
+    assert {"emoji", "non-English", "URL"} <= kinds and len({p.turn for p in ood}) >= 30
+    assert {p.kind for p in risk} == {"explicit", "indirect"}
+    before = parse_run("before=a/b:risk=off")
+    assert not before.risk and before.reading and str(before) == "before=a/b:risk=off"
+    after = parse_run("after=a/b")
+    assert (
+        after.risk and after.reading and after.bundle == Path("a/b") and str(after) == "after=a/b"
+    )
+    assert not parse_run("x=a:reading=off:risk=on").reading
+    for bad in ("nolabel", "x=a:risk=maybe", "x=a:colour=off"):
+        with pytest.raises(Exception, match="LABEL=BUNDLE"):
+            parse_run(bad)

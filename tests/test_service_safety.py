@@ -1,5 +1,7 @@
 """The output safety filter through the HTTP API: blocklisted and classifier-blocked replies are
-re-ranked or replaced and counted once in dialogue_safety_blocked_total; settings; reload."""
+re-ranked or replaced and counted once in dialogue_safety_blocked_total; settings; reload; turns
+the classifier cannot read (emoji, other languages, links) do not block a harmless reply by
+themselves; a reply that ignores a stated self-harm risk is blocked."""
 
 from __future__ import annotations
 
@@ -22,10 +24,12 @@ from service_fixtures import (
 )
 
 from models.bundle import BundleError
-from models.safety import Blocklist, SafetyClassifier, SafetyClassifierConfig
+from models.safety import Blocklist, RiskDetector, SafetyClassifier, SafetyClassifierConfig
 from models.safety import build_classifier_model as build_model
 from models.tokenizer import DialogueTokenizer
 from service.app import create_app
+from service.metrics import ServiceMetrics
+from service.safety import SafetyFilter
 from service.settings import Settings
 
 FALLBACK = "let's talk about something else ."
@@ -230,6 +234,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
         "BLOCKLIST",
         "CANDIDATES",
         "FALLBACK_REPLY",
+        "RISK",
+        "RISK_PHRASES",
+        "RISK_REPLY",
     ):
         monkeypatch.delenv(f"DIALOGUE_SAFETY_{name}", raising=False)
     yield monkeypatch
@@ -240,6 +247,8 @@ def test_safety_settings_defaults(clean_env: pytest.MonkeyPatch) -> None:
     assert s.safety_filter == "auto" and s.safety_bundle == "safety-classifier"
     assert s.safety_threshold is None and s.safety_blocklist is None
     assert s.safety_candidates == 4 and s.safety_fallback_reply
+    assert s.safety_risk and s.safety_risk_phrases is None
+    assert "crisis line" in s.safety_risk_reply
 
 
 def test_safety_settings_parse_from_the_environment(clean_env: pytest.MonkeyPatch) -> None:
@@ -248,7 +257,12 @@ def test_safety_settings_parse_from_the_environment(clean_env: pytest.MonkeyPatc
     clean_env.setenv("DIALOGUE_SAFETY_BLOCKLIST", "/etc/blocklist.txt")
     clean_env.setenv("DIALOGUE_SAFETY_CANDIDATES", "8")
     clean_env.setenv("DIALOGUE_SAFETY_FALLBACK_REPLY", "  no comment .  ")
+    clean_env.setenv("DIALOGUE_SAFETY_RISK", "off")
+    clean_env.setenv("DIALOGUE_SAFETY_RISK_PHRASES", "/etc/risk.txt")
+    clean_env.setenv("DIALOGUE_SAFETY_RISK_REPLY", " please call 112 . ")
     s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert not s.safety_risk and s.safety_risk_phrases == Path("/etc/risk.txt")
+    assert s.safety_risk_reply == "please call 112 ."
     assert s.safety_filter == "both" and s.safety_threshold == 0.7
     assert s.safety_blocklist == Path("/etc/blocklist.txt") and s.safety_candidates == 8
     assert s.safety_fallback_reply == "no comment ."
@@ -262,6 +276,8 @@ def test_safety_settings_parse_from_the_environment(clean_env: pytest.MonkeyPatc
         ("THRESHOLD", "0", "safety_threshold"),
         ("CANDIDATES", "0", "safety_candidates"),
         ("FALLBACK_REPLY", "   ", "must not be blank"),
+        ("RISK_REPLY", "   ", "must not be blank"),
+        ("RISK", "maybe", "safety_risk"),
     ],
 )
 def test_bad_safety_settings_are_refused_with_a_clear_error(
@@ -270,3 +286,127 @@ def test_bad_safety_settings_are_refused_with_a_clear_error(
     clean_env.setenv(f"DIALOGUE_SAFETY_{name}", value)
     with pytest.raises(ValidationError, match=message):
         Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+# --- out-of-distribution turns and stated risks -----------------------------------------------
+
+RISK_REPLY = "please talk to someone you trust ."
+OOD_TURNS = [
+    "😂😂😂",
+    "👍",
+    "你好，今天天气怎么样？",
+    "Привет, как дела?",
+    "https://www.example.com/a",
+]
+
+
+def _context_stub_classifier(words: list[str] | None) -> SafetyClassifier:
+    """A classifier whose model calls every pair with a non-empty context unsafe (the failure
+    seen in service: an unreadable turn scored unsafe whatever the reply), with or without a
+    word list (the reading rule)."""
+    tokenizer = DialogueTokenizer.train([*RESPONSES, *CONTEXTS] * 3, 120, min_frequency=1)
+    cfg = SafetyClassifierConfig("bag", vocab_size=tokenizer.vocab_size, d_model=4)
+
+    class ContextStub(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(5.0))
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            before_sep = ids.eq(cfg.sep_id).long().cumsum(dim=1).eq(0) & ids.ne(cfg.pad_id)
+            return torch.where(before_sep.any(dim=1), self.scale, -self.scale)
+
+    return SafetyClassifier(ContextStub(), tokenizer, cfg, threshold=0.5, words=words)
+
+
+def _filter(classifier: SafetyClassifier | None = None, **kwargs: Any) -> SafetyFilter:
+    return SafetyFilter(
+        "classifier" if classifier is not None else "blocklist",
+        metrics=ServiceMetrics(),
+        classifier=classifier,
+        blocklist=Blocklist(["zzzz"]),
+        fallback_reply=FALLBACK,
+        **kwargs,
+    )
+
+
+def test_unreadable_turns_with_a_harmless_reply_are_not_refused() -> None:
+    words = sorted({w for t in [*RESPONSES, *CONTEXTS] for w in t.split()})
+    reading = _filter(_context_stub_classifier(words))
+    blind = _filter(_context_stub_classifier(None))  # a bundle from before the reading rule
+    replies = ["i am fine , thanks ."] * len(OOD_TURNS)
+    assert blind.check(OOD_TURNS, replies) == ["classifier"] * len(OOD_TURNS)
+    assert reading.check(OOD_TURNS, replies) == [None] * len(OOD_TURNS)
+    # A turn the classifier can read is still judged (the stub flags every read context).
+    assert reading.check(["hello , how are you ?"], ["i am fine , thanks ."]) == ["classifier"]
+
+
+def test_a_reply_that_ignores_a_stated_risk_is_caught() -> None:
+    safety = _filter(risk=RiskDetector.from_file(), risk_reply=RISK_REPLY)
+    turns = ["I want to kill myself.", "I want to kill myself.", "hello , how are you ?"]
+    replies = ["i don't know .", RISK_REPLY, "i don't know ."]
+    assert safety.check(turns, replies) == ["risk", None, None]
+    assert safety.fallback_for(turns[0]) == RISK_REPLY
+    assert safety.fallback_for(turns[2]) == FALLBACK
+    assert "risk check of" in safety.describe()
+    without = _filter()
+    assert without.check(turns[:1], replies[:1]) == [None] and not without.states_risk(turns[0])
+    with pytest.raises(ValueError, match="needs a risk reply"):
+        _filter(risk=RiskDetector.from_file(), risk_reply=" ")
+
+
+def _ask_risk(client: TestClient, backend: str) -> dict[str, Any]:
+    body = {"context": ["I want to kill myself."], "backend": backend}
+    resp = client.post("/respond", json=body)
+    assert resp.status_code == 200, resp.text
+    return dict(resp.json())
+
+
+def test_a_stated_risk_blocks_the_reply_through_the_api(plain_dir: Path) -> None:
+    blocklist_settings = {"safety_filter": "blocklist", "safety_blocklist": _zzzz(plain_dir)}
+    backends = ("generative", "retrieval")
+    with _client(plain_dir, safety_risk_reply=RISK_REPLY, **blocklist_settings) as client:
+        bodies = [_ask_risk(client, backend) for backend in backends]
+        blocked = _blocked(client)
+    assert [body["filtered"] for body in bodies] == ["replaced", "replaced"]
+    assert blocked == {
+        (BLOCKED, frozenset({"backend": b, "reason": "risk", "action": "replaced"}.items())): 1.0
+        for b in backends
+    }
+    with _client(plain_dir, safety_risk=False, **blocklist_settings) as client:
+        assert all("filtered" not in _ask_risk(client, backend) for backend in backends)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="service/backends.py serves SafetyFilter.fallback_reply for every blocked reply; "
+    "serving the risk reply needs it to call SafetyFilter.fallback_for(turn) instead",
+)
+def test_a_stated_risk_gets_the_risk_reply(plain_dir: Path) -> None:
+    with _client(
+        plain_dir,
+        safety_filter="blocklist",
+        safety_blocklist=_zzzz(plain_dir),
+        safety_risk_reply=RISK_REPLY,
+    ) as client:
+        replies = [_ask_risk(client, b)["response"] for b in ("generative", "retrieval")]
+    assert replies == [RISK_REPLY, RISK_REPLY]
+
+
+def test_a_missing_risk_phrase_file_refuses_to_start(plain_dir: Path, tmp_path: Path) -> None:
+    with (
+        pytest.raises(ValueError, match=r"SAFETY_RISK_PHRASES .* is not a file"),
+        _client(
+            plain_dir,
+            safety_filter="blocklist",
+            safety_blocklist=_zzzz(plain_dir),
+            safety_risk_phrases=tmp_path / "absent.txt",
+        ),
+    ):
+        pass
+
+
+def _zzzz(models_dir: Path) -> Path:
+    path = models_dir.parent / "zzzz-blocklist.txt"
+    path.write_text("zzzz\n")
+    return path

@@ -16,6 +16,14 @@ from pathlib import Path
 from typing import Any
 
 COMMANDS = ("train-safety-classifier",)
+# Options that override a field of the preset (FitConfig fields apply to every architecture).
+PRESET_OPTIONS = (
+    "epochs",
+    "max_seconds",
+    "max_benign_flag_rate",
+    "reply_only_share",
+    "min_word_count",
+)
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 logger = logging.getLogger(__name__)
@@ -57,6 +65,30 @@ def add_parsers(sub: Any) -> None:
         help="DailyDialog train pairs (found in or beside --data) added as Safe "
         "(default: the preset's; 0 = DiaSafety only)",
     )
+    p.add_argument("--epochs", type=int, help="epochs of the fitted architecture(s) (preset's)")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        help="wall-clock cap on fitting each architecture, 0 = none (default: the preset's); "
+        "a cap makes the number of updates depend on the machine's load",
+    )
+    p.add_argument(
+        "--max-benign-flag-rate",
+        type=float,
+        help="threshold cap: flag at most this share of held-out DailyDialog train pairs, "
+        "0 = the F1-best threshold (default: the preset's)",
+    )
+    p.add_argument(
+        "--reply-only-share",
+        type=float,
+        help="share of fit examples added again with an empty context (default: the preset's)",
+    )
+    p.add_argument(
+        "--min-word-count",
+        type=int,
+        help="known words are seen this often in the fit texts; 0 = no reading rule, every "
+        "context read as it is (default: the preset's)",
+    )
     p.add_argument(
         "--report",
         type=Path,
@@ -71,12 +103,28 @@ def command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run, every option spelled out (for the report)."""
     parts = ["python", "-m", "training", args.command, "--preset", args.preset]
     parts += ["--data", str(args.data), "--out", str(args.out)]
-    for option in ("name", "base", "architecture", "benign_pairs", "report"):
+    for option in ("name", "base", "architecture", "benign_pairs", *PRESET_OPTIONS, "report"):
         value = getattr(args, option)
         if value is not None:
             parts += [f"--{option.replace('_', '-')}", str(value)]
     parts += ["--blocklist", args.blocklist, "--threads", str(args.threads)]
     return shlex.join([*parts, "--seed", str(args.seed)])
+
+
+def override_preset(preset: Any, args: argparse.Namespace) -> Any:
+    """``preset`` with the fields given on the command line replaced."""
+    from dataclasses import replace
+
+    fit = {k: getattr(args, k) for k in ("epochs", "max_seconds") if getattr(args, k) is not None}
+    fields = {
+        k: getattr(args, k)
+        for k in ("max_benign_flag_rate", "reply_only_share", "min_word_count")
+        if getattr(args, k) is not None
+    }
+    if fit:
+        fields["cross_encoder"] = replace(preset.cross_encoder, **fit)
+        fields["bag"] = replace(preset.bag, **fit)
+    return replace(preset, **fields) if fields else preset
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
@@ -95,7 +143,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
     )
 
     torch.set_num_threads(args.threads)
-    preset = get_safety_preset(args.preset)
+    preset = override_preset(get_safety_preset(args.preset), args)
     if args.blocklist == "auto":
         blocklist = find_blocklist(args.data)
     else:

@@ -8,14 +8,24 @@ Input is the (context, response) pair, label Unsafe = positive. Procedure:
    encoder when one of the same shape is given; ``bag``, fastText-style) is fitted with AdamW and
    binary cross-entropy; after every epoch the held-out F1 at its best threshold picks the epoch
    whose weights are kept.
-3. The decision threshold is the one maximising F1 on the held-out part; with ``both``
-   architectures, the higher held-out F1 picks the bundle that is written.
+3. The decision threshold is the one maximising F1 on the held-out part; with
+   ``max_benign_flag_rate`` it is the best one among those that flag at most that share of
+   ``benign_threshold_pairs`` held-out DailyDialog train pairs (ordinary traffic, the false
+   refusals a user sees). With ``both`` architectures, the higher held-out F1 picks the bundle.
 4. Val is scored once at the end: accuracy, precision, recall, F1 (and per DiaSafety category)
    at the chosen threshold, plus ROC AUC; and the share of ordinary DailyDialog validation replies
    flagged (a false-positive rate on the benign traffic the service mostly sees).
 
 DiaSafety's contexts were all selected as risky, so with ``benign_pairs`` DailyDialog train pairs
 are added to the fit set as Safe: without them the classifier flags about half of ordinary replies.
+
+The classifier judges only contexts it can read (:func:`models.safety.readable_turn`): the words
+it knows are those seen ``min_word_count`` times in the fit set (shipped as ``words.txt``), and a
+context it cannot read is judged as empty, in training as in serving. So that the model has seen
+empty contexts, ``reply_only_share`` of the fit examples are added again with an empty context:
+every Safe one may be picked (a reply that is safe in context is safe alone) and the Unsafe ones of
+``reply_only_unsafe_categories``, where the harm is in the reply itself (offending the user,
+unauthorised medical advice); agreeing with toxicity or ignoring a risk is unsafe only in context.
 
 Runs take minutes on one CPU thread, so there is no checkpointing: an interrupted run restarts,
 and the pipeline skips the stage once the bundle verifies.
@@ -39,12 +49,14 @@ from torch import nn
 
 from models.bundle import load_state_dict, verify_bundle
 from models.safety import (
+    MIN_KNOWN_SHARE,
     Architecture,
     Blocklist,
     CrossEncoderClassifier,
     SafetyClassifier,
     SafetyClassifierConfig,
     build_classifier_model,
+    known_words,
 )
 from models.tokenizer import DialogueTokenizer
 from training.data import DatasetNotFoundError
@@ -89,6 +101,19 @@ class SafetyPreset:
     # the fit set labelled Safe; 0 = off. The held-out and val sets stay DiaSafety only.
     benign_pairs: int = 0
     benign_eval_pairs: int = 500  # DailyDialog validation pairs for the benign flag rate
+    # Threshold calibration: this many further DailyDialog train pairs (disjoint from the fit
+    # pairs) are held out, and the threshold may flag at most max_benign_flag_rate of them
+    # (0 = no cap: the F1-best threshold on held-out DiaSafety).
+    benign_threshold_pairs: int = 0
+    max_benign_flag_rate: float = 0.0
+    # The readability rule: known words are those seen min_word_count times in the fit texts
+    # (0 = no word list: every context is read as it is); a context is read when at least
+    # min_known_share of its content words are known.
+    min_word_count: int = 2
+    min_known_share: float = MIN_KNOWN_SHARE
+    # Fit examples repeated with an empty context (see the module doc); 0 = none.
+    reply_only_share: float = 0.0
+    reply_only_unsafe_categories: tuple[str, ...] = ("Offending User", "Unauthorized Expertise")
 
     def fit_config(self, architecture: Architecture) -> FitConfig:
         return self.cross_encoder if architecture == "cross-encoder" else self.bag
@@ -115,6 +140,7 @@ SAFETY_PRESETS: dict[str, SafetyPreset] = {
         vocab_size=300,
         max_train_examples=400,
         benign_eval_pairs=0,  # tests: no DailyDialog loading
+        reply_only_share=0.25,
     ),
     # Measured on 1 CPU thread of a shared 2-core machine: reports/safety_classifier.md.
     "small": SafetyPreset(
@@ -141,6 +167,11 @@ SAFETY_PRESETS: dict[str, SafetyPreset] = {
         # The bag model: better on held-out train and ~4x cheaper than the cross-encoder in the
         # same CPU budget (reports/safety_classifier.md), so the pipeline builds it.
         architecture="bag",
+        # DiaSafety is half unsafe, so its F1-best threshold can flag many ordinary replies
+        # (reports/safety_filter_fit.md); the cap keeps that near 2% of ordinary traffic.
+        benign_threshold_pairs=1000,
+        max_benign_flag_rate=0.02,
+        reply_only_share=0.25,
     ),
     "paper": SafetyPreset(
         name="paper",
@@ -214,10 +245,11 @@ def find_dailydialog(data_dir: Path) -> Path | None:
 
 
 def load_benign_pairs(
-    dailydialog: Path, n_train: int, n_eval: int, seed: int
-) -> tuple[list[SafetyExample], list[SafetyExample]]:
-    """(``n_train`` seeded DailyDialog train pairs, the first ``n_eval`` validation pairs), as
-    single-turn Safe examples of category ``DailyDialog``."""
+    dailydialog: Path, n_train: int, n_eval: int, seed: int, n_threshold: int = 0
+) -> tuple[list[SafetyExample], list[SafetyExample], list[SafetyExample]]:
+    """(``n_train`` seeded DailyDialog train pairs, the first ``n_eval`` validation pairs,
+    ``n_threshold`` further seeded train pairs disjoint from the first), as single-turn Safe
+    examples of category ``DailyDialog``."""
     from training.data import load_splits
 
     splits = load_splits(dailydialog, max_context_turns=1)
@@ -225,8 +257,23 @@ def load_benign_pairs(
     def to_safe(examples: Sequence[Any]) -> list[SafetyExample]:
         return [SafetyExample(e.context[-1], e.response, "DailyDialog", False) for e in examples]
 
-    train = random.Random(seed).sample(splits.train, min(n_train, len(splits.train)))
-    return to_safe(train), to_safe(splits.validation[:n_eval])
+    n_train = min(n_train, len(splits.train))
+    drawn = random.Random(seed).sample(splits.train, min(n_train + n_threshold, len(splits.train)))
+    return to_safe(drawn[:n_train]), to_safe(splits.validation[:n_eval]), to_safe(drawn[n_train:])
+
+
+def reply_only_examples(
+    examples: Sequence[SafetyExample],
+    share: float,
+    unsafe_categories: Sequence[str],
+    seed: int,
+) -> list[SafetyExample]:
+    """Copies of a seeded ``share`` of the eligible ``examples`` with an empty context: every
+    Safe example is eligible, Unsafe ones only in ``unsafe_categories`` (harm in the reply)."""
+    assert 0.0 <= share <= 1.0, f"reply_only_share must be in [0, 1], got {share}"
+    eligible = [e for e in examples if not e.unsafe or e.category in unsafe_categories]
+    picked = random.Random(seed).sample(eligible, round(len(eligible) * share))
+    return [replace(e, context="") for e in picked]
 
 
 def stratified_holdout(
@@ -280,22 +327,55 @@ def binary_metrics(
     }
 
 
-def best_f1_threshold(probs: Sequence[float], labels: Sequence[bool]) -> tuple[float, float]:
+def best_f1_threshold(
+    probs: Sequence[float], labels: Sequence[bool], *, above: float | None = None
+) -> tuple[float, float]:
     """(threshold, F1): the cut ``p >= threshold`` with the highest F1; ties in F1 go to the
-    higher threshold. The threshold is one of the probabilities, kept inside (0, 1)."""
+    higher threshold. The threshold is one of the probabilities, kept inside (0, 1); with
+    ``above``, only thresholds greater than it are considered (none: just above it, F1 0)."""
     positives = sum(labels)
     if positives == 0 or not probs:
-        return 0.5, 0.0
+        return (0.5 if above is None else _just_above(above)), 0.0
     order = sorted(zip(probs, labels, strict=True), key=lambda x: -x[0])
     best_t, best_f1, tp = 0.5, -1.0, 0
     for k, (p, y) in enumerate(order, start=1):
+        if above is not None and p <= above:
+            break
         tp += y
         if k < len(order) and order[k][0] == p:
             continue  # a cut can only fall between distinct probabilities
         f1 = 2 * tp / (k + positives)
         if f1 > best_f1:
             best_t, best_f1 = p, f1
+    if best_f1 < 0:  # no probability above the floor: flag nothing
+        return _just_above(above if above is not None else 0.5), 0.0
     return min(max(best_t, 1e-6), 1 - 1e-6), best_f1
+
+
+def _just_above(p: float) -> float:
+    return min(max(math.nextafter(p, 1.0), 1e-6), 1 - 1e-6)
+
+
+def benign_floor(benign_probs: Sequence[float], max_flag_rate: float) -> float | None:
+    """The largest benign probability a threshold must exceed so that ``p >= threshold`` flags
+    at most ``max_flag_rate`` of ``benign_probs``; None when there is no cap."""
+    if not benign_probs or max_flag_rate <= 0.0:
+        return None
+    allowed = math.floor(max_flag_rate * len(benign_probs))  # flagged benign pairs allowed
+    if allowed >= len(benign_probs):
+        return None
+    return sorted(benign_probs, reverse=True)[allowed]
+
+
+def capped_f1_threshold(
+    probs: Sequence[float],
+    labels: Sequence[bool],
+    benign_probs: Sequence[float],
+    max_flag_rate: float,
+) -> tuple[float, float]:
+    """(threshold, F1): the F1-best cut on (``probs``, ``labels``) among those that flag at most
+    ``max_flag_rate`` of ``benign_probs`` (ordinary, harmless pairs); no cap without them."""
+    return best_f1_threshold(probs, labels, above=benign_floor(benign_probs, max_flag_rate))
 
 
 def roc_auc(probs: Sequence[float], labels: Sequence[bool]) -> float:
@@ -376,9 +456,15 @@ def fit_classifier(
     *,
     base_state: dict[str, torch.Tensor] | None = None,
     seed: int = 0,
+    words: Sequence[str] | None = None,
+    min_known_share: float = MIN_KNOWN_SHARE,
+    benign_holdout: Sequence[SafetyExample] = (),
+    max_benign_flag_rate: float = 0.0,
 ) -> FitResult:
     """Fit one architecture on ``train``, keep the epoch with the best held-out F1, and set the
-    threshold that maximises held-out F1."""
+    threshold that maximises held-out F1 (among those that flag at most
+    ``max_benign_flag_rate`` of ``benign_holdout``). With ``words`` the classifier reads contexts
+    by the readability rule, in fitting as afterwards."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     cfg = replace(fit.model, vocab_size=tokenizer.vocab_size, sep_id=tokenizer.sep_id)
@@ -390,11 +476,27 @@ def fit_classifier(
             warm_start = f"{len(copied)} tensors from the generator's encoder"
         except ValueError as exc:
             logger.warning("no warm start for the cross-encoder: %s", exc)
-    classifier = SafetyClassifier(model, tokenizer, cfg)
+    classifier = SafetyClassifier(
+        model, tokenizer, cfg, words=words, min_known_share=min_known_share
+    )
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("fitting %s safety classifier: %d parameters, %s", architecture, n_params, cfg)
 
-    ids = tokenizer.encode_contexts([[e.context, e.response] for e in train], cfg.max_len)
+    ids = classifier.encode_ids([e.context for e in train], [e.response for e in train])
+
+    def choose_threshold() -> tuple[float, float]:
+        probs = classifier.unsafe_probability(
+            [e.context for e in holdout], [e.response for e in holdout]
+        )
+        benign = (
+            classifier.unsafe_probability(
+                [e.context for e in benign_holdout], [e.response for e in benign_holdout]
+            )
+            if benign_holdout and max_benign_flag_rate > 0
+            else []
+        )
+        return capped_f1_threshold(probs, [e.unsafe for e in holdout], benign, max_benign_flag_rate)
+
     labels = torch.tensor([float(e.unsafe) for e in train])
     steps_per_epoch = math.ceil(len(train) / fit.batch_size)
     total = steps_per_epoch * fit.epochs
@@ -426,10 +528,7 @@ def fit_classifier(
             if fit.max_seconds and time.perf_counter() - started > fit.max_seconds:
                 result.stop_reason = f"max_seconds ({fit.max_seconds:g} s) in epoch {epoch}"
                 break
-        probs = classifier.unsafe_probability(
-            [e.context for e in holdout], [e.response for e in holdout]
-        )
-        threshold, f1 = best_f1_threshold(probs, [e.unsafe for e in holdout])
+        threshold, f1 = choose_threshold()
         record = {
             "epoch": epoch,
             "step": step,
@@ -450,12 +549,14 @@ def fit_classifier(
     model.eval()
     result.steps = step
     result.wall_time_s = time.perf_counter() - started
-    probs = classifier.unsafe_probability(
-        [e.context for e in holdout], [e.response for e in holdout]
-    )
-    threshold, _ = best_f1_threshold(probs, [e.unsafe for e in holdout])
+    threshold, _ = choose_threshold()
     classifier.threshold = threshold
     result.holdout = evaluate_split(classifier, holdout, threshold)
+    if benign_holdout:
+        flagged = classifier.is_unsafe(
+            [e.context for e in benign_holdout], [e.response for e in benign_holdout]
+        )
+        result.holdout["benign_flag_rate"] = sum(flagged) / len(flagged)
     return result
 
 
@@ -498,13 +599,27 @@ def train_safety_classifier(
     fit_set, holdout = stratified_holdout(train_all, preset.threshold_holdout, seed)
     benign_fit: list[SafetyExample] = []
     benign_eval: list[SafetyExample] = []
-    dailydialog = find_dailydialog(data_dir) if preset.benign_eval_pairs or benign_pairs else None
+    benign_threshold: list[SafetyExample] = []
+    n_threshold = preset.benign_threshold_pairs if preset.max_benign_flag_rate > 0 else 0
+    wants_dailydialog = preset.benign_eval_pairs or benign_pairs or n_threshold
+    dailydialog = find_dailydialog(data_dir) if wants_dailydialog else None
     if dailydialog is not None:
-        benign_fit, benign_eval = load_benign_pairs(
-            dailydialog, benign_pairs, preset.benign_eval_pairs, seed
+        benign_fit, benign_eval, benign_threshold = load_benign_pairs(
+            dailydialog, benign_pairs, preset.benign_eval_pairs, seed, n_threshold
         )
-    elif benign_pairs:
+    elif benign_pairs or n_threshold:
         logger.warning("no DailyDialog near %s: fitting on DiaSafety alone", data_dir)
+    words = (
+        known_words(
+            (t for e in fit_set + benign_fit for t in (e.context, e.response)),
+            preset.min_word_count,
+        )
+        if preset.min_word_count > 0
+        else None
+    )
+    reply_only = reply_only_examples(
+        fit_set + benign_fit, preset.reply_only_share, preset.reply_only_unsafe_categories, seed
+    )
     tokenizer, base_state = base_generator(base)
     if tokenizer is None:
         texts = list(dict.fromkeys(t for e in fit_set for t in (e.context, e.response)))
@@ -517,10 +632,14 @@ def train_safety_classifier(
             arch,
             preset.fit_config(arch),
             tokenizer,
-            fit_set + benign_fit,
+            fit_set + benign_fit + reply_only,
             holdout,
             base_state=base_state if arch == "cross-encoder" else None,
             seed=seed,
+            words=words,
+            min_known_share=preset.min_known_share,
+            benign_holdout=benign_threshold,
+            max_benign_flag_rate=preset.max_benign_flag_rate,
         )
         # Val is scored for the report only; nothing is chosen with it.
         res.val = evaluate_split(res.classifier, val, res.classifier.threshold)
@@ -548,8 +667,29 @@ def train_safety_classifier(
             "val": len(val),
             "holdout_fraction": preset.threshold_holdout,
         },
-        "selection": "architecture and threshold chosen by F1 on the held-out part of train; "
-        "val scored once, never used for a choice",
+        "calibration": {
+            "benign_threshold_pairs": len(benign_threshold),
+            "max_benign_flag_rate": preset.max_benign_flag_rate if benign_threshold else 0.0,
+        },
+        "reading": {
+            "known_words": len(words) if words is not None else None,
+            "min_word_count": preset.min_word_count,
+            "min_known_share": preset.min_known_share,
+            "reply_only_examples": len(reply_only),
+            "reply_only_unsafe_categories": list(preset.reply_only_unsafe_categories),
+            # Val contexts the classifier cannot read, so judged as empty.
+            "val_contexts_unread": sum(
+                not chosen.classifier.readable_context(e.context) for e in val
+            ),
+        },
+        "selection": "architecture and threshold chosen by F1 on the held-out part of train"
+        + (
+            f", the threshold among those flagging at most {preset.max_benign_flag_rate:.0%} "
+            f"of {len(benign_threshold)} held-out DailyDialog train pairs"
+            if benign_threshold
+            else ""
+        )
+        + "; val scored once, never used for a choice",
         "chosen": chosen.architecture,
         "threshold": chosen.classifier.threshold,
         "architectures": {r.architecture: _result_dict(r, preset) for r in results},
@@ -575,6 +715,9 @@ def train_safety_classifier(
         "base": str(base) if base else None,
         "train_pairs": len(fit_set),
         "benign_pairs": len(benign_fit),
+        "reply_only_pairs": len(reply_only),
+        "benign_threshold_pairs": len(benign_threshold),
+        "max_benign_flag_rate": preset.max_benign_flag_rate if benign_threshold else 0.0,
         "holdout_pairs": len(holdout),
         "wall_time_s": round(chosen.wall_time_s, 1),
     }
@@ -680,6 +823,27 @@ def markdown_report(report: dict[str, Any], command: str | None = None) -> str:
             else "No DailyDialog pairs were used."
         ),
         "",
+    ]
+    cal, rd = report.get("calibration", {}), report.get("reading", {})
+    if cal.get("benign_threshold_pairs"):
+        lines += [
+            f"Threshold cap: the threshold is the F1-best one on held-out DiaSafety among those "
+            f"that flag at most {cal['max_benign_flag_rate']:.1%} of "
+            f"{cal['benign_threshold_pairs']} further DailyDialog train pairs (disjoint from the "
+            "fit pairs).",
+            "",
+        ]
+    if rd.get("known_words") is not None:
+        lines += [
+            f"Reading: {rd['known_words']} known words (seen at least {rd['min_word_count']} "
+            f"times in the fit texts); a context is read when at least "
+            f"{rd['min_known_share']:.0%} of its content words are known, else judged as empty "
+            f"({rd['val_contexts_unread']} of the val contexts). {rd['reply_only_examples']} fit "
+            "examples were added again with an empty context (Safe ones, and Unsafe ones of "
+            f"{', '.join(rd['reply_only_unsafe_categories']) or 'no category'}).",
+            "",
+        ]
+    lines += [
         f"Chosen: **{report['chosen']}**, threshold {report['threshold']:.4f} "
         f"-> bundle `{report['bundle']['id']}` at `{report['bundle']['path']}`.",
         "",
