@@ -315,7 +315,13 @@ class GenerativeBackend(Backend):
         safety = self.safety
         assert safety is not None
         reasons = safety.check(turns, [a.text for a in answers])
-        blocked = [k for k, why in enumerate(reasons) if why is not None]
+        # A stated self-harm risk: no sampled reply would pass (only the risk reply does), so
+        # serve the risk reply at once instead of drawing alternatives.
+        for k_, why in enumerate(reasons):
+            if why == "risk":
+                answers[k_].text = safety.fallback_for(turns[k_])
+                answers[k_].block = Block(why, "replaced")
+        blocked = [k for k, why in enumerate(reasons) if why is not None and why != "risk"]
         if not blocked:
             return
         k = safety.candidates
@@ -341,7 +347,8 @@ class GenerativeBackend(Backend):
             if safe:
                 answer.text, answer.block = texts[safe[0]], Block(reason, "reranked")
             else:
-                answer.text, answer.block = safety.fallback_reply, Block(reason, "replaced")
+                answer.text = safety.fallback_for(turns[b])
+                answer.block = Block(reason, "replaced")
 
 
 class RetrievalBackend(Backend):
@@ -433,5 +440,7 @@ class RetrievalBackend(Backend):
                     Answer(safe[0][0], safe[: wanted[r]], block=Block(first, "reranked"))
                 )
             else:
-                answers.append(Answer(safety.fallback_reply, [], block=Block(first, "replaced")))
+                answers.append(
+                    Answer(safety.fallback_for(turns[r]), [], block=Block(first, "replaced"))
+                )
         return answers

@@ -71,7 +71,7 @@ class ServiceMetrics:
         )
         self.safety_blocked = Counter(
             "dialogue_safety_blocked",
-            "Replies the safety filter blocked; reason = blocklist|classifier, "
+            "Replies the safety filter blocked; reason = risk|blocklist|classifier, "
             "action = reranked (a safe candidate answered) | replaced (the fallback reply).",
             ["backend", "reason", "action"],
             registry=r,

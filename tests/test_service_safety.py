@@ -377,11 +377,6 @@ def test_a_stated_risk_blocks_the_reply_through_the_api(plain_dir: Path) -> None
         assert all("filtered" not in _ask_risk(client, backend) for backend in backends)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service/backends.py serves SafetyFilter.fallback_reply for every blocked reply; "
-    "serving the risk reply needs it to call SafetyFilter.fallback_for(turn) instead",
-)
 def test_a_stated_risk_gets_the_risk_reply(plain_dir: Path) -> None:
     with _client(
         plain_dir,
