@@ -5,7 +5,9 @@ task. The worker takes the first waiting request, gathers more for up to MAX_WAI
 MAX_BATCH, and runs one batched model call in the backend's own single worker thread, so the event
 loop keeps serving while the model computes. Each request waits on its own future until its
 deadline (504). A request that times out while queued is dropped from its batch; one whose batch
-is already computing is simply not waited for (a thread cannot be interrupted).
+is already computing is simply not waited for (a thread cannot be interrupted). When a batched
+model call raises, each of its requests is run again alone, so a request that makes the model
+fail (a poison request) gets the error and its batch-mates get their answers.
 
 With the output safety filter on (service/safety.py), each backend checks its replies in the same
 worker thread, batched like the model call: the retriever replaces a blocked reply by its
@@ -217,22 +219,55 @@ class Backend(ABC):
             for job in live:
                 self.metrics.observe_stage("queue", now - job.enqueued)
             try:
-                assert self._executor is not None
-                answers = await loop.run_in_executor(
-                    self._executor,
-                    self._infer_logged,
-                    [job.context for job in live],
-                    [job.params for job in live],
-                )
+                answers = await self._call(loop, live)
             except Exception:
-                logger.exception("%s backend failed on a batch of %d", self.name, len(live))
-                for job in live:
-                    if not job.future.done():
-                        job.future.set_exception(BackendFailed(f"the {self.name} backend failed"))
+                if len(live) == 1:
+                    logger.exception("%s backend failed on a request", self.name)
+                    self._fail(live[0])
+                    continue
+                # One bad request must not fail its neighbours: run each alone, so only the
+                # request(s) that fail by themselves get the error.
+                logger.warning(
+                    "%s backend failed on a batch of %d; retrying each request alone",
+                    self.name,
+                    len(live),
+                    exc_info=True,
+                )
+                await self._retry_alone(loop, live)
                 continue
             for job, answer in zip(live, answers, strict=True):
                 if not job.future.done():
                     job.future.set_result(answer)
+
+    async def _call(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> list[Answer]:
+        assert self._executor is not None
+        return await loop.run_in_executor(
+            self._executor,
+            self._infer_logged,
+            [job.context for job in jobs],
+            [job.params for job in jobs],
+        )
+
+    def _fail(self, job: _Job) -> None:
+        if not job.future.done():
+            job.future.set_exception(BackendFailed(f"the {self.name} backend failed"))
+
+    async def _retry_alone(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
+        """After a failed batch: each request of it in its own model call, in order."""
+        for job in jobs:
+            if job.future.done():  # its client stopped waiting (deadline)
+                continue
+            if job.deadline <= time.monotonic():
+                job.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                continue
+            try:
+                [answer] = await self._call(loop, [job])
+            except Exception:
+                logger.exception("%s backend failed on a request (run alone)", self.name)
+                self._fail(job)
+                continue
+            if not job.future.done():
+                job.future.set_result(answer)
 
     def _infer_logged(self, contexts: list[list[str]], params: list[Hashable]) -> list[Answer]:
         self.metrics.observe_batch(self.name, len(contexts))

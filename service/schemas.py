@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 BackendName = Literal["generative", "retrieval"]
+
+# JSON may spell a lone UTF-16 surrogate ("\\ud800"); Python keeps it in the str, and it cannot
+# be encoded as UTF-8, so the tokenizer (and any log line or reply echoing it) would fail later.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _no_lone_surrogates(value: str) -> str:
+    found = _LONE_SURROGATE.search(value)
+    if found is not None:
+        raise ValueError(
+            f"contains a lone UTF-16 surrogate (U+{ord(found.group()):04X}) at character "
+            f"{found.start()}; text must be valid Unicode"
+        )
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_lone_surrogates)]
+"""A string field of a request: valid Unicode (no lone surrogates)."""
+
+
+# Bounds of the per-request options (the bundle's and the settings' own limits apply within them).
+MIN_TEMPERATURE = 0.05
+MAX_TEMPERATURE = 5.0
+MIN_TOP_P = 0.001  # below float32's smallest value top_p is 0 on the device and drops every token
+MAX_LENGTH_BOUND = 1024
+MAX_CANDIDATES_BOUND = 1000
 
 
 class _Strict(BaseModel):
@@ -23,20 +50,28 @@ class ResponseOptions(_Strict):
 
     # generative decoding (bounded by the bundle's own defaults, see GenerativeBackend.prepare)
     strategy: Literal["greedy", "sample", "beam"] | None = None
+    # Every numeric option is bounded to a range that decodes: a temperature of 1e-39 passes
+    # "> 0" but turns the logits into inf/nan (and the safety re-sample uses it for every
+    # strategy), so the floor is MIN_TEMPERATURE; likewise MIN_TOP_P.
     max_length: int | None = Field(
-        default=None, ge=1, description="at most the bundle's max_length"
+        default=None, ge=1, le=MAX_LENGTH_BOUND, description="at most the bundle's max_length"
     )
-    min_length: int | None = Field(default=None, ge=0)
+    min_length: int | None = Field(default=None, ge=0, le=MAX_LENGTH_BOUND)
     beam_size: int | None = Field(default=None, ge=1, le=8)
-    temperature: float | None = Field(default=None, gt=0, le=5)
+    temperature: float | None = Field(
+        default=None, ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE, allow_inf_nan=False
+    )
     top_k: int | None = Field(
         default=None, ge=0, le=1000, description="sampling top-k filter; 0 = off"
     )
-    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_p: float | None = Field(default=None, ge=MIN_TOP_P, le=1, allow_inf_nan=False)
     no_repeat_ngram_size: int | None = Field(default=None, ge=0, le=8)
     # retrieval
     num_candidates: int | None = Field(
-        default=None, ge=1, description="retrieval: candidates returned (at most MAX_CANDIDATES)"
+        default=None,
+        ge=1,
+        le=MAX_CANDIDATES_BOUND,
+        description="retrieval: candidates returned (at most MAX_CANDIDATES)",
     )
 
 
@@ -60,8 +95,8 @@ class RespondRequest(_Strict):
         },
     )
 
-    context: list[str] = Field(min_length=1, description="turns, oldest first")
-    session_id: str | None = Field(
+    context: list[Text] = Field(min_length=1, description="turns, oldest first")
+    session_id: Text | None = Field(
         default=None,
         min_length=1,
         max_length=256,

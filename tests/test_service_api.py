@@ -253,3 +253,31 @@ def test_openapi_schema_lists_the_routes_and_error_model(client: TestClient) -> 
     assert {"/respond", "/healthz", "/readyz", "/v1/models"} <= set(schema["paths"])
     assert "ErrorBody" in schema["components"]["schemas"]
     assert schema["components"]["schemas"]["RespondRequest"]["additionalProperties"] is False
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "code"),
+    [
+        (b'{"context": ["hi \\ud800 there"]}', "context.0", "D800"),
+        (b'{"context": ["fine", "x\\udfff"]}', "context.1", "DFFF"),
+        (b'{"context": ["hi"], "session_id": "s\\udc00"}', "session_id", "DC00"),
+    ],
+)
+def test_lone_surrogate_in_a_string_field_is_refused_with_422(
+    client: TestClient, raw: bytes, field: str, code: str
+) -> None:
+    resp = client.post("/respond", content=raw, headers={"content-type": "application/json"})
+    assert resp.status_code == 422
+    error = resp.json()["error"]
+    assert error["type"] == "validation_error"
+    assert error["message"].startswith(f"body.{field}: ")
+    assert f"lone UTF-16 surrogate (U+{code})" in error["message"]
+
+
+def test_surrogate_pair_is_valid_text(client: TestClient) -> None:
+    resp = client.post(
+        "/respond",
+        content=b'{"context": ["hi \\ud83d\\ude00"], "backend": "retrieval"}',
+        headers={"content-type": "application/json"},
+    )
+    assert resp.status_code == 200

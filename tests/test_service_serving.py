@@ -259,3 +259,88 @@ def test_retrieval_batch_returns_each_requests_number_of_candidates(
     answers = backend.infer([["hi"], ["hi"]], [1, 4])
     assert [len(a.candidates or []) for a in answers] == [1, 4]
     assert answers[0].candidates == (answers[1].candidates or [])[:1]
+
+
+def _poisoned(backend: Backend, marker: str, seen: list[int]) -> None:
+    """Make the responder raise on any model call whose batch holds a context with ``marker``
+    (as a lone surrogate made the tokenizer raise); ``seen`` records each call's batch size."""
+    responder = backend.responder
+    encode = responder.encode_contexts
+
+    def poisoned_encode(contexts: list[list[str]]) -> Any:
+        seen.append(len(contexts))
+        if any(marker in turn for context in contexts for turn in context):
+            raise UnicodeEncodeError("utf-8", marker, 0, 1, "surrogates not allowed")
+        return encode(contexts)
+
+    responder.encode_contexts = poisoned_encode
+
+
+@pytest.mark.parametrize("name", ["retrieval", "generative"])
+def test_poison_request_fails_alone_and_its_batch_mates_get_200(
+    models_dir: Path, name: str
+) -> None:
+    # MAX_BATCH=8 and a long MAX_WAIT_MS: the 8 concurrent requests go in one full batch.
+    app, client = _serve(
+        models_dir, fallback=False, max_batch=8, max_wait_ms=2000, request_timeout_s=30
+    )
+    seen: list[int] = []
+    bodies = [{"context": [f"hello {i}"], "backend": name} for i in range(8)]
+    bodies[3] = {"context": ["hello poison"], "backend": name}
+    with client:
+        _poisoned(_backend(app, name), "poison", seen)
+        replies = _post_concurrently(client, bodies)
+        m = _metrics(client)
+    assert seen[0] == 8  # the poison request was batched with all the others
+    statuses = [r.status_code for r in replies]
+    assert statuses == [200, 200, 200, 503, 200, 200, 200, 200]
+    assert replies[3].json() == {
+        "error": {"type": "backend_error", "message": f"the {name} backend failed"}
+    }
+    assert sample(m, "dialogue_requests_total", backend=name, arm="override", outcome="ok") == 7
+    assert sample(m, "dialogue_requests_total", backend=name, arm="override", outcome="error") == 1
+    # the failed batch of 8, then each of its requests alone
+    assert sample(m, "dialogue_batch_size_count", backend=name) == 9
+    assert sample(m, "dialogue_batch_size_sum", backend=name) == 16
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"temperature": 1e-39}, "temperature"),
+        ({"temperature": 0.01}, "temperature"),
+        ({"temperature": 5.5}, "temperature"),
+        ({"top_p": 1e-300}, "top_p"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": 1001}, "top_k"),
+        ({"max_length": 10**6}, "max_length"),
+        ({"min_length": 10**6}, "min_length"),
+        ({"num_candidates": 10**6}, "num_candidates"),
+        ({"beam_size": 9}, "beam_size"),
+        ({"no_repeat_ngram_size": 9}, "no_repeat_ngram_size"),
+    ],
+)
+def test_numeric_options_out_of_the_decodable_range_are_refused(
+    served: tuple[FastAPI, TestClient], options: dict[str, float], field: str
+) -> None:
+    _, client = served
+    resp = client.post("/respond", json={"context": ["hi"], "options": options})
+    assert resp.status_code == 422
+    assert resp.json()["error"]["message"].startswith(f"body.options.{field}: ")
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
+def test_extreme_but_valid_options_decode(
+    served: tuple[FastAPI, TestClient], strategy: str
+) -> None:
+    # The bounds themselves decode, for every strategy (the safety re-sample uses them too).
+    app, _ = served
+    backend = _backend(app, "generative")
+    for options in (
+        ResponseOptions(strategy=strategy, temperature=0.05, top_p=0.001, top_k=1000),  # type: ignore[arg-type]
+        ResponseOptions(strategy=strategy, temperature=5.0, top_p=1.0, top_k=0, min_length=8),  # type: ignore[arg-type]
+    ):
+        config = backend.prepare(options)
+        for _ in range(5):
+            assert len(backend.infer([["hi"], ["what time is it ?"]], [config, config])) == 2
