@@ -268,7 +268,11 @@ class DialogueEngine:
         context: list[str],
         params: dict[str, Hashable],
     ) -> tuple[Backend, Answer]:
-        """Try ``primary``, then (FALLBACK=on) the other backend; returns (who answered, answer)."""
+        """Try ``primary``, then (FALLBACK=on) the other backend; returns (who answered, answer).
+
+        Fallback is for a backend's failure, absence or deadline. A full queue (Overloaded) is
+        shed to the client as 429 at once: sending the overflow to the other backend would only
+        overload that one too and hide the overload from clients."""
         order = [primary]
         if self.settings.fallback:
             order += [name for name in BACKENDS if name != primary and name in backends]
@@ -287,7 +291,10 @@ class DialogueEngine:
             deadline = time.monotonic() + self.settings.request_timeout_s
             try:
                 return backend, await backend.submit(context, params[name], deadline)
-            except (DeadlineExceeded, Overloaded, BackendFailed, BackendUnavailable) as exc:
+            except Overloaded as exc:
+                exc.backend = name
+                raise
+            except (DeadlineExceeded, BackendFailed, BackendUnavailable) as exc:
                 exc.backend = name
                 failure = exc
         assert failure is not None

@@ -20,6 +20,7 @@ class ServiceError(Exception):
     status_code: ClassVar[int] = 500
     error_type: ClassVar[str] = "internal_error"
     backend: str | None = None  # the backend that failed, when one did (for metrics labels)
+    headers: dict[str, str] | None = None  # extra response headers (Retry-After, WWW-Authenticate)
 
 
 class InvalidRequest(ServiceError):
@@ -37,8 +38,14 @@ class PayloadTooLarge(ServiceError):
 
 
 class Overloaded(ServiceError):
+    """A backend's queue is full: shed (429 with Retry-After), never fall back to the other."""
+
     status_code = 429
     error_type = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(max(1, retry_after_s))}
 
 
 class NotReady(ServiceError):
@@ -73,11 +80,16 @@ class ReloadFailed(ServiceError):
 class Unauthorized(ServiceError):
     status_code = 401
     error_type = "unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}  # noqa: RUF012 - never mutated
 
 
-def error_response(status_code: int, error_type: str, message: str) -> JSONResponse:
+def error_response(
+    status_code: int, error_type: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(
-        status_code=status_code, content={"error": {"type": error_type, "message": message}}
+        status_code=status_code,
+        content={"error": {"type": error_type, "message": message}},
+        headers=headers,
     )
 
 
@@ -97,7 +109,9 @@ def install_error_handlers(
 
     async def service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
-        return error_response(exc.status_code, exc.error_type, str(exc) or exc.error_type)
+        return error_response(
+            exc.status_code, exc.error_type, str(exc) or exc.error_type, exc.headers
+        )
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

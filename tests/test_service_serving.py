@@ -205,6 +205,7 @@ def test_respond_over_the_queue_bound_returns_429(models_dir: Path) -> None:
             "message": "the retrieval backend has 1 requests queued; retry later",
         }
     }
+    assert refused.headers["retry-after"] == "1"
     assert (
         sample(
             m, "dialogue_requests_total", backend="retrieval", arm="override", outcome="overloaded"
@@ -214,6 +215,30 @@ def test_respond_over_the_queue_bound_returns_429(models_dir: Path) -> None:
     assert (
         sample(m, "dialogue_requests_total", backend="retrieval", arm="override", outcome="ok") == 2
     )
+
+
+def test_overload_sheds_with_429_even_with_fallback_on(models_dir: Path) -> None:
+    # FALLBACK=on: a full queue is still a 429 with Retry-After, not a fallback to the other
+    # backend; a failing backend still falls back.
+    app, client = _serve(models_dir, fallback=True, max_queue=1, max_batch=1, request_timeout_s=10)
+    with client:
+        _slow(_backend(app, "retrieval"), 0.5)
+        replies = _post_concurrently(client, [{"context": ["hi"], "backend": "retrieval"}] * 5)
+        _broken(_backend(app, "generative"))
+        rescued = client.post("/respond", json={"context": ["hi"], "backend": "generative"})
+        m = _metrics(client)
+    assert sorted(r.status_code for r in replies) == [200, 200, 429, 429, 429]
+    assert all(r.json()["backend"] == "retrieval" for r in replies if r.status_code == 200)
+    for refused in (r for r in replies if r.status_code == 429):
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["type"] == "overloaded"
+    assert rescued.status_code == 200 and rescued.json()["backend"] == "retrieval"
+    requests, fallbacks = "dialogue_requests_total", "dialogue_fallbacks_total"
+    assert sample(m, requests, backend="retrieval", arm="override", outcome="overloaded") == 3
+    assert sample(m, requests, backend="retrieval", arm="override", outcome="ok") == 3
+    assert sample(m, requests, backend="generative", arm="override", outcome="ok") == 0
+    assert sample(m, fallbacks, backend="retrieval", outcome="overloaded") == 0
+    assert sample(m, fallbacks, backend="generative", outcome="error") == 1
 
 
 def test_concurrent_requests_are_micro_batched(models_dir: Path) -> None:
