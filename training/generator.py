@@ -234,11 +234,23 @@ def train_mle_generator(
     resume: bool = True,
     seed: int = 0,
     max_steps: int | None = None,
+    init_from: Path | None = None,
 ) -> Manifest | None:
-    """Train a standard (MLE) generator and write its bundle; returns None on non-main ranks."""
+    """Train a standard (MLE) generator and write its bundle; returns None on non-main ranks.
+
+    ``init_from`` (a generator bundle of the same shape and tokenizer) starts from its weights and
+    runs a fixed-budget fine-tune (:func:`fine_tune_overrides`) instead of training from scratch:
+    how the ``small`` preset makes its negative teacher (the standard model fine-tuned on D_N)."""
     train_pairs = PairSet.encode(train_examples, tokenizer, preset.inputs)
     val_pairs = PairSet.encode(val_examples, tokenizer, preset.inputs)
     model = build_generator_model(preset, tokenizer, seed)
+    overrides: dict[str, Any] = {}
+    if init_from is not None:
+        base = GenerativeResponder.load(init_from)
+        if base.tokenizer.to_str() != tokenizer.to_str():
+            raise ValueError(f"{init_from} was trained with a different tokenizer")
+        model.load_state_dict(base.model.state_dict())
+        overrides = fine_tune_overrides(base, preset)
     logger.info(
         "training %s: %d pairs, %.2fM parameters, %d steps of %d",
         name,
@@ -256,7 +268,11 @@ def train_mle_generator(
         run_dir=run_dir,
         dist_ctx=dist_ctx,
         resume=resume,
-        train_overrides={"seed": seed, **({"max_steps": max_steps} if max_steps else {})},
+        train_overrides={
+            "seed": seed,
+            **overrides,
+            **({"max_steps": max_steps} if max_steps else {}),
+        },
     )
     if not dist_ctx.is_main:
         return None
@@ -270,6 +286,7 @@ def train_mle_generator(
         training={
             "data": data_desc,
             "method": "mle",
+            "init_from": str(init_from) if init_from else None,
             "seed": seed,
             "train_pairs": len(train_pairs),
             "world_size": dist_ctx.world_size,

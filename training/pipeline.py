@@ -187,6 +187,7 @@ def build(
         train_mle_generator,
         train_examples=dn.examples,
         max_steps=preset.nd.teacher_steps or None,
+        init_from=standard if preset.nd.teacher_init == "standard" else None,
     )
     student = stage(
         ND_STUDENT,

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue 11: the small pipeline, its served-quality report, and the measurements behind the preset.
+# Run from the repository root on an idle machine (the wall time of `build` is a reported figure).
+set -euo pipefail
+PY=.venv/bin/python
+
+# 1. Training throughput before/after (fp32 vs bf16, bucketing, threads) and bf16 loss-curve parity.
+$PY -m benchmarks.train_throughput --steps 30 --warmup 3 --parity-steps 500 \
+    --configs 2t-fp32-sumsorted,1t-fp32-random,1t-fp32-sumsorted,1t-fp32-bucketed,2t-fp32-bucketed,1t-bf16-bucketed,2t-bf16-bucketed \
+    --out reports/train_throughput
+
+# 2. 1 vs 2 vs 3 context turns: standard generator, 1,000 updates each, greedy on the whole test split.
+for t in 1 2 3; do
+  len=48; [ $t -gt 1 ] && len=64
+  $PY -m training train-generator --method mle --preset small --context-turns $t --max-source-len $len \
+      --max-steps 1000 --out artifacts-exp/gen-${t}t --runs runs-exp
+  $PY -m training evaluate --bundle artifacts-exp/gen-${t}t --split test --decodings greedy \
+      --out runs-exp/eval-gen-${t}t
+done
+#    ... and the bi-encoder (no teacher), 1 vs 3 turns, 1,500 updates (validation Hits@1/100 in the log).
+for t in 3 1; do
+  len=48; [ $t -gt 1 ] && len=64
+  $PY -m training train-retriever --method biencoder --preset small --context-turns $t --max-source-len $len \
+      --tokenizer runs-exp/small/tokenizer.json --runs runs-exp --max-steps 1500 --out artifacts-exp/ret-${t}t
+done
+
+# 3. The whole small pipeline (wall time: `real` and the summary's timings), a plain bi-encoder
+#    beside the G2R retriever, and the report.
+time $PY -m training build --preset small --out artifacts --runs runs
+$PY -m training train-retriever --method biencoder --preset small --runs runs --tokenizer runs/small/tokenizer.json \
+    --out artifacts/retriever-biencoder
+$PY -m benchmarks.quality_report --artifacts artifacts --out reports/quality_small
