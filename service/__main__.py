@@ -5,13 +5,17 @@ from __future__ import annotations
 import logging
 
 import uvicorn
+from pydantic import ValidationError
 
 from service.app import create_app
 from service.settings import Settings
 
 
 def main() -> None:
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # one clear message, not a traceback; inputs are not echoed
+        raise SystemExit(f"refusing to start: {exc}") from None
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

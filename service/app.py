@@ -32,8 +32,21 @@ _BODY_SLACK_BYTES = 16 * 1024
 
 
 def _check_bearer(request: Request, token: str) -> None:
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    """Raises Unauthorized (401, ``WWW-Authenticate: Bearer``) and logs the refusal (never the
+    token) unless the request carries ``Authorization: Bearer <token>``."""
+    header = request.headers.get("authorization")
+    scheme, _, given = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), token.encode()):
+        if header is None:
+            why = "no Authorization header"
+        elif scheme.lower() != "bearer":
+            why = "not a Bearer credential"
+        else:
+            why = "wrong bearer token"
+        client = request.client.host if request.client else "unknown"
+        logger.warning(
+            "refused admin request %s %s from %s: %s", request.method, request.url.path, client, why
+        )
         raise Unauthorized("a valid bearer token is required")
 
 

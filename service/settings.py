@@ -10,11 +10,16 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.routing import parse_weights, validate_weights
 
+MIN_ADMIN_TOKEN_CHARS = 16
+
 
 class Settings(BaseSettings):
     """Everything the service reads at start-up; see DESIGN.md, "HTTP API"."""
 
-    model_config = SettingsConfigDict(env_prefix="DIALOGUE_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a refused ADMIN_TOKEN must not be echoed in the start-up error
+    model_config = SettingsConfigDict(
+        env_prefix="DIALOGUE_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     # --- where and what to serve
     models_dir: Path = Path("artifacts")  # folder of bundles written by training
@@ -35,7 +40,8 @@ class Settings(BaseSettings):
     ab_salt: str = "dialogue-ab-1"  # change it to reshuffle conversations between arms
     fallback: bool = True  # on|off: answer from the other backend when the chosen one fails
 
-    # --- admin endpoints: off when unset
+    # --- admin endpoints: off when unset; when set, at least MIN_ADMIN_TOKEN_CHARS characters
+    # (an empty or short token would let a trivial credential reload the models)
     admin_token: SecretStr | None = None
 
     # --- request limits
@@ -87,6 +93,22 @@ class Settings(BaseSettings):
         min_length=1,
         max_length=1000,
     )
+
+    @field_validator("admin_token")
+    @classmethod
+    def _check_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value
+        token = value.get_secret_value()
+        # the message never echoes the token
+        if len(token) < MIN_ADMIN_TOKEN_CHARS or not token.strip():
+            raise ValueError(
+                f"DIALOGUE_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters "
+                f"(got {len(token)}); unset it to turn the admin endpoint off"
+            )
+        if token != token.strip():
+            raise ValueError("DIALOGUE_ADMIN_TOKEN must not start or end with whitespace")
+        return value
 
     @field_validator("safety_filter", mode="before")
     @classmethod

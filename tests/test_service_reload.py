@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 from service_fixtures import build_tiny_bundles, make_settings, parse_metrics, sample
 
 from service.app import create_app
-from service.schemas import RespondRequest
+from service.schemas import BackendName, RespondRequest
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -39,9 +40,49 @@ def test_admin_reload_refuses_a_missing_or_wrong_token(
     with TestClient(create_app(settings)) as client:
         resp = client.post("/admin/reload", headers=headers)
     assert resp.status_code == 401
+    assert resp.headers["www-authenticate"] == "Bearer"
     assert resp.json() == {
         "error": {"type": "unauthorized", "message": "a valid bearer token is required"}
     }
+
+
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        ({}, "no Authorization header"),
+        ({"Authorization": "Basic abc"}, "not a Bearer credential"),
+        ({"Authorization": "Bearer guessed-token-value-1"}, "wrong bearer token"),
+    ],
+)
+def test_admin_reload_logs_refusals_without_the_token(
+    tmp_path: Path, headers: dict[str, str], why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(build_tiny_bundles(tmp_path), admin_token=TOKEN)
+    with TestClient(create_app(settings)) as client, caplog.at_level("WARNING", "service.app"):
+        assert client.post("/admin/reload", headers=headers).status_code == 401
+    refusals = [r.getMessage() for r in caplog.records if "refused admin request" in r.getMessage()]
+    assert len(refusals) == 1
+    assert refusals[0].startswith("refused admin request POST /admin/reload from ")
+    assert refusals[0].endswith(why)
+    assert TOKEN not in caplog.text and "guessed-token-value-1" not in caplog.text
+
+
+@pytest.mark.parametrize("token", ["", "   ", "short", "x" * 15, " " + "y" * 16])
+def test_an_empty_or_short_admin_token_refuses_to_start(tmp_path: Path, token: str) -> None:
+    with pytest.raises(ValidationError, match="ADMIN_TOKEN") as refused:
+        make_settings(tmp_path, admin_token=token)
+    if token.strip() == token:
+        assert "at least 16 characters" in str(refused.value)
+    if token.strip():
+        assert token.strip() not in str(refused.value)  # never echoed
+
+
+def test_a_token_of_the_minimum_length_enables_the_endpoint(tmp_path: Path) -> None:
+    token = "z" * 16
+    settings = make_settings(build_tiny_bundles(tmp_path), admin_token=token)
+    with TestClient(create_app(settings)) as client:
+        resp = client.post("/admin/reload", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 200
 
 
 def test_admin_reload_swaps_in_new_bundles(tmp_path: Path) -> None:
@@ -141,7 +182,7 @@ def test_reload_under_concurrent_requests_fails_none(tmp_path: Path, bundle_stat
 
             async def client(i: int) -> None:
                 # Keep asking until well after the swap; any failed request raises out of gather.
-                backend = "generative" if i % 2 else "retrieval"
+                backend: BackendName = "generative" if i % 2 else "retrieval"
                 after_swap = 0
                 while after_swap < 3:
                     answer = await engine.respond(RespondRequest(context=["hi"], backend=backend))

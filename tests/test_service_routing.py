@@ -76,14 +76,19 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DIALOGUE_AB_WEIGHTS", "generative=0.5,retrieval=0.5")
     monkeypatch.setenv("DIALOGUE_FALLBACK", "off")
     monkeypatch.setenv("DIALOGUE_PORT", "9001")
-    monkeypatch.setenv("DIALOGUE_ADMIN_TOKEN", "t0k")
+    monkeypatch.setenv("DIALOGUE_ADMIN_TOKEN", "t0k-of-16-chars!")
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert settings.ab_weights == {"generative": 0.5, "retrieval": 0.5}
     assert settings.fallback is False and settings.port == 9001
-    assert settings.admin_token is not None and settings.admin_token.get_secret_value() == "t0k"
+    token = settings.admin_token
+    assert token is not None and token.get_secret_value() == "t0k-of-16-chars!"
     assert "t0k" not in repr(settings)
     monkeypatch.setenv("DIALOGUE_AB_WEIGHTS", "bogus=1")
     with pytest.raises(ValidationError, match="unknown A/B arm"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    monkeypatch.setenv("DIALOGUE_AB_WEIGHTS", "generative=0.5,retrieval=0.5")
+    monkeypatch.setenv("DIALOGUE_ADMIN_TOKEN", "")  # set but empty: refused, not "no token"
+    with pytest.raises(ValidationError, match="at least 16 characters"):
         Settings(_env_file=None)  # type: ignore[call-arg]
 
 

@@ -34,7 +34,7 @@ from service.settings import Settings
 
 FALLBACK = "let's talk about something else ."
 BLOCKED = "dialogue_safety_blocked_total"
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-for-tests"
 
 
 def build_tiny_classifier(models_dir: Path, *, seed: int = 0, threshold: float = 0.5) -> Path:
