@@ -252,6 +252,52 @@ def test_load_jsonl_malformed_line_names_file_and_line(
     assert isinstance(info.value, ValueError)
 
 
+_DEEP = "[" * 100_000 + "]" * 100_000
+_GOOD = json.dumps({"context": ["hi"], "response": "hello"}).encode()
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "problem"),
+    [
+        (('{"context": ' + _DEEP + ', "response": "x"}').encode(), "nested too deeply"),
+        (_DEEP.encode(), "invalid JSON (nested too deeply)"),
+        (b'{"context": ["caf\xe9"], "response": "hello"}', "not valid UTF-8 (byte 0xe9 at byte"),
+        (b'{"context": ["hi"], "response": "\xff\xfe"}', "not valid UTF-8 (byte 0xff at byte"),
+        (
+            b'{"context": ["hi \\ud800 there"], "response": "hello"}',
+            '"context"[0] contains a lone UTF-16 surrogate (U+D800)',
+        ),
+        (
+            b'{"context": ["hi"], "response": "ok \\udfff"}',
+            '"response" contains a lone UTF-16 surrogate (U+DFFF)',
+        ),
+    ],
+)
+def test_load_jsonl_bad_input_is_one_error_with_file_and_line(
+    tmp_path: Path, bad_line: bytes, problem: str
+) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b"\n".join([_GOOD, b"", bad_line, _GOOD]) + b"\n")
+    with pytest.raises(DataFormatError) as info:
+        load_jsonl(path)
+    assert str(info.value).startswith(f"{path}:3: ")
+    assert problem in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    # ... or skipped and counted under the skip flag
+    result = load_jsonl_report(path, skip_malformed=True)
+    assert result == LoadResult([ex("hi", "hello"), ex("hi", "hello")], skipped=1)
+
+
+def test_load_jsonl_keeps_valid_non_ascii_and_surrogate_pairs(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(
+        '{"context": ["café"], "response": "ok"}\r\n'.encode()
+        + b'{"context": ["hi \\ud83d\\ude00"], "response": "ok"}\n'
+    )
+    examples = load_jsonl(path)
+    assert len(examples) == 2 and "é" in examples[0].context[0]
+
+
 def test_load_jsonl_skip_malformed_counts_and_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -137,6 +137,26 @@ def test_resume_reaches_the_same_loss_as_an_uninterrupted_run(toy_data, tmp_path
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
+def test_resume_truncates_the_log_to_the_checkpoint(toy_data, tmp_path: Path) -> None:
+    tok, train, val = toy_data
+    _, full_log = _train(tok, train, val, tmp_path / "full", max_steps=16)
+    run = tmp_path / "killed"
+    _train(tok, train, val, run, max_steps=8)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    ckpt["state"]["finished"] = False
+    torch.save(ckpt, run / "checkpoint.pt")
+    # Killed at step 10, mid-write: rows 9 and 10 logged after the step-8 checkpoint, then a torn one.
+    after = [json.dumps(r) for r in full_log if r["step"] in (9, 10)]
+    with open(run / LOG_FILE, "a") as f:
+        f.write("\n".join(after) + '\n{"step": 11, "kind": "tr')
+    _, resumed_log = _train(tok, train, val, run, max_steps=16)
+    steps = [(r["kind"], r["step"]) for r in resumed_log]
+    assert len(steps) == len(set(steps))  # no repeated rows
+    assert [s for k, s in steps if k == "train"] == list(range(1, 17))
+    assert [s for k, s in steps if k == "eval"] == [4, 8, 12, 16]
+    assert resumed_log == full_log  # the same log as a run that was never killed
+
+
 def test_fit_writes_log_plot_and_best_weights(toy_data, tmp_path: Path) -> None:
     tok, train, val = toy_data
     _, log = _train(tok, train, val, tmp_path / "run", max_steps=8)

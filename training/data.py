@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -112,12 +113,37 @@ def load_dailydialog(root: Path, split: Split, max_context_turns: int = 1) -> li
     ).examples
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_text(value: str, where: str) -> None:
+    """JSON may spell a lone UTF-16 surrogate (``"\\ud800"``): valid JSON, not valid text (it
+    cannot be encoded as UTF-8, so the tokenizer would fail on it much later)."""
+    found = _LONE_SURROGATE.search(value)
+    if found is not None:
+        raise ValueError(
+            f"{where} contains a lone UTF-16 surrogate (U+{ord(found.group()):04X}) "
+            f"at character {found.start()}"
+        )
+
+
+def _decode_line(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line)"
+        ) from None
+
+
 def _parse_jsonl_line(line: str) -> DialogueExample:
     """One ``{"context": [str, ...], "response": str}`` record; raises ValueError saying what is wrong."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:  # json's parser recurses once per level of [ or {
+        raise ValueError("invalid JSON (nested too deeply)") from None
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")
     for key in ("context", "response"):
@@ -132,12 +158,14 @@ def _parse_jsonl_line(line: str) -> DialogueExample:
     for i, turn in enumerate(context):
         if not isinstance(turn, str):
             raise ValueError(f'"context"[{i}] must be a string, got {type(turn).__name__}')
+        _check_text(turn, f'"context"[{i}]')
         normalised = normalize_text(turn)
         if not normalised:
             raise ValueError(f'"context"[{i}] is empty')
         turns.append(normalised)
     if not isinstance(response, str):
         raise ValueError(f'"response" must be a string, got {type(response).__name__}')
+    _check_text(response, '"response"')
     normalised_response = normalize_text(response)
     if not normalised_response:
         raise ValueError('"response" is empty')
@@ -145,15 +173,20 @@ def _parse_jsonl_line(line: str) -> DialogueExample:
 
 
 def load_jsonl_report(path: Path, *, skip_malformed: bool = False) -> LoadResult:
-    """Read ``{"context": [...], "response": ...}`` lines; malformed lines raise or, if asked, are counted."""
+    """Read ``{"context": [...], "response": ...}`` lines; malformed lines raise or, if asked, are counted.
+
+    Malformed means anything wrong with one line: invalid JSON (nested too deeply included), bytes
+    that are not UTF-8, a lone surrogate, a missing or empty field. The error is one
+    DataFormatError naming the file and line, never a traceback from deep inside a parser."""
     path = Path(path)
     examples: list[DialogueExample] = []
     skipped = 0
-    with path.open(encoding="utf-8") as lines:
-        for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
+    with path.open("rb") as lines:  # decoded per line, so a bad byte is reported with its line
+        for lineno, raw in enumerate(lines, start=1):
             try:
+                line = _decode_line(raw)
+                if not line.strip():
+                    continue
                 examples.append(_parse_jsonl_line(line))
             except ValueError as exc:
                 if not skip_malformed:

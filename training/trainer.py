@@ -244,6 +244,36 @@ class Trainer:
         logger.info("resumed from %s at step %d", self.checkpoint_path, self.state.step)
         return True
 
+    def _truncate_log(self, step: int) -> None:
+        """Keep only the log rows at or before ``step`` (the checkpoint's): the rows a killed run
+        wrote after its last checkpoint are written again by the resumed run, and a torn last
+        line (killed mid-write) is dropped."""
+        path = self.run_dir / LOG_FILE
+        if not self.ctx.is_main or not path.exists():
+            return
+        kept, dropped = [], 0
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    keep = isinstance(row, dict) and int(row["step"]) <= step
+                except (ValueError, KeyError, TypeError):
+                    keep = False
+                if keep:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+                else:
+                    dropped += 1
+        if not dropped:
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+        logger.info(
+            "%s: dropped %d rows logged after the checkpoint (step %d)", path, dropped, step
+        )
+
     def _log(self, record: dict[str, Any]) -> None:
         if not self.ctx.is_main:
             return
@@ -287,8 +317,10 @@ class Trainer:
     def fit(self, *, resume: bool = True) -> TrainResult:
         """Train to the end (or resume to it); the best weights are in ``run_dir/best.safetensors``."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume and self.load_checkpoint() and self.state.finished:
-            return TrainResult(self.state, self.run_dir)
+        if resume and self.load_checkpoint():
+            if self.state.finished:
+                return TrainResult(self.state, self.run_dir)
+            self._truncate_log(self.state.step)
         if self.state.step == 0:
             torch.manual_seed(self.cfg.seed)
             if self.ctx.is_main:
