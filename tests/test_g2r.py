@@ -633,3 +633,32 @@ def test_torchrun_two_gloo_processes_shard_augmentation_and_train_one_retriever(
     manifest = verify_bundle(out)
     assert manifest.training["world_size"] == 2
     assert manifest.training["steps"] == RETRIEVER_PRESETS["tiny"].train.max_steps
+
+
+def test_train_retriever_cli_loads_pairs_at_the_retrievers_context_length(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`small` generators read 1 turn and its retriever 3: the CLI must load 3-turn pairs for it."""
+    import training.pipeline
+    from training.__main__ import parse_args
+    from training.retrieval_cli import _train_retriever
+
+    seen: list[int] = []
+
+    class Loaded(Exception):
+        pass
+
+    def fake_prepare_splits(preset: object, data_dir: object) -> None:
+        seen.append(preset.inputs.max_context_turns)  # type: ignore[attr-defined]
+        raise Loaded
+
+    monkeypatch.setattr(training.pipeline, "prepare_splits", fake_prepare_splits)
+    args = parse_args(
+        ["train-retriever", "--preset", "small", "--method", "biencoder", "--out", "x"]
+    )
+    with pytest.raises(Loaded):
+        _train_retriever(args, None)
+    from training.presets import get_preset
+
+    retriever = get_preset("small").retriever
+    assert retriever is not None and seen == [retriever.inputs.max_context_turns] == [3]

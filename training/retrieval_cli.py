@@ -180,7 +180,7 @@ def _augment(args: argparse.Namespace, ctx: Any) -> None:
         for old in out.glob("shard-*-of-*.jsonl"):
             old.unlink()
     barrier(ctx)
-    splits = prepare_splits(preset, args.data)
+    splits = prepare_splits(replace(preset, inputs=rp.inputs), args.data)  # its own turns
     groups = select_contexts(group_by_context(splits.train), cfg.max_contexts, cfg.seed)
     teacher = load_teacher(args.teacher, ctx.device)
     augment_contexts(
@@ -202,7 +202,7 @@ def _train_retriever(args: argparse.Namespace, ctx: Any) -> None:
     rp = preset.retriever
     if args.max_steps:
         rp = replace(rp, train=replace(rp.train, max_steps=args.max_steps))
-    splits = prepare_splits(preset, args.data)
+    splits = prepare_splits(replace(preset, inputs=rp.inputs), args.data)  # its own turns
     teacher_bundle = (
         args.teacher
         if args.teacher is not None and (args.teacher / "manifest.json").is_file()
