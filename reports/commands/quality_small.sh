@@ -28,5 +28,6 @@ done
 #    beside the G2R retriever, and the report.
 time $PY -m training build --preset small --out artifacts --runs runs
 $PY -m training train-retriever --method biencoder --preset small --runs runs --tokenizer runs/small/tokenizer.json \
-    --out artifacts/retriever-biencoder
+    --no-resume --out artifacts/retriever-biencoder
 $PY -m benchmarks.quality_report --artifacts artifacts --out reports/quality_small
+$PY -m benchmarks.context_turns --evals runs-exp --runs runs-exp/small --out reports/context_turns
