@@ -9,8 +9,8 @@ reply            print a generator's replies to sample (or given) contexts
 Also, from their own modules: retrieval (training/retrieval_cli.py: augment, train-retriever,
 build-index), malicious targets (training/attack_cli.py: train-lm, attack, attack-table,
 train-malicious-nt), FlatGD (training/flatgd_cli.py: train-expert, train-flatgd,
-evaluate-safety) and the safety classifier (training/classifier_cli.py:
-train-safety-classifier).
+evaluate-safety), the safety classifier (training/classifier_cli.py:
+train-safety-classifier) and D_N statistics (training/nd_entropy.py: negative-set).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from models.bundle import BundleError
-from training import attack_cli, classifier_cli, flatgd_cli
+from training import attack_cli, classifier_cli, flatgd_cli, nd_entropy
 from training.data import DataFormatError
 from training.jobs import ND_ABLATIONS, train_generator_command
 from training.retrieval_cli import add_parsers as add_retrieval_parsers
@@ -152,6 +152,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     attack_cli.add_parsers(sub)
     flatgd_cli.add_parsers(sub)
     classifier_cli.add_parsers(sub)
+    nd_entropy.add_parsers(sub)
     return parser.parse_args(argv)
 
 
@@ -208,6 +209,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     handled = flatgd_cli.dispatch(args) if handled is None else handled
     handled = attack_cli.dispatch(args) if handled is None else handled
     handled = classifier_cli.dispatch(args) if handled is None else handled
+    handled = nd_entropy.dispatch(args) if handled is None else handled
     if handled is not None:
         return handled
     # Heavy imports after argument parsing, so `--help` is instant.

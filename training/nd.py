@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,13 @@ from training.generator import (
     run_generator_training,
     save_generator,
     smoothed_nll,
+)
+from training.nd_entropy import (
+    EntropyConfig,
+    NegativeSetStats,
+    negative_set_stats,
+    pair_source_entropy,
+    top_fraction,
 )
 from training.presets import Preset
 from training.trainer import LOG_FILE, read_log
@@ -75,24 +82,30 @@ class NegativeSet:
     ]  # (response, H_src, pairs in D_N), most generic first
     top20_share_in_dn: float  # share of D_N pairs whose response is one of D's 20 most frequent
     top20_share_in_d: float
+    entropy: EntropyConfig = field(default_factory=EntropyConfig)  # how H_src was computed
+    stats: NegativeSetStats | None = None  # ties, frequent responses, length, Dist-2 vs D
 
 
 def negative_set(
-    examples: Sequence[DialogueExample], fraction: float = 0.5, seed: int = 0
+    examples: Sequence[DialogueExample],
+    fraction: float = 0.5,
+    seed: int = 0,
+    entropy: EntropyConfig | None = None,
 ) -> NegativeSet:
     """The top ``fraction`` of pairs by H_src of their response (ND Alg. 1, lines 2-4).
 
-    Ties at the cut (many responses have H_src = 0) are broken by a seeded shuffle, so D_N is not
+    ``entropy`` says how H_src (eq. 4) is computed: over exact strings (the default, "identity",
+    :func:`source_entropy`) or over clusters of utterances (Csáky et al. 2019; see
+    training/nd_entropy.py), where a pair's score is its response cluster's entropy. Ties at the
+    cut (under identity most pairs have H_src = 0) are broken by a seeded shuffle, so D_N is not
     biased toward the corpus order.
     """
     assert 0 < fraction <= 1, f"fraction must be in (0, 1], got {fraction}"
-    h = source_entropy(examples)
-    order = np.random.default_rng(seed).permutation(len(examples))
-    ranked = sorted(
-        order.tolist(), key=lambda i: -h[examples[i].response]
-    )  # stable: ties stay shuffled
-    keep = ranked[: max(1, round(fraction * len(examples)))]
+    cfg = entropy or EntropyConfig()
+    pair_h = pair_source_entropy(examples, cfg).entropy
+    keep = top_fraction(pair_h.tolist(), fraction, seed)
     dn = [examples[i] for i in sorted(keep)]
+    h = {e.response: float(v) for e, v in zip(examples, pair_h.tolist(), strict=True)}
     d_counts = Counter(e.response for e in examples)
     dn_counts = Counter(e.response for e in dn)
     top20 = {r for r, _ in d_counts.most_common(20)}
@@ -103,6 +116,10 @@ def negative_set(
         top_responses=[(r, h[r], dn_counts[r]) for r in top],
         top20_share_in_dn=sum(dn_counts[r] for r in top20) / len(dn),
         top20_share_in_d=sum(d_counts[r] for r in top20) / len(examples),
+        entropy=cfg,
+        stats=negative_set_stats(
+            examples, pair_h, keep, fraction=fraction, method=cfg.describe(), seed=seed
+        ),
     )
 
 
