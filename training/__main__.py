@@ -82,7 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("build", help="tokenizer, standard generator and its evaluation")
+    p = sub.add_parser(
+        "build",
+        help="the whole pipeline for a preset: generators, safety classifier, served-generator choice, G2R retriever (resumable)",
+    )
     _common(p)
     p.add_argument("--out", type=Path, default=Path("artifacts"), help="bundle directory")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="checkpoints, logs, plots")
@@ -128,6 +131,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--max-examples", type=int, default=0, help="0 = the whole split")
     p.add_argument("--samples", type=int, default=20)
+    p.add_argument(
+        "--decodings", default="greedy,beam5", help="comma-separated: greedy, beam5 (default both)"
+    )
     p.add_argument("--out", type=Path, help="writes <out>.json and <out>.md")
 
     p = sub.add_parser("compare", help="compare generator bundles on one split")
@@ -256,10 +262,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         examples = splits.test if args.split == "test" else splits.validation
         if args.max_examples:
             examples = examples[: args.max_examples]
+        from training.evaluate import STANDARD_DECODINGS
+
+        wanted = [d.strip() for d in args.decodings.split(",") if d.strip()]
+        unknown = sorted(set(wanted) - set(STANDARD_DECODINGS))
+        if unknown or not wanted:
+            raise ValueError(
+                f"--decodings: unknown {unknown}; choose from {sorted(STANDARD_DECODINGS)}"
+            )
         result = evaluate_generator(
             responder,
             examples,
             training_response_token_counts(splits.train),
+            decodings={d: STANDARD_DECODINGS[d] for d in wanted},
             n_samples=args.samples,
         )
         result.update(split=args.split, preset=manifest.training.get("preset"), data=str(args.data))

@@ -177,7 +177,9 @@ def build(
         )
     barrier(ctx)
     timings[f"{SAFETY_CLASSIFIER}_s"] = time.perf_counter() - stage_start
-    dn = negative_set(splits.train, preset.nd.negative_fraction, seed=seed)
+    dn = negative_set(
+        splits.train, preset.nd.negative_fraction, seed=seed, entropy=preset.nd.entropy
+    )
     if ctx.is_main:
         write_negative_set_report(
             dn, len(splits.train), paths.runs_dir / preset.name / "negative_set.json"
@@ -343,6 +345,8 @@ def write_negative_set_report(dn: NegativeSet, n_train: int, path: Path) -> None
         "top_responses": [
             {"response": r, "source_entropy": h, "pairs_in_dn": n} for r, h, n in dn.top_responses
         ],
+        "entropy": dn.entropy.describe(),
+        "stats": dn.stats.to_dict() if dn.stats is not None else None,
     }
     path.write_text(json.dumps(report, indent=2))
 

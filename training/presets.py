@@ -37,6 +37,7 @@ from models.generator import InputConfig
 from models.retriever import IndexConfig
 from models.seq2seq import Seq2SeqConfig
 from training.g2r_filter import TeacherReplyFilter
+from training.nd_entropy import EntropyConfig
 from training.trainer import TrainConfig
 
 
@@ -120,6 +121,10 @@ class NDPreset:
     # The paper trains the teacher from scratch on D_N ("scratch"). "standard" fine-tunes the
     # standard model on D_N for ``teacher_steps``: a generic teacher for a fraction of the cost.
     teacher_init: str = "scratch"
+    # How H_src (eq. 4) is computed for D_N: exact strings ("identity": on DailyDialog 87% of pairs
+    # tie at 0, so most of D_N is a random draw) or clusters of utterances (Csáky et al. 2019;
+    # reports/nd_negative_set.md: 1.3% of D_N drawn at random with 3,000 clusters, radius 0.75).
+    entropy: EntropyConfig = field(default_factory=EntropyConfig)
 
     def __post_init__(self) -> None:
         for field_name in ("student_init", "teacher_init"):
@@ -348,7 +353,12 @@ PRESETS: dict[str, Preset] = {
         ),
         decoding=DecodingConfig(max_length=32, no_repeat_ngram_size=3),
         # The paper's protocol: teacher and student from scratch, γ at a quarter of the run.
-        nd=NDPreset(gamma_fraction=0.25, teacher_steps=2000, student_init="scratch"),
+        nd=NDPreset(
+            gamma_fraction=0.25,
+            teacher_steps=2000,
+            student_init="scratch",
+            entropy=EntropyConfig(method="avg-embedding", clusters=3000, radius=0.75),
+        ),
         eval_examples=2000,
         nt_steps=400,
     ),
