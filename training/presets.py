@@ -3,7 +3,7 @@
 * ``tiny``: tests; seconds; meaningless replies.
 * ``small``: what ``make run`` builds on a 2-core CPU, the whole pipeline within ~15 minutes of an
   idle machine (README: measured wall time). Training runs in bf16 on both cores with tight
-  length buckets (reports/train_throughput.md: 1.56x the tokens/s of the old fp32 loop), which
+  length buckets (reports/train_throughput.md: 1.63x the tokens/s of the old fp32 loop), which
   buys about one epoch for the generator; the build also fine-tunes an NT model and serves the
   least generic generator of comparable perplexity (training/selection.py).
 * ``base``: the reproduction preset, ~2 hours for the whole pipeline on the same CPU: 3+3 layers
