@@ -18,7 +18,6 @@ of ``--contexts``; 0 = all), and optionally the same for TF-IDF / BM25 over each
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import write_report
 from training.data import load_splits
 from training.g2r_filter import TeacherReplyFilter
 
@@ -273,10 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results = served(args)
         text = served_markdown(results)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(text)
+    write_report(args.out, results, text)
     print(text)
     return 0
 

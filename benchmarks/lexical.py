@@ -27,7 +27,6 @@ that shares no word with any candidate is a miss).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
@@ -39,6 +38,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 
+from benchmarks import write_report
 from benchmarks.retrieval import sample_picks, served_teacher_share
 from models.metrics import response_metrics
 from training.data import DialogueExample, load_splits, training_response_token_counts
@@ -338,10 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     results = run(args)
     text = to_markdown(results)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(text)
+    write_report(args.out, results, text)
     print(text)
     return 0
 

@@ -20,7 +20,6 @@ response set, evaluated on the same test pairs and candidates.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from benchmarks import write_report
 from benchmarks.latency import (
     latency_summary,
     machine_description,
@@ -569,10 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     results = run(args)
     text = to_markdown(results)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(text)
+    write_report(args.out, results, text)
     print(text)
     return 0
 

@@ -31,6 +31,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from benchmarks import write_report
 from benchmarks.latency import (
     latency_summary,
     machine_description,
@@ -347,10 +348,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             results["targets"] = targets(results)
-            if args.out:  # after every size, so a killed run keeps what it measured
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-                args.out.with_suffix(".md").write_text(to_markdown(results))
+            # after every size, so a killed run keeps what it measured
+            write_report(args.out, results, to_markdown(results))
     print(to_markdown(results))
     return 0
 
