@@ -246,7 +246,7 @@ def build(
         logger.info("%s exists and verifies; skipping G2R", retriever)
     elif preset.retriever is not None:
         build_retriever(
-            method="g2r-dm",
+            method=preset.retriever.method,
             preset=preset.retriever,
             splits=retriever_splits,
             tokenizer=tokenizer,

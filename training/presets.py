@@ -90,6 +90,13 @@ class RetrieverPreset:
     warm_start: bool = True  # copy a same-shaped generator's encoder into both encoders
     # the quality bar teacher replies pass to enter D^G and R^G (None = every reply enters)
     teacher_filter: TeacherReplyFilter | None = None
+    # what `build` trains: "g2r-dm" (data + model level, eq. 5) or "g2r-d" (data level only)
+    method: str = "g2r-dm"
+
+    def __post_init__(self) -> None:
+        assert self.method in ("g2r-d", "g2r-dm"), (
+            f"build trains g2r-d or g2r-dm, not {self.method!r}"
+        )
 
 
 @dataclass(frozen=True)
