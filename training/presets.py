@@ -30,6 +30,7 @@ Retrieval side (``Preset.retriever``), measured for ``small``:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from models.biencoder import BiEncoderConfig
 from models.decoding import DecodingConfig
@@ -91,7 +92,7 @@ class RetrieverPreset:
     # the quality bar teacher replies pass to enter D^G and R^G (None = every reply enters)
     teacher_filter: TeacherReplyFilter | None = None
     # what `build` trains: "g2r-dm" (data + model level, eq. 5) or "g2r-d" (data level only)
-    method: str = "g2r-dm"
+    method: Literal["g2r-d", "g2r-dm"] = "g2r-dm"
 
     def __post_init__(self) -> None:
         assert self.method in ("g2r-d", "g2r-dm"), (
