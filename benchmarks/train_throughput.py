@@ -125,7 +125,6 @@ def run_config(
     for idx in batches[:warmup]:
         step(idx)
     # FLOPs of the timed batches (counted on the eager model, same shapes).
-    counted = 0
     useful_tokens = padded_tokens = 0
     for idx in batches[warmup:]:
         b = pairs.collate(idx)
@@ -133,17 +132,16 @@ def run_config(
         padded_tokens += b.src.numel() + b.tgt_out.numel()
     flop_batches = batches[warmup : warmup + min(steps, 8)]
     fc = FlopCounterMode(display=False)
+    sampled_tokens = 0
     with fc:
         for idx in flop_batches:
             batch = pairs.collate(idx)
+            sampled_tokens += batch.src.numel() + batch.tgt_out.numel()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                 loss, _ = objective(model, batch)
             loss.backward()
     opt.zero_grad(set_to_none=True)
     flops_sampled = fc.get_total_flops()
-    sampled_tokens = sum(
-        int(pairs.collate(i).src.numel() + pairs.collate(i).tgt_out.numel()) for i in flop_batches
-    )
     counted = flops_sampled / max(sampled_tokens, 1) * padded_tokens  # scale by padded size
     times = []
     losses = []

@@ -215,19 +215,11 @@ def build(
     # The served generator: the least generic of those that model the validation split about as
     # well as the best (training/selection.py). It is also the G2R teacher.
     stage_start = time.perf_counter()
-    selection = (
+    if ctx.is_main:
         select_served_generator(candidates, splits, preset, paths, device=str(ctx.device))
-        if ctx.is_main
-        else None
-    )
     barrier(ctx)
-    served = paths.out_dir / (
-        selection["chosen"]
-        if selection
-        else json.loads((paths.run_dir(preset, "selection") / "selection.json").read_text())[
-            "chosen"
-        ]
-    )
+    selection = json.loads(selection_file(paths, preset).read_text())  # rank 0's choice, all ranks
+    served = paths.out_dir / selection["chosen"]
     timings["select_generator_s"] = time.perf_counter() - stage_start
 
     retriever = paths.out_dir / G2R_RETRIEVER
@@ -302,13 +294,18 @@ def _train_nt(*, tokenizer: DialogueTokenizer, **kwargs: Any) -> Any:
     return train_nt_generator(**kwargs)
 
 
+def selection_file(paths: BuildPaths, preset: Preset) -> Path:
+    """Where ``build`` records which generator it serves and why."""
+    return paths.run_dir(preset, "selection") / "selection.json"
+
+
 def select_served_generator(
     bundles: list[Path], splits: DialogueSplits, preset: Preset, paths: BuildPaths, device: str
 ) -> dict[str, Any]:
     """Evaluate each generator on the validation split (perplexity and greedy replies) and pick
     the one to serve by :func:`training.selection.select_generator`; the record of why is kept
     in ``runs/<preset>/selection/selection.json`` (and reused on a rerun with the same bundles)."""
-    out = paths.run_dir(preset, "selection") / "selection.json"
+    out = selection_file(paths, preset)
     ids = {b.name: verify_bundle(b).bundle_id for b in bundles}
     if out.exists():
         previous = json.loads(out.read_text())

@@ -264,7 +264,8 @@ PRESETS: dict[str, Preset] = {
         ),
         vocab_size=4000,
         # Single-turn generators: at 1,000 updates a 3-turn model reached the same perplexity but
-        # was more generic (greedy max-ratio .455 vs .285), at 1.8x the cost per update.
+        # was more generic (greedy max-ratio .455 vs .285) at 2.2 against 3.9 updates/s
+        # (reports/context_turns.md; the rates from the runs' progress bars).
         inputs=InputConfig(max_context_turns=1, max_source_len=48, max_target_len=32),
         generator=GeneratorPreset(
             model=Seq2SeqConfig(
