@@ -31,6 +31,10 @@ from torch import Tensor, nn
 
 from models.seq2seq import EncoderLayer, Seq2SeqConfig, sinusoidal_positions
 
+# Rows per length-sorted chunk when a call embeds many responses at once (a G2R training batch:
+# ~5 positives for each of 128 contexts plus random negatives). Timed in benchmarks/train_throughput.
+RESPONSE_CHUNK_ROWS = 128
+
 Pooling = Literal["mean", "cls"]
 
 
@@ -101,7 +105,23 @@ class TextEncoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.embed_dim, bias=False)
 
-    def forward(self, ids: Tensor) -> Tensor:
+    def forward(self, ids: Tensor, chunk_rows: int = 0) -> Tensor:
+        """Embed every row; with ``chunk_rows`` > 0 and more rows than that, rows are sorted by
+        length and encoded in chunks trimmed to their own longest row (the same embeddings, up to
+        float rounding, for less padding: a G2R batch's responses are ~half padding otherwise)."""
+        if chunk_rows <= 0 or ids.size(0) <= chunk_rows:
+            return self._encode(ids)
+        lengths = ids.ne(self.cfg.pad_id).sum(dim=1)
+        order = torch.argsort(lengths, stable=True)
+        parts = []
+        for start in range(0, ids.size(0), chunk_rows):
+            rows = order[start : start + chunk_rows]
+            width = max(int(lengths[rows].max()), 1)
+            parts.append(self._encode(ids[rows, :width]))
+        out = torch.cat(parts)
+        return out[torch.argsort(order)]  # back to the callers' row order
+
+    def _encode(self, ids: Tensor) -> Tensor:
         cfg = self.cfg
         if cfg.pooling == "cls":
             cls = torch.full((ids.size(0), 1), cfg.cls_id, dtype=ids.dtype, device=ids.device)
@@ -159,8 +179,9 @@ class BiEncoder(nn.Module):
         return self.context_encoder(ids)
 
     def encode_responses(self, ids: Tensor) -> Tensor:
-        """Right-padded response ids (M, T), no BOS/EOS -> embeddings (M, embed_dim)."""
-        return self._response_encoder()(ids)
+        """Right-padded response ids (M, T), no BOS/EOS -> embeddings (M, embed_dim); encoded in
+        length-sorted chunks of ``RESPONSE_CHUNK_ROWS`` (training batches hold hundreds)."""
+        return self._response_encoder()(ids, chunk_rows=RESPONSE_CHUNK_ROWS)
 
     @staticmethod
     def score(contexts: Tensor, responses: Tensor) -> Tensor:

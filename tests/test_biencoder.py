@@ -47,6 +47,22 @@ def test_encode_shapes_and_padding_does_not_change_embeddings(pooling: str) -> N
     assert not torch.allclose(a, r)  # separate encoders by default
 
 
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_length_sorted_chunks_give_the_same_embeddings_in_the_callers_order(pooling: str) -> None:
+    model = _model(pooling=pooling)
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.randint(0, 12, (37,), generator=g)  # an empty row too, most likely
+    lengths[5] = 0
+    ids = torch.zeros(37, 12, dtype=torch.long)
+    for row, n in enumerate(lengths.tolist()):
+        ids[row, :n] = torch.randint(3, TINY.vocab_size, (n,), generator=g)
+    encoder = model.context_encoder
+    with torch.no_grad():
+        whole = encoder(ids)
+        for rows in (1, 4, 10, 36, 37, 100):
+            torch.testing.assert_close(encoder(ids, chunk_rows=rows), whole, atol=1e-5, rtol=1e-5)
+
+
 def test_all_pad_row_gives_finite_embedding() -> None:
     model = _model()
     with torch.no_grad():

@@ -1,0 +1,183 @@
+"""Bi-encoder training steps with and without length-sorted response chunks (same batches, one run).
+
+A G2R batch embeds ~5 positives for each of its contexts plus shared random negatives, padded to
+the longest response of the batch, so about half of the response tokens are padding.
+``TextEncoder.forward(chunk_rows=...)`` sorts the responses by length and encodes them in chunks
+trimmed to their own longest row. This benchmark times full training steps (forward, loss,
+backward, clipping, Adam, bf16 autocast where the trainer would use it) on real DailyDialog
+batches of a preset's bi-encoder, alternating the two settings step by step so that machine load
+hits both alike, and checks that both give the same loss on the same batch.
+
+    python -m benchmarks.retriever_step --preset small --tokenizer runs/small/tokenizer.json \\
+        --steps 30 --out reports/retriever_step
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks import write_report
+from models import biencoder
+from models.biencoder import BiEncoder
+from models.tokenizer import DialogueTokenizer
+from training.data import load_splits
+from training.distributed import bf16_autocast_supported
+from training.g2r import ResponseFilter, RetrievalObjective, RetrievalTrainSet, build_retrieval_data
+from training.g2r_augment import read_shards
+from training.generator import bucketed_batches
+from training.presets import get_preset
+from training.retrieval_losses import G2RDistillationLoss
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--tokenizer", type=Path, required=True)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/dailydialog"))
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per setting")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument(
+        "--chunk-rows",
+        default="32,64,128",
+        help="comma-separated chunk sizes to time against no chunking",
+    )
+    ap.add_argument(
+        "--augmentation",
+        type=Path,
+        help="G2R augmentation shards (teacher replies as extra positives, as G2R trains)",
+    )
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    preset = get_preset(args.preset).retriever
+    assert preset is not None, f"preset {args.preset} has no retriever"
+    tokenizer = DialogueTokenizer.from_file(args.tokenizer)
+    splits = load_splits(args.data, max_context_turns=preset.inputs.max_context_turns)
+    augmented = read_shards(args.augmentation)[1] if args.augmentation else None
+    data = build_retrieval_data(
+        splits.train,
+        augmented,
+        ResponseFilter(preset.response_min_tokens, preset.response_max_tokens, ()),
+        score=preset.teacher_score,
+    )
+    trainset = RetrievalTrainSet(
+        data,
+        tokenizer,
+        preset.inputs,
+        positives_per_context=preset.positives_per_context,
+        random_negatives=preset.random_negatives,
+    )
+    batches = bucketed_batches(
+        trainset.context_lengths(), preset.train.batch_size, seed=0, epoch=0
+    )[: args.warmup + args.steps]
+    torch.manual_seed(0)
+    model = BiEncoder(replace(preset.model, vocab_size=tokenizer.vocab_size))
+    model.train()
+    objective = RetrievalObjective(G2RDistillationLoss(1.0, preset.temperature))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    use_bf16 = bf16_autocast_supported(torch.device("cpu"))
+
+    def step(idx: list[int], chunk_rows: int) -> tuple[float, float]:
+        biencoder.RESPONSE_CHUNK_ROWS = chunk_rows
+        batch = trainset.collate(idx)
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            loss, _ = objective(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return time.perf_counter() - t0, float(loss.detach())
+
+    default_rows = biencoder.RESPONSE_CHUNK_ROWS
+    settings = {"padded to the batch": 0}
+    settings.update({f"chunks of {n}": n for n in map(int, args.chunk_rows.split(","))})
+    times: dict[str, list[float]] = {k: [] for k in settings}
+    loss_gap = 0.0
+    padding = {"responses": 0, "response_tokens": 0, "padded": 0}
+    for i, idx in enumerate(batches):
+        b = trainset.collate(idx)
+        lengths = b.response_ids.ne(tokenizer.pad_id).sum(dim=1)
+        # Loss parity on the same weights: evaluate both settings before either updates them.
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            model.eval()
+            losses = []
+            for rows in settings.values():
+                biencoder.RESPONSE_CHUNK_ROWS = rows
+                losses.append(float(objective(model, b)[0]))
+            model.train()
+        loss_gap = max(loss_gap, max(losses) - min(losses))
+        order = list(settings.items()) if i % 2 == 0 else list(settings.items())[::-1]
+        for name, rows in order:
+            dt, _ = step(idx, rows)
+            if i >= args.warmup:
+                times[name].append(dt)
+        if i >= args.warmup:
+            padding["responses"] += b.response_ids.size(0)
+            padding["response_tokens"] += int(lengths.sum())
+            padding["padded"] += b.response_ids.numel()
+    biencoder.RESPONSE_CHUNK_ROWS = default_rows
+    base = statistics.median(times["padded to the batch"])
+    result: dict[str, Any] = {
+        "command": "python -m benchmarks.retriever_step " + " ".join(argv or sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{args.threads} thread(s), bf16 autocast {'on' if use_bf16 else 'off'}",
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "preset": args.preset,
+        "augmentation": str(args.augmentation) if args.augmentation else None,
+        "default_chunk_rows": default_rows,
+        "steps_per_setting": len(times["padded to the batch"]),
+        "responses_per_batch": padding["responses"] / max(len(times["padded to the batch"]), 1),
+        "response_padding_share": 1 - padding["response_tokens"] / max(padding["padded"], 1),
+        "max_loss_gap_eval": loss_gap,
+        "settings": {
+            name: {
+                "step_ms_median": 1000 * statistics.median(ts),
+                "speedup_vs_padded": base / statistics.median(ts),
+            }
+            for name, ts in times.items()
+        },
+    }
+    lines = [
+        f"# Bi-encoder training step: response chunks (preset {args.preset})",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Machine: {result['machine']}.  ",
+        f"Load average (1, 5, 15 min): before {result['load_before']}, after "
+        f"{result['load_after']}. The settings take turns (order reversed every step) on the "
+        f"same batches; G2R augmentation: {result['augmentation'] or 'none (plain bi-encoder)'}; "
+        f"the library default is chunks of {default_rows}.",
+        "",
+        f"{result['steps_per_setting']} timed steps each; {result['responses_per_batch']:.0f} "
+        f"responses per batch, {100 * result['response_padding_share']:.1f}% of their padded "
+        f"positions are padding. Largest loss difference between the settings on the same "
+        f"batch and weights: {loss_gap:.2e}.",
+        "",
+        "| responses encoded | median step ms | speed-up vs padded |",
+        "|---|---:|---:|",
+    ]
+    for name, row in result["settings"].items():
+        lines.append(f"| {name} | {row['step_ms_median']:.1f} | {row['speedup_vs_padded']:.2f}x |")
+    markdown = "\n".join(lines) + "\n"
+    print(markdown)
+    write_report(args.out, result, markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
