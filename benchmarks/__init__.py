@@ -6,6 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from models.runtime import prefer_passive_openmp
+
+prefer_passive_openmp()  # before any benchmark module imports torch
+
 
 def write_report(out: Path | None, results: Any, markdown: str) -> None:
     """Write ``<out>.json`` (the figures) and ``<out>.md`` (the table a person reads) when ``out``

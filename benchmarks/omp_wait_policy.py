@@ -1,0 +1,107 @@
+"""OpenMP wait policy: training step time with spinning (ACTIVE) vs sleeping (PASSIVE) idle threads,
+alone and beside a busy neighbour process (what a shared 2-core machine usually has).
+
+Each cell runs ``benchmarks.train_throughput`` (2 threads, bf16, bucketed: the trainer's setting)
+in a fresh process with ``OMP_WAIT_POLICY`` set, because libgomp reads it once at load. The
+neighbour is an ordinary torch program (default policy, 2 threads, a matmul loop) started before
+the cell and stopped after it. Cells alternate ACTIVE/PASSIVE ``--rounds`` times; the table shows
+the median over rounds of each cell's median step time.
+
+    python -m benchmarks.omp_wait_policy --rounds 2 --steps 12 --out reports/omp_wait_policy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import write_report
+
+NEIGHBOUR = (
+    "import torch\n"
+    "torch.set_num_threads(2)\n"
+    "a = torch.randn(384, 384)\n"
+    "while True:\n"
+    "    a = torch.tanh(a @ a)\n"
+)
+
+
+def _cell(policy: str, steps: int, preset: str) -> float:
+    """Median step ms of one train_throughput run in a fresh process under ``policy``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "tt"
+        env = {**os.environ, "OMP_WAIT_POLICY": policy, "OMP_NUM_THREADS": "2"}
+        cmd = [sys.executable, "-m", "benchmarks.train_throughput", "--preset", preset]
+        cmd += ["--steps", str(steps), "--warmup", "2", "--configs", "2t-bf16-bucketed"]
+        cmd += ["--out", str(out)]
+        subprocess.run(cmd, env=env, check=True, capture_output=True)
+        result = json.loads(out.with_suffix(".json").read_text())
+        return float(result["runs"][0]["step_ms_median"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    load_before = os.getloadavg()
+    cells: dict[str, list[float]] = {}
+    for _ in range(args.rounds):
+        for neighbour in (False, True):
+            proc = None
+            if neighbour:
+                env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+                proc = subprocess.Popen([sys.executable, "-c", NEIGHBOUR], env=env)
+                time.sleep(2)
+            try:
+                for policy in ("ACTIVE", "PASSIVE"):
+                    key = f"{policy}|{'busy' if neighbour else 'alone'}"
+                    cells.setdefault(key, []).append(_cell(policy, args.steps, args.preset))
+            finally:
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait()
+    med = {k: statistics.median(v) for k, v in cells.items()}
+    result: dict[str, Any] = {
+        "command": "python -m benchmarks.omp_wait_policy " + " ".join(argv or sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "step_ms": cells,
+        "step_ms_median": med,
+    }
+    lines = [
+        "# OpenMP wait policy: generator training step, alone and beside a busy process",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Machine: {result['machine']}; load average (1, 5, 15 min) before {result['load_before']}"
+        f", after {result['load_after']} (the busy neighbour adds ~2 while it runs).  ",
+        f"Each cell: `benchmarks.train_throughput` 2t-bf16-bucketed, preset {args.preset}, "
+        f"{args.steps} timed steps, median step; median over {args.rounds} rounds "
+        f"(every round: {json.dumps({k: [round(x, 1) for x in v] for k, v in cells.items()})}).",
+        "",
+        "| neighbour | ACTIVE (spin) step ms | PASSIVE (sleep) step ms | PASSIVE speed-up |",
+        "|---|---:|---:|---:|",
+    ]
+    for where, label in (("alone", "none (idle machine)"), ("busy", "a 2-thread torch loop")):
+        a, p = med[f"ACTIVE|{where}"], med[f"PASSIVE|{where}"]
+        lines.append(f"| {label} | {a:.1f} | {p:.1f} | {a / p:.2f}x |")
+    markdown = "\n".join(lines) + "\n"
+    print(markdown)
+    write_report(args.out, result, markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
