@@ -6,18 +6,29 @@ import asyncio
 import logging
 import secrets
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, Response
+from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
+from service.device import set_threads
 from service.engine import DialogueEngine, load_backends
-from service.errors import NotReady, Unauthorized, error_response, install_error_handlers
+from service.errors import NotReady, Unauthorized, install_error_handlers
+from service.http import BodyLimitMiddleware, body_limit, require_json
 from service.metrics import ServiceMetrics
-from service.schemas import ErrorBody, Health, ModelList, RespondRequest, RespondResponse
+from service.schemas import (
+    ErrorBody,
+    Health,
+    ModelList,
+    RespondRequest,
+    RespondResponse,
+    request_model,
+)
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -25,10 +36,26 @@ logger = logging.getLogger(__name__)
 # The chat page: static HTML, JS and CSS, no build step.
 STATIC_DIR = Path(__file__).parent / "static"
 
-_ERRORS = {code: {"model": ErrorBody} for code in (413, 422, 429, 503, 504)}
-# Bodies are refused before parsing when their declared size could not fit the limits
-# (4 bytes per character as UTF-8 worst case, plus room for JSON syntax and options).
-_BODY_SLACK_BYTES = 16 * 1024
+_ERROR_MEANING = {
+    400: "the body is not valid JSON",
+    413: "the body is larger than any request within the limits can be",
+    415: "the body is not sent as JSON (Content-Type: application/json)",
+    422: "the request breaks this schema",
+    429: "overloaded: the backend's queue is full; retry after Retry-After seconds",
+    503: "not ready, or the backend failed or is not loaded (and no fallback answered)",
+    504: "no answer within the request deadline (REQUEST_TIMEOUT_S, end to end)",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+
+
+def _error_responses(max_body: int) -> dict[int | str, dict[str, Any]]:
+    """The documented error responses of POST /respond."""
+    meaning = {**_ERROR_MEANING, 413: f"the body is over {max_body} bytes"}
+    out: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorBody, "description": text} for code, text in meaning.items()
+    }
+    out[429]["headers"] = _RETRY_AFTER
+    return out
 
 
 def _check_bearer(request: Request, token: str) -> None:
@@ -77,6 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Before any model exists: intra-op threads as the settings say (see TORCH_THREADS).
+        set_threads(settings.torch_threads)
         # Loading verifies every checksum and may take seconds: keep it off the event loop.
         engine.backends = await asyncio.to_thread(load_backends, settings, metrics)
         await engine.start()
@@ -104,28 +133,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.observe_request("none", "none", "invalid", 0.0)
 
     install_error_handlers(app, on_invalid=count_invalid)
-    max_body = settings.max_request_chars * 4 + _BODY_SLACK_BYTES
+    # Outermost: a body is counted while it is read, with or without Content-Length.
+    max_body = body_limit(settings.max_turns, settings.request_chars_limit)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body)
 
-    @app.middleware("http")
-    async def refuse_huge_bodies(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body:
-            return error_response(
-                413, "payload_too_large", f"request body of {length} bytes exceeds {max_body}"
-            )
-        return await call_next(request)
+    # The request body model carries this service's limits, so the OpenAPI schema states them.
+    respond_request = request_model(
+        max_turns=settings.max_turns,
+        max_turn_chars=settings.max_turn_chars,
+        max_candidates=settings.max_candidates,
+        request_chars=settings.request_chars_limit,
+    )
 
-    @app.post(
+    async def respond(body: RespondRequest) -> RespondResponse:
+        """Answer a conversation (A/B routed, sticky per session_id) within the request
+        deadline. Turns must contain a visible character; a body must be JSON sent with
+        Content-Type: application/json. Options of the other backend are accepted and used
+        only if the request falls back to it."""
+        return await engine.respond(body)
+
+    respond.__annotations__["body"] = respond_request  # a class built here, not a name
+    app.post(
         "/respond",
         response_model=RespondResponse,
         response_model_exclude_none=True,
-        responses=_ERRORS,  # type: ignore[arg-type]
-    )
-    async def respond(body: RespondRequest) -> RespondResponse:
-        """Answer a conversation (A/B routed, sticky per session_id)."""
-        return await engine.respond(body)
+        responses=_error_responses(max_body),
+        dependencies=[Depends(require_json)],
+    )(respond)
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:
@@ -146,11 +180,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     if settings.admin_token is not None:
         token = settings.admin_token.get_secret_value()
+        # Declares the bearer scheme in the OpenAPI schema; the check itself is _check_bearer.
+        bearer = HTTPBearer(auto_error=False, description="DIALOGUE_ADMIN_TOKEN")
 
         @app.post(
             "/admin/reload",
             response_model=ModelList,
-            responses={401: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+            responses={
+                401: {"model": ErrorBody, "description": "no or a wrong bearer token"},
+                409: {
+                    "model": ErrorBody,
+                    "description": "a bundle did not load: the loaded models keep serving",
+                },
+            },
+            dependencies=[Depends(bearer)],
         )
         async def admin_reload(request: Request) -> ModelList:
             """Load and verify the bundles again and swap them in; a bad bundle keeps the old."""

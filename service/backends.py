@@ -4,8 +4,11 @@ Each backend owns an asyncio queue (bounded by MAX_QUEUE: a full queue is a 429)
 task. The worker takes the first waiting request, gathers more for up to MAX_WAIT_MS or until
 MAX_BATCH, and runs one batched model call in the backend's own single worker thread, so the event
 loop keeps serving while the model computes. Each request waits on its own future until its
-deadline (504). A request that times out while queued is dropped from its batch; one whose batch
-is already computing is simply not waited for (a thread cannot be interrupted). When a batched
+deadline (504); the deadline is the request's, end to end (service/engine.py). A request whose
+deadline has passed, or whose client stopped waiting, never reaches the model: it is dropped when
+its batch is formed, and its queue slot is reclaimed when the queue fills up. One whose batch is
+already computing is simply not waited for (a thread cannot be interrupted), so a client hears
+back by its deadline whatever the model does. When a batched
 model call raises, each of its requests is run again alone, so a request that makes the model
 fail (a poison request) gets the error and its batch-mates get their answers.
 
@@ -23,6 +26,7 @@ import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -85,6 +89,71 @@ class _Job:
     future: asyncio.Future[Answer]
     enqueued: float = field(default_factory=time.monotonic)
 
+    def dead(self, now: float) -> bool:
+        """Its client stopped waiting (answered, timed out, gone) or its deadline has passed."""
+        return self.future.done() or self.deadline <= now
+
+
+class _JobQueue:
+    """The bounded FIFO of a backend's waiting requests (event-loop side only).
+
+    Unlike asyncio.Queue it can drop requests nobody waits for any more: when it is full,
+    the jobs whose deadline passed (or whose client left) give their slots back first, so
+    a burst that timed out in the queue does not turn the next requests away with 429."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._jobs: deque[_Job] = deque()
+        self._waiting = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def put(self, job: _Job) -> bool:
+        """Queue ``job``; False when the queue is full of live requests."""
+        if len(self._jobs) >= self.maxsize:
+            self._expire(time.monotonic())
+        if len(self._jobs) >= self.maxsize:
+            return False
+        self._jobs.append(job)
+        self._waiting.set()
+        return True
+
+    def _expire(self, now: float) -> None:
+        live: deque[_Job] = deque()
+        for job in self._jobs:
+            if job.dead(now):
+                _expire(job)
+            else:
+                live.append(job)
+        self._jobs = live
+
+    def get_nowait(self) -> _Job | None:
+        return self._jobs.popleft() if self._jobs else None
+
+    async def get(self, timeout: float | None = None) -> _Job | None:
+        """The oldest job, waiting up to ``timeout`` seconds (None: for ever) for one."""
+        while not self._jobs:
+            self._waiting.clear()
+            if timeout is None:
+                await self._waiting.wait()
+                continue
+            try:
+                await asyncio.wait_for(self._waiting.wait(), timeout)
+            except TimeoutError:
+                return None
+            timeout = 0.0
+        return self._jobs.popleft()
+
+    def drain(self) -> list[_Job]:
+        jobs, self._jobs = list(self._jobs), deque()
+        return jobs
+
+
+def _expire(job: _Job) -> None:
+    if not job.future.done():
+        job.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+
 
 class Backend(ABC):
     """A responder behind a bounded queue and a micro-batching worker."""
@@ -104,7 +173,7 @@ class Backend(ABC):
         self.metrics = metrics
         self.limits = limits
         self.safety = safety if safety is not None and safety.enabled else None
-        self._queue: asyncio.Queue[_Job] | None = None
+        self._queue: _JobQueue | None = None
         self._worker: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._current: list[_Job] = []  # taken from the queue, not yet answered
@@ -138,7 +207,7 @@ class Backend(ABC):
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue(maxsize=self.limits.max_queue)
+        self._queue = _JobQueue(self.limits.max_queue)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-infer")
         self._worker = asyncio.create_task(self._run(), name=f"{self.name}-batcher")
         self._accepting = True
@@ -149,7 +218,7 @@ class Backend(ABC):
         self._accepting = False
         if self._queue is not None:
             waited_until = time.monotonic() + drain_s
-            while (not self._queue.empty() or self._current) and time.monotonic() < waited_until:
+            while (len(self._queue) or self._current) and time.monotonic() < waited_until:
                 await asyncio.sleep(0.01)
         if self._worker is not None:
             self._worker.cancel()
@@ -158,8 +227,7 @@ class Backend(ABC):
             self._worker = None
         leftovers = list(self._current)
         if self._queue is not None:
-            while not self._queue.empty():
-                leftovers.append(self._queue.get_nowait())
+            leftovers += self._queue.drain()
         for job in leftovers:
             if not job.future.done():
                 job.future.set_exception(BackendUnavailable(f"the {self.name} backend stopped"))
@@ -174,14 +242,16 @@ class Backend(ABC):
         """Queue one request and wait for its answer until ``deadline`` (time.monotonic())."""
         if self._queue is None or not self._accepting:
             raise BackendUnavailable(f"the {self.name} backend is not running")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded(
+                f"the {self.name} backend did not answer within the request deadline"
+            )
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait(_Job(context, params, deadline, future))
-        except asyncio.QueueFull:
+        if not self._queue.put(_Job(context, params, deadline, future)):
             raise Overloaded(
                 f"the {self.name} backend has {self.limits.max_queue} requests queued; retry later"
-            ) from None
-        remaining = deadline - time.monotonic()
+            )
         try:
             return await asyncio.wait_for(future, timeout=max(remaining, 0.0))
         except TimeoutError:
@@ -194,26 +264,25 @@ class Backend(ABC):
         loop = asyncio.get_running_loop()
         while True:
             self._current = []
-            batch = [await self._queue.get()]
+            first = await self._queue.get()
+            assert first is not None
+            batch = [first]
             self._current = batch
             flush_at = time.monotonic() + self.limits.max_wait_s
             while len(batch) < self.limits.max_batch:
                 wait = flush_at - time.monotonic()
-                if wait <= 0:
-                    # Still take what is already waiting: it costs nothing to batch it.
-                    if self._queue.empty():
-                        break
-                    batch.append(self._queue.get_nowait())
-                    continue
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), timeout=wait))
-                except TimeoutError:
+                # Past the flush time, still take what is already waiting: it costs nothing.
+                job = self._queue.get_nowait() if wait <= 0 else await self._queue.get(wait)
+                if job is None:
                     break
+                batch.append(job)
+            # Requests whose deadline passed while queued (or whose client left) never reach
+            # the model: their clients already have (or are about to get) a 504.
             now = time.monotonic()
-            live = [job for job in batch if not job.future.done() and job.deadline > now]
+            live = [job for job in batch if not job.dead(now)]
             for job in batch:
-                if job not in live and not job.future.done():
-                    job.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                if job not in live:
+                    _expire(job)
             if not live:
                 continue
             for job in live:
@@ -255,10 +324,8 @@ class Backend(ABC):
     async def _retry_alone(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
         """After a failed batch: each request of it in its own model call, in order."""
         for job in jobs:
-            if job.future.done():  # its client stopped waiting (deadline)
-                continue
-            if job.deadline <= time.monotonic():
-                job.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+            if job.dead(time.monotonic()):  # its client stopped waiting, or its deadline passed
+                _expire(job)
                 continue
             try:
                 [answer] = await self._call(loop, [job])
@@ -308,13 +375,17 @@ class GenerativeBackend(Backend):
             for key in _DECODING_OPTIONS
             if (value := getattr(options, key, None)) is not None
         }
-        if overrides.get("max_length", 0) > base.max_length:
-            raise InvalidOptions(
-                f"options.max_length must be <= {base.max_length} (this model's limit), "
-                f"got {overrides['max_length']}"
-            )
-        if overrides.get("strategy", base.strategy) != "beam" and "beam_size" in overrides:
-            raise InvalidOptions("options.beam_size only applies to strategy 'beam'")
+        # What depends on the loaded model is fitted to it, never refused (the OpenAPI schema
+        # states what a request may carry, and a reload must not change that): max_length is
+        # lowered to the bundle's own limit, min_length to max_length, and beam_size only
+        # matters to beam search (dropped otherwise, so it does not split batches).
+        max_length = min(overrides.get("max_length", base.max_length), base.max_length)
+        if "max_length" in overrides:
+            overrides["max_length"] = max_length
+        if overrides.get("min_length", base.min_length) > max_length:
+            overrides["min_length"] = max_length
+        if overrides.get("strategy", base.strategy) != "beam":
+            overrides.pop("beam_size", None)
         try:
             return base.with_overrides(num_return_sequences=1, **overrides)
         except ValueError as exc:

@@ -17,3 +17,14 @@ def resolve_device(name: str = "auto") -> torch.device:
 def serving_dtype(device: torch.device) -> torch.dtype | None:
     """Half precision on GPU; the weights' own dtype (float32) on CPU."""
     return torch.float16 if device.type == "cuda" else None
+
+
+def set_threads(threads: int) -> None:
+    """Intra-op threads of this process (``torch.set_num_threads``); a no-op when already so.
+
+    Why the service sets it (TORCH_THREADS, default 1): with 2 or more OpenMP threads, each
+    parallel region ends in a barrier whose waiting threads spin; when another process shares
+    the cores, a spinning thread holds a core the thread it waits for needs, and a model call can
+    take hundreds of times longer (reports/reliability.md). One intra-op thread has no barrier."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import time
 from collections.abc import Hashable
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from models.bundle import BundleError, Manifest, find_bundles, read_manifest, read_serving
+from models.bundle import SERVING_FILE, BundleError, Manifest, find_bundles, read_manifest
 from models.text import normalize_text
 from service.backends import Answer, Backend, BatchLimits, GenerativeBackend, RetrievalBackend
 from service.device import resolve_device, serving_dtype
@@ -47,22 +48,105 @@ _OUTCOME_OF: dict[type[ServiceError], str] = {
 }
 
 
-_DEFAULT_BUNDLE = {"generative": "generator-nd", "retrieval": "retriever-g2r", "safety": ""}
+_DEFAULT_BUNDLE = {
+    "generative": "generator-nd",
+    "retrieval": "retriever-g2r",
+    "safety": "safety-classifier",
+}
+_SETTING_OF = {
+    "generative": "GENERATIVE_BUNDLE",
+    "retrieval": "RETRIEVAL_BUNDLE",
+    "safety": "SAFETY_BUNDLE",
+}
 
 
 def select_bundle(models_dir: Path, backend: str, wanted: str) -> Path | None:
-    """The bundle for ``backend``: the one named ``wanted`` (directory or manifest name), else
-    the newest whose directory name starts with it (``retriever-g2r`` -> ``retriever-g2r-dm``),
-    else the first of the right kind; None when there is none.
+    """The bundle directory ``backend`` serves, as its setting (``wanted``) asks:
 
-    ``wanted == "auto"`` means the bundle the build chose for ``backend`` in
-    ``<models_dir>/serving.json`` (the least generic generator of comparable perplexity, see
-    training/selection.py), else the historical default name for it."""
+    - ``<name>``: exactly the bundle with that directory or manifest name. Absent, unreadable or
+      of another kind: a BundleError naming the problem (start-up fails, a reload is refused and
+      the loaded model keeps serving). Never another bundle in its place.
+    - ``auto``: the build's choice for ``backend`` in ``<models_dir>/serving.json``
+      (training/selection.py), held to the same rule; a serving.json that cannot be read is an
+      error. Without serving.json (or without an entry for ``backend``): ``generator-nd`` /
+      ``retriever-g2r`` / ``safety-classifier`` exactly when present, None when ``models_dir``
+      holds no bundle of the kind at all, else an error listing the bundles there.
+    - ``<prefix>*``: the newest bundle (manifest created_at) whose directory name starts with
+      ``<prefix>``; ``any``: the newest bundle of the kind. Only when asked for like this.
+    - ``off``: None (the backend is not loaded).
+
+    The safety classifier is optional: for it an absent bundle is None, and the filter settings
+    decide (service/safety.py); a present but broken one is still an error.
+    """
+    models_dir = Path(models_dir)
     kind = _KIND_OF[backend]
+    optional = backend == "safety"
+    wanted = wanted.strip()
+    if wanted == "off":
+        return None
     if wanted == "auto":
-        chosen = (read_serving(models_dir) or {}).get(backend)
-        wanted = chosen if isinstance(chosen, str) and chosen else _DEFAULT_BUNDLE[backend]
-    candidates: list[tuple[Path, Manifest]] = []
+        chosen = _serving_choice(models_dir, backend)
+        if chosen is not None:
+            return _exact(models_dir, backend, chosen, "the build's choice in " + SERVING_FILE)
+        default = _DEFAULT_BUNDLE[backend]
+        if (models_dir / default).exists() or _named(models_dir, kind, default) is not None:
+            return _exact(models_dir, backend, default, "the default for auto")
+        if optional or not _of_kind(models_dir, kind):
+            return None
+        raise BundleError(_missing(models_dir, backend, default, "the default for auto"))
+    if wanted == "any" or wanted.endswith("*"):
+        prefix = "" if wanted == "any" else wanted[:-1]
+        matches = [
+            (m.created_at, p) for p, m in _of_kind(models_dir, kind) if p.name.startswith(prefix)
+        ]
+        if not matches:
+            if optional:
+                return None
+            raise BundleError(
+                f"no {kind} bundle matching {_SETTING_OF[backend]}={wanted!r} in {models_dir}"
+            )
+        return max(matches)[1]
+    if optional and not (models_dir / wanted).exists() and _named(models_dir, kind, wanted) is None:
+        return None
+    return _exact(models_dir, backend, wanted, _SETTING_OF[backend])
+
+
+def _exact(models_dir: Path, backend: str, name: str, source: str) -> Path:
+    """The bundle called ``name`` (directory, else manifest name), of ``backend``'s kind."""
+    kind = _KIND_OF[backend]
+    path = models_dir / name
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise BundleError(f"{source} names {name!r}, which is not a bundle name")
+    if path.exists():
+        manifest = read_manifest(path)  # raises a BundleError naming what is wrong
+    else:
+        found = _named(models_dir, kind, name)
+        if found is None:
+            raise BundleError(_missing(models_dir, backend, name, source))
+        path, manifest = found
+    if manifest.kind != kind:
+        raise BundleError(
+            f"bundle {name!r} ({source}) is a {manifest.kind}, not a {kind}; "
+            f"set {_SETTING_OF[backend]} to a {kind} bundle"
+        )
+    return path
+
+
+def _missing(models_dir: Path, backend: str, name: str, source: str) -> str:
+    kind = _KIND_OF[backend]
+    there = sorted(p.name for p, _ in _of_kind(models_dir, kind))
+    listed = ", ".join(there) if there else "none"
+    return (
+        f"no {kind} bundle {name!r} ({source}) in {models_dir}; {kind} bundles there: {listed}. "
+        f"Set {_SETTING_OF[backend]} to one of them, to '<prefix>*' or 'any' to take the "
+        f"newest match, or to 'off'"
+    )
+
+
+def _of_kind(models_dir: Path, kind: str) -> list[tuple[Path, Manifest]]:
+    """Readable bundles of ``kind`` in ``models_dir`` (unreadable ones are logged and skipped:
+    they are only ever served when named, and then their error is raised)."""
+    out = []
     for path in find_bundles(models_dir):
         try:
             manifest = read_manifest(path)
@@ -70,15 +154,37 @@ def select_bundle(models_dir: Path, backend: str, wanted: str) -> Path | None:
             logger.warning("skipping unreadable bundle: %s", exc)
             continue
         if manifest.kind == kind:
-            candidates.append((path, manifest))
-    for path, manifest in candidates:
-        if wanted in (path.name, manifest.name):
-            return path
-    prefixed = [(m.created_at, p) for p, m in candidates if p.name.startswith(wanted)]
-    chosen = max(prefixed)[1] if prefixed else (candidates[0][0] if candidates else None)
-    if chosen is not None:
-        logger.warning("no %s bundle %r in %s; using %s", kind, wanted, models_dir, chosen.name)
-    return chosen
+            out.append((path, manifest))
+    return out
+
+
+def _named(models_dir: Path, kind: str, name: str) -> tuple[Path, Manifest] | None:
+    """The readable bundle of ``kind`` whose manifest name is ``name``, if there is one."""
+    for path, manifest in _of_kind(models_dir, kind):
+        if manifest.name == name:
+            return path, manifest
+    return None
+
+
+def _serving_choice(models_dir: Path, backend: str) -> str | None:
+    """The bundle name serving.json gives for ``backend``; None without the file or the entry.
+    A serving.json that is not a JSON object, or an entry that is not a name, is an error:
+    ``auto`` must never quietly serve something other than the build's choice."""
+    path = models_dir / SERVING_FILE
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path} cannot be read: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BundleError(f"{path} is not a JSON object")
+    chosen = data.get(backend)
+    if chosen is None:
+        return None
+    if not isinstance(chosen, str) or not chosen.strip():
+        raise BundleError(f"{path}: {backend!r} is {chosen!r}, not a bundle name")
+    return chosen.strip()
 
 
 def load_backends(settings: Settings, metrics: ServiceMetrics) -> dict[str, Backend]:
@@ -96,16 +202,17 @@ def load_backends(settings: Settings, metrics: ServiceMetrics) -> dict[str, Back
     # leaving backends that serve unfiltered.
     safety = load_safety_filter(settings, metrics, safety_dir, device)
     wanted = {"generative": settings.generative_bundle, "retrieval": settings.retrieval_bundle}
+    # Every choice is made (and any wrong name refused) before the first model is loaded.
+    paths = {name: select_bundle(settings.models_dir, name, wanted[name]) for name in BACKENDS}
     backends: dict[str, Backend] = {}
-    for name in BACKENDS:
-        path = select_bundle(settings.models_dir, name, wanted[name])
+    for name, path in paths.items():
         if path is None:
-            logger.warning(
-                "no %s bundle in %s: the %s backend is off",
-                _KIND_OF[name],
-                settings.models_dir,
-                name,
+            why = (
+                f"{_SETTING_OF[name]}=off"
+                if wanted[name].strip() == "off"
+                else f"no {_KIND_OF[name]} bundle in {settings.models_dir}"
             )
+            logger.warning("%s: the %s backend is off", why, name)
             continue
         backend: Backend
         if name == "generative":
@@ -189,7 +296,7 @@ class DialogueEngine:
                     backend=name,  # type: ignore[arg-type]
                     model=backend.model_id,
                     name=manifest.name if manifest else backend.model_id,
-                    path=str(backend.bundle_dir),
+                    bundle=backend.bundle_dir.name,  # never the absolute path
                     created_at=manifest.created_at if manifest else "",
                     device=backend.device,
                     method=(manifest.training.get("method") if manifest else None),
@@ -198,7 +305,11 @@ class DialogueEngine:
         return out
 
     def check_limits(self, request: RespondRequest) -> list[str]:
-        """The context, normalised like training text; raises PayloadTooLarge / InvalidRequest."""
+        """The context, normalised like training text; raises PayloadTooLarge / InvalidRequest.
+
+        Requests through the app were already held to these limits by the schema
+        (service/schemas.py, request_model), except a MAX_REQUEST_CHARS below turns x chars,
+        which no JSON Schema can state; direct callers of :meth:`respond` are checked here."""
         s = self.settings
         turns = request.context
         if len(turns) > s.max_turns:
@@ -209,9 +320,9 @@ class DialogueEngine:
                     f"context[{i}] has {len(turn)} characters; the limit is {s.max_turn_chars}"
                 )
         total = sum(len(t) for t in turns)
-        if total > s.max_request_chars:
+        if total > s.request_chars_limit:
             raise PayloadTooLarge(
-                f"context has {total} characters; the limit is {s.max_request_chars}"
+                f"context has {total} characters; the limit is {s.request_chars_limit}"
             )
         normalized = [normalize_text(t) for t in turns]
         for i, turn in enumerate(normalized):
@@ -222,6 +333,8 @@ class DialogueEngine:
     async def respond(self, request: RespondRequest) -> RespondResponse:
         """Answer one request; every outcome is counted once in dialogue_requests_total."""
         started = time.perf_counter()
+        # One deadline for the whole request: queue wait, model call and any fallback share it.
+        deadline = time.monotonic() + self.settings.request_timeout_s
         s = self.settings
         arm, primary = choose_arm(s.ab_salt, request.session_id, s.ab_weights, request.backend)
         backend_label = primary
@@ -234,7 +347,7 @@ class DialogueEngine:
             # One snapshot per request: a reload swapping backends mid-request changes nothing here.
             backends = self.backends
             params = {name: b.prepare(request.options) for name, b in backends.items()}
-            answered_by, answer = await self._answer(backends, primary, context, params)
+            answered_by, answer = await self._answer(backends, primary, context, params, deadline)
             backend_label = answered_by.name
         except ServiceError as exc:
             label = exc.backend or backend_label
@@ -267,8 +380,15 @@ class DialogueEngine:
         primary: str,
         context: list[str],
         params: dict[str, Hashable],
+        deadline: float,
     ) -> tuple[Backend, Answer]:
         """Try ``primary``, then (FALLBACK=on) the other backend; returns (who answered, answer).
+
+        Every attempt works to the request's one ``deadline`` (time.monotonic()): a fallback never
+        gets a fresh one. While another backend could still answer, the first attempt must finish
+        by ``deadline - FALLBACK_RESERVE x REQUEST_TIMEOUT_S``, so a slow primary leaves its
+        fallback that reserve; the last attempt runs to the deadline itself. Once the deadline
+        has passed nothing more is tried (504).
 
         Fallback is for a backend's failure, absence or deadline. A full queue (Overloaded) is
         shed to the client as 429 at once: sending the overflow to the other backend would only
@@ -276,10 +396,13 @@ class DialogueEngine:
         order = [primary]
         if self.settings.fallback:
             order += [name for name in BACKENDS if name != primary and name in backends]
+        reserve = self.settings.fallback_reserve * self.settings.request_timeout_s
         failure: ServiceError | None = None
-        for name in order:
+        for position, name in enumerate(order):
             if failure is not None:
                 assert failure.backend is not None
+                if time.monotonic() >= deadline:
+                    break  # no time left for a fallback: the client gets the failure (504)
                 self.metrics.observe_fallback(failure.backend, _outcome(failure))
                 logger.warning("falling back from %s to %s: %s", failure.backend, name, failure)
             backend = backends.get(name)
@@ -287,10 +410,10 @@ class DialogueEngine:
                 failure = BackendUnavailable(f"the {name} backend is not loaded")
                 failure.backend = name
                 continue
-            # Each attempt gets the full deadline: the fallback exists to rescue a slow primary.
-            deadline = time.monotonic() + self.settings.request_timeout_s
+            later = [n for n in order[position + 1 :] if n in backends]
+            attempt_deadline = deadline - reserve if later else deadline
             try:
-                return backend, await backend.submit(context, params[name], deadline)
+                return backend, await backend.submit(context, params[name], attempt_deadline)
             except Overloaded as exc:
                 exc.backend = name
                 raise

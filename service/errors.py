@@ -37,6 +37,20 @@ class PayloadTooLarge(ServiceError):
     error_type = "payload_too_large"
 
 
+class InvalidJSON(ServiceError):
+    """The body is not JSON (a syntax error, or bytes that are not UTF-8)."""
+
+    status_code = 400
+    error_type = "invalid_json"
+
+
+class UnsupportedMediaType(ServiceError):
+    """The body is not declared as JSON (Content-Type)."""
+
+    status_code = 415
+    error_type = "unsupported_media_type"
+
+
 class Overloaded(ServiceError):
     """A backend's queue is full: shed (429 with Retry-After), never fall back to the other."""
 
@@ -109,6 +123,8 @@ def install_error_handlers(
 
     async def service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
+        if isinstance(exc, UnsupportedMediaType) and on_invalid is not None:
+            on_invalid(request)  # refused before the engine saw it: count it as invalid here
         return error_response(
             exc.status_code, exc.error_type, str(exc) or exc.error_type, exc.headers
         )
@@ -117,11 +133,26 @@ def install_error_handlers(
         assert isinstance(exc, RequestValidationError)
         if on_invalid is not None:
             on_invalid(request)
+        broken = [e for e in exc.errors() if e.get("type") == "json_invalid"]
+        if broken:  # not JSON at all: a 400, as for any unparseable request
+            where = broken[0].get("loc", ("body", "?"))[-1]
+            why = (broken[0].get("ctx") or {}).get("error", "JSON decode error")
+            return error_response(
+                400, InvalidJSON.error_type, f"the body is not valid JSON: {why} (at {where})"
+            )
         return error_response(422, "validation_error", _describe_validation(exc))
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        return error_response(exc.status_code, "http_error", str(exc.detail))
+        if exc.status_code == 400:  # FastAPI could not decode the body (not UTF-8)
+            if on_invalid is not None:
+                on_invalid(request)
+            return error_response(
+                400, InvalidJSON.error_type, "the body is not valid JSON (it must be UTF-8 text)"
+            )
+        # exc.headers carries e.g. Allow on a 405 (RFC 9110 requires it)
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(exc.status_code, "http_error", str(exc.detail), headers)
 
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         # Logged with its traceback here; the client only learns that something broke.

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 BackendName = Literal["generative", "retrieval"]
 
@@ -24,8 +24,86 @@ def _no_lone_surrogates(value: str) -> str:
     return value
 
 
-Text = Annotated[str, AfterValidator(_no_lone_surrogates)]
-"""A string field of a request: valid Unicode (no lone surrogates)."""
+def _no_lone_surrogates_before(value: Any) -> Any:
+    # Before the str validation: a constrained str (min/max length) refuses a lone surrogate
+    # itself, with a message that names neither the character nor where it is.
+    return _no_lone_surrogates(value) if isinstance(value, str) else value
+
+
+
+# The characters that service text normalisation (models/text.py) turns into nothing: whitespace,
+# C0/C1 controls and the invisible format characters it removes. A turn made only of them would
+# be empty for the model, so a turn must contain one character outside this class. The class is
+# spelled with \uXXXX escapes only, so JSON Schema (ECMA-262) and Python read it alike, and
+# tests/test_service_schema.py checks it against normalize_text for every code point.
+_INVISIBLE_CLASS = (
+    "\\u0000-\\u0020\\u007f-\\u00a0\\u00ad\\u1680\\u2000-\\u200f\\u2028-\\u202f"
+    "\\u205f-\\u2064\\u3000\\ufeff"
+)
+VISIBLE_TEXT_PATTERN = f"[^{_INVISIBLE_CLASS}]"
+"""JSON Schema ``pattern`` of a turn (unanchored: the turn contains one visible character)."""
+_VISIBLE = re.compile(VISIBLE_TEXT_PATTERN)
+
+
+def _visible(value: str) -> str:
+    if _VISIBLE.search(value) is None:
+        raise ValueError(
+            "must contain a visible character (this one is empty or only whitespace, control "
+            "or invisible characters)"
+        )
+    return value
+
+
+def _turn(max_chars: int | None = None) -> Any:
+    """A context turn: 1..max_chars characters, valid Unicode, one visible character at least."""
+    return Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=max_chars,
+            json_schema_extra={"pattern": VISIBLE_TEXT_PATTERN},
+        ),
+        BeforeValidator(_no_lone_surrogates_before),
+        AfterValidator(_visible),
+    ]
+
+
+def _json_integer(value: Any) -> Any:
+    """Strict JSON integers: 5 and 5.0 (JSON Schema's integer) pass; "5", true and 5.5 do not."""
+    if value is None:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be an integer, not {_json_type(value)}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be an integer, not a fraction")
+        return int(value)
+    return value
+
+
+def _json_number(value: Any) -> Any:
+    """Strict JSON numbers: 1 and 0.5 pass; "0.5" and true do not."""
+    if value is None:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number, not {_json_type(value)}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+JsonInt = Annotated[int | None, BeforeValidator(_json_integer)]
+JsonNumber = Annotated[float | None, BeforeValidator(_json_number)]
 
 
 # Bounds of the per-request options (the bundle's and the settings' own limits apply within them).
@@ -41,33 +119,64 @@ class _Strict(BaseModel):
 
 
 class ResponseOptions(_Strict):
-    """Per-request overrides; each backend uses the ones that apply to it and ignores the rest."""
+    """Per-request overrides. A request that names its backend may still carry the other
+    backend's options: each backend applies its own and ignores the rest, so they take effect
+    when the request falls back to that backend (FALLBACK=on)."""
 
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"examples": [{"strategy": "sample", "top_p": 0.9, "temperature": 0.8}]},
     )
 
-    # generative decoding (bounded by the bundle's own defaults, see GenerativeBackend.prepare)
-    strategy: Literal["greedy", "sample", "beam"] | None = None
-    # Every numeric option is bounded to a range that decodes: a temperature of 1e-39 passes
-    # "> 0" but turns the logits into inf/nan (and the safety re-sample uses it for every
-    # strategy), so the floor is MIN_TEMPERATURE; likewise MIN_TOP_P.
-    max_length: int | None = Field(
-        default=None, ge=1, le=MAX_LENGTH_BOUND, description="at most the bundle's max_length"
+    # generative decoding. Every numeric option is bounded to a range that decodes: a
+    # temperature of 1e-39 passes "> 0" but turns the logits into inf/nan (and the safety
+    # re-sample uses it for every strategy), so the floor is MIN_TEMPERATURE; likewise MIN_TOP_P.
+    # Options that depend on the loaded model are lowered to fit it, never refused, so the schema
+    # alone says what is accepted.
+    strategy: Literal["greedy", "sample", "beam"] | None = Field(
+        default=None, description="generative: decoding strategy (default: the bundle's)"
     )
-    min_length: int | None = Field(default=None, ge=0, le=MAX_LENGTH_BOUND)
-    beam_size: int | None = Field(default=None, ge=1, le=8)
-    temperature: float | None = Field(
-        default=None, ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE, allow_inf_nan=False
+    max_length: JsonInt = Field(
+        default=None,
+        ge=1,
+        le=MAX_LENGTH_BOUND,
+        description="generative: most reply tokens; above the bundle's own limit it is lowered "
+        "to that limit",
     )
-    top_k: int | None = Field(
-        default=None, ge=0, le=1000, description="sampling top-k filter; 0 = off"
+    min_length: JsonInt = Field(
+        default=None,
+        ge=0,
+        le=MAX_LENGTH_BOUND,
+        description="generative: fewest reply tokens; above max_length it is lowered to it",
     )
-    top_p: float | None = Field(default=None, ge=MIN_TOP_P, le=1, allow_inf_nan=False)
-    no_repeat_ngram_size: int | None = Field(default=None, ge=0, le=8)
+    beam_size: JsonInt = Field(
+        default=None,
+        ge=1,
+        le=8,
+        description="generative: beams of strategy 'beam'; the other strategies ignore it",
+    )
+    temperature: JsonNumber = Field(
+        default=None,
+        ge=MIN_TEMPERATURE,
+        le=MAX_TEMPERATURE,
+        allow_inf_nan=False,
+        description="generative: sampling temperature",
+    )
+    top_k: JsonInt = Field(
+        default=None, ge=0, le=1000, description="generative: sampling top-k filter; 0 = off"
+    )
+    top_p: JsonNumber = Field(
+        default=None,
+        ge=MIN_TOP_P,
+        le=1,
+        allow_inf_nan=False,
+        description="generative: nucleus sampling mass",
+    )
+    no_repeat_ngram_size: JsonInt = Field(
+        default=None, ge=0, le=8, description="generative: n-grams a reply may not repeat; 0 = off"
+    )
     # retrieval
-    num_candidates: int | None = Field(
+    num_candidates: JsonInt = Field(
         default=None,
         ge=1,
         le=MAX_CANDIDATES_BOUND,
@@ -95,13 +204,15 @@ class RespondRequest(_Strict):
         },
     )
 
-    context: list[Text] = Field(min_length=1, description="turns, oldest first")
-    session_id: Text | None = Field(
-        default=None,
-        min_length=1,
-        max_length=256,
-        description="keeps a conversation on one A/B arm",
+    context: list[_turn()] = Field(  # type: ignore[valid-type]
+        min_length=1, description="turns, oldest first"
     )
+    session_id: (
+        Annotated[
+            str, Field(min_length=1, max_length=256), BeforeValidator(_no_lone_surrogates_before)
+        ]
+        | None
+    ) = Field(default=None, description="keeps a conversation on one A/B arm")
     backend: BackendName | None = Field(default=None, description="override the A/B arm")
     options: ResponseOptions | None = None
 
@@ -168,8 +279,8 @@ class ErrorBody(_Strict):
 class ModelInfo(_Strict):
     backend: BackendName
     model: str = Field(description="bundle name@hash")
-    name: str
-    path: str
+    name: str = Field(description="the bundle's name (its manifest)")
+    bundle: str = Field(description="the bundle's directory name in MODELS_DIR")
     created_at: str
     device: str
     method: str | None = None
@@ -182,3 +293,46 @@ class ModelList(_Strict):
 class Health(_Strict):
     status: str
     backends: list[BackendName] = Field(default_factory=list)
+
+
+def request_model(
+    *, max_turns: int, max_turn_chars: int, max_candidates: int, request_chars: int
+) -> type[RespondRequest]:
+    """``RespondRequest`` with this service's limits in it, so that its OpenAPI schema states
+    every limit the service enforces and validation refuses what the schema refuses (422)."""
+    total = (
+        ""
+        if request_chars >= max_turns * max_turn_chars
+        else f"; at most {request_chars} characters over all turns (else 413)"
+    )
+    options = create_model(
+        "ResponseOptions",
+        __base__=ResponseOptions,
+        __doc__=ResponseOptions.__doc__,
+        num_candidates=(
+            JsonInt,
+            Field(
+                default=None,
+                ge=1,
+                le=max_candidates,
+                description="retrieval: candidates returned (at most MAX_CANDIDATES)",
+            ),
+        ),
+    )
+    turns: Any = list[_turn(max_turn_chars)]  # type: ignore[misc]
+    options_field: Any = options | None
+    return create_model(
+        "RespondRequest",
+        __base__=RespondRequest,
+        __doc__=RespondRequest.__doc__,
+        context=(
+            turns,
+            Field(
+                min_length=1,
+                max_length=max_turns,
+                description=f"turns, oldest first: 1..{max_turns} turns of 1..{max_turn_chars} "
+                f"characters, each with a visible character{total}",
+            ),
+        ),
+        options=(options_field, None),
+    )

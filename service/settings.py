@@ -23,13 +23,24 @@ class Settings(BaseSettings):
 
     # --- where and what to serve
     models_dir: Path = Path("artifacts")  # folder of bundles written by training
-    # preferred bundles (directory or manifest name); "auto" = the build's choice in
-    # <models_dir>/serving.json (training/selection.py), else generator-nd / retriever-g2r
-    generative_bundle: str = "auto"
-    retrieval_bundle: str = "auto"
+    # Which bundle each backend serves (service/engine.py, select_bundle):
+    #   "<name>"  exactly that bundle (directory or manifest name); absent or unloadable = an error
+    #   "auto"    the build's choice in <models_dir>/serving.json (training/selection.py), exactly;
+    #             without serving.json, generator-nd / retriever-g2r; no bundle of the kind = off
+    #   "<prefix>*"  the newest bundle whose directory name starts with <prefix> (asked for)
+    #   "any"     the newest bundle of the kind (asked for);  "off"  the backend is not loaded
+    generative_bundle: str = Field(default="auto", min_length=1)
+    retrieval_bundle: str = Field(default="auto", min_length=1)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when present, else CPU
+    # torch intra-op threads of the service process (torch.set_num_threads). 1 by default: with
+    # 2 or more, OpenMP workers spin-wait between parallel regions, and when another process
+    # shares the cores they burn their time slices waiting for each other (one decoder batch went
+    # from 1 ms to 310 ms, reports/reliability.md). Each backend already computes in its own
+    # thread, so one intra-op thread per backend keeps 2 cores busy. Raise it only on cores the
+    # service has to itself.
+    torch_threads: int = Field(default=1, ge=1, le=256)
     log_level: str = "info"
 
     # --- A/B routing
@@ -45,12 +56,20 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
 
     # --- request limits
-    max_turns: int = Field(default=16, ge=1)  # turns per request
-    max_turn_chars: int = Field(default=1000, ge=1)  # characters per turn
-    max_request_chars: int = Field(default=8000, ge=1)  # characters over all turns
-    request_timeout_s: float = Field(default=5.0, gt=0)  # deadline per backend attempt
+    # (stated in the OpenAPI schema: a request within them is never refused for its size)
+    max_turns: int = Field(default=16, ge=1, le=1024)  # turns per request
+    max_turn_chars: int = Field(default=1000, ge=1, le=100_000)  # characters per turn
+    # characters over all turns; unset = max_turns x max_turn_chars (no extra limit). JSON Schema
+    # cannot state a sum, so a smaller value is a 413 a schema-valid request can get.
+    max_request_chars: int | None = Field(default=None, ge=1)
+    # The deadline of a whole request, end to end: queue wait, model call and any fallback share
+    # it (the service answers 200 or 504 within it; see README "Reliability").
+    request_timeout_s: float = Field(default=5.0, gt=0)
+    # The share of REQUEST_TIMEOUT_S kept for the fallback: the first backend must answer within
+    # (1 - FALLBACK_RESERVE) x REQUEST_TIMEOUT_S when another backend could still answer.
+    fallback_reserve: float = Field(default=0.2, ge=0, lt=1)
     max_candidates: int = Field(
-        default=10, ge=1
+        default=10, ge=1, le=1000
     )  # largest num_candidates a retrieval request may ask for
 
     # --- micro-batching, per backend
@@ -93,6 +112,13 @@ class Settings(BaseSettings):
         min_length=1,
         max_length=1000,
     )
+
+    @property
+    def request_chars_limit(self) -> int:
+        """Characters over all turns of a request: MAX_REQUEST_CHARS, else turns x chars."""
+        if self.max_request_chars is not None:
+            return self.max_request_chars
+        return self.max_turns * self.max_turn_chars
 
     @field_validator("admin_token")
     @classmethod

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from service_fixtures import RESPONSES, build_tiny_bundles, make_settings
 
 from service.app import create_app
+from service.http import body_limit
 
 
 @pytest.fixture(scope="module")
@@ -106,44 +107,88 @@ def test_respond_with_session_id_is_sticky_and_answers_from_its_arm(client: Test
             },
         ),
         (
-            {"context": ["hi"], "options": {"max_length": 9}},
-            422,
-            {
-                "type": "invalid_options",
-                "message": "options.max_length must be <= 8 (this model's limit), got 9",
-            },
-        ),
-        (
             {"context": ["hi"], "options": {"num_candidates": 11}},
             422,
-            {"type": "invalid_options", "message": "options.num_candidates must be <= 10, got 11"},
-        ),
-        (
-            {"context": ["hi"], "options": {"beam_size": 3}},
-            422,
             {
-                "type": "invalid_options",
-                "message": "options.beam_size only applies to strategy 'beam'",
+                "type": "validation_error",
+                "message": "body.options.num_candidates: Input should be less than or equal to 10",
             },
         ),
         (
             {"context": [" \u200b "]},
             422,
-            {"type": "invalid_request", "message": "context[0] is empty"},
+            {
+                "type": "validation_error",
+                "message": "body.context.0: Value error, must contain a visible character (this "
+                "one is empty or only whitespace, control or invisible characters)",
+            },
+        ),
+        (
+            {"context": ["ok", ""]},
+            422,
+            {
+                "type": "validation_error",
+                "message": "body.context.1: String should have at least 1 character",
+            },
         ),
         (
             {"context": ["hi"] * 5},
-            413,
-            {"type": "payload_too_large", "message": "context has 5 turns; the limit is 4"},
+            422,
+            {
+                "type": "validation_error",
+                "message": "body.context: List should have at most 4 items after validation, not 5",
+            },
         ),
         (
             {"context": ["hi", "x" * 51]},
-            413,
+            422,
             {
-                "type": "payload_too_large",
-                "message": "context[1] has 51 characters; the limit is 50",
+                "type": "validation_error",
+                "message": "body.context.1: String should have at most 50 characters",
             },
         ),
+        (
+            {"context": ["hi"], "options": {"max_length": "5"}},
+            422,
+            {
+                "type": "validation_error",
+                "message": "body.options.max_length: Value error, must be an integer, not a string",
+            },
+        ),
+        (
+            {"context": ["hi"], "options": {"max_length": True}},
+            422,
+            {
+                "type": "validation_error",
+                "message": "body.options.max_length: Value error, must be an integer, not a boolean",
+            },
+        ),
+        (
+            {"context": ["hi"], "options": {"top_k": 2.5}},
+            422,
+            {
+                "type": "validation_error",
+                "message": "body.options.top_k: Value error, must be an integer, not a fraction",
+            },
+        ),
+        (
+            {"context": ["hi"], "options": {"temperature": "0.5"}},
+            422,
+            {
+                "type": "validation_error",
+                "message": "body.options.temperature: Value error, must be a number, not a string",
+            },
+        ),
+        (
+            {"context": ["hi"], "session_id": ""},
+            422,
+            {
+                "type": "validation_error",
+                "message": "body.session_id: String should have at least 1 character",
+            },
+        ),
+        # MAX_REQUEST_CHARS (120) below turns x chars (4 x 50): the one limit JSON Schema cannot
+        # state, so it stays a 413 (and the schema's description says so).
         (
             {"context": ["y" * 50, "y" * 50, "y" * 50]},
             413,
@@ -163,19 +208,120 @@ def test_respond_invalid_request_returns_exact_error(
 
 
 def test_respond_huge_body_is_refused_before_parsing(client: TestClient) -> None:
+    limit = body_limit(max_turns=4, request_chars=120)  # the client fixture's limits
     resp = client.post(
         "/respond",
-        content=b'{"context": ["' + b"z" * 20_000 + b'"]}',
+        content=b'{"context": ["' + b"z" * limit + b'"]}',
         headers={"content-type": "application/json"},
     )
     assert resp.status_code == 413
-    assert resp.json()["error"]["type"] == "payload_too_large"
+    assert resp.json() == {
+        "error": {
+            "type": "payload_too_large",
+            "message": f"request body of {limit + 17} bytes exceeds {limit}",
+        }
+    }
+    assert resp.headers["connection"] == "close"
 
 
-def test_respond_malformed_json_returns_422_json(client: TestClient) -> None:
-    resp = client.post("/respond", content=b"{nope", headers={"content-type": "application/json"})
-    assert resp.status_code == 422
-    assert resp.json()["error"]["type"] == "validation_error"
+def test_the_largest_json_of_a_request_within_the_limits_is_not_too_large(
+    client: TestClient,
+) -> None:
+    # Every character an astral one, written as an escaped surrogate pair (12 bytes): 120
+    # characters over the turns (MAX_REQUEST_CHARS) and a 256-character session id.
+    smile = "\\ud83d\\ude00"
+    turns = [smile * 50, smile * 50, smile * 20]
+    raw = (
+        '{"context": ["' + '", "'.join(turns) + '"], "session_id": "' + smile * 256 + '", '
+        '"backend": "retrieval", "options": {"num_candidates": 10}}'
+    ).encode()
+    assert len(raw) > 120 * 12 + 256 * 12
+    resp = client.post("/respond", content=raw, headers={"content-type": "application/json"})
+    assert resp.status_code == 200, resp.text
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            b"{nope",
+            "the body is not valid JSON: Expecting property name enclosed in double quotes (at 1)",
+        ),
+        (b'{"context": ["hi"]', "the body is not valid JSON: Expecting ',' delimiter (at 18)"),
+        (b'{"context": ["\xff"]}', "the body is not valid JSON (it must be UTF-8 text)"),
+    ],
+)
+def test_respond_unparseable_json_returns_400(client: TestClient, raw: bytes, message: str) -> None:
+    resp = client.post("/respond", content=raw, headers={"content-type": "application/json"})
+    assert resp.status_code == 400
+    assert resp.json() == {"error": {"type": "invalid_json", "message": message}}
+
+
+@pytest.mark.parametrize(
+    ("headers", "got"),
+    [
+        ({"content-type": "text/plain"}, "got Content-Type: text/plain"),
+        (
+            {"content-type": "application/x-www-form-urlencoded"},  # what curl -d sends
+            "got Content-Type: application/x-www-form-urlencoded",
+        ),
+        ({}, "no Content-Type header was sent"),
+    ],
+)
+def test_respond_body_not_sent_as_json_gets_415_saying_so(
+    client: TestClient, headers: dict[str, str], got: str
+) -> None:
+    resp = client.post("/respond", content=b'{"context": ["hi"]}', headers=headers)
+    assert resp.status_code == 415
+    assert resp.json() == {
+        "error": {
+            "type": "unsupported_media_type",
+            "message": "the request body must be JSON, sent with Content-Type: "
+            f"application/json ({got})",
+        }
+    }
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/x+json"])
+def test_respond_accepts_json_content_types(client: TestClient, content_type: str) -> None:
+    resp = client.post(
+        "/respond",
+        content=b'{"context": ["hi"], "backend": "retrieval"}',
+        headers={"content-type": content_type},
+    )
+    assert resp.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/respond", "POST"),
+        ("DELETE", "/respond", "POST"),
+        ("POST", "/healthz", "GET"),
+    ],
+)
+def test_wrong_method_gets_405_with_allow(
+    client: TestClient, method: str, path: str, allow: str
+) -> None:
+    resp = client.request(method, path)
+    assert resp.status_code == 405
+    assert resp.headers["allow"] == allow
+    assert resp.json() == {"error": {"type": "http_error", "message": "Method Not Allowed"}}
+
+
+def test_options_fitted_to_the_model_are_not_refused(client: TestClient) -> None:
+    # max_length above the bundle's 8 is lowered to 8, min_length above max_length to it, and
+    # beam_size without strategy 'beam' is ignored: the schema alone says what is accepted.
+    for options in (
+        {"max_length": 1024},
+        {"max_length": 3, "min_length": 9},
+        {"beam_size": 3, "strategy": "greedy"},
+        {"num_candidates": 3, "strategy": "beam"},  # the other backend's options are accepted
+    ):
+        resp = client.post(
+            "/respond", json={"context": ["hi"], "backend": "generative", "options": options}
+        )
+        assert resp.status_code == 200, (options, resp.text)
 
 
 def test_respond_unloaded_backend_without_fallback_returns_503(tmp_path: Path) -> None:
@@ -223,7 +369,12 @@ def test_readyz_and_models_after_start(client: TestClient, models_dir: Path) -> 
         ("generative", "generator-nd", "cpu", "nd"),
         ("retrieval", "retriever-g2r", "cpu", "g2r-dm"),
     ]
-    assert models[0]["path"] == str(models_dir / "generator-nd")
+    assert [(m["bundle"], m["model"].split("@")[0]) for m in models] == [
+        ("generator-nd", "generator-nd"),
+        ("retriever-g2r", "retriever-g2r"),
+    ]
+    assert all("path" not in m for m in models)
+    assert str(models_dir) not in client.get("/v1/models").text  # no absolute paths
 
 
 def test_unexpected_exception_returns_500_without_a_traceback(models_dir: Path) -> None:

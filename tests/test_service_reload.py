@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from service_fixtures import build_tiny_bundles, make_settings, parse_metrics, sample
 
+from models.bundle import BundleError
 from service.app import create_app
 from service.schemas import BackendName, RespondRequest
 
@@ -206,3 +209,82 @@ def test_reload_under_concurrent_requests_fails_none(tmp_path: Path, bundle_stat
         assert after != before and before in models and after in models  # served by both
     else:
         assert after == before and after in models
+
+
+def _negative_teacher_beside(models_dir: Path) -> None:
+    """A second generator beside generator-nd (as a real build has the generic negative teacher)."""
+    shutil.copytree(models_dir / "generator-nd", models_dir / "generator-negative-teacher")
+    path = models_dir / "generator-negative-teacher" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["name"] = "generator-negative-teacher"
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("damage", ["unreadable manifest", "folder gone"])
+@pytest.mark.parametrize("wanted", ["generator-nd", "auto"])
+def test_reload_refuses_a_named_bundle_that_cannot_load_and_keeps_serving(
+    tmp_path: Path, damage: str, wanted: str
+) -> None:
+    models_dir = build_tiny_bundles(tmp_path)
+    _negative_teacher_beside(models_dir)
+    if wanted == "auto":
+        (models_dir / "serving.json").write_text(
+            json.dumps({"generative": "generator-nd", "retrieval": "retriever-g2r"})
+        )
+    settings = make_settings(models_dir, admin_token=TOKEN, generative_bundle=wanted)
+    with TestClient(create_app(settings)) as client:
+        before = _model_ids(client)
+        assert before["generative"].startswith("generator-nd@")
+        if damage == "unreadable manifest":
+            (models_dir / "generator-nd" / "manifest.json").write_text("{not json")
+        else:
+            shutil.rmtree(models_dir / "generator-nd")
+        resp = client.post("/admin/reload", headers=AUTH)
+        assert resp.status_code == 409
+        message = resp.json()["error"]["message"]
+        assert message.startswith("reload failed, kept the loaded models: ")
+        assert (
+            "manifest.json is not valid JSON"
+            if damage != "folder gone"
+            else "no generator bundle 'generator-nd'"
+        ) in message
+        assert _model_ids(client) == before
+        reply = client.post("/respond", json={"context": ["hi"], "backend": "generative"})
+        assert reply.status_code == 200 and reply.json()["model"] == before["generative"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "serving", "match"),
+    [
+        (
+            {"generative_bundle": "generator-missing"},
+            None,
+            "no generator bundle 'generator-missing'",
+        ),
+        ({}, {"generative": "generator-gone"}, "'generator-gone' \\(the build's choice"),
+        ({"retrieval_bundle": "retriever-g2"}, None, "no retriever bundle 'retriever-g2'"),
+    ],
+)
+def test_startup_fails_when_a_named_bundle_cannot_load(
+    tmp_path: Path, overrides: dict[str, str], serving: dict[str, str] | None, match: str
+) -> None:
+    models_dir = build_tiny_bundles(tmp_path)
+    _negative_teacher_beside(models_dir)
+    if serving is not None:
+        (models_dir / "serving.json").write_text(json.dumps(serving))
+    with (
+        pytest.raises(BundleError, match=match),
+        TestClient(create_app(make_settings(models_dir, **overrides))),
+    ):
+        pass
+
+
+def test_models_list_names_and_ids_not_paths(tmp_path: Path) -> None:
+    models_dir = build_tiny_bundles(tmp_path)
+    with TestClient(create_app(make_settings(models_dir, generative_bundle="generator-*"))) as c:
+        resp = c.get("/v1/models")
+    assert str(tmp_path) not in resp.text
+    assert {m["backend"]: (m["bundle"], m["name"]) for m in resp.json()["models"]} == {
+        "generative": ("generator-nd", "generator-nd"),
+        "retrieval": ("retriever-g2r", "retriever-g2r"),
+    }

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from service_fixtures import build_tiny_bundles, make_settings
+from service_fixtures import build_tiny_bundles
 
+from models.bundle import BundleError
 from service.engine import select_bundle
 from service.routing import OVERRIDE_ARM, assign_arm, choose_arm, parse_weights, session_point
 from service.settings import Settings
@@ -117,16 +118,62 @@ def test_select_bundle_auto_follows_the_builds_choice(tmp_path: Path) -> None:
     assert select_bundle(tmp_path, "generative", "generator-nd") == tmp_path / "generator-nd"
 
 
-def test_select_bundle_prefers_the_named_then_a_prefix_then_any_of_the_kind(tmp_path: Path) -> None:
+def _copy_bundle(models_dir: Path, src: str, dst: str, **manifest_updates: str) -> Path:
+    """A copy of bundle ``src`` named ``dst`` (directory and manifest name)."""
+    shutil.copytree(models_dir / src, models_dir / dst)
+    manifest = json.loads((models_dir / dst / "manifest.json").read_text())
+    manifest.update(name=dst, **manifest_updates)
+    (models_dir / dst / "manifest.json").write_text(json.dumps(manifest))
+    return models_dir / dst
+
+
+def test_select_bundle_serves_exactly_the_named_bundle(tmp_path: Path) -> None:
     build_tiny_bundles(tmp_path)
+    _copy_bundle(tmp_path, "generator-nd", "generator-negative-teacher")
     assert select_bundle(tmp_path, "generative", "generator-nd") == tmp_path / "generator-nd"
-    assert select_bundle(tmp_path, "retrieval", "retriever-g2") == tmp_path / "retriever-g2r"
-    assert select_bundle(tmp_path, "generative", "generator-missing") == tmp_path / "generator-nd"
-    assert select_bundle(tmp_path / "nowhere", "retrieval", "retriever-g2r") is None
-    assert make_settings(tmp_path).models_dir == tmp_path
+    assert select_bundle(tmp_path, "retrieval", "retriever-g2r") == tmp_path / "retriever-g2r"
+    # A manifest name finds its bundle in another directory.
+    (tmp_path / "retriever-g2r").rename(tmp_path / "some-dir")
+    assert select_bundle(tmp_path, "retrieval", "retriever-g2r") == tmp_path / "some-dir"
+    # A name that is not there is an error listing what is, never another bundle.
+    with pytest.raises(BundleError) as missing:
+        select_bundle(tmp_path, "generative", "generator-missing")
+    assert str(missing.value) == (
+        f"no generator bundle 'generator-missing' (GENERATIVE_BUNDLE) in {tmp_path}; generator "
+        "bundles there: generator-nd, generator-negative-teacher. Set GENERATIVE_BUNDLE to one "
+        "of them, to '<prefix>*' or 'any' to take the newest match, or to 'off'"
+    )
+    with pytest.raises(BundleError, match="no generator bundle 'generator-n'"):
+        select_bundle(tmp_path, "generative", "generator-n")  # no silent prefix match
+    with pytest.raises(BundleError, match="is a retriever, not a generator"):
+        select_bundle(tmp_path, "generative", "some-dir")
+    with pytest.raises(BundleError, match="not a bundle name"):
+        select_bundle(tmp_path, "generative", "../generator-nd")
+    assert select_bundle(tmp_path, "generative", "off") is None
 
 
-def test_select_bundle_prefers_the_newest_prefix_match(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["unreadable manifest", "no manifest", "folder gone"])
+def test_select_bundle_never_swaps_a_broken_named_bundle_for_another(
+    tmp_path: Path, damage: str
+) -> None:
+    # The issue's case: generator-nd broken, the generic negative teacher beside it.
+    build_tiny_bundles(tmp_path)
+    _copy_bundle(tmp_path, "generator-nd", "generator-negative-teacher")
+    if damage == "unreadable manifest":
+        (tmp_path / "generator-nd" / "manifest.json").write_text("{not json")
+        match = "manifest.json is not valid JSON"
+    elif damage == "no manifest":
+        (tmp_path / "generator-nd" / "manifest.json").unlink()
+        match = "manifest.json is missing"
+    else:
+        shutil.rmtree(tmp_path / "generator-nd")
+        match = "no generator bundle 'generator-nd'"
+    for wanted in ("generator-nd", "auto"):  # auto without serving.json = generator-nd
+        with pytest.raises(BundleError, match=match):
+            select_bundle(tmp_path, "generative", wanted)
+
+
+def test_select_bundle_matches_a_prefix_or_any_only_when_asked(tmp_path: Path) -> None:
     build_tiny_bundles(tmp_path, generator=False)
     older, newer = tmp_path / "retriever-g2r-a", tmp_path / "retriever-g2r-dm"
     (tmp_path / "retriever-g2r").rename(older)
@@ -135,5 +182,51 @@ def test_select_bundle_prefers_the_newest_prefix_match(tmp_path: Path) -> None:
         manifest = json.loads((path / "manifest.json").read_text())
         manifest.update(name=path.name, created_at=created_at)
         (path / "manifest.json").write_text(json.dumps(manifest))
-    assert select_bundle(tmp_path, "retrieval", "retriever-g2r") == newer
-    assert select_bundle(tmp_path, "generative", "generator-nd") is None
+    assert select_bundle(tmp_path, "retrieval", "retriever-g2r*") == newer
+    assert select_bundle(tmp_path, "retrieval", "retriever-g2r-a*") == older
+    assert select_bundle(tmp_path, "retrieval", "any") == newer
+    with pytest.raises(BundleError, match="no retriever bundle 'retriever-g2r'"):
+        select_bundle(tmp_path, "retrieval", "retriever-g2r")
+    with pytest.raises(BundleError, match="no generator bundle matching GENERATIVE_BUNDLE='any'"):
+        select_bundle(tmp_path, "generative", "any")
+    with pytest.raises(BundleError, match=r"matching RETRIEVAL_BUNDLE='x\*'"):
+        select_bundle(tmp_path, "retrieval", "x*")
+    # auto with bundles of the kind but none of the default name: an error, not a guess.
+    with pytest.raises(BundleError, match=r"'retriever-g2r' \(the default for auto\)"):
+        select_bundle(tmp_path, "retrieval", "auto")
+    # auto with no bundle of the kind at all: that backend is off.
+    assert select_bundle(tmp_path, "generative", "auto") is None
+    assert select_bundle(tmp_path / "nowhere", "retrieval", "auto") is None
+
+
+def test_select_bundle_auto_fails_loudly_when_serving_json_cannot_be_followed(
+    tmp_path: Path,
+) -> None:
+    build_tiny_bundles(tmp_path)
+    serving = tmp_path / "serving.json"
+    serving.write_text(
+        json.dumps({"generative": "generator-standard", "retrieval": "retriever-g2r"})
+    )
+    with pytest.raises(
+        BundleError, match=r"'generator-standard' \(the build's choice in serving.json\)"
+    ):
+        select_bundle(tmp_path, "generative", "auto")
+    assert select_bundle(tmp_path, "retrieval", "auto") == tmp_path / "retriever-g2r"
+    serving.write_text("{truncated")
+    with pytest.raises(BundleError, match=r"serving\.json cannot be read"):
+        select_bundle(tmp_path, "retrieval", "auto")
+    serving.write_text(json.dumps({"generative": 3}))
+    with pytest.raises(BundleError, match="'generative' is 3, not a bundle name"):
+        select_bundle(tmp_path, "generative", "auto")
+    serving.write_text(json.dumps({"generative": "generator-nd"}))  # no retrieval entry
+    assert select_bundle(tmp_path, "retrieval", "auto") == tmp_path / "retriever-g2r"
+
+
+def test_select_bundle_safety_classifier_is_optional_but_never_swapped(tmp_path: Path) -> None:
+    build_tiny_bundles(tmp_path)
+    assert select_bundle(tmp_path, "safety", "safety-classifier") is None
+    assert select_bundle(tmp_path, "safety", "auto") is None
+    assert select_bundle(tmp_path, "safety", "safety*") is None
+    (tmp_path / "safety-classifier").mkdir()  # there, but no bundle: an error
+    with pytest.raises(BundleError, match=r"manifest\.json is missing"):
+        select_bundle(tmp_path, "safety", "safety-classifier")

@@ -80,15 +80,16 @@ def test_metrics_count_every_request_exactly(served: tuple[FastAPI, TestClient])
     assert client.post("/respond", json={"context": []}).status_code == 422
     assert (
         client.post("/respond", json={"context": ["hi"] * 17, "backend": "retrieval"}).status_code
-        == 413
+        == 422
     )
 
     m = _metrics(client)
     requests = "dialogue_requests_total"
     assert sample(m, requests, backend="retrieval", arm="override", outcome="ok") == 5
     assert sample(m, requests, backend="generative", arm="override", outcome="ok") == 3
-    assert sample(m, requests, backend="none", arm="none", outcome="invalid") == 1
-    assert sample(m, requests, backend="retrieval", arm="override", outcome="invalid") == 1
+    # Both refused by the schema (17 turns > MAX_TURNS), before any backend is chosen.
+    assert sample(m, requests, backend="none", arm="none", outcome="invalid") == 2
+    assert sample(m, requests, backend="retrieval", arm="override", outcome="invalid") == 0
     duration = "dialogue_request_duration_seconds"
     assert sample(m, duration + "_count", backend="retrieval", arm="override") == 5
     assert sample(m, duration + "_count", backend="generative", arm="override") == 3

@@ -1,0 +1,129 @@
+"""HTTP-level guards in front of the routes: the request body size limit (enforced while the body
+is read, so a body without Content-Length is stopped as early as one with it) and the JSON
+content type of request bodies."""
+
+from __future__ import annotations
+
+import email.message
+import json
+import logging
+
+from fastapi import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import UnsupportedMediaType
+
+logger = logging.getLogger(__name__)
+
+# Worst-case bytes of one character in a JSON body: an astral character written as an escaped
+# UTF-16 surrogate pair ("\ud83d\ude00") takes 12 bytes. The body limit allows that for every
+# character the request limits allow, so a request within them is never refused for its size.
+JSON_BYTES_PER_CHAR = 12
+BODY_SLACK_BYTES = 16 * 1024  # keys, quotes, commas, session_id and options
+MAX_SESSION_ID_CHARS = 256
+
+
+def body_limit(max_turns: int, request_chars: int) -> int:
+    """The largest body a request within the limits can need (bytes)."""
+    return (
+        request_chars * JSON_BYTES_PER_CHAR
+        + max_turns * 4  # quotes and a comma per turn
+        + MAX_SESSION_ID_CHARS * JSON_BYTES_PER_CHAR
+        + BODY_SLACK_BYTES
+    )
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over ``max_bytes`` with 413 while reading them.
+
+    A declared Content-Length over the limit is refused before a byte of the body is read. A body
+    without one (``Transfer-Encoding: chunked``) is read here, chunk by chunk, up to the limit:
+    past it the 413 goes out at once with ``Connection: close`` and the rest is never read, so
+    memory stays within ``max_bytes`` whatever the client sends. A body within the limit is
+    replayed to the app unchanged (it is at most ``max_bytes``, a few hundred KB)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = _content_length(scope)
+        if length is not None and length > self.max_bytes:
+            await self._refuse(send, f"request body of {length} bytes exceeds {self.max_bytes}")
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # http.disconnect: the client left
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(
+                    send, f"request body exceeds {self.max_bytes} bytes (read {size} so far)"
+                )
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect, as ASGI does
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(send: Send, message: str) -> None:
+        payload = json.dumps({"error": {"type": "payload_too_large", "message": message}}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    # the rest of the body is never read: the connection cannot be reused
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            text = value.decode("latin-1").strip()
+            return int(text) if text.isdigit() else None
+    return None
+
+
+JSON_CONTENT_TYPE_MESSAGE = (
+    "the request body must be JSON, sent with Content-Type: application/json"
+)
+
+
+async def require_json(request: Request) -> None:
+    """A route dependency: the body must be declared JSON (``application/json`` or
+    ``application/*+json``); anything else is a 415 that says so, never a puzzling 422."""
+    declared = request.headers.get("content-type")
+    if declared:
+        parsed = email.message.Message()
+        parsed["content-type"] = declared
+        subtype = parsed.get_content_subtype()
+        if parsed.get_content_maintype() == "application" and (
+            subtype == "json" or subtype.endswith("+json")
+        ):
+            return
+    got = f"got Content-Type: {declared}" if declared else "no Content-Type header was sent"
+    raise UnsupportedMediaType(f"{JSON_CONTENT_TYPE_MESSAGE} ({got})")
