@@ -1,11 +1,13 @@
-"""OpenMP wait policy: training step time with spinning (ACTIVE) vs sleeping (PASSIVE) idle threads,
-alone and beside a busy neighbour process (what a shared 2-core machine usually has).
+"""OpenMP wait policy: training step time with spinning vs sleeping idle threads, alone and beside a
+busy neighbour process (what a shared 2-core machine usually has).
 
-Each cell runs ``benchmarks.train_throughput`` (2 threads, bf16, bucketed: the trainer's setting)
-in a fresh process with ``OMP_WAIT_POLICY`` set, because libgomp reads it once at load. The
-neighbour is an ordinary torch program (default policy, 2 threads, a matmul loop) started before
-the cell and stopped after it. Cells alternate ACTIVE/PASSIVE ``--rounds`` times; the table shows
-the median over rounds of each cell's median step time.
+Policies (libgomp, which the torch CPU wheels use; it reads them once, when torch loads it):
+``default`` (nothing set: spin 300,000 times, then sleep; run as ``GOMP_SPINCOUNT=300000``), ``ACTIVE`` (spin 30,000,000 times),
+``PASSIVE`` (sleep at once) and ``spin:N`` (``GOMP_SPINCOUNT=N``, policy unset). Each cell runs
+``benchmarks.train_throughput`` (2 threads, bf16, bucketed: the trainer's setting) in a fresh
+process. The neighbour is an ordinary torch program (default policy, 2 threads, a matmul loop)
+started before its cells and stopped after them. All cells repeat ``--rounds`` times; the table
+shows the median over rounds of each cell's median step time.
 
     python -m benchmarks.omp_wait_policy --rounds 2 --steps 12 --out reports/omp_wait_policy
 """
@@ -35,11 +37,25 @@ NEIGHBOUR = (
 )
 
 
+def policy_env(policy: str) -> dict[str, str]:
+    """The environment of a process run under ``policy`` (see the module doc). ``default`` sets
+    libgomp's documented default spin count explicitly, so that ``prefer_passive_openmp`` (which
+    leaves any explicit choice alone) does not apply."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if policy == "default":
+        env["GOMP_SPINCOUNT"] = "300000"
+    elif policy.startswith("spin:"):
+        env["GOMP_SPINCOUNT"] = policy.removeprefix("spin:")
+    else:
+        env["OMP_WAIT_POLICY"] = policy
+    return env
+
+
 def _cell(policy: str, steps: int, preset: str) -> float:
     """Median step ms of one train_throughput run in a fresh process under ``policy``."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "tt"
-        env = {**os.environ, "OMP_WAIT_POLICY": policy, "OMP_NUM_THREADS": "2"}
+        env = {**policy_env(policy), "OMP_NUM_THREADS": "2"}
         cmd = [sys.executable, "-m", "benchmarks.train_throughput", "--preset", preset]
         cmd += ["--steps", str(steps), "--warmup", "2", "--configs", "2t-bf16-bucketed"]
         cmd += ["--out", str(out)]
@@ -53,19 +69,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="small")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--policies", default="default,ACTIVE,PASSIVE,spin:10000")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     load_before = os.getloadavg()
+    policies = args.policies.split(",")
     cells: dict[str, list[float]] = {}
     for _ in range(args.rounds):
         for neighbour in (False, True):
             proc = None
             if neighbour:
-                env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-                proc = subprocess.Popen([sys.executable, "-c", NEIGHBOUR], env=env)
+                proc = subprocess.Popen([sys.executable, "-c", NEIGHBOUR], env=policy_env("default"))
                 time.sleep(2)
             try:
-                for policy in ("ACTIVE", "PASSIVE"):
+                for policy in policies:
                     key = f"{policy}|{'busy' if neighbour else 'alone'}"
                     cells.setdefault(key, []).append(_cell(policy, args.steps, args.preset))
             finally:
@@ -91,12 +108,18 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.steps} timed steps, median step; median over {args.rounds} rounds "
         f"(every round: {json.dumps({k: [round(x, 1) for x in v] for k, v in cells.items()})}).",
         "",
-        "| neighbour | ACTIVE (spin) step ms | PASSIVE (sleep) step ms | PASSIVE speed-up |",
-        "|---|---:|---:|---:|",
+        "Step ms (x: speed-up against `default`, the same neighbour):",
+        "",
+        "| neighbour | " + " | ".join(policies) + " |",
+        "|---|" + "---:|" * len(policies),
     ]
     for where, label in (("alone", "none (idle machine)"), ("busy", "a 2-thread torch loop")):
-        a, p = med[f"ACTIVE|{where}"], med[f"PASSIVE|{where}"]
-        lines.append(f"| {label} | {a:.1f} | {p:.1f} | {a / p:.2f}x |")
+        base = med[f"default|{where}"] if "default" in policies else None
+        row = []
+        for policy in policies:
+            ms = med[f"{policy}|{where}"]
+            row.append(f"{ms:.1f}" + (f" ({base / ms:.2f}x)" if base else ""))
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
     markdown = "\n".join(lines) + "\n"
     print(markdown)
     write_report(args.out, result, markdown)
