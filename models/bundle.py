@@ -267,6 +267,16 @@ def _write_manifest(path: Path, manifest: Manifest) -> None:
     _write_bytes(path, text.encode("utf-8"))
 
 
+def _same_mode(bundle_dir: Path, reference: Path) -> None:
+    """Give every file of the bundle the mode of ``reference``, a file this module created
+    (0644 under the usual umask 022). safetensors creates the weights file itself, 0600, so
+    without this one file of a bundle would be unreadable to the group that reads the others."""
+    mode = reference.stat().st_mode & 0o777
+    for path in bundle_dir.iterdir():
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
+
+
 def _remove(path: Path) -> None:
     """Remove a file or a directory tree if it exists."""
     if path.is_dir() and not path.is_symlink():
@@ -354,6 +364,7 @@ def write_bundle(
     )
     # The manifest goes last: a .tmp directory without one is recognisably incomplete.
     _write_manifest(tmp_dir / MANIFEST_FILE, manifest)
+    _same_mode(tmp_dir, tmp_dir / MANIFEST_FILE)
     _fsync_dir(tmp_dir)
 
     # Swap into place (see the module docstring for what a crash leaves behind at each step).

@@ -373,3 +373,25 @@ def test_load_state_dict_invalid_safetensors(tmp_path: Path) -> None:
         match=rf"^bundle {re.escape(str(out))}: model\.safetensors is not valid safetensors",
     ):
         load_state_dict(out, manifest)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_every_file_of_a_bundle_gets_one_mode_from_the_umask(tmp_path: Path, umask: int) -> None:
+    import os
+
+    previous = os.umask(umask)
+    try:
+        out = tmp_path / "ret"
+        _write(out, kind="retriever")
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    # safetensors alone would write model.safetensors 0600 whatever the umask
+    assert set(modes) == {
+        "manifest.json",
+        "tokenizer.json",
+        "model.safetensors",
+        "responses.jsonl",
+        "index.faiss",
+    }
+    assert set(modes.values()) == {0o666 & ~umask}, modes
