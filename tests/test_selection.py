@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from models.bundle import read_serving
-from training.selection import SelectionRule, select_generator, write_serving
+from training.selection import (
+    RetrieverRule,
+    SelectionRule,
+    select_generator,
+    select_retriever,
+    write_serving,
+)
 
 
 def _eval(ppl: float, max_ratio: float, dist2: float) -> dict[str, object]:
@@ -54,3 +60,28 @@ def test_serving_file_round_trip(tmp_path: Path) -> None:
     assert data is not None and data["generative"] == "generator-standard"
     (tmp_path / "serving.json").write_text("{not json")
     assert read_serving(tmp_path) is None
+
+
+def test_retriever_with_the_best_validation_hits_is_served() -> None:
+    vals = {
+        "retriever-biencoder": {"hits@1": 0.177, "hits@5": 0.42, "hits_k": 100.0},
+        "retriever-g2r": {"hits@1": 0.153, "hits@5": 0.41, "hits_k": 100.0},
+    }
+    chosen, why = select_retriever(vals)
+    assert chosen == "retriever-biencoder"
+    assert why["candidates"]["retriever-g2r"]["hits@1"] == pytest.approx(0.153)
+    # A G2R retriever that beats the bi-encoder by more than the tie width is served.
+    vals["retriever-g2r"]["hits@1"] = 0.19
+    assert select_retriever(vals)[0] == "retriever-g2r"
+    # Within the tie width the first in build order wins.
+    vals["retriever-g2r"]["hits@1"] = 0.180
+    assert select_retriever(vals, RetrieverRule(tie=0.005))[0] == "retriever-biencoder"
+
+
+def test_retrievers_validated_with_different_k_are_refused() -> None:
+    with pytest.raises(ValueError, match="different K"):
+        select_retriever(
+            {"a": {"hits@1": 0.2, "hits_k": 100.0}, "b": {"hits@1": 0.3, "hits_k": 50.0}}
+        )
+    with pytest.raises(ValueError, match="no retriever"):
+        select_retriever({})

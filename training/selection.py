@@ -1,4 +1,4 @@
-"""Which generator the service serves: the least generic of those that model the data about as well
+"""Which generator (and which retriever) the service serves. Generators: the least generic of those that model the data about as well
 as the best, chosen on the validation split and recorded in ``<artifacts>/serving.json``.
 
 The rule (``SelectionRule``):
@@ -9,8 +9,11 @@ The rule (``SelectionRule``):
    sees as "it always says the same thing"); ties within ``tie`` go to the higher greedy Dist-2.
 
 Selection never looks at the test split, so the test figures in the reports stay unbiased.
-The service reads ``serving.json`` when its ``GENERATIVE_BUNDLE`` setting is ``auto`` (the
-default).
+Retrievers (``RetrieverRule``): the highest validation Hits@1/K, so a G2R retriever is served only
+when its teacher made it better than the plain bi-encoder trained beside it.
+
+The service reads ``serving.json`` when its ``GENERATIVE_BUNDLE`` / ``RETRIEVAL_BUNDLE`` settings
+are ``auto`` (the default).
 """
 
 from __future__ import annotations
@@ -70,6 +73,44 @@ def select_generator(
                 "eligible": name in eligible,
             }
             for name, e in evaluations.items()
+        },
+    }
+    return chosen, record
+
+
+@dataclass(frozen=True)
+class RetrieverRule:
+    """The served retriever: the highest validation Hits@1/K; scores closer than ``tie`` tie and
+    go to the earlier candidate in the build's order (the cheaper method first)."""
+
+    tie: float = 0.005
+
+
+def select_retriever(
+    validations: Mapping[str, Mapping[str, Any]], rule: RetrieverRule = RetrieverRule()
+) -> tuple[str, dict[str, Any]]:
+    """``validations``: name -> the bundle's validation metrics ({"hits@1", "hits@5", "hits_k"}),
+    in the build's order; every candidate must have been validated on the same contexts and K.
+
+    Returns the chosen name and the record of why."""
+    if not validations:
+        raise ValueError("no retriever validations to choose from")
+    ks = {float(v["hits_k"]) for v in validations.values()}
+    if len(ks) != 1:
+        raise ValueError(f"retrievers validated with different K ({sorted(ks)}) do not compare")
+    order = list(validations)
+    best = max(float(v["hits@1"]) for v in validations.values())
+    chosen = next(n for n in order if float(validations[n]["hits@1"]) >= best - rule.tie)
+    record = {
+        "chosen": chosen,
+        "criterion": (
+            f"highest validation Hits@1/{int(ks.pop())} (best {best:.4f}); scores within "
+            f"{rule.tie:g} of the best tie and go to the first in build order ({', '.join(order)})"
+        ),
+        "rule": asdict(rule),
+        "candidates": {
+            name: {k: float(v[k]) for k in ("hits@1", "hits@5") if k in v}
+            for name, v in validations.items()
         },
     }
     return chosen, record
