@@ -32,8 +32,8 @@ from torch import Tensor, nn
 from models.seq2seq import EncoderLayer, Seq2SeqConfig, sinusoidal_positions
 
 # Rows per length-sorted chunk when a call embeds many responses at once (a G2R training batch:
-# ~5 positives for each of 128 contexts plus random negatives). Timed in benchmarks/train_throughput.
-RESPONSE_CHUNK_ROWS = 128
+# ~150 responses for 128 contexts). reports/retriever_step.md: 32 was the fastest of 32/64/128.
+RESPONSE_CHUNK_ROWS = 32
 
 Pooling = Literal["mean", "cls"]
 
