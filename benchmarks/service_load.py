@@ -358,7 +358,7 @@ def serve(args: argparse.Namespace, max_batch: int) -> Iterator[str]:
         )
         base_url = f"http://127.0.0.1:{port}"
         try:
-            _wait_ready(proc, base_url, args.startup_timeout_s, log)
+            wait_ready(proc, base_url, args.startup_timeout_s, log)
             yield base_url
         finally:
             if proc.poll() is None:
@@ -370,7 +370,7 @@ def serve(args: argparse.Namespace, max_batch: int) -> Iterator[str]:
                     proc.wait()
 
 
-def _wait_ready(proc: subprocess.Popen[Any], base_url: str, timeout_s: float, log: Any) -> None:
+def wait_ready(proc: subprocess.Popen[Any], base_url: str, timeout_s: float, log: Any) -> None:
     deadline = time.monotonic() + timeout_s
     with httpx.Client(base_url=base_url, trust_env=False, timeout=5.0) as client:
         while time.monotonic() < deadline:

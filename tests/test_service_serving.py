@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import Counter
 from collections.abc import Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -174,15 +177,146 @@ def test_respond_past_the_deadline_returns_504(models_dir: Path) -> None:
     )
 
 
-def test_respond_past_the_deadline_falls_back(models_dir: Path) -> None:
-    app, client = _serve(models_dir, fallback=True, request_timeout_s=0.2)
+def test_respond_past_the_deadline_falls_back_within_the_same_deadline(models_dir: Path) -> None:
+    # The primary must answer by 0.8 s (FALLBACK_RESERVE 0.2 of 1 s); the fallback has the rest.
+    app, client = _serve(models_dir, fallback=True, request_timeout_s=1.0, fallback_reserve=0.2)
     with client:
-        _slow(_backend(app, "generative"), 0.5)
+        _slow(_backend(app, "generative"), 2.0)
+        started = time.perf_counter()
         resp = client.post("/respond", json={"context": ["hi"], "backend": "generative"})
+        elapsed = time.perf_counter() - started
         assert resp.status_code == 200
         assert resp.json()["backend"] == "retrieval"
         m = _metrics(client)
+    assert 0.8 <= elapsed < 1.0
     assert sample(m, "dialogue_fallbacks_total", backend="generative", outcome="timeout") == 1
+
+
+def test_a_fallback_never_gets_a_fresh_deadline(models_dir: Path) -> None:
+    # Both backends slower than the deadline: one 504 at the request's deadline, not after two.
+    app, client = _serve(models_dir, fallback=True, request_timeout_s=1.0)
+    with client:
+        for name in ("generative", "retrieval"):
+            _slow(_backend(app, name), 3.0)
+        started = time.perf_counter()
+        resp = client.post("/respond", json={"context": ["hi"], "backend": "generative"})
+        elapsed = time.perf_counter() - started
+        m = _metrics(client)
+    assert resp.status_code == 504
+    assert resp.json()["error"]["message"] == (
+        "the retrieval backend did not answer within the request deadline"
+    )
+    assert 1.0 <= elapsed < 1.3
+    assert sample(m, "dialogue_fallbacks_total", backend="generative", outcome="timeout") == 1
+    timeouts = sample(
+        m, "dialogue_requests_total", backend="retrieval", arm="override", outcome="timeout"
+    )
+    assert timeouts == 1
+
+
+def test_requests_whose_deadline_passed_in_the_queue_never_reach_the_model(
+    models_dir: Path,
+) -> None:
+    # One request computes for 0.6 s (MAX_BATCH=1); the four queued behind it expire at 0.3 s
+    # and are dropped when the worker comes back: the model sees the first one only.
+    app, client = _serve(
+        models_dir, fallback=False, max_batch=1, max_queue=8, request_timeout_s=0.3
+    )
+    calls: list[int] = []
+    with client:
+        backend = _backend(app, "retrieval")
+        infer = backend.infer
+
+        def counted(contexts: list[list[str]], params: list[Hashable]) -> list[Answer]:
+            calls.append(len(contexts))
+            time.sleep(0.6)
+            return infer(contexts, params)
+
+        backend.infer = counted  # type: ignore[method-assign]
+        replies = _post_concurrently(client, [{"context": ["hi"], "backend": "retrieval"}] * 5)
+        time.sleep(0.5)  # the worker is back and has dropped the expired ones
+        after = client.post("/respond", json={"context": ["hi"], "backend": "retrieval"})
+        m = _metrics(client)
+    assert [r.status_code for r in replies] == [504] * 5
+    assert after.status_code == 504  # still 0.6 s per call against a 0.3 s deadline
+    assert calls == [1, 1]  # the first of the five, then `after`: no expired one was computed
+    assert sample(m, "dialogue_batch_size_count", backend="retrieval") == 2
+
+
+def test_expired_requests_give_their_queue_slots_back(models_dir: Path) -> None:
+    # MAX_QUEUE=2, MAX_BATCH=1, the model busy for 1 s: two requests queue and expire at 0.2 s;
+    # the next request must get their slots (a 504 at its own deadline), not a 429.
+    app, client = _serve(
+        models_dir, fallback=False, max_batch=1, max_queue=2, request_timeout_s=0.2
+    )
+    body = {"context": ["hi"], "backend": "retrieval"}
+    with client, ThreadPoolExecutor(3) as pool:
+        _slow(_backend(app, "retrieval"), 1.0)
+        computing = pool.submit(client.post, "/respond", json=body)
+        time.sleep(0.1)  # the worker has taken it: the model is busy until t = 1.0 s
+        queued = _post_concurrently(client, [body, body])  # fill the queue, expire at 0.3 s
+        later = client.post("/respond", json=body)  # t ~ 0.3 s: the queue still holds both
+        assert computing.result().status_code == 504
+    assert [r.status_code for r in queued] == [504, 504]
+    assert later.status_code == 504, later.json()
+
+
+def test_no_request_is_answered_later_than_the_deadline_plus_one_batch(models_dir: Path) -> None:
+    """128 concurrent clients against model calls of 0.25 s, both backends, fallback on, a 1 s
+    deadline. The bound: every request is answered (200 or 504) within REQUEST_TIMEOUT_S plus
+    the longest single model call (one micro-batch) of the service starting on it; the
+    service's own latency_ms and the client's clock both hold to it."""
+    timeout_s, call_s, clients, rounds = 1.0, 0.25, 128, 3
+    app = create_app(
+        make_settings(
+            models_dir,
+            fallback=True,
+            request_timeout_s=timeout_s,
+            max_batch=4,
+            max_queue=1024,
+            max_wait_ms=5,
+        )
+    )
+    durations: list[float] = []
+
+    def timed(backend: Backend) -> None:
+        infer = backend.infer
+
+        def slow_infer(contexts: list[list[str]], params: list[Hashable]) -> list[Answer]:
+            started = time.perf_counter()
+            time.sleep(call_s)
+            answers = infer(contexts, params)
+            durations.append(time.perf_counter() - started)
+            return answers
+
+        backend.infer = slow_infer  # type: ignore[method-assign]
+
+    async def scenario() -> list[tuple[int, float]]:
+        async with app.router.lifespan_context(app):
+            for backend in app.state.engine.backends.values():
+                timed(backend)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+
+                async def client(i: int) -> list[tuple[int, float]]:
+                    out = []
+                    for r in range(rounds):
+                        body = {"context": [f"hello {i} {r}"], "session_id": f"s{i}"}
+                        started = time.perf_counter()
+                        resp = await http.post("/respond", json=body)
+                        out.append((resp.status_code, time.perf_counter() - started))
+                    return out
+
+                results = await asyncio.gather(*(client(i) for i in range(clients)))
+        return [x for per_client in results for x in per_client]
+
+    results = asyncio.run(scenario())
+    statuses = Counter(status for status, _ in results)
+    assert set(statuses) <= {200, 504}, statuses
+    assert statuses[200] > 0 and statuses[504] > 0  # overloaded on purpose: both outcomes
+    bound = timeout_s + max(durations)
+    worst = max(elapsed for _, elapsed in results)
+    assert worst <= bound, f"latency {worst:.3f} s > deadline + one batch = {bound:.3f} s"
 
 
 def _post_concurrently(client: TestClient, bodies: list[dict[str, Any]]) -> list[Any]:
