@@ -113,6 +113,85 @@ def test_build_again_skips_finished_stages(
     assert verify_bundle(bundle).files == before  # same weights: the stage was skipped
 
 
+def _copy_build(tiny_build: tuple[Path, dict], to: Path) -> Path:
+    import shutil
+
+    base, _ = tiny_build
+    shutil.copytree(base / "artifacts", to / "artifacts")
+    shutil.copytree(base / "runs", to / "runs")
+    return to
+
+
+def test_build_with_every_bundle_present_skips_every_stage_and_its_evaluation(
+    tiny_build: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, first = tiny_build
+    copy = _copy_build(tiny_build, tmp_path)
+    manifests = {p: p.read_bytes() for p in (copy / "artifacts").glob("*/manifest.json")}
+    # Without the runs folder's records the evaluations come from the manifests and the choice
+    # of the served generator from serving.json; a corpus that is not there is never read.
+    for record in (copy / "runs" / "tiny").glob("*/eval-test.json"):
+        record.unlink()
+    (copy / "runs" / "tiny" / "selection" / "selection.json").unlink()
+    summary = build(
+        PRESETS["tiny"],
+        BuildPaths(tmp_path / "no-corpus", copy / "artifacts", copy / "runs"),
+        CPU,
+    )
+    assert [s["stage"] for s in summary["stages"] if s["ran"]] == []
+    assert len(summary["stages"]) == 10
+    assert {p: p.read_bytes() for p in manifests} == manifests  # nothing re-evaluated
+    assert summary["evaluation"] == first["evaluation"]
+    assert summary["served_generator"] == first["served_generator"]
+    assert summary["data"] == first["data"] and summary["negative_set"] == first["negative_set"]
+    err = capsys.readouterr().err
+    assert "[build] stage 1/10 data: skipped" in err
+    assert "[build] stage 10/10 evaluate: skipped, every generator was evaluated before" in err
+    saved = json.loads((copy / "runs" / "tiny" / "build-summary.json").read_text())
+    assert saved["evaluation"] == summary["evaluation"]
+
+
+def test_build_redo_evaluate_evaluates_again_and_trains_nothing(
+    tiny_build: tuple[Path, dict], dailydialog_dir: Path, tmp_path: Path
+) -> None:
+    copy = _copy_build(tiny_build, tmp_path)
+    bundle = copy / "artifacts" / STANDARD_GENERATOR
+    weights = verify_bundle(bundle).files
+    record = copy / "runs" / "tiny" / STANDARD_GENERATOR / "eval-test.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "perplexity": -1.0}))
+    summary = build(
+        PRESETS["tiny"],
+        BuildPaths(dailydialog_dir, copy / "artifacts", copy / "runs"),
+        CPU,
+        redo=["evaluate"],
+    )
+    assert [s["stage"] for s in summary["stages"] if s["ran"]] == ["data", "evaluate"]
+    assert verify_bundle(bundle).files == weights
+    assert json.loads(record.read_text())["perplexity"] > 1  # written again
+    assert summary["evaluation"][STANDARD_GENERATOR]["perplexity"] > 1
+
+
+def test_cli_build_prints_stage_lines_and_a_short_table_not_the_json(
+    tiny_build: tuple[Path, dict], tmp_path: Path
+) -> None:
+    copy = _copy_build(tiny_build, tmp_path)
+    command = [sys.executable, "-m", "training", "build", "--preset", "tiny"]
+    command += ["--data", str(tmp_path / "no-corpus")]
+    command += ["--out", str(copy / "artifacts"), "--runs", str(copy / "runs")]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("build (tiny): ") and "{" not in proc.stdout
+    assert proc.stdout.rstrip().endswith(
+        f"full summary: {copy / 'runs' / 'tiny'}/build-summary.json"
+    )
+    assert len(proc.stdout.splitlines()) < 25
+    assert "[build] stage 2/10 generator-standard: skipped" in proc.stderr
+    bad = subprocess.run(
+        [*command, "--redo", "generator"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert bad.returncode == 2 and "invalid choice: 'generator'" in bad.stderr
+
+
 def test_load_and_respond_returns_text(tiny_build: tuple[Path, dict]) -> None:
     base, _ = tiny_build
     responder = GenerativeResponder.load(base / "artifacts" / STANDARD_GENERATOR)

@@ -1,6 +1,6 @@
 """Command line of the offline jobs: ``python -m training <command> ...`` (also under torchrun).
 
-build            the whole pipeline for a preset (resumable)
+build            the whole pipeline for a preset: every bundle `make run` serves (resumable)
 train-tokenizer  BPE tokenizer from a corpus's training split
 train-generator  one generator (--method mle|nd|nt|ul)
 evaluate         a generator bundle on a split: JSON + markdown
@@ -82,14 +82,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from training.build_progress import STAGES
+
     p = sub.add_parser(
         "build",
-        help="the whole pipeline for a preset: generators, safety classifier, served-generator choice, G2R retriever (resumable)",
+        help="the whole pipeline for a preset: tokenizer, standard generator, safety classifier, "
+        "negative teacher, ND student, NT fine-tune, served-generator choice, G2R retriever and "
+        "index, test evaluation (finished stages are skipped; resumable)",
+        description="Builds every bundle of a preset into --out. Each stage prints 'stage k/N' "
+        "with the elapsed time and an estimate for the whole build; a stage whose output exists "
+        "is skipped, its evaluation included (--redo STAGE does it again, with the stages that "
+        "read its output); an interrupted training stage resumes from its last checkpoint. "
+        "Ends with a short table; the full summary is runs/<preset>/build-summary.json.",
     )
     _common(p)
     p.add_argument("--out", type=Path, default=Path("artifacts"), help="bundle directory")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="checkpoints, logs, plots")
-    p.add_argument("--no-resume", action="store_true", help="start stages from scratch")
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="train the stages that run from scratch, ignoring their checkpoints",
+    )
+    p.add_argument(
+        "--redo",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        choices=[*STAGES, "all"],
+        help="do STAGE again even though its output exists, and every stage that reads it "
+        f"(repeatable): {', '.join(STAGES)} or all",
+    )
 
     p = sub.add_parser("train-tokenizer", help="train the BPE tokenizer")
     _common(p)
@@ -296,15 +318,18 @@ def _dispatch(args: argparse.Namespace) -> int:
     ctx = init_distributed(args.device)
     try:
         if args.command == "build":
+            from training.build_progress import summary_table
+
             summary = build(
                 preset,
                 BuildPaths(args.data, args.out, args.runs),
                 ctx,
                 resume=not args.no_resume,
                 seed=args.seed,
+                redo=args.redo,
             )
             if ctx.is_main:
-                print(json.dumps(summary, indent=2))
+                print(summary_table(summary))
         elif args.command == "train-tokenizer":
             splits = prepare_splits(preset, args.data)
             ensure_tokenizer(preset, splits, args.out, ctx)

@@ -46,6 +46,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from models.bundle import load_state_dict, verify_bundle
 from models.safety import (
@@ -462,6 +463,7 @@ def fit_classifier(
     min_known_share: float = MIN_KNOWN_SHARE,
     benign_holdout: Sequence[SafetyExample] = (),
     max_benign_flag_rate: float = 0.0,
+    progress: bool = True,
 ) -> FitResult:
     """Fit one architecture on ``train``, keep the epoch with the best held-out F1, and set the
     threshold that maximises held-out F1 (among those that flag at most
@@ -510,11 +512,16 @@ def fit_classifier(
     result = FitResult(classifier, architecture, {}, warm_start=warm_start, parameters=n_params)
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     step = 0
+    # One bar over every update of the fit (an epoch of the cross-encoder takes minutes on CPU).
+    bar = tqdm(
+        total=total, desc=f"safety {architecture}", unit="step", disable=not progress, leave=False
+    )
     for epoch in range(1, fit.epochs + 1):
         model.train()
         order = list(range(len(train)))
         rng.shuffle(order)
         running, batches = 0.0, 0
+        bar.set_postfix_str(f"epoch {epoch}/{fit.epochs}")
         for start in range(0, len(order), fit.batch_size):
             rows = order[start : start + fit.batch_size]
             batch = tokenizer.pad([ids[i] for i in rows])
@@ -527,9 +534,11 @@ def fit_classifier(
             step += 1
             batches += 1
             running += loss.item()
+            bar.update(1)
             if fit.max_seconds and time.perf_counter() - started > fit.max_seconds:
                 result.stop_reason = f"max_seconds ({fit.max_seconds:g} s) in epoch {epoch}"
                 break
+        bar.set_postfix_str(f"epoch {epoch}/{fit.epochs}: held-out F1")
         threshold, f1 = choose_threshold()
         record = {
             "epoch": epoch,
@@ -546,6 +555,7 @@ def fit_classifier(
             result.best_epoch = epoch
         if result.stop_reason != "epochs":
             break
+    bar.close()
     assert best is not None
     model.load_state_dict(best[1])
     model.eval()
