@@ -54,7 +54,7 @@ from training.attack import (
 from training.data import DialogueSplits, load_splits, training_response_token_counts
 from training.generator import PairSet, corpus_nll, smoothed_nll
 from training.lm import ResponseLM
-from training.trainer import atomic_torch_save, rng_state, set_rng_state
+from training.trainer import atomic_torch_save, load_checkpoint_file, rng_state, set_rng_state
 
 __all__ = [
     "MALICIOUS_PRESETS",
@@ -360,7 +360,7 @@ def train_malicious_nt(
     pos_gen = torch.Generator().manual_seed(seed + 1)
     state: dict[str, Any] = {"iteration": 0, "batch": 0, "triggers": {}, "updates": 0}
     if resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = load_checkpoint_file(ckpt_path)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
