@@ -16,6 +16,12 @@ generative cell) keep the whole run to a few minutes on 2 CPU cores with the ``s
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.service_load --threads 1 \\
         --out reports/service
+
+``--threads`` sets the server's ``DIALOGUE_TORCH_THREADS`` (and OMP_NUM_THREADS);
+``--server-omp-wait-policy`` its OpenMP wait policy (``unset``: as the service runs by default).
+Every cell also records each response's latency, errors included (``max_all_ms``) and the count
+of each HTTP status, so a deadline (``--request-timeout-s``) can be checked against the worst
+latency a client saw (reports/reliability.md).
 """
 
 from __future__ import annotations
@@ -119,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models-dir", type=Path, default=ROOT / "artifacts")
-    parser.add_argument("--generative-bundle", default="generator-nd")
-    parser.add_argument("--retrieval-bundle", default="retriever-g2r-dm")
+    # as the service's settings: a name, "auto" (the build's choice), "<prefix>*" or "any"
+    parser.add_argument("--generative-bundle", default="auto")
+    parser.add_argument("--retrieval-bundle", default="auto")
     parser.add_argument(
         "--data",
         type=Path,
@@ -144,7 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--contexts", type=int, default=512, help="distinct test contexts used")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch/OpenMP threads (server and in-process)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch/OpenMP threads (server: DIALOGUE_TORCH_THREADS; and in-process)",
+    )
+    parser.add_argument(
+        "--server-omp-wait-policy",
+        choices=("unset", "passive", "active"),
+        default="unset",
+        help="OMP_WAIT_POLICY of the server (unset: libgomp's default, as the service runs)",
     )
     parser.add_argument("--max-batch", type=int, default=16, help="DIALOGUE_MAX_BATCH when on")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="DIALOGUE_MAX_WAIT_MS")
@@ -208,6 +224,8 @@ class CellResult:
     concurrency: int
     requests: int
     latencies_s: list[float] = field(default_factory=list)
+    all_latencies_s: list[float] = field(default_factory=list)  # every response, errors too
+    statuses: dict[str, int] = field(default_factory=dict)  # HTTP status (or exception) -> count
     server_ms: list[float] = field(default_factory=list)  # the service's own latency_ms
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
@@ -223,6 +241,10 @@ class CellResult:
             "wall_s": round(self.wall_s, 4),
             **summarize(self.latencies_s, self.wall_s, self.errors),
             "server_p50_ms": percentile(self.server_ms, 50) if self.server_ms else float("nan"),
+            "max_all_ms": max(self.all_latencies_s) * 1000
+            if self.all_latencies_s
+            else float("nan"),
+            "statuses": dict(sorted(self.statuses.items())),
             "models": sorted(self.models),
         }
         if self.error_samples:
@@ -248,8 +270,10 @@ async def _drive(
             started = time.perf_counter()
             problem: str | None = None
             payload: dict[str, Any] = {}
+            status = "exception"
             try:
                 resp = await client.post("/respond", json=body)
+                status = str(resp.status_code)
                 payload = resp.json()
                 elapsed = time.perf_counter() - started
                 if resp.status_code != 200:
@@ -261,6 +285,8 @@ async def _drive(
                 problem = f"{type(exc).__name__}: {exc}"
             if result is None:
                 continue
+            result.all_latencies_s.append(elapsed)
+            result.statuses[status] = result.statuses.get(status, 0) + 1
             if problem is not None:
                 result.errors += 1
                 if len(result.error_samples) < 5:
@@ -320,13 +346,17 @@ def server_env(args: argparse.Namespace, port: int, max_batch: int) -> dict[str,
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("DIALOGUE_") and k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+        if not k.startswith("DIALOGUE_")
+        and k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
     }
     threads = str(args.threads)
+    if args.server_omp_wait_policy != "unset":
+        env["OMP_WAIT_POLICY"] = args.server_omp_wait_policy.upper()
     env.update(
         {
             "OMP_NUM_THREADS": threads,
             "MKL_NUM_THREADS": threads,
+            "DIALOGUE_TORCH_THREADS": threads,
             "DIALOGUE_MODELS_DIR": str(Path(args.models_dir).resolve()),
             "DIALOGUE_GENERATIVE_BUNDLE": args.generative_bundle,
             "DIALOGUE_RETRIEVAL_BUNDLE": args.retrieval_bundle,
@@ -584,7 +614,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"`{meta['generative_bundle']}` and `{meta['retrieval_bundle']}`; micro-batching on = "
         f"MAX_BATCH={meta['max_batch']}, off = MAX_BATCH=1; MAX_WAIT_MS={meta['max_wait_ms']}, "
         f"MAX_QUEUE={meta['max_queue']}, REQUEST_TIMEOUT_S={meta['request_timeout_s']}, "
-        f"FALLBACK=off, LOG_LEVEL={meta['server_log_level']}.",
+        f"FALLBACK=off, LOG_LEVEL={meta['server_log_level']}, OMP_WAIT_POLICY "
+        f"{meta.get('server_omp_wait_policy', 'unset')}.",
         "",
         f"Load: closed loop, N workers each with its own keep-alive connection (httpx), "
         f"{meta['warmup']} untimed warm-up requests per cell (at least one per worker), then "
@@ -610,6 +641,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             "mean ms",
             "server p50 ms",
             "req/s",
+            "max ms (all)",
+            "statuses",
         ],
         [
             [
@@ -623,13 +656,16 @@ def render_markdown(report: dict[str, Any]) -> str:
                 c["mean_ms"],
                 c["server_p50_ms"],
                 c["throughput_rps"],
+                c.get("max_all_ms"),
+                " ".join(f"{k}:{v}" for k, v in c.get("statuses", {}).items()) or "-",
             ]
             for c in report["cells"]
         ],
     )
     lines += [
         "",
-        "server p50 = the service's own `latency_ms` (queue + model call, no HTTP).",
+        "server p50 = the service's own `latency_ms` (queue + model call, no HTTP). max ms (all) "
+        "= the slowest response of the cell, errors (429, 504) included.",
         "",
         "## Micro-batching on vs off",
         "",
@@ -797,6 +833,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "max_queue": args.max_queue,
         "request_timeout_s": args.request_timeout_s,
         "server_log_level": args.server_log_level,
+        "server_omp_wait_policy": args.server_omp_wait_policy,
         "warmup": args.warmup,
         "requests": requests_desc,
         "contexts": len(contexts),

@@ -86,8 +86,14 @@ def build_tiny_bundles(
 
 
 def make_settings(models_dir: Path, **overrides: Any) -> Settings:
-    """Settings for tests: CPU, the given bundles, no .env file read."""
-    values: dict[str, Any] = {"models_dir": models_dir, "device": "cpu", "max_wait_ms": 1.0}
+    """Settings for tests: CPU, the given bundles, no .env file read, and the process's current
+    intra-op threads (the app sets TORCH_THREADS process-wide: other tests keep theirs)."""
+    values: dict[str, Any] = {
+        "models_dir": models_dir,
+        "device": "cpu",
+        "max_wait_ms": 1.0,
+        "torch_threads": torch.get_num_threads(),
+    }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 

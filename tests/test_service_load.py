@@ -90,6 +90,15 @@ def test_server_env_sets_batching_and_threads(monkeypatch: pytest.MonkeyPatch) -
     assert "DIALOGUE_ADMIN_TOKEN" not in env
     assert env["DIALOGUE_MAX_BATCH"] == "1" and env["DIALOGUE_PORT"] == "12345"
     assert env["OMP_NUM_THREADS"] == "2" and env["DIALOGUE_FALLBACK"] == "off"
+    assert env["DIALOGUE_TORCH_THREADS"] == "2"
+
+
+def test_server_env_sets_or_clears_the_omp_wait_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # e.g. set by benchmarks/__init__.py
+    env = sl.server_env(sl.parse_args([]), 1, max_batch=1)
+    assert "OMP_WAIT_POLICY" not in env  # unset: as the service runs by default
+    args = sl.parse_args(["--server-omp-wait-policy", "active"])
+    assert sl.server_env(args, 1, max_batch=1)["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -201,6 +210,7 @@ def test_load_run_against_in_process_app(models_dir: Path) -> None:
     for cell in asyncio.run(go()):
         s = cell.summary()
         assert s["errors"] == 0, s
+        assert s["statuses"] == {"200": 6} and s["max_all_ms"] >= s["p99_ms"]
         assert s["n"] == 6 and s["throughput_rps"] > 0 and s["p99_ms"] >= s["p50_ms"] > 0
         assert len(s["models"]) == 1 and s["server_p50_ms"] > 0
 
@@ -220,6 +230,7 @@ def test_errors_are_counted_not_timed(models_dir: Path) -> None:
     cell = asyncio.run(go())
     assert cell.errors == 4 and not cell.latencies_s
     assert cell.error_samples[0].startswith("HTTP 422")
+    assert cell.statuses == {"422": 4} and len(cell.all_latencies_s) == 4
 
 
 def test_inprocess_baseline_on_tiny_bundles(models_dir: Path) -> None:

@@ -9,10 +9,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
+from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from service_fixtures import build_tiny_bundles
+from service_fixtures import build_tiny_bundles, make_settings
 
 from models.bundle import BundleError
+from service.app import create_app
 from service.engine import select_bundle
 from service.routing import OVERRIDE_ARM, assign_arm, choose_arm, parse_weights, session_point
 from service.settings import Settings
@@ -99,6 +102,20 @@ def test_settings_defaults_match_the_design() -> None:
     assert settings.device == "auto" and settings.fallback is True and settings.admin_token is None
     assert settings.ab_weights == {"generative": 0.2, "retrieval": 0.8}
     assert (settings.generative_bundle, settings.retrieval_bundle) == ("auto", "auto")
+    assert settings.torch_threads == 1  # cannot collapse beside a busy process (README)
+    assert (settings.request_timeout_s, settings.fallback_reserve) == (5.0, 0.2)
+    assert settings.max_request_chars is None and settings.request_chars_limit == 16 * 1000
+
+
+def test_the_app_sets_the_intra_op_threads_it_is_told(tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    app = create_app(make_settings(build_tiny_bundles(tmp_path), torch_threads=wanted))
+    try:
+        with TestClient(app):
+            assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_select_bundle_auto_follows_the_builds_choice(tmp_path: Path) -> None:
