@@ -20,11 +20,11 @@ def serving_dtype(device: torch.device) -> torch.dtype | None:
 
 
 def set_threads(threads: int) -> None:
-    """Intra-op threads of this process (``torch.set_num_threads``); a no-op when already so.
+    """Intra-op threads of this process (``torch.set_num_threads``): threads started from now on
+    (the backends' model-call threads) use ``threads``; call it before they start.
 
     Why the service sets it (TORCH_THREADS, default 1): with 2 or more OpenMP threads, each
     parallel region ends in a barrier whose waiting threads spin; when another process shares
     the cores, a spinning thread holds a core the thread it waits for needs, and a model call can
     take hundreds of times longer (reports/reliability.md). One intra-op thread has no barrier."""
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
