@@ -164,9 +164,11 @@ def test_compose_api_waits_for_trainer_and_mounts_bundles_read_only(
     assert api["volumes"] == ["bundles:/models:ro"]
     assert api["environment"]["DIALOGUE_MODELS_DIR"] == "/models"
     assert api["environment"]["DIALOGUE_HOST"] == "0.0.0.0"
-    # a host port range, so `--scale api=N` does not collide on one port
+    # a host port range, so `--scale api=N` does not collide on one port; on 127.0.0.1 by default
     (ports,) = api["ports"]
-    assert re.fullmatch(r"\$\{\w+:-\d+-\d+\}:8000", ports), ports
+    assert re.fullmatch(
+        r"\$\{DIALOGUE_BIND_ADDRESS:-127\.0\.0\.1\}:\$\{\w+:-\d+-\d+\}:8000", ports
+    ), ports
 
 
 def test_compose_api_is_cpu_by_default_and_gpu_only_in_its_profile(
