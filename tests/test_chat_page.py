@@ -236,3 +236,102 @@ def test_chat_page_in_chromium_replies_with_backend_and_latency_then_forces_the_
             browser.close()
     assert foreign == [], "the page must not load anything from another origin"
     assert console_errors == []
+
+
+def test_chat_page_has_a_hint_for_an_empty_conversation(client: TestClient) -> None:
+    page = client.get("/").text
+    hint = re.search(r'<p id="hint">(.*?)</p>', page, re.S)
+    assert hint is not None
+    text = re.sub(r"<[^>]+>", "", hint.group(1))
+    assert "generative" in text and "retrieval" in text and len(text) < 200
+    # shown only while the conversation is empty: pure CSS, so a new conversation shows it again
+    assert (
+        "#conversation:not(:empty) ~ #hint { display: none; }"
+        in client.get("/static/style.css").text
+    )
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+# A phone, a tablet, a laptop; heights of common devices at those widths.
+VIEWPORTS = [(390, 844), (768, 1024), (1200, 800)]
+LONG_URL = "https://example.com/" + "segment/" * 40  # 340 characters, no space
+LONG_TOKEN = "y" * 600  # one unbroken token (the service takes up to 1,000 characters a turn)
+
+
+@pytest.mark.slow
+def test_chat_page_fits_phone_tablet_and_laptop_widths_with_long_tokens(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    """At 390, 768 and 1200 px: the hint shows in an empty conversation, a long URL and a long
+    unbroken token wrap inside their bubbles, nothing widens the page, and the input and the Send
+    button stay on screen. Screenshots go to $CHAT_SCREENSHOTS (else a temporary folder)."""
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"{CHROMIUM} not found (Debian package `chromium`)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+    shots = Path(os.environ.get("CHAT_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+
+    with live_service(models_dir, tmp_path) as url, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for width, height in VIEWPORTS:
+                page = browser.new_page(viewport={"width": width, "height": height})
+                page.route(
+                    "**/*",
+                    lambda route: (
+                        route.continue_() if route.request.url.startswith(url) else route.abort()
+                    ),
+                )
+                page.goto(f"{url}/")
+                hint = page.locator("#hint")
+                assert hint.is_visible() and "retrieval" in (hint.text_content() or "")
+                page.screenshot(path=str(shots / f"chat-{width}-empty.png"))
+
+                for text in (f"look at {LONG_URL} please", LONG_TOKEN):
+                    page.fill("#message", text)
+                    with page.expect_response(f"{url}/respond") as answer:
+                        page.click("#send")
+                    assert answer.value.status == 200
+                page.locator(".message.bot").nth(1).wait_for()
+                assert not hint.is_visible()
+
+                layout = page.evaluate(
+                    """() => {
+                      const box = (el) => el.getBoundingClientRect().toJSON();
+                      return {
+                        scrollWidth: document.documentElement.scrollWidth,
+                        innerWidth: window.innerWidth,
+                        innerHeight: window.innerHeight,
+                        messages: [...document.querySelectorAll('.message')].map(box),
+                        texts: [...document.querySelectorAll('.message .text')].map(
+                          (el) => [el.scrollWidth, el.clientWidth]),
+                        input: box(document.getElementById('message')),
+                        send: box(document.getElementById('send')),
+                        backend: box(document.getElementById('backend')),
+                      };
+                    }"""
+                )
+                where = f"at {width} px: {layout}"
+                assert layout["scrollWidth"] <= layout["innerWidth"], where  # no sideways scroll
+                assert len(layout["messages"]) == 4, where
+                for message in layout["messages"]:
+                    assert message["left"] >= 0 and message["right"] <= width, where
+                for scroll_width, client_width in layout["texts"]:
+                    assert scroll_width <= client_width, where  # wrapped, not clipped
+                for control in ("input", "send", "backend"):
+                    box = layout[control]
+                    assert box["left"] >= 0 and box["right"] <= width, where
+                    assert box["top"] >= 0 and box["bottom"] <= layout["innerHeight"], where
+                assert layout["input"]["width"] >= min(240, width / 2), where
+                page.screenshot(path=str(shots / f"chat-{width}.png"))
+                page.close()
+        finally:
+            browser.close()
+    for width, height in VIEWPORTS:
+        for name in (f"chat-{width}-empty.png", f"chat-{width}.png"):
+            assert _png_size(shots / name) == (width, height)

@@ -27,7 +27,8 @@ function addMessage(role, text, meta) {
   if (meta) item.append(meta);
   const list = document.getElementById("conversation");
   list.append(item);
-  item.scrollIntoView({ block: "end" });
+  // To the very bottom: the composer sits there, right below the newest message.
+  window.scrollTo({ top: document.documentElement.scrollHeight });
   return item;
 }
 
