@@ -402,10 +402,14 @@ def _running(args: list[str], env: dict[str, str], cwd: Path) -> Iterator[subpro
 
 @contextmanager
 def live_service(models_dir: Path, cwd: Path) -> Iterator[str]:
-    """``python -m service`` on a free port, configured as the images do (DIALOGUE_* env)."""
+    """``python -m service`` on a free port, configured as the images do (DIALOGUE_* env), with
+    the safety filter on (a blocklist), so a turn stating a self-harm risk counts a block."""
     port = _free_port()
+    blocklist = cwd / "blocklist.txt"
+    blocklist.write_text("some phrase nobody says\n")
     env = {
         **os.environ,
+        "DIALOGUE_SAFETY_BLOCKLIST": str(blocklist),
         "PYTHONPATH": str(ROOT),
         "OMP_NUM_THREADS": "1",
         "DIALOGUE_MODELS_DIR": str(models_dir),
@@ -472,15 +476,17 @@ def test_prometheus_scrapes_live_service_and_evaluates_every_dashboard_query(
                 process,
                 60,
             )
-            # Two rounds a few scrapes apart, so every rate() sees its counters increase.
+            # Two rounds a few scrapes apart, so every rate() sees its counters increase; each
+            # round has one turn stating a self-harm risk, whose reply the filter replaces.
             for _ in range(2):
                 for i, backend in enumerate(["retrieval", "generative"] * 3):
                     _post_respond(service, {"context": ["hello"], "backend": backend})
                     _post_respond(service, {"context": ["good morning"], "session_id": f"s{i}"})
+                _post_respond(service, {"context": ["i want to die ."], "backend": "retrieval"})
                 time.sleep(2.5)
             _wait_until(
-                lambda: _values(prometheus, "sum(dialogue_requests_total)") == [24.0],
-                "all 24 requests scraped",
+                lambda: _values(prometheus, "sum(dialogue_requests_total)") == [26.0],
+                "all 26 requests scraped",
                 process,
                 30,
             )
