@@ -201,6 +201,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return ModelList(models=await engine.reload())
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    from service.docs_assets import serve_docs_offline  # /docs and /redoc without a CDN
+
+    serve_docs_offline(app)
 
     @app.get("/", include_in_schema=False)
     async def chat_page() -> FileResponse:
