@@ -10,15 +10,27 @@ ARTIFACTS ?= artifacts
 RUNS ?= runs
 PRESET ?= small
 
-.PHONY: setup run reply build test test-slow lint bench compose-check clean
+.PHONY: setup run reply build test test-slow test-live live-deps lint bench compose-check clean FORCE
 
 setup: $(VENV)/.installed
 
+# The stamp depends on pyproject.toml and on the torch spec it was made with ($(VENV)/.torch-spec):
+# `make setup TORCH_SPEC=...` after a first setup uninstalls torch and installs the new spec.
+TORCH_INSTALLED := $(strip $(shell cat $(VENV)/.torch-spec 2>/dev/null))
+ifneq ($(TORCH_INSTALLED),$(strip $(TORCH_SPEC)))
+$(VENV)/.installed: FORCE
+endif
+
 $(VENV)/.installed: pyproject.toml
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@if [ -n "$(TORCH_INSTALLED)" ] && [ "$(TORCH_INSTALLED)" != "$(strip $(TORCH_SPEC))" ]; then \
+	  echo "TORCH_SPEC changed ($(TORCH_INSTALLED) -> $(strip $(TORCH_SPEC))): reinstalling torch"; \
+	  $(PY) -m pip uninstall -q -y torch; \
+	fi
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[train,serve,dev]"
+	echo '$(strip $(TORCH_SPEC))' > $(VENV)/.torch-spec
 	touch $@
 
 build: setup
@@ -40,6 +52,21 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# The live tests CI runs after `make test`: the chat page in headless Chromium (screenshots at 390,
+# 768 and 1200 px) and Prometheus scraping a running service. live-deps installs Playwright (the
+# `browser` extra) and, only when missing, Debian's chromium and prometheus (apt-get, as root).
+# SCREENSHOTS=dir keeps the chat page's screenshots.
+live-deps: $(VENV)/.browser
+	.ci/install-live-test-deps
+
+$(VENV)/.browser: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[browser]"
+	touch $@
+
+test-live: live-deps
+	CHAT_SCREENSHOTS=$(SCREENSHOTS) $(PY) -m pytest -q -m slow \
+	  tests/test_chat_page.py tests/test_deploy_configs.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

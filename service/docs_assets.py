@@ -3,7 +3,9 @@
 FastAPI's own pages load Swagger UI and ReDoc from a CDN, so they stay blank on a machine or a
 deployment with no way out. Here the same pages load the assets from this server: the JavaScript,
 CSS and favicon shipped by the ``fastapi-offline`` package (PyPI, in the ``serve`` extra), mounted
-at ``/docs-assets``. Swagger UI's online validator badge, the one other outside request, is off.
+at ``/docs-assets``. Swagger UI's online validator badge is off, and both pages carry a
+Content-Security-Policy that lets the browser fetch from this server only: ReDoc's sidebar
+otherwise requests the Redocly logo from its CDN (it hides the image when that fails).
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ SWAGGER_JS = "swagger-ui-bundle.js"
 SWAGGER_CSS = "swagger-ui.css"
 REDOC_JS = "redoc.standalone.js"
 FAVICON = "favicon.png"
+# Both pages run inline scripts and styles; ReDoc starts its search worker from a blob: URL.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; worker-src 'self' blob:; "
+    "connect-src 'self'"
+)
 
 
 def docs_assets_dir() -> Path:
@@ -65,7 +73,7 @@ def serve_docs_offline(app: FastAPI) -> None:
         @app.get(docs_url, include_in_schema=False)
         async def swagger_ui(request: Request) -> HTMLResponse:
             root = request.scope.get("root_path", "")
-            return get_swagger_ui_html(
+            page = get_swagger_ui_html(
                 openapi_url=f"{root}{openapi_url}",
                 title=f"{app.title} - Swagger UI",
                 swagger_js_url=asset(request, SWAGGER_JS),
@@ -76,6 +84,8 @@ def serve_docs_offline(app: FastAPI) -> None:
                 # No badge fetched from validator.swagger.io; an app setting wins.
                 swagger_ui_parameters={"validatorUrl": None, **(app.swagger_ui_parameters or {})},
             )
+            page.headers["Content-Security-Policy"] = DOCS_CSP
+            return page
 
         if oauth2_url:
 
@@ -87,10 +97,12 @@ def serve_docs_offline(app: FastAPI) -> None:
 
         @app.get(redoc_url, include_in_schema=False)
         async def redoc(request: Request) -> HTMLResponse:
-            return get_redoc_html(
+            page = get_redoc_html(
                 openapi_url=f"{request.scope.get('root_path', '')}{openapi_url}",
                 title=f"{app.title} - ReDoc",
                 redoc_js_url=asset(request, REDOC_JS),
                 redoc_favicon_url=asset(request, FAVICON),
                 with_google_fonts=False,
             )
+            page.headers["Content-Security-Policy"] = DOCS_CSP
+            return page

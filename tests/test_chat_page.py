@@ -335,3 +335,45 @@ def test_chat_page_fits_phone_tablet_and_laptop_widths_with_long_tokens(
     for width, height in VIEWPORTS:
         for name in (f"chat-{width}-empty.png", f"chat-{width}.png"):
             assert _png_size(shots / name) == (width, height)
+
+
+@pytest.mark.slow
+def test_api_docs_render_in_chromium_with_every_outside_request_blocked(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    """/docs (Swagger UI) and /redoc (ReDoc) draw the API from assets this server serves
+    (service/docs_assets.py): with every other origin blocked, both show POST /respond."""
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"{CHROMIUM} not found (Debian package `chromium`)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+    shots = Path(os.environ.get("CHAT_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    foreign: list[str] = []
+    errors: list[str] = []
+
+    with live_service(models_dir, tmp_path) as url, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+
+            def only_the_service(route: Any) -> None:
+                if route.request.url.startswith((url, "data:", "blob:")):
+                    route.continue_()
+                else:
+                    foreign.append(route.request.url)
+                    route.abort()
+
+            page.route("**/*", only_the_service)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{url}/docs")
+            path = page.locator(".opblock-summary-path", has_text="/respond").first
+            path.wait_for(timeout=30_000)
+            assert page.locator(".opblock").count() >= 4  # respond, healthz, readyz, models
+            page.screenshot(path=str(shots / "docs.png"))
+            page.goto(f"{url}/redoc")
+            page.get_by_text("Answer a conversation", exact=False).first.wait_for(timeout=30_000)
+            page.screenshot(path=str(shots / "redoc.png"))
+        finally:
+            browser.close()
+    assert foreign == [], "the docs must not load anything from another origin"
+    assert errors == []

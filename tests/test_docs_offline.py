@@ -42,6 +42,10 @@ def _check_docs_pages(client: TestClient) -> None:
             "text/html"
         )
         assert "cdn." not in response.text and "fonts.googleapis" not in response.text
+        # the browser may fetch from this server only (ReDoc would fetch the Redocly logo)
+        csp = response.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "img-src 'self' data: blob:" in csp
+        assert "http" not in csp and "*" not in csp
         urls = _page_urls(response.text)
         assert not [u for u in urls if u.startswith(("http:", "https:", "//"))], urls
         names = {u.rsplit("/", 1)[-1] for u in urls if u.startswith(DOCS_ASSETS_URL + "/")}
