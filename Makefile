@@ -6,9 +6,11 @@ PYTHON ?= python3
 # CPU build by default; on a GPU machine: make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 DATA ?= ../shared/data/dailydialog
-ARTIFACTS ?= artifacts
-RUNS ?= runs
 PRESET ?= small
+# Bundles of the small preset in artifacts/, of any other in artifacts-<preset>/ (so
+# `make run PRESET=tiny` never mixes its bundles with small's); runs/ keeps one folder per preset.
+ARTIFACTS ?= $(if $(filter small,$(PRESET)),artifacts,artifacts-$(PRESET))
+RUNS ?= runs
 
 .PHONY: setup run reply build test test-slow test-live live-deps lint bench compose-check clean FORCE
 
