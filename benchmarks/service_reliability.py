@@ -134,7 +134,27 @@ async def _deadline(
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     answered_by: Counter[str] = Counter()
-    async with _client(base_url, concurrency) as client:
+    server_ms: list[float] = []  # the service's own latency_ms of its 200s
+    # Where the rest of a client's latency goes: GET /healthz once a second (the server's
+    # event loop reading and answering, no model) and how late this process's own loop wakes.
+    probe_ms: list[float] = []
+    client_lag_ms: list[float] = []
+    finished = asyncio.Event()
+    async with _client(base_url, concurrency + 1) as client:
+
+        async def probe() -> None:
+            while not finished.is_set():
+                started = time.perf_counter()
+                with contextlib.suppress(httpx.HTTPError):
+                    await client.get("/healthz")
+                probe_ms.append((time.perf_counter() - started) * 1000)
+                await asyncio.sleep(1.0)
+
+        async def lag() -> None:
+            while not finished.is_set():
+                started = time.perf_counter()
+                await asyncio.sleep(0.05)
+                client_lag_ms.append((time.perf_counter() - started - 0.05) * 1000)
 
         async def worker() -> None:
             while (i := next(counter)) < count:
@@ -146,10 +166,14 @@ async def _deadline(
                 statuses[status] += 1
                 if status == "200":
                     answered_by[payload.get("backend", "?")] += 1
+                    server_ms.append(float(payload["latency_ms"]))
 
         started = time.perf_counter()
+        probes = [asyncio.create_task(probe()), asyncio.create_task(lag())]
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - started
+        finished.set()
+        await asyncio.gather(*probes)
     ms = [x * 1000 for x in latencies]
     return {
         "requests": len(latencies),
@@ -159,6 +183,12 @@ async def _deadline(
         "p50_ms": round(percentile(ms, 50), 1),
         "p99_ms": round(percentile(ms, 99), 1),
         "max_ms": round(max(ms), 1),
+        "server_p50_ms": round(percentile(server_ms, 50), 1) if server_ms else None,
+        "server_max_ms": round(max(server_ms), 1) if server_ms else None,
+        "healthz_probe_p50_ms": round(percentile(probe_ms, 50), 1),
+        "healthz_probe_max_ms": round(max(probe_ms), 1),
+        "client_loop_lag_p50_ms": round(percentile(client_lag_ms, 50), 1),
+        "client_loop_lag_max_ms": round(max(client_lag_ms), 1),
     }
 
 

@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from service.device import set_threads
 from service.engine import DialogueEngine, load_backends
 from service.errors import NotReady, Unauthorized, install_error_handlers
-from service.http import BodyLimitMiddleware, body_limit, require_json
+from service.http import BodyLimitMiddleware, body_limit, received_at, require_json
 from service.metrics import ServiceMetrics
 from service.schemas import (
     ErrorBody,
@@ -145,12 +145,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request_chars=settings.request_chars_limit,
     )
 
-    async def respond(body: RespondRequest) -> RespondResponse:
+    async def respond(body: RespondRequest, request: Request) -> RespondResponse:
         """Answer a conversation (A/B routed, sticky per session_id) within the request
         deadline. Turns must contain a visible character; a body must be JSON sent with
         Content-Type: application/json. Options of the other backend are accepted and used
         only if the request falls back to it."""
-        return await engine.respond(body)
+        return await engine.respond(body, received=received_at(request))
 
     respond.__annotations__["body"] = respond_request  # a class built here, not a name
     app.post(

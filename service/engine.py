@@ -330,11 +330,15 @@ class DialogueEngine:
                 raise InvalidRequest(f"context[{i}] is empty")
         return normalized
 
-    async def respond(self, request: RespondRequest) -> RespondResponse:
+    async def respond(
+        self, request: RespondRequest, received: float | None = None
+    ) -> RespondResponse:
         """Answer one request; every outcome is counted once in dialogue_requests_total."""
-        started = time.perf_counter()
-        # One deadline for the whole request: queue wait, model call and any fallback share it.
-        deadline = time.monotonic() + self.settings.request_timeout_s
+        # One deadline for the whole request, from when the service first saw it (``received``,
+        # time.monotonic(), stamped by the outermost middleware before the body is read; now for
+        # direct callers): body read, validation, queue wait, model call and fallback share it.
+        started = time.monotonic() if received is None else received
+        deadline = started + self.settings.request_timeout_s
         s = self.settings
         arm, primary = choose_arm(s.ab_salt, request.session_id, s.ab_weights, request.backend)
         backend_label = primary
@@ -351,9 +355,9 @@ class DialogueEngine:
             backend_label = answered_by.name
         except ServiceError as exc:
             label = exc.backend or backend_label
-            self.metrics.observe_request(label, arm, _outcome(exc), time.perf_counter() - started)
+            self.metrics.observe_request(label, arm, _outcome(exc), time.monotonic() - started)
             raise
-        elapsed = time.perf_counter() - started
+        elapsed = time.monotonic() - started
         self.metrics.observe_request(backend_label, arm, "ok", elapsed)
         self.metrics.observe_response(backend_label, answer.text)
         if answer.block is not None:

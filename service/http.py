@@ -7,6 +7,7 @@ from __future__ import annotations
 import email.message
 import json
 import logging
+import time
 
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,6 +22,14 @@ logger = logging.getLogger(__name__)
 JSON_BYTES_PER_CHAR = 12
 BODY_SLACK_BYTES = 16 * 1024  # keys, quotes, commas, session_id and options
 MAX_SESSION_ID_CHARS = 256
+# request.state key: time.monotonic() when the app first saw the request (the deadline's start)
+RECEIVED_AT = "dialogue_received_at"
+
+
+def received_at(request: Request) -> float | None:
+    """When the outermost middleware first saw ``request`` (time.monotonic()), if it did."""
+    value = getattr(request.state, RECEIVED_AT, None)
+    return value if isinstance(value, float) else None
 
 
 def body_limit(max_turns: int, request_chars: int) -> int:
@@ -50,6 +59,8 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # The request deadline starts here, before the body is read (service/engine.py).
+        scope.setdefault("state", {})[RECEIVED_AT] = time.monotonic()
         length = _content_length(scope)
         if length is not None and length > self.max_bytes:
             await self._refuse(send, f"request body of {length} bytes exceeds {self.max_bytes}")

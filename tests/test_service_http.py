@@ -1,5 +1,6 @@
 """The body size limit on a real server: a chunked body (no Content-Length) is stopped while it
-is read, with a 413, quickly and without the server holding it in memory."""
+is read, with a 413, quickly and without the server holding it in memory. The request deadline
+starts when the service first sees a request, so a body that takes it past is a 504."""
 
 from __future__ import annotations
 
@@ -36,9 +37,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
-    config = uvicorn.Config(
-        create_app(make_settings(models_dir)), host="127.0.0.1", port=port, log_level="warning"
-    )
+    # a 1 s deadline for the slow-body test; the others answer well within it
+    settings = make_settings(models_dir, request_timeout_s=1.0)
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -116,3 +117,25 @@ def test_a_chunked_body_within_the_limit_is_served(server: int) -> None:
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
     assert b'"backend":"retrieval"' in reply
+
+
+def test_the_deadline_counts_from_when_the_request_arrived(server: int) -> None:
+    # The body takes 1.3 s to arrive against a 1 s deadline: a 504 as soon as it is read, and
+    # no model is asked (the backend would answer in milliseconds).
+    body = b'{"context": ["hello , how are you ?"], "backend": "retrieval"}'
+    with socket.create_connection(("127.0.0.1", server), timeout=30) as sock:
+        sock.sendall(
+            b"POST /respond HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        )
+        sock.sendall(f"{10:x}\r\n".encode() + body[:10] + b"\r\n")
+        time.sleep(1.3)
+        rest = body[10:]
+        sock.sendall(f"{len(rest):x}\r\n".encode() + rest + b"\r\n0\r\n\r\n")
+        started = time.perf_counter()
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 504"), reply[:300]
+    assert b"deadline" in reply
+    assert time.perf_counter() - started < 0.5
