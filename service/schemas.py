@@ -30,7 +30,6 @@ def _no_lone_surrogates_before(value: Any) -> Any:
     return _no_lone_surrogates(value) if isinstance(value, str) else value
 
 
-
 # The characters that service text normalisation (models/text.py) turns into nothing: whitespace,
 # C0/C1 controls and the invisible format characters it removes. A turn made only of them would
 # be empty for the model, so a turn must contain one character outside this class. The class is
