@@ -54,6 +54,7 @@ def fuzz(
     summary under ``"summary"`` (and the CLI's output under ``"output"``)."""
     from benchmarks.service_load import free_port, wait_ready
 
+    report_path = Path(report_path).resolve()  # schemathesis runs in its folder
     token = "fuzz-" + secrets.token_hex(16)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIALOGUE_")}
@@ -117,8 +118,9 @@ def fuzz(
     cases = report["test_cases"]
     report["summary"] = {
         "command": " ".join(
-            c if token not in c else "Authorization: Bearer <token>" for c in command
-        ),
+            "Authorization: Bearer <token>" if token in c else c.replace(f"{ROOT}/", "")
+            for c in command
+        ).replace(f":{port}/", ":<port>/"),
         "exit_code": run.returncode,
         "cases_generated": cases["generated"],
         "cases_with_failures": cases["with_failures"],

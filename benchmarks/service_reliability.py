@@ -1,8 +1,9 @@
 """Reliability figures of ``python -m service`` (issue 12; reports/reliability.md), each against a
 real server started here (a subprocess on a free 127.0.0.1 port, default settings unless said):
 
-- ``deadline``: N concurrent closed-loop clients on one backend (FALLBACK on, the default), every
-  response's latency and status; the slowest against REQUEST_TIMEOUT_S.
+- ``deadline``: N concurrent closed-loop clients on one backend (FALLBACK on, the default), each
+  on its own connection and waiting Retry-After after a 429; every response's latency and status,
+  the slowest against REQUEST_TIMEOUT_S.
 - ``poison``: 16 normal clients plus one poison request every 50 ms (a lone surrogate in a turn,
   a 1e-39 temperature with sampling and with greedy decoding): how many normal requests fail.
 - ``soak``: mixed traffic for a fixed time (A/B routed and explicit backends, decoding options,
@@ -127,55 +128,97 @@ def _machine() -> dict[str, Any]:
 # --- deadline -------------------------------------------------------------------------------------
 
 
+async def _raw_post(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes
+) -> tuple[str, float, dict[str, Any], dict[bytes, bytes]]:
+    """One POST /respond on a kept-alive connection, as bytes: (status, seconds, JSON, headers).
+    A lean client: httpx's per-request work, 128-fold in one process on a busy CPU, delays
+    requests before they are sent by more than the service takes to answer them."""
+    request = (
+        b"POST /respond HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    ) + body
+    started = time.perf_counter()
+    writer.write(request)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+        if value
+    }
+    payload = await reader.readexactly(int(headers[b"content-length"]))
+    elapsed = time.perf_counter() - started
+    return head[9:12].decode(), elapsed, json.loads(payload), headers
+
+
 async def _deadline(
-    base_url: str, backend: str, contexts: Sequence[Sequence[str]], concurrency: int, count: int
+    base_url: str,
+    backend: str,
+    contexts: Sequence[Sequence[str]],
+    concurrency: int,
+    count: int,
+    client: str = "raw",
 ) -> dict[str, Any]:
+    """``count`` requests from ``concurrency`` closed-loop clients, each on its own connection.
+    With ``client="raw"`` a client waits Retry-After after a 429, as the service asks; with
+    ``client="httpx"`` it does not (the load benchmark's client, kept for comparison)."""
     counter = itertools.count()
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     answered_by: Counter[str] = Counter()
     server_ms: list[float] = []  # the service's own latency_ms of its 200s
-    # Where the rest of a client's latency goes: GET /healthz once a second (the server's
-    # event loop reading and answering, no model) and how late this process's own loop wakes.
-    probe_ms: list[float] = []
-    client_lag_ms: list[float] = []
+    client_lag_ms: list[float] = []  # how late this process's own event loop wakes
     finished = asyncio.Event()
-    async with _client(base_url, concurrency + 1) as client:
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
 
-        async def probe() -> None:
-            while not finished.is_set():
-                started = time.perf_counter()
-                with contextlib.suppress(httpx.HTTPError):
-                    await client.get("/healthz")
-                probe_ms.append((time.perf_counter() - started) * 1000)
-                await asyncio.sleep(1.0)
+    def record(status: str, elapsed: float, payload: dict[str, Any]) -> None:
+        latencies.append(elapsed)
+        statuses[status] += 1
+        if status == "200":
+            answered_by[payload.get("backend", "?")] += 1
+            server_ms.append(float(payload["latency_ms"]))
 
-        async def lag() -> None:
-            while not finished.is_set():
-                started = time.perf_counter()
-                await asyncio.sleep(0.05)
-                client_lag_ms.append((time.perf_counter() - started - 0.05) * 1000)
+    def body(i: int) -> bytes:
+        return json.dumps(
+            {"context": list(contexts[i % len(contexts)]), "backend": backend}
+        ).encode()
 
-        async def worker() -> None:
+    async def raw_worker() -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
             while (i := next(counter)) < count:
-                body = json.dumps(
-                    {"context": list(contexts[i % len(contexts)]), "backend": backend}
-                ).encode()
-                status, elapsed, payload = await _post(client, body)
-                latencies.append(elapsed)
-                statuses[status] += 1
-                if status == "200":
-                    answered_by[payload.get("backend", "?")] += 1
-                    server_ms.append(float(payload["latency_ms"]))
+                status, elapsed, payload, headers = await _raw_post(reader, writer, body(i))
+                record(status, elapsed, payload)
+                if status == "429":
+                    await asyncio.sleep(float(headers.get(b"retry-after", b"1")))
+        finally:
+            writer.close()
 
-        started = time.perf_counter()
-        probes = [asyncio.create_task(probe()), asyncio.create_task(lag())]
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - started
-        finished.set()
-        await asyncio.gather(*probes)
+    async def lag() -> None:
+        while not finished.is_set():
+            started = time.perf_counter()
+            await asyncio.sleep(0.05)
+            client_lag_ms.append((time.perf_counter() - started - 0.05) * 1000)
+
+    lag_task = asyncio.create_task(lag())
+    started = time.perf_counter()
+    if client == "raw":
+        await asyncio.gather(*(raw_worker() for _ in range(concurrency)))
+    else:
+        async with _client(base_url, concurrency) as http:
+
+            async def httpx_worker() -> None:
+                while (i := next(counter)) < count:
+                    record(*await _post(http, body(i)))
+
+            await asyncio.gather(*(httpx_worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    finished.set()
+    await lag_task
     ms = [x * 1000 for x in latencies]
     return {
+        "client": client,
         "requests": len(latencies),
         "wall_s": round(wall, 1),
         "statuses": dict(sorted(statuses.items())),
@@ -185,11 +228,30 @@ async def _deadline(
         "max_ms": round(max(ms), 1),
         "server_p50_ms": round(percentile(server_ms, 50), 1) if server_ms else None,
         "server_max_ms": round(max(server_ms), 1) if server_ms else None,
-        "healthz_probe_p50_ms": round(percentile(probe_ms, 50), 1),
-        "healthz_probe_max_ms": round(max(probe_ms), 1),
         "client_loop_lag_p50_ms": round(percentile(client_lag_ms, 50), 1),
         "client_loop_lag_max_ms": round(max(client_lag_ms), 1),
     }
+
+
+def longest_stage(exposition: str, stages: Sequence[str]) -> float | None:
+    """An upper bound of the longest model call: per batch, the stages of one call run one after
+    another, so their slowest histogram buckets (``le``) add up to at most it."""
+    total = 0.0
+    found = False
+    for stage in stages:
+        counts: list[tuple[float, float]] = []
+        prefix = "dialogue_stage_duration_seconds_bucket{"
+        for line in exposition.splitlines():
+            if line.startswith(prefix) and f'stage="{stage}"' in line:
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                counts.append((float(le), float(line.rsplit(" ", 1)[1])))
+        if not counts or counts[-1][1] == 0:
+            continue
+        found = True
+        below = [le for le, n in counts if n < counts[-1][1]]  # buckets missing some calls
+        bounds = sorted(le for le, _ in counts)
+        total += bounds[len(below)] if len(below) < len(bounds) else bounds[-1]
+    return round(total, 3) if found else None
 
 
 def run_deadline(args: argparse.Namespace) -> dict[str, Any]:
@@ -198,8 +260,14 @@ def run_deadline(args: argparse.Namespace) -> dict[str, Any]:
     machine = _machine()
     with running_service(args.models_dir, env) as (base_url, _pid):
         result = asyncio.run(
-            _deadline(base_url, args.backend, contexts, args.concurrency, args.requests)
+            _deadline(
+                base_url, args.backend, contexts, args.concurrency, args.requests, args.client
+            )
         )
+        with httpx.Client(base_url=base_url, trust_env=False) as client:
+            result["longest_model_call_s_at_most"] = longest_stage(
+                client.get("/metrics").text, ("tokenize", "encode", "search", "generate", "safety")
+            )
     deadline_ms = args.request_timeout_s * 1000
     return {
         "figure": "deadline",
@@ -446,6 +514,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1500)
     parser.add_argument("--request-timeout-s", type=float, default=5.0)
     parser.add_argument("--seconds", type=float, default=300.0, help="soak duration")
+    parser.add_argument(
+        "--client",
+        choices=("raw", "httpx"),
+        default="raw",
+        help="deadline: the load generator's HTTP client (raw sockets honour Retry-After)",
+    )
     parser.add_argument("--out", type=Path, help="write <out>.json")
     args = parser.parse_args(argv)
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]

@@ -44,3 +44,20 @@ def test_the_soak_mix_has_every_kind_of_request() -> None:
     assert any(b'"backend": "generative"' in b for b in bodies)
     assert any(b'"num_candidates": 5' in b for b in bodies)
     assert sum(b'"session_id"' in b for b in bodies) > 1000  # mostly A/B routed
+
+
+def test_longest_stage_adds_the_slowest_bucket_of_each_stage() -> None:
+    exposition = "\n".join(
+        [
+            'dialogue_stage_duration_seconds_bucket{stage="generate",le="0.1"} 3.0',
+            'dialogue_stage_duration_seconds_bucket{stage="generate",le="0.25"} 5.0',
+            'dialogue_stage_duration_seconds_bucket{stage="generate",le="0.5"} 7.0',
+            'dialogue_stage_duration_seconds_bucket{stage="generate",le="+Inf"} 7.0',
+            'dialogue_stage_duration_seconds_bucket{stage="tokenize",le="0.001"} 7.0',
+            'dialogue_stage_duration_seconds_bucket{stage="tokenize",le="+Inf"} 7.0',
+            'dialogue_stage_duration_seconds_bucket{stage="search",le="0.001"} 0.0',
+            'dialogue_stage_duration_seconds_bucket{stage="search",le="+Inf"} 0.0',
+        ]
+    )
+    assert sr.longest_stage(exposition, ["tokenize", "generate", "search"]) == 0.501
+    assert sr.longest_stage(exposition, ["search"]) is None
