@@ -151,6 +151,32 @@ def test_build_with_every_bundle_present_skips_every_stage_and_its_evaluation(
     assert saved["evaluation"] == summary["evaluation"]
 
 
+def test_build_with_a_biencoder_baseline_serves_the_better_retriever_on_validation(
+    tiny_build: tuple[Path, dict], dailydialog_dir: Path, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from models.bundle import read_manifest, read_serving
+    from training.pipeline import BIENCODER_RETRIEVER
+
+    copy = _copy_build(tiny_build, tmp_path)
+    g2r_before = (copy / "artifacts" / G2R_RETRIEVER / "manifest.json").read_bytes()
+    tiny = PRESETS["tiny"]
+    assert tiny.retriever is not None
+    preset = replace(tiny, retriever=replace(tiny.retriever, biencoder_baseline=True))
+    summary = build(preset, BuildPaths(dailydialog_dir, copy / "artifacts", copy / "runs"), CPU)
+    # Only the plain bi-encoder was trained; the G2R retriever was kept as it was.
+    assert (copy / "artifacts" / G2R_RETRIEVER / "manifest.json").read_bytes() == g2r_before
+    assert read_manifest(copy / "artifacts" / BIENCODER_RETRIEVER).training["method"] == "biencoder"
+    serving = read_serving(copy / "artifacts")
+    assert serving is not None
+    why = serving["retrieval_why"]
+    hits = {n: c["hits@1"] for n, c in why["candidates"].items()}
+    assert set(hits) == {BIENCODER_RETRIEVER, G2R_RETRIEVER}
+    assert serving["retrieval"] == why["chosen"] == summary["retriever"]
+    assert hits[why["chosen"]] >= max(hits.values()) - 0.005
+
+
 def test_build_redo_evaluate_evaluates_again_and_trains_nothing(
     tiny_build: tuple[Path, dict], dailydialog_dir: Path, tmp_path: Path
 ) -> None:

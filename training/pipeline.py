@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
-from models.bundle import BundleError, read_serving, update_metrics, verify_bundle
+from models.bundle import BundleError, read_manifest, read_serving, update_metrics, verify_bundle
 from models.generator import GenerativeResponder
 from models.tokenizer import DialogueTokenizer
 from training.build_progress import (
@@ -50,7 +50,7 @@ from training.nd import NegativeSet, negative_set, train_nd_student
 from training.presets import Preset
 from training.safety_classifier import SAFETY_CLASSIFIER, find_diasafety
 from training.safety_classifier import build_stage as build_safety_classifier
-from training.selection import SelectionRule, select_generator, write_serving
+from training.selection import SelectionRule, select_generator, select_retriever, write_serving
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ NEGATIVE_TEACHER = "generator-negative-teacher"
 ND_STUDENT = "generator-nd"
 NT_GENERATOR = "generator-nt"
 G2R_RETRIEVER = "retriever-g2r"
+BIENCODER_RETRIEVER = "retriever-biencoder"  # the plain bi-encoder beside it (biencoder_baseline)
 SUMMARY_FILE = "build-summary.json"  # runs/<preset>/: the whole summary of the last build
 
 
@@ -252,7 +253,13 @@ def build(
         and all(done[c] for c in candidates)
         and cached_selection(paths, preset, [paths.out_dir / c for c in candidates]) is not None
     )
-    retriever_done = preset.retriever is None or bundle_done(G2R_RETRIEVER)
+    retrievers = (
+        []
+        if preset.retriever is None
+        else ([BIENCODER_RETRIEVER] if preset.retriever.biencoder_baseline else [])
+        + [G2R_RETRIEVER]
+    )
+    retriever_done = all(bundle_done(name) for name in retrievers)
     evaluated = {
         c: done[c]
         and EVALUATE not in redo_set
@@ -339,10 +346,13 @@ def build(
     )
     if r is not None:
         what = f"G2R: {r.augment.max_contexts or 'all'} contexts x {r.augment.m} teacher replies, "
+        what += f"{r.train.max_steps} retriever updates, index"
+        if r.biencoder_baseline:
+            what += "; a plain bi-encoder beside it, the better on validation served"
         stages.append(
             (
                 RETRIEVER,
-                what + f"{r.train.max_steps} retriever updates, index",
+                what,
                 plan[RETRIEVER],
                 not retriever_done,
                 exists(RETRIEVER),
@@ -471,25 +481,30 @@ def build(
     served = paths.out_dir / selection["chosen"]
     timings["select_generator_s"] = show.finish(SELECT)
 
-    retriever = paths.out_dir / G2R_RETRIEVER
+    served_retriever: str | None = None
+    retriever_why: dict[str, Any] | None = None
     if preset.retriever is not None:
         show.start(RETRIEVER)
-        if not retriever_done:
-            # The retriever may read more turns than the generators (its own InputConfig): then
-            # its pairs are loaded, deduplicated and de-leaked at its context length.
-            retriever_splits = splits()
-            if preset.retriever.inputs.max_context_turns != preset.inputs.max_context_turns:
-                retriever_splits = prepare_splits(
-                    replace(preset, inputs=preset.retriever.inputs), paths.data_dir
-                )
+        retriever_splits: DialogueSplits | None = None
+        for name in retrievers:
+            if bundle_done(name):
+                continue
+            if retriever_splits is None:
+                # The retriever may read more turns than the generators (its own InputConfig):
+                # then its pairs are loaded, deduplicated and de-leaked at its context length.
+                retriever_splits = splits()
+                if preset.retriever.inputs.max_context_turns != preset.inputs.max_context_turns:
+                    retriever_splits = prepare_splits(
+                        replace(preset, inputs=preset.retriever.inputs), paths.data_dir
+                    )
             build_retriever(
-                method=preset.retriever.method,
+                method="biencoder" if name == BIENCODER_RETRIEVER else preset.retriever.method,
                 preset=preset.retriever,
                 splits=retriever_splits,
                 tokenizer=loaded["tokenizer"],
-                out_dir=retriever,
-                name=G2R_RETRIEVER,
-                run_dir=paths.run_dir(preset, G2R_RETRIEVER),
+                out_dir=paths.out_dir / name,
+                name=name,
+                run_dir=paths.run_dir(preset, name),
                 dist_ctx=ctx,
                 data_desc=data_desc,
                 augmentation_dir=paths.run_dir(preset, f"g2r-augment-{served.name}"),
@@ -498,18 +513,25 @@ def build(
                 seed=seed,
             )
         barrier(ctx)
+        built = [n for n in retrievers if (paths.out_dir / n).is_dir()]
+        if built:
+            served_retriever, retriever_why = select_retriever(
+                {n: read_manifest(paths.out_dir / n).metrics for n in built}
+            )
         timings[f"{G2R_RETRIEVER}_s"] = show.finish(RETRIEVER)
     if ctx.is_main:
         write_serving(
             paths.out_dir,
             served.name,
-            G2R_RETRIEVER if retriever.is_dir() else None,
+            served_retriever,
             selection,
+            retrieval_why=retriever_why,
         )
 
     summary: dict[str, Any] = {
         "preset": preset.name,
-        "bundles": [str(b) for b in (standard, teacher, student, retriever)]
+        "bundles": [str(b) for b in (standard, teacher, student)]
+        + [str(paths.out_dir / n) for n in retrievers]
         + ([str(safety)] if safety.is_dir() else []),
         "data": splits().stats if "splits" in loaded else _previous(summary_path, "data"),
         "negative_set": _negative_set_summary(dn, dn_report),
@@ -539,7 +561,7 @@ def build(
     summary["timings"] = timings
     summary["stages"] = show.record()
     summary["bundles_dir"] = str(paths.out_dir)
-    summary["retriever"] = G2R_RETRIEVER if retriever.is_dir() else None
+    summary["retriever"] = served_retriever
     if ctx.is_main:
         summary["summary_file"] = str(summary_path)
         summary_path.parent.mkdir(parents=True, exist_ok=True)

@@ -93,6 +93,9 @@ class RetrieverPreset:
     teacher_filter: TeacherReplyFilter | None = None
     # what `build` trains: "g2r-dm" (data + model level, eq. 5) or "g2r-d" (data level only)
     method: Literal["g2r-d", "g2r-dm"] = "g2r-dm"
+    # also train a plain bi-encoder (no teacher) and serve whichever has the higher validation
+    # Hits@1/K (training/selection.py): G2R is served only where its teacher helps
+    biencoder_baseline: bool = False
 
     def __post_init__(self) -> None:
         assert self.method in ("g2r-d", "g2r-dm"), (

@@ -116,12 +116,21 @@ def select_retriever(
     return chosen, record
 
 
-def write_serving(out_dir: Path, generative: str | None, retrieval: str | None, why: Any) -> Path:
-    """Atomically write ``serving.json``: the bundles the service should load and why."""
+def write_serving(
+    out_dir: Path,
+    generative: str | None,
+    retrieval: str | None,
+    why: Any,
+    *,
+    retrieval_why: Any = None,
+) -> Path:
+    """Atomically write ``serving.json``: the bundles the service should load and why (``why``:
+    the generator's selection record; ``retrieval_why``: the retriever's, when there was a choice)."""
     path = out_dir / SERVING_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(
-        json.dumps({"generative": generative, "retrieval": retrieval, "why": why}, indent=2)
-    )
+    record = {"generative": generative, "retrieval": retrieval, "why": why}
+    if retrieval_why is not None:
+        record["retrieval_why"] = retrieval_why
+    tmp.write_text(json.dumps(record, indent=2))
     os.replace(tmp, path)
     return path
