@@ -142,8 +142,9 @@ def test_redo_brings_back_the_stages_that_read_the_output() -> None:
         "retriever-g2r",
         "evaluate",
     }
-    # base: teacher and student from scratch, so they stay
-    assert "generator-nd" not in redo_closure(base, ["generator-standard"])
+    # base: the teacher from scratch stays, the student is fine-tuned from the standard model
+    assert "generator-negative-teacher" not in redo_closure(base, ["generator-standard"])
+    assert "generator-nd" in redo_closure(base, ["generator-standard"])
     assert redo_closure(base, ["generator-negative-teacher"]) == {
         "generator-negative-teacher",
         "generator-nd",

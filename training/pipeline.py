@@ -225,6 +225,7 @@ def build(
     A stage whose output exists is skipped, its evaluation included; ``redo`` names stages to do
     again (with the stages that read their output), from scratch. Each stage prints a
     "stage k/N" line with the elapsed time and an estimate for the whole build."""
+    redo = tuple(redo)
     redo_set = redo_closure(preset, redo)
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -259,7 +260,16 @@ def build(
         else ([BIENCODER_RETRIEVER] if preset.retriever.biencoder_baseline else [])
         + [G2R_RETRIEVER]
     )
-    retriever_done = all(bundle_done(name) for name in retrievers)
+
+    def retriever_bundle_done(name: str) -> bool:
+        # The plain bi-encoder reads only the corpus: it is redone with the data, or when the
+        # retrieval stage itself is asked for, not when a generator upstream of G2R changes.
+        if name == BIENCODER_RETRIEVER:
+            asked = DATA in redo_set or RETRIEVER in redo or "all" in redo
+            return not asked and existing_bundle(paths.out_dir / name, preset)
+        return bundle_done(name)
+
+    retriever_done = all(retriever_bundle_done(name) for name in retrievers)
     evaluated = {
         c: done[c]
         and EVALUATE not in redo_set
@@ -487,7 +497,7 @@ def build(
         show.start(RETRIEVER)
         retriever_splits: DialogueSplits | None = None
         for name in retrievers:
-            if bundle_done(name):
+            if retriever_bundle_done(name):
                 continue
             if retriever_splits is None:
                 # The retriever may read more turns than the generators (its own InputConfig):
