@@ -80,7 +80,7 @@ PROBES: tuple[tuple[str, ...], ...] = (
     ("i'm sorry i'm late .", "what happened ?", "my car broke down on the highway ."),
 )
 
-# --- the papers' headline numbers (constants; see ../shared/PAPERS.md and papers/) ------------------
+# --- the papers' headline numbers (constants; see docs/papers.md; the texts in ../shared/papers/) ------------------
 
 # ND paper (Li et al., NAACL 2022), Table 3: DailyDialog, greedy decoding.
 PAPER_ND_STANDARD_DIST2 = 0.0313
@@ -93,7 +93,7 @@ PAPER_G2R_D_HITS1 = 0.8052
 # G2R paper, Table 1: G2R-DM 25.1 ms vs Blender 90M 499.7 ms per response on an A100 = 19.91x.
 PAPER_G2R_DM_MS = 25.1
 PAPER_BLENDER_90M_MS = 499.7
-PAPER_G2R_SPEEDUP = 19.9  # Table 1's rounded "19.91x" (PAPERS.md: 19.9x)
+PAPER_G2R_SPEEDUP = 19.9  # Table 1's rounded "19.91x" (docs/papers.md: 19.9x)
 
 
 def greedy(responder: GenerativeResponder) -> DecodingConfig:

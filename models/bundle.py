@@ -4,7 +4,7 @@ A bundle is a directory holding ``manifest.json`` (kind, config, training proven
 the sha256 of every other file), ``tokenizer.json``, ``model.safetensors`` and, for retrievers,
 ``responses.jsonl`` and ``index.faiss``; safety classifiers (kind ``classifier``) may add a
 ``blocklist.txt`` the service filters replies with. This module only knows files, tensors and JSON: it never
-imports model code, so training and serving can both depend on it. See DESIGN.md, "Bundles".
+imports model code, so training and serving can both depend on it. See docs/design.md, "Bundles".
 
 Writing is atomic at the directory level: everything goes into ``<out_dir>.tmp`` (fsynced), then
 the directory is swapped into place with renames. Crash windows of :func:`write_bundle`:

@@ -36,7 +36,7 @@ DOCKER = ROOT / "docker"
 DASHBOARD = DOCKER / "grafana" / "dashboards" / "dialogue.json"
 SERVICE_IMAGES = ("Dockerfile.cpu", "Dockerfile.gpu")
 DOCKERFILES = (*SERVICE_IMAGES, "Dockerfile.trainer")
-# Every metric family of DESIGN.md, "Metrics", as the dashboard must show it.
+# Every metric family of docs/design.md, "Metrics", as the dashboard must show it.
 SERVICE_METRICS = (
     "dialogue_requests_total",
     "dialogue_request_duration_seconds_bucket",

@@ -1,4 +1,4 @@
-"""FlatGD safety commands of ``python -m training`` (Khalatbari et al.; PAPERS.md section 4):
+"""FlatGD safety commands of ``python -m training`` (Khalatbari et al.; docs/papers.md, "FlatGD"):
 
 train-expert     a clean (Safe) or toxic (Unsafe) expert: the base fine-tuned on DiaSafety train
 train-flatgd     FlatGD (eq. 2, --lam > 0) or the Safety_loss baseline (--lam 0) from a base
