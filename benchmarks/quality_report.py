@@ -560,6 +560,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "retrieval": served_ret,
             "retrieval_note": served_ret_note,
             "why": serving.get("why") if serving else None,
+            "retrieval_why": serving.get("retrieval_why") if serving else None,
             "current_bundle_ids": {label: g["model"] for label, g in gens.items()},
         },
         "retrievers": rets,
@@ -624,6 +625,19 @@ def selection_lines(serving: Mapping[str, Any]) -> list[str]:
             f"{_f(c.get('dist-2'))} | {_f(c.get('bleu-4'))} | "
             f"{'yes' if c.get('eligible') else 'no'} | {same} |"
         )
+    rwhy = serving.get("retrieval_why")
+    if isinstance(rwhy, Mapping) and "candidates" in rwhy:
+        lines += [
+            "",
+            f'Retriever selection (serving.json "retrieval_why"): chosen **{rwhy.get("chosen")}** '
+            f"by the rule: {rwhy.get('criterion', '?')}.",
+            "",
+            "| retriever | val Hits@1/K | val Hits@5/K |",
+            "|---|---:|---:|",
+        ]
+        for name, c in rwhy["candidates"].items():
+            mark = f"**{name}**" if name == rwhy.get("chosen") else name
+            lines.append(f"| {mark} | {_f(c.get('hits@1'))} | {_f(c.get('hits@5'))} |")
     return lines
 
 
