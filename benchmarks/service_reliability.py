@@ -180,9 +180,12 @@ async def _deadline(
             server_ms.append(float(payload["latency_ms"]))
 
     def body(i: int) -> bytes:
-        return json.dumps(
-            {"context": list(contexts[i % len(contexts)]), "backend": backend}
-        ).encode()
+        request: dict[str, Any] = {"context": list(contexts[i % len(contexts)])}
+        if backend == "ab":  # A/B routed: both backends busy at once
+            request["session_id"] = f"s{i % 997}"
+        else:
+            request["backend"] = backend
+        return json.dumps(request).encode()
 
     async def raw_worker() -> None:
         reader, writer = await asyncio.open_connection(host, int(port))
@@ -256,7 +259,7 @@ def longest_stage(exposition: str, stages: Sequence[str]) -> float | None:
 
 def run_deadline(args: argparse.Namespace) -> dict[str, Any]:
     contexts = load_contexts(args.data, 512, 3, seed=0)
-    env = {"DIALOGUE_REQUEST_TIMEOUT_S": str(args.request_timeout_s)}
+    env = {"DIALOGUE_REQUEST_TIMEOUT_S": str(args.request_timeout_s), **args.server_env}
     machine = _machine()
     with running_service(args.models_dir, env) as (base_url, _pid):
         result = asyncio.run(
@@ -274,6 +277,7 @@ def run_deadline(args: argparse.Namespace) -> dict[str, Any]:
         "backend": args.backend,
         "concurrency": args.concurrency,
         "request_timeout_s": args.request_timeout_s,
+        "server_env": args.server_env,
         "settings": "service defaults otherwise (FALLBACK on, MAX_QUEUE 64, MAX_BATCH 16)",
         **result,
         "max_over_deadline_ms": round(result["max_ms"] - deadline_ms, 1),
@@ -506,7 +510,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--data", type=Path, default=ROOT.parent / "shared" / "data" / "dailydialog"
     )
-    parser.add_argument("--backend", choices=("retrieval", "generative"), default="generative")
+    parser.add_argument(
+        "--backend",
+        choices=("retrieval", "generative", "ab"),
+        default="generative",
+        help="deadline: the backend every request names; ab = A/B routed (session ids)",
+    )
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="deadline: extra environment of the server (e.g. DIALOGUE_TORCH_THREADS=2, "
+        "OMP_WAIT_POLICY=ACTIVE); repeatable",
+    )
     parser.add_argument(
         "--backends", default="retrieval,generative", help="poison: comma-separated"
     )
@@ -523,6 +540,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write <out>.json")
     args = parser.parse_args(argv)
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if any("=" not in item for item in args.server_env):
+        parser.error("--server-env takes NAME=VALUE")
+    args.server_env = dict(item.split("=", 1) for item in args.server_env)
     run = {"deadline": run_deadline, "poison": run_poison, "soak": run_soak, "chunked": run_chunked}
     started = time.perf_counter()
     result = run[args.figure](args)
