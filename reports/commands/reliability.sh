@@ -7,6 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
 
+# Baseline before this session (code at commit 6eb5645, tiny bundles from tests/service_fixtures.py
+# served with DIALOGUE_MODELS_DIR=<tiny> DIALOGUE_PORT=<port> python -m service):
+#   schemathesis run http://127.0.0.1:<port>/openapi.json --checks all --seed 1 --max-examples 100 \
+#       --no-color --workers 1 --continue-on-failure > reports/reliability_fuzz_before.txt
+
 # Schema fuzzing: schemathesis --checks all, positive and negative cases, fixed seed, the small
 # build's bundles with the safety classifier, admin endpoint on (fuzzed with and without auth).
 $PY -m benchmarks.service_fuzz --models-dir artifacts --seed 1 --max-examples 3000 \
