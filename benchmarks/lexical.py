@@ -40,6 +40,7 @@ from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 
 from benchmarks import write_report
 from benchmarks.retrieval import sample_picks, served_teacher_share
+from models.lexical import context_text, lexical_tokens
 from models.metrics import response_metrics
 from training.data import DialogueExample, load_splits, training_response_token_counts
 from training.retrieval_losses import hits_at_k, hits_candidates
@@ -49,16 +50,6 @@ logger = logging.getLogger("benchmarks.lexical")
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dailydialog"
 METHODS = ("tfidf", "bm25")
 REPLY_METRICS = ("dist-2", "dist-3", "avg-len", "max-ratio")
-
-
-def lexical_tokens(text: str) -> list[str]:
-    """Word tokens: whitespace tokens (lower-cased) with at least one letter or digit."""
-    return [t for t in text.lower().split() if any(ch.isalnum() for ch in t)]
-
-
-def context_text(context: Sequence[str], turns: int) -> str:
-    """The last ``turns`` turns of a context, joined by a space."""
-    return " ".join(list(context)[-turns:])
 
 
 class SparseRetriever:

@@ -39,6 +39,7 @@ from models.bundle import (
     write_bundle,
 )
 from models.generator import InputConfig
+from models.lexical import LEXICAL_FILE, LexicalReranker, context_text, zscore
 from models.tokenizer import DialogueTokenizer
 
 logger = logging.getLogger(__name__)
@@ -263,9 +264,13 @@ class RetrievalResponder:
         responses: Sequence[str],
         sources: Sequence[str] | None = None,
         manifest: Manifest | None = None,
+        reranker: LexicalReranker | None = None,
     ) -> None:
         if index.ntotal != len(responses):
             raise ValueError(f"index holds {index.ntotal} vectors for {len(responses)} responses")
+        self.reranker = reranker  # hybrid dense + TF-IDF re-ranking (models/lexical.py), or None
+        if reranker is not None:
+            reranker.index_responses(responses)
         self.model = model
         self.tokenizer = tokenizer
         self.inputs = inputs
@@ -318,11 +323,22 @@ class RetrievalResponder:
                 bundle_dir=bundle_dir,
                 file=INDEX_FILE,
             )
+        reranker = None
+        if LEXICAL_FILE in manifest.files:
+            try:
+                reranker = LexicalReranker.from_json((bundle_dir / LEXICAL_FILE).read_bytes())
+            except (ValueError, KeyError, TypeError) as exc:
+                raise BundleError(
+                    f"bundle {bundle_dir}: {LEXICAL_FILE} is not a valid re-ranker: {exc}",
+                    bundle_dir=bundle_dir,
+                    file=LEXICAL_FILE,
+                ) from exc
         model = BiEncoder(cfg)
         model.load_state_dict(load_state_dict(bundle_dir, manifest))
         model.to(device=device, dtype=dtype).eval()
         tokenizer = DialogueTokenizer.from_file(bundle_dir / TOKENIZER_FILE)
-        return cls(model, tokenizer, InputConfig(**mc["inputs"]), index, texts, sources, manifest)
+        inputs = InputConfig(**mc["inputs"])
+        return cls(model, tokenizer, inputs, index, texts, sources, manifest, reranker)
 
     def save(
         self, out_dir: Path, *, name: str, training: Mapping[str, Any], metrics: Mapping[str, Any]
@@ -340,6 +356,7 @@ class RetrievalResponder:
             extra_files={
                 RESPONSES_FILE: responses_jsonl(self.responses, self.sources),
                 INDEX_FILE: self.index.to_bytes(),
+                **({LEXICAL_FILE: self.reranker.to_json()} if self.reranker else {}),
             },
         )
         return self.manifest
@@ -357,9 +374,28 @@ class RetrievalResponder:
         """Context embeddings (B, embed_dim), float32 on the CPU (what FAISS searches with)."""
         return _as_float32(self.model.encode_contexts(context_ids))
 
-    def search(self, embeddings: np.ndarray, top_k: int = 1) -> list[list[tuple[str, float]]]:
-        """The ``top_k`` responses and their scores R(c, r) for each context embedding, best first."""
-        scores, ids = self.index.search(embeddings, min(top_k, len(self.responses)))
+    def search(
+        self,
+        embeddings: np.ndarray,
+        top_k: int = 1,
+        contexts: Sequence[Sequence[str]] | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """The ``top_k`` responses and their scores for each context embedding, best first.
+
+        Scores are R(c, r) = <e_c, e_r>; with a re-ranker and the ``contexts`` the embeddings
+        came from, the index's best ``reranker.candidates`` are re-ranked by the hybrid score
+        (models/lexical.py) and that score is returned."""
+        hybrid = self.reranker is not None and self.reranker.weight > 0 and contexts is not None
+        k = max(top_k, self.reranker.candidates) if hybrid and self.reranker else top_k
+        scores, ids = self.index.search(embeddings, min(k, len(self.responses)))
+        if hybrid and self.reranker is not None and contexts is not None:
+            turns = self.inputs.max_context_turns
+            queries = [context_text(c, turns) for c in contexts]
+            mixed = self.reranker.mix(scores, self.reranker.lexical_scores(queries, ids))
+            mixed[ids < 0] = -np.inf
+            order = np.argsort(-mixed, axis=1, kind="stable")[:, :top_k]
+            ids = np.take_along_axis(ids, order, axis=1)
+            scores = np.take_along_axis(mixed, order, axis=1)
         return [
             [(self.responses[i], float(s)) for s, i in zip(row_s, row_i, strict=True) if i >= 0]
             for row_s, row_i in zip(scores.tolist(), ids.tolist(), strict=True)
@@ -371,7 +407,54 @@ class RetrievalResponder:
         """For each context (turns, oldest first), the ``top_k`` (response text, score), best first."""
         if not contexts:
             return []
-        return self.search(self.embed(self.encode_contexts(contexts)), top_k)
+        return self.search(self.embed(self.encode_contexts(contexts)), top_k, contexts)
+
+    @torch.inference_mode()
+    def candidate_scores(
+        self,
+        contexts: Sequence[Sequence[str]],
+        pool: Sequence[str],
+        candidates: np.ndarray,
+        *,
+        weight: float | None = None,
+        batch_size: int = 512,
+    ) -> np.ndarray:
+        """Scores (N, K) of each context against its ``candidates`` (indices into ``pool``), as
+        the served ranking would score them: dense, or hybrid with the re-ranker (``weight``
+        overrides its weight; 0 = dense only). For Hits@k/K evaluations."""
+        used = np.unique(candidates)
+        columns = np.searchsorted(used, candidates)
+        texts = [pool[i] for i in used.tolist()]
+        resp = np.concatenate(
+            [
+                _as_float32(
+                    self.model.encode_responses(
+                        self.tokenizer.pad(
+                            self.tokenizer.encode_responses(
+                                texts[s : s + batch_size], self.inputs.max_target_len
+                            ),
+                            self.device,
+                        )
+                    )
+                )
+                for s in range(0, len(texts), batch_size)
+            ]
+        )
+        ctx = np.concatenate(
+            [
+                self.embed(self.encode_contexts(contexts[s : s + batch_size]))
+                for s in range(0, len(contexts), batch_size)
+            ]
+        )
+        dense = np.einsum("nd,nkd->nk", ctx, resp[columns])
+        w = self.reranker.weight if weight is None and self.reranker else (weight or 0.0)
+        if self.reranker is None or w <= 0:
+            return dense
+        turns = self.inputs.max_context_turns
+        q = self.reranker.vectors([context_text(c, turns) for c in contexts])
+        docs = self.reranker.vectors(texts)
+        lexical = np.take_along_axis(np.asarray((q @ docs.T).toarray()), columns, axis=1)
+        return zscore(dense) + w * zscore(lexical)
 
 
 @torch.inference_mode()

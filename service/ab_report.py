@@ -22,7 +22,7 @@ turns difference with Welch's t test, and the sessions each arm still needs for 
 detect an approval difference of ``--effect`` at the 5% level (ratings converted to sessions at
 the control's observed ratings per session). Ratings are treated as independent; several
 ratings from one session are not, so with many ratings per session the intervals are too narrow.
-Needs scipy (installed with the ``train`` extra) for the exact and t tests.
+Uses scipy (a core dependency) for the exact and t tests.
 """
 
 from __future__ import annotations

@@ -500,7 +500,7 @@ class RetrievalBackend(Backend):
         started = self._timed("tokenize", started)
         embeddings = responder.embed(ids)
         started = self._timed("encode", started)
-        hits = responder.search(embeddings, top_k)
+        hits = responder.search(embeddings, top_k, contexts)  # contexts: hybrid re-ranking
         self._timed("search", started)
         if self.safety is not None:
             return self._safe_answers([c[-1] for c in contexts], hits, wanted)

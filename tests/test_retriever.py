@@ -265,3 +265,92 @@ def test_rebuild_index_repairs_a_bundle_and_sets_ef_search(bundle: Path) -> None
     assert loaded.index.index.hnsw.efSearch == 48
     np.testing.assert_allclose(loaded.index.vectors(), before, rtol=1e-5, atol=1e-5)
     assert read_responses(bundle)[0] == RESPONSES
+
+
+def _with_reranker(responder: RetrievalResponder, weight: float) -> RetrievalResponder:
+    from models.lexical import LexicalReranker
+
+    reranker = LexicalReranker.fit(RESPONSES, weight=weight, candidates=8)
+    return RetrievalResponder(
+        responder.model,
+        responder.tokenizer,
+        responder.inputs,
+        responder.index,
+        responder.responses,
+        responder.sources,
+        reranker=reranker,
+    )
+
+
+def test_lexical_reranking_mixes_standardised_scores_and_follows_word_overlap(
+    responder: RetrievalResponder,
+) -> None:
+    from models.lexical import zscore
+
+    context = [["What time is it now?"]]
+    dense = responder.respond(context, top_k=8)[0]
+    # A large weight makes the TF-IDF side decide: the response sharing the most words wins.
+    heavy = _with_reranker(responder, weight=50.0)
+    (top,) = heavy.respond(context, top_k=1)
+    assert top[0][0] == "what time is it now ?"
+    # The returned score is z(dense) + weight * z(tfidf) over the 8 candidates, by hand.
+    light = _with_reranker(responder, weight=0.5)
+    row = light.respond(context, top_k=8)[0]
+    dense_by_text = dict(dense)
+    texts = [t for t, _ in dense]
+    d = np.array([dense_by_text[t] for t in texts])
+    reranker = light.reranker
+    assert reranker is not None
+    q = reranker.vectors(["what time is it now ?"])
+    lex = (reranker.vectors(texts) @ q.T).toarray().ravel()
+    expected = dict(zip(texts, zscore(d) + 0.5 * zscore(lex), strict=True))
+    for text, score in row:
+        assert score == pytest.approx(expected[text], rel=1e-6, abs=1e-6)
+    assert [s for _, s in row] == sorted((s for _, s in row), reverse=True)
+    # Weight 0 or no contexts: the dense ranking, unchanged.
+    assert _with_reranker(responder, weight=0.0).respond(context, top_k=8)[0] == dense
+
+
+def test_reranker_round_trips_through_the_bundle_and_a_bad_one_names_its_file(
+    responder: RetrievalResponder, tmp_path: Path
+) -> None:
+    with_lex = _with_reranker(responder, weight=0.3)
+    with_lex.save(tmp_path / "r", name="retriever-lex", training={}, metrics={})
+    loaded = RetrievalResponder.load(tmp_path / "r")
+    assert loaded.reranker is not None and loaded.reranker.weight == 0.3
+    assert loaded.reranker.vocabulary == with_lex.reranker.vocabulary  # type: ignore[union-attr]
+    context = [["good morning !"]]
+    assert loaded.respond(context, top_k=3) == with_lex.respond(context, top_k=3)
+    # A lexical.json that parses but is not a re-ranker: one error naming the file.
+    manifest = read_manifest(tmp_path / "r")
+    bad = b'{"weight": 0.3}'
+    write_bundle(
+        tmp_path / "bad",
+        kind="retriever",
+        name="bad",
+        model_config=manifest.model_config,
+        training={},
+        metrics={},
+        state_dict=responder.model.state_dict(),
+        tokenizer_json=responder.tokenizer.to_str(),
+        extra_files={
+            "responses.jsonl": tmp_path / "r" / "responses.jsonl",
+            "index.faiss": tmp_path / "r" / "index.faiss",
+            "lexical.json": bad,
+        },
+    )
+    with pytest.raises(BundleError, match=r"lexical\.json"):
+        RetrievalResponder.load(tmp_path / "bad")
+
+
+def test_candidate_scores_are_the_served_scores(responder: RetrievalResponder) -> None:
+    hybrid = _with_reranker(responder, weight=0.7)
+    contexts = [["what time is it ?"], ["good night"]]
+    cand = np.array([[0, 1, 6, 7], [7, 2, 3, 0]])
+    dense = responder.candidate_scores(contexts, RESPONSES, cand)
+    ctx = responder.embed(responder.encode_contexts(contexts))
+    vec = responder.index.vectors()
+    np.testing.assert_allclose(dense, np.einsum("nd,nkd->nk", ctx, vec[cand]), rtol=1e-4)
+    mixed = hybrid.candidate_scores(contexts, RESPONSES, cand)
+    assert mixed.shape == (2, 4) and not np.allclose(mixed, dense)
+    np.testing.assert_allclose(hybrid.candidate_scores(contexts, RESPONSES, cand, weight=0), dense)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from models.biencoder import BiEncoder, BiEncoderConfig
 from models.bundle import INDEX_FILE, Manifest, load_state_dict, read_manifest, verify_bundle
 from models.generator import InputConfig
+from models.lexical import LexicalReranker
 from models.retriever import (
     IndexConfig,
     ResponseIndex,
@@ -53,10 +54,18 @@ from training.g2r_filter import TeacherReplyFilter
 from training.g2r_teachers import batch_ranges, load_teacher
 from training.generator import bucketed_batches
 from training.presets import RetrieverPreset
-from training.retrieval_losses import G2RDistillationLoss, HitsEvaluator
+from training.retrieval_losses import (
+    G2RDistillationLoss,
+    HitsEvaluator,
+    hits_at_k,
+    hits_candidates,
+)
 from training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
+
+# TF-IDF re-ranking weights tried on validation (models/lexical.py); 0 = the bi-encoder alone.
+RERANK_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
 Method = Literal["biencoder", "g2r-d", "g2r-dm"]
 METHODS: tuple[Method, ...] = ("biencoder", "g2r-d", "g2r-dm")
@@ -327,6 +336,38 @@ def _embed_contexts(
     return torch.cat(out).numpy() if out else np.zeros((0, model.cfg.embed_dim), np.float32)
 
 
+def fit_rerank_weight(
+    responder: RetrievalResponder,
+    validation: Sequence[DialogueExample],
+    *,
+    hits_k: int = 100,
+    seed: int = 0,
+) -> tuple[float, dict[str, float]]:
+    """Choose the responder's TF-IDF re-ranking weight among ``RERANK_WEIGHTS`` by Hits@1/K on
+    ``validation`` (ties to the smaller weight), set it (or drop the re-ranker when 0 wins) and
+    return the weight with the Hits@1/K of every weight tried."""
+    reranker = responder.reranker
+    if reranker is None:
+        raise ValueError("the responder has no re-ranker to fit")
+    pool = list(dict.fromkeys(e.response for e in validation))
+    cand = hits_candidates([e.response for e in validation], pool, hits_k, seed)
+    contexts = [e.context for e in validation]
+    table = {
+        str(w): hits_at_k(
+            torch.from_numpy(responder.candidate_scores(contexts, pool, cand, weight=w))
+        )["hits@1"]
+        for w in RERANK_WEIGHTS
+    }
+    best = max(RERANK_WEIGHTS, key=lambda w: (table[str(w)], -w))
+    logger.info("TF-IDF re-ranking, validation Hits@1/%d by weight: %s", hits_k, table)
+    if best > 0:
+        reranker.weight = best
+        reranker.validation = {"hits@1_by_weight": table, "pairs": len(contexts)}
+    else:
+        responder.reranker = None
+    return best, table
+
+
 def index_and_save(
     model: BiEncoder,
     tokenizer: DialogueTokenizer,
@@ -341,9 +382,17 @@ def index_and_save(
     metrics: Mapping[str, Any],
     recall_contexts: Sequence[Sequence[str]] = (),
     progress: bool = True,
+    rerank_validation: Sequence[DialogueExample] = (),
+    hits_k: int = 100,
+    seed: int = 0,
 ) -> Manifest:
     """Embed and index the response set, measure the index's recall@1 against exact search on
-    ``recall_contexts``, and write the retriever bundle."""
+    ``recall_contexts``, and write the retriever bundle.
+
+    With ``rerank_validation`` pairs, a TF-IDF re-ranker (models/lexical.py) is fitted on the
+    response set and its weight chosen among ``RERANK_WEIGHTS`` by validation Hits@1/K; weight 0
+    winning means no re-ranker. The figures go to the manifest's metrics (``served_hits@1`` is
+    what the bundle serves with)."""
     model = model.cpu().eval()
     index = build_response_index(model, tokenizer, texts, inputs, index_config, progress=progress)
     metrics = dict(metrics)
@@ -352,6 +401,12 @@ def index_and_save(
         queries = _embed_contexts(model, tokenizer, recall_contexts, inputs)
         metrics["index_recall@1"] = index_recall(index, database, queries, k=1)
     responder = RetrievalResponder(model, tokenizer, inputs, index, texts, sources)
+    if rerank_validation:
+        responder = RetrievalResponder(
+            model, tokenizer, inputs, index, texts, sources, reranker=LexicalReranker.fit(texts)
+        )
+        best, table = fit_rerank_weight(responder, rerank_validation, hits_k=hits_k, seed=seed)
+        metrics.update({"rerank_weight": best, "served_hits@1": table[str(best)]})
     return responder.save(out_dir, name=name, training=training, metrics=metrics)
 
 
@@ -493,6 +548,11 @@ def train_retriever(
         metrics=metrics,
         recall_contexts=[e.context for e in val_examples[:1000]],
         progress=cfg.progress,
+        rerank_validation=(
+            list(val_examples[: preset.val_examples or None]) if preset.lexical_rerank else []
+        ),
+        hits_k=preset.hits_k,
+        seed=seed,
     )
 
 

@@ -97,6 +97,9 @@ class RetrieverPreset:
     # also train a plain bi-encoder (no teacher) and serve whichever has the higher validation
     # Hits@1/K (training/selection.py): G2R is served only where its teacher helps
     biencoder_baseline: bool = False
+    # re-rank the index's candidates by bi-encoder + TF-IDF (models/lexical.py), the weight
+    # chosen on validation (0 = off); the paper preset keeps G2R's dense-only ranking
+    lexical_rerank: bool = True
 
     def __post_init__(self) -> None:
         assert self.method in ("g2r-d", "g2r-dm"), (
@@ -415,6 +418,7 @@ PRESETS: dict[str, Preset] = {
             random_negatives=512,
             val_examples=0,
             response_max_tokens=60,
+            lexical_rerank=False,  # G2R ranks by the bi-encoder alone
         ),
         vocab_size=16000,
         inputs=InputConfig(max_context_turns=1, max_source_len=128, max_target_len=64),
