@@ -93,6 +93,9 @@ def fuzz(
         "json",
         "--report-json-path",
         str(report_path),
+        # no example database left behind (a fixed seed makes the run repeatable anyway)
+        "--generation-database",
+        "none",
     ]
     with tempfile.TemporaryFile(mode="w+") as log:
         server = subprocess.Popen(
@@ -105,9 +108,10 @@ def fuzz(
         try:
             wait_ready(server, base_url, startup_timeout_s, log)
             started = time.perf_counter()
-            run = subprocess.run(
-                command, cwd=report_path.parent, capture_output=True, text=True, check=False
-            )
+            with tempfile.TemporaryDirectory() as scratch:  # schemathesis' own files
+                run = subprocess.run(
+                    command, cwd=scratch, capture_output=True, text=True, check=False
+                )
             wall_s = time.perf_counter() - started
         finally:
             server.terminate()
