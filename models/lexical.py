@@ -3,7 +3,7 @@
 A small bi-encoder trained for minutes on a CPU matches topics loosely; plain TF-IDF cosine
 between the context and a response catches the shared content words it misses (on DailyDialog
 test it ranks the gold first more often than the small bi-encoder does: reports/lexical_baselines.md).
-Combining both beats either (reports/hybrid_retrieval.md). For each context, the dense index
+Combining both beats either (reports/retriever_seeds_small.md: served vs dense, three seeds). For each context, the dense index
 returns ``candidates`` responses; both scores are standardised over them (z-scores, so the two
 scales need no calibration) and the reply is the best of
 
