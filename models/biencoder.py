@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from models.seq2seq import EncoderLayer, Seq2SeqConfig, sinusoidal_positions
+from models.seq2seq import EncoderLayer, Seq2SeqConfig, init_weights, sinusoidal_positions
 
 # Rows per length-sorted chunk when a call embeds many responses at once (a G2R training batch:
 # ~150 responses for 128 contexts). reports/retriever_step.md: 32 was the fastest of 32/64/128.
@@ -156,20 +156,8 @@ class BiEncoder(nn.Module):
         self.context_encoder = TextEncoder(cfg)
         # Shared weights: no second module, so the state dict holds each tensor once.
         self.response_encoder: TextEncoder | None = None if cfg.shared else TextEncoder(cfg)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
         # The generator's initialisation (models/seq2seq.py), so warm starts and fresh runs match.
-        if isinstance(module, nn.Linear):
-            nn.init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=module.embedding_dim**-0.5)
-            if module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
+        self.apply(init_weights)
 
     def _response_encoder(self) -> TextEncoder:
         return self.context_encoder if self.response_encoder is None else self.response_encoder

@@ -7,30 +7,37 @@ The bundle's ``model_config`` holds three sections: ``seq2seq`` (:class:`Seq2Seq
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from models.bundle import Manifest, load_state_dict, verify_bundle, write_bundle
+from models.bundle import Manifest
 from models.decoding import DecodingConfig, Generation, generate
+from models.inputs import InputConfig, encode_contexts
+from models.responder import Responder, StageObserver, load_tokenizer, load_weights, observe
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
 
+__all__ = ["GenerativeResponder", "InputConfig", "Reply"]
+
 
 @dataclass(frozen=True)
-class InputConfig:
-    """How a conversation becomes model input."""
+class Reply:
+    """One decoded reply: its text and its token ids (no BOS/EOS/pad)."""
 
-    max_context_turns: int = 1  # most recent turns kept (1 = single-turn pairs, as in the ND paper)
-    max_source_len: int = 64  # source pieces kept (the most recent ones)
-    max_target_len: int = 32  # response pieces incl. EOS, in training
+    text: str
+    tokens: list[int]
 
 
-class GenerativeResponder:
+class GenerativeResponder(Responder):
     """Turns conversations into replies with a trained seq2seq model."""
+
+    kind: ClassVar[str] = "generator"
+    model: Seq2SeqTransformer
 
     def __init__(
         self,
@@ -46,14 +53,6 @@ class GenerativeResponder:
         self.decoding = decoding
         self.manifest = manifest
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def bundle_id(self) -> str:
-        return self.manifest.bundle_id if self.manifest else "unsaved"
-
     def model_config(self) -> dict[str, Any]:
         return {
             "seq2seq": self.model.cfg.to_dict(),
@@ -62,47 +61,27 @@ class GenerativeResponder:
         }
 
     @classmethod
-    def load(
-        cls, bundle_dir: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    def from_bundle(
+        cls,
+        bundle_dir: Path,
+        manifest: Manifest,
+        device: str | torch.device,
+        dtype: torch.dtype | None,
     ) -> GenerativeResponder:
-        """Verify every checksum, then build the model; raises BundleError naming the bad file."""
-        manifest = verify_bundle(bundle_dir)
-        if manifest.kind != "generator":
-            raise ValueError(f"bundle {bundle_dir} is a {manifest.kind}, not a generator")
         mc = manifest.model_config
         model = Seq2SeqTransformer(Seq2SeqConfig.from_dict(mc["seq2seq"]))
-        model.load_state_dict(load_state_dict(bundle_dir, manifest))
-        model.to(device=device, dtype=dtype).eval()
-        tokenizer = DialogueTokenizer.from_file(bundle_dir / "tokenizer.json")
+        load_weights(model, bundle_dir, manifest, device, dtype)
         return cls(
             model,
-            tokenizer,
+            load_tokenizer(bundle_dir),
             InputConfig(**mc["inputs"]),
             DecodingConfig(**mc["decoding"]),
             manifest,
         )
 
-    def save(
-        self, out_dir: Path, *, name: str, training: Mapping[str, Any], metrics: Mapping[str, Any]
-    ) -> Manifest:
-        """Write this responder as a generator bundle (atomically)."""
-        self.manifest = write_bundle(
-            out_dir,
-            kind="generator",
-            name=name,
-            model_config=self.model_config(),
-            training=training,
-            metrics=metrics,
-            state_dict=self.model.state_dict(),
-            tokenizer_json=self.tokenizer.to_str(),
-        )
-        return self.manifest
-
     def encode_contexts(self, contexts: Sequence[Sequence[str]]) -> torch.Tensor:
         """Right-padded source ids (B, S) from the last ``max_context_turns`` turns of each context."""
-        turns = [list(c)[-self.inputs.max_context_turns :] for c in contexts]
-        ids = self.tokenizer.encode_contexts(turns, self.inputs.max_source_len)
-        return self.tokenizer.pad(ids, self.device)
+        return encode_contexts(self.tokenizer, self.inputs, contexts, self.device)
 
     def generate(
         self,
@@ -129,3 +108,32 @@ class GenerativeResponder:
         """Reply text for each context (``num_return_sequences`` per context, flattened in order)."""
         out = self.generate(contexts, decoding, generator=generator)
         return self.tokenizer.decode_batch(out.tokens)
+
+    def reply_each(
+        self,
+        contexts: Sequence[Sequence[str]],
+        configs: Sequence[DecodingConfig],
+        *,
+        on_stage: StageObserver | None = None,
+    ) -> list[list[Reply]]:
+        """For each context, the ``num_return_sequences`` replies of its own decoding config.
+
+        Contexts whose configs are equal decode as one batch (groups in the order their config
+        first appears); ``on_stage`` hears each group's ``tokenize`` and ``generate`` seconds."""
+        if len(contexts) != len(configs):
+            raise ValueError(f"{len(contexts)} contexts but {len(configs)} decoding configs")
+        groups: dict[DecodingConfig, list[int]] = {}
+        for i, config in enumerate(configs):
+            groups.setdefault(config, []).append(i)
+        out: list[list[Reply]] = [[] for _ in contexts]
+        for config, rows in groups.items():
+            started = time.perf_counter()
+            src = self.encode_contexts([contexts[i] for i in rows])
+            started = observe(on_stage, "tokenize", started)
+            generation = generate(self.model, src, config)
+            texts = self.tokenizer.decode_batch(generation.tokens)
+            observe(on_stage, "generate", started)
+            n = config.num_return_sequences
+            for k, i in enumerate(rows):
+                out[i] = [Reply(texts[j], generation.tokens[j]) for j in range(k * n, (k + 1) * n)]
+        return out

@@ -1,217 +1,62 @@
 """A retrieval responder: bi-encoder + tokenizer + response set + FAISS index, as a bundle.
 
 The response set lives in ``responses.jsonl`` (row i = ``{"id": i, "text", "source"}``) and its
-embeddings in ``index.faiss``, a FAISS ``HNSW32,Flat`` inner-product index whose id i is row i
-(G2R, Kim et al. 2021, section 3.4: HNSW32, efSearch 256). The bundle's ``model_config`` holds
-``biencoder`` (:class:`BiEncoderConfig`), ``inputs`` (:class:`InputConfig`, the generators' input
-limits) and ``index`` (:class:`IndexConfig`).
+embeddings in ``index.faiss``, a :class:`~models.index.ResponseIndex` (FAISS ``HNSW32,Flat``,
+inner product) whose id i is row i (G2R, Kim et al. 2021, section 3.4). The bundle's
+``model_config`` holds ``biencoder`` (:class:`BiEncoderConfig`), ``inputs``
+(:class:`~models.inputs.InputConfig`, the generators' input limits) and ``index``
+(:class:`~models.index.IndexConfig`).
 
 Contexts go through the generators' path: the last ``max_context_turns`` turns, normalised and
-tokenised by :meth:`DialogueTokenizer.encode_contexts`. HNSW search runs on the CPU; exact search
-(:func:`exact_search`, used to measure the index's recall) uses GPU FAISS when it is installed and
-a GPU is present.
+tokenised by :meth:`DialogueTokenizer.encode_contexts`. With a re-ranker (``lexical.json``,
+models/lexical.py) the index's best candidates are re-ranked by bi-encoder + TF-IDF.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import faiss
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from models.biencoder import BiEncoder, BiEncoderConfig
-from models.bundle import (
-    INDEX_FILE,
-    RESPONSES_FILE,
-    TOKENIZER_FILE,
-    BundleError,
-    Manifest,
-    load_state_dict,
-    verify_bundle,
-    write_bundle,
+from models.bundle import INDEX_FILE, RESPONSES_FILE, BundleError, Manifest
+from models.index import (
+    IndexConfig,
+    ResponseIndex,
+    as_float32,
+    exact_search,
+    gpu_faiss_available,
 )
-from models.generator import InputConfig
+from models.inputs import InputConfig, encode_contexts
 from models.lexical import LEXICAL_FILE, LexicalReranker, context_text, zscore
+from models.responder import Responder, StageObserver, load_tokenizer, load_weights, observe
 from models.tokenizer import DialogueTokenizer
+
+__all__ = [  # the index and InputConfig live in models/index.py and models/inputs.py
+    "RESPONSE_SOURCES",
+    "IndexConfig",
+    "InputConfig",
+    "ResponseIndex",
+    "RetrievalResponder",
+    "build_response_index",
+    "embed_responses",
+    "exact_search",
+    "gpu_faiss_available",
+    "read_responses",
+    "responses_jsonl",
+]
 
 logger = logging.getLogger(__name__)
 
 RESPONSE_SOURCES = ("corpus", "teacher")
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    """How the response index is built and searched (G2R: HNSW32,Flat, inner product, ef 256)."""
-
-    factory: str = "HNSW32,Flat"  # faiss.index_factory string
-    ef_search: int = 256  # HNSW candidate list at query time (recall vs latency)
-    ef_construction: int = 40  # HNSW candidate list while inserting (FAISS default)
-    add_batch_size: int = 2048  # responses embedded (and added) per step of the build
-    equal_norm: bool = True  # store [x, sqrt(M^2 - |x|^2)]: see ResponseIndex
-
-
-def gpu_faiss_available() -> bool:
-    """True when this FAISS build has GPU support and sees at least one GPU."""
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
-def _as_float32(x: np.ndarray | Tensor) -> np.ndarray:
-    if isinstance(x, Tensor):
-        x = x.detach().float().cpu().numpy()
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def exact_search(
-    database: np.ndarray | Tensor,
-    queries: np.ndarray | Tensor,
-    k: int,
-    *,
-    use_gpu: bool | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force maximum inner product search: (scores (Q, k), ids (Q, k)) via ``IndexFlatIP``.
-
-    ``use_gpu=None`` means: on a GPU when :func:`gpu_faiss_available`.
-    """
-    db, q = _as_float32(database), _as_float32(queries)
-    assert db.ndim == 2 and q.ndim == 2 and db.shape[1] == q.shape[1], (
-        f"database {db.shape} and queries {q.shape} must be 2-D with the same width"
-    )
-    index: Any = faiss.IndexFlatIP(db.shape[1])
-    if gpu_faiss_available() if use_gpu is None else use_gpu:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    index.add(db)
-    scores, ids = index.search(q, min(k, db.shape[0]))
-    return scores, ids
-
-
-class ResponseIndex:
-    """Inner-product index over response embeddings; FAISS id i is response row i.
-
-    With ``equal_norm`` (the default) every stored vector is ``[x, sqrt(M^2 - |x|^2)]`` where M is
-    the largest response norm, and every query gets a 0 appended (Bachrach et al., RecSys 2014).
-    Scores stay the exact inner products <q, x>, but all stored vectors now have norm M, so
-    inner-product order between them equals L2 order. HNSW's neighbour-selection heuristic
-    assumes a metric: on raw bi-encoder embeddings whose norms differ by only a few percent we
-    measured recall@1 0.66 against exact search (efSearch 256, 59k DailyDialog responses, added
-    in chunks); with the transform, 0.98.
-    """
-
-    def __init__(
-        self, index: Any, config: IndexConfig | None = None, max_norm: float | None = None
-    ) -> None:
-        self.index = index
-        self.config = config or IndexConfig()
-        self.set_ef_search(self.config.ef_search)
-        if self.config.equal_norm and max_norm is None and index.ntotal:
-            max_norm = float(np.linalg.norm(index.reconstruct(0)))  # every stored row has norm M
-        self.max_norm = max_norm
-
-    @classmethod
-    def create(cls, dim: int, config: IndexConfig | None = None) -> ResponseIndex:
-        """An empty index of ``config.factory`` over ``dim``-sized embeddings."""
-        config = config or IndexConfig()
-        stored = dim + 1 if config.equal_norm else dim
-        index = faiss.index_factory(stored, config.factory, faiss.METRIC_INNER_PRODUCT)
-        hnsw = getattr(index, "hnsw", None)
-        if hnsw is not None:
-            hnsw.efConstruction = config.ef_construction
-        return cls(index, config)
-
-    @classmethod
-    def build(
-        cls,
-        batches: Iterable[np.ndarray | Tensor],
-        dim: int,
-        config: IndexConfig | None = None,
-        *,
-        total: int | None = None,
-        progress: bool = True,
-    ) -> ResponseIndex:
-        """Index embedding batches in order (ids 0, 1, ...), with progress bars.
-
-        With ``equal_norm`` the embeddings are gathered first (M is their largest norm), then
-        added ``add_batch_size`` at a time.
-        """
-        index = cls.create(dim, config)
-        with tqdm(total=total, desc="embed", unit="resp", disable=not progress) as bar:
-            if not index.config.equal_norm:
-                for batch in batches:
-                    index.add(batch)
-                    bar.update(len(batch))
-                return index
-            gathered = []
-            for batch in batches:
-                gathered.append(_as_float32(batch))
-                bar.update(len(batch))
-        x = np.concatenate(gathered) if gathered else np.zeros((0, dim), np.float32)
-        index.max_norm = float(np.linalg.norm(x, axis=1).max()) if len(x) else 0.0
-        step = index.config.add_batch_size
-        for start in tqdm(range(0, len(x), step), desc="index", unit="batch", disable=not progress):
-            index.add(x[start : start + step])
-        return index
-
-    def set_ef_search(self, ef_search: int) -> None:
-        assert ef_search > 0, f"ef_search must be positive, got {ef_search}"
-        hnsw = getattr(self.index, "hnsw", None)
-        if hnsw is not None:
-            hnsw.efSearch = ef_search
-
-    @property
-    def ntotal(self) -> int:
-        return int(self.index.ntotal)
-
-    @property
-    def dim(self) -> int:
-        """Size of the embeddings this index takes (without the equal-norm coordinate)."""
-        return int(self.index.d) - (1 if self.config.equal_norm else 0)
-
-    def add(self, embeddings: np.ndarray | Tensor) -> None:
-        """Append embeddings (ids continue from ``ntotal``)."""
-        x = _as_float32(embeddings)
-        assert x.ndim == 2 and x.shape[1] == self.dim, f"expected (N, {self.dim}), got {x.shape}"
-        if self.config.equal_norm:
-            norms = np.linalg.norm(x, axis=1)
-            if self.max_norm is None:
-                self.max_norm = float(norms.max()) if len(x) else 0.0
-            assert not len(x) or norms.max() <= self.max_norm * (1 + 1e-5), (
-                f"embedding norm {norms.max():.4f} exceeds the index's M={self.max_norm:.4f}; "
-                "rebuild the index"
-            )
-            extra = np.sqrt(np.maximum(self.max_norm**2 - norms**2, 0.0))[:, None]
-            x = np.ascontiguousarray(np.hstack([x, extra]), dtype=np.float32)
-        self.index.add(x)
-
-    def _queries(self, queries: np.ndarray | Tensor) -> np.ndarray:
-        q = _as_float32(queries)
-        assert q.ndim == 2 and q.shape[1] == self.dim, f"expected (Q, {self.dim}), got {q.shape}"
-        if self.config.equal_norm:
-            q = np.ascontiguousarray(np.hstack([q, np.zeros((len(q), 1), np.float32)]))
-        return q
-
-    def search(self, queries: np.ndarray | Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Approximate top-k by inner product: (scores (Q, k), ids (Q, k)); missing hits are -1."""
-        scores, ids = self.index.search(self._queries(queries), k)
-        return scores, ids
-
-    def vectors(self) -> np.ndarray:
-        """The stored embeddings (ntotal, dim), in id order (for exact-search comparisons)."""
-        x = np.asarray(self.index.reconstruct_n(0, self.ntotal), dtype=np.float32)
-        return np.ascontiguousarray(x[:, : self.dim])
-
-    def to_bytes(self) -> bytes:
-        return faiss.serialize_index(self.index).tobytes()
-
-    @classmethod
-    def from_bytes(cls, data: bytes, config: IndexConfig | None = None) -> ResponseIndex:
-        return cls(faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8)), config)
 
 
 def read_responses(bundle_dir: Path) -> tuple[list[str], list[str]]:
@@ -252,8 +97,11 @@ def responses_jsonl(texts: Sequence[str], sources: Sequence[str]) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
 
 
-class RetrievalResponder:
+class RetrievalResponder(Responder):
     """Answers a conversation with the best-scoring responses of a fixed, indexed response set."""
+
+    kind: ClassVar[str] = "retriever"
+    model: BiEncoder
 
     def __init__(
         self,
@@ -279,14 +127,6 @@ class RetrievalResponder:
         self.sources = list(sources) if sources is not None else ["corpus"] * len(self.responses)
         self.manifest = manifest
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def bundle_id(self) -> str:
-        return self.manifest.bundle_id if self.manifest else "unsaved"
-
     def model_config(self) -> dict[str, Any]:
         return {
             "biencoder": self.model.cfg.to_dict(),
@@ -294,15 +134,22 @@ class RetrievalResponder:
             "index": asdict(self.index.config),
         }
 
+    def bundle_files(self) -> dict[str, bytes | Path]:
+        return {
+            RESPONSES_FILE: responses_jsonl(self.responses, self.sources),
+            INDEX_FILE: self.index.to_bytes(),
+            **({LEXICAL_FILE: self.reranker.to_json()} if self.reranker else {}),
+        }
+
     @classmethod
-    def load(
-        cls, bundle_dir: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    def from_bundle(
+        cls,
+        bundle_dir: Path,
+        manifest: Manifest,
+        device: str | torch.device,
+        dtype: torch.dtype | None,
     ) -> RetrievalResponder:
-        """Verify every checksum, the response ids and the index size; raises BundleError."""
-        bundle_dir = Path(bundle_dir)
-        manifest = verify_bundle(bundle_dir)
-        if manifest.kind != "retriever":
-            raise ValueError(f"bundle {bundle_dir} is a {manifest.kind}, not a retriever")
+        """Also checks the response ids and the index size; raises BundleError."""
         mc = manifest.model_config
         cfg = BiEncoderConfig.from_dict(mc["biencoder"])
         texts, sources = read_responses(bundle_dir)
@@ -334,45 +181,21 @@ class RetrievalResponder:
                     file=LEXICAL_FILE,
                 ) from exc
         model = BiEncoder(cfg)
-        model.load_state_dict(load_state_dict(bundle_dir, manifest))
-        model.to(device=device, dtype=dtype).eval()
-        tokenizer = DialogueTokenizer.from_file(bundle_dir / TOKENIZER_FILE)
+        load_weights(model, bundle_dir, manifest, device, dtype)
         inputs = InputConfig(**mc["inputs"])
+        tokenizer = load_tokenizer(bundle_dir)
         return cls(model, tokenizer, inputs, index, texts, sources, manifest, reranker)
-
-    def save(
-        self, out_dir: Path, *, name: str, training: Mapping[str, Any], metrics: Mapping[str, Any]
-    ) -> Manifest:
-        """Write this responder as a retriever bundle (atomically)."""
-        self.manifest = write_bundle(
-            out_dir,
-            kind="retriever",
-            name=name,
-            model_config=self.model_config(),
-            training=training,
-            metrics=metrics,
-            state_dict=self.model.state_dict(),
-            tokenizer_json=self.tokenizer.to_str(),
-            extra_files={
-                RESPONSES_FILE: responses_jsonl(self.responses, self.sources),
-                INDEX_FILE: self.index.to_bytes(),
-                **({LEXICAL_FILE: self.reranker.to_json()} if self.reranker else {}),
-            },
-        )
-        return self.manifest
 
     # --- the three serving stages: tokenize -> encode -> search ---------------------------------
 
     def encode_contexts(self, contexts: Sequence[Sequence[str]]) -> Tensor:
         """Right-padded context ids (B, S) from the last ``max_context_turns`` turns of each."""
-        turns = [list(c)[-self.inputs.max_context_turns :] for c in contexts]
-        ids = self.tokenizer.encode_contexts(turns, self.inputs.max_source_len)
-        return self.tokenizer.pad(ids, self.device)
+        return encode_contexts(self.tokenizer, self.inputs, contexts, self.device)
 
     @torch.inference_mode()
     def embed(self, context_ids: Tensor) -> np.ndarray:
         """Context embeddings (B, embed_dim), float32 on the CPU (what FAISS searches with)."""
-        return _as_float32(self.model.encode_contexts(context_ids))
+        return as_float32(self.model.encode_contexts(context_ids))
 
     def search(
         self,
@@ -402,12 +225,25 @@ class RetrievalResponder:
         ]
 
     def respond(
-        self, contexts: Sequence[Sequence[str]], top_k: int = 1
+        self,
+        contexts: Sequence[Sequence[str]],
+        top_k: int = 1,
+        *,
+        on_stage: StageObserver | None = None,
     ) -> list[list[tuple[str, float]]]:
-        """For each context (turns, oldest first), the ``top_k`` (response text, score), best first."""
+        """For each context (turns, oldest first), the ``top_k`` (response text, score), best
+        first: tokenize -> encode -> search (re-ranked with the contexts when the bundle has a
+        re-ranker); ``on_stage`` hears each stage's seconds."""
         if not contexts:
             return []
-        return self.search(self.embed(self.encode_contexts(contexts)), top_k, contexts)
+        started = time.perf_counter()
+        ids = self.encode_contexts(contexts)
+        started = observe(on_stage, "tokenize", started)
+        embeddings = self.embed(ids)
+        started = observe(on_stage, "encode", started)
+        hits = self.search(embeddings, top_k, contexts)
+        observe(on_stage, "search", started)
+        return hits
 
     @torch.inference_mode()
     def candidate_scores(
@@ -427,7 +263,7 @@ class RetrievalResponder:
         texts = [pool[i] for i in used.tolist()]
         resp = np.concatenate(
             [
-                _as_float32(
+                as_float32(
                     self.model.encode_responses(
                         self.tokenizer.pad(
                             self.tokenizer.encode_responses(
@@ -485,7 +321,7 @@ def embed_responses(
             for b in range(0, len(order), batch_size):
                 rows = order[b : b + batch_size]
                 emb = model.encode_responses(tokenizer.pad([ids[i] for i in rows], device))
-                out[rows] = _as_float32(emb)
+                out[rows] = as_float32(emb)
             yield out
     finally:
         model.train(was_training)

@@ -1,8 +1,6 @@
-"""Reply safety shared by training and serving: a blocklist matcher and a DiaSafety classifier.
+"""Reply safety shared by training and serving: the DiaSafety classifier (the blocklist and the
+risk phrases, whole-token phrase lists, are models/blocklist.py; re-exported here).
 
-* :class:`Blocklist` matches whole-token phrases (LDNOOBW-style lists) in normalised text: "ass"
-  matches "you ass !" but not "class". G2R's response-set filter (training/g2r.py) and the
-  service's output filter use this one implementation.
 * :class:`SafetyClassifier` scores a (context, response) pair with P(unsafe), trained on DiaSafety
   (Sun et al., Findings of ACL 2022), where the label depends on the context: "you're right ." is
   safe after a harmless remark and unsafe after a toxic one. Two architectures, read bottom-up:
@@ -19,10 +17,6 @@
   the verdict rests on the reply alone; links (URLs, e-mail addresses, domains) are dropped from
   the context first. Training applies the same rule and adds reply-only examples, so the model
   knows what an empty context means (training/safety_classifier.py).
-* :class:`RiskDetector` finds explicit statements of self-harm risk ("i want to kill myself") in
-  a user turn, whole-token matched like the blocklist, from ``safety_risk_phrases.txt`` beside
-  this module. A reply to such a turn that is not the service's supportive risk reply ignores the
-  risk (DiaSafety's "Risk Ignorance"); service/safety.py replaces it.
 
 A classifier is stored as a bundle of kind ``classifier`` (models/bundle.py): ``model_config``
 holds ``classifier`` (:class:`SafetyClassifierConfig`), ``threshold`` (the decision threshold
@@ -38,18 +32,20 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from models.bundle import (
-    BundleError,
-    Manifest,
-    load_state_dict,
-    verify_bundle,
-    write_bundle,
+from models.blocklist import (
+    BLOCKLIST_FILE,
+    DEFAULT_RISK_PHRASES,
+    Blocklist,
+    RiskDetector,
+    load_blocklist,
 )
+from models.bundle import MANIFEST_FILE, BundleError, Manifest
+from models.responder import Responder, load_tokenizer, load_weights
 from models.seq2seq import EncoderLayer, Seq2SeqConfig, init_weights, sinusoidal_positions
 from models.text import normalize_text
 from models.tokenizer import DialogueTokenizer
@@ -70,86 +66,10 @@ __all__ = [
     "readable_turn",
 ]
 
-BLOCKLIST_FILE = "blocklist.txt"
 WORDS_FILE = "words.txt"  # the classifier's known words, one per line
-DEFAULT_RISK_PHRASES = Path(__file__).with_name("safety_risk_phrases.txt")
 MIN_KNOWN_SHARE = 0.5  # a turn is readable when at least this share of its content words is known
 Architecture = Literal["cross-encoder", "bag"]
 ARCHITECTURES: tuple[Architecture, ...] = ("cross-encoder", "bag")
-
-
-# --- the blocklist ----------------------------------------------------------------------------
-
-
-def load_blocklist(path: Path | None) -> list[str]:
-    """Normalised blocklist phrases, one per line (``#`` comments and blank lines skipped)."""
-    if path is None:
-        return []
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return sorted({normalize_text(x) for x in lines if x.strip() and not x.startswith("#")} - {""})
-
-
-class Blocklist:
-    """Whole-token phrase matcher over normalised text: "ass" matches "you ass !", not "class"."""
-
-    def __init__(self, phrases: Iterable[str]) -> None:
-        self.phrases: tuple[str, ...] = tuple(
-            sorted({p for p in (normalize_text(x) for x in phrases) if p})
-        )
-        self._pattern: re.Pattern[str] | None = None
-        if self.phrases:
-            # Longest first within the alternation, so "hot pocket" wins over "hot"; the
-            # look-arounds make a phrase match only between whitespace (or the text's ends).
-            ordered = sorted(self.phrases, key=len, reverse=True)
-            pattern = r"(?<!\S)(?:" + "|".join(map(re.escape, ordered)) + r")(?!\S)"
-            self._pattern = re.compile(pattern)
-
-    @classmethod
-    def from_file(cls, path: Path) -> Blocklist:
-        """One phrase per line; ``#`` comments and blank lines skipped."""
-        return cls(load_blocklist(path))
-
-    def __len__(self) -> int:
-        return len(self.phrases)
-
-    def find(self, text: str, *, normalised: bool = False) -> str | None:
-        """The first blocklisted phrase in ``text``, or None; ``normalised=True`` skips
-        normalising text that already went through :func:`normalize_text` (it is idempotent)."""
-        if self._pattern is None:
-            return None
-        match = self._pattern.search(text if normalised else normalize_text(text))
-        return match.group() if match else None
-
-    def to_text(self) -> str:
-        """The phrases one per line, as :meth:`from_file` reads them."""
-        return "".join(f"{p}\n" for p in self.phrases)
-
-
-# --- the risk detector -----------------------------------------------------------------------
-
-
-class RiskDetector:
-    """Explicit statements of self-harm risk in a (user) turn: whole-token phrase matching over
-    normalised text, the :class:`Blocklist` matcher over a list of risk phrases."""
-
-    def __init__(self, phrases: Iterable[str]) -> None:
-        self._matcher = Blocklist(phrases)
-
-    @classmethod
-    def from_file(cls, path: Path | None = None) -> RiskDetector:
-        """One phrase per line (``#`` comments skipped); None = the list shipped with the code."""
-        return cls(load_blocklist(DEFAULT_RISK_PHRASES if path is None else path))
-
-    @property
-    def phrases(self) -> tuple[str, ...]:
-        return self._matcher.phrases
-
-    def __len__(self) -> int:
-        return len(self._matcher)
-
-    def find(self, text: str) -> str | None:
-        """The first risk phrase stated in ``text``, or None."""
-        return self._matcher.find(text)
 
 
 # --- what the classifier can read -------------------------------------------------------------
@@ -374,8 +294,10 @@ def build_classifier_model(cfg: SafetyClassifierConfig) -> nn.Module:
 # --- the responder-facing wrapper and its bundle ----------------------------------------------
 
 
-class SafetyClassifier:
+class SafetyClassifier(Responder):
     """P(unsafe | context, response) with a stored decision threshold, loadable from a bundle."""
+
+    kind: ClassVar[str] = "classifier"
 
     def __init__(
         self,
@@ -402,14 +324,6 @@ class SafetyClassifier:
         # None: no readability rule (bundles written before it), every context is read as is.
         self.words: frozenset[str] | None = None if words is None else frozenset(words)
         self.min_known_share = min_known_share
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def bundle_id(self) -> str:
-        return self.manifest.bundle_id if self.manifest else "unsaved"
 
     def readable_context(self, context: str) -> str:
         """What the model reads of a context turn: :func:`readable_turn` with this classifier's
@@ -463,40 +377,24 @@ class SafetyClassifier:
             config["min_known_share"] = self.min_known_share
         return config
 
-    def save(
-        self, out_dir: Path, *, name: str, training: Mapping[str, Any], metrics: Mapping[str, Any]
-    ) -> Manifest:
-        """Write this classifier (and its blocklist and word list, if any) as a ``classifier``
-        bundle."""
+    def bundle_files(self) -> dict[str, bytes | Path]:
+        """Its blocklist and word list, if any."""
         extra: dict[str, bytes | Path] = {}
         if self.blocklist:
             extra[BLOCKLIST_FILE] = self.blocklist.to_text().encode()
         if self.words is not None:
             extra[WORDS_FILE] = "".join(f"{w}\n" for w in sorted(self.words)).encode()
-        self.manifest = write_bundle(
-            out_dir,
-            kind="classifier",
-            name=name,
-            model_config=self.model_config(),
-            training=training,
-            metrics=metrics,
-            state_dict=self.model.state_dict(),
-            tokenizer_json=self.tokenizer.to_str(),
-            extra_files=extra or None,
-        )
-        return self.manifest
+        return extra
 
     @classmethod
-    def load(cls, bundle_dir: Path, device: str | torch.device = "cpu") -> SafetyClassifier:
-        """Verify every checksum, then build the model; raises BundleError naming what is wrong."""
-        bundle_dir = Path(bundle_dir)
-        manifest = verify_bundle(bundle_dir)
-        if manifest.kind != "classifier":
-            raise BundleError(
-                f"bundle {bundle_dir}: is a {manifest.kind} bundle, not a classifier",
-                bundle_dir=bundle_dir,
-                file="manifest.json",
-            )
+    def from_bundle(
+        cls,
+        bundle_dir: Path,
+        manifest: Manifest,
+        device: str | torch.device,
+        dtype: torch.dtype | None,
+    ) -> SafetyClassifier:
+        """Also checks the classifier's ``model_config``; raises BundleError naming what is wrong."""
         mc = manifest.model_config
         try:
             cfg = SafetyClassifierConfig.from_dict(mc["classifier"])
@@ -508,28 +406,13 @@ class SafetyClassifier:
                 raise ValueError(f"min_known_share {min_known_share} is not in [0, 1]")
         except (KeyError, TypeError, ValueError, AssertionError) as exc:
             raise BundleError(
-                f"bundle {bundle_dir}: manifest.json: invalid classifier model_config ({exc!r})",
+                f"bundle {bundle_dir}: {MANIFEST_FILE}: invalid classifier model_config ({exc!r})",
                 bundle_dir=bundle_dir,
-                file="manifest.json",
+                file=MANIFEST_FILE,
             ) from exc
         model = build_classifier_model(cfg)
-        try:
-            model.load_state_dict(load_state_dict(bundle_dir, manifest))
-        except RuntimeError as exc:  # missing/unexpected keys or shapes that do not fit cfg
-            raise BundleError(
-                f"bundle {bundle_dir}: model.safetensors does not fit the classifier config: {exc}",
-                bundle_dir=bundle_dir,
-                file="model.safetensors",
-            ) from exc
-        model.to(device).eval()
-        try:
-            tokenizer = DialogueTokenizer.from_file(bundle_dir / "tokenizer.json")
-        except Exception as exc:  # tokenizers raises its own exception types
-            raise BundleError(
-                f"bundle {bundle_dir}: tokenizer.json is not a valid tokenizer: {exc}",
-                bundle_dir=bundle_dir,
-                file="tokenizer.json",
-            ) from exc
+        load_weights(model, bundle_dir, manifest, device, dtype)
+        tokenizer = load_tokenizer(bundle_dir)
         blocklist = (
             Blocklist.from_file(bundle_dir / BLOCKLIST_FILE)
             if BLOCKLIST_FILE in manifest.files

@@ -1,17 +1,17 @@
-"""Which torch device and dtype the service runs on (DESIGN.md, "Devices and speed")."""
+"""The dtype and threads the service runs its models with (docs/design.md, "Devices and speed");
+the device itself is chosen by models/device.py, as for training."""
 
 from __future__ import annotations
 
 import torch
 
+from models.device import resolve_device as _resolve_device
+
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an error, not a silent CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("DIALOGUE_DEVICE=cuda but no CUDA device is available")
-    return torch.device(name)
+    """``DIALOGUE_DEVICE``: ``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an
+    error, not a silent CPU."""
+    return _resolve_device(name, setting="DIALOGUE_DEVICE")
 
 
 def serving_dtype(device: torch.device) -> torch.dtype | None:

@@ -1,0 +1,149 @@
+"""The contract every bundled model in models/ keeps: the generative and retrieval responders and
+the safety classifier.
+
+A :class:`Responder` is a torch module, a tokenizer and the manifest of the bundle it came from.
+Subclasses say what kind of bundle they are (``kind``), what their ``model_config`` holds, which
+files travel beside the weights (:meth:`Responder.bundle_files`) and how they are rebuilt from a
+verified bundle (:meth:`Responder.from_bundle`); loading, the kind check, saving, ``device`` and
+``bundle_id`` are written once, here. The bundle format itself is models/bundle.py.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import torch
+from torch import nn
+
+from models.bundle import (
+    MANIFEST_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    BundleError,
+    Manifest,
+    load_state_dict,
+    verify_bundle,
+    write_bundle,
+)
+from models.tokenizer import DialogueTokenizer
+
+# Called with (stage, seconds) as a responder's serving call moves through its stages
+# (tokenize, encode, search, generate): the service turns these into its stage histograms.
+StageObserver = Callable[[str, float], None]
+
+
+class BundleKindError(BundleError, ValueError):
+    """A bundle of another kind than the one asked for (a ValueError too, as it always was)."""
+
+
+class Responder(ABC):
+    """A model with its tokenizer, loadable from and savable to a bundle of kind ``kind``."""
+
+    kind: ClassVar[str]  # the manifest's kind: generator | retriever | classifier
+    model: nn.Module
+    tokenizer: DialogueTokenizer
+    manifest: Manifest | None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def bundle_id(self) -> str:
+        """``name@<first 8 hex of the manifest's sha256>``, or ``unsaved``."""
+        return self.manifest.bundle_id if self.manifest else "unsaved"
+
+    @abstractmethod
+    def model_config(self) -> dict[str, Any]:
+        """What the manifest's ``model_config`` holds: enough to rebuild the model."""
+
+    def bundle_files(self) -> dict[str, bytes | Path]:
+        """Files beside the weights and the tokenizer (none unless a subclass has some)."""
+        return {}
+
+    @classmethod
+    @abstractmethod
+    def from_bundle(
+        cls,
+        bundle_dir: Path,
+        manifest: Manifest,
+        device: str | torch.device,
+        dtype: torch.dtype | None,
+    ) -> Self:
+        """Build from a bundle whose checksums and kind were verified."""
+
+    @classmethod
+    def load(
+        cls, bundle_dir: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> Self:
+        """Verify every checksum and the kind, then build; raises BundleError naming the bad file."""
+        bundle_dir = Path(bundle_dir)
+        manifest = verify_bundle(bundle_dir)
+        if manifest.kind != cls.kind:
+            raise BundleKindError(
+                f"bundle {bundle_dir}: is a {manifest.kind} bundle, not a {cls.kind}",
+                bundle_dir=bundle_dir,
+                file=MANIFEST_FILE,
+            )
+        return cls.from_bundle(bundle_dir, manifest, device, dtype)
+
+    def save(
+        self, out_dir: Path, *, name: str, training: Mapping[str, Any], metrics: Mapping[str, Any]
+    ) -> Manifest:
+        """Write this responder as a bundle of its kind (atomically)."""
+        self.manifest = write_bundle(
+            out_dir,
+            kind=self.kind,
+            name=name,
+            model_config=self.model_config(),
+            training=training,
+            metrics=metrics,
+            state_dict=self.model.state_dict(),
+            tokenizer_json=self.tokenizer.to_str(),
+            extra_files=self.bundle_files() or None,
+        )
+        return self.manifest
+
+
+def load_weights(
+    model: nn.Module,
+    bundle_dir: Path,
+    manifest: Manifest,
+    device: str | torch.device,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Load the bundle's weights into ``model``, move it to ``device``/``dtype`` and set eval mode;
+    raises BundleError when the weights do not fit the model the config describes."""
+    try:
+        model.load_state_dict(load_state_dict(bundle_dir, manifest))
+    except RuntimeError as exc:  # missing/unexpected keys or shapes that do not fit the config
+        raise BundleError(
+            f"bundle {bundle_dir}: {WEIGHTS_FILE} does not fit the {manifest.kind} config: {exc}",
+            bundle_dir=bundle_dir,
+            file=WEIGHTS_FILE,
+        ) from exc
+    model.to(device=device, dtype=dtype).eval()
+
+
+def load_tokenizer(bundle_dir: Path) -> DialogueTokenizer:
+    """The bundle's tokenizer; raises BundleError when the file is not a valid tokenizer."""
+    try:
+        return DialogueTokenizer.from_file(Path(bundle_dir) / TOKENIZER_FILE)
+    except Exception as exc:  # tokenizers raises its own exception types
+        raise BundleError(
+            f"bundle {bundle_dir}: {TOKENIZER_FILE} is not a valid tokenizer: {exc}",
+            bundle_dir=bundle_dir,
+            file=TOKENIZER_FILE,
+        ) from exc
+
+
+def observe(on_stage: StageObserver | None, stage: str, started: float) -> float:
+    """Report ``stage``'s seconds since ``started`` (time.perf_counter()); returns the clock now."""
+    now = time.perf_counter()
+    if on_stage is not None:
+        on_stage(stage, now - started)
+    return now
