@@ -28,6 +28,20 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from models.text import normalize_text
 
 LEXICAL_FILE = "lexical.json"
+QUERY_TERMS = 8  # a query's heaviest TF-IDF terms that fetch lexical candidates
+MAX_CANDIDATE_DF = 0.01  # terms in more of the response set than this do not fetch candidates
+
+
+def _keep_top_per_row(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """The ``k`` largest entries of each row of a CSR matrix, the rest dropped."""
+    m = m.tocsr(copy=True)
+    for row in range(m.shape[0]):
+        start, end = m.indptr[row], m.indptr[row + 1]
+        if end - start > k:
+            vals = m.data[start:end]
+            vals[np.argsort(-vals, kind="stable")[k:]] = 0.0
+    m.eliminate_zeros()
+    return m
 
 
 def lexical_tokens(text: str) -> list[str]:
@@ -71,6 +85,8 @@ class LexicalReranker:
         self.vectorizer = TfidfVectorizer(analyzer=lexical_tokens, vocabulary=self.vocabulary)
         self.vectorizer.idf_ = self.idf
         self._responses: sp.csr_matrix | None = None
+        self._by_term: sp.csr_matrix | None = None
+        self._rare = np.zeros(0, dtype=bool)  # per term: may it fetch candidates
 
     @classmethod
     def fit(cls, responses: Sequence[str], *, weight: float = 0.0, candidates: int = 100) -> Any:
@@ -111,8 +127,13 @@ class LexicalReranker:
         return sp.csr_matrix(self.vectorizer.transform(list(texts)))
 
     def index_responses(self, responses: Sequence[str]) -> None:
-        """Vectorise the response set once (row i = response id i)."""
+        """Vectorise the response set once (row i = response id i), with its term -> responses
+        transpose for candidate generation."""
         self._responses = self.vectors(responses)
+        self._by_term = sp.csr_matrix(self._responses.T)
+        df = np.diff(self._by_term.indptr)  # responses per term
+        # Terms in more than MAX_CANDIDATE_DF of the set fetch nothing (they still score).
+        self._rare = df <= max(1, MAX_CANDIDATE_DF * len(responses))
 
     def lexical_scores(self, queries: Sequence[str], ids: np.ndarray) -> np.ndarray:
         """TF-IDF cosine of each query with its candidate response ids: (B, K) from (B, K) ids."""
@@ -124,6 +145,26 @@ class LexicalReranker:
             valid = ids[row] >= 0
             docs = self._responses[ids[row][valid]]
             out[row, valid] = (docs @ q[row].T).toarray().ravel()
+        return out
+
+    def top_candidates(self, queries: Sequence[str], k: int) -> list[np.ndarray]:
+        """For each query, the ids of the (at most) ``k`` responses with the highest TF-IDF
+        cosine above 0, best first: the lexical half of a hybrid candidate set."""
+        if self._responses is None or self._by_term is None:
+            raise RuntimeError("index_responses() first")
+        q = self.vectors(queries)
+        # Only each query's QUERY_TERMS heaviest rare terms fetch candidates: a word like "you"
+        # is in a third of the responses and would make every query touch most of the set.
+        q = q.tocsr(copy=True)
+        q.data[~self._rare[q.indices]] = 0.0
+        q = _keep_top_per_row(q, QUERY_TERMS)
+        scores = (q @ self._by_term).tocsr()
+        out = []
+        for row in range(scores.shape[0]):
+            start, end = scores.indptr[row], scores.indptr[row + 1]
+            ids, vals = scores.indices[start:end], scores.data[start:end]
+            keep = np.argsort(-vals, kind="stable")[:k]
+            out.append(ids[keep].astype(np.int64))
         return out
 
     def mix(self, dense: np.ndarray, lexical: np.ndarray) -> np.ndarray:

@@ -354,3 +354,21 @@ def test_candidate_scores_are_the_served_scores(responder: RetrievalResponder) -
     mixed = hybrid.candidate_scores(contexts, RESPONSES, cand)
     assert mixed.shape == (2, 4) and not np.allclose(mixed, dense)
     np.testing.assert_allclose(hybrid.candidate_scores(contexts, RESPONSES, cand, weight=0), dense)
+
+
+def test_lexical_candidates_come_from_rare_shared_words_best_first() -> None:
+    from models.lexical import LexicalReranker
+
+    texts = [f"filler {i} ." for i in range(300)] + [
+        "the museum opens at nine .",
+        "the museum is closed on monday .",
+        "nine o'clock then .",
+    ]
+    lex = LexicalReranker.fit(texts, weight=1.0)
+    lex.index_responses(texts)
+    museum, nothing = lex.top_candidates(["when does the museum open ?", "xyzzy"], 5)
+    # "the" and "museum" are rare (2 of 303 responses): both come back, the shorter one (the
+    # higher cosine) first; "filler" is in almost every response and fetches nothing by itself.
+    assert museum.tolist() == [300, 301]
+    assert nothing.size == 0
+    assert lex.top_candidates(["filler"], 5)[0].size == 0
