@@ -38,6 +38,7 @@ from models.index import (
 from models.inputs import InputConfig, encode_contexts
 from models.lexical import LEXICAL_FILE, LexicalReranker, context_text, zscore
 from models.responder import Responder, StageObserver, load_tokenizer, load_weights, observe
+from models.text import normalize_text
 from models.tokenizer import DialogueTokenizer
 
 __all__ = [  # the index and InputConfig live in models/index.py and models/inputs.py
@@ -117,6 +118,7 @@ class RetrievalResponder(Responder):
         if index.ntotal != len(responses):
             raise ValueError(f"index holds {index.ntotal} vectors for {len(responses)} responses")
         self.reranker = reranker  # hybrid dense + TF-IDF re-ranking (models/lexical.py), or None
+        self._vectors: np.ndarray | None = None  # the index's raw vectors, for re-ranking
         if reranker is not None:
             reranker.index_responses(responses)
         self.model = model
@@ -205,24 +207,40 @@ class RetrievalResponder(Responder):
     ) -> list[list[tuple[str, float]]]:
         """The ``top_k`` responses and their scores for each context embedding, best first.
 
-        Scores are R(c, r) = <e_c, e_r>; with a re-ranker and the ``contexts`` the embeddings
-        came from, the index's best ``reranker.candidates`` are re-ranked by the hybrid score
-        (models/lexical.py) and that score is returned."""
-        hybrid = self.reranker is not None and self.reranker.weight > 0 and contexts is not None
-        k = max(top_k, self.reranker.candidates) if hybrid and self.reranker else top_k
-        scores, ids = self.index.search(embeddings, min(k, len(self.responses)))
-        if hybrid and self.reranker is not None and contexts is not None:
-            turns = self.inputs.max_context_turns
-            queries = [context_text(c, turns) for c in contexts]
-            mixed = self.reranker.mix(scores, self.reranker.lexical_scores(queries, ids))
-            mixed[ids < 0] = -np.inf
-            order = np.argsort(-mixed, axis=1, kind="stable")[:, :top_k]
-            ids = np.take_along_axis(ids, order, axis=1)
-            scores = np.take_along_axis(mixed, order, axis=1)
-        return [
-            [(self.responses[i], float(s)) for s, i in zip(row_s, row_i, strict=True) if i >= 0]
-            for row_s, row_i in zip(scores.tolist(), ids.tolist(), strict=True)
-        ]
+        Scores are R(c, r) = <e_c, e_r>. With a re-ranker and the ``contexts`` the embeddings
+        came from, the candidates are the index's best ``reranker.candidates`` together with the
+        responses that share the context's rarer words (``LexicalReranker.top_candidates``),
+        minus any that repeat a turn of the context word for word; they are ranked by the hybrid
+        score (models/lexical.py), which is returned."""
+        reranker = self.reranker
+        if reranker is None or reranker.weight <= 0 or contexts is None:
+            scores, ids = self.index.search(embeddings, min(top_k, len(self.responses)))
+            return [
+                [(self.responses[i], float(s)) for s, i in zip(rs, ri, strict=True) if i >= 0]
+                for rs, ri in zip(scores.tolist(), ids.tolist(), strict=True)
+            ]
+        k = min(max(top_k, reranker.candidates), len(self.responses))
+        _, dense_ids = self.index.search(embeddings, k)
+        queries = [context_text(c, self.inputs.max_context_turns) for c in contexts]
+        lexical_ids = reranker.top_candidates(queries, reranker.candidates)
+        if self._vectors is None:
+            self._vectors = self.index.vectors()
+        out: list[list[tuple[str, float]]] = []
+        for row, context in enumerate(contexts):
+            turns = {normalize_text(t) for t in context}
+            cand = np.unique(
+                np.concatenate([dense_ids[row][dense_ids[row] >= 0], lexical_ids[row]])
+            )
+            cand = cand[[self.responses[i] not in turns for i in cand.tolist()]]
+            if cand.size == 0:
+                out.append([])
+                continue
+            dense = self._vectors[cand] @ np.asarray(embeddings[row], dtype=np.float32)
+            lexical = reranker.lexical_scores([queries[row]], cand[None, :])[0]
+            mixed = reranker.mix(dense[None, :], lexical[None, :])[0]
+            order = np.argsort(-mixed, kind="stable")[:top_k]
+            out.append([(self.responses[int(cand[j])], float(mixed[j])) for j in order])
+        return out
 
     def respond(
         self,

@@ -287,13 +287,14 @@ def test_lexical_reranking_mixes_standardised_scores_and_follows_word_overlap(
 ) -> None:
     from models.lexical import zscore
 
-    context = [["What time is it now?"]]
+    context = [["What time is it?"]]
     dense = responder.respond(context, top_k=8)[0]
     # A large weight makes the TF-IDF side decide: the response sharing the most words wins.
     heavy = _with_reranker(responder, weight=50.0)
     (top,) = heavy.respond(context, top_k=1)
     assert top[0][0] == "what time is it now ?"
-    # The returned score is z(dense) + weight * z(tfidf) over the 8 candidates, by hand.
+    # The returned score is z(dense) + weight * z(tfidf) over the candidates (here the whole
+    # set of 8: the index's best 8 and the lexical ones), by hand.
     light = _with_reranker(responder, weight=0.5)
     row = light.respond(context, top_k=8)[0]
     dense_by_text = dict(dense)
@@ -301,14 +302,25 @@ def test_lexical_reranking_mixes_standardised_scores_and_follows_word_overlap(
     d = np.array([dense_by_text[t] for t in texts])
     reranker = light.reranker
     assert reranker is not None
-    q = reranker.vectors(["what time is it now ?"])
+    q = reranker.vectors(["what time is it ?"])
     lex = (reranker.vectors(texts) @ q.T).toarray().ravel()
     expected = dict(zip(texts, zscore(d) + 0.5 * zscore(lex), strict=True))
+    assert {t for t, _ in row} == set(texts)
     for text, score in row:
-        assert score == pytest.approx(expected[text], rel=1e-6, abs=1e-6)
+        assert score == pytest.approx(expected[text], rel=1e-4, abs=1e-4)
     assert [s for _, s in row] == sorted((s for _, s in row), reverse=True)
     # Weight 0 or no contexts: the dense ranking, unchanged.
     assert _with_reranker(responder, weight=0.0).respond(context, top_k=8)[0] == dense
+    emb = light.embed(light.encode_contexts(context))
+    assert light.search(emb, 8) == [dense]
+
+
+def test_reranking_never_answers_with_a_turn_of_the_context(responder: RetrievalResponder) -> None:
+    heavy = _with_reranker(responder, weight=50.0)
+    (row,) = heavy.respond([["good night .", "What time is it now?"]], top_k=8)
+    texts = [t for t, _ in row]
+    assert "what time is it now ?" not in texts and "good night ." not in texts
+    assert len(texts) == len(RESPONSES) - 2
 
 
 def test_reranker_round_trips_through_the_bundle_and_a_bad_one_names_its_file(
