@@ -268,6 +268,10 @@ PRESETS: dict[str, Preset] = {
             response_max_tokens=40,
             warm_start=False,  # the small generator is d=256; a d=256 bi-encoder learned too slowly
             teacher_filter=TeacherReplyFilter(),
+            # Data-level G2R only: with this teacher the model-level term (eq. 5) cost test
+            # Hits@1/100 (g2r-dm below the bi-encoder in each seed, g2r-d level with it:
+            # reports/retriever_seeds_small.md), so small trains G2R-D.
+            method="g2r-d",
         ),
         vocab_size=4000,
         # Single-turn generators: at 1,000 updates a 3-turn model reached the same perplexity but
