@@ -18,7 +18,9 @@ import torch
 
 from models.bundle import SERVING_FILE, BundleError, Manifest, find_bundles, read_manifest
 from models.text import normalize_text
-from service.backends import Answer, Backend, BatchLimits, GenerativeBackend, RetrievalBackend
+from service.answer import Answer
+from service.backends import Backend, GenerativeBackend, RetrievalBackend
+from service.batching import BatchLimits
 from service.device import resolve_device, serving_dtype
 from service.errors import (
     BackendFailed,

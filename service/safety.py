@@ -16,44 +16,45 @@ self-harm risk (a whole-token phrase of ``SAFETY_RISK_PHRASES``, by default
 models/safety_risk_phrases.txt), a reply other than ``SAFETY_RISK_REPLY`` ignores it (DiaSafety's
 "Risk Ignorance": "i want to kill myself ." -> "i don't know .") and is blocked with reason
 ``risk``; :meth:`SafetyFilter.fallback_for` gives the risk reply, which points to help, as the
-replacement for such a turn (service/backends.py does not ask for it yet and serves
-``SAFETY_FALLBACK_REPLY``). The backends decide what happens to a blocked reply
-(service/backends.py): the retriever takes its best-ranked safe candidate, the generator samples
-``SAFETY_CANDIDATES`` alternatives and takes the first safe one, and when none is safe the reply
-becomes ``SAFETY_FALLBACK_REPLY``. Every blocked reply that reaches a client is counted once in
-``dialogue_safety_blocked_total{backend, reason, action}``.
+replacement for such a turn.
+
+What happens to a blocked reply is the policy here, which the backends (service/backends.py) call
+in their worker thread, batched like the model call: the retriever's reply is re-ranked
+(:meth:`SafetyFilter.rerank`: its best-ranked safe candidate of the top ``SAFETY_CANDIDATES``,
+unsafe candidates dropped from the list it returns); the generator's is re-sampled
+(:meth:`SafetyFilter.resample`: ``SAFETY_CANDIDATES`` alternatives, the first safe one); with none
+safe the reply is the fallback reply (the risk reply after a stated risk). Every blocked reply
+that reaches a client is counted once in ``dialogue_safety_blocked_total{backend, reason,
+action}``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from models.blocklist import Blocklist, RiskDetector
 from models.bundle import BundleError
-from models.safety import Blocklist, RiskDetector, SafetyClassifier
+from models.generator import Reply
+from models.safety import SafetyClassifier
 from models.text import normalize_text
+from service.answer import Answer, Block, BlockAction, BlockReason
 from service.metrics import ServiceMetrics
 from service.settings import Settings
+
+__all__ = ["Block", "BlockAction", "BlockReason", "SafetyFilter", "load_safety_filter"]
 
 logger = logging.getLogger(__name__)
 
 FilterMode = Literal["off", "blocklist", "classifier", "both"]
-BlockReason = Literal["blocklist", "classifier", "risk"]
-BlockAction = Literal["reranked", "replaced"]
-
-
-@dataclass(frozen=True)
-class Block:
-    """Why a backend's first reply was blocked and what was served instead."""
-
-    reason: BlockReason
-    action: BlockAction
+Hit = tuple[str, float]  # a retrieved response and its score
+# (rows, k) -> k alternative replies for each row: how the generator re-samples blocked replies
+Sampler = Callable[[list[int], int], list[list[Reply]]]
 
 
 class SafetyFilter:
@@ -144,6 +145,77 @@ class SafetyFilter:
         if replies:
             self.metrics.observe_stage("safety", time.perf_counter() - started)
         return reasons
+
+    # --- the policy for blocked replies ------------------------------------------------------
+
+    def rerank(self, turns: list[str], hits: list[list[Hit]], wanted: list[int]) -> list[Answer]:
+        """Retrieval: answers from the safe candidates only, in rank order (``wanted[r]`` of
+        them for row r). The candidates a client would see are checked first; the rest of a
+        row only when one of those was unsafe."""
+        verdicts: list[dict[int, BlockReason | None]] = [{} for _ in hits]
+
+        def check(pairs: list[tuple[int, int]]) -> None:
+            reasons = self.check([turns[r] for r, _ in pairs], [hits[r][j][0] for r, j in pairs])
+            for (r, j), why in zip(pairs, reasons, strict=True):
+                verdicts[r][j] = why
+
+        check([(r, j) for r, row in enumerate(hits) for j in range(min(wanted[r], len(row)))])
+        check(
+            [
+                (r, j)
+                for r, row in enumerate(hits)
+                if any(verdicts[r].values())
+                for j in range(wanted[r], len(row))
+            ]
+        )
+        answers = []
+        for r, row in enumerate(hits):
+            safe = [row[j] for j in sorted(verdicts[r]) if verdicts[r][j] is None]
+            first = verdicts[r].get(0)  # why the top-ranked reply was blocked; None if it was not
+            if first is None:
+                answers.append(
+                    Answer(text=safe[0][0] if safe else "", candidates=safe[: wanted[r]])
+                )
+            elif safe:
+                answers.append(
+                    Answer(safe[0][0], safe[: wanted[r]], block=Block(first, "reranked"))
+                )
+            else:
+                answers.append(
+                    Answer(self.fallback_for(turns[r]), [], block=Block(first, "replaced"))
+                )
+        return answers
+
+    def resample(self, turns: list[str], answers: list[Answer], sample: Sampler) -> None:
+        """Generation: replace each blocked reply (in place) by the first safe, non-empty one of
+        ``candidates`` alternatives that ``sample`` draws for its context, else by the fallback
+        reply; ``turns[i]`` is the turn ``answers[i]`` replies to."""
+        reasons = self.check(turns, [a.text for a in answers])
+        # A stated self-harm risk: no sampled reply would pass (only the risk reply does), so
+        # serve the risk reply at once instead of drawing alternatives.
+        for i, why in enumerate(reasons):
+            if why == "risk":
+                answers[i].text = self.fallback_for(turns[i])
+                answers[i].block = Block(why, "replaced")
+        blocked = [i for i, why in enumerate(reasons) if why is not None and why != "risk"]
+        if not blocked:
+            return
+        k = self.candidates
+        alternatives = sample(blocked, k)
+        texts = [reply.text for row in alternatives for reply in row]
+        alt_reasons = self.check([turns[b] for b in blocked for _ in range(k)], texts)
+        for n, b in enumerate(blocked):
+            options = range(n * k, (n + 1) * k)
+            safe = [j for j in options if alt_reasons[j] is None and texts[j].strip()]
+            reason = reasons[b]
+            assert reason is not None
+            answer = answers[b]
+            answer.generated_tokens += sum(len(reply.tokens) for reply in alternatives[n])
+            if safe:
+                answer.text, answer.block = texts[safe[0]], Block(reason, "reranked")
+            else:
+                answer.text = self.fallback_for(turns[b])
+                answer.block = Block(reason, "replaced")
 
 
 def _resolve_mode(settings: Settings, has_classifier: bool) -> FilterMode:

@@ -61,7 +61,7 @@ def test_admin_reload_logs_refusals_without_the_token(
     tmp_path: Path, headers: dict[str, str], why: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = make_settings(build_tiny_bundles(tmp_path), admin_token=TOKEN)
-    with TestClient(create_app(settings)) as client, caplog.at_level("WARNING", "service.app"):
+    with TestClient(create_app(settings)) as client, caplog.at_level("WARNING", "service.routes"):
         assert client.post("/admin/reload", headers=headers).status_code == 401
     refusals = [r.getMessage() for r in caplog.records if "refused admin request" in r.getMessage()]
     assert len(refusals) == 1

@@ -115,7 +115,7 @@ def test_the_app_sets_the_intra_op_threads_it_is_told(tmp_path: Path) -> None:
         with TestClient(app):
             for backend in app.state.engine.backends.values():
                 # where the model calls run (torch's thread count is per thread once used)
-                executor = backend._executor
+                executor = backend.executor
                 assert executor is not None
                 assert executor.submit(torch.get_num_threads).result() == wanted
     finally:

@@ -1,0 +1,154 @@
+"""The HTTP routes: thin functions over :class:`~service.engine.DialogueEngine` (the app is built
+in service/app.py). POST /respond's body model carries this service's limits, so the OpenAPI
+schema states them; errors are raised as service errors and rendered in one place
+(service/errors.py)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, Response
+from fastapi.security import HTTPBearer
+
+from service.engine import DialogueEngine
+from service.errors import NotReady, Unauthorized
+from service.http import body_limit, received_at, require_json
+from service.metrics import ServiceMetrics
+from service.schemas import (
+    ErrorBody,
+    Health,
+    ModelList,
+    RespondRequest,
+    RespondResponse,
+    request_model,
+)
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# The chat page: static HTML, JS and CSS, no build step.
+STATIC_DIR = Path(__file__).parent / "static"
+
+_ERROR_MEANING = {
+    400: "the body is not valid JSON",
+    413: "the body is larger than any request within the limits can be",
+    415: "the body is not sent as JSON (Content-Type: application/json)",
+    422: "the request breaks this schema",
+    429: "overloaded: the backend's queue is full; retry after Retry-After seconds",
+    503: "not ready, or the backend failed or is not loaded (and no fallback answered)",
+    504: "no answer within the request deadline (REQUEST_TIMEOUT_S, end to end)",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+
+
+def _error_responses(max_body: int) -> dict[int | str, dict[str, Any]]:
+    """The documented error responses of POST /respond."""
+    meaning = {**_ERROR_MEANING, 413: f"the body is over {max_body} bytes"}
+    out: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorBody, "description": text} for code, text in meaning.items()
+    }
+    out[429]["headers"] = _RETRY_AFTER
+    return out
+
+
+def _check_bearer(request: Request, token: str) -> None:
+    """Raises Unauthorized (401, ``WWW-Authenticate: Bearer``) and logs the refusal (never the
+    token) unless the request carries ``Authorization: Bearer <token>``."""
+    header = request.headers.get("authorization")
+    scheme, _, given = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), token.encode()):
+        if header is None:
+            why = "no Authorization header"
+        elif scheme.lower() != "bearer":
+            why = "not a Bearer credential"
+        else:
+            why = "wrong bearer token"
+        client = request.client.host if request.client else "unknown"
+        logger.warning(
+            "refused admin request %s %s from %s: %s", request.method, request.url.path, client, why
+        )
+        raise Unauthorized("a valid bearer token is required")
+
+
+def build_router(settings: Settings, engine: DialogueEngine, metrics: ServiceMetrics) -> APIRouter:
+    """Every route of the service but the static files and the offline /docs (service/app.py)."""
+    router = APIRouter()
+    max_body = body_limit(settings.max_turns, settings.request_chars_limit)
+
+    # The request body model carries this service's limits, so the OpenAPI schema states them.
+    respond_request = request_model(
+        max_turns=settings.max_turns,
+        max_turn_chars=settings.max_turn_chars,
+        max_candidates=settings.max_candidates,
+        request_chars=settings.request_chars_limit,
+    )
+
+    async def respond(body: RespondRequest, request: Request) -> RespondResponse:
+        """Answer a conversation (A/B routed, sticky per session_id) within the request
+        deadline. Turns must contain a visible character; a body must be JSON sent with
+        Content-Type: application/json. Options of the other backend are accepted and used
+        only if the request falls back to it."""
+        return await engine.respond(body, received=received_at(request))
+
+    respond.__annotations__["body"] = respond_request  # a class built here, not a name
+    router.post(
+        "/respond",
+        response_model=RespondResponse,
+        response_model_exclude_none=True,
+        responses=_error_responses(max_body),
+        dependencies=[Depends(require_json)],
+    )(respond)
+
+    @router.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
+        """Alive (the process answers), loaded or not."""
+        return Health(status="ok")
+
+    @router.get("/readyz", response_model=Health, responses={503: {"model": ErrorBody}})
+    async def readyz() -> Health:
+        """503 until every bundle is loaded and the backends run."""
+        if not engine.ready:
+            raise NotReady("the service is still loading its models")
+        return Health(status="ready", backends=list(engine.backends))  # type: ignore[arg-type]
+
+    @router.get("/v1/models", response_model=ModelList)
+    async def models() -> ModelList:
+        """The bundle each backend serves."""
+        return ModelList(models=engine.models())
+
+    if settings.admin_token is not None:
+        token = settings.admin_token.get_secret_value()
+        # Declares the bearer scheme in the OpenAPI schema; the check itself is _check_bearer.
+        bearer = HTTPBearer(auto_error=False, description="DIALOGUE_ADMIN_TOKEN")
+
+        @router.post(
+            "/admin/reload",
+            response_model=ModelList,
+            responses={
+                401: {"model": ErrorBody, "description": "no or a wrong bearer token"},
+                409: {
+                    "model": ErrorBody,
+                    "description": "a bundle did not load: the loaded models keep serving",
+                },
+            },
+            dependencies=[Depends(bearer)],
+        )
+        async def admin_reload(request: Request) -> ModelList:
+            """Load and verify the bundles again and swap them in; a bad bundle keeps the old."""
+            _check_bearer(request, token)
+            return ModelList(models=await engine.reload())
+
+    @router.get("/", include_in_schema=False)
+    async def chat_page() -> FileResponse:
+        """The chat page; it calls POST /respond from the browser."""
+        return FileResponse(STATIC_DIR / "index.html")
+
+    @router.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.exposition(), media_type=metrics.content_type)
+
+    return router
