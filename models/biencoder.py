@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from models.seq2seq import EncoderLayer, Seq2SeqConfig, init_weights, sinusoidal_positions
+from models.seq2seq import encoder_stack, init_weights, sinusoidal_positions
 
 # Rows per length-sorted chunk when a call embeds many responses at once (a G2R training batch:
 # ~150 responses for 128 contexts). reports/retriever_step.md: 32 was the fastest of 32/64/128.
@@ -62,20 +62,6 @@ class BiEncoderConfig:
         assert self.pooling in ("mean", "cls"), f"unknown pooling {self.pooling!r}"
         assert self.embed_dim > 0, f"embed_dim must be positive, got {self.embed_dim}"
 
-    def layer_config(self) -> Seq2SeqConfig:
-        """The :class:`Seq2SeqConfig` that :class:`EncoderLayer` is built from."""
-        return Seq2SeqConfig(
-            vocab_size=self.vocab_size,
-            d_model=self.d_model,
-            n_heads=self.n_heads,
-            d_ff=self.d_ff,
-            n_encoder_layers=self.n_layers,
-            n_decoder_layers=0,
-            dropout=self.dropout,
-            max_positions=self.max_positions,
-            pad_id=self.pad_id,
-        )
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -94,14 +80,13 @@ class TextEncoder(nn.Module):
     def __init__(self, cfg: BiEncoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        layer_cfg = cfg.layer_config()
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
         self.positions: Tensor
         self.register_buffer(
             "positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False
         )
         self.embed_dropout = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(EncoderLayer(layer_cfg) for _ in range(cfg.n_layers))
+        self.layers = encoder_stack(cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout)
         self.norm = nn.LayerNorm(cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.embed_dim, bias=False)
 

@@ -61,16 +61,10 @@ class GenerativeResponder(Responder):
         }
 
     @classmethod
-    def from_bundle(
-        cls,
-        bundle_dir: Path,
-        manifest: Manifest,
-        device: str | torch.device,
-        dtype: torch.dtype | None,
-    ) -> GenerativeResponder:
+    def from_bundle(cls, bundle_dir: Path, manifest: Manifest) -> GenerativeResponder:
         mc = manifest.model_config
         model = Seq2SeqTransformer(Seq2SeqConfig.from_dict(mc["seq2seq"]))
-        load_weights(model, bundle_dir, manifest, device, dtype)
+        load_weights(model, bundle_dir, manifest)
         return cls(
             model,
             load_tokenizer(bundle_dir),

@@ -67,20 +67,15 @@ class Responder(ABC):
 
     @classmethod
     @abstractmethod
-    def from_bundle(
-        cls,
-        bundle_dir: Path,
-        manifest: Manifest,
-        device: str | torch.device,
-        dtype: torch.dtype | None,
-    ) -> Self:
-        """Build from a bundle whose checksums and kind were verified."""
+    def from_bundle(cls, bundle_dir: Path, manifest: Manifest) -> Self:
+        """Build (on the CPU) from a bundle whose checksums and kind were verified."""
 
     @classmethod
     def load(
         cls, bundle_dir: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
     ) -> Self:
-        """Verify every checksum and the kind, then build; raises BundleError naming the bad file."""
+        """Verify every checksum and the kind, build, then move the model to ``device`` (and
+        ``dtype``) in eval mode; raises BundleError naming the bad file."""
         bundle_dir = Path(bundle_dir)
         manifest = verify_bundle(bundle_dir)
         if manifest.kind != cls.kind:
@@ -89,7 +84,9 @@ class Responder(ABC):
                 bundle_dir=bundle_dir,
                 file=MANIFEST_FILE,
             )
-        return cls.from_bundle(bundle_dir, manifest, device, dtype)
+        responder = cls.from_bundle(bundle_dir, manifest)
+        responder.model.to(device=device, dtype=dtype).eval()
+        return responder
 
     def save(
         self, out_dir: Path, *, name: str, training: Mapping[str, Any], metrics: Mapping[str, Any]
@@ -109,15 +106,9 @@ class Responder(ABC):
         return self.manifest
 
 
-def load_weights(
-    model: nn.Module,
-    bundle_dir: Path,
-    manifest: Manifest,
-    device: str | torch.device,
-    dtype: torch.dtype | None = None,
-) -> None:
-    """Load the bundle's weights into ``model``, move it to ``device``/``dtype`` and set eval mode;
-    raises BundleError when the weights do not fit the model the config describes."""
+def load_weights(model: nn.Module, bundle_dir: Path, manifest: Manifest) -> None:
+    """Load the bundle's weights into ``model``; raises BundleError when they do not fit the
+    model its config describes."""
     try:
         model.load_state_dict(load_state_dict(bundle_dir, manifest))
     except RuntimeError as exc:  # missing/unexpected keys or shapes that do not fit the config
@@ -126,7 +117,6 @@ def load_weights(
             bundle_dir=bundle_dir,
             file=WEIGHTS_FILE,
         ) from exc
-    model.to(device=device, dtype=dtype).eval()
 
 
 def load_tokenizer(bundle_dir: Path) -> DialogueTokenizer:

@@ -144,13 +144,7 @@ class RetrievalResponder(Responder):
         }
 
     @classmethod
-    def from_bundle(
-        cls,
-        bundle_dir: Path,
-        manifest: Manifest,
-        device: str | torch.device,
-        dtype: torch.dtype | None,
-    ) -> RetrievalResponder:
+    def from_bundle(cls, bundle_dir: Path, manifest: Manifest) -> RetrievalResponder:
         """Also checks the response ids and the index size; raises BundleError."""
         mc = manifest.model_config
         cfg = BiEncoderConfig.from_dict(mc["biencoder"])
@@ -183,7 +177,7 @@ class RetrievalResponder(Responder):
                     file=LEXICAL_FILE,
                 ) from exc
         model = BiEncoder(cfg)
-        load_weights(model, bundle_dir, manifest, device, dtype)
+        load_weights(model, bundle_dir, manifest)
         inputs = InputConfig(**mc["inputs"])
         tokenizer = load_tokenizer(bundle_dir)
         return cls(model, tokenizer, inputs, index, texts, sources, manifest, reranker)

@@ -46,7 +46,7 @@ from models.blocklist import (
 )
 from models.bundle import MANIFEST_FILE, BundleError, Manifest
 from models.responder import Responder, load_tokenizer, load_weights
-from models.seq2seq import EncoderLayer, Seq2SeqConfig, init_weights, sinusoidal_positions
+from models.seq2seq import encoder_stack, init_weights, sinusoidal_positions
 from models.text import normalize_text
 from models.tokenizer import DialogueTokenizer
 
@@ -162,20 +162,6 @@ class SafetyClassifierConfig:
             raise ValueError(f"unknown SafetyClassifierConfig fields: {sorted(unknown)}")
         return cls(**data)
 
-    def layer_config(self) -> Seq2SeqConfig:
-        """The :class:`Seq2SeqConfig` the cross-encoder's :class:`EncoderLayer` is built from."""
-        return Seq2SeqConfig(
-            vocab_size=self.vocab_size,
-            d_model=self.d_model,
-            n_heads=self.n_heads,
-            d_ff=self.d_ff,
-            n_encoder_layers=self.n_layers,
-            n_decoder_layers=0,
-            dropout=self.dropout,
-            max_positions=self.max_len,
-            pad_id=self.pad_id,
-        )
-
 
 def response_segments(ids: Tensor, sep_id: int) -> Tensor:
     """(B, T) long: 1 from the first ``<sep>`` on (the response side), 0 before it."""
@@ -195,8 +181,7 @@ class CrossEncoderClassifier(nn.Module):
             "positions", sinusoidal_positions(cfg.max_len, cfg.d_model), persistent=False
         )
         self.embed_dropout = nn.Dropout(cfg.dropout)
-        layer_cfg = cfg.layer_config()
-        self.layers = nn.ModuleList(EncoderLayer(layer_cfg) for _ in range(cfg.n_layers))
+        self.layers = encoder_stack(cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout)
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, 1)
         self.apply(init_weights)
@@ -387,13 +372,7 @@ class SafetyClassifier(Responder):
         return extra
 
     @classmethod
-    def from_bundle(
-        cls,
-        bundle_dir: Path,
-        manifest: Manifest,
-        device: str | torch.device,
-        dtype: torch.dtype | None,
-    ) -> SafetyClassifier:
+    def from_bundle(cls, bundle_dir: Path, manifest: Manifest) -> SafetyClassifier:
         """Also checks the classifier's ``model_config``; raises BundleError naming what is wrong."""
         mc = manifest.model_config
         try:
@@ -411,7 +390,7 @@ class SafetyClassifier(Responder):
                 file=MANIFEST_FILE,
             ) from exc
         model = build_classifier_model(cfg)
-        load_weights(model, bundle_dir, manifest, device, dtype)
+        load_weights(model, bundle_dir, manifest)
         tokenizer = load_tokenizer(bundle_dir)
         blocklist = (
             Blocklist.from_file(bundle_dir / BLOCKLIST_FILE)

@@ -204,6 +204,16 @@ class EncoderLayer(nn.Module):
         return x + self.dropout(self.ffn(self.norm2(x)))
 
 
+def encoder_stack(
+    n_layers: int, d_model: int, n_heads: int, d_ff: int, dropout: float
+) -> nn.ModuleList:
+    """``n_layers`` :class:`EncoderLayer` blocks of this shape: the bi-encoder and the safety
+    cross-encoder are built from the generator's own layer, so a trained generator's encoder can
+    warm-start them."""
+    cfg = Seq2SeqConfig(d_model=d_model, n_heads=n_heads, d_ff=d_ff, dropout=dropout)
+    return nn.ModuleList(EncoderLayer(cfg) for _ in range(n_layers))
+
+
 class DecoderLayer(nn.Module):
     """Pre-LN causal self-attention + cross-attention + FFN block."""
 

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Self, cast
 
 import torch
 
@@ -51,7 +51,23 @@ class Backend(ABC):
     """A responder behind a bounded queue and a micro-batching worker."""
 
     name: ClassVar[str]
+    responder_class: ClassVar[type[Responder]]
     responder: Responder
+
+    @classmethod
+    def load(
+        cls,
+        bundle_dir: Path,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        metrics: ServiceMetrics,
+        limits: BatchLimits,
+        safety: SafetyFilter | None = None,
+        **options: Any,
+    ) -> Self:
+        """Load (and fully verify) the bundle onto ``device``; ``options`` go to the backend."""
+        responder = cls.responder_class.load(bundle_dir, device, dtype)
+        return cls(responder, bundle_dir, metrics, limits, safety, **options)
 
     def __init__(
         self,
@@ -122,20 +138,8 @@ class GenerativeBackend(Backend):
     """The seq2seq responder; requests with different decoding settings run as separate calls."""
 
     name = "generative"
+    responder_class = GenerativeResponder
     responder: GenerativeResponder
-
-    @classmethod
-    def load(
-        cls,
-        bundle_dir: Path,
-        device: torch.device,
-        dtype: torch.dtype | None,
-        metrics: ServiceMetrics,
-        limits: BatchLimits,
-        safety: SafetyFilter | None = None,
-    ) -> GenerativeBackend:
-        responder = GenerativeResponder.load(bundle_dir, device, dtype)
-        return cls(responder, bundle_dir, metrics, limits, safety)
 
     def prepare(self, options: ResponseOptions | None) -> DecodingConfig:
         base = self.responder.decoding
@@ -192,25 +196,12 @@ class RetrievalBackend(Backend):
     """The bi-encoder + HNSW responder: tokenize -> encode -> search, one call for the batch."""
 
     name = "retrieval"
+    responder_class = RetrievalResponder
     responder: RetrievalResponder
 
     def __init__(self, *args: Any, max_candidates: int = 10, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_candidates = max_candidates
-
-    @classmethod
-    def load(
-        cls,
-        bundle_dir: Path,
-        device: torch.device,
-        dtype: torch.dtype | None,
-        metrics: ServiceMetrics,
-        limits: BatchLimits,
-        max_candidates: int = 10,
-        safety: SafetyFilter | None = None,
-    ) -> RetrievalBackend:
-        responder = RetrievalResponder.load(bundle_dir, device, dtype)
-        return cls(responder, bundle_dir, metrics, limits, safety, max_candidates=max_candidates)
 
     def prepare(self, options: ResponseOptions | None) -> int:
         wanted = options.num_candidates if options and options.num_candidates else 1
