@@ -29,7 +29,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from models.seq2seq import encoder_stack, init_weights, sinusoidal_positions
+from models.seq2seq import (
+    copy_generator_encoder,
+    encoder_stack,
+    init_weights,
+    sinusoidal_positions,
+)
 
 # Rows per length-sorted chunk when a call embeds many responses at once (a G2R training batch:
 # ~150 responses for 128 contexts). reports/retriever_step.md: 32 was the fastest of 32/64/128.
@@ -178,21 +183,9 @@ class BiEncoder(nn.Module):
         if self.response_encoder is not None:
             encoders.append(self.response_encoder)
         for prefix, encoder in zip(("context_encoder", "response_encoder"), encoders, strict=False):
-            for name, param in encoder.named_parameters():
-                if name.startswith("proj."):
-                    continue
-                # layers.<i>.* -> encoder_layers.<i>.*, norm.* -> encoder_norm.*, embed.* as is
-                source = f"encoder_{name}" if name.startswith(("layers.", "norm.")) else name
-                if source not in state_dict:
-                    raise ValueError(f"generator state has no {source!r} for {prefix}.{name}")
-                value = state_dict[source]
-                if value.shape != param.shape:
-                    raise ValueError(
-                        f"shape mismatch for {prefix}.{name}: generator {tuple(value.shape)}, "
-                        f"bi-encoder {tuple(param.shape)}"
-                    )
-                param.copy_(value)
-                copied.append(f"{prefix}.{name}")
+            copied += copy_generator_encoder(
+                encoder, state_dict, skip=("proj.",), into="bi-encoder", prefix=f"{prefix}."
+            )
         return copied
 
     def num_parameters(self) -> int:

@@ -46,7 +46,12 @@ from models.blocklist import (
 )
 from models.bundle import MANIFEST_FILE, BundleError, Manifest
 from models.responder import Responder, load_tokenizer, load_weights
-from models.seq2seq import encoder_stack, init_weights, sinusoidal_positions
+from models.seq2seq import (
+    copy_generator_encoder,
+    encoder_stack,
+    init_weights,
+    sinusoidal_positions,
+)
 from models.text import normalize_text
 from models.tokenizer import DialogueTokenizer
 
@@ -207,23 +212,9 @@ class CrossEncoderClassifier(nn.Module):
     def init_from_generator(self, state_dict: Mapping[str, Tensor]) -> list[str]:
         """Copy a same-shaped generator's embeddings, encoder layers and encoder norm; returns the
         names copied. The generator's first ``n_layers`` encoder layers are used."""
-        copied = []
-        for name, param in self.named_parameters():
-            if name.startswith(("head.", "segment.")):
-                continue
-            # layers.<i>.* -> encoder_layers.<i>.*, norm.* -> encoder_norm.*, embed.* as is
-            source = f"encoder_{name}" if name.startswith(("layers.", "norm.")) else name
-            if source not in state_dict:
-                raise ValueError(f"generator state has no {source!r} for {name}")
-            value = state_dict[source]
-            if value.shape != param.shape:
-                raise ValueError(
-                    f"shape mismatch for {name}: generator {tuple(value.shape)}, "
-                    f"classifier {tuple(param.shape)}"
-                )
-            param.copy_(value)
-            copied.append(name)
-        return copied
+        return copy_generator_encoder(
+            self, state_dict, skip=("head.", "segment."), into="classifier"
+        )
 
 
 class BagOfNgramsClassifier(nn.Module):

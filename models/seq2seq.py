@@ -16,6 +16,7 @@ encoder, the decoder and the output projection (a common tie for dialogue models
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -212,6 +213,39 @@ def encoder_stack(
     warm-start them."""
     cfg = Seq2SeqConfig(d_model=d_model, n_heads=n_heads, d_ff=d_ff, dropout=dropout)
     return nn.ModuleList(EncoderLayer(cfg) for _ in range(n_layers))
+
+
+@torch.no_grad()
+def copy_generator_encoder(
+    module: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    *,
+    skip: tuple[str, ...],
+    into: str,
+    prefix: str = "",
+) -> list[str]:
+    """Warm-start an encoder built like the generator's (parameters ``embed.*``, ``layers.<i>.*``,
+    ``norm.*``) from a same-shaped :class:`Seq2SeqTransformer` state dict: its first layers are
+    used; parameters starting with ``skip`` stay as they are. Returns the names copied (with
+    ``prefix``); ``into`` names the receiving model in errors."""
+    copied = []
+    for name, param in module.named_parameters():
+        if name.startswith(skip):
+            continue
+        label = f"{prefix}{name}"
+        # layers.<i>.* -> encoder_layers.<i>.*, norm.* -> encoder_norm.*, embed.* as is
+        source = f"encoder_{name}" if name.startswith(("layers.", "norm.")) else name
+        if source not in state_dict:
+            raise ValueError(f"generator state has no {source!r} for {label}")
+        value = state_dict[source]
+        if value.shape != param.shape:
+            raise ValueError(
+                f"shape mismatch for {label}: generator {tuple(value.shape)}, "
+                f"{into} {tuple(param.shape)}"
+            )
+        param.copy_(value)
+        copied.append(label)
+    return copied
 
 
 class DecoderLayer(nn.Module):
