@@ -87,7 +87,7 @@ class BundleError(Exception):
         self.file = file
 
 
-def _error(bundle_dir: Path | str | None, file: str | None, problem: str) -> BundleError:
+def bundle_error(bundle_dir: Path | str | None, file: str | None, problem: str) -> BundleError:
     """Build a BundleError whose message reads ``bundle <dir>: <problem>``."""
     prefix = f"bundle {bundle_dir}: " if bundle_dir is not None else ""
     return BundleError(prefix + problem, bundle_dir=bundle_dir, file=file)
@@ -140,7 +140,7 @@ class Manifest:
         """Validate a decoded manifest.json and build a Manifest; raises BundleError."""
 
         def fail(problem: str) -> BundleError:
-            return _error(bundle_dir, MANIFEST_FILE, f"{MANIFEST_FILE}: {problem}")
+            return bundle_error(bundle_dir, MANIFEST_FILE, f"{MANIFEST_FILE}: {problem}")
 
         if not isinstance(data, dict):
             raise fail(f"expected a JSON object, got {type(data).__name__}")
@@ -181,7 +181,7 @@ class Manifest:
                 raise fail(f"files[{file_name!r}] is not a sha256 hex digest: {digest!r}")
         for file_name in REQUIRED_FILES[kind]:
             if file_name not in files:
-                raise _error(
+                raise bundle_error(
                     bundle_dir,
                     file_name,
                     f"{MANIFEST_FILE} does not list required file {file_name} (kind {kind})",
@@ -393,14 +393,14 @@ def read_manifest(bundle_dir: Path) -> Manifest:
     """Read and validate ``<bundle_dir>/manifest.json`` (JSON, format version, kind, keys)."""
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
-        raise _error(bundle_dir, None, "is not a directory")
+        raise bundle_error(bundle_dir, None, "is not a directory")
     path = bundle_dir / MANIFEST_FILE
     if not path.is_file():
-        raise _error(bundle_dir, MANIFEST_FILE, f"{MANIFEST_FILE} is missing")
+        raise bundle_error(bundle_dir, MANIFEST_FILE, f"{MANIFEST_FILE} is missing")
     try:
         data = json.loads(path.read_bytes())
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
-        raise _error(
+        raise bundle_error(
             bundle_dir, MANIFEST_FILE, f"{MANIFEST_FILE} is not valid JSON: {exc}"
         ) from exc
     return Manifest.from_dict(data, bundle_dir=bundle_dir)
@@ -413,10 +413,10 @@ def verify_bundle(bundle_dir: Path) -> Manifest:
     for file_name, expected in manifest.files.items():
         path = bundle_dir / file_name
         if not path.is_file():
-            raise _error(bundle_dir, file_name, f"{file_name} is missing")
+            raise bundle_error(bundle_dir, file_name, f"{file_name} is missing")
         actual = _sha256_file(path)
         if actual != expected:
-            raise _error(
+            raise bundle_error(
                 bundle_dir,
                 file_name,
                 f"{file_name} checksum mismatch (expected {expected}, got {actual})",
@@ -431,14 +431,16 @@ def load_state_dict(
     """Load the bundle's weights onto ``device`` with safetensors; call after verify_bundle."""
     bundle_dir = Path(bundle_dir)
     if WEIGHTS_FILE not in manifest.files:
-        raise _error(bundle_dir, WEIGHTS_FILE, f"{MANIFEST_FILE} does not list {WEIGHTS_FILE}")
+        raise bundle_error(
+            bundle_dir, WEIGHTS_FILE, f"{MANIFEST_FILE} does not list {WEIGHTS_FILE}"
+        )
     path = bundle_dir / WEIGHTS_FILE
     if not path.is_file():
-        raise _error(bundle_dir, WEIGHTS_FILE, f"{WEIGHTS_FILE} is missing")
+        raise bundle_error(bundle_dir, WEIGHTS_FILE, f"{WEIGHTS_FILE} is missing")
     try:
         return load_file(str(path), device=str(device))
     except SafetensorError as exc:
-        raise _error(
+        raise bundle_error(
             bundle_dir, WEIGHTS_FILE, f"{WEIGHTS_FILE} is not valid safetensors: {exc}"
         ) from exc
 

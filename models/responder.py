@@ -25,6 +25,7 @@ from models.bundle import (
     WEIGHTS_FILE,
     BundleError,
     Manifest,
+    bundle_error,
     load_state_dict,
     verify_bundle,
     write_bundle,
@@ -112,11 +113,8 @@ def load_weights(model: nn.Module, bundle_dir: Path, manifest: Manifest) -> None
     try:
         model.load_state_dict(load_state_dict(bundle_dir, manifest))
     except RuntimeError as exc:  # missing/unexpected keys or shapes that do not fit the config
-        raise BundleError(
-            f"bundle {bundle_dir}: {WEIGHTS_FILE} does not fit the {manifest.kind} config: {exc}",
-            bundle_dir=bundle_dir,
-            file=WEIGHTS_FILE,
-        ) from exc
+        problem = f"{WEIGHTS_FILE} does not fit the {manifest.kind} config: {exc}"
+        raise bundle_error(bundle_dir, WEIGHTS_FILE, problem) from exc
 
 
 def load_tokenizer(bundle_dir: Path) -> DialogueTokenizer:
@@ -124,11 +122,8 @@ def load_tokenizer(bundle_dir: Path) -> DialogueTokenizer:
     try:
         return DialogueTokenizer.from_file(Path(bundle_dir) / TOKENIZER_FILE)
     except Exception as exc:  # tokenizers raises its own exception types
-        raise BundleError(
-            f"bundle {bundle_dir}: {TOKENIZER_FILE} is not a valid tokenizer: {exc}",
-            bundle_dir=bundle_dir,
-            file=TOKENIZER_FILE,
-        ) from exc
+        problem = f"{TOKENIZER_FILE} is not a valid tokenizer: {exc}"
+        raise bundle_error(bundle_dir, TOKENIZER_FILE, problem) from exc
 
 
 def observe(on_stage: StageObserver | None, stage: str, started: float) -> float:

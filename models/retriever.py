@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from models.biencoder import BiEncoder, BiEncoderConfig
-from models.bundle import INDEX_FILE, RESPONSES_FILE, BundleError, Manifest
+from models.bundle import INDEX_FILE, RESPONSES_FILE, BundleError, Manifest, bundle_error
 from models.index import (
     IndexConfig,
     ResponseIndex,
@@ -65,11 +65,7 @@ def read_responses(bundle_dir: Path) -> tuple[list[str], list[str]]:
     path = Path(bundle_dir) / RESPONSES_FILE
 
     def fail(problem: str) -> BundleError:
-        return BundleError(
-            f"bundle {bundle_dir}: {RESPONSES_FILE} {problem}",
-            bundle_dir=bundle_dir,
-            file=RESPONSES_FILE,
-        )
+        return bundle_error(bundle_dir, RESPONSES_FILE, f"{RESPONSES_FILE} {problem}")
 
     texts: list[str] = []
     sources: list[str] = []
@@ -153,29 +149,23 @@ class RetrievalResponder(Responder):
         try:
             index = ResponseIndex.from_bytes((bundle_dir / INDEX_FILE).read_bytes(), index_config)
         except RuntimeError as exc:  # FAISS raises RuntimeError on unreadable data
-            raise BundleError(
-                f"bundle {bundle_dir}: {INDEX_FILE} is not a readable FAISS index: {exc}",
-                bundle_dir=bundle_dir,
-                file=INDEX_FILE,
-            ) from exc
+            problem = f"{INDEX_FILE} is not a readable FAISS index: {exc}"
+            raise bundle_error(bundle_dir, INDEX_FILE, problem) from exc
         if index.ntotal != len(texts) or index.dim != cfg.embed_dim:
-            raise BundleError(
-                f"bundle {bundle_dir}: {INDEX_FILE} holds {index.ntotal} vectors of size "
-                f"{index.dim} but {RESPONSES_FILE} has {len(texts)} rows and the bi-encoder "
-                f"embeds to {cfg.embed_dim}",
-                bundle_dir=bundle_dir,
-                file=INDEX_FILE,
+            raise bundle_error(
+                bundle_dir,
+                INDEX_FILE,
+                f"{INDEX_FILE} holds {index.ntotal} vectors of size {index.dim} but "
+                f"{RESPONSES_FILE} has {len(texts)} rows and the bi-encoder embeds to "
+                f"{cfg.embed_dim}",
             )
         reranker = None
         if LEXICAL_FILE in manifest.files:
             try:
                 reranker = LexicalReranker.from_json((bundle_dir / LEXICAL_FILE).read_bytes())
             except (ValueError, KeyError, TypeError) as exc:
-                raise BundleError(
-                    f"bundle {bundle_dir}: {LEXICAL_FILE} is not a valid re-ranker: {exc}",
-                    bundle_dir=bundle_dir,
-                    file=LEXICAL_FILE,
-                ) from exc
+                problem = f"{LEXICAL_FILE} is not a valid re-ranker: {exc}"
+                raise bundle_error(bundle_dir, LEXICAL_FILE, problem) from exc
         model = BiEncoder(cfg)
         load_weights(model, bundle_dir, manifest)
         inputs = InputConfig(**mc["inputs"])

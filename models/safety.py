@@ -44,7 +44,7 @@ from models.blocklist import (
     RiskDetector,
     load_blocklist,
 )
-from models.bundle import MANIFEST_FILE, BundleError, Manifest
+from models.bundle import MANIFEST_FILE, Manifest, bundle_error
 from models.responder import Responder, load_tokenizer, load_weights
 from models.seq2seq import (
     copy_generator_encoder,
@@ -375,11 +375,8 @@ class SafetyClassifier(Responder):
             if not 0.0 <= min_known_share <= 1.0:
                 raise ValueError(f"min_known_share {min_known_share} is not in [0, 1]")
         except (KeyError, TypeError, ValueError, AssertionError) as exc:
-            raise BundleError(
-                f"bundle {bundle_dir}: {MANIFEST_FILE}: invalid classifier model_config ({exc!r})",
-                bundle_dir=bundle_dir,
-                file=MANIFEST_FILE,
-            ) from exc
+            problem = f"{MANIFEST_FILE}: invalid classifier model_config ({exc!r})"
+            raise bundle_error(bundle_dir, MANIFEST_FILE, problem) from exc
         model = build_classifier_model(cfg)
         load_weights(model, bundle_dir, manifest)
         tokenizer = load_tokenizer(bundle_dir)
