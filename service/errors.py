@@ -1,4 +1,4 @@
-"""Domain exceptions and the one place that maps them to JSON errors (DESIGN.md, "HTTP API")."""
+"""Domain exceptions and the one place that maps them to JSON errors (docs/design.md, "HTTP API")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the service, in their own registry (DESIGN.md, "Metrics").
+"""Prometheus metrics of the service, in their own registry (docs/design.md, "Metrics").
 
 The only module that touches ``prometheus_client``: backends and the request handler report plain
 numbers through :class:`ServiceMetrics`. Labels stay low-cardinality: ``backend``, ``arm``,

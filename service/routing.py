@@ -1,4 +1,4 @@
-"""A/B routing: which backend answers a conversation (DESIGN.md, "A/B routing").
+"""A/B routing: which backend answers a conversation (docs/design.md, "A/B routing").
 
 The arm is a pure function of ``(salt, session_id)``: the salted SHA-256 of the session id is
 read as a number in [0, 1) and looked up in the cumulative weights, so a conversation keeps its

@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP API (DESIGN.md, "HTTP API"); unknown fields are refused."""
+"""Request and response bodies of the HTTP API (docs/design.md, "HTTP API"); unknown fields are refused."""
 
 from __future__ import annotations
 

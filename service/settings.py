@@ -14,7 +14,7 @@ MIN_ADMIN_TOKEN_CHARS = 16
 
 
 class Settings(BaseSettings):
-    """Everything the service reads at start-up; see DESIGN.md, "HTTP API"."""
+    """Everything the service reads at start-up; see docs/design.md, "HTTP API"."""
 
     # hide_input_in_errors: a refused ADMIN_TOKEN must not be echoed in the start-up error
     model_config = SettingsConfigDict(
