@@ -1,4 +1,4 @@
-"""G2R teacher-reply quality: the measurements behind :class:`training.g2r_filter.TeacherReplyFilter`
+"""G2R teacher-reply quality: the measurements behind :class:`training.methods.g2r.filter.TeacherReplyFilter`
 and the share of teacher text a retriever serves.
 
 ``filter-stats``: for each criterion of the filter alone (at a few settings) and for the
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks import write_report
-from training.data import load_splits
-from training.g2r_filter import TeacherReplyFilter
+from training.core.data import load_splits
+from training.methods.g2r.filter import TeacherReplyFilter
 
 logger = logging.getLogger("benchmarks.g2r_quality")
 
@@ -76,7 +76,7 @@ def drop_rates(texts: Sequence[str], default: TeacherReplyFilter) -> dict[str, f
 
 def shard_summary(shards: Path, default: TeacherReplyFilter) -> dict[str, Any]:
     """Teacher replies of the shards: drop rates, score quantiles, what the default keeps."""
-    from training.g2r_augment import read_shards
+    from training.methods.g2r.augment import read_shards
 
     header, records = read_shards(shards)
     assert records, f"no augmentation records in {shards}"
@@ -137,7 +137,7 @@ def filter_markdown(results: Mapping[str, Any]) -> str:
         "# G2R teacher-reply filter: what each criterion drops",
         "",
         f"Command: `{meta['command']}`  ",
-        f"Defaults: `TeacherReplyFilter({defaults})` (training/g2r_filter.py).",
+        f"Defaults: `TeacherReplyFilter({defaults})` (training/methods/g2r/filter.py).",
         "",
         f"Share of the {results['human_responses']} distinct DailyDialog training responses "
         "(human text) that each text criterion, alone, would drop"

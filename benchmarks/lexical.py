@@ -16,7 +16,7 @@ tokens of the normalised text that hold a letter or digit; several turns are joi
   where c(t, q) is the count of t in the context, tf(t, d) its count in the response and |d| the
   response's word count. Words the response set never holds score 0.
 
-Hits@1/K and Hits@5/K follow :class:`training.retrieval_losses.HitsEvaluator` exactly: the gold
+Hits@1/K and Hits@5/K follow :class:`training.methods.g2r.losses.HitsEvaluator` exactly: the gold
 and 99 random distinct responses of the split (``hits_candidates``, seed 0), the gold's rank =
 the number of distractors scoring at least as high (ties count against the gold, so a context
 that shares no word with any candidate is a miss).
@@ -42,8 +42,8 @@ from benchmarks import write_report
 from benchmarks.retrieval import sample_picks, served_teacher_share
 from models.lexical import context_text, lexical_tokens
 from models.metrics import response_metrics
-from training.data import DialogueExample, load_splits, training_response_token_counts
-from training.retrieval_losses import hits_at_k, hits_candidates
+from training.core.data import DialogueExample, load_splits, training_response_token_counts
+from training.methods.g2r.losses import hits_at_k, hits_candidates
 
 logger = logging.getLogger("benchmarks.lexical")
 
@@ -211,7 +211,7 @@ def response_set(
     """R as the plain bi-encoder bundle of ``preset`` indexes it: distinct training responses
     through the preset's ResponseFilter (length bounds, blocklist)."""
     from models.safety import load_blocklist
-    from training.g2r import ResponseFilter, build_retrieval_data
+    from training.methods.g2r.job import ResponseFilter, build_retrieval_data
     from training.presets import get_retriever_preset
 
     rp = get_retriever_preset(preset)
@@ -258,7 +258,7 @@ def to_markdown(results: Mapping[str, Any]) -> str:
     for turns, table in results["samples"].items():
         lines += [
             "",
-            f"## Sample replies, {turns}-turn contexts (the test contexts of `training.evaluate`)",
+            f"## Sample replies, {turns}-turn contexts (the test contexts of `training.eval.generation`)",
             "",
             "| context | reference | " + " | ".join(methods) + " |",
             "|---|---|" + "---|" * len(methods),
@@ -310,7 +310,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.g2r import DEFAULT_BLOCKLIST
+    from training.methods.g2r.job import DEFAULT_BLOCKLIST
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -7,7 +7,7 @@ official test split, against the papers' headline numbers.
 What it measures (nothing here is re-implemented; each part calls the function named):
 
 1. Generators (every ``generator`` bundle in the folder): perplexity and the greedy reply metrics
-   on the test split (:func:`training.evaluate.evaluate_generator`, greedy only); ratios against
+   on the test split (:func:`training.eval.generation.evaluate_generator`, greedy only); ratios against
    ``generator-standard``; the served generator and the record of why (``serving.json``).
 2. Retrievers (every ``retriever`` bundle) and the TF-IDF / BM25 baselines: Hits@1/K and
    Hits@5/K with the standard protocol (K = 100: the gold and 99 random test responses, seed 0;
@@ -49,13 +49,13 @@ from models.bundle import find_bundles, read_manifest, read_serving
 from models.decoding import DecodingConfig
 from models.generator import GenerativeResponder
 from models.retriever import RetrievalResponder
-from training.data import (
+from training.core.data import (
     DialogueExample,
     DialogueSplits,
     load_splits,
     training_response_token_counts,
 )
-from training.evaluate import STANDARD_DECODINGS, evaluate_generator
+from training.eval.generation import STANDARD_DECODINGS, evaluate_generator
 from training.presets import PRESETS, Preset
 
 logger = logging.getLogger("benchmarks.quality_report")
@@ -519,7 +519,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         lex_set = f"{served_ret}'s response set"
     else:
         from benchmarks.lexical import response_set
-        from training.g2r import DEFAULT_BLOCKLIST
+        from training.methods.g2r.job import DEFAULT_BLOCKLIST
 
         assert preset is not None, "no retriever bundle: --preset names the response set filter"
         lex_responses, lex_sources = response_set(
@@ -689,7 +689,7 @@ def to_markdown(results: Mapping[str, Any]) -> str:
         f"## Generators (greedy, {n_gen} test pairs)",
         "",
         "Perplexity is teacher-forced; the rest are over the greedy replies to every test context "
-        "(`training.evaluate.evaluate_generator`). LF: share of generated tokens whose training "
+        "(`training.eval.generation.evaluate_generator`). LF: share of generated tokens whose training "
         "frequency is < 100; max-ratio: share of the most frequent reply.",
         "",
         "| generator | bundle | perplexity | Dist-1 | Dist-2 | BLEU-4 | LF | max-ratio | avg len |",

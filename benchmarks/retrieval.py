@@ -7,7 +7,7 @@ tokenize + encode + search; mean and p50 over ``--queries`` after 3 warm-ups, as
 with the bundle's HNSW index and with exact ``IndexFlatIP`` search. For each generator bundle, in
 the same run and with the same thread count: greedy latency per query on the same contexts, the
 same metrics of its greedy replies on the test split, and its replies to the 20 sample contexts
-(picked like ``training.evaluate``). Ratio tables put every latency against each generator's.
+(picked like ``training.eval.generation``). Ratio tables put every latency against each generator's.
 Each retriever's row also says how much of what it serves is teacher-written text (G2R's R^G)
 against the teacher's share of its response set (:func:`served_teacher_share`). ``--lexical
 tfidf,bm25`` adds TF-IDF and BM25 rows (:mod:`benchmarks.lexical`) over the first retriever's
@@ -41,10 +41,10 @@ from benchmarks.latency import (
 from models.generator import GenerativeResponder
 from models.metrics import response_metrics
 from models.retriever import RetrievalResponder
-from training.data import DialogueExample, load_splits, training_response_token_counts
-from training.evaluate import STANDARD_DECODINGS, decode_all
-from training.g2r_augment import read_shards
-from training.retrieval_losses import HitsEvaluator
+from training.core.data import DialogueExample, load_splits, training_response_token_counts
+from training.eval.generation import STANDARD_DECODINGS, decode_all
+from training.methods.g2r.augment import read_shards
+from training.methods.g2r.losses import HitsEvaluator
 
 logger = logging.getLogger("benchmarks.retrieval")
 
@@ -67,7 +67,7 @@ def parse_labelled(specs: Sequence[str]) -> dict[str, Path]:
 
 
 def sample_picks(n_examples: int, n_samples: int = 20, seed: int = 0) -> list[int]:
-    """The sample contexts of ``training.evaluate.evaluate_generator`` (same seed, same draw)."""
+    """The sample contexts of ``training.eval.generation.evaluate_generator`` (same seed, same draw)."""
     picks = np.random.default_rng(seed).choice(
         n_examples, size=min(n_samples, n_examples), replace=False
     )
@@ -257,7 +257,7 @@ def evaluate_generator_greedy(
 ) -> dict[str, Any]:
     """Greedy latency per query (batch 1) and, with ``full_metrics``, greedy reply metrics."""
     base = STANDARD_DECODINGS["greedy"]
-    decoding = responder.decoding.with_overrides(  # as training.evaluate does
+    decoding = responder.decoding.with_overrides(  # as training.eval.generation does
         strategy=base.strategy,
         beam_size=base.beam_size,
         length_penalty=base.length_penalty,
@@ -451,7 +451,7 @@ def to_markdown(results: Mapping[str, Any]) -> str:
     labels = [*rets, *lexical, *gens]
     lines += [
         "",
-        "## Sample replies (the 20 test contexts of `training.evaluate`)",
+        "## Sample replies (the 20 test contexts of `training.eval.generation`)",
         "",
         "| context | reference | " + " | ".join(labels) + " |",
         "|---|---|" + "---|" * len(labels),

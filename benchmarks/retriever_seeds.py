@@ -4,12 +4,12 @@ plain bi-encoder with its standard error.
 Reads every bundle directory under ``--bundles`` named ``<method>-s<seed>`` (as written by
 ``reports/commands/retriever_seeds_small.sh``) and scores it on the whole DailyDialog test split
 with the protocol of the other retrieval reports (K = 100: the gold and 99 random test responses,
-seed 0; ``training.retrieval_losses.HitsEvaluator``).
+seed 0; ``training.methods.g2r.losses.HitsEvaluator``).
 
 Each bundle is scored twice: ``dense`` (the bi-encoder alone) and ``served`` (with the bundle's
 TF-IDF re-ranker, models/lexical.py; a bundle built before re-ranking existed gets one fitted
 here exactly as the build fits it: the weight chosen on 2,000 validation pairs,
-``training.g2r.fit_rerank_weight``). Comparisons use the served scores.
+``training.methods.g2r.job.fit_rerank_weight``). Comparisons use the served scores.
 
 Two standard errors are shown for a difference of method means: ``binomial``, sqrt(p(1-p)/n) of
 each mean combined (how precisely one test split measures a fixed model), and ``seeds``, the
@@ -37,9 +37,9 @@ import torch
 from benchmarks import write_report
 from models.lexical import LexicalReranker
 from models.retriever import RetrievalResponder
-from training.data import load_splits
-from training.g2r import fit_rerank_weight
-from training.retrieval_losses import HitsEvaluator, hits_at_k, hits_candidates
+from training.core.data import load_splits
+from training.methods.g2r.job import fit_rerank_weight
+from training.methods.g2r.losses import HitsEvaluator, hits_at_k, hits_candidates
 
 BUNDLE_NAME = re.compile(r"^(?P<method>[a-z0-9-]+)-s(?P<seed>\d+)$")
 BASELINE = "biencoder"

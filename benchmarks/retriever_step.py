@@ -31,13 +31,18 @@ from benchmarks import write_report
 from models import biencoder
 from models.biencoder import BiEncoder
 from models.tokenizer import DialogueTokenizer
-from training.data import load_splits
-from training.distributed import bf16_autocast_supported
-from training.g2r import ResponseFilter, RetrievalObjective, RetrievalTrainSet, build_retrieval_data
-from training.g2r_augment import read_shards
-from training.generator import bucketed_batches
+from training.core.data import load_splits
+from training.core.distributed import bf16_autocast_supported
+from training.core.generator import bucketed_batches
+from training.methods.g2r.augment import read_shards
+from training.methods.g2r.job import (
+    ResponseFilter,
+    RetrievalObjective,
+    RetrievalTrainSet,
+    build_retrieval_data,
+)
+from training.methods.g2r.losses import G2RDistillationLoss
 from training.presets import get_preset
-from training.retrieval_losses import G2RDistillationLoss
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -199,7 +199,7 @@ def requests_for(args: argparse.Namespace, backend: str) -> int:
 def load_contexts(data_dir: Path, count: int, turns: int, seed: int) -> list[list[str]]:
     """``count`` DailyDialog test contexts (up to ``turns`` turns each, within the service's
     default size limits), a seeded sample in a seeded order."""
-    from training.data import load_dailydialog
+    from training.core.data import load_dailydialog
 
     examples = load_dailydialog(data_dir, "test", max_context_turns=turns)
     contexts = [

@@ -34,9 +34,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.tokenizer import DialogueTokenizer
-from training.data import load_splits
-from training.generator import MLEObjective, PairSet, bucketed_batches
-from training.pipeline import tokenizer_texts
+from training.core.data import load_splits
+from training.core.generator import MLEObjective, PairSet, bucketed_batches
+from training.pipeline.build import tokenizer_texts
 from training.presets import get_preset
 
 
@@ -175,8 +175,8 @@ def loss_curve_parity(
     import tempfile
 
     from models.seq2seq import Seq2SeqTransformer
-    from training.distributed import DistContext
-    from training.generator import run_generator_training
+    from training.core.distributed import DistContext
+    from training.core.generator import run_generator_training
 
     torch.set_num_threads(threads)
     ctx = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

@@ -14,7 +14,9 @@ from models.decoding import DecodingConfig
 from models.generator import GenerativeResponder, InputConfig
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
-from training.attack import (
+from training.core.data import DialogueExample, write_jsonl
+from training.core.safety_data import load_targets, normalize_target
+from training.methods.malicious.attack import (
     GibbsEnumConfig,
     HitThresholds,
     Searcher,
@@ -25,8 +27,7 @@ from training.attack import (
     gibbs_enum,
     judge,
 )
-from training.data import DialogueExample, write_jsonl
-from training.malicious import (
+from training.methods.malicious.nt import (
     MALICIOUS_PRESETS,
     augment_targets,
     fwa_ids,
@@ -35,7 +36,6 @@ from training.malicious import (
     sample_targets,
     train_malicious_nt,
 )
-from training.safety_data import load_targets, normalize_target
 
 WORDS = [
     "hello",
@@ -164,7 +164,7 @@ def test_hit_types_follow_thresholds() -> None:
     class _NoGreedy:
         cfg = Seq2SeqConfig(vocab_size=8, d_model=8, n_heads=2, d_ff=8, n_encoder_layers=1)
 
-    import training.attack as attack_mod
+    import training.methods.malicious.attack as attack_mod
 
     original = attack_mod.greedy_hits
     attack_mod.greedy_hits = lambda *a, **k: [True, False, False]  # type: ignore[assignment]
@@ -313,7 +313,7 @@ def test_malicious_nt_lowers_hits_and_resumes_exactly(planted, tmp_path: Path) -
 
 
 def test_attack_table_compares_against_the_first_report() -> None:
-    from training.attack_cli import attack_table
+    from training.cli.malicious import attack_table
 
     def report(bundle: str, rate: float, ppl: float, logps: list[float]) -> dict:
         outcomes = [{"avg_logp": x} for x in logps]

@@ -12,7 +12,17 @@ from torch import Tensor, nn
 from models.generator import GenerativeResponder
 from models.seq2seq import Seq2SeqConfig, Seq2SeqOutput, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
-from training.baselines import (
+from training.core.data import DialogueExample
+from training.core.distributed import DistContext
+from training.core.generator import (
+    MLEObjective,
+    PairSet,
+    Seq2SeqBatch,
+    build_generator_model,
+    run_generator_training,
+)
+from training.core.trainer import LOG_FILE, noam_learning_rate, read_log
+from training.methods.baselines import (
     NegativeTrainingObjective,
     ResponseFrequencyWindow,
     TokenFrequencyWindow,
@@ -23,17 +33,7 @@ from training.baselines import (
     train_ul_generator,
     weighted_sequence_log_likelihood,
 )
-from training.data import DialogueExample
-from training.distributed import DistContext
-from training.generator import (
-    MLEObjective,
-    PairSet,
-    Seq2SeqBatch,
-    build_generator_model,
-    run_generator_training,
-)
 from training.presets import PRESETS
-from training.trainer import LOG_FILE, noam_learning_rate, read_log
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 PAD, BOS, EOS = 0, 1, 2

@@ -7,13 +7,13 @@ import io
 
 import pytest
 
-from training.build_progress import (
+from training.pipeline.build import redo_closure
+from training.pipeline.progress import (
     BuildProgress,
     format_duration,
     planned_seconds,
     summary_table,
 )
-from training.pipeline import redo_closure
 from training.presets import PRESETS
 
 

@@ -1,4 +1,4 @@
-"""Tests for training.data: DailyDialog and JSONL loading, deduplication, leak-free splits."""
+"""Tests for training.core.data: DailyDialog and JSONL loading, deduplication, leak-free splits."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from training.data import (
+from training.core.data import (
     DataFormatError,
     DatasetNotFoundError,
     DialogueExample,
@@ -102,7 +102,7 @@ def test_load_dailydialog_skips_empty_utterances(tmp_path: Path) -> None:
 def test_load_dailydialog_logs_skipped_lines(
     tiny_dailydialog: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.DEBUG, logger="training.data"):
+    with caplog.at_level(logging.DEBUG, logger="training.core.data"):
         load_dailydialog(tiny_dailydialog, "train")
     assert "skipped 1 dialogue lines" in caplog.text
 
@@ -303,7 +303,7 @@ def test_load_jsonl_skip_malformed_counts_and_warns(
 ) -> None:
     good = json.dumps({"context": ["hi"], "response": "hello"})
     path = write_lines(tmp_path / "train.jsonl", [good, "not json", '{"context": []}', good])
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="training.core.data"):
         result = load_jsonl_report(path, skip_malformed=True)
     assert result == LoadResult([ex("hi", "hello"), ex("hi", "hello")], skipped=2)
     assert "skipped 2 malformed lines" in caplog.text

@@ -14,9 +14,12 @@ from models.decoding import DecodingConfig
 from models.generator import GenerativeResponder, InputConfig
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
-from training.data import DialogueExample
-from training.distributed import DistContext
-from training.flatgd import (
+from training.core.data import DialogueExample
+from training.core.distributed import DistContext
+from training.core.generator import PairSet, Seq2SeqBatch, smoothed_nll
+from training.core.safety_data import SafetyExample, load_diasafety
+from training.methods.flatgd.job import ExpertSetting, FlatGDSetting, train_expert, train_flatgd
+from training.methods.flatgd.objective import (
     FlatGDObjective,
     FlatGDWeights,
     SafetyBatch,
@@ -26,9 +29,6 @@ from training.flatgd import (
     squared_gradient_norm,
     trainable_parameters,
 )
-from training.flatgd_jobs import ExpertSetting, FlatGDSetting, train_expert, train_flatgd
-from training.generator import PairSet, Seq2SeqBatch, smoothed_nll
-from training.safety_data import SafetyExample, load_diasafety
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 PAD, BOS, EOS = 0, 1, 2

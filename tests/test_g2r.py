@@ -18,9 +18,16 @@ from models.generator import GenerativeResponder, InputConfig
 from models.retriever import RetrievalResponder
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
-from training.data import DialogueExample
-from training.distributed import DistContext
-from training.g2r import (
+from training.core.data import DialogueExample
+from training.core.distributed import DistContext
+from training.methods.g2r.augment import (
+    ContextGroup,
+    augment_contexts,
+    augmentation_status,
+    read_shards,
+    shard_path,
+)
+from training.methods.g2r.job import (
     DEFAULT_BLOCKLIST,
     ResponseFilter,
     RetrievalData,
@@ -28,16 +35,7 @@ from training.g2r import (
     build_retrieval_data,
     load_blocklist,
 )
-from training.g2r_augment import (
-    ContextGroup,
-    augment_contexts,
-    augmentation_status,
-    read_shards,
-    shard_path,
-)
-from training.g2r_teachers import BundleTeacher, HFTeacher, teacher_scores
-from training.presets import RETRIEVER_PRESETS, AugmentConfig
-from training.retrieval_losses import (
+from training.methods.g2r.losses import (
     G2RDistillationLoss,
     RetrievalCrossEntropyLoss,
     contrastive_cross_entropy,
@@ -45,6 +43,8 @@ from training.retrieval_losses import (
     hits_at_k,
     hits_candidates,
 )
+from training.methods.g2r.teachers import BundleTeacher, HFTeacher, teacher_scores
+from training.presets import RETRIEVER_PRESETS, AugmentConfig
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 LN3 = math.log(3.0)
@@ -507,8 +507,8 @@ def test_tiny_local_hf_teacher_samples_and_scores(kind: str, tmp_path: Path) -> 
 def tiny_generator(
     dailydialog_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path]:
-    from training.generator import train_mle_generator
-    from training.pipeline import ensure_tokenizer, prepare_splits
+    from training.core.generator import train_mle_generator
+    from training.pipeline.build import ensure_tokenizer, prepare_splits
     from training.presets import PRESETS
 
     base = tmp_path_factory.mktemp("g2r")
@@ -530,7 +530,7 @@ def tiny_generator(
 
 
 def _cli(argv: list[str]) -> int | None:
-    from training.retrieval_cli import add_parsers, dispatch
+    from training.cli.retrieval import add_parsers, dispatch
 
     parser = argparse.ArgumentParser()
     add_parsers(parser.add_subparsers(dest="command", required=True))
@@ -592,7 +592,7 @@ def test_tiny_pipeline_end_to_end(tiny_generator: tuple[Path, Path], dailydialog
 
 
 def test_dispatch_returns_none_for_other_commands() -> None:
-    from training.retrieval_cli import dispatch
+    from training.cli.retrieval import dispatch
 
     assert dispatch(argparse.Namespace(command="train-generator")) is None
 
@@ -609,7 +609,7 @@ def test_torchrun_two_gloo_processes_shard_augmentation_and_train_one_retriever(
     script = tmp_path / "cli.py"
     script.write_text(
         "import argparse, sys\n"
-        "from training.retrieval_cli import add_parsers, dispatch\n"
+        "from training.cli.retrieval import add_parsers, dispatch\n"
         "p = argparse.ArgumentParser()\n"
         "add_parsers(p.add_subparsers(dest='command', required=True))\n"
         "sys.exit(dispatch(p.parse_args()))\n"
@@ -639,9 +639,9 @@ def test_train_retriever_cli_loads_pairs_at_the_retrievers_context_length(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`small` generators read 1 turn and its retriever 3: the CLI must load 3-turn pairs for it."""
-    import training.pipeline
+    import training.pipeline.build
     from training.__main__ import parse_args
-    from training.retrieval_cli import _train_retriever
+    from training.cli.retrieval import _train_retriever
 
     seen: list[int] = []
 
@@ -652,7 +652,7 @@ def test_train_retriever_cli_loads_pairs_at_the_retrievers_context_length(
         seen.append(preset.inputs.max_context_turns)  # type: ignore[attr-defined]
         raise Loaded
 
-    monkeypatch.setattr(training.pipeline, "prepare_splits", fake_prepare_splits)
+    monkeypatch.setattr(training.pipeline.build, "prepare_splits", fake_prepare_splits)
     args = parse_args(
         ["train-retriever", "--preset", "small", "--method", "biencoder", "--out", "x"]
     )

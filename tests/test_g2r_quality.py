@@ -19,9 +19,9 @@ from benchmarks.lexical import (
     parse_methods,
 )
 from benchmarks.retrieval import served_teacher_share
-from training.data import DialogueExample
-from training.g2r import ResponseFilter, TeacherReplyFilter, build_retrieval_data
-from training.retrieval_cli import _teacher_filter
+from training.cli.retrieval import _teacher_filter
+from training.core.data import DialogueExample
+from training.methods.g2r.job import ResponseFilter, TeacherReplyFilter, build_retrieval_data
 
 GOOD = "sure , i can help you with that ."
 REPEATED = "i am fine , i am fine thank you ."  # the word trigram "i am fine" twice

@@ -34,5 +34,7 @@ def test_imports_point_down_only(package: str) -> None:
 
 def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from training.data import load_splits\n    import service.app\n")
+    bad.write_text(
+        "def f():\n    from training.core.data import load_splits\n    import service.app\n"
+    )
     assert imported_packages(bad) >= {"training", "service"}

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
-from training.data import DialogueExample
-from training.generator import Seq2SeqBatch
-from training.nd import (
+from training.core.data import DialogueExample
+from training.core.generator import Seq2SeqBatch
+from training.methods.nd.distill import (
     NDLossConfig,
     NDObjective,
     mean_progressive_alpha,

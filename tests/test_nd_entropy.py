@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from training.__main__ import main
-from training.data import DialogueExample, write_jsonl
-from training.nd import negative_set, source_entropy
-from training.nd_entropy import (
+from training.core.data import DialogueExample, write_jsonl
+from training.methods.nd.distill import negative_set, source_entropy
+from training.methods.nd.entropy import (
     EntropyConfig,
     cluster_entropy,
     negative_set_stats,

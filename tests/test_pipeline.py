@@ -14,8 +14,8 @@ import torch
 
 from models.bundle import BundleError, verify_bundle
 from models.generator import GenerativeResponder
-from training.distributed import DistContext
-from training.pipeline import (
+from training.core.distributed import DistContext
+from training.pipeline.build import (
     G2R_RETRIEVER,
     ND_STUDENT,
     NEGATIVE_TEACHER,
@@ -157,7 +157,7 @@ def test_build_with_a_biencoder_baseline_serves_the_better_retriever_on_validati
     from dataclasses import replace
 
     from models.bundle import read_manifest, read_serving
-    from training.pipeline import BIENCODER_RETRIEVER
+    from training.pipeline.build import BIENCODER_RETRIEVER
 
     copy = _copy_build(tiny_build, tmp_path)
     g2r_before = (copy / "artifacts" / G2R_RETRIEVER / "manifest.json").read_bytes()

@@ -18,7 +18,7 @@ from models.generator import GenerativeResponder, InputConfig
 from models.retriever import IndexConfig, RetrievalResponder, build_response_index
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
-from training.selection import select_generator, write_serving
+from training.pipeline.selection import select_generator, write_serving
 
 THINGS = ["tea", "coffee", "music", "films", "books", "dogs", "cats", "rain", "tennis", "maths"]
 PEOPLE = ["tom", "mary", "jack", "anna", "li", "sam", "kate", "bob", "ann", "joe", "amy", "ben"]

@@ -1,5 +1,5 @@
 """The retrieval benchmarks' helpers: latency summaries, agreement with exact search, the sample
-picks shared with ``training.evaluate``, and the budgeted index build."""
+picks shared with ``training.eval.generation``, and the budgeted index build."""
 
 from __future__ import annotations
 

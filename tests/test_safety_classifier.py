@@ -1,4 +1,4 @@
-"""The safety classifier and blocklist (models/safety.py) and their training (training/safety_classifier.py):
+"""The safety classifier and blocklist (models/safety.py) and their training (training/methods/safety_classifier/job.py):
 whole-token blocklist matching, metrics on hand-computed cases, a tiny train/save/load round trip
 on a synthetic DiaSafety-format corpus, corrupt bundles refused, the CLI and the pipeline stage;
 the readability rule (a context the classifier cannot read is judged as empty), the risk detector,
@@ -42,8 +42,9 @@ from models.safety import (
 )
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
-from training.g2r import ResponseFilter
-from training.safety_classifier import (
+from training.core.safety_data import SafetyExample, load_diasafety
+from training.methods.g2r.job import ResponseFilter
+from training.methods.safety_classifier.job import (
     SAFETY_PRESETS,
     benign_floor,
     best_f1_threshold,
@@ -57,7 +58,6 @@ from training.safety_classifier import (
     stratified_holdout,
     train_safety_classifier,
 )
-from training.safety_data import SafetyExample, load_diasafety
 
 CATEGORIES = ("Toxicity Agreement", "Risk Ignorance", "Offending User")
 TOXIC = ["you people are all idiots .", "i hate them all .", "they deserve to suffer ."]

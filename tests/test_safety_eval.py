@@ -13,8 +13,8 @@ from models.decoding import DecodingConfig
 from models.generator import GenerativeResponder, InputConfig
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
-from training.data import DialogueExample, write_jsonl
-from training.safety_eval import (
+from training.core.data import DialogueExample, write_jsonl
+from training.eval.safety import (
     add_ratios,
     evaluate_bundle,
     markdown_table,

@@ -1,4 +1,4 @@
-"""The served-generator rule (training/selection.py) and the serving.json the service reads."""
+"""The served-generator rule (training/pipeline/selection.py) and the serving.json the service reads."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from models.bundle import read_serving
-from training.selection import (
+from training.pipeline.selection import (
     RetrieverRule,
     SelectionRule,
     select_generator,

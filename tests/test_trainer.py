@@ -11,11 +11,18 @@ import torch
 
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
-from training.data import DialogueExample
-from training.distributed import DistContext
-from training.generator import MLEObjective, PairSet, bucketed_batches, run_generator_training
+from training.core.data import DialogueExample
+from training.core.distributed import DistContext
+from training.core.generator import MLEObjective, PairSet, bucketed_batches, run_generator_training
+from training.core.trainer import (
+    LOG_FILE,
+    PLOT_FILE,
+    TrainConfig,
+    Trainer,
+    noam_learning_rate,
+    read_log,
+)
 from training.presets import PRESETS, Preset
-from training.trainer import LOG_FILE, PLOT_FILE, TrainConfig, Trainer, noam_learning_rate, read_log
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -210,7 +217,7 @@ def test_early_stopping_stops_after_patience_evals_without_improvement(
 
 
 def test_linear_schedule_warms_up_then_decays_to_zero() -> None:
-    from training.trainer import linear_warmup_decay
+    from training.core.trainer import linear_warmup_decay
 
     peak, warm, total = 2e-3, 10, 110
     assert linear_warmup_decay(1, peak, warm, total) == pytest.approx(peak / 10)

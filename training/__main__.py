@@ -6,11 +6,11 @@ train-generator  one generator (--method mle|nd|nt|ul)
 evaluate         a generator bundle on a split: JSON + markdown
 reply            print a generator's replies to sample (or given) contexts
 
-Also, from their own modules: retrieval (training/retrieval_cli.py: augment, train-retriever,
-build-index), malicious targets (training/attack_cli.py: train-lm, attack, attack-table,
-train-malicious-nt), FlatGD (training/flatgd_cli.py: train-expert, train-flatgd,
-evaluate-safety), the safety classifier (training/classifier_cli.py:
-train-safety-classifier) and D_N statistics (training/nd_entropy.py: negative-set).
+Also, from their own modules: retrieval (training/cli/retrieval.py: augment, train-retriever,
+build-index), malicious targets (training/cli/malicious.py: train-lm, attack, attack-table,
+train-malicious-nt), FlatGD (training/cli/flatgd.py: train-expert, train-flatgd,
+evaluate-safety), the safety classifier (training/cli/safety_classifier.py:
+train-safety-classifier) and D_N statistics (training/methods/nd/entropy.py: negative-set).
 """
 
 from __future__ import annotations
@@ -22,11 +22,15 @@ import sys
 from pathlib import Path
 
 from models.bundle import BundleError
-from training import attack_cli, classifier_cli, flatgd_cli, nd_entropy
-from training.data import DataFormatError
-from training.jobs import ND_ABLATIONS, train_generator_command
-from training.retrieval_cli import add_parsers as add_retrieval_parsers
-from training.retrieval_cli import dispatch as dispatch_retrieval
+from training.cli import flatgd as flatgd_cli
+from training.cli import malicious as attack_cli
+from training.cli import negative_set as nd_entropy
+from training.cli import safety_classifier as classifier_cli
+from training.cli.generator_jobs import ND_ABLATIONS, train_generator_command
+from training.cli.retrieval import add_parsers as add_retrieval_parsers
+from training.cli.retrieval import dispatch as dispatch_retrieval
+from training.core.data import DataFormatError
+from training.presets import DAILYDIALOG
 
 SAMPLE_CONTEXTS = [
     ["hello , how are you today ?"],
@@ -37,7 +41,7 @@ SAMPLE_CONTEXTS = [
     ["can you help me with my homework ?"],
 ]
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dailydialog"
+DEFAULT_DATA = DAILYDIALOG
 
 
 def _common(p: argparse.ArgumentParser, *, preset: bool = True) -> None:
@@ -82,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from training.build_progress import STAGES
+    from training.pipeline.progress import STAGES
 
     p = sub.add_parser(
         "build",
@@ -189,7 +193,7 @@ def print_replies(bundles: list[Path], contexts: list[list[str]], device: str) -
     from models.bundle import read_manifest
     from models.generator import GenerativeResponder
     from models.retriever import RetrievalResponder
-    from training.distributed import resolve_device
+    from training.core.distributed import resolve_device
 
     for bundle in bundles:
         if read_manifest(bundle).kind == "retriever":
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from training.distributed import set_training_threads
+    from training.core.distributed import set_training_threads
 
     threads = set_training_threads(args.threads)
     logging.getLogger("training").debug("torch intra-op threads: %d", threads)
@@ -245,10 +249,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     from models.bundle import verify_bundle
     from models.generator import GenerativeResponder
-    from training.data import load_splits, training_response_token_counts
-    from training.distributed import init_distributed, resolve_device, shutdown
-    from training.evaluate import evaluate_generator, markdown_report
-    from training.pipeline import BuildPaths, build, ensure_tokenizer, prepare_splits
+    from training.core.data import load_splits, training_response_token_counts
+    from training.core.distributed import init_distributed, resolve_device, shutdown
+    from training.eval.generation import evaluate_generator, markdown_report
+    from training.pipeline.build import BuildPaths, build, ensure_tokenizer, prepare_splits
     from training.presets import get_preset
 
     if args.command == "reply":
@@ -256,7 +260,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
 
     if args.command == "compare":
-        from training.compare import compare_generators, write_comparison
+        from training.eval.compare import compare_generators, write_comparison
 
         bundles = dict(_label_path(b) for b in args.bundle)
         first = GenerativeResponder.load(next(iter(bundles.values())))
@@ -284,7 +288,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         examples = splits.test if args.split == "test" else splits.validation
         if args.max_examples:
             examples = examples[: args.max_examples]
-        from training.evaluate import STANDARD_DECODINGS
+        from training.eval.generation import STANDARD_DECODINGS
 
         wanted = [d.strip() for d in args.decodings.split(",") if d.strip()]
         unknown = sorted(set(wanted) - set(STANDARD_DECODINGS))
@@ -318,7 +322,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     ctx = init_distributed(args.device)
     try:
         if args.command == "build":
-            from training.build_progress import summary_table
+            from training.pipeline.progress import summary_table
 
             summary = build(
                 preset,

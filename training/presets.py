@@ -5,7 +5,7 @@
   idle machine (README: measured wall time). Training runs in bf16 on both cores with tight
   length buckets (reports/train_throughput.md: 1.63x the tokens/s of the old fp32 loop), which
   buys about one epoch for the generator; the build also fine-tunes an NT model and serves the
-  least generic generator of comparable perplexity (training/selection.py).
+  least generic generator of comparable perplexity (training/pipeline/selection.py).
 * ``base``: the reproduction preset, ~2 hours for the whole pipeline on the same CPU: 3+3 layers
   for several epochs, the ND teacher from scratch on a clustered-entropy D_N, the student
   fine-tuned; a 2-layer retriever on 3-turn contexts beside a plain bi-encoder.
@@ -31,6 +31,7 @@ Retrieval side (``Preset.retriever``), measured for ``small``:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 from models.biencoder import BiEncoderConfig
@@ -38,9 +39,14 @@ from models.decoding import DecodingConfig
 from models.generator import InputConfig
 from models.retriever import IndexConfig
 from models.seq2seq import Seq2SeqConfig
-from training.g2r_filter import TeacherReplyFilter
-from training.nd_entropy import EntropyConfig
-from training.trainer import TrainConfig
+from training.core.trainer import TrainConfig
+from training.methods.g2r.filter import TeacherReplyFilter
+from training.methods.nd.entropy import EntropyConfig
+
+# The shared data folder beside the repository (../shared/data): DailyDialog, DiaSafety, the He &
+# Glass target lists and the response blocklist. Every command's default --data starts here.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DAILYDIALOG = SHARED_DATA / "dailydialog"
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,7 @@ class RetrieverPreset:
     # what `build` trains: "g2r-dm" (data + model level, eq. 5) or "g2r-d" (data level only)
     method: Literal["g2r-d", "g2r-dm"] = "g2r-dm"
     # also train a plain bi-encoder (no teacher) and serve whichever has the higher validation
-    # Hits@1/K (training/selection.py): G2R is served only where its teacher helps
+    # Hits@1/K (training/pipeline/selection.py): G2R is served only where its teacher helps
     biencoder_baseline: bool = False
     # re-rank the index's candidates by bi-encoder + TF-IDF (models/lexical.py), the weight
     # chosen on validation (0 = off); the paper preset keeps G2R's dense-only ranking
@@ -115,7 +121,7 @@ class GeneratorPreset:
     train: TrainConfig
     val_examples: int  # validation pairs used for the early-stopping loss (0 = all)
     # fine-tunes (NT, UL, ND from the standard model) of a base trained with the linear schedule
-    # run at this share of its peak learning rate (training/generator.py fine_tune_overrides)
+    # run at this share of its peak learning rate (training/core/generator.py fine_tune_overrides)
     fine_tune_lr_fraction: float = 0.25
 
 
@@ -161,7 +167,7 @@ class Preset:
     eval_examples: int = 0  # test pairs scored by `evaluate` (0 = the whole split)
     max_train_examples: int = 0  # 0 = the whole training split
     # NT (He & Glass 2020, Alg. 2) fine-tune of the standard model that `build` adds to the
-    # served-generator candidates (training/selection.py); 0 = not built
+    # served-generator candidates (training/pipeline/selection.py); 0 = not built
     nt_steps: int = 0
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from models.generator import GenerativeResponder
-from training.attack import HitThresholds, SearchResult, judge, score_triggers
-from training.safety_data import load_targets
+from training.core.safety_data import load_targets
+from training.methods.malicious.attack import HitThresholds, SearchResult, judge, score_triggers
 
 torch.set_num_threads(1)
 r = GenerativeResponder.load(Path("artifacts/generator-standard"))

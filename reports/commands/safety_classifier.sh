@@ -17,7 +17,7 @@ from collections import Counter
 torch.set_num_threads(1)
 from models.safety import SafetyClassifier
 from models.generator import GenerativeResponder
-from training.data import load_splits
+from training.core.data import load_splits
 clf = SafetyClassifier.load(Path("artifacts/safety-classifier"))
 gen = GenerativeResponder.load(Path("artifacts/generator-nd"))
 val = load_splits(Path("../shared/data/dailydialog"), max_context_turns=1).validation[:500]

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 from models.generator import GenerativeResponder
-from training.flatgd import FlatGDObjective, FlatGDWeights, SafetyTuningData, trainable_parameters
-from training.flatgd_jobs import dialogue_pairs
-from training.generator import PairSet
-from training.safety_data import load_diasafety
+from training.methods.flatgd.objective import FlatGDObjective, FlatGDWeights, SafetyTuningData, trainable_parameters
+from training.methods.flatgd.job import dialogue_pairs
+from training.core.generator import PairSet
+from training.core.safety_data import load_diasafety
 
 torch.manual_seed(0)
 base = GenerativeResponder.load(Path("artifacts/generator-standard"))
@@ -77,7 +77,7 @@ $PY - <<'PY'
 import json
 from pathlib import Path
 
-from training.safety_eval import paired_unsafe_test
+from training.eval.safety import paired_unsafe_test
 
 evaluation = json.loads(Path("runs/flatgd/safety_flatgd_eval.json").read_text())
 names = {

@@ -40,7 +40,7 @@ attack artifacts/generator-nt-malicious-0.5k-lr3e-5 nt-0.5k-lr3e-5
 # aug2_5k) contains; a stand-in for the paper's held-out test list, which is not public here.
 .venv/bin/python - <<'PY'
 from pathlib import Path
-from training.safety_data import load_paraphrases, load_targets
+from training.core.safety_data import load_paraphrases, load_targets
 d = Path("../shared/data/malicious_targets")
 seen = set()
 for f in ("train.txt", "train_aug1k.txt", "train_aug2_5k.txt"):

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from models.generator import GenerativeResponder
-from training.data import load_splits
-from training.generator import PairSet
+from training.core.data import load_splits
+from training.core.generator import PairSet
 
 
 def main(base_dir: str, tuned_dir: str, top: int = 15) -> None:

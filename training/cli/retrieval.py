@@ -1,0 +1,266 @@
+"""Retrieval commands of ``python -m training`` (also under torchrun):
+
+augment          data-level G2R: m teacher replies per training context, as resumable JSONL shards
+train-retriever  a bi-encoder retriever (--method biencoder | g2r-d | g2r-dm) and its bundle
+build-index      re-embed a retriever bundle's responses and write a fresh index.faiss
+
+Wire in with ``add_parsers(sub)`` after the other sub-commands and ``dispatch(args)`` first in
+the dispatcher (it returns None for commands that are not its own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from training.presets import DAILYDIALOG
+
+COMMANDS = ("augment", "train-retriever", "build-index")
+DEFAULT_DATA = DAILYDIALOG
+
+logger = logging.getLogger(__name__)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="small", help="tiny | small | base | paper (default: small)")
+    p.add_argument(
+        "--context-turns", type=int, default=0, help="turns the models read (default: preset's)"
+    )
+    p.add_argument(
+        "--max-source-len", type=int, default=0, help="context pieces kept (default: preset's)"
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="DailyDialog release dir or a dir of JSONL splits",
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="checkpoints, logs, shards")
+    p.add_argument("--no-resume", action="store_true", help="start from scratch")
+
+
+def _preset(args: argparse.Namespace) -> Any:
+    """The preset named by ``--preset`` with the ``--context-turns``/``--max-source-len``
+    overrides applied to generators and retriever alike."""
+    from training.presets import get_preset, with_context_turns
+
+    preset = get_preset(args.preset)
+    if args.context_turns or args.max_source_len:
+        preset = with_context_turns(
+            preset, args.context_turns or preset.inputs.max_context_turns, args.max_source_len
+        )
+    if preset.retriever is None:
+        raise ValueError(f"preset {preset.name!r} has no retriever configuration")
+    return preset
+
+
+def _optional_path(value: str, auto: Path | None) -> Path | None:
+    """``auto`` -> the default, ``none`` -> None, anything else -> that path."""
+    if value == "auto":
+        return auto
+    return None if value.lower() == "none" else Path(value)
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``augment``, ``train-retriever`` and ``build-index`` to an argparse sub-parser set."""
+    p = sub.add_parser("augment", help="G2R teacher replies for training contexts (JSONL shards)")
+    _common(p)
+    p.add_argument("--teacher", type=Path, required=True, help="generator bundle or local HF dir")
+    p.add_argument("--out", type=Path, help="shard dir (default: <runs>/<preset>/g2r-augment)")
+    p.add_argument("--m", type=int, help="override the preset's replies per context")
+    p.add_argument(
+        "--max-contexts", type=int, help="override the preset's context subset (0 = all)"
+    )
+
+    p = sub.add_parser("train-retriever", help="train a bi-encoder retriever and write its bundle")
+    _common(p)
+    p.add_argument("--method", choices=["biencoder", "g2r-d", "g2r-dm"], default="g2r-dm")
+    p.add_argument(
+        "--teacher",
+        type=Path,
+        help="generator bundle or local HF dir (G2R methods; optional once the shards are complete)",
+    )
+    p.add_argument(
+        "--augmented", type=Path, help="shard dir (default: <runs>/<preset>/g2r-augment)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    p.add_argument("--name", help="bundle name (default: the --out directory name)")
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        help="tokenizer.json (default: the teacher bundle's, else <runs>/<preset>/tokenizer.json)",
+    )
+    p.add_argument(
+        "--init-from",
+        default="auto",
+        help="generator bundle to warm-start the encoders from; 'none' = random init; 'auto' "
+        "(default) = the teacher bundle when its encoder has the preset's shape",
+    )
+    p.add_argument(
+        "--blocklist",
+        default="auto",
+        help="response blocklist, one phrase per line; 'none' = off; 'auto' (default) = "
+        "../shared/data/blocklist/en.txt",
+    )
+    p.add_argument("--score", choices=["ll", "mi"], help="teacher score for g2r-dm (eq. 3 or 6)")
+    p.add_argument(
+        "--teacher-filter",
+        choices=["preset", "default", "none"],
+        default="preset",
+        help="quality bar for teacher replies entering D^G and R^G (training/methods/g2r/filter.py): "
+        "'preset' (default) = the preset's, off when it has none; 'default' = "
+        "TeacherReplyFilter()'s defaults; 'none' = off",
+    )
+    p.add_argument(
+        "--teacher-min-score-quantile",
+        type=float,
+        help="with a teacher filter: keep replies the teacher scores at least this quantile of "
+        "its scores of all its replies (default 0.25)",
+    )
+    p.add_argument("--max-steps", type=int, help="override the preset's step budget")
+
+    p = sub.add_parser("build-index", help="rebuild the index of a retriever bundle")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--ef-search", type=int, help="new efSearch (default: keep the bundle's)")
+    p.add_argument("--out", type=Path, help="write the bundle here instead of in place")
+
+
+def dispatch(args: argparse.Namespace) -> int | None:
+    """Run a retrieval command; None when ``args.command`` is not one of them."""
+    if args.command not in COMMANDS:
+        return None
+    # Heavy imports after argument parsing, so `--help` stays instant.
+    from training.core.distributed import init_distributed, shutdown
+    from training.methods.g2r.job import rebuild_index
+
+    if args.command == "build-index":
+        manifest = rebuild_index(args.bundle, out_dir=args.out, ef_search=args.ef_search)
+        print(json.dumps({"bundle": str(args.out or args.bundle), **manifest.metrics}, indent=2))
+        return 0
+
+    ctx = init_distributed(args.device)
+    try:
+        if args.command == "augment":
+            _augment(args, ctx)
+        else:
+            _train_retriever(args, ctx)
+    finally:
+        shutdown(ctx)
+    return 0
+
+
+def _augmentation_dir(args: argparse.Namespace, explicit: Path | None) -> Path:
+    return explicit or args.runs / args.preset / "g2r-augment"
+
+
+def _augment(args: argparse.Namespace, ctx: Any) -> None:
+    from training.core.distributed import barrier
+    from training.methods.g2r.augment import (
+        augment_contexts,
+        augmentation_status,
+        group_by_context,
+        select_contexts,
+    )
+    from training.methods.g2r.teachers import load_teacher
+    from training.pipeline.build import prepare_splits
+
+    preset = _preset(args)
+    rp = preset.retriever
+    cfg = rp.augment
+    if args.m is not None:
+        cfg = replace(cfg, m=args.m)
+    if args.max_contexts is not None:
+        cfg = replace(cfg, max_contexts=args.max_contexts)
+    out = _augmentation_dir(args, args.out)
+    if args.no_resume and ctx.is_main:
+        for old in out.glob("shard-*-of-*.jsonl"):
+            old.unlink()
+    barrier(ctx)
+    splits = prepare_splits(replace(preset, inputs=rp.inputs), args.data)  # its own turns
+    groups = select_contexts(group_by_context(splits.train), cfg.max_contexts, cfg.seed)
+    teacher = load_teacher(args.teacher, ctx.device)
+    augment_contexts(
+        teacher, groups, out, cfg, rank=ctx.rank, world_size=ctx.world_size, progress=True
+    )
+    barrier(ctx)
+    if ctx.is_main:
+        done, expected = augmentation_status(out)
+        print(json.dumps({"shards": str(out), "contexts": done, "expected": expected}))
+
+
+def _train_retriever(args: argparse.Namespace, ctx: Any) -> None:
+    from models.bundle import read_manifest
+    from models.tokenizer import DialogueTokenizer
+    from training.methods.g2r.job import DEFAULT_BLOCKLIST, build_retriever, warm_start_matches
+    from training.pipeline.build import ensure_tokenizer, prepare_splits
+
+    preset = _preset(args)
+    rp = preset.retriever
+    if args.max_steps:
+        rp = replace(rp, train=replace(rp.train, max_steps=args.max_steps))
+    splits = prepare_splits(replace(preset, inputs=rp.inputs), args.data)  # its own turns
+    teacher_bundle = (
+        args.teacher
+        if args.teacher is not None and (args.teacher / "manifest.json").is_file()
+        else None
+    )
+    if args.tokenizer is not None:
+        tokenizer = DialogueTokenizer.from_file(args.tokenizer)
+    elif teacher_bundle is not None:
+        tokenizer = DialogueTokenizer.from_file(teacher_bundle / "tokenizer.json")
+    else:
+        tok_path = args.runs / args.preset / "tokenizer.json"
+        tokenizer = ensure_tokenizer(preset, splits, tok_path, ctx)
+    init_from = _optional_path(args.init_from, None)
+    if args.init_from == "auto" and teacher_bundle is not None and rp.warm_start:
+        if warm_start_matches(rp.model, teacher_bundle, tokenizer.vocab_size):
+            init_from = teacher_bundle
+        else:
+            shape = read_manifest(teacher_bundle).model_config.get("seq2seq", {})
+            logger.info("no warm start: the teacher's encoder %s differs from the preset's", shape)
+    teacher_filter = _teacher_filter(args, rp)
+    name = args.name or args.out.name
+    manifest = build_retriever(
+        method=args.method,
+        preset=rp,
+        splits=splits,
+        tokenizer=tokenizer,
+        out_dir=args.out,
+        name=name,
+        run_dir=args.runs / args.preset / name,
+        dist_ctx=ctx,
+        data_desc=str(args.data),
+        augmentation_dir=_augmentation_dir(args, args.augmented),
+        teacher=args.teacher if args.method != "biencoder" else None,
+        init_from=init_from,
+        blocklist=_optional_path(args.blocklist, DEFAULT_BLOCKLIST),
+        teacher_score=args.score,
+        teacher_filter=teacher_filter,
+        resume=not args.no_resume,
+        seed=args.seed,
+    )
+    if manifest is not None:
+        print(json.dumps(manifest.to_dict(), indent=2))
+
+
+def _teacher_filter(args: argparse.Namespace, preset: Any) -> Any:
+    """The --teacher-filter choice as a TeacherReplyFilter or None (--teacher-min-score-quantile
+    overrides its score quantile)."""
+    from training.methods.g2r.filter import TeacherReplyFilter
+
+    chosen = {
+        "preset": getattr(preset, "teacher_filter", None),
+        "default": TeacherReplyFilter(),
+        "none": None,
+    }[args.teacher_filter]
+    if args.teacher_min_score_quantile is not None:
+        if chosen is None:
+            raise SystemExit("--teacher-min-score-quantile needs a teacher filter")
+        chosen = replace(chosen, min_score_teacher_quantile=args.teacher_min_score_quantile)
+    return chosen

@@ -1,0 +1,521 @@
+"""One training loop for every objective: warm-up schedule, clipping, AMP, DDP, early stopping,
+checkpoints with exact resume, a JSONL log and a loss-curve plot.
+
+An objective is a callable ``(model, batch) -> (loss, {name: float})``; the MLE, negative
+distillation and retrieval losses all plug in here. Data come as a deterministic function of the
+epoch (``make_epoch(epoch) -> list of batches of example indices``), so a resumed run replays the
+same batches in the same order and, with the RNG states restored, reaches the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pickle
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from training.core.distributed import DistContext, barrier, bf16_autocast_supported
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+BEST_WEIGHTS_FILE = "best.safetensors"
+LOG_FILE = "metrics.jsonl"
+PLOT_FILE = "loss_curve.png"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings; presets fill these in (see training/presets.py)."""
+
+    max_steps: int = 1000  # optimizer updates
+    batch_size: int = 64  # examples per update, over all ranks together
+    optimizer: str = "adam"  # adam | sgd (He & Glass fine-tune with plain SGD)
+    # noam (ND eq. 17) | constant (``lr``) | linear (warm-up to ``lr``, then linearly to 0 at
+    # max_steps: for a fixed budget it ends lower than eq. 17's 1/sqrt(s) tail, see presets.py)
+    lr_schedule: str = "noam"
+    lr: float = 1e-3  # the constant learning rate, or the peak of the linear schedule
+    warmup_steps: int = 4000  # s_wp of ND eq. 17 (paper: 128000 on DailyDialog)
+    lr_scale: float = 2.0  # the numerator of ND eq. 17
+    lr_dim: int = 512  # d_model in ND eq. 17
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-9
+    clip_norm: float = 1.0  # max global gradient L2 norm
+    eval_every: int = 200  # updates between validation runs (and checkpoints)
+    patience: int = 5  # validations without improvement before early stopping
+    keep: str = "best"  # best (lowest val_loss, early stopping) | last (fine-tunes: no stopping)
+    log_every: int = 10
+    seed: int = 0
+    # bf16 autocast where the device has native bf16 (CUDA; CPUs with AVX512-BF16 or AMX): 6,314 vs
+    # 4,875 tokens/s for fp32 on this workplace's CPU, same loss curve (reports/train_throughput.md)
+    amp: bool = True
+    progress: bool = True  # tqdm bar on rank 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def noam_learning_rate(step: int, d_model: int, warmup_steps: int, scale: float = 2.0) -> float:
+    """ND eq. 17: lr = scale * min(1/sqrt(s), s / sqrt(s_wp^3)) / sqrt(d_model), with s >= 1."""
+    s = max(step, 1)
+    return scale * min(s**-0.5, s * warmup_steps**-1.5) / math.sqrt(d_model)
+
+
+def linear_warmup_decay(step: int, peak: float, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up to ``peak`` over ``warmup_steps``, then linear decay to 0 at ``total_steps``."""
+    s = max(step, 1)
+    if s <= warmup_steps:
+        return peak * s / max(warmup_steps, 1)
+    return peak * max(0.0, (total_steps - s) / max(total_steps - warmup_steps, 1))
+
+
+class Objective(Protocol):
+    def __call__(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]: ...
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs besides weights and optimizer moments."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of ``epoch`` already consumed
+    best_val: float = float("inf")
+    best_step: int = 0
+    bad_evals: int = 0
+    finished: bool = False
+    stop_reason: str = ""
+    elapsed_s: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    state: TrainState
+    run_dir: Path
+
+    @property
+    def best_weights(self) -> Path:
+        return self.run_dir / BEST_WEIGHTS_FILE
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read safely; the message says which file and what to do."""
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through a temporary file, fsync and rename. ``obj`` must hold only tensors
+    and plain Python values (dicts, lists, tuples, str, int, float, bool, None), so that
+    :func:`load_checkpoint_file` can read it with ``weights_only=True``; anything else (a numpy
+    array, a dataclass) is refused here rather than written as a pickle to be trusted later."""
+    _check_plain(obj, "checkpoint")
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+_PLAIN_SCALARS = (str, int, float, bool, type(None), torch.Tensor, torch.Size)
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    if isinstance(obj, _PLAIN_SCALARS):
+        return
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            _check_plain(key, f"{where} key")
+            _check_plain(value, f"{where}[{key!r}]")
+        return
+    if isinstance(obj, list | tuple):
+        for i, value in enumerate(obj):
+            _check_plain(value, f"{where}[{i}]")
+        return
+    raise TypeError(f"{where} is a {type(obj).__name__}: checkpoints hold tensors and plain values")
+
+
+def _legacy_numpy_globals() -> list[Any]:
+    """What the numpy RNG state of a checkpoint written before the weights_only format pickled:
+    a uint32 ndarray. Allowed (and nothing else) when reading such a checkpoint."""
+    from numpy._core.multiarray import _reconstruct
+
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_checkpoint_file(path: Path, map_location: Any = None) -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``: tensors and plain values only,
+    no arbitrary pickle.
+
+    Checkpoints written before this format stored the numpy RNG state as an ndarray; they are
+    read with exactly the numpy array globals allowed besides (still ``weights_only=True``), so a
+    run killed under the old code resumes. Anything else that is not plain data raises
+    CheckpointError naming the file, the objects it holds and how to start over."""
+    path = Path(path)
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            with torch.serialization.safe_globals(_legacy_numpy_globals()):
+                data = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            raise CheckpointError(
+                f"{path} holds objects a safe load may not rebuild ({', '.join(unsafe) or exc}); "
+                f"it was not written by this trainer. Delete it (or pass --no-resume) to start "
+                f"the run over"
+            ) from None
+        logger.info("%s is an old-format checkpoint (numpy RNG state as an array)", path)
+    except (RuntimeError, EOFError, OSError) as exc:  # truncated or not a torch file at all
+        raise CheckpointError(
+            f"{path} cannot be read ({exc}); delete it to start the run over"
+        ) from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a checkpoint (a {type(data).__name__})")
+    return data
+
+
+def _atomic_save_weights(model: nn.Module, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    save_file(
+        {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, tmp
+    )
+    os.replace(tmp, path)
+
+
+def _objective_state(objective: Any) -> Any:
+    """An objective with running state (a schedule position, frequency windows) exposes
+    ``state_dict()``/``load_state_dict()``; it is checkpointed with the weights."""
+    return objective.state_dict() if hasattr(objective, "state_dict") else None
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a run draws from, as tensors and plain values (a ``weights_only`` load reads
+    it): numpy's MT19937 key as an int64 tensor instead of its uint32 ndarray."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64).copy()),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s result, or an old checkpoint's (numpy state as a tuple)."""
+    torch.set_rng_state(state["torch"])
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        keys = np.asarray(numpy_state["keys"].cpu().numpy(), dtype=np.uint32)
+        np.random.set_state(
+            (
+                numpy_state["name"],
+                keys,
+                numpy_state["pos"],
+                numpy_state["has_gauss"],
+                numpy_state["cached_gaussian"],
+            )
+        )
+    else:
+        np.random.set_state(numpy_state)
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Runs ``objective`` over ``make_epoch`` batches until max_steps or early stopping."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        config: TrainConfig,
+        *,
+        run_dir: Path,
+        make_epoch: Callable[[int], Sequence[Sequence[int]]],
+        collate: Callable[[Sequence[int]], Any],
+        evaluate: Callable[[nn.Module], dict[str, float]],
+        dist_ctx: DistContext,
+        parameters: Sequence[nn.Parameter] | None = None,
+    ) -> None:
+        self.model = model.to(dist_ctx.device)
+        self.objective = objective
+        self.cfg = config
+        self.run_dir = run_dir
+        self.make_epoch = make_epoch
+        self.collate = collate
+        self.evaluate = evaluate
+        self.ctx = dist_ctx
+        params = list(parameters) if parameters is not None else list(model.parameters())
+        self.optimizer: torch.optim.Optimizer
+        if config.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(params, lr=0.0, betas=config.betas, eps=config.eps)
+        elif config.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=0.0)
+        else:
+            raise ValueError(f"unknown optimizer {config.optimizer!r} (adam | sgd)")
+        if config.keep not in ("best", "last"):
+            raise ValueError(f"unknown keep {config.keep!r} (best | last)")
+        if config.lr_schedule not in ("noam", "constant", "linear"):
+            raise ValueError(
+                f"unknown lr_schedule {config.lr_schedule!r} (noam | constant | linear)"
+            )
+        self.train_model: nn.Module = (
+            DistributedDataParallel(
+                self.model,
+                device_ids=[dist_ctx.local_rank] if dist_ctx.device.type == "cuda" else None,
+            )
+            if dist_ctx.distributed
+            else self.model
+        )
+        self.state = TrainState()
+
+    def learning_rate(self, step: int) -> float:
+        if self.cfg.lr_schedule == "constant":
+            return self.cfg.lr
+        if self.cfg.lr_schedule == "linear":
+            return linear_warmup_decay(step, self.cfg.lr, self.cfg.warmup_steps, self.cfg.max_steps)
+        return noam_learning_rate(step, self.cfg.lr_dim, self.cfg.warmup_steps, self.cfg.lr_scale)
+
+    # --- persistence -------------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT_FILE
+
+    def save_checkpoint(self) -> None:
+        if not self.ctx.is_main:
+            return
+        atomic_torch_save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "state": asdict(self.state),
+                "rng": rng_state(),
+                "config": self.cfg.to_dict(),
+                "objective": _objective_state(self.objective),
+            },
+            self.checkpoint_path,
+        )
+
+    def load_checkpoint(self) -> bool:
+        """Restore a previous run's checkpoint; False when there is none."""
+        if not self.checkpoint_path.exists():
+            return False
+        ckpt = load_checkpoint_file(self.checkpoint_path, map_location=self.ctx.device)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.state = TrainState(**ckpt["state"])
+        set_rng_state(ckpt["rng"])
+        if ckpt.get("objective") is not None and hasattr(self.objective, "load_state_dict"):
+            self.objective.load_state_dict(ckpt["objective"])
+        logger.info("resumed from %s at step %d", self.checkpoint_path, self.state.step)
+        return True
+
+    def _truncate_log(self, step: int) -> None:
+        """Keep only the log rows at or before ``step`` (the checkpoint's): the rows a killed run
+        wrote after its last checkpoint are written again by the resumed run, and a torn last
+        line (killed mid-write) is dropped."""
+        path = self.run_dir / LOG_FILE
+        if not self.ctx.is_main or not path.exists():
+            return
+        kept, dropped = [], 0
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    keep = isinstance(row, dict) and int(row["step"]) <= step
+                except (ValueError, KeyError, TypeError):
+                    keep = False
+                if keep:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+                else:
+                    dropped += 1
+        if not dropped:
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+        logger.info(
+            "%s: dropped %d rows logged after the checkpoint (step %d)", path, dropped, step
+        )
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.ctx.is_main:
+            return
+        with open(self.run_dir / LOG_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def _batches(self) -> Any:
+        """Yield (epoch, index, this rank's share of the batch), endlessly, from the saved position."""
+        while True:
+            epoch_batches = self.make_epoch(self.state.epoch)
+            assert epoch_batches, "make_epoch returned no batches: is the training set empty?"
+            for i in range(self.state.batch_in_epoch, len(epoch_batches)):
+                yield i, epoch_batches[i][self.ctx.rank :: self.ctx.world_size], len(epoch_batches)
+            # fit() advanced state.epoch when it consumed the last batch of this one.
+
+    def _run_eval(self) -> bool:
+        """Validate, keep the best weights, decide on early stopping; True means stop."""
+        self.model.eval()
+        metrics = self.evaluate(self.model)
+        self.model.train()
+        val = metrics["val_loss"]
+        improved = val < self.state.best_val
+        if self.cfg.keep == "last" or improved:  # fixed-length fine-tunes keep their final weights
+            self.state.best_val, self.state.best_step, self.state.bad_evals = (
+                val,
+                self.state.step,
+                0,
+            )
+            if self.ctx.is_main:
+                _atomic_save_weights(self.model, self.run_dir / BEST_WEIGHTS_FILE)
+        else:
+            self.state.bad_evals += 1
+        record = {"step": self.state.step, "kind": "eval", **metrics, "improved": improved}
+        self.state.history.append({"step": float(self.state.step), **metrics})
+        self._log(record)
+        logger.info("step %d: %s", self.state.step, {k: round(v, 4) for k, v in metrics.items()})
+        return self.state.bad_evals >= self.cfg.patience
+
+    def fit(self, *, resume: bool = True) -> TrainResult:
+        """Train to the end (or resume to it); the best weights are in ``run_dir/best.safetensors``."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume and self.load_checkpoint():
+            if self.state.finished:
+                return TrainResult(self.state, self.run_dir)
+            self._truncate_log(self.state.step)
+        if self.state.step == 0:
+            torch.manual_seed(self.cfg.seed)
+            if self.ctx.is_main:
+                (self.run_dir / LOG_FILE).unlink(missing_ok=True)  # a fresh run starts a fresh log
+        use_amp = self.cfg.amp and bf16_autocast_supported(self.ctx.device)
+        self.model.train()
+        bar = tqdm(
+            total=self.cfg.max_steps,
+            initial=self.state.step,
+            disable=not (self.cfg.progress and self.ctx.is_main),
+            desc=self.run_dir.name,
+            dynamic_ncols=True,
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,  # logs stay readable
+        )
+        started = time.monotonic() - self.state.elapsed_s
+        stop = False
+        for index, indices, n_batches in self._batches():
+            if self.state.step >= self.cfg.max_steps or stop:
+                break
+            lr = self.learning_rate(self.state.step + 1)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            batch = self.collate(indices)
+            with torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss, logs = self.objective(self.train_model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.state.step}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
+            self.optimizer.step()
+            self.state.step += 1
+            self.state.batch_in_epoch = index + 1
+            if self.state.batch_in_epoch == n_batches:
+                self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+            bar.update(1)
+            if self.state.step % self.cfg.log_every == 0:
+                record = {
+                    "step": self.state.step,
+                    "kind": "train",
+                    "loss": loss.item(),
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
+                    "epoch": self.state.epoch,
+                    **logs,
+                }
+                self._log(record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}")
+            at_end = self.state.step >= self.cfg.max_steps
+            if self.state.step % self.cfg.eval_every == 0 or at_end:
+                stop = self._run_eval()
+                self.state.elapsed_s = time.monotonic() - started
+                if stop:
+                    self.state.stop_reason = (
+                        f"early stop: no improvement in {self.cfg.patience} evaluations"
+                    )
+                elif at_end:
+                    self.state.stop_reason = "max_steps"
+                self.state.finished = stop or at_end
+                self.save_checkpoint()
+        bar.close()
+        self.state.elapsed_s = time.monotonic() - started
+        if self.ctx.is_main:
+            plot_training_log(self.run_dir / LOG_FILE, self.run_dir / PLOT_FILE)
+        return TrainResult(self.state, self.run_dir)
+
+    def load_best(self) -> None:
+        """Load the best validated weights into the model (rank 0 wrote them: wait for it)."""
+        barrier(self.ctx)
+        self.model.load_state_dict(
+            load_file(self.run_dir / BEST_WEIGHTS_FILE, device=str(self.ctx.device))
+        )
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_training_log(log_path: Path, out_path: Path) -> None:
+    """Training loss, validation loss and learning rate against steps, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_log(log_path)
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
+    ax.plot(
+        [r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation loss"
+    )
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(log_path.parent.name)
+    ax.grid(alpha=0.3)
+    if train:
+        lr_ax = ax.twinx()
+        lr_ax.plot([r["step"] for r in train], [r["lr"] for r in train], "g:", lw=1, label="lr")
+        lr_ax.set_ylabel("learning rate")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Evaluation: generation metrics, bundle comparison and the safety evaluation."""

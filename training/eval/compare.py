@@ -1,0 +1,104 @@
+"""``python -m training compare``: several generator bundles on the same split, one table.
+
+Every bundle is scored on the same examples with the same decoding setups and replies to the same
+sample contexts, so the rows are comparable. Output: ``<out>.json`` keyed by label, then decoding,
+then metric, and ``<out>.md`` with the tables and the sample replies side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from models.generator import GenerativeResponder
+from training.core.data import DialogueExample, training_response_token_counts
+from training.eval.generation import evaluate_generator, markdown_table
+
+logger = logging.getLogger(__name__)
+
+
+def compare_generators(
+    bundles: Mapping[str, Path],
+    *,
+    train: list[DialogueExample],
+    examples: list[DialogueExample],
+    device: str = "cpu",
+    n_samples: int = 20,
+) -> dict[str, Any]:
+    """Evaluate each labelled bundle; returns {label: evaluation} plus the shared samples."""
+    counts = training_response_token_counts(train)
+    results: dict[str, Any] = {}
+    for label, path in bundles.items():
+        started = time.perf_counter()
+        responder = GenerativeResponder.load(path, device=device)
+        result = evaluate_generator(responder, examples, counts, n_samples=n_samples)
+        result["training"] = responder.manifest.training if responder.manifest else {}
+        result["eval_wall_s"] = time.perf_counter() - started
+        results[label] = result
+        logger.info("%s: perplexity %.2f", label, result["perplexity"])
+    return results
+
+
+def comparison_json(results: Mapping[str, Any]) -> dict[str, Any]:
+    """{label: {"perplexity": .., "<decoding>": {metric: value}}}, plus the run facts."""
+    out: dict[str, Any] = {}
+    for label, r in results.items():
+        out[label] = {
+            "model": r["model"],
+            "perplexity": r["perplexity"],
+            **r["decodings"],
+            "training": r["training"],
+        }
+    return out
+
+
+def comparison_markdown(results: Mapping[str, Any], *, title: str, command: str) -> str:
+    """Tables per decoding (rows = labels) and the sample replies, as markdown."""
+    first = next(iter(results.values()))
+    parts = [f"# {title}", "", f"Command: `{command}`", ""]
+    parts.append(f"Examples: {first['n_examples']}. Perplexity (teacher-forced, test split):")
+    parts.append("")
+    parts.append("| model | bundle | perplexity |")
+    parts.append("|---|---|---:|")
+    parts.extend(
+        f"| {label} | {r['model']} | {r['perplexity']:.2f} |" for label, r in results.items()
+    )
+    for decoding in first["decodings"]:
+        parts += ["", f"## {decoding}", ""]
+        parts.append(
+            markdown_table({label: r["decodings"][decoding] for label, r in results.items()})
+        )
+    baseline = next(iter(results))
+    ratio_metrics = ("dist-1", "dist-2", "dist-3", "bleu-3", "bleu-4", "max-ratio", "avg-len")
+    for decoding in first["decodings"]:
+        parts += ["", f"## {decoding}: ratios against {baseline} (same run)", ""]
+        parts.append("| model | " + " | ".join(ratio_metrics) + " | lf |")
+        parts.append("|---|" + "---:|" * (len(ratio_metrics) + 1))
+        base = results[baseline]["decodings"][decoding]
+        for label, r in results.items():
+            m = r["decodings"][decoding]
+            cells = [_ratio(m[k], base[k]) for k in ratio_metrics]
+            parts.append(f"| {label} | " + " | ".join(cells) + f" | {m['lf']:.4f} |")
+    parts += ["", "## Sample replies (greedy)", ""]
+    labels = list(results)
+    parts.append("| context | reference | " + " | ".join(labels) + " |")
+    parts.append("|---|---|" + "---|" * len(labels))
+    for i, sample in enumerate(first["samples"]):
+        cells = [" / ".join(sample["context"]), sample["reference"]]
+        cells += [results[label]["samples"][i]["greedy"] for label in labels]
+        parts.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(parts) + "\n"
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}x" if base else "n/a"
+
+
+def write_comparison(results: Mapping[str, Any], out: Path, *, title: str, command: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(comparison_json(results), indent=2))
+    out.with_suffix(".md").write_text(comparison_markdown(results, title=title, command=command))

@@ -1,0 +1,1 @@
+"""FlatGD (Khalatbari et al.): the safety objective and its jobs (experts, fine-tune)."""

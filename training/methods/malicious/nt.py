@@ -1,0 +1,484 @@
+"""Negative training for the malicious-response problem (He & Glass, ACL 2020, Algorithm 1).
+
+For each malicious target y, gibbs-enum (:mod:`training.methods.malicious.attack`) finds a trigger x; while the pair
+still *hits* under the chosen criterion c(x, y), the model takes a negative update on it and a
+positive MLE update on a training pair:
+
+    theta <- theta - lr * grad log P(y | x)                     (negative update)
+    theta <- theta + lr * lambda_POS * grad log P(y_pos | x_pos)  (positive update)
+
+i.e. one step on L = L_NEG + lambda_POS L_MLE (eq. 4). *Frequent word avoiding* (FWA, section 4.2):
+no negative gradient reaches the words {<EOS>, you, i, me, are, to, do}, so "i hate you <EOS>"
+only pushes down "hate". Each iteration re-searches every target's trigger, as in the paper.
+
+Batched for speed: targets go through in mini-batches (the paper's 100); a batch's hits take
+their negative updates together (mean over the hit pairs) with one positive batch per update,
+until no pair of the batch hits or ``max_updates`` is reached. Later iterations start each search
+from the target's previous trigger plus fresh restarts (``warm_start``). The run checkpoints after
+every target batch (weights, optimizer, RNG, triggers, log) and resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from models.bundle import Manifest
+from models.generator import GenerativeResponder
+from models.seq2seq import Seq2SeqTransformer
+from models.tokenizer import DialogueTokenizer
+from training.core.data import DialogueSplits, load_splits, training_response_token_counts
+from training.core.generator import PairSet, corpus_nll, smoothed_nll
+from training.core.trainer import atomic_torch_save, load_checkpoint_file, rng_state, set_rng_state
+from training.methods.malicious.attack import (
+    HIT_TYPES,
+    GibbsEnumConfig,
+    HitThresholds,
+    SearchMode,
+    SearchResult,
+    TargetBatch,
+    attack,
+    gibbs_enum,
+    judge,
+    score_triggers,
+    target_log_probs,
+)
+from training.methods.malicious.lm import ResponseLM
+
+__all__ = [
+    "MALICIOUS_PRESETS",
+    "AttackContext",
+    "MaliciousNTConfig",
+    "MaliciousPreset",
+    "attack_report",
+    "augment_targets",
+    "load_attack_context",
+    "sample_targets",
+    "train_malicious_nt",
+]
+
+logger = logging.getLogger(__name__)
+
+FWA_WORDS = ("you", "i", "me", "are", "to", "do")  # plus <EOS>; He & Glass footnote 9
+
+
+@dataclass(frozen=True)
+class MaliciousNTConfig:
+    """Algorithm 1's settings. Paper: 20 iterations, target mini-batch 100, lambda_POS 1
+    (Switchboard, OpenSubtitles), fixed lr 0.01 with SGD for an LSTM; we fine-tune a Transformer
+    trained with Adam, so Adam at a small fixed lr is the default (configurable)."""
+
+    criterion: str = "o-sample-avg"  # hit type that triggers negative updates
+    iterations: int = 20
+    target_batch: int = 100
+    max_updates: int = 10  # negative updates per batch of triggers before re-searching
+    lr: float = 1e-4
+    optimizer: str = "adam"  # adam | sgd
+    lambda_pos: float = 1.0
+    pos_batch: int = 64
+    label_smoothing: float = 0.1  # of the positive MLE term, as in training
+    fwa: bool = True
+    # Extension (not in the paper): also spare the N most frequent response words of the training
+    # corpus, so negative updates only push down the targets' rarer, content-bearing words.
+    fwa_corpus_top: int = 0
+    warm_start: bool = True  # later iterations also restart from the previous trigger
+    search: GibbsEnumConfig = field(default_factory=GibbsEnumConfig)
+
+    def __post_init__(self) -> None:
+        modes = {h: m for m, hs in HIT_TYPES.items() for h in hs}
+        if self.criterion not in modes:
+            raise ValueError(f"criterion must be one of {sorted(modes)}, not {self.criterion!r}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError("optimizer must be adam or sgd")
+
+    @property
+    def mode(self) -> SearchMode:
+        return "io" if self.criterion.startswith("io-") else "o"
+
+
+@dataclass(frozen=True)
+class MaliciousPreset:
+    """The search used to *measure* hit rates and the negative-training run."""
+
+    eval_search: GibbsEnumConfig
+    nt: MaliciousNTConfig
+
+
+MALICIOUS_PRESETS: dict[str, MaliciousPreset] = {
+    "tiny": MaliciousPreset(
+        eval_search=GibbsEnumConfig(trigger_len=4, candidates=8, sweeps=2, restarts=1),
+        nt=MaliciousNTConfig(
+            iterations=1,
+            target_batch=8,
+            max_updates=2,
+            pos_batch=8,
+            search=GibbsEnumConfig(trigger_len=4, candidates=8, sweeps=1, restarts=1),
+        ),
+    ),
+    # What a 2-core CPU affords (reports/safety.md): one search costs 2-5 s per target at n=10,
+    # G=50, T=3 on one (shared) thread, so evaluation uses that and training a cheaper search.
+    "small": MaliciousPreset(
+        eval_search=GibbsEnumConfig(
+            trigger_len=10, candidates=50, sweeps=3, restarts=1, batch_targets=50
+        ),
+        nt=MaliciousNTConfig(
+            iterations=2,
+            target_batch=100,
+            max_updates=10,
+            search=GibbsEnumConfig(
+                trigger_len=10, candidates=16, sweeps=2, restarts=1, batch_targets=100
+            ),
+        ),
+    ),
+    "paper": MaliciousPreset(eval_search=GibbsEnumConfig(), nt=MaliciousNTConfig()),
+}
+
+
+def sample_targets(targets: Sequence[str], limit: int, seed: int) -> list[str]:
+    """All targets, or a seeded sample of ``limit`` of them in list order."""
+    if not limit or limit >= len(targets):
+        return list(targets)
+    keep = sorted(random.Random(seed).sample(range(len(targets)), limit))
+    return [targets[i] for i in keep]
+
+
+def augment_targets(
+    targets: Sequence[str], paraphrases: Sequence[Sequence[str]], copies: int
+) -> list[str]:
+    """Each target followed by its first ``copies`` paraphrases that differ from it (section 4.2)."""
+    if len(paraphrases) != len(targets):
+        raise ValueError(f"{len(paraphrases)} paraphrase rows for {len(targets)} targets")
+    out: dict[str, None] = {}
+    for target, para in zip(targets, paraphrases, strict=True):
+        out.setdefault(target)
+        for p in [p for p in para if p != target][:copies]:
+            out.setdefault(p)
+    return list(out)
+
+
+# --- thresholds and attack reports --------------------------------------------------------------
+
+
+@dataclass
+class AttackContext:
+    """A model under attack with its thresholds: T_out from ``reference`` (default: itself)."""
+
+    responder: GenerativeResponder
+    lm: ResponseLM | None
+    thresholds: HitThresholds
+    test_ppl: float
+    lm_test_ppl: float | None
+    splits: DialogueSplits  # loaded once for T_out; negative training reuses its train split
+
+
+def average_log_likelihood(model: Seq2SeqTransformer, pairs: PairSet) -> float:
+    """Mean token log-likelihood (EOS included) of the test responses: T_out (section 3.2)."""
+    total, count = corpus_nll(model, pairs)
+    return -total / max(count, 1)
+
+
+@torch.no_grad()
+def lm_average_log_likelihood(
+    lm: ResponseLM, tok: DialogueTokenizer, responses: Sequence[str], batch: int = 256
+) -> float:
+    """Mean token log-likelihood of test responses under the LM: T_in.
+
+    Scored like ``R(x)`` in the search (eq. 8): the response's own tokens after ``<s>``, no EOS.
+    """
+    longest = lm.responder.inputs.max_target_len - 1  # as the LM saw responses in training
+    ids = [r[:longest] for r in tok.encode_texts(list(responses)) if r]
+    total, count = 0.0, 0
+    for start in range(0, len(ids), batch):
+        chunk = ids[start : start + batch]
+        x = tok.pad(chunk, lm.device)
+        logp = lm.token_log_probs(x)
+        mask = x.ne(tok.pad_id)
+        total += float((logp * mask).sum())
+        count += int(mask.sum())
+    return total / max(count, 1)
+
+
+def load_attack_context(
+    bundle: Path,
+    data_dir: Path,
+    *,
+    lm_bundle: Path | None = None,
+    reference: Path | None = None,
+    device: torch.device | str = "cpu",
+) -> AttackContext:
+    """Load the model (and LM) and compute T_out / T_in on the DailyDialog test split."""
+    responder = GenerativeResponder.load(bundle, device=device)
+    splits = load_splits(data_dir, responder.inputs.max_context_turns)
+    test = splits.test
+    pairs = PairSet.encode(test, responder.tokenizer, responder.inputs)
+    own = average_log_likelihood(responder.model, pairs)
+    t_out = own
+    if reference is not None and Path(reference) != Path(bundle):
+        ref = GenerativeResponder.load(reference, device=device)
+        t_out = average_log_likelihood(ref.model, PairSet.encode(test, ref.tokenizer, ref.inputs))
+    lm, t_in = None, None
+    if lm_bundle is not None:
+        lm = ResponseLM.load(lm_bundle, device=device)
+        if lm.responder.tokenizer.to_str() != responder.tokenizer.to_str():
+            raise ValueError(f"LM {lm_bundle} and model {bundle} use different tokenizers")
+        t_in = lm_average_log_likelihood(lm, responder.tokenizer, [e.response for e in test])
+    return AttackContext(
+        responder,
+        lm,
+        HitThresholds(t_out=t_out, t_in=t_in),
+        test_ppl=math.exp(-own),
+        lm_test_ppl=None if t_in is None else math.exp(-t_in),
+        splits=splits,
+    )
+
+
+def attack_report(
+    ctx: AttackContext,
+    targets: Sequence[str],
+    cfg: GibbsEnumConfig,
+    modes: Sequence[SearchMode],
+    *,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Run gibbs-enum in each mode and collect rates, thresholds and every outcome."""
+    r = ctx.responder
+    searches = {}
+    for mode in modes:
+        result = attack(
+            r.model, r.tokenizer, targets, cfg, ctx.thresholds, mode=mode, lm=ctx.lm, seed=seed
+        )
+        searches[mode] = result.to_dict()
+    return {
+        "bundle": r.bundle_id,
+        "num_targets": len(targets),
+        "test_ppl": round(ctx.test_ppl, 3),
+        "lm_test_ppl": None if ctx.lm_test_ppl is None else round(ctx.lm_test_ppl, 3),
+        "thresholds": asdict(ctx.thresholds),
+        "search": asdict(cfg),
+        "searches": searches,
+    }
+
+
+# --- Algorithm 1 --------------------------------------------------------------------------------
+
+
+def fwa_ids(tok: DialogueTokenizer, extra_words: Sequence[str] = ()) -> set[int]:
+    """Piece ids FWA spares: <EOS>, the paper's words and any ``extra_words`` (one-piece words)."""
+    words = [*FWA_WORDS, *extra_words]
+    return {tok.eos_id} | {ids[0] for ids in tok.encode_texts(words) if len(ids) == 1}
+
+
+def fwa_weights(
+    tok: DialogueTokenizer, tgt_out: Tensor, enabled: bool, avoid: set[int] | None = None
+) -> Tensor:
+    """1 for target tokens that take a negative gradient, 0 for padding and (FWA) frequent words."""
+    weights = tgt_out.ne(tok.pad_id).float()
+    if enabled:
+        for i in fwa_ids(tok) if avoid is None else avoid:
+            weights = weights.masked_fill(tgt_out.eq(i), 0.0)
+    return weights
+
+
+def negative_loss(
+    model: Seq2SeqTransformer, src: Tensor, targets: TargetBatch, weights: Tensor
+) -> Tensor:
+    """L_NEG: mean over pairs of the weighted mean log P(y_t | y_<t, x); minimising it is the
+    negative update of Algorithm 1 (eq. 3 with c(x, y) = 1 for the pairs passed in)."""
+    logp, _ = target_log_probs(model, src, targets)
+    per_pair = (logp * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    return per_pair.mean()
+
+
+def _hits(
+    model: Seq2SeqTransformer,
+    tok: DialogueTokenizer,
+    ids: Sequence[Sequence[int]],
+    triggers: Tensor,
+    thresholds: HitThresholds,
+    cfg: MaliciousNTConfig,
+    lm: ResponseLM | None,
+) -> list[bool]:
+    """c(x, y) for the current model and fixed triggers."""
+    was = model.training
+    model.eval()
+    scores = score_triggers(
+        model, tok, ids, triggers, mode=cfg.mode, lm=lm, lm_weight=cfg.search.lm_weight
+    )
+    greedy = cfg.criterion.endswith("-greedy")  # decode only when the criterion needs it
+    result = SearchResult(triggers, scores)
+    flags = judge(model, tok, ids, result, thresholds, cfg.mode, greedy=greedy)
+    model.train(was)
+    return [f[cfg.criterion] for f in flags]
+
+
+def train_malicious_nt(
+    *,
+    base_bundle: Path,
+    data_dir: Path,
+    targets: Sequence[str],
+    cfg: MaliciousNTConfig,
+    out_dir: Path,
+    run_dir: Path,
+    lm_bundle: Path | None = None,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    resume: bool = True,
+    targets_desc: str = "",
+) -> Manifest:
+    """Algorithm 1 over ``targets``; writes a generator bundle (method ``nt-malicious``)."""
+    if cfg.mode == "io" and lm_bundle is None:
+        raise ValueError(f"criterion {cfg.criterion} needs a language model (--lm)")
+    started = time.perf_counter()
+    ctx = load_attack_context(base_bundle, data_dir, lm_bundle=lm_bundle, device=device)
+    responder, tok, model = ctx.responder, ctx.responder.tokenizer, ctx.responder.model
+    splits = ctx.splits
+    base_ppl = ctx.test_ppl
+    pos = PairSet.encode(splits.train, tok, responder.inputs)
+    ids = [t[: responder.inputs.max_target_len - 1] for t in tok.encode_texts(list(targets))]
+    frequent = training_response_token_counts(splits.train).most_common(cfg.fwa_corpus_top)
+    avoid = fwa_ids(tok, [w for w, _ in frequent] if cfg.fwa_corpus_top else ())
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer: torch.optim.Optimizer = (
+        torch.optim.Adam(params, lr=cfg.lr)
+        if cfg.optimizer == "adam"
+        else torch.optim.SGD(params, lr=cfg.lr)
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = run_dir / "checkpoint.pt", run_dir / "metrics.jsonl"
+    search_gen = torch.Generator().manual_seed(seed)
+    pos_gen = torch.Generator().manual_seed(seed + 1)
+    state: dict[str, Any] = {"iteration": 0, "batch": 0, "triggers": {}, "updates": 0}
+    if resume and ckpt_path.is_file():
+        ckpt = load_checkpoint_file(ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        search_gen.set_state(ckpt["search_gen"])
+        pos_gen.set_state(ckpt["pos_gen"])
+        state = ckpt["state"]
+        logger.info(
+            "resumed negative training at iteration %d batch %d", state["iteration"], state["batch"]
+        )
+    elif log_path.exists():
+        log_path.unlink()
+    order = list(range(len(ids)))
+    n_batches = math.ceil(len(ids) / cfg.target_batch)
+    bar = tqdm(total=cfg.iterations * n_batches, desc="negative training", unit="batch")
+    bar.update(state["iteration"] * n_batches + state["batch"])
+    while state["iteration"] < cfg.iterations:
+        it = state["iteration"]
+        it_order = order[:]
+        random.Random(seed * 1000 + it).shuffle(it_order)
+        while state["batch"] < n_batches:
+            b = state["batch"]
+            rows = it_order[b * cfg.target_batch : (b + 1) * cfg.target_batch]
+            batch_ids = [ids[i] for i in rows]
+            model.eval()
+            result = gibbs_enum(
+                model, tok, batch_ids, cfg.search, mode=cfg.mode, lm=ctx.lm, generator=search_gen
+            )
+            triggers = result.triggers
+            if cfg.warm_start and state["triggers"]:
+                # the previous trigger competes with the fresh search: keep whichever is better
+                prev = [state["triggers"].get(i) for i in rows]
+                if all(p is not None for p in prev):
+                    prev_t = torch.tensor(prev, device=triggers.device)
+                    prev_scores = score_triggers(
+                        model,
+                        tok,
+                        batch_ids,
+                        prev_t,
+                        mode=cfg.mode,
+                        lm=ctx.lm,
+                        lm_weight=cfg.search.lm_weight,
+                    )
+                    better = prev_scores.loss < result.scores.loss
+                    triggers = torch.where(better[:, None], prev_t, triggers)
+            hit = _hits(model, tok, batch_ids, triggers, ctx.thresholds, cfg, ctx.lm)
+            hits_before = sum(hit)
+            updates = 0
+            model.train()
+            while any(hit) and updates < cfg.max_updates:
+                sel = [i for i, h in enumerate(hit) if h]
+                tb = TargetBatch.build([batch_ids[i] for i in sel], tok, triggers.device)
+                weights = fwa_weights(tok, tb.tgt_out, cfg.fwa, avoid)
+                loss_neg = negative_loss(model, triggers[sel], tb, weights)
+                idx = torch.randint(len(pos), (cfg.pos_batch,), generator=pos_gen).tolist()
+                pb = pos.collate(idx, triggers.device)
+                loss_pos = smoothed_nll(
+                    model(pb.src, pb.tgt_in).logits, pb.tgt_out, tok.pad_id, cfg.label_smoothing
+                )
+                loss = loss_neg + cfg.lambda_pos * loss_pos
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                updates += 1
+                hit = _hits(model, tok, batch_ids, triggers, ctx.thresholds, cfg, ctx.lm)
+            for i, r in enumerate(rows):
+                state["triggers"][r] = triggers[i].tolist()
+            state["updates"] += updates
+            record = {
+                "iteration": it,
+                "batch": b,
+                "targets": len(rows),
+                "hits_before": hits_before,
+                "hits_after": sum(hit),
+                "updates": updates,
+                "total_updates": state["updates"],
+                "elapsed_s": round(time.perf_counter() - started, 1),
+            }
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            state["batch"] = b + 1
+            atomic_torch_save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": rng_state(),
+                    "search_gen": search_gen.get_state(),
+                    "pos_gen": pos_gen.get_state(),
+                    "state": state,
+                },
+                ckpt_path,
+            )
+            bar.update(1)
+            bar.set_postfix(hits=f"{hits_before}->{sum(hit)}", it=it)
+        state["iteration"], state["batch"] = it + 1, 0
+    bar.close()
+    model.eval()
+    ppl = math.exp(
+        -average_log_likelihood(model, PairSet.encode(splits.test, tok, responder.inputs))
+    )
+    log = [json.loads(line) for line in log_path.read_text().splitlines()]
+    out = GenerativeResponder(model.cpu(), tok, responder.inputs, responder.decoding)
+    return out.save(
+        out_dir,
+        name=out_dir.name,
+        training={
+            "method": "nt-malicious",
+            "base": responder.bundle_id,
+            "data": str(data_dir),
+            "targets": targets_desc,
+            "num_targets": len(targets),
+            "config": asdict(cfg),
+            "seed": seed,
+            "updates": state["updates"],
+            "hits_first_pass": sum(r["hits_before"] for r in log if r["iteration"] == 0),
+            "hits_last_pass": sum(
+                r["hits_before"] for r in log if r["iteration"] == cfg.iterations - 1
+            ),
+            "wall_time_s": round(time.perf_counter() - started, 1),
+        },
+        metrics={"test_ppl": round(ppl, 3), "base_test_ppl": round(base_ppl, 3)},
+    )

@@ -1,0 +1,710 @@
+"""``python -m training build``: data -> tokenizer -> standard generator -> safety classifier
+(DiaSafety, skipped when absent) -> negative teacher (on D_N) -> ND student -> evaluation; resumable.
+
+Each stage leaves a file behind (tokenizer.json, a verified bundle, an evaluation JSON); a rerun
+skips the stages whose outputs are already there and resumes an interrupted training stage from
+its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, cast
+
+from models.bundle import BundleError, read_manifest, read_serving, update_metrics, verify_bundle
+from models.generator import GenerativeResponder
+from models.tokenizer import DialogueTokenizer
+from training.core.data import (
+    DatasetNotFoundError,
+    DialogueSplits,
+    load_splits,
+    training_response_token_counts,
+)
+from training.core.distributed import DistContext, barrier
+from training.core.generator import train_mle_generator
+from training.eval.generation import STANDARD_DECODINGS, evaluate_generator, markdown_report
+from training.methods.g2r.job import build_retriever
+from training.methods.nd.distill import NegativeSet, negative_set, train_nd_student
+from training.methods.safety_classifier.job import SAFETY_CLASSIFIER, find_diasafety
+from training.methods.safety_classifier.job import build_stage as build_safety_classifier
+from training.pipeline.progress import (
+    DATA,
+    EVALUATE,
+    ND,
+    NEGATIVE_SET,
+    NT,
+    RETRIEVER,
+    SAFETY,
+    SELECT,
+    STAGES,
+    STANDARD,
+    TEACHER,
+    BuildProgress,
+    planned_seconds,
+)
+from training.pipeline.selection import (
+    SelectionRule,
+    select_generator,
+    select_retriever,
+    write_serving,
+)
+from training.presets import Preset
+
+logger = logging.getLogger(__name__)
+
+STANDARD_GENERATOR = "generator-standard"
+NEGATIVE_TEACHER = "generator-negative-teacher"
+ND_STUDENT = "generator-nd"
+NT_GENERATOR = "generator-nt"
+G2R_RETRIEVER = "retriever-g2r"
+BIENCODER_RETRIEVER = "retriever-biencoder"  # the plain bi-encoder beside it (biencoder_baseline)
+SUMMARY_FILE = "build-summary.json"  # runs/<preset>/: the whole summary of the last build
+
+
+@dataclass(frozen=True)
+class BuildPaths:
+    data_dir: Path
+    out_dir: Path  # bundles (artifacts/)
+    runs_dir: Path  # checkpoints, logs, plots, evaluation outputs
+
+    def run_dir(self, preset: Preset, stage: str) -> Path:
+        return self.runs_dir / preset.name / stage
+
+
+def prepare_splits(preset: Preset, data_dir: Path) -> DialogueSplits:
+    """Load, dedup and de-leak the splits, then apply the preset's size caps."""
+    splits = load_splits(data_dir, max_context_turns=preset.inputs.max_context_turns)
+    if preset.max_train_examples:
+        splits.train = splits.train[: preset.max_train_examples]
+    splits.stats["train_used"] = len(splits.train)
+    logger.info("data %s: %s", data_dir, splits.stats)
+    return splits
+
+
+def tokenizer_texts(splits: DialogueSplits) -> list[str]:
+    """Training-split text the tokenizer learns from: every distinct context turn and response."""
+    seen: dict[str, None] = {}
+    for ex in splits.train:
+        for turn in (*ex.context, ex.response):
+            seen.setdefault(turn)
+    return list(seen)
+
+
+def ensure_tokenizer(
+    preset: Preset, splits: DialogueSplits, path: Path, ctx: DistContext
+) -> DialogueTokenizer:
+    """Train the BPE tokenizer once (rank 0) and share it through ``path``."""
+    if ctx.is_main and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tok = DialogueTokenizer.train(tokenizer_texts(splits), preset.vocab_size)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(tok.to_str())
+        os.replace(tmp, path)
+        logger.info("tokenizer: %d pieces -> %s", tok.vocab_size, path)
+    barrier(ctx)
+    return DialogueTokenizer.from_file(path)
+
+
+def existing_bundle(path: Path, preset: Preset) -> bool:
+    """True when ``path`` holds a valid bundle built with ``preset`` (so the stage can be skipped)."""
+    try:
+        manifest = verify_bundle(path)
+    except BundleError:
+        return False
+    return bool(manifest.training.get("preset") == preset.name)
+
+
+def existing_evaluation(bundle_dir: Path, preset: Preset, out_json: Path) -> dict[str, Any] | None:
+    """The test evaluation ``build`` already made of this bundle: ``out_json`` when it names the
+    same bundle id and preset, else the figures recorded in the bundle's manifest (they survive a
+    deleted runs folder); None when the bundle has not been evaluated."""
+    manifest = verify_bundle(bundle_dir)
+    if out_json.exists():
+        try:
+            previous = json.loads(out_json.read_text())
+        except ValueError:
+            previous = {}
+        if previous.get("model") == manifest.bundle_id and previous.get("preset") == preset.name:
+            return dict(previous)
+    metrics = manifest.metrics
+    if "test_perplexity" not in metrics or manifest.training.get("preset") != preset.name:
+        return None
+    decodings: dict[str, dict[str, Any]] = {}
+    for key, value in metrics.items():
+        for decoding in STANDARD_DECODINGS:
+            prefix = f"test_{decoding}_"
+            if key.startswith(prefix):
+                decodings.setdefault(decoding, {})[key[len(prefix) :]] = value
+    return {
+        "model": manifest.bundle_id,
+        "preset": preset.name,
+        "perplexity": metrics["test_perplexity"],
+        "decodings": decodings,
+        "source": f"{bundle_dir / 'manifest.json'} (metrics)",
+    }
+
+
+def evaluate_bundle(
+    bundle_dir: Path,
+    splits: DialogueSplits,
+    preset: Preset,
+    out_json: Path,
+    device: str = "cpu",
+    *,
+    redo: bool = False,
+) -> dict[str, Any]:
+    """Evaluate a generator bundle on the test split, record it in the manifest and on disk;
+    an evaluation of the same bundle (same id) on disk is reused, not redone, unless ``redo``."""
+    if not redo:
+        previous = existing_evaluation(bundle_dir, preset, out_json)
+        if previous is not None:
+            logger.info("%s: evaluated before; not redone", bundle_dir.name)
+            return previous
+    responder = GenerativeResponder.load(bundle_dir, device=device)
+    test = splits.test[: preset.eval_examples] if preset.eval_examples else splits.test
+    counts = training_response_token_counts(splits.train)
+    result = evaluate_generator(responder, test, counts)
+    result["split"] = "test"
+    result["preset"] = preset.name
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(result, indent=2))
+    out_json.with_suffix(".md").write_text(markdown_report(bundle_dir.name, result) + "\n")
+    summary = {"test_perplexity": result["perplexity"]}
+    for dec, metrics in result["decodings"].items():
+        summary.update({f"test_{dec}_{k}": v for k, v in metrics.items()})
+    update_metrics(bundle_dir, summary)
+    return result
+
+
+# `--redo STAGE` redoes STAGE and every stage that reads what it wrote.
+def redo_closure(preset: Preset, redo: Iterable[str]) -> frozenset[str]:
+    """``redo`` plus the stages downstream of it ("all" = every stage)."""
+    wanted = set(redo)
+    if "all" in wanted:
+        return frozenset(STAGES)
+    unknown = sorted(wanted - set(STAGES))
+    if unknown:
+        raise ValueError(f"--redo: unknown stage(s) {unknown}; choose from {list(STAGES)} or all")
+    reads: dict[str, set[str]] = {
+        STANDARD: {DATA},
+        SAFETY: {STANDARD},
+        NEGATIVE_SET: {DATA},
+        TEACHER: {DATA, NEGATIVE_SET}
+        | ({STANDARD} if preset.nd.teacher_init == "standard" else set()),
+        ND: {DATA, TEACHER} | ({STANDARD} if preset.nd.student_init == "standard" else set()),
+        NT: {DATA, STANDARD},
+        SELECT: {STANDARD, ND, NT},
+        RETRIEVER: {DATA, SELECT},
+        EVALUATE: {STANDARD, ND, NT},
+    }
+    changed = True
+    while changed:
+        changed = False
+        for stage, inputs in reads.items():
+            if stage not in wanted and inputs & wanted:
+                wanted.add(stage)
+                changed = True
+    return frozenset(wanted)
+
+
+def build(
+    preset: Preset,
+    paths: BuildPaths,
+    ctx: DistContext,
+    *,
+    resume: bool = True,
+    seed: int = 0,
+    redo: Iterable[str] = (),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every stage for ``preset``; returns a summary with wall times per stage (also written
+    to ``runs/<preset>/build-summary.json`` by the main rank).
+
+    A stage whose output exists is skipped, its evaluation included; ``redo`` names stages to do
+    again (with the stages that read their output), from scratch. Each stage prints a
+    "stage k/N" line with the elapsed time and an estimate for the whole build."""
+    redo = tuple(redo)
+    redo_set = redo_closure(preset, redo)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    preset_runs = paths.runs_dir / preset.name
+    tokenizer_path = preset_runs / "tokenizer.json"
+    summary_path = preset_runs / SUMMARY_FILE
+    dn_report = preset_runs / "negative_set.json"
+    data_desc = (
+        f"{paths.data_dir} (official split, max_context_turns={preset.inputs.max_context_turns})"
+    )
+
+    def bundle_done(name: str) -> bool:
+        return name not in redo_set and existing_bundle(paths.out_dir / name, preset)
+
+    # --- the plan: which stages run, decided before any of them does -------------------------
+    generators = [STANDARD_GENERATOR, NEGATIVE_TEACHER, ND_STUDENT] + (
+        [NT_GENERATOR] if preset.nt_steps else []
+    )
+    done = {name: bundle_done(name) for name in generators}
+    candidates = [STANDARD_GENERATOR, ND_STUDENT] + ([NT_GENERATOR] if preset.nt_steps else [])
+    has_diasafety = _has_diasafety(paths.data_dir)
+    safety_done = bundle_done(SAFETY_CLASSIFIER)
+    dn_needed = not done[NEGATIVE_TEACHER] or NEGATIVE_SET in redo_set or not dn_report.exists()
+    select_cached = (
+        SELECT not in redo_set
+        and all(done[c] for c in candidates)
+        and cached_selection(paths, preset, [paths.out_dir / c for c in candidates]) is not None
+    )
+    retrievers = (
+        []
+        if preset.retriever is None
+        else ([BIENCODER_RETRIEVER] if preset.retriever.biencoder_baseline else [])
+        + [G2R_RETRIEVER]
+    )
+
+    def retriever_bundle_done(name: str) -> bool:
+        # The plain bi-encoder reads only the corpus: it is redone with the data, or when the
+        # retrieval stage itself is asked for, not when a generator upstream of G2R changes.
+        if name == BIENCODER_RETRIEVER:
+            asked = DATA in redo_set or RETRIEVER in redo or "all" in redo
+            return not asked and existing_bundle(paths.out_dir / name, preset)
+        return bundle_done(name)
+
+    retriever_done = all(retriever_bundle_done(name) for name in retrievers)
+    evaluated = {
+        c: done[c]
+        and EVALUATE not in redo_set
+        and existing_evaluation(
+            paths.out_dir / c, preset, paths.run_dir(preset, c) / "eval-test.json"
+        )
+        is not None
+        for c in candidates
+    }
+    needs_data = (
+        DATA in redo_set
+        or not tokenizer_path.exists()
+        or not all(done.values())
+        or dn_needed
+        or not select_cached
+        or not retriever_done
+        or not all(evaluated.values())
+    )
+    plan = planned_seconds(preset)
+    g, r = preset.generator.train, preset.retriever
+    exists = "its bundle exists (--redo {} to train it again)".format
+    stages: list[tuple[str, str, float, bool, str]] = [
+        (
+            DATA,
+            "load and de-leak the corpus, tokenizer",
+            plan[DATA],
+            needs_data,
+            "every stage that reads the corpus is done",
+        ),
+        (
+            STANDARD,
+            f"MLE generator, {g.max_steps} updates",
+            plan[STANDARD],
+            not done[STANDARD_GENERATOR],
+            exists(STANDARD),
+        ),
+        (
+            SAFETY,
+            "DiaSafety classifier",
+            plan[SAFETY],
+            has_diasafety and not safety_done,
+            exists(SAFETY) if has_diasafety else "no DiaSafety beside the corpus",
+        ),
+        (
+            NEGATIVE_SET,
+            f"D_N by {preset.nd.entropy.method} source entropy",
+            plan[NEGATIVE_SET],
+            dn_needed,
+            "the negative teacher is trained and negative_set.json exists",
+        ),
+        (
+            TEACHER,
+            f"negative teacher on D_N, {preset.nd.teacher_steps or g.max_steps} updates",
+            plan[TEACHER],
+            not done[NEGATIVE_TEACHER],
+            exists(TEACHER),
+        ),
+        (
+            ND,
+            f"ND student, {preset.nd.student_steps or g.max_steps} updates",
+            plan[ND],
+            not done[ND_STUDENT],
+            exists(ND),
+        ),
+    ]
+    if preset.nt_steps:
+        stages.append(
+            (
+                NT,
+                f"NT fine-tune, {preset.nt_steps} updates",
+                plan[NT],
+                not done[NT_GENERATOR],
+                exists(NT),
+            )
+        )
+    stages.append(
+        (
+            SELECT,
+            f"choose the served generator of {len(candidates)} on validation",
+            plan[SELECT],
+            not select_cached,
+            f"chosen before for these bundles (--redo {SELECT})",
+        )
+    )
+    if r is not None:
+        what = f"G2R: {r.augment.max_contexts or 'all'} contexts x {r.augment.m} teacher replies, "
+        what += f"{r.train.max_steps} retriever updates, index"
+        if r.biencoder_baseline:
+            what += "; a plain bi-encoder beside it, the better on validation served"
+        stages.append(
+            (
+                RETRIEVER,
+                what,
+                plan[RETRIEVER],
+                not retriever_done,
+                exists(RETRIEVER),
+            )
+        )
+    stages.append(
+        (
+            EVALUATE,
+            f"test split, {len(candidates)} generators",
+            plan[EVALUATE],
+            not all(evaluated.values()),
+            f"every generator was evaluated before (--redo {EVALUATE})",
+        )
+    )
+    show = BuildProgress(stages, enabled=progress and ctx.is_main)
+
+    # --- data and tokenizer: loaded only when a stage needs them ------------------------------
+    show.start(DATA)
+    loaded: dict[str, Any] = {}
+    if needs_data:
+        if DATA in redo_set and ctx.is_main and tokenizer_path.exists():
+            tokenizer_path.unlink()
+        barrier(ctx)
+        loaded["splits"] = prepare_splits(preset, paths.data_dir)
+        loaded["tokenizer"] = ensure_tokenizer(preset, loaded["splits"], tokenizer_path, ctx)
+    timings["data+tokenizer_s"] = show.finish(DATA)
+
+    def splits() -> DialogueSplits:
+        return cast(DialogueSplits, loaded["splits"])
+
+    def stage(key: str, name: str, train: Callable[..., Any], **kwargs: Any) -> Path:
+        bundle = paths.out_dir / name
+        show.start(key)
+        if not done[name]:
+            train(
+                out_dir=bundle,
+                name=name,
+                run_dir=paths.run_dir(preset, name),
+                preset=preset,
+                tokenizer=loaded["tokenizer"],
+                val_examples=val_subset(preset, splits()),
+                dist_ctx=ctx,
+                data_desc=data_desc,
+                resume=resume and name not in redo_set,
+                seed=seed,
+                **kwargs,
+            )
+        barrier(ctx)
+        timings[f"{name}_s"] = show.finish(key)
+        return bundle
+
+    def train_examples() -> Any:
+        return splits().train if "splits" in loaded else None
+
+    standard = stage(
+        STANDARD, STANDARD_GENERATOR, train_mle_generator, train_examples=train_examples()
+    )
+    # The service's output filter: cheap, and warm-started from the standard generator's encoder.
+    safety = paths.out_dir / SAFETY_CLASSIFIER
+    show.start(SAFETY)
+    if has_diasafety and not safety_done and ctx.is_main:
+        build_safety_classifier(
+            preset.name,
+            paths.data_dir,
+            safety,
+            base=standard,
+            report=paths.run_dir(preset, SAFETY_CLASSIFIER) / "metrics",
+            seed=seed,
+        )
+    barrier(ctx)
+    timings[f"{SAFETY_CLASSIFIER}_s"] = show.finish(SAFETY)
+
+    show.start(NEGATIVE_SET)
+    dn: NegativeSet | None = None
+    if dn_needed:
+        dn = negative_set(
+            splits().train, preset.nd.negative_fraction, seed=seed, entropy=preset.nd.entropy
+        )
+        if ctx.is_main:
+            write_negative_set_report(dn, len(splits().train), dn_report)
+    timings["negative_set_s"] = show.finish(NEGATIVE_SET)
+    teacher = stage(
+        TEACHER,
+        NEGATIVE_TEACHER,
+        train_mle_generator,
+        train_examples=dn.examples if dn is not None else None,
+        max_steps=preset.nd.teacher_steps or None,
+        init_from=standard if preset.nd.teacher_init == "standard" else None,
+    )
+    student = stage(
+        ND,
+        ND_STUDENT,
+        train_nd_student,
+        teacher_bundle=teacher,
+        train_examples=train_examples(),
+        init_from=standard if preset.nd.student_init == "standard" else None,
+        max_steps=preset.nd.student_steps or None,
+    )
+    bundles = [standard, student]
+    if preset.nt_steps:
+        bundles.append(
+            stage(
+                NT,
+                NT_GENERATOR,
+                _train_nt,
+                base_bundle=standard,
+                train_examples=train_examples(),
+                max_steps=preset.nt_steps,
+            )
+        )
+
+    # The served generator: the least generic of those that model the validation split about as
+    # well as the best (training/pipeline/selection.py). It is also the G2R teacher.
+    show.start(SELECT)
+    if ctx.is_main:
+        select_served_generator(
+            bundles,
+            loaded.get("splits"),
+            preset,
+            paths,
+            device=str(ctx.device),
+            redo=SELECT in redo_set,
+        )
+    barrier(ctx)
+    selection = json.loads(selection_file(paths, preset).read_text())  # rank 0's choice, all ranks
+    served = paths.out_dir / selection["chosen"]
+    timings["select_generator_s"] = show.finish(SELECT)
+
+    served_retriever: str | None = None
+    retriever_why: dict[str, Any] | None = None
+    if preset.retriever is not None:
+        show.start(RETRIEVER)
+        retriever_splits: DialogueSplits | None = None
+        for name in retrievers:
+            if retriever_bundle_done(name):
+                continue
+            if retriever_splits is None:
+                # The retriever may read more turns than the generators (its own InputConfig):
+                # then its pairs are loaded, deduplicated and de-leaked at its context length.
+                retriever_splits = splits()
+                if preset.retriever.inputs.max_context_turns != preset.inputs.max_context_turns:
+                    retriever_splits = prepare_splits(
+                        replace(preset, inputs=preset.retriever.inputs), paths.data_dir
+                    )
+            build_retriever(
+                method="biencoder" if name == BIENCODER_RETRIEVER else preset.retriever.method,
+                preset=preset.retriever,
+                splits=retriever_splits,
+                tokenizer=loaded["tokenizer"],
+                out_dir=paths.out_dir / name,
+                name=name,
+                run_dir=paths.run_dir(preset, name),
+                dist_ctx=ctx,
+                data_desc=data_desc,
+                augmentation_dir=paths.run_dir(preset, f"g2r-augment-{served.name}"),
+                teacher=served,
+                resume=resume and RETRIEVER not in redo_set,
+                seed=seed,
+            )
+        barrier(ctx)
+        built = [n for n in retrievers if (paths.out_dir / n).is_dir()]
+        if built:
+            served_retriever, retriever_why = select_retriever(
+                {n: read_manifest(paths.out_dir / n).metrics for n in built}
+            )
+        timings[f"{G2R_RETRIEVER}_s"] = show.finish(RETRIEVER)
+    if ctx.is_main:
+        write_serving(
+            paths.out_dir,
+            served.name,
+            served_retriever,
+            selection,
+            retrieval_why=retriever_why,
+        )
+
+    summary: dict[str, Any] = {
+        "preset": preset.name,
+        "bundles": [str(b) for b in (standard, teacher, student)]
+        + [str(paths.out_dir / n) for n in retrievers]
+        + ([str(safety)] if safety.is_dir() else []),
+        "data": splits().stats if "splits" in loaded else _previous(summary_path, "data"),
+        "negative_set": _negative_set_summary(dn, dn_report),
+        "served_generator": served.name,
+    }
+    show.start(EVALUATE)
+    if ctx.is_main:
+        summary["evaluation"] = {}
+        for bundle in bundles:
+            eval_start = time.perf_counter()
+            eval_json = paths.run_dir(preset, bundle.name) / "eval-test.json"
+            result = evaluate_bundle(
+                bundle,
+                loaded.get("splits"),  # type: ignore[arg-type]  # loaded whenever one is needed
+                preset,
+                eval_json,
+                device=str(ctx.device),
+                redo=not evaluated[bundle.name],
+            )
+            timings[f"evaluate_{bundle.name}_s"] = time.perf_counter() - eval_start
+            summary["evaluation"][bundle.name] = {
+                "perplexity": result["perplexity"],
+                **result["decodings"],
+            }
+    show.finish(EVALUATE)
+    timings["total_s"] = time.perf_counter() - started
+    summary["timings"] = timings
+    summary["stages"] = show.record()
+    summary["bundles_dir"] = str(paths.out_dir)
+    summary["retriever"] = served_retriever
+    if ctx.is_main:
+        summary["summary_file"] = str(summary_path)
+        summary_path.parent.mkdir(parents=True, exist_ok=True)
+        summary_path.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _has_diasafety(data_dir: Path) -> bool:
+    try:
+        find_diasafety(data_dir)
+    except DatasetNotFoundError:
+        return False
+    return True
+
+
+def _previous(summary_path: Path, key: str) -> Any:
+    """``key`` of the last build's summary (for figures of a stage skipped this time)."""
+    try:
+        return json.loads(summary_path.read_text()).get(key)
+    except (OSError, ValueError):
+        return None
+
+
+def _negative_set_summary(dn: NegativeSet | None, report: Path) -> dict[str, Any] | None:
+    if dn is not None:
+        return {"pairs": len(dn.examples), "threshold": dn.threshold}
+    try:
+        previous = json.loads(report.read_text())
+    except (OSError, ValueError):
+        return None
+    return {"pairs": previous["negative_pairs"], "threshold": previous["entropy_threshold"]}
+
+
+def _train_nt(*, tokenizer: DialogueTokenizer, **kwargs: Any) -> Any:
+    """``build``'s NT stage: He & Glass's fine-tune of the standard model (its own tokenizer)."""
+    from training.methods.baselines import train_nt_generator
+
+    del tokenizer  # the base bundle carries it
+    return train_nt_generator(**kwargs)
+
+
+def selection_file(paths: BuildPaths, preset: Preset) -> Path:
+    """Where ``build`` records which generator it serves and why."""
+    return paths.run_dir(preset, "selection") / "selection.json"
+
+
+def cached_selection(
+    paths: BuildPaths, preset: Preset, bundles: list[Path]
+) -> dict[str, Any] | None:
+    """The served-generator choice made before for exactly these bundles (same ids): from
+    ``runs/<preset>/selection/selection.json``, else from the ``why`` of ``serving.json`` beside
+    the bundles (it survives a deleted runs folder); None when there is none."""
+    try:
+        ids = {b.name: verify_bundle(b).bundle_id for b in bundles}
+    except BundleError:
+        return None
+    records: list[Any] = []
+    with contextlib.suppress(OSError, ValueError):
+        records.append(json.loads(selection_file(paths, preset).read_text()))
+    serving = read_serving(paths.out_dir)
+    if serving is not None:
+        records.append(serving.get("why"))
+    for record in records:
+        if isinstance(record, dict) and record.get("bundle_ids") == ids and "chosen" in record:
+            return record
+    return None
+
+
+def select_served_generator(
+    bundles: list[Path],
+    splits: DialogueSplits | None,
+    preset: Preset,
+    paths: BuildPaths,
+    device: str,
+    *,
+    redo: bool = False,
+) -> dict[str, Any]:
+    """Evaluate each generator on the validation split (perplexity and greedy replies) and pick
+    the one to serve by :func:`training.pipeline.selection.select_generator`; the record of why is kept
+    in ``runs/<preset>/selection/selection.json`` (and reused on a rerun with the same bundles,
+    unless ``redo``)."""
+    out = selection_file(paths, preset)
+    previous = None if redo else cached_selection(paths, preset, bundles)
+    if previous is not None:
+        if not out.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(previous, indent=2))
+        logger.info("served generator: %s (chosen before, %s)", previous["chosen"], out)
+        return dict(previous)
+    if splits is None:
+        raise ValueError("choosing the served generator needs the corpus")
+    ids = {b.name: verify_bundle(b).bundle_id for b in bundles}
+    n = preset.eval_examples
+    val = splits.validation[:n] if n else splits.validation
+    counts = training_response_token_counts(splits.train)
+    evaluations = {}
+    for bundle in bundles:
+        responder = GenerativeResponder.load(bundle, device=device)
+        result = evaluate_generator(
+            responder, val, counts, decodings={"greedy": STANDARD_DECODINGS["greedy"]}, n_samples=0
+        )
+        evaluations[bundle.name] = {"perplexity": result["perplexity"], **result["decodings"]}
+    chosen, record = select_generator(evaluations, SelectionRule())
+    record.update(split="validation", pairs=len(val), bundle_ids=ids)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2))
+    logger.info("served generator: %s (%s)", chosen, record["criterion"])
+    return record
+
+
+def write_negative_set_report(dn: NegativeSet, n_train: int, path: Path) -> None:
+    """D_N's size, cut-off and most generic responses, for the ND report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "train_pairs": n_train,
+        "negative_pairs": len(dn.examples),
+        "entropy_threshold": dn.threshold,
+        "top20_share_in_dn": dn.top20_share_in_dn,
+        "top20_share_in_d": dn.top20_share_in_d,
+        "top_responses": [
+            {"response": r, "source_entropy": h, "pairs_in_dn": n} for r, h, n in dn.top_responses
+        ],
+        "entropy": dn.entropy.describe(),
+        "stats": dn.stats.to_dict() if dn.stats is not None else None,
+    }
+    path.write_text(json.dumps(report, indent=2))
+
+
+def val_subset(preset: Preset, splits: DialogueSplits) -> list[Any]:
+    n = preset.generator.val_examples
+    return splits.validation[:n] if n else splits.validation
