@@ -530,11 +530,10 @@ def tiny_generator(
 
 
 def _cli(argv: list[str]) -> int | None:
-    from training.cli.retrieval import add_parsers, dispatch
+    from training.cli import parse_args
 
-    parser = argparse.ArgumentParser()
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    return dispatch(parser.parse_args(argv))
+    args = parse_args(argv)
+    return int(args.run(args))
 
 
 def test_tiny_pipeline_end_to_end(tiny_generator: tuple[Path, Path], dailydialog_dir: Path) -> None:
@@ -591,10 +590,13 @@ def test_tiny_pipeline_end_to_end(tiny_generator: tuple[Path, Path], dailydialog
     assert RetrievalResponder.load(out).index.index.hnsw.efSearch == 32
 
 
-def test_dispatch_returns_none_for_other_commands() -> None:
-    from training.cli.retrieval import dispatch
+def test_every_command_registers_the_function_that_runs_it() -> None:
+    from training.cli import build_parser
 
-    assert dispatch(argparse.Namespace(command="train-generator")) is None
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert {"augment", "train-retriever", "build-index"} <= set(sub.choices)
+    assert [n for n, p in sub.choices.items() if not callable(p.get_default("run"))] == []
 
 
 @pytest.mark.slow
@@ -608,11 +610,10 @@ def test_torchrun_two_gloo_processes_shard_augmentation_and_train_one_retriever(
     _, generator = tiny_generator
     script = tmp_path / "cli.py"
     script.write_text(
-        "import argparse, sys\n"
-        "from training.cli.retrieval import add_parsers, dispatch\n"
-        "p = argparse.ArgumentParser()\n"
-        "add_parsers(p.add_subparsers(dest='command', required=True))\n"
-        "sys.exit(dispatch(p.parse_args()))\n"
+        "import sys\n"
+        "from training.cli import parse_args\n"
+        "args = parse_args()\n"
+        "sys.exit(args.run(args))\n"
     )
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
@@ -640,7 +641,7 @@ def test_train_retriever_cli_loads_pairs_at_the_retrievers_context_length(
 ) -> None:
     """`small` generators read 1 turn and its retriever 3: the CLI must load 3-turn pairs for it."""
     import training.pipeline.build
-    from training.__main__ import parse_args
+    from training.cli import parse_args
     from training.cli.retrieval import _train_retriever
 
     seen: list[int] = []

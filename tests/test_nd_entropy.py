@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from training.__main__ import main
+from training.cli import main
 from training.core.data import DialogueExample, write_jsonl
 from training.methods.nd.distill import negative_set, source_entropy
 from training.methods.nd.entropy import (

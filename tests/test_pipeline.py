@@ -463,7 +463,7 @@ def test_cli_reply_prints_generator_and_retriever_replies(tiny_build: tuple[Path
 
 
 def test_cli_parses_every_subcommand() -> None:
-    from training.__main__ import parse_args
+    from training.cli import parse_args
 
     for command in (
         "build",

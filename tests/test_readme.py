@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from service.settings import Settings
-from training.__main__ import parse_args
+from training.cli import parse_args
 from training.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]

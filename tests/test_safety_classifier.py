@@ -341,7 +341,7 @@ def test_pipeline_stage_skips_with_a_warning_without_diasafety(
 
 
 def test_cli_trains_a_bundle_and_writes_the_report(diasafety_dir: Path, tmp_path: Path) -> None:
-    from training.__main__ import main
+    from training.cli import main
 
     argv = [
         "train-safety-classifier",

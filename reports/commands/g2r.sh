@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # G2R retrieval report (reports/g2r.md, reports/g2r.json): every command, in order.
 # Machine: shared 2-core CPU, one thread per process (OMP_NUM_THREADS=1), one job at a time.
-# (These ran as `python -m training.cli.retrieval ...`, a standalone entry point since folded into
+# (These ran as `python -m training.retrieval_cli ...`, a standalone entry point since folded into
 # `python -m training`, which dispatches to the same functions.)
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -5,23 +5,19 @@ train-flatgd     FlatGD (eq. 2, --lam > 0) or the Safety_loss baseline (--lam 0)
 evaluate-safety  unsafe rate over 5 sampled replies per DiaSafety val context, DailyDialog test
                  perplexity and Div-1/2 of generator bundles, with ratios vs the first one
 
-Wire in with ``add_parsers(sub)`` after the other sub-commands and ``dispatch(args)`` first in
-the dispatcher (it returns None for commands that are not its own).
+Each command registers its function with ``set_defaults(run=...)`` (see training/cli/__init__.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from training.cli.common import command_text, distributed, print_manifest
 from training.presets import SHARED_DATA
-
-COMMANDS = ("train-expert", "train-flatgd", "evaluate-safety")
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +44,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--kind", choices=["clean", "toxic"], required=True)
     p.add_argument("--epochs", type=int, help="passes over the label's pairs (default: 3)")
     p.add_argument("--lr", type=float, help="default: where the base's schedule ended")
+    p.set_defaults(run=distributed(lambda args, ctx: print_manifest(_train_expert(args, ctx))))
 
     p = sub.add_parser("train-flatgd", help="FlatGD / Safety_loss fine-tune of a generator")
     _run_args(p)
@@ -74,6 +71,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--epochs", type=int, help="override the setting's epochs")
     p.add_argument("--batch-size", type=int, help="override the setting's DiaSafety batch")
     p.add_argument("--lm-batch-size", type=int, help="DailyDialog pairs per update (0 = none)")
+    p.set_defaults(run=distributed(lambda args, ctx: print_manifest(_train(args, ctx))))
 
     p = sub.add_parser("evaluate-safety", help="unsafe rate, perplexity and Div-1/2 of bundles")
     p.add_argument(
@@ -98,25 +96,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="writes <out>.json and <out>.md")
-
-
-def dispatch(args: argparse.Namespace) -> int | None:
-    """Run a FlatGD command; None when ``args.command`` is not one of them."""
-    if args.command not in COMMANDS:
-        return None
-    if args.command == "evaluate-safety":
-        _evaluate(args)
-        return 0
-    from training.core.distributed import init_distributed, shutdown
-
-    ctx = init_distributed(args.device)
-    try:
-        manifest = _train_expert(args, ctx) if args.command == "train-expert" else _train(args, ctx)
-        if manifest is not None:
-            print(json.dumps(manifest.to_dict(), indent=2))
-    finally:
-        shutdown(ctx)
-    return 0
+    p.set_defaults(run=_evaluate)
 
 
 def _train_expert(args: argparse.Namespace, ctx: Any) -> Any:
@@ -180,7 +160,7 @@ def _train(args: argparse.Namespace, ctx: Any) -> Any:
     )
 
 
-def _evaluate(args: argparse.Namespace) -> None:
+def _evaluate(args: argparse.Namespace) -> int:
     from training.eval.safety import run_safety_evaluation
 
     decoding = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
@@ -195,11 +175,12 @@ def _evaluate(args: argparse.Namespace) -> None:
         decoding_overrides={k: v for k, v in decoding.items() if v is not None},
         device=args.device,
         seed=args.seed,
-        command="python -m training " + " ".join(sys.argv[1:]),
+        command=command_text(),
         experts=(args.clean, args.toxic) if args.clean and args.toxic else None,
         cache_dir=args.cache,
     )
     print(args.out.with_suffix(".md").read_text())
+    return 0
 
 
 def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:

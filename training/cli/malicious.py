@@ -5,7 +5,7 @@ attack              gibbs-enum trigger search over any target list; hit rates as
 attack-table        one before/after table (hit rates, PPL) from several ``attack`` reports
 train-malicious-nt  negative training against a target list (Algorithm 1) and its bundle
 
-Wire in with ``add_parsers(sub)`` and ``dispatch(args)`` (None for commands that are not its own).
+Each command registers its function with ``set_defaults(run=...)`` (see training/cli/__init__.py).
 """
 
 from __future__ import annotations
@@ -14,15 +14,11 @@ import argparse
 import json
 import logging
 import math
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from training.presets import DAILYDIALOG
-
-COMMANDS = ("train-lm", "attack", "train-malicious-nt", "attack-table")
-DEFAULT_DATA = DAILYDIALOG
+from training.cli.common import add_common, command_text
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +33,10 @@ def _search_args(p: argparse.ArgumentParser) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="small", help="tiny | small | paper (default: small)")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="DailyDialog (for T_out, PPL)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--seed", type=int, default=0)
+    add_common(
+        p, preset_help="tiny | small | paper (default: small)", inputs=False,
+        data_help="DailyDialog (for T_out, PPL)",
+    )  # fmt: skip
 
 
 def add_parsers(sub: Any) -> None:
@@ -52,6 +48,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--runs", type=Path, default=Path("runs"))
     p.add_argument("--max-steps", type=int, help="override the preset's steps")
     p.add_argument("--no-resume", action="store_true")
+    p.set_defaults(run=_train_lm)
 
     p = sub.add_parser("attack", help="hit rates of malicious targets (gibbs-enum)")
     _common(p)
@@ -68,10 +65,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=0, help="a seeded sample of N targets (0 = all)")
     p.add_argument("--out", type=Path, required=True, help="report path stem (.json and .md)")
     _search_args(p)
+    p.set_defaults(run=_attack)
 
     p = sub.add_parser("attack-table", help="table of several attack reports (first = baseline)")
     p.add_argument("--report", type=Path, action="append", required=True, help="NAME=PATH.json")
     p.add_argument("--out", type=Path, required=True, help="markdown path")
+    p.set_defaults(run=_attack_table)
 
     p = sub.add_parser("train-malicious-nt", help="negative training against malicious targets")
     _common(p)
@@ -95,6 +94,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--runs", type=Path, default=Path("runs"))
     p.add_argument("--no-resume", action="store_true")
     _search_args(p)
+    p.set_defaults(run=_train_nt)
 
 
 def search_config(args: argparse.Namespace, base: Any) -> Any:
@@ -109,36 +109,37 @@ def search_config(args: argparse.Namespace, base: Any) -> Any:
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def dispatch(args: argparse.Namespace) -> int | None:
-    """Run a command of this module; None when ``args.command`` is not one of ours."""
-    if args.command not in COMMANDS:
-        return None
-    if args.command == "attack-table":
-        text = attack_table([_named_report(r) for r in args.report])
-        args.out.write_text(text)
-        print(text)
-        return 0
+def _seeded_device(args: argparse.Namespace) -> Any:
+    """Seeds torch from ``--seed`` and returns the ``--device`` to run on."""
     import torch
 
     from training.core.distributed import resolve_device
-    from training.methods.malicious.nt import MALICIOUS_PRESETS
 
     torch.manual_seed(args.seed)
-    device = resolve_device(args.device)
-    preset = MALICIOUS_PRESETS[args.preset]
-    if args.command == "train-lm":
-        return _train_lm(args, device)
-    if args.command == "attack":
-        return _attack(args, device, search_config(args, preset.eval_search))
-    return _train_nt(args, device, preset)
+    return resolve_device(args.device)
 
 
-def _train_lm(args: argparse.Namespace, device: Any) -> int:
+def _preset(args: argparse.Namespace) -> Any:
+    from training.methods.malicious.nt import MALICIOUS_PRESETS
+
+    return MALICIOUS_PRESETS[args.preset]
+
+
+def _attack_table(args: argparse.Namespace) -> int:
+    text = attack_table([_named_report(r) for r in args.report])
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+def _train_lm(args: argparse.Namespace) -> int:
     from training.core.distributed import DistContext
     from training.methods.malicious.lm import train_response_lm
     from training.pipeline.build import prepare_splits, val_subset
     from training.presets import get_preset
 
+    _preset(args)  # a name the malicious presets know
+    device = _seeded_device(args)
     preset = get_preset(args.preset)
     splits = prepare_splits(preset, args.data)
     manifest = train_response_lm(
@@ -159,11 +160,13 @@ def _train_lm(args: argparse.Namespace, device: Any) -> int:
     return 0
 
 
-def _attack(args: argparse.Namespace, device: Any, cfg: Any) -> int:
+def _attack(args: argparse.Namespace) -> int:
     from training.core.safety_data import load_targets
     from training.methods.malicious.attack import SearchMode
     from training.methods.malicious.nt import attack_report, load_attack_context, sample_targets
 
+    cfg = search_config(args, _preset(args).eval_search)
+    device = _seeded_device(args)
     targets = sample_targets(load_targets(args.targets), args.limit, args.seed)
     modes: list[SearchMode] = ["o", "io"] if args.mode == "both" else [args.mode]
     ctx = load_attack_context(
@@ -175,9 +178,7 @@ def _attack(args: argparse.Namespace, device: Any, cfg: Any) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     stem = args.out.with_suffix("") if args.out.suffix in (".json", ".md") else args.out
     stem.with_name(stem.name + ".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_name(stem.name + ".md").write_text(
-        _attack_markdown(report, "python -m training " + " ".join(sys.argv[1:]))
-    )
+    stem.with_name(stem.name + ".md").write_text(_attack_markdown(report, command_text()))
     print(json.dumps({m: r["rates"] for m, r in report["searches"].items()}, indent=2))
     return 0
 
@@ -247,10 +248,12 @@ def _attack_markdown(report: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _train_nt(args: argparse.Namespace, device: Any, preset: Any) -> int:
+def _train_nt(args: argparse.Namespace) -> int:
     from training.core.safety_data import load_paraphrases, load_targets
     from training.methods.malicious.nt import train_malicious_nt
 
+    preset = _preset(args)
+    device = _seeded_device(args)
     targets = load_targets(args.targets)
     if args.copies:
         if args.paraphrases is None:
@@ -283,4 +286,4 @@ def _train_nt(args: argparse.Namespace, device: Any, preset: Any) -> int:
     return 0
 
 
-__all__ = ["COMMANDS", "add_parsers", "dispatch", "search_config"]
+__all__ = ["add_parsers", "search_config"]

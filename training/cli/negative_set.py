@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from training.cli.common import command_text
 from training.core.data import DialogueExample
 from training.methods.nd.entropy import (
     ENTROPY_METHODS,
@@ -26,10 +26,7 @@ from training.methods.nd.entropy import (
 )
 from training.presets import DAILYDIALOG
 
-COMMANDS = ("negative-set",)
-
 logger = logging.getLogger(__name__)
-
 
 
 def add_parsers(sub: Any) -> None:
@@ -68,6 +65,7 @@ def add_parsers(sub: Any) -> None:
         "D_N statistics for these settings, with the same word vectors",
     )
     p.add_argument("--out", type=Path, required=True, help="writes <out>.json and <out>.md")
+    p.set_defaults(run=_negative_set)
 
 
 def _radius(text: str) -> float | None:
@@ -85,10 +83,8 @@ def _sweep_specs(text: str) -> list[tuple[int, float | None, bool]]:
     return specs
 
 
-def dispatch(args: argparse.Namespace) -> int | None:
-    """Run ``negative-set``; None when ``args.command`` is not it."""
-    if args.command not in COMMANDS:
-        return None
+def _negative_set(args: argparse.Namespace) -> int:
+    """``negative-set``: D_N statistics per entropy method (and the sweep), JSON + markdown."""
     from training.core.data import load_splits
     from training.methods.nd.distill import negative_set
 
@@ -117,7 +113,7 @@ def dispatch(args: argparse.Namespace) -> int | None:
             }
         )
     sweep = _sweep(train, base, args) if args.sweep else []
-    command = "python -m training " + " ".join(sys.argv[1:])
+    command = command_text()
     report = {
         "command": command,
         "data": str(args.data),

@@ -4,8 +4,7 @@ augment          data-level G2R: m teacher replies per training context, as resu
 train-retriever  a bi-encoder retriever (--method biencoder | g2r-d | g2r-dm) and its bundle
 build-index      re-embed a retriever bundle's responses and write a fresh index.faiss
 
-Wire in with ``add_parsers(sub)`` after the other sub-commands and ``dispatch(args)`` first in
-the dispatcher (it returns None for commands that are not its own).
+Each command registers its function with ``set_defaults(run=...)`` (see training/cli/__init__.py).
 """
 
 from __future__ import annotations
@@ -17,44 +16,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from training.presets import DAILYDIALOG
-
-COMMANDS = ("augment", "train-retriever", "build-index")
-DEFAULT_DATA = DAILYDIALOG
+from training.cli.common import add_common, distributed, preset_from_args
 
 logger = logging.getLogger(__name__)
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="small", help="tiny | small | base | paper (default: small)")
-    p.add_argument(
-        "--context-turns", type=int, default=0, help="turns the models read (default: preset's)"
-    )
-    p.add_argument(
-        "--max-source-len", type=int, default=0, help="context pieces kept (default: preset's)"
-    )
-    p.add_argument(
-        "--data",
-        type=Path,
-        default=DEFAULT_DATA,
-        help="DailyDialog release dir or a dir of JSONL splits",
-    )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--runs", type=Path, default=Path("runs"), help="checkpoints, logs, shards")
-    p.add_argument("--no-resume", action="store_true", help="start from scratch")
 
 
 def _preset(args: argparse.Namespace) -> Any:
     """The preset named by ``--preset`` with the ``--context-turns``/``--max-source-len``
     overrides applied to generators and retriever alike."""
-    from training.presets import get_preset, with_context_turns
-
-    preset = get_preset(args.preset)
-    if args.context_turns or args.max_source_len:
-        preset = with_context_turns(
-            preset, args.context_turns or preset.inputs.max_context_turns, args.max_source_len
-        )
+    preset = preset_from_args(args)
     if preset.retriever is None:
         raise ValueError(f"preset {preset.name!r} has no retriever configuration")
     return preset
@@ -70,7 +40,7 @@ def _optional_path(value: str, auto: Path | None) -> Path | None:
 def add_parsers(sub: Any) -> None:
     """Add ``augment``, ``train-retriever`` and ``build-index`` to an argparse sub-parser set."""
     p = sub.add_parser("augment", help="G2R teacher replies for training contexts (JSONL shards)")
-    _common(p)
+    add_common(p, runs=True)
     p.add_argument("--teacher", type=Path, required=True, help="generator bundle or local HF dir")
     p.add_argument("--out", type=Path, help="shard dir (default: <runs>/<preset>/g2r-augment)")
     p.add_argument("--m", type=int, help="override the preset's replies per context")
@@ -78,8 +48,10 @@ def add_parsers(sub: Any) -> None:
         "--max-contexts", type=int, help="override the preset's context subset (0 = all)"
     )
 
+    p.set_defaults(run=distributed(_augment))
+
     p = sub.add_parser("train-retriever", help="train a bi-encoder retriever and write its bundle")
-    _common(p)
+    add_common(p, runs=True)
     p.add_argument("--method", choices=["biencoder", "g2r-d", "g2r-dm"], default="g2r-dm")
     p.add_argument(
         "--teacher",
@@ -125,33 +97,20 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--max-steps", type=int, help="override the preset's step budget")
 
+    p.set_defaults(run=distributed(_train_retriever))
+
     p = sub.add_parser("build-index", help="rebuild the index of a retriever bundle")
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--ef-search", type=int, help="new efSearch (default: keep the bundle's)")
     p.add_argument("--out", type=Path, help="write the bundle here instead of in place")
+    p.set_defaults(run=_build_index)
 
 
-def dispatch(args: argparse.Namespace) -> int | None:
-    """Run a retrieval command; None when ``args.command`` is not one of them."""
-    if args.command not in COMMANDS:
-        return None
-    # Heavy imports after argument parsing, so `--help` stays instant.
-    from training.core.distributed import init_distributed, shutdown
+def _build_index(args: argparse.Namespace) -> int:
     from training.methods.g2r.job import rebuild_index
 
-    if args.command == "build-index":
-        manifest = rebuild_index(args.bundle, out_dir=args.out, ef_search=args.ef_search)
-        print(json.dumps({"bundle": str(args.out or args.bundle), **manifest.metrics}, indent=2))
-        return 0
-
-    ctx = init_distributed(args.device)
-    try:
-        if args.command == "augment":
-            _augment(args, ctx)
-        else:
-            _train_retriever(args, ctx)
-    finally:
-        shutdown(ctx)
+    manifest = rebuild_index(args.bundle, out_dir=args.out, ef_search=args.ef_search)
+    print(json.dumps({"bundle": str(args.out or args.bundle), **manifest.metrics}, indent=2))
     return 0
 
 

@@ -3,8 +3,7 @@
 train-safety-classifier  a DiaSafety (context, response) classifier bundle, plus its metrics as
                          JSON and markdown
 
-Wire in with ``add_parsers(sub)`` after the other sub-commands and ``dispatch(args)`` first in
-the dispatcher (it returns None for commands that are not its own).
+Each command registers its function with ``set_defaults(run=...)`` (see training/cli/__init__.py).
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from typing import Any
 
 from training.presets import SHARED_DATA
 
-COMMANDS = ("train-safety-classifier",)
 # Options that override a field of the preset (FitConfig fields apply to every architecture).
 PRESET_OPTIONS = (
     "epochs",
@@ -99,6 +97,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--runs", type=Path, default=Path("runs"), help="where default reports go")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_train_safety_classifier)
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -129,10 +128,7 @@ def override_preset(preset: Any, args: argparse.Namespace) -> Any:
     return replace(preset, **fields) if fields else preset
 
 
-def dispatch(args: argparse.Namespace) -> int | None:
-    """Run a safety-classifier command; None when ``args.command`` is not one of them."""
-    if args.command not in COMMANDS:
-        return None
+def _train_safety_classifier(args: argparse.Namespace) -> int:
     # Heavy imports after argument parsing, so `--help` stays instant.
     import torch
 

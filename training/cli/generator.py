@@ -1,0 +1,324 @@
+"""Generator commands of ``python -m training``: build, train-tokenizer, train-generator,
+evaluate, compare and reply."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from training.cli.common import (
+    add_common,
+    command_text,
+    distributed,
+    preset_from_args,
+    print_manifest,
+)
+from training.presets import DAILYDIALOG
+
+SAMPLE_CONTEXTS = [
+    ["hello , how are you today ?"],
+    ["what would you like to drink ?"],
+    ["i'm going to the cinema tonight . do you want to come ?"],
+    ["excuse me , where is the nearest bank ?"],
+    ["i lost my job yesterday ."],
+    ["can you help me with my homework ?"],
+]
+
+# --ablation name -> (NDLossConfig fields changed from the preset's, fixed α?) for the ND paper's
+# ablation table.
+ND_ABLATIONS: dict[str, tuple[dict[str, Any], bool]] = {
+    "none": ({}, False),
+    "no-pred": ({"use_pred": False}, False),
+    "no-hid": ({"use_hid": False}, False),
+    "no-att": ({"use_att": False}, False),
+    "fixed-alpha": ({}, True),
+    "hard-targets": ({"targets": "hard"}, False),
+    "random-targets": ({"targets": "random"}, False),
+}
+
+
+def add_parsers(sub: Any) -> None:
+    """Add the generator commands to an argparse sub-parser set."""
+    from training.pipeline.progress import STAGES
+
+    p = sub.add_parser(
+        "build",
+        help="the whole pipeline for a preset: tokenizer, standard generator, safety classifier, "
+        "negative teacher, ND student, NT fine-tune, served-generator choice, G2R retriever and "
+        "index, test evaluation (finished stages are skipped; resumable)",
+        description="Builds every bundle of a preset into --out. Each stage prints 'stage k/N' "
+        "with the elapsed time and an estimate for the whole build; a stage whose output exists "
+        "is skipped, its evaluation included (--redo STAGE does it again, with the stages that "
+        "read its output); an interrupted training stage resumes from its last checkpoint. "
+        "Ends with a short table; the full summary is runs/<preset>/build-summary.json.",
+    )
+    add_common(p)
+    p.add_argument("--out", type=Path, default=Path("artifacts"), help="bundle directory")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="checkpoints, logs, plots")
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="train the stages that run from scratch, ignoring their checkpoints",
+    )
+    p.add_argument(
+        "--redo",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        choices=[*STAGES, "all"],
+        help="do STAGE again even though its output exists, and every stage that reads it "
+        f"(repeatable): {', '.join(STAGES)} or all",
+    )
+    p.set_defaults(run=distributed(_build))
+
+    p = sub.add_parser("train-tokenizer", help="train the BPE tokenizer")
+    add_common(p)
+    p.add_argument("--out", type=Path, required=True, help="tokenizer.json to write")
+    p.set_defaults(run=distributed(_train_tokenizer))
+
+    p = sub.add_parser("train-generator", help="train one generator and write its bundle")
+    add_common(p)
+    p.add_argument("--method", choices=["mle", "nd", "nt", "ul"], default="mle")
+    p.add_argument(
+        "--subset",
+        choices=["all", "negative"],
+        default="all",
+        help="mle on all pairs or on D_N (the negative teacher)",
+    )
+    p.add_argument(
+        "--negative-fraction", type=float, help="share of pairs in D_N (default: the preset's)"
+    )
+    p.add_argument("--teacher", type=Path, help="nd: negative teacher bundle")
+    p.add_argument("--base", type=Path, help="nt/ul: the standard generator to fine-tune")
+    p.add_argument("--init-from", type=Path, help="nd: start the student from this bundle")
+    p.add_argument("--nd-lambda", type=float, help="nd: λ of eq. 15 (default: the preset's)")
+    p.add_argument(
+        "--ablation",
+        choices=sorted(ND_ABLATIONS),
+        default="none",
+        help="nd: the ND paper's ablations",
+    )
+    p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: train one)")
+    p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    p.add_argument("--name", help="bundle name (default: the --out directory name)")
+    p.add_argument("--runs", type=Path, default=Path("runs"))
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--max-steps", type=int, help="override the preset's step budget")
+    p.set_defaults(run=distributed(_train_generator))
+
+    p = sub.add_parser("evaluate", help="evaluate a generator bundle")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--split", choices=["validation", "test"], default="test")
+    p.add_argument("--data", type=Path, default=DAILYDIALOG)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-examples", type=int, default=0, help="0 = the whole split")
+    p.add_argument("--samples", type=int, default=20)
+    p.add_argument(
+        "--decodings", default="greedy,beam5", help="comma-separated: greedy, beam5 (default both)"
+    )
+    p.add_argument("--out", type=Path, help="writes <out>.json and <out>.md")
+    p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser("compare", help="compare generator bundles on one split")
+    p.add_argument(
+        "--bundle", action="append", required=True, metavar="LABEL=DIR", help="repeat per model"
+    )
+    p.add_argument("--split", choices=["validation", "test"], default="test")
+    p.add_argument("--data", type=Path, default=DAILYDIALOG)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-examples", type=int, default=0, help="0 = the whole split")
+    p.add_argument("--samples", type=int, default=20)
+    p.add_argument("--title", default="Generator comparison")
+    p.add_argument("--out", type=Path, required=True, help="writes <out>.json and <out>.md")
+    p.set_defaults(run=_compare)
+
+    p = sub.add_parser("reply", help="print replies of generator and retriever bundles")
+    p.add_argument("--bundle", type=Path, action="append", required=True, help="repeatable")
+    p.add_argument(
+        "--context", action="append", help="a context turn; repeat for several (oldest first)"
+    )
+    p.add_argument("--device", default="auto")
+    p.set_defaults(
+        run=lambda args: print_replies(
+            args.bundle, [args.context] if args.context else SAMPLE_CONTEXTS, args.device
+        )
+    )
+
+
+def _build(args: argparse.Namespace, ctx: Any) -> None:
+    from training.pipeline.build import BuildPaths, build
+    from training.pipeline.progress import summary_table
+
+    summary = build(
+        preset_from_args(args),
+        BuildPaths(args.data, args.out, args.runs),
+        ctx,
+        resume=not args.no_resume,
+        seed=args.seed,
+        redo=args.redo,
+    )
+    if ctx.is_main:
+        print(summary_table(summary))
+
+
+def _train_tokenizer(args: argparse.Namespace, ctx: Any) -> None:
+    from training.pipeline.build import ensure_tokenizer, prepare_splits
+
+    preset = preset_from_args(args)
+    ensure_tokenizer(preset, prepare_splits(preset, args.data), args.out, ctx)
+
+
+def _train_generator(args: argparse.Namespace, ctx: Any) -> None:
+    """``train-generator``: picks data, tokenizer, teacher or base, and the method's job."""
+    from models.generator import GenerativeResponder
+    from training.core.generator import train_mle_generator
+    from training.methods.baselines import train_nt_generator, train_ul_generator
+    from training.methods.nd.distill import NDLossConfig, negative_set, train_nd_student
+    from training.pipeline.build import (
+        NEGATIVE_TEACHER,
+        STANDARD_GENERATOR,
+        ensure_tokenizer,
+        prepare_splits,
+        val_subset,
+    )
+
+    preset = preset_from_args(args)
+    if args.max_steps:  # the preset's budget, so every job (and its schedule) sees the same one
+        train = replace(preset.generator.train, max_steps=args.max_steps)
+        preset = replace(preset, generator=replace(preset.generator, train=train))
+    splits = prepare_splits(preset, args.data)
+    name = args.name or args.out.name
+    common = {
+        "preset": preset,
+        "val_examples": val_subset(preset, splits),
+        "out_dir": args.out,
+        "name": name,
+        "run_dir": args.runs / preset.name / name,
+        "dist_ctx": ctx,
+        "data_desc": str(args.data),
+        "resume": not args.no_resume,
+        "seed": args.seed,
+    }
+    artifacts: Path = args.out.parent
+    fraction = args.negative_fraction or preset.nd.negative_fraction
+    if args.method == "mle":
+        train_examples = splits.train
+        if args.subset == "negative":
+            train_examples = negative_set(splits.train, fraction, seed=args.seed).examples
+        tok_path = args.tokenizer or args.runs / preset.name / "tokenizer.json"
+        tokenizer = ensure_tokenizer(preset, splits, tok_path, ctx)
+        manifest = train_mle_generator(tokenizer=tokenizer, train_examples=train_examples, **common)
+    elif args.method == "nd":
+        teacher = args.teacher or artifacts / NEGATIVE_TEACHER
+        changes, fixed_alpha = ND_ABLATIONS[args.ablation]
+        dn = negative_set(splits.train, fraction, seed=args.seed).examples
+        manifest = train_nd_student(
+            tokenizer=GenerativeResponder.load(teacher).tokenizer,
+            teacher_bundle=teacher,
+            train_examples=splits.train,
+            loss=replace(NDLossConfig(temperature=preset.nd.temperature), **changes),
+            fixed_alpha=fixed_alpha,
+            negative_examples=dn,
+            init_from=args.init_from,
+            lam=args.nd_lambda,
+            **common,
+        )
+    else:
+        base = args.base or artifacts / STANDARD_GENERATOR
+        job = train_nt_generator if args.method == "nt" else train_ul_generator
+        manifest = job(base_bundle=base, train_examples=splits.train, **common)
+    print_manifest(manifest)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from models.bundle import verify_bundle
+    from models.generator import GenerativeResponder
+    from training.core.data import load_splits, training_response_token_counts
+    from training.core.distributed import resolve_device
+    from training.eval.generation import STANDARD_DECODINGS, evaluate_generator, markdown_report
+
+    manifest = verify_bundle(args.bundle)
+    responder = GenerativeResponder.load(args.bundle, device=resolve_device(args.device))
+    splits = load_splits(args.data, max_context_turns=responder.inputs.max_context_turns)
+    examples = splits.test if args.split == "test" else splits.validation
+    if args.max_examples:
+        examples = examples[: args.max_examples]
+    wanted = [d.strip() for d in args.decodings.split(",") if d.strip()]
+    unknown = sorted(set(wanted) - set(STANDARD_DECODINGS))
+    if unknown or not wanted:
+        raise ValueError(
+            f"--decodings: unknown {unknown}; choose from {sorted(STANDARD_DECODINGS)}"
+        )
+    result = evaluate_generator(
+        responder,
+        examples,
+        training_response_token_counts(splits.train),
+        decodings={d: STANDARD_DECODINGS[d] for d in wanted},
+        n_samples=args.samples,
+    )
+    result.update(split=args.split, preset=manifest.training.get("preset"), data=str(args.data))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+        args.out.with_suffix(".md").write_text(markdown_report(manifest.name, result) + "\n")
+    print(markdown_report(manifest.name, result))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from models.generator import GenerativeResponder
+    from training.core.data import load_splits
+    from training.core.distributed import resolve_device
+    from training.eval.compare import compare_generators, write_comparison
+
+    bundles = dict(_label_path(b) for b in args.bundle)
+    first = GenerativeResponder.load(next(iter(bundles.values())))
+    splits = load_splits(args.data, max_context_turns=first.inputs.max_context_turns)
+    examples = splits.test if args.split == "test" else splits.validation
+    if args.max_examples:
+        examples = examples[: args.max_examples]
+    results = compare_generators(
+        bundles,
+        train=splits.train,
+        examples=examples,
+        device=str(resolve_device(args.device)),
+        n_samples=args.samples,
+    )
+    write_comparison(results, args.out, title=args.title, command=command_text())
+    print(args.out.with_suffix(".md").read_text())
+    return 0
+
+
+def print_replies(bundles: list[Path], contexts: list[list[str]], device: str) -> int:
+    """Each bundle's replies to ``contexts``: greedy and beam 5 for generators, top-1 retrieved."""
+    from models.bundle import read_manifest
+    from models.generator import GenerativeResponder
+    from models.retriever import RetrievalResponder
+    from training.core.distributed import resolve_device
+
+    for bundle in bundles:
+        if read_manifest(bundle).kind == "retriever":
+            retriever = RetrievalResponder.load(bundle, device=resolve_device(device))
+            print(f"# {retriever.bundle_id}")
+            for turns, hits in zip(contexts, retriever.respond(contexts, top_k=1), strict=True):
+                print(f"> {' / '.join(turns)}\n  retrieved: {hits[0][0]} ({hits[0][1]:.2f})")
+            continue
+        responder = GenerativeResponder.load(bundle, device=resolve_device(device))
+        greedy = responder.respond(contexts)
+        beam = responder.respond(
+            contexts, responder.decoding.with_overrides(strategy="beam", beam_size=5)
+        )
+        print(f"# {responder.bundle_id}")
+        for turns, g, b in zip(contexts, greedy, beam, strict=True):
+            print(f"> {' / '.join(turns)}\n  greedy: {g}\n  beam 5: {b}")
+    return 0
+
+
+def _label_path(spec: str) -> tuple[str, Path]:
+    label, sep, path = spec.partition("=")
+    if not sep or not label or not path:
+        raise ValueError(f"--bundle takes LABEL=DIR, got {spec!r}")
+    return label, Path(path)
