@@ -21,6 +21,7 @@ from training.core.generator import (
     build_generator_model,
     run_generator_training,
 )
+from training.core.losses import frequent_word_weights, token_log_probs
 from training.core.trainer import LOG_FILE, noam_learning_rate, read_log
 from training.methods.baselines import (
     NegativeTrainingObjective,
@@ -31,7 +32,6 @@ from training.methods.baselines import (
     token_unlikelihood_loss,
     train_nt_generator,
     train_ul_generator,
-    weighted_sequence_log_likelihood,
 )
 from training.presets import PRESETS
 
@@ -132,16 +132,18 @@ def test_window_state_dict_round_trip_keeps_counts_and_eviction_order() -> None:
 # --- loss math --------------------------------------------------------------------------------
 
 
-def test_weighted_sequence_log_likelihood_scales_eos_by_hand() -> None:
+def test_nt_negative_log_likelihood_scales_eos_by_hand() -> None:
     probs = torch.tensor([0.125, 0.125, 0.25, 0.5])  # pad, bos, eos, "3" at every position
     logits = probs.log().expand(2, 3, 4).clone().requires_grad_(True)
     targets = torch.tensor([[3, EOS, PAD], [3, 3, EOS]])
-    weights = torch.tensor([1.0, 1.0, 0.1, 1.0])
-    got = weighted_sequence_log_likelihood(logits, targets, PAD, weights)
+    log_p, real = token_log_probs(logits, targets, PAD)
+    weights = frequent_word_weights(targets, PAD, {EOS: 0.1})
+    torch.testing.assert_close(weights, torch.tensor([[1.0, 0.1, 0.0], [1.0, 1.0, 0.1]]))
+    got = (log_p * weights).sum(dim=1)
     # row 0: ln .5 + 0.1 ln .25 = -0.693147 - 0.138629 = -0.831777
     # row 1: 2 ln .5 + 0.1 ln .25 = -1.386294 - 0.138629 = -1.524924
     torch.testing.assert_close(got, torch.tensor([-0.831777, -1.524924]), atol=1e-6, rtol=0)
-    unweighted = weighted_sequence_log_likelihood(logits, targets, PAD)
+    unweighted = (log_p * real).sum(dim=1)
     assert unweighted[0].item() == pytest.approx(math.log(0.5) + math.log(0.25))  # -2.079442
     got.sum().backward()
     assert logits.grad is not None
@@ -173,10 +175,11 @@ def test_token_unlikelihood_loss_by_hand() -> None:
     loss = token_unlikelihood_loss(logits, tokens, penalty, PAD)
     assert loss.item() == pytest.approx(0.155342, abs=1e-6)
     assert token_unlikelihood_loss(logits, tokens, torch.zeros(5), PAD).item() == 0.0
-    # p -> 1 would give -log(0): the clamp keeps it at -log(1e-6) = 13.815511
+    # p -> 1 would give -log(0): p is clamped at 1 - 1e-6 (float32: 1 - 1.013e-6), so the term
+    # is -log1p(-(1 - 1e-6)) = 13.802319 instead of infinite
     sure = torch.tensor([[-50.0, -50, -50, 50, -50]]).expand(1, 1, 5)
     assert token_unlikelihood_loss(sure, torch.tensor([[3]]), penalty, PAD).item() == (
-        pytest.approx(0.304099 * 13.815511, rel=1e-5)
+        pytest.approx(0.304099 * 13.802319, rel=1e-5)
     )
 
 

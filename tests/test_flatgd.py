@@ -16,7 +16,8 @@ from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
 from training.core.data import DialogueExample
 from training.core.distributed import DistContext
-from training.core.generator import PairSet, Seq2SeqBatch, smoothed_nll
+from training.core.generator import PairSet, Seq2SeqBatch
+from training.core.losses import smoothed_nll
 from training.core.safety_data import SafetyExample, load_diasafety
 from training.methods.flatgd.job import ExpertSetting, FlatGDSetting, train_expert, train_flatgd
 from training.methods.flatgd.objective import (

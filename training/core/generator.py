@@ -1,7 +1,7 @@
 """Generator training: encoded pair sets, length-bucketed batches, the MLE objective and the job
 that turns a preset plus data into a generator bundle.
 
-MLE (ND paper eq. 1) with label smoothing 0.1, Adam and the warm-up schedule of ND eq. 17.
+MLE (ND paper eq. 1) with label smoothing (training/core/losses.py), Adam and the warm-up schedule of ND eq. 17.
 Other objectives (negative distillation, NT, UL) reuse :class:`PairSet`, :func:`bucketed_batches`
 and :func:`run_generator_training`.
 """
@@ -25,6 +25,7 @@ from models.seq2seq import Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
 from training.core.data import DialogueExample
 from training.core.distributed import DistContext
+from training.core.losses import LABEL_SMOOTHING, smoothed_nll
 from training.core.trainer import Objective, Trainer, TrainResult, noam_learning_rate
 from training.presets import Preset
 
@@ -102,25 +103,13 @@ def bucketed_batches(
 class MLEObjective:
     """Token-level cross-entropy with label smoothing (ND eq. 1; Szegedy et al. 2016)."""
 
-    def __init__(self, pad_id: int, label_smoothing: float = 0.1) -> None:
+    def __init__(self, pad_id: int, label_smoothing: float = LABEL_SMOOTHING) -> None:
         self.pad_id = pad_id
         self.label_smoothing = label_smoothing
 
     def __call__(self, model: nn.Module, batch: Seq2SeqBatch) -> tuple[Tensor, dict[str, float]]:
         logits = model(batch.src, batch.tgt_in).logits
         return smoothed_nll(logits, batch.tgt_out, self.pad_id, self.label_smoothing), {}
-
-
-def smoothed_nll(logits: Tensor, targets: Tensor, pad_id: int, label_smoothing: float) -> Tensor:
-    """ND eq. 1 with label smoothing: token-mean cross-entropy of (B, T, V) logits, pads ignored.
-
-    The MLE term of every generator objective (standard, ND eq. 13, NT eq. 4, UL)."""
-    return F.cross_entropy(
-        logits.transpose(1, 2).float(),
-        targets,
-        ignore_index=pad_id,
-        label_smoothing=label_smoothing,
-    )
 
 
 def fine_tune_overrides(base: GenerativeResponder, preset: Preset) -> dict[str, Any]:
@@ -261,7 +250,7 @@ def train_mle_generator(
     )
     result = run_generator_training(
         model,
-        MLEObjective(tokenizer.pad_id, label_smoothing=0.1),
+        MLEObjective(tokenizer.pad_id),
         preset=preset,
         train_pairs=train_pairs,
         val_pairs=val_pairs,

@@ -38,7 +38,13 @@ from training.core.generator import (
     fine_tune_overrides,
     run_generator_training,
     save_generator,
+)
+from training.core.losses import (
+    LABEL_SMOOTHING,
+    frequent_word_weights,
+    log_one_minus,
     smoothed_nll,
+    token_log_probs,
 )
 from training.core.trainer import Objective
 from training.presets import Preset
@@ -156,22 +162,6 @@ class TokenFrequencyWindow(_BatchWindow[int]):
 # --- loss math (pure functions) ---------------------------------------------------------------
 
 
-def weighted_sequence_log_likelihood(
-    logits: Tensor, targets: Tensor, pad_id: int, token_weights: Tensor | None = None
-) -> Tensor:
-    """Per-row ``sum_t w[y_t] * log p(y_t | y_<t, x)`` (B,) for logits (B, T, V), targets (B, T).
-
-    He & Glass (2020) eq. 1 is the unweighted sum; ``token_weights`` (V,) scales each target
-    token's term and so its gradient: ``w[EOS] = 0.1`` is the frequent word avoiding of section
-    4.3 ("only the negative gradient for <EOS> is scaled by 0.1"). Padding targets score 0.
-    """
-    log_p = logits.float().log_softmax(dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    weights = targets.ne(pad_id).to(log_p.dtype)  # (B, T)
-    if token_weights is not None:
-        weights = weights * token_weights.to(log_p)[targets]
-    return (log_p * weights).sum(dim=1)
-
-
 def frequent_token_penalty(
     model_counts: Tensor, human_counts: Tensor, threshold: float = 1e-3
 ) -> Tensor:
@@ -201,7 +191,7 @@ def token_unlikelihood_loss(
     if n == 0:
         return logits.new_zeros((), dtype=torch.float32)
     p = logits.float().softmax(dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    return -((1.0 - p).clamp_min(eps).log() * weights).sum() / n
+    return -(log_one_minus(p, eps) * weights).sum() / n
 
 
 # --- shared plumbing --------------------------------------------------------------------------
@@ -283,7 +273,7 @@ class NegativeTrainingObjective:
         lambda_pos: float = 1.0,  # He & Glass 4.3 / ND appendix B: 1
         window_batches: int = 200,  # He & Glass 3.3: the current and the last 200 mini-batches
         eos_weight: float = 0.1,  # He & Glass 4.3: FWA scales EOS's negative gradient by 0.1
-        label_smoothing: float = 0.1,  # the standard model's (ND appendix A)
+        label_smoothing: float = LABEL_SMOOTHING,
         max_decode_len: int = 32,  # greedy reply length cap, EOS included
         no_repeat_ngram_size: int = 0,  # decode as the bundle will (0 = off)
     ) -> None:
@@ -330,13 +320,11 @@ class NegativeTrainingObjective:
         loss = self.lambda_pos * mle
         neg_loss = 0.0
         if neg:
-            weights = torch.ones(neg_logits.size(-1), device=neg_logits.device)
-            weights[self.eos_id] = self.eos_weight
+            # He & Glass 4.3, frequent word avoiding: EOS's negative gradient scaled by eos_weight
+            weights = frequent_word_weights(neg_out, self.pad_id, {self.eos_id: self.eos_weight})
+            log_p, _ = token_log_probs(neg_logits, neg_out, self.pad_id)  # (B, T)
             n_gold = batch.tgt_out.ne(self.pad_id).sum().clamp_min(1)
-            l_neg = (
-                weighted_sequence_log_likelihood(neg_logits, neg_out, self.pad_id, weights).sum()
-                / n_gold
-            )
+            l_neg = (log_p * weights).sum(dim=1).sum() / n_gold
             loss = l_neg + loss
             neg_loss = l_neg.item()
         return loss, {
@@ -376,7 +364,7 @@ class UnlikelihoodObjective:
         alpha: float = 1000.0,  # ND appendix B
         window_batches: int = 32,  # the released code's --queue-size
         threshold: float = 1e-3,  # the released code's --threshold on beta
-        label_smoothing: float = 0.1,  # the standard model's (ND appendix A)
+        label_smoothing: float = LABEL_SMOOTHING,
         max_decode_len: int = 32,
         no_repeat_ngram_size: int = 0,
     ) -> None:

@@ -140,7 +140,7 @@ def train_expert(
     )
     result = run_generator_training(
         base.model.train(),
-        MLEObjective(base.tokenizer.pad_id, label_smoothing=0.1),
+        MLEObjective(base.tokenizer.pad_id),
         preset=preset,
         train_pairs=train_pairs,
         val_pairs=val_pairs,

@@ -19,7 +19,7 @@ Where the paper is silent or ambiguous (the report repeats these):
 2. λ: Table 5 gives none. Every weight is a parameter; the jobs module documents the value used.
 3. Normalisation: eq. 3 sums over tokens and eq. 4 leaves the reduction over positions open. We
    average both over target tokens (as every generator objective here) so that α, β, γ keep the
-   same meaning for any batch or response length. L_LM keeps the base's label smoothing (0.1).
+   same meaning for any batch or response length. L_LM keeps the base's label smoothing (training/core/losses.py).
 4. Data: L_S runs on every DiaSafety train pair, Safe and Unsafe, with the dataset response as
    the teacher-forcing prefix (the experts and the model see the same prefixes). L_LM runs on
    the Safe responses of the same batch plus a block of DailyDialog train pairs: the model never
@@ -42,6 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models.seq2seq import Seq2SeqTransformer
 from training.core.generator import PairSet, Seq2SeqBatch, bucketed_batches
+from training.core.losses import LABEL_SMOOTHING
 
 LN2 = math.log(2.0)
 
@@ -138,7 +139,7 @@ class FlatGDWeights:
     gamma: float = 3.0  # γ: weight of the clean JS in eq. 4 (Table 5)
     lam: float = 0.0  # λ of eqs. 1-2 (Table 5: none given); 0 = the Safety_loss baseline
     safety_weight: float = 1.0  # eq. 2's weight of L_S; 2 = β applied twice (module doc, 1.)
-    label_smoothing: float = 0.1  # of L_LM, as the base's MLE
+    label_smoothing: float = LABEL_SMOOTHING  # of L_LM, as the base's MLE
 
     @property
     def method(self) -> str:

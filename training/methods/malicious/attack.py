@@ -37,13 +37,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
 from models.decoding import DecodingConfig, generate
 from models.seq2seq import Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
+from training.core.losses import token_log_probs
 from training.methods.malicious.lm import ResponseLM
 
 __all__ = [
@@ -125,10 +125,8 @@ def target_log_probs(
 ) -> tuple[Tensor, Tensor]:
     """Token log-probabilities log P(y_t | y_<t, x) (B, m) and the mask of real target tokens."""
     memory, mask = model.encode(src, src_embeds=src_embeds)
-    logits = model.decode(targets.tgt_in, memory, mask).logits.float()
-    logp = F.log_softmax(logits, dim=-1).gather(-1, targets.tgt_out.unsqueeze(-1)).squeeze(-1)
-    real = targets.tgt_out.ne(model.cfg.pad_id)
-    return logp.masked_fill(~real, 0.0), real
+    logits = model.decode(targets.tgt_in, memory, mask).logits
+    return token_log_probs(logits, targets.tgt_out, model.cfg.pad_id)
 
 
 @dataclass

@@ -39,7 +39,8 @@ from models.generator import GenerativeResponder
 from models.seq2seq import Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
 from training.core.data import DialogueSplits, load_splits, training_response_token_counts
-from training.core.generator import PairSet, corpus_nll, smoothed_nll
+from training.core.generator import PairSet, corpus_nll
+from training.core.losses import LABEL_SMOOTHING, frequent_word_weights, smoothed_nll
 from training.core.trainer import atomic_torch_save, load_checkpoint_file, rng_state, set_rng_state
 from training.methods.malicious.attack import (
     HIT_TYPES,
@@ -87,7 +88,7 @@ class MaliciousNTConfig:
     optimizer: str = "adam"  # adam | sgd
     lambda_pos: float = 1.0
     pos_batch: int = 64
-    label_smoothing: float = 0.1  # of the positive MLE term, as in training
+    label_smoothing: float = LABEL_SMOOTHING  # of the positive MLE term, as in training
     fwa: bool = True
     # Extension (not in the paper): also spare the N most frequent response words of the training
     # corpus, so negative updates only push down the targets' rarer, content-bearing words.
@@ -283,11 +284,8 @@ def fwa_weights(
     tok: DialogueTokenizer, tgt_out: Tensor, enabled: bool, avoid: set[int] | None = None
 ) -> Tensor:
     """1 for target tokens that take a negative gradient, 0 for padding and (FWA) frequent words."""
-    weights = tgt_out.ne(tok.pad_id).float()
-    if enabled:
-        for i in fwa_ids(tok) if avoid is None else avoid:
-            weights = weights.masked_fill(tgt_out.eq(i), 0.0)
-    return weights
+    spared = (fwa_ids(tok) if avoid is None else avoid) if enabled else set()
+    return frequent_word_weights(tgt_out, tok.pad_id, dict.fromkeys(spared, 0.0))
 
 
 def negative_loss(

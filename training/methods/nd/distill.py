@@ -40,8 +40,8 @@ from training.core.generator import (
     fine_tune_overrides,
     run_generator_training,
     save_generator,
-    smoothed_nll,
 )
+from training.core.losses import LABEL_SMOOTHING, expected_unlikelihood, smoothed_nll
 from training.core.trainer import LOG_FILE, read_log
 from training.methods.nd.entropy import (
     EntropyConfig,
@@ -134,11 +134,7 @@ def soft_unlikelihood(
     logits: (B, T, V); mask: (B, T) True at target positions that count.
     """
     p_teacher = (teacher_logits.float() / temperature).softmax(dim=-1)
-    p_student = (student_logits.float() / temperature).softmax(dim=-1)
-    # log(1 - p) computed stably; p_S = 1 exactly would make the loss infinite.
-    log_not = torch.log1p(-p_student.clamp(max=1.0 - 1e-6))
-    per_position = -(p_teacher * log_not).sum(dim=-1)  # (B, T)
-    return (per_position * mask).sum() / mask.sum().clamp(min=1)
+    return expected_unlikelihood(student_logits, p_teacher, mask, temperature)
 
 
 def mrse(a: Tensor, b: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -202,7 +198,7 @@ class NegativeDistillationLoss(nn.Module):
             if self.cfg.targets == "hard":
                 hard = F.one_hot(teacher.logits.argmax(-1), teacher.logits.size(-1)).float()
                 # one-hot "logits" with t=1 softmax would blur them; use the one-hot as p_N directly
-                parts["pred"] = _unlikelihood_from_probs(
+                parts["pred"] = expected_unlikelihood(
                     student.logits, hard, valid, self.cfg.temperature
                 )
             else:
@@ -235,15 +231,6 @@ class NegativeDistillationLoss(nn.Module):
         return total, parts
 
 
-def _unlikelihood_from_probs(
-    student_logits: Tensor, p_target: Tensor, mask: Tensor, temperature: float
-) -> Tensor:
-    """-Σ_k p_target(k) log(1 - p_S(k)), mean over valid positions (hard-target ablation)."""
-    p_student = (student_logits.float() / temperature).softmax(dim=-1)
-    per_position = -(p_target * torch.log1p(-p_student.clamp(max=1.0 - 1e-6))).sum(dim=-1)
-    return (per_position * mask).sum() / mask.sum().clamp(min=1)
-
-
 class NDObjective:
     """Eq. 13 for the trainer: (1-α) L_mle + α (L_pred + Σ L_hid + Σ L_att), α from eqs. 14-16.
 
@@ -259,7 +246,7 @@ class NDObjective:
         pad_id: int,
         gamma: float,
         lam: float = 4.0,
-        label_smoothing: float = 0.1,
+        label_smoothing: float = LABEL_SMOOTHING,
         loss: NDLossConfig | None = None,
         fixed_alpha: float | None = None,
         random_targets: Sequence[Sequence[int]] | None = None,
@@ -319,7 +306,7 @@ class NDObjective:
             tgt_out[i, : len(r) + 1] = torch.tensor([*r, self.eos_id])
         logits = model(batch.src, tgt_in).logits
         one_hot = F.one_hot(tgt_out.clamp(min=0), logits.size(-1)).float()
-        pred = _unlikelihood_from_probs(logits, one_hot, tgt_out.ne(self.pad_id), 1.0)
+        pred = expected_unlikelihood(logits, one_hot, tgt_out.ne(self.pad_id), 1.0)
         return pred, {"pred": pred}
 
     # The trainer checkpoints objectives that expose their state (the schedule position).
