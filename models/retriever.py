@@ -205,7 +205,9 @@ class RetrievalResponder(Responder):
             ]
         k = min(max(top_k, reranker.candidates), len(self.responses))
         _, dense_ids = self.index.search(embeddings, k)
-        queries = [context_text(c, self.inputs.max_context_turns) for c in contexts]
+        queries = reranker.query_vectors(
+            [context_text(c, self.inputs.max_context_turns) for c in contexts]
+        )
         lexical_ids = reranker.top_candidates(queries, reranker.candidates)
         if self._vectors is None:
             self._vectors = self.index.vectors()
@@ -220,7 +222,7 @@ class RetrievalResponder(Responder):
                 out.append([])
                 continue
             dense = self._vectors[cand] @ np.asarray(embeddings[row], dtype=np.float32)
-            lexical = reranker.lexical_scores([queries[row]], cand[None, :])[0]
+            lexical = reranker.lexical_scores(queries[row], cand[None, :])[0]
             mixed = reranker.mix(dense[None, :], lexical[None, :])[0]
             order = np.argsort(-mixed, kind="stable")[:top_k]
             out.append([(self.responses[int(cand[j])], float(mixed[j])) for j in order])

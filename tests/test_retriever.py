@@ -384,3 +384,13 @@ def test_lexical_candidates_come_from_rare_shared_words_best_first() -> None:
     assert museum.tolist() == [300, 301]
     assert nothing.size == 0
     assert lex.top_candidates(["filler"], 5)[0].size == 0
+
+
+def test_hand_built_query_vectors_equal_scikit_learns() -> None:
+    from models.lexical import LexicalReranker
+
+    lex = LexicalReranker.fit(RESPONSES, weight=1.0)
+    queries = ["what time is it now ? now !", "", "unknown words only", "good , good morning"]
+    a, b = lex.query_vectors(queries), lex.vectors(queries)
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a.toarray(), b.toarray(), rtol=1e-12, atol=1e-12)
