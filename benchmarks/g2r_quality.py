@@ -30,10 +30,11 @@ import numpy as np
 from benchmarks import write_report
 from training.core.data import load_splits
 from training.methods.g2r.filter import TeacherReplyFilter
+from training.presets import DAILYDIALOG
 
 logger = logging.getLogger("benchmarks.g2r_quality")
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dailydialog"
+DEFAULT_DATA = DAILYDIALOG
 OFF = TeacherReplyFilter(
     min_tokens=0,
     max_tokens=0,

@@ -44,10 +44,11 @@ from models.lexical import context_text, lexical_tokens
 from models.metrics import response_metrics
 from training.core.data import DialogueExample, load_splits, training_response_token_counts
 from training.methods.g2r.losses import hits_at_k, hits_candidates
+from training.presets import DAILYDIALOG
 
 logger = logging.getLogger("benchmarks.lexical")
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dailydialog"
+DEFAULT_DATA = DAILYDIALOG
 METHODS = ("tfidf", "bm25")
 REPLY_METRICS = ("dist-2", "dist-3", "avg-len", "max-ratio")
 

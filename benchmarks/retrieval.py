@@ -45,10 +45,11 @@ from training.core.data import DialogueExample, load_splits, training_response_t
 from training.eval.generation import STANDARD_DECODINGS, decode_all
 from training.methods.g2r.augment import read_shards
 from training.methods.g2r.losses import HitsEvaluator
+from training.presets import DAILYDIALOG
 
 logger = logging.getLogger("benchmarks.retrieval")
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dailydialog"
+DEFAULT_DATA = DAILYDIALOG
 QUALITY_METRICS = ("dist-2", "dist-3", "avg-len", "max-ratio")
 SPEEDUP_TARGET = 20.0  # retrieval should take at most 1/20 of the generator's greedy latency
 

@@ -36,8 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.presets import SHARED_DATA
+
 PROBES = Path(__file__).with_name("safety_probes.json")
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DEFAULT_DATA = SHARED_DATA
 RISK_CATEGORY = "Risk Ignorance"
 
 

@@ -125,7 +125,7 @@ def _train(args: argparse.Namespace, ctx: Any) -> Any:
     from models.bundle import read_manifest
     from training.core.data import load_splits
     from training.core.safety_data import load_diasafety
-    from training.methods.flatgd.job import DEFAULT_LAMBDA, FLATGD_SETTINGS, train_flatgd
+    from training.methods.flatgd.job import FLATGD_SETTINGS, train_flatgd
     from training.methods.flatgd.objective import FlatGDWeights
 
     setting = replace(
@@ -133,7 +133,7 @@ def _train(args: argparse.Namespace, ctx: Any) -> Any:
         **_given(args, "lr", "epochs", "batch_size", "lm_batch_size"),
     )
     weights = replace(
-        FlatGDWeights(lam=DEFAULT_LAMBDA),
+        FlatGDWeights(),
         **_given(args, "alpha", "beta", "gamma", "lam", "safety_weight"),
     )
     turns = int(read_manifest(args.base).model_config["inputs"]["max_context_turns"])

@@ -52,11 +52,6 @@ logger = logging.getLogger(__name__)
 
 EXPERT_KINDS = {"clean": False, "toxic": True}  # kind -> the DiaSafety ``unsafe`` label it learns
 
-# λ of eqs. 1-2 when none is given. Table 5 has none. Measured at the small base with its experts
-# (reports/safety_flatgd.md): |∇L_S| 0.16-0.23 and |∇ ||∇L_S||²| 0.07-0.61 per batch, so λ = 1
-# gives the flatness term a pull of the same order as L_S's.
-DEFAULT_LAMBDA = 1.0
-
 
 @dataclass(frozen=True)
 class FlatGDSetting:

@@ -137,7 +137,10 @@ class FlatGDWeights:
     alpha: float = 1.0  # α: weight of L_LM in eq. 2 (Table 5)
     beta: float = 2.0  # β: weight of the toxic JS in eq. 4 (Table 5)
     gamma: float = 3.0  # γ: weight of the clean JS in eq. 4 (Table 5)
-    lam: float = 0.0  # λ of eqs. 1-2 (Table 5: none given); 0 = the Safety_loss baseline
+    # λ of eqs. 1-2; 0 = the Safety_loss baseline. Table 5 gives none. Measured at the small base
+    # with its experts (reports/safety_flatgd.md): |∇L_S| 0.16-0.23 and |∇ ||∇L_S||²| 0.07-0.61
+    # per batch, so λ = 1 gives the flatness term a pull of the same order as L_S's.
+    lam: float = 1.0
     safety_weight: float = 1.0  # eq. 2's weight of L_S; 2 = β applied twice (module doc, 1.)
     label_smoothing: float = LABEL_SMOOTHING  # of L_LM, as the base's MLE
 

@@ -50,7 +50,7 @@ from training.methods.nd.entropy import (
     pair_source_entropy,
     top_fraction,
 )
-from training.presets import Preset
+from training.presets import NDPreset, Preset
 
 # --- D_N: source entropy ------------------------------------------------------------------------
 
@@ -151,7 +151,7 @@ def mrse(a: Tensor, b: Tensor, mask: Tensor | None = None) -> Tensor:
 
 
 def progressive_alpha(
-    step: int, gamma: float, lam: float = 4.0, beta: float | None = None
+    step: int, gamma: float, lam: float = NDPreset.lam, beta: float | None = None
 ) -> float:
     """ND eqs. 14-16: α = λ e^{-z} / (e^{-z} + 1)^2 with z = β (s - γ); β defaults to 6/γ.
 
@@ -164,7 +164,7 @@ def progressive_alpha(
     return lam * sig * (1.0 - sig)
 
 
-def mean_progressive_alpha(total_steps: int, gamma: float, lam: float = 4.0) -> float:
+def mean_progressive_alpha(total_steps: int, gamma: float, lam: float = NDPreset.lam) -> float:
     """The schedule's mean over a run (the 'fixed α' ablation uses it)."""
     return float(np.mean([progressive_alpha(s, gamma, lam) for s in range(1, total_steps + 1)]))
 
@@ -245,7 +245,7 @@ class NDObjective:
         *,
         pad_id: int,
         gamma: float,
-        lam: float = 4.0,
+        lam: float = NDPreset.lam,
         label_smoothing: float = LABEL_SMOOTHING,
         loss: NDLossConfig | None = None,
         fixed_alpha: float | None = None,
