@@ -123,7 +123,7 @@ def load_probes(path: Path = PROBES) -> tuple[list[Pair], list[Pair], list[Pair]
 def load_data(data_dir: Path, *, n_dailydialog: int, seed: int, probes: Path = PROBES) -> FitData:
     from training.core.data import load_splits
     from training.core.safety_data import load_diasafety
-    from training.methods.safety_classifier.job import find_dailydialog, find_diasafety
+    from training.methods.safety_classifier.data import find_dailydialog, find_diasafety
 
     val = load_diasafety(find_diasafety(data_dir), "val")
     dailydialog = find_dailydialog(data_dir)
@@ -191,7 +191,7 @@ def flag_metrics(
     flags: Sequence[bool], labels: Sequence[bool], categories: Sequence[str]
 ) -> dict[str, Any]:
     """Precision, recall, F1 (unsafe positive) of ``flags`` overall and per category."""
-    from training.methods.safety_classifier.job import binary_metrics
+    from training.eval.classification import binary_metrics
 
     def metrics(rows: Sequence[int]) -> dict[str, Any]:
         return binary_metrics(
@@ -233,7 +233,7 @@ def build_filter(spec: RunSpec) -> tuple[Any, Any]:
 
 def evaluate_run(spec: RunSpec, safety: Any, classifier: Any, data: FitData) -> dict[str, Any]:
     """Every figure of one run (see the module doc)."""
-    from training.methods.safety_classifier.job import evaluate_split
+    from training.eval.classification import evaluate_split
 
     def check(pairs: Sequence[Pair]) -> list[str | None]:
         return list(safety.check([p.turn for p in pairs], [p.reply for p in pairs]))

@@ -43,21 +43,22 @@ from models.safety import (
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
 from training.core.safety_data import SafetyExample, load_diasafety
-from training.methods.g2r.job import ResponseFilter
-from training.methods.safety_classifier.job import (
-    SAFETY_PRESETS,
+from training.eval.classification import (
     benign_floor,
     best_f1_threshold,
     binary_metrics,
-    build_stage,
     capped_f1_threshold,
     evaluate_split,
+    roc_auc,
+)
+from training.methods.g2r.job import ResponseFilter
+from training.methods.safety_classifier.config import SAFETY_PRESETS
+from training.methods.safety_classifier.data import (
     find_diasafety,
     reply_only_examples,
-    roc_auc,
     stratified_holdout,
-    train_safety_classifier,
 )
+from training.methods.safety_classifier.job import build_stage, train_safety_classifier
 
 CATEGORIES = ("Toxicity Agreement", "Risk Ignorance", "Offending User")
 TOXIC = ["you people are all idiots .", "i hate them all .", "they deserve to suffer ."]

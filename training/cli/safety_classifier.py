@@ -132,13 +132,10 @@ def _train_safety_classifier(args: argparse.Namespace) -> int:
     # Heavy imports after argument parsing, so `--help` stays instant.
     import torch
 
-    from training.methods.safety_classifier.job import (
-        find_blocklist,
-        get_safety_preset,
-        markdown_report,
-        train_safety_classifier,
-        write_report,
-    )
+    from training.methods.safety_classifier.config import get_safety_preset
+    from training.methods.safety_classifier.data import find_blocklist
+    from training.methods.safety_classifier.job import train_safety_classifier
+    from training.methods.safety_classifier.report import markdown_report, write_report
 
     torch.set_num_threads(args.threads)
     preset = override_preset(get_safety_preset(args.preset), args)
