@@ -23,14 +23,16 @@ from training.core.generator import (
 )
 from training.core.losses import frequent_word_weights, token_log_probs
 from training.core.trainer import LOG_FILE, noam_learning_rate, read_log
-from training.methods.baselines import (
+from training.methods.nt import (
     NegativeTrainingObjective,
     ResponseFrequencyWindow,
+    train_nt_generator,
+)
+from training.methods.ul import (
     TokenFrequencyWindow,
     UnlikelihoodObjective,
     frequent_token_penalty,
     token_unlikelihood_loss,
-    train_nt_generator,
     train_ul_generator,
 )
 from training.presets import PRESETS

@@ -613,7 +613,7 @@ def _negative_set_summary(dn: NegativeSet | None, report: Path) -> dict[str, Any
 
 def _train_nt(*, tokenizer: DialogueTokenizer, **kwargs: Any) -> Any:
     """``build``'s NT stage: He & Glass's fine-tune of the standard model (its own tokenizer)."""
-    from training.methods.baselines import train_nt_generator
+    from training.methods.nt import train_nt_generator
 
     del tokenizer  # the base bundle carries it
     return train_nt_generator(**kwargs)

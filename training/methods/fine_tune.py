@@ -1,0 +1,235 @@
+"""What the NT and UL baselines share (ND paper, appendix B: "Both NT and UL are refined on the
+well-trained Standard model"): the fine-tune job that loads the standard bundle and trains it at a
+constant rate, the frequency window over recent mini-batches, greedy replies gathered across
+ranks, and the joint forward pass over gold and generated targets.
+
+Objectives carry state (frequency windows) that a resumed run needs: they expose ``state_dict()``
+/ ``load_state_dict()`` for the trainer's checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
+from typing import Any, Generic, TypeVar, cast
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.bundle import Manifest
+from models.decoding import DecodingConfig, generate
+from models.generator import GenerativeResponder
+from models.seq2seq import Seq2SeqTransformer
+from training.core.data import DialogueExample
+from training.core.distributed import DistContext
+from training.core.generator import (
+    PairSet,
+    Seq2SeqBatch,
+    fine_tune_overrides,
+    run_generator_training,
+    save_generator,
+)
+from training.core.trainer import Objective
+from training.presets import Preset
+
+logger = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+
+
+# --- frequency windows ------------------------------------------------------------------------
+
+
+class BatchWindow(Generic[K]):
+    """Counts of keys over the current and the last ``window_batches`` mini-batches."""
+
+    def __init__(self, window_batches: int) -> None:
+        assert window_batches >= 0, f"window_batches must be >= 0, got {window_batches}"
+        self.window_batches = window_batches
+        self._batches: deque[Counter[K]] = deque()
+        self._total: Counter[K] = Counter()
+        self._size = 0  # keys counted in the window, with multiplicity
+
+    def _add(self, counts: Counter[K]) -> None:
+        self._batches.append(counts)
+        self._total.update(counts)
+        self._size += sum(counts.values())
+        while len(self._batches) > self.window_batches + 1:  # current + the last window_batches
+            for key, n in self._batches.popleft().items():
+                left = self._total[key] - n
+                if left:
+                    self._total[key] = left
+                else:
+                    del self._total[key]
+                self._size -= n
+
+    @property
+    def num_batches(self) -> int:
+        return len(self._batches)
+
+    def __len__(self) -> int:
+        """Keys in the window, counted with multiplicity."""
+        return self._size
+
+    def count(self, key: K) -> int:
+        return self._total.get(key, 0)
+
+    def _encode(self, key: K) -> Any:
+        return key
+
+    def _decode(self, data: Any) -> K:
+        return cast(K, data)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain lists (JSON- and ``torch.save``-friendly), oldest batch first."""
+        return {
+            "window_batches": self.window_batches,
+            "batches": [[[self._encode(k), n] for k, n in b.items()] for b in self._batches],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.window_batches = int(state["window_batches"])
+        self._batches.clear()
+        self._total.clear()
+        self._size = 0
+        for batch in state["batches"]:
+            self._add(Counter({self._decode(k): int(n) for k, n in batch}))
+
+
+# --- shared plumbing --------------------------------------------------------------------------
+
+
+def greedy_replies(model: nn.Module, src: Tensor, decoding: DecodingConfig) -> list[list[int]]:
+    """The model's replies to ``src`` without gradients and without dropout (eval mode), the
+    training mode restored afterwards. Unwraps DistributedDataParallel."""
+    core = cast(Seq2SeqTransformer, getattr(model, "module", model))
+    was_training = core.training
+    core.eval()
+    try:
+        return generate(core, src, decoding).tokens
+    finally:
+        core.train(was_training)
+
+
+def gather_across_ranks(items: list[T]) -> list[T]:
+    """Every rank's ``items`` concatenated in rank order (identity without a process group), so
+    all ranks keep identical frequency windows and rank 0's checkpoint fits them all."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return items
+    parts: list[list[T] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in (part or [])]
+
+
+def pad_cat(a: Tensor, b: Tensor, pad_id: int) -> Tensor:
+    """Stack (B1, T1) over (B2, T2), right-padding to max(T1, T2)."""
+    width = max(a.size(1), b.size(1))
+    return torch.cat(
+        [
+            F.pad(a, (0, width - a.size(1)), value=pad_id),
+            F.pad(b, (0, width - b.size(1)), value=pad_id),
+        ]
+    )
+
+
+def joint_logits(
+    model: nn.Module, batch: Seq2SeqBatch, extra_src: Tensor, extra_in: Tensor, pad_id: int
+) -> tuple[Tensor, Tensor]:
+    """Logits of the gold pairs and of extra (source, decoder input) rows from ONE forward pass
+    (two forwards before one backward would break DistributedDataParallel). Right-padding the
+    shorter targets changes nothing: decoder self-attention is causal."""
+    b, t = batch.tgt_in.shape
+    logits = model(
+        torch.cat([batch.src, extra_src]), pad_cat(batch.tgt_in, extra_in, pad_id)
+    ).logits
+    return logits[:b, :t], logits[b:, : extra_in.size(1)]
+
+
+# --- objectives -------------------------------------------------------------------------------
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+
+def fine_tune_standard(
+    method: str,
+    make_objective: Callable[[GenerativeResponder], Objective],
+    hyper: dict[str, Any],
+    *,
+    base_bundle: Path,
+    preset: Preset,
+    train_examples: Sequence[DialogueExample],
+    val_examples: Sequence[DialogueExample],
+    out_dir: Path,
+    name: str,
+    run_dir: Path,
+    dist_ctx: DistContext,
+    data_desc: str,
+    resume: bool,
+    seed: int,
+    optimizer: str,
+    lr: float | None,
+    max_steps: int | None,
+) -> Manifest | None:
+    """Load the standard bundle, fine-tune it with a constant learning rate, write a bundle."""
+    base = GenerativeResponder.load(base_bundle)
+    assert base.inputs == preset.inputs, (
+        f"{base_bundle} was trained with inputs {base.inputs}, preset {preset.name!r} has "
+        f"{preset.inputs}: fine-tune under the preset that built the standard model"
+    )
+    model = base.model.train()
+    train_pairs = PairSet.encode(train_examples, base.tokenizer, preset.inputs)
+    val_pairs = PairSet.encode(val_examples, base.tokenizer, preset.inputs)
+    tc = preset.generator.train
+    schedule = fine_tune_overrides(base, preset)  # NT/UL run a fixed budget; val loss only rises
+    if lr is None:  # where the standard model's schedule ended (see train_nt_generator)
+        lr = float(schedule["lr"])
+    steps = max_steps if max_steps is not None else tc.max_steps
+    objective: Objective = make_objective(base)
+    logger.info(
+        "fine-tuning %s with %s from %s: lr %.2e, %d steps", name, method, base.bundle_id, lr, steps
+    )
+    result = run_generator_training(
+        model,
+        objective,
+        preset=preset,
+        train_pairs=train_pairs,
+        val_pairs=val_pairs,
+        run_dir=run_dir,
+        dist_ctx=dist_ctx,
+        resume=resume,
+        train_overrides={
+            "seed": seed,
+            "optimizer": optimizer,
+            **schedule,
+            "lr": lr,
+            "max_steps": steps,
+        },
+    )
+    if not dist_ctx.is_main:
+        return None
+    return save_generator(
+        model,
+        base.tokenizer,
+        preset,
+        result,
+        out_dir=out_dir,
+        name=name,
+        training={
+            "data": data_desc,
+            "method": method,
+            "base": base.bundle_id,
+            **hyper,
+            "optimizer": optimizer,
+            "lr_schedule": "constant",
+            "lr": lr,
+            "seed": seed,
+            "train_pairs": len(train_pairs),
+            "world_size": dist_ctx.world_size,
+        },
+    )
