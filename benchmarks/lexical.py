@@ -212,7 +212,7 @@ def response_set(
     """R as the plain bi-encoder bundle of ``preset`` indexes it: distinct training responses
     through the preset's ResponseFilter (length bounds, blocklist)."""
     from models.safety import load_blocklist
-    from training.methods.g2r.job import ResponseFilter, build_retrieval_data
+    from training.methods.g2r.data import ResponseFilter, build_retrieval_data
     from training.presets import get_retriever_preset
 
     rp = get_retriever_preset(preset)

@@ -9,7 +9,7 @@ seed 0; ``training.methods.g2r.losses.HitsEvaluator``).
 Each bundle is scored twice: ``dense`` (the bi-encoder alone) and ``served`` (with the bundle's
 TF-IDF re-ranker, models/lexical.py; a bundle built before re-ranking existed gets one fitted
 here exactly as the build fits it: the weight chosen on 2,000 validation pairs,
-``training.methods.g2r.job.fit_rerank_weight``). Comparisons use the served scores.
+``training.methods.g2r.index.fit_rerank_weight``). Comparisons use the served scores.
 
 Two standard errors are shown for a difference of method means: ``binomial``, sqrt(p(1-p)/n) of
 each mean combined (how precisely one test split measures a fixed model), and ``seeds``, the
@@ -38,7 +38,7 @@ from benchmarks import write_report
 from models.lexical import LexicalReranker
 from models.retriever import RetrievalResponder
 from training.core.data import load_splits
-from training.methods.g2r.job import fit_rerank_weight
+from training.methods.g2r.index import fit_rerank_weight
 from training.methods.g2r.losses import HitsEvaluator, hits_at_k, hits_candidates
 
 BUNDLE_NAME = re.compile(r"^(?P<method>[a-z0-9-]+)-s(?P<seed>\d+)$")

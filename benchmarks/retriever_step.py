@@ -35,12 +35,8 @@ from training.core.data import load_splits
 from training.core.distributed import bf16_autocast_supported
 from training.core.generator import bucketed_batches
 from training.methods.g2r.augment import read_shards
-from training.methods.g2r.job import (
-    ResponseFilter,
-    RetrievalObjective,
-    RetrievalTrainSet,
-    build_retrieval_data,
-)
+from training.methods.g2r.batches import RetrievalObjective, RetrievalTrainSet
+from training.methods.g2r.data import ResponseFilter, build_retrieval_data
 from training.methods.g2r.losses import G2RDistillationLoss
 from training.presets import get_preset
 

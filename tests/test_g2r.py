@@ -27,14 +27,9 @@ from training.methods.g2r.augment import (
     read_shards,
     shard_path,
 )
-from training.methods.g2r.job import (
-    DEFAULT_BLOCKLIST,
-    ResponseFilter,
-    RetrievalData,
-    RetrievalTrainSet,
-    build_retrieval_data,
-    load_blocklist,
-)
+from training.methods.g2r.batches import RetrievalTrainSet
+from training.methods.g2r.data import ResponseFilter, RetrievalData, build_retrieval_data
+from training.methods.g2r.job import DEFAULT_BLOCKLIST, load_blocklist
 from training.methods.g2r.losses import (
     G2RDistillationLoss,
     RetrievalCrossEntropyLoss,

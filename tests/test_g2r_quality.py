@@ -21,7 +21,8 @@ from benchmarks.lexical import (
 from benchmarks.retrieval import served_teacher_share
 from training.cli.retrieval import _teacher_filter
 from training.core.data import DialogueExample
-from training.methods.g2r.job import ResponseFilter, TeacherReplyFilter, build_retrieval_data
+from training.methods.g2r.data import ResponseFilter, build_retrieval_data
+from training.methods.g2r.job import TeacherReplyFilter
 
 GOOD = "sure , i can help you with that ."
 REPEATED = "i am fine , i am fine thank you ."  # the word trigram "i am fine" twice

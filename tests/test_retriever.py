@@ -23,7 +23,7 @@ from models.retriever import (
     read_responses,
 )
 from models.tokenizer import DialogueTokenizer
-from training.methods.g2r.job import index_recall, rebuild_index
+from training.methods.g2r.index import index_recall, rebuild_index
 
 WORDS = [
     "hello",

@@ -51,7 +51,7 @@ from training.eval.classification import (
     evaluate_split,
     roc_auc,
 )
-from training.methods.g2r.job import ResponseFilter
+from training.methods.g2r.data import ResponseFilter
 from training.methods.safety_classifier.config import SAFETY_PRESETS
 from training.methods.safety_classifier.data import (
     find_diasafety,

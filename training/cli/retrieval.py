@@ -107,7 +107,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def _build_index(args: argparse.Namespace) -> int:
-    from training.methods.g2r.job import rebuild_index
+    from training.methods.g2r.index import rebuild_index
 
     manifest = rebuild_index(args.bundle, out_dir=args.out, ef_search=args.ef_search)
     print(json.dumps({"bundle": str(args.out or args.bundle), **manifest.metrics}, indent=2))
