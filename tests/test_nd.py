@@ -10,16 +10,15 @@ import torch
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from training.core.data import DialogueExample
 from training.core.generator import Seq2SeqBatch
-from training.methods.nd.distill import (
+from training.methods.nd.losses import (
     NDLossConfig,
     NDObjective,
     mean_progressive_alpha,
     mrse,
-    negative_set,
     progressive_alpha,
     soft_unlikelihood,
-    source_entropy,
 )
+from training.methods.nd.negative_set import negative_set, source_entropy
 
 
 def ex(q: str, r: str) -> DialogueExample:

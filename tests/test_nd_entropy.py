@@ -10,7 +10,6 @@ import pytest
 
 from training.cli import main
 from training.core.data import DialogueExample, write_jsonl
-from training.methods.nd.distill import negative_set, source_entropy
 from training.methods.nd.entropy import (
     EntropyConfig,
     cluster_entropy,
@@ -18,6 +17,7 @@ from training.methods.nd.entropy import (
     pair_source_entropy,
     top_fraction,
 )
+from training.methods.nd.negative_set import negative_set, source_entropy
 
 
 def ex(q: str, r: str) -> DialogueExample:

@@ -175,7 +175,9 @@ def _train_generator(args: argparse.Namespace, ctx: Any) -> None:
     """``train-generator``: picks data, tokenizer, teacher or base, and the method's job."""
     from models.generator import GenerativeResponder
     from training.core.generator import train_mle_generator
-    from training.methods.nd.distill import NDLossConfig, negative_set, train_nd_student
+    from training.methods.nd.job import train_nd_student
+    from training.methods.nd.losses import NDLossConfig
+    from training.methods.nd.negative_set import negative_set
     from training.methods.nt import train_nt_generator
     from training.methods.ul import train_ul_generator
     from training.pipeline.build import (

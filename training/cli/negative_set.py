@@ -86,7 +86,7 @@ def _sweep_specs(text: str) -> list[tuple[int, float | None, bool]]:
 def _negative_set(args: argparse.Namespace) -> int:
     """``negative-set``: D_N statistics per entropy method (and the sweep), JSON + markdown."""
     from training.core.data import load_splits
-    from training.methods.nd.distill import negative_set
+    from training.methods.nd.negative_set import negative_set
 
     splits = load_splits(args.data, max_context_turns=args.max_context_turns)
     train = splits.train

@@ -31,7 +31,8 @@ from training.core.distributed import DistContext, barrier
 from training.core.generator import train_mle_generator
 from training.eval.generation import STANDARD_DECODINGS, evaluate_generator, markdown_report
 from training.methods.g2r.job import build_retriever
-from training.methods.nd.distill import NegativeSet, negative_set, train_nd_student
+from training.methods.nd.job import train_nd_student
+from training.methods.nd.negative_set import NegativeSet, negative_set
 from training.methods.safety_classifier.data import find_diasafety
 from training.methods.safety_classifier.job import SAFETY_CLASSIFIER
 from training.methods.safety_classifier.job import build_stage as build_safety_classifier

@@ -18,7 +18,7 @@ smooth inverse frequency a / (a + p(w)), a = 1e-3 (Arora et al. 2017), clustered
 Here (:class:`EntropyConfig`):
 
 * ``identity``: q = the whole context (its turns), r = the response string; the arithmetic of
-  :func:`training.methods.nd.distill.source_entropy`, so D_N is bit-identical to the unclustered definition.
+  :func:`training.methods.nd.negative_set.source_entropy`, so D_N is bit-identical to the unclustered definition.
 * ``avg-embedding``: SIF-weighted mean word vectors (Arora et al. 2017, with its common-component
   removal when ``remove_pc``), L2-normalised, clustered by k-means (scikit-learn MiniBatchKMeans,
   ``clusters`` centres per side; a query is its context's turns joined). There are no
@@ -148,7 +148,7 @@ def pair_source_entropy(
     responses = [e.response for e in examples]
     contexts = [e.context for e in examples]
     if cfg.method == "identity":
-        # string keys: exactly training.methods.nd.distill.source_entropy
+        # string keys: exactly training.methods.nd.negative_set.source_entropy
         h = cluster_entropy(contexts, responses)
         entropy = np.array([h[r] for r in responses], dtype=np.float64)
         return PairEntropy(entropy, _first_seen_ids(responses), _first_seen_ids(contexts), cfg)
