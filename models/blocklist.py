@@ -1,7 +1,7 @@
 """Whole-token phrase lists over normalised text: the blocklist and the self-harm risk phrases.
 
 * :class:`Blocklist` matches whole-token phrases (LDNOOBW-style lists) in normalised text: "ass"
-  matches "you ass !" but not "class". G2R's response-set filter (training/g2r.py) and the
+  matches "you ass !" but not "class". G2R's response-set filter (training/methods/g2r/) and the
   service's output filter use this one implementation; a classifier bundle may carry one as
   ``blocklist.txt`` (models/safety.py).
 * :class:`RiskDetector` finds explicit statements of self-harm risk ("i want to kill myself") in

@@ -16,7 +16,7 @@ risk phrases, whole-token phrase lists, are models/blocklist.py; re-exported her
   or script) or that has no words at all (emoji, punctuation) is judged as an empty context, so
   the verdict rests on the reply alone; links (URLs, e-mail addresses, domains) are dropped from
   the context first. Training applies the same rule and adds reply-only examples, so the model
-  knows what an empty context means (training/safety_classifier.py).
+  knows what an empty context means (training/methods/safety_classifier/).
 
 A classifier is stored as a bundle of kind ``classifier`` (models/bundle.py): ``model_config``
 holds ``classifier`` (:class:`SafetyClassifierConfig`), ``threshold`` (the decision threshold

@@ -42,7 +42,7 @@ def select_bundle(models_dir: Path, backend: str, wanted: str) -> Path | None:
       of another kind: a BundleError naming the problem (start-up fails, a reload is refused and
       the loaded model keeps serving). Never another bundle in its place.
     - ``auto``: the build's choice for ``backend`` in ``<models_dir>/serving.json``
-      (training/selection.py), held to the same rule; a serving.json that cannot be read is an
+      (training/pipeline/selection.py), held to the same rule; a serving.json that cannot be read is an
       error. Without serving.json (or without an entry for ``backend``): ``generator-nd`` /
       ``retriever-g2r`` / ``safety-classifier`` exactly when present, None when ``models_dir``
       holds no bundle of the kind at all, else an error listing the bundles there.

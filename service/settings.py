@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     models_dir: Path = Path("artifacts")  # folder of bundles written by training
     # Which bundle each backend serves (service/engine.py, select_bundle):
     #   "<name>"  exactly that bundle (directory or manifest name); absent or unloadable = an error
-    #   "auto"    the build's choice in <models_dir>/serving.json (training/selection.py), exactly;
+    #   "auto"    the build's choice in <models_dir>/serving.json (training/pipeline/selection.py), exactly;
     #             without serving.json, generator-nd / retriever-g2r; no bundle of the kind = off
     #   "<prefix>*"  the newest bundle whose directory name starts with <prefix> (asked for)
     #   "any"     the newest bundle of the kind (asked for);  "off"  the backend is not loaded
