@@ -28,6 +28,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from models.text import normalize_text
 
 LEXICAL_FILE = "lexical.json"
+ECHO_COSINE = 0.7  # a candidate this close (TF-IDF cosine) to a context turn restates it
+ECHO_TURNS = 2  # the most recent turns a reply must not restate
 QUERY_TERMS = 8  # a query's heaviest TF-IDF terms that fetch lexical candidates
 MAX_CANDIDATE_DF = 0.01  # terms in more of the response set than this do not fetch candidates
 
@@ -195,6 +197,16 @@ class LexicalReranker:
             keep = np.argsort(-vals, kind="stable")[:k]
             out.append(ids[keep].astype(np.int64))
         return out
+
+    def echoes(self, turns: Sequence[str], ids: np.ndarray) -> np.ndarray:
+        """For each response id, True when its TF-IDF cosine with one of ``turns`` is at least
+        ``ECHO_COSINE``: it restates the conversation instead of answering it."""
+        if self._responses is None:
+            raise RuntimeError("index_responses() first")
+        if not turns or ids.size == 0:
+            return np.zeros(ids.shape, dtype=bool)
+        cos = (self._responses[ids] @ self.query_vectors(turns).T).toarray()  # (len(ids), turns)
+        return np.asarray(cos.max(axis=1) >= ECHO_COSINE)
 
     def mix(self, dense: np.ndarray, lexical: np.ndarray) -> np.ndarray:
         """hybrid = z(dense) + weight * z(lexical), row by row (see the module doc)."""

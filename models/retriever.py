@@ -36,7 +36,7 @@ from models.index import (
     gpu_faiss_available,
 )
 from models.inputs import InputConfig, encode_contexts
-from models.lexical import LEXICAL_FILE, LexicalReranker, context_text, zscore
+from models.lexical import ECHO_TURNS, LEXICAL_FILE, LexicalReranker, context_text, zscore
 from models.responder import Responder, StageObserver, load_tokenizer, load_weights, observe
 from models.text import normalize_text
 from models.tokenizer import DialogueTokenizer
@@ -213,11 +213,13 @@ class RetrievalResponder(Responder):
             self._vectors = self.index.vectors()
         out: list[list[tuple[str, float]]] = []
         for row, context in enumerate(contexts):
-            turns = {normalize_text(t) for t in context}
+            turns = [normalize_text(t) for t in context]
             cand = np.unique(
                 np.concatenate([dense_ids[row][dense_ids[row] >= 0], lexical_ids[row]])
             )
             cand = cand[[self.responses[i] not in turns for i in cand.tolist()]]
+            if cand.size:  # near-echoes too: a reply that restates a turn of the context
+                cand = cand[~reranker.echoes(turns[-ECHO_TURNS:], cand)]
             if cand.size == 0:
                 out.append([])
                 continue

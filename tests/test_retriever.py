@@ -287,7 +287,7 @@ def test_lexical_reranking_mixes_standardised_scores_and_follows_word_overlap(
 ) -> None:
     from models.lexical import zscore
 
-    context = [["What time is it?"]]
+    context = [["I want to know the time now"]]
     dense = responder.respond(context, top_k=8)[0]
     # A large weight makes the TF-IDF side decide: the response sharing the most words wins.
     heavy = _with_reranker(responder, weight=50.0)
@@ -302,7 +302,7 @@ def test_lexical_reranking_mixes_standardised_scores_and_follows_word_overlap(
     d = np.array([dense_by_text[t] for t in texts])
     reranker = light.reranker
     assert reranker is not None
-    q = reranker.vectors(["what time is it ?"])
+    q = reranker.vectors(["i want to know the time now"])
     lex = (reranker.vectors(texts) @ q.T).toarray().ravel()
     expected = dict(zip(texts, zscore(d) + 0.5 * zscore(lex), strict=True))
     assert {t for t, _ in row} == set(texts)
@@ -321,6 +321,12 @@ def test_reranking_never_answers_with_a_turn_of_the_context(responder: Retrieval
     texts = [t for t, _ in row]
     assert "what time is it now ?" not in texts and "good night ." not in texts
     assert len(texts) == len(RESPONSES) - 2
+    # Nor one that restates a turn (TF-IDF cosine 0.88 with "what time is it ?" here), while a
+    # reply that only shares some words (cosine 0.41) stays.
+    (row,) = heavy.respond([["What time is it?"]], top_k=8)
+    texts = [t for t, _ in row]
+    assert "what time is it now ?" not in texts and "it is ten o'clock ." in texts
+    assert texts[0] == "it is ten o'clock ."
 
 
 def test_reranker_round_trips_through_the_bundle_and_a_bad_one_names_its_file(
