@@ -29,7 +29,6 @@ from models.text import normalize_text
 
 LEXICAL_FILE = "lexical.json"
 ECHO_COSINE = 0.7  # a candidate this close (TF-IDF cosine) to a context turn restates it
-ECHO_TURNS = 2  # the most recent turns a reply must not restate
 QUERY_TERMS = 8  # a query's heaviest TF-IDF terms that fetch lexical candidates
 MAX_CANDIDATE_DF = 0.01  # terms in more of the response set than this do not fetch candidates
 

@@ -36,7 +36,7 @@ from models.index import (
     gpu_faiss_available,
 )
 from models.inputs import InputConfig, encode_contexts
-from models.lexical import ECHO_TURNS, LEXICAL_FILE, LexicalReranker, context_text, zscore
+from models.lexical import LEXICAL_FILE, LexicalReranker, context_text, zscore
 from models.responder import Responder, StageObserver, load_tokenizer, load_weights, observe
 from models.text import normalize_text
 from models.tokenizer import DialogueTokenizer
@@ -219,7 +219,7 @@ class RetrievalResponder(Responder):
             )
             cand = cand[[self.responses[i] not in turns for i in cand.tolist()]]
             if cand.size:  # near-echoes too: a reply that restates a turn of the context
-                cand = cand[~reranker.echoes(turns[-ECHO_TURNS:], cand)]
+                cand = cand[~reranker.echoes(turns[-self.inputs.max_context_turns :], cand)]
             if cand.size == 0:
                 out.append([])
                 continue
