@@ -115,8 +115,9 @@ class RetrievalResponder(Responder):
             raise ValueError(f"index holds {index.ntotal} vectors for {len(responses)} responses")
         self.reranker = reranker  # hybrid dense + TF-IDF re-ranking (models/lexical.py), or None
         self._vectors: np.ndarray | None = None  # the index's raw vectors, for re-ranking
-        if reranker is not None:
+        if reranker is not None:  # at load, not on the first request
             reranker.index_responses(responses)
+            self._vectors = index.vectors()
         self.model = model
         self.tokenizer = tokenizer
         self.inputs = inputs
@@ -209,7 +210,7 @@ class RetrievalResponder(Responder):
             [context_text(c, self.inputs.max_context_turns) for c in contexts]
         )
         lexical_ids = reranker.top_candidates(queries, reranker.candidates)
-        if self._vectors is None:
+        if self._vectors is None:  # a re-ranker attached after construction (evaluations)
             self._vectors = self.index.vectors()
         out: list[list[tuple[str, float]]] = []
         for row, context in enumerate(contexts):
