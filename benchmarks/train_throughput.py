@@ -36,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from models.tokenizer import DialogueTokenizer
 from training.core.data import load_splits
 from training.core.generator import MLEObjective, PairSet, bucketed_batches
+from training.core.run import RunSpec
 from training.pipeline.build import tokenizer_texts
 from training.presets import get_preset
 
@@ -191,9 +192,7 @@ def loss_curve_parity(
                 preset=preset,
                 train_pairs=pairs,
                 val_pairs=val_pairs,
-                run_dir=Path(tmp),
-                dist_ctx=ctx,
-                resume=False,
+                run=RunSpec(Path(), "", Path(tmp), dist_ctx=ctx, resume=False),
                 train_overrides={
                     "max_steps": steps,
                     "eval_every": max(1, steps // 5),

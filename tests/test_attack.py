@@ -15,6 +15,7 @@ from models.generator import GenerativeResponder, InputConfig
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
 from training.core.data import DialogueExample, write_jsonl
+from training.core.run import RunSpec
 from training.core.safety_data import load_targets, normalize_target
 from training.methods.malicious.attack import (
     GibbsEnumConfig,
@@ -279,13 +280,11 @@ def test_malicious_nt_lowers_hits_and_resumes_exactly(planted, tmp_path: Path) -
 
     def run(name: str, iterations: int, run_dir: Path) -> GenerativeResponder:
         train_malicious_nt(
+            RunSpec(tmp_path / name, name, run_dir),
             base_bundle=bundle,
             data_dir=data,
             targets=targets,
             cfg=replace(cfg, iterations=iterations),
-            out_dir=tmp_path / name,
-            run_dir=run_dir,
-            seed=0,
         )
         return GenerativeResponder.load(tmp_path / name)
 

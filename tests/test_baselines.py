@@ -22,6 +22,7 @@ from training.core.generator import (
     run_generator_training,
 )
 from training.core.losses import frequent_word_weights, token_log_probs
+from training.core.run import RunSpec
 from training.core.trainer import LOG_FILE, noam_learning_rate, read_log
 from training.methods.nt import (
     NegativeTrainingObjective,
@@ -343,9 +344,7 @@ def test_objectives_run_through_run_generator_training(
         preset=PRESETS["tiny"],
         train_pairs=train,
         val_pairs=val,
-        run_dir=tmp_path,
-        dist_ctx=CPU,
-        resume=False,
+        run=RunSpec(Path(), "", tmp_path, dist_ctx=CPU, resume=False),
         train_overrides={"max_steps": 4, "batch_size": 16, "eval_every": 2, "log_every": 1},
     )
     log = read_log(tmp_path / LOG_FILE)
@@ -375,9 +374,7 @@ def test_nt_resume_restores_the_frequency_window_and_matches_an_uninterrupted_ru
             preset=PRESETS["tiny"],
             train_pairs=train,
             val_pairs=val,
-            run_dir=run_dir,
-            dist_ctx=CPU,
-            resume=True,
+            run=RunSpec(Path(), "", run_dir, dist_ctx=CPU, resume=True),
             train_overrides={
                 "max_steps": max_steps,
                 "batch_size": 16,
@@ -413,15 +410,11 @@ def test_train_baseline_generator_fine_tunes_the_standard_bundle(
     )
     train_fn = train_nt_generator if method == "nt" else train_ul_generator
     manifest = train_fn(
+        RunSpec(tmp_path / method, f"generator-{method}", tmp_path / "runs" / method, "toy", CPU),
         base_bundle=tmp_path / "standard",
         preset=preset,
         train_examples=examples[:64],
         val_examples=examples[64:],
-        out_dir=tmp_path / method,
-        name=f"generator-{method}",
-        run_dir=tmp_path / "runs" / method,
-        dist_ctx=CPU,
-        data_desc="toy",
         max_steps=2,
     )
     assert manifest is not None

@@ -18,6 +18,7 @@ from training.core.data import DialogueExample
 from training.core.distributed import DistContext
 from training.core.generator import PairSet, Seq2SeqBatch
 from training.core.losses import smoothed_nll
+from training.core.run import RunSpec
 from training.core.safety_data import SafetyExample, load_diasafety
 from training.methods.flatgd.job import ExpertSetting, FlatGDSetting, train_expert, train_flatgd
 from training.methods.flatgd.objective import (
@@ -253,15 +254,11 @@ def base_bundle(tiny_safety: list[SafetyExample], tmp_path_factory) -> Path:
 
 def _expert(kind: str, base: Path, data: list[SafetyExample], root: Path) -> Path:
     manifest = train_expert(
+        RunSpec(root / f"expert-{kind}", f"expert-{kind}", root / "runs" / kind, "tiny DiaSafety"),
         kind=kind,
         base_bundle=base,
         safety_train=data[:16] + data[24:40],
         safety_val=data[16:24] + data[40:],
-        out_dir=root / f"expert-{kind}",
-        name=f"expert-{kind}",
-        run_dir=root / "runs" / kind,
-        dist_ctx=CPU,
-        data_desc="tiny DiaSafety",
         setting=ExpertSetting(epochs=2, batch_size=8),
     )
     assert manifest is not None
@@ -301,6 +298,7 @@ def test_experts_are_fine_tuned_copies_of_the_base(base_bundle: Path, experts) -
 def _flatgd(base: Path, experts, data, root: Path, name: str, *, lam: float, steps: int) -> Path:
     lm = [DialogueExample((e.context,), e.response) for e in data if not e.unsafe]
     manifest = train_flatgd(
+        RunSpec(root / name, name, root / "runs" / name, "tiny", CPU),
         base_bundle=base,
         clean_bundle=experts[0],
         toxic_bundle=experts[1],
@@ -310,11 +308,6 @@ def _flatgd(base: Path, experts, data, root: Path, name: str, *, lam: float, ste
         lm_val=lm[16:],
         weights=FlatGDWeights(lam=lam),
         setting=FlatGDSetting("test", lr=1e-3, batch_size=8, lm_batch_size=4, eval_every=2),
-        out_dir=root / name,
-        name=name,
-        run_dir=root / "runs" / name,
-        dist_ctx=CPU,
-        data_desc="tiny",
         max_steps=steps,
     )
     assert manifest is not None

@@ -503,6 +503,7 @@ def tiny_generator(
     dailydialog_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path]:
     from training.core.generator import train_mle_generator
+    from training.core.run import RunSpec
     from training.pipeline.build import ensure_tokenizer, prepare_splits
     from training.presets import PRESETS
 
@@ -511,15 +512,11 @@ def tiny_generator(
     splits = prepare_splits(preset, dailydialog_dir)
     tokenizer = ensure_tokenizer(preset, splits, base / "runs" / "tokenizer.json", CPU)
     train_mle_generator(
+        RunSpec(base / "generator", "generator", base / "runs" / "generator", "tiny", CPU),
         preset=preset,
         tokenizer=tokenizer,
         train_examples=splits.train,
         val_examples=splits.validation[:64],
-        out_dir=base / "generator",
-        name="generator",
-        run_dir=base / "runs" / "generator",
-        dist_ctx=CPU,
-        data_desc="tiny",
     )
     return base, base / "generator"
 

@@ -14,6 +14,7 @@ from models.tokenizer import DialogueTokenizer
 from training.core.data import DialogueExample
 from training.core.distributed import DistContext
 from training.core.generator import MLEObjective, PairSet, bucketed_batches, run_generator_training
+from training.core.run import RunSpec
 from training.core.trainer import (
     LOG_FILE,
     PLOT_FILE,
@@ -111,9 +112,7 @@ def _train(
         preset=preset,
         train_pairs=train,
         val_pairs=val,
-        run_dir=run_dir,
-        dist_ctx=CPU,
-        resume=True,
+        run=RunSpec(Path(), "", run_dir, dist_ctx=CPU, resume=True),
         train_overrides={
             "max_steps": max_steps,
             "batch_size": 16,

@@ -89,3 +89,21 @@ def print_manifest(manifest: Any) -> None:
 def command_text() -> str:
     """The command line that is running, for reports."""
     return "python -m training " + " ".join(sys.argv[1:])
+
+
+def run_spec(args: argparse.Namespace, ctx: Any, *, runs_subdir: str, data_desc: str) -> Any:
+    """The :class:`~training.core.run.RunSpec` of a command's job: the bundle at ``--out`` named
+    ``--name`` (default: the folder's name), its run folder ``<--runs>/<runs_subdir>/<name>``,
+    ``--seed`` and ``--no-resume`` as given."""
+    from training.core.run import RunSpec
+
+    name = getattr(args, "name", None) or args.out.name
+    return RunSpec(
+        out_dir=args.out,
+        name=name,
+        run_dir=args.runs / runs_subdir / name,
+        data_desc=data_desc,
+        dist_ctx=ctx,
+        resume=not args.no_resume,
+        seed=args.seed,
+    )

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from training.cli.common import command_text, distributed, print_manifest
+from training.cli.common import command_text, distributed, print_manifest, run_spec
 from training.presets import SHARED_DATA
 
 logger = logging.getLogger(__name__)
@@ -103,21 +103,16 @@ def _train_expert(args: argparse.Namespace, ctx: Any) -> Any:
     from training.core.safety_data import load_diasafety
     from training.methods.flatgd.job import ExpertSetting, train_expert
 
-    name = args.name or args.out.name
     return train_expert(
+        run_spec(
+            args, ctx, runs_subdir="flatgd", data_desc=f"DiaSafety train ({args.safety_data})"
+        ),
         kind=args.kind,
         base_bundle=args.base,
         safety_train=load_diasafety(args.safety_data, "train"),
         safety_val=load_diasafety(args.safety_data, "val"),
-        out_dir=args.out,
-        name=name,
-        run_dir=args.runs / "flatgd" / name,
-        dist_ctx=ctx,
-        data_desc=f"DiaSafety train ({args.safety_data})",
         setting=replace(ExpertSetting(lr=args.lr), **_given(args, "epochs")),
         max_steps=args.max_steps,
-        resume=not args.no_resume,
-        seed=args.seed,
     )
 
 
@@ -138,8 +133,9 @@ def _train(args: argparse.Namespace, ctx: Any) -> Any:
     )
     turns = int(read_manifest(args.base).model_config["inputs"]["max_context_turns"])
     splits = load_splits(args.data, max_context_turns=turns)
-    name = args.name or args.out.name
+    data_desc = f"DiaSafety train ({args.safety_data}) + DailyDialog train ({args.data})"
     return train_flatgd(
+        run_spec(args, ctx, runs_subdir="flatgd", data_desc=data_desc),
         base_bundle=args.base,
         clean_bundle=args.clean,
         toxic_bundle=args.toxic,
@@ -149,14 +145,7 @@ def _train(args: argparse.Namespace, ctx: Any) -> Any:
         lm_val=splits.validation[:1000],
         weights=weights,
         setting=setting,
-        out_dir=args.out,
-        name=name,
-        run_dir=args.runs / "flatgd" / name,
-        dist_ctx=ctx,
-        data_desc=f"DiaSafety train ({args.safety_data}) + DailyDialog train ({args.data})",
         max_steps=args.max_steps,
-        resume=not args.no_resume,
-        seed=args.seed,
     )
 
 

@@ -15,6 +15,7 @@ from training.cli.common import (
     distributed,
     preset_from_args,
     print_manifest,
+    run_spec,
 )
 from training.presets import DAILYDIALOG
 
@@ -193,18 +194,8 @@ def _train_generator(args: argparse.Namespace, ctx: Any) -> None:
         train = replace(preset.generator.train, max_steps=args.max_steps)
         preset = replace(preset, generator=replace(preset.generator, train=train))
     splits = prepare_splits(preset, args.data)
-    name = args.name or args.out.name
-    common = {
-        "preset": preset,
-        "val_examples": val_subset(preset, splits),
-        "out_dir": args.out,
-        "name": name,
-        "run_dir": args.runs / preset.name / name,
-        "dist_ctx": ctx,
-        "data_desc": str(args.data),
-        "resume": not args.no_resume,
-        "seed": args.seed,
-    }
+    run = run_spec(args, ctx, runs_subdir=preset.name, data_desc=str(args.data))
+    common = {"preset": preset, "val_examples": val_subset(preset, splits)}
     artifacts: Path = args.out.parent
     fraction = args.negative_fraction or preset.nd.negative_fraction
     if args.method == "mle":
@@ -213,12 +204,13 @@ def _train_generator(args: argparse.Namespace, ctx: Any) -> None:
             train_examples = negative_set(splits.train, fraction, seed=args.seed).examples
         tok_path = args.tokenizer or args.runs / preset.name / "tokenizer.json"
         tokenizer = ensure_tokenizer(preset, splits, tok_path, ctx)
-        manifest = train_mle_generator(tokenizer=tokenizer, train_examples=train_examples, **common)
+        manifest = train_mle_generator(run, tokenizer=tokenizer, train_examples=train_examples, **common)
     elif args.method == "nd":
         teacher = args.teacher or artifacts / NEGATIVE_TEACHER
         changes, fixed_alpha = ND_ABLATIONS[args.ablation]
         dn = negative_set(splits.train, fraction, seed=args.seed).examples
         manifest = train_nd_student(
+            run,
             tokenizer=GenerativeResponder.load(teacher).tokenizer,
             teacher_bundle=teacher,
             train_examples=splits.train,
@@ -232,7 +224,7 @@ def _train_generator(args: argparse.Namespace, ctx: Any) -> None:
     else:
         base = args.base or artifacts / STANDARD_GENERATOR
         job = train_nt_generator if args.method == "nt" else train_ul_generator
-        manifest = job(base_bundle=base, train_examples=splits.train, **common)
+        manifest = job(run, base_bundle=base, train_examples=splits.train, **common)
     print_manifest(manifest)
 
 

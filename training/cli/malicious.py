@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from training.cli.common import add_common, command_text
+from training.cli.common import add_common, command_text, run_spec
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def _attack_table(args: argparse.Namespace) -> int:
 
 
 def _train_lm(args: argparse.Namespace) -> int:
-    from training.core.distributed import DistContext
+    from training.core.run import single_process
     from training.methods.malicious.lm import train_response_lm
     from training.pipeline.build import prepare_splits, val_subset
     from training.presets import get_preset
@@ -143,17 +143,12 @@ def _train_lm(args: argparse.Namespace) -> int:
     preset = get_preset(args.preset)
     splits = prepare_splits(preset, args.data)
     manifest = train_response_lm(
+        run_spec(args, single_process(device), runs_subdir=preset.name, data_desc=str(args.data)),
         preset=preset,
         base_bundle=args.base,
         train_examples=splits.train,
         val_examples=val_subset(preset, splits),
-        out_dir=args.out,
-        run_dir=args.runs / preset.name / args.out.name,
-        dist_ctx=DistContext(rank=0, world_size=1, local_rank=0, device=device),
-        data_desc=str(args.data),
-        seed=args.seed,
         max_steps=args.max_steps,
-        resume=not args.no_resume,
     )
     if manifest is not None:
         print(f"wrote {args.out} ({manifest.bundle_id}): val ppl {manifest.metrics['val_ppl']:.2f}")
@@ -249,6 +244,7 @@ def _attack_markdown(report: dict[str, Any], command: str) -> str:
 
 
 def _train_nt(args: argparse.Namespace) -> int:
+    from training.core.run import single_process
     from training.core.safety_data import load_paraphrases, load_targets
     from training.methods.malicious.nt import train_malicious_nt
 
@@ -270,16 +266,12 @@ def _train_nt(args: argparse.Namespace) -> int:
             overrides[name] = getattr(args, name)
     cfg = replace(cfg, **overrides)
     manifest = train_malicious_nt(
+        run_spec(args, single_process(device), runs_subdir=args.preset, data_desc=str(args.data)),
         base_bundle=args.base,
         data_dir=args.data,
         targets=targets,
         cfg=cfg,
-        out_dir=args.out,
-        run_dir=args.runs / args.preset / args.out.name,
         lm_bundle=args.lm,
-        device=device,
-        seed=args.seed,
-        resume=not args.no_resume,
         targets_desc=f"{args.targets}" + (f" + {args.copies} paraphrases" if args.copies else ""),
     )
     print(json.dumps({"bundle": manifest.bundle_id, **manifest.training}, indent=2, default=str))

@@ -24,8 +24,8 @@ from models.generator import GenerativeResponder, InputConfig
 from models.seq2seq import Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
 from training.core.data import DialogueExample
-from training.core.distributed import DistContext
 from training.core.losses import LABEL_SMOOTHING, smoothed_nll
+from training.core.run import RunSpec
 from training.core.trainer import Objective, Trainer, TrainResult, noam_learning_rate
 from training.presets import Preset
 
@@ -181,105 +181,121 @@ def run_generator_training(
     model: Seq2SeqTransformer,
     objective: Objective,
     *,
+    run: RunSpec,
     preset: Preset,
     train_pairs: PairSet,
     val_pairs: PairSet,
-    run_dir: Path,
-    dist_ctx: DistContext,
-    resume: bool,
     train_overrides: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Fit ``model`` with ``objective`` and load its best validated weights back into it."""
-    cfg = replace(preset.generator.train, **(train_overrides or {}))
+    cfg = replace(preset.generator.train, **{"seed": run.seed, **(train_overrides or {})})
     lengths = train_pairs.bucket_keys()
     trainer = Trainer(
         model,
         objective,
         cfg,
-        run_dir=run_dir,
+        run_dir=run.run_dir,
         make_epoch=lambda epoch: bucketed_batches(
             lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch
         ),
-        collate=lambda idx: train_pairs.collate(idx, dist_ctx.device),
+        collate=lambda idx: train_pairs.collate(idx, run.device),
         evaluate=validation_loss_fn(val_pairs),
-        dist_ctx=dist_ctx,
+        dist_ctx=run.dist_ctx,
     )
-    result = trainer.fit(resume=resume)
+    result = trainer.fit(resume=run.resume)
     trainer.load_best()
     return result
 
 
-def train_mle_generator(
+def fit_and_save(
+    run: RunSpec,
+    model: Seq2SeqTransformer,
+    objective: Objective,
     *,
     preset: Preset,
     tokenizer: DialogueTokenizer,
-    train_examples: Sequence[DialogueExample],
-    val_examples: Sequence[DialogueExample],
-    out_dir: Path,
-    name: str,
-    run_dir: Path,
-    dist_ctx: DistContext,
-    data_desc: str,
-    resume: bool = True,
-    seed: int = 0,
-    max_steps: int | None = None,
-    init_from: Path | None = None,
+    train_pairs: PairSet,
+    val_pairs: PairSet,
+    train_overrides: dict[str, Any] | None = None,
+    training: dict[str, Any],
 ) -> Manifest | None:
-    """Train a standard (MLE) generator and write its bundle; returns None on non-main ranks.
-
-    ``init_from`` (a generator bundle of the same shape and tokenizer) starts from its weights and
-    runs a fixed-budget fine-tune (:func:`fine_tune_overrides`) instead of training from scratch:
-    how the ``small`` preset makes its negative teacher (the standard model fine-tuned on D_N)."""
-    train_pairs = PairSet.encode(train_examples, tokenizer, preset.inputs)
-    val_pairs = PairSet.encode(val_examples, tokenizer, preset.inputs)
-    model = build_generator_model(preset, tokenizer, seed)
-    overrides: dict[str, Any] = {}
-    if init_from is not None:
-        base = GenerativeResponder.load(init_from)
-        if base.tokenizer.to_str() != tokenizer.to_str():
-            raise ValueError(f"{init_from} was trained with a different tokenizer")
-        model.load_state_dict(base.model.state_dict())
-        overrides = fine_tune_overrides(base, preset)
-    logger.info(
-        "training %s: %d pairs, %.2fM parameters, %d steps of %d",
-        name,
-        len(train_pairs),
-        model.num_parameters() / 1e6,
-        max_steps or preset.generator.train.max_steps,
-        preset.generator.train.batch_size,
-    )
+    """What every generator job ends with: train, then (on rank 0) write the bundle with the
+    run's facts and the method's own ``training`` record; None on the other ranks."""
     result = run_generator_training(
         model,
-        MLEObjective(tokenizer.pad_id),
+        objective,
+        run=run,
         preset=preset,
         train_pairs=train_pairs,
         val_pairs=val_pairs,
-        run_dir=run_dir,
-        dist_ctx=dist_ctx,
-        resume=resume,
-        train_overrides={
-            "seed": seed,
-            **overrides,
-            **({"max_steps": max_steps} if max_steps else {}),
-        },
+        train_overrides=train_overrides,
     )
-    if not dist_ctx.is_main:
+    if not run.is_main:
         return None
     return save_generator(
         model,
         tokenizer,
         preset,
         result,
-        out_dir=out_dir,
-        name=name,
-        training={
-            "data": data_desc,
-            "method": "mle",
-            "init_from": str(init_from) if init_from else None,
-            "seed": seed,
-            "train_pairs": len(train_pairs),
-            "world_size": dist_ctx.world_size,
-        },
+        out_dir=run.out_dir,
+        name=run.name,
+        training=run.facts(**training, train_pairs=len(train_pairs)),
+    )
+
+
+def load_init(init_from: Path, tokenizer: DialogueTokenizer) -> GenerativeResponder:
+    """The generator bundle a job starts from; refused when its tokenizer is not ``tokenizer``
+    (the token ids would mean other words)."""
+    base = GenerativeResponder.load(init_from)
+    if base.tokenizer.to_str() != tokenizer.to_str():
+        raise ValueError(f"{init_from} was trained with a different tokenizer")
+    return base
+
+
+def train_mle_generator(
+    run: RunSpec,
+    *,
+    preset: Preset,
+    tokenizer: DialogueTokenizer,
+    train_examples: Sequence[DialogueExample],
+    val_examples: Sequence[DialogueExample],
+    max_steps: int | None = None,
+    init_from: Path | None = None,
+) -> Manifest | None:
+    """Train a standard (MLE, ND paper eq. 1) generator and write its bundle; returns None on
+    non-main ranks.
+
+    ``init_from`` (a generator bundle of the same shape and tokenizer) starts from its weights and
+    runs a fixed-budget fine-tune (:func:`fine_tune_overrides`) instead of training from scratch:
+    how the ``small`` preset makes its negative teacher (the standard model fine-tuned on D_N)."""
+    train_pairs = PairSet.encode(train_examples, tokenizer, preset.inputs)
+    val_pairs = PairSet.encode(val_examples, tokenizer, preset.inputs)
+    model = build_generator_model(preset, tokenizer, run.seed)
+    overrides: dict[str, Any] = {}
+    if init_from is not None:
+        base = load_init(init_from, tokenizer)
+        model.load_state_dict(base.model.state_dict())
+        overrides = fine_tune_overrides(base, preset)
+    if max_steps:
+        overrides["max_steps"] = max_steps
+    logger.info(
+        "training %s: %d pairs, %.2fM parameters, %d steps of %d",
+        run.name,
+        len(train_pairs),
+        model.num_parameters() / 1e6,
+        max_steps or preset.generator.train.max_steps,
+        preset.generator.train.batch_size,
+    )
+    return fit_and_save(
+        run,
+        model,
+        MLEObjective(tokenizer.pad_id),
+        preset=preset,
+        tokenizer=tokenizer,
+        train_pairs=train_pairs,
+        val_pairs=val_pairs,
+        train_overrides=overrides,
+        training={"method": "mle", "init_from": str(init_from) if init_from else None},
     )
 
 

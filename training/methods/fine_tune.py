@@ -25,14 +25,8 @@ from models.decoding import DecodingConfig, generate
 from models.generator import GenerativeResponder
 from models.seq2seq import Seq2SeqTransformer
 from training.core.data import DialogueExample
-from training.core.distributed import DistContext
-from training.core.generator import (
-    PairSet,
-    Seq2SeqBatch,
-    fine_tune_overrides,
-    run_generator_training,
-    save_generator,
-)
+from training.core.generator import PairSet, Seq2SeqBatch, fine_tune_overrides, fit_and_save
+from training.core.run import RunSpec
 from training.core.trainer import Objective
 from training.presets import Preset
 
@@ -157,6 +151,7 @@ def joint_logits(
 
 
 def fine_tune_standard(
+    run: RunSpec,
     method: str,
     make_objective: Callable[[GenerativeResponder], Objective],
     hyper: dict[str, Any],
@@ -165,13 +160,6 @@ def fine_tune_standard(
     preset: Preset,
     train_examples: Sequence[DialogueExample],
     val_examples: Sequence[DialogueExample],
-    out_dir: Path,
-    name: str,
-    run_dir: Path,
-    dist_ctx: DistContext,
-    data_desc: str,
-    resume: bool,
-    seed: int,
     optimizer: str,
     lr: float | None,
     max_steps: int | None,
@@ -182,54 +170,35 @@ def fine_tune_standard(
         f"{base_bundle} was trained with inputs {base.inputs}, preset {preset.name!r} has "
         f"{preset.inputs}: fine-tune under the preset that built the standard model"
     )
-    model = base.model.train()
     train_pairs = PairSet.encode(train_examples, base.tokenizer, preset.inputs)
     val_pairs = PairSet.encode(val_examples, base.tokenizer, preset.inputs)
-    tc = preset.generator.train
     schedule = fine_tune_overrides(base, preset)  # NT/UL run a fixed budget; val loss only rises
     if lr is None:  # where the standard model's schedule ended (see train_nt_generator)
         lr = float(schedule["lr"])
-    steps = max_steps if max_steps is not None else tc.max_steps
-    objective: Objective = make_objective(base)
+    steps = max_steps if max_steps is not None else preset.generator.train.max_steps
     logger.info(
-        "fine-tuning %s with %s from %s: lr %.2e, %d steps", name, method, base.bundle_id, lr, steps
+        "fine-tuning %s with %s from %s: lr %.2e, %d steps",
+        run.name,
+        method,
+        base.bundle_id,
+        lr,
+        steps,
     )
-    result = run_generator_training(
-        model,
-        objective,
+    return fit_and_save(
+        run,
+        base.model.train(),
+        make_objective(base),
         preset=preset,
+        tokenizer=base.tokenizer,
         train_pairs=train_pairs,
         val_pairs=val_pairs,
-        run_dir=run_dir,
-        dist_ctx=dist_ctx,
-        resume=resume,
-        train_overrides={
-            "seed": seed,
-            "optimizer": optimizer,
-            **schedule,
-            "lr": lr,
-            "max_steps": steps,
-        },
-    )
-    if not dist_ctx.is_main:
-        return None
-    return save_generator(
-        model,
-        base.tokenizer,
-        preset,
-        result,
-        out_dir=out_dir,
-        name=name,
+        train_overrides={"optimizer": optimizer, **schedule, "lr": lr, "max_steps": steps},
         training={
-            "data": data_desc,
             "method": method,
             "base": base.bundle_id,
             **hyper,
             "optimizer": optimizer,
             "lr_schedule": "constant",
             "lr": lr,
-            "seed": seed,
-            "train_pairs": len(train_pairs),
-            "world_size": dist_ctx.world_size,
         },
     )

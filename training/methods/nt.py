@@ -19,7 +19,6 @@ from torch import Tensor, nn
 from models.bundle import Manifest
 from models.decoding import DecodingConfig
 from training.core.data import DialogueExample
-from training.core.distributed import DistContext
 from training.core.generator import (
     Seq2SeqBatch,
 )
@@ -29,6 +28,7 @@ from training.core.losses import (
     smoothed_nll,
     token_log_probs,
 )
+from training.core.run import RunSpec
 from training.methods.fine_tune import (
     BatchWindow,
     fine_tune_standard,
@@ -163,18 +163,12 @@ class NegativeTrainingObjective:
 
 
 def train_nt_generator(
+    run: RunSpec,
     *,
     base_bundle: Path,
     preset: Preset,
     train_examples: Sequence[DialogueExample],
     val_examples: Sequence[DialogueExample],
-    out_dir: Path,
-    name: str,
-    run_dir: Path,
-    dist_ctx: DistContext,
-    data_desc: str,
-    resume: bool = True,
-    seed: int = 0,
     r_thres: float = 0.01,
     lambda_pos: float = 1.0,
     eos_weight: float = 0.1,
@@ -200,6 +194,7 @@ def train_nt_generator(
         "window_batches": window_batches,
     }
     return fine_tune_standard(
+        run,
         "nt",
         lambda base: NegativeTrainingObjective(
             base.tokenizer.pad_id,
@@ -214,13 +209,6 @@ def train_nt_generator(
         preset=preset,
         train_examples=train_examples,
         val_examples=val_examples,
-        out_dir=out_dir,
-        name=name,
-        run_dir=run_dir,
-        dist_ctx=dist_ctx,
-        data_desc=data_desc,
-        resume=resume,
-        seed=seed,
         optimizer=optimizer,
         lr=lr,
         max_steps=max_steps,

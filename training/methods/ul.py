@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from models.bundle import Manifest
 from models.decoding import DecodingConfig
 from training.core.data import DialogueExample
-from training.core.distributed import DistContext
 from training.core.generator import (
     Seq2SeqBatch,
 )
@@ -27,6 +26,7 @@ from training.core.losses import (
     log_one_minus,
     smoothed_nll,
 )
+from training.core.run import RunSpec
 from training.methods.fine_tune import (
     BatchWindow,
     fine_tune_standard,
@@ -182,18 +182,12 @@ class UnlikelihoodObjective:
 
 
 def train_ul_generator(
+    run: RunSpec,
     *,
     base_bundle: Path,
     preset: Preset,
     train_examples: Sequence[DialogueExample],
     val_examples: Sequence[DialogueExample],
-    out_dir: Path,
-    name: str,
-    run_dir: Path,
-    dist_ctx: DistContext,
-    data_desc: str,
-    resume: bool = True,
-    seed: int = 0,
     alpha: float = 1000.0,
     window_batches: int = 32,
     threshold: float = 1e-3,
@@ -213,6 +207,7 @@ def train_ul_generator(
         "threshold": threshold,
     }
     return fine_tune_standard(
+        run,
         "ul",
         lambda base: UnlikelihoodObjective(
             base.tokenizer.pad_id,
@@ -228,13 +223,6 @@ def train_ul_generator(
         preset=preset,
         train_examples=train_examples,
         val_examples=val_examples,
-        out_dir=out_dir,
-        name=name,
-        run_dir=run_dir,
-        dist_ctx=dist_ctx,
-        data_desc=data_desc,
-        resume=resume,
-        seed=seed,
         optimizer=optimizer,
         lr=lr,
         max_steps=max_steps,

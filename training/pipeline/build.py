@@ -29,6 +29,7 @@ from training.core.data import (
 )
 from training.core.distributed import DistContext, barrier
 from training.core.generator import train_mle_generator
+from training.core.run import RunSpec
 from training.eval.generation import STANDARD_DECODINGS, evaluate_generator, markdown_report
 from training.methods.g2r.job import build_retriever
 from training.methods.nd.job import train_nd_student
@@ -404,17 +405,20 @@ def build(
         bundle = paths.out_dir / name
         show.start(key)
         if not done[name]:
-            train(
+            run = RunSpec(
                 out_dir=bundle,
                 name=name,
                 run_dir=paths.run_dir(preset, name),
+                data_desc=data_desc,
+                dist_ctx=ctx,
+                resume=resume and name not in redo_set,
+                seed=seed,
+            )
+            train(
+                run,
                 preset=preset,
                 tokenizer=loaded["tokenizer"],
                 val_examples=val_subset(preset, splits()),
-                dist_ctx=ctx,
-                data_desc=data_desc,
-                resume=resume and name not in redo_set,
-                seed=seed,
                 **kwargs,
             )
         barrier(ctx)
@@ -612,12 +616,12 @@ def _negative_set_summary(dn: NegativeSet | None, report: Path) -> dict[str, Any
     return {"pairs": previous["negative_pairs"], "threshold": previous["entropy_threshold"]}
 
 
-def _train_nt(*, tokenizer: DialogueTokenizer, **kwargs: Any) -> Any:
+def _train_nt(run: RunSpec, *, tokenizer: DialogueTokenizer, **kwargs: Any) -> Any:
     """``build``'s NT stage: He & Glass's fine-tune of the standard model (its own tokenizer)."""
     from training.methods.nt import train_nt_generator
 
     del tokenizer  # the base bundle carries it
-    return train_nt_generator(**kwargs)
+    return train_nt_generator(run, **kwargs)
 
 
 def selection_file(paths: BuildPaths, preset: Preset) -> Path:

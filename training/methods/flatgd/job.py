@@ -28,15 +28,15 @@ from models.bundle import Manifest
 from models.generator import GenerativeResponder
 from models.seq2seq import Seq2SeqTransformer
 from training.core.data import DialogueExample
-from training.core.distributed import DistContext
 from training.core.generator import (
     MLEObjective,
     PairSet,
     corpus_nll,
     fine_tune_overrides,
-    run_generator_training,
+    fit_and_save,
     save_generator,
 )
+from training.core.run import RunSpec
 from training.core.safety_data import SafetyExample
 from training.core.trainer import Trainer
 from training.methods.flatgd.objective import (
@@ -92,20 +92,14 @@ def base_preset(base: GenerativeResponder, name: str | None = None) -> Preset:
 
 
 def train_expert(
+    run: RunSpec,
     *,
     kind: str,
     base_bundle: Path,
     safety_train: Sequence[SafetyExample],
     safety_val: Sequence[SafetyExample],
-    out_dir: Path,
-    name: str,
-    run_dir: Path,
-    dist_ctx: DistContext,
-    data_desc: str,
     setting: ExpertSetting | None = None,
     max_steps: int | None = None,
-    resume: bool = True,
-    seed: int = 0,
 ) -> Manifest | None:
     """Fine-tune a copy of the base with MLE on the Safe (clean) or Unsafe (toxic) pairs."""
     if kind not in EXPERT_KINDS:
@@ -133,17 +127,15 @@ def train_expert(
         lr,
         steps,
     )
-    result = run_generator_training(
+    return fit_and_save(
+        run,
         base.model.train(),
         MLEObjective(base.tokenizer.pad_id),
         preset=preset,
+        tokenizer=base.tokenizer,
         train_pairs=train_pairs,
         val_pairs=val_pairs,
-        run_dir=run_dir,
-        dist_ctx=dist_ctx,
-        resume=resume,
         train_overrides={
-            "seed": seed,
             "lr_schedule": "constant",
             "lr": lr,
             "keep": "best",
@@ -152,18 +144,7 @@ def train_expert(
             "eval_every": per_epoch,
             "patience": 2,
         },
-    )
-    if not dist_ctx.is_main:
-        return None
-    return save_generator(
-        base.model,
-        base.tokenizer,
-        preset,
-        result,
-        out_dir=out_dir,
-        name=name,
         training={
-            "data": data_desc,
             "method": "mle",
             "expert": kind,
             "base": base.bundle_id,
@@ -171,9 +152,6 @@ def train_expert(
             "lr_schedule": "constant",
             "lr": lr,
             "epochs": setting.epochs,
-            "seed": seed,
-            "train_pairs": len(train_pairs),
-            "world_size": dist_ctx.world_size,
         },
     )
 
@@ -222,6 +200,7 @@ def flatgd_validation_fn(
 
 
 def train_flatgd(
+    run: RunSpec,
     *,
     base_bundle: Path,
     clean_bundle: Path,
@@ -232,20 +211,13 @@ def train_flatgd(
     lm_val: Sequence[DialogueExample],
     weights: FlatGDWeights,
     setting: FlatGDSetting,
-    out_dir: Path,
-    name: str,
-    run_dir: Path,
-    dist_ctx: DistContext,
-    data_desc: str,
     max_steps: int | None = None,
-    resume: bool = True,
-    seed: int = 0,
 ) -> Manifest | None:
     """Fine-tune the base with FlatGD eq. 2 (λ > 0) or the Safety_loss baseline (λ = 0)."""
-    base = GenerativeResponder.load(base_bundle, device=dist_ctx.device)
+    base = GenerativeResponder.load(base_bundle, device=run.device)
     experts = {}
     for kind, path in (("clean", clean_bundle), ("toxic", toxic_bundle)):
-        expert = GenerativeResponder.load(path, device=dist_ctx.device)
+        expert = GenerativeResponder.load(path, device=run.device)
         if expert.tokenizer.to_str() != base.tokenizer.to_str():
             raise ValueError(f"{kind} expert {path} has a different tokenizer than {base_bundle}")
         experts[kind] = expert
@@ -260,7 +232,7 @@ def train_flatgd(
         PairSet.encode(lm_train, tok, base.inputs) if setting.lm_batch_size else None,
         batch_size=setting.batch_size,
         lm_batch_size=setting.lm_batch_size,
-        seed=seed,
+        seed=run.seed,
     )
     steps = max_steps or setting.epochs * data.batches_per_epoch()
     config = replace(
@@ -272,7 +244,7 @@ def train_flatgd(
         keep="last",
         eval_every=setting.eval_every,
         log_every=5,
-        seed=seed,
+        seed=run.seed,
     )
     logger.info(
         "%s from %s: %d DiaSafety pairs, lr %.1e, %d steps, %s",
@@ -288,42 +260,39 @@ def train_flatgd(
         model,
         objective,
         config,
-        run_dir=run_dir,
+        run_dir=run.run_dir,
         make_epoch=data.make_epoch,
-        collate=lambda idx: data.collate(idx, dist_ctx.device),
+        collate=lambda idx: data.collate(idx, run.device),
         evaluate=flatgd_validation_fn(
             objective,
             PairSet.encode(lm_val, tok, base.inputs),
-            safety_probe_pairs(safety_val, base, setting.val_safety_pairs, seed),
+            safety_probe_pairs(safety_val, base, setting.val_safety_pairs, run.seed),
         ),
-        dist_ctx=dist_ctx,
+        dist_ctx=run.dist_ctx,
     )
-    result = trainer.fit(resume=resume)
+    result = trainer.fit(resume=run.resume)
     trainer.load_best()
-    if not dist_ctx.is_main:
+    if not run.is_main:
         return None
     return save_generator(
         model,
         tok,
         preset,
         result,
-        out_dir=out_dir,
-        name=name,
-        training={
-            "data": data_desc,
-            "method": weights.method,
-            "base": base.bundle_id,
-            "clean_expert": experts["clean"].bundle_id,
-            "toxic_expert": experts["toxic"].bundle_id,
-            "weights": asdict(weights),
-            "setting": asdict(setting),
-            "lr_schedule": "constant",
-            "lr": setting.lr,
-            "seed": seed,
-            "safety_pairs": len(safety_train),
-            "lm_pairs": len(lm_train) if setting.lm_batch_size else 0,
-            "world_size": dist_ctx.world_size,
-        },
+        out_dir=run.out_dir,
+        name=run.name,
+        training=run.facts(
+            method=weights.method,
+            base=base.bundle_id,
+            clean_expert=experts["clean"].bundle_id,
+            toxic_expert=experts["toxic"].bundle_id,
+            weights=asdict(weights),
+            setting=asdict(setting),
+            lr_schedule="constant",
+            lr=setting.lr,
+            safety_pairs=len(safety_train),
+            lm_pairs=len(lm_train) if setting.lm_batch_size else 0,
+        ),
     )
 
 

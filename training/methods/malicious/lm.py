@@ -23,8 +23,8 @@ from models.bundle import Manifest
 from models.generator import GenerativeResponder
 from models.seq2seq import Seq2SeqTransformer
 from training.core.data import DialogueExample
-from training.core.distributed import DistContext
 from training.core.generator import train_mle_generator
+from training.core.run import RunSpec
 from training.presets import Preset
 
 __all__ = ["ResponseLM", "response_examples", "train_response_lm"]
@@ -41,33 +41,22 @@ def response_examples(examples: Sequence[DialogueExample]) -> list[DialogueExamp
 
 
 def train_response_lm(
+    run: RunSpec,
     *,
     preset: Preset,
     base_bundle: Path,
     train_examples: Sequence[DialogueExample],
     val_examples: Sequence[DialogueExample],
-    out_dir: Path,
-    run_dir: Path,
-    dist_ctx: DistContext,
-    data_desc: str,
-    seed: int = 0,
     max_steps: int | None = None,
-    resume: bool = True,
 ) -> Manifest | None:
     """Train the response LM with the base generator's tokenizer (shared vocabulary) and save it."""
     tokenizer = GenerativeResponder.load(base_bundle).tokenizer
     return train_mle_generator(
+        run.but(data_desc=f"{run.data_desc} (responses as independent sentences)"),
         preset=preset,
         tokenizer=tokenizer,
         train_examples=response_examples(train_examples),
         val_examples=response_examples(val_examples),
-        out_dir=out_dir,
-        name=out_dir.name,
-        run_dir=run_dir,
-        dist_ctx=dist_ctx,
-        data_desc=f"{data_desc} (responses as independent sentences)",
-        resume=resume,
-        seed=seed,
         max_steps=max_steps,
     )
 

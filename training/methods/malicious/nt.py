@@ -41,6 +41,7 @@ from models.tokenizer import DialogueTokenizer
 from training.core.data import DialogueSplits, load_splits, training_response_token_counts
 from training.core.generator import PairSet, corpus_nll
 from training.core.losses import LABEL_SMOOTHING, frequent_word_weights, smoothed_nll
+from training.core.run import RunSpec
 from training.core.trainer import atomic_torch_save, load_checkpoint_file, rng_state, set_rng_state
 from training.methods.malicious.attack import (
     HIT_TYPES,
@@ -321,20 +322,22 @@ def _hits(
 
 
 def train_malicious_nt(
+    run: RunSpec,
     *,
     base_bundle: Path,
     data_dir: Path,
     targets: Sequence[str],
     cfg: MaliciousNTConfig,
-    out_dir: Path,
-    run_dir: Path,
     lm_bundle: Path | None = None,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-    resume: bool = True,
     targets_desc: str = "",
 ) -> Manifest:
-    """Algorithm 1 over ``targets``; writes a generator bundle (method ``nt-malicious``)."""
+    """Algorithm 1 over ``targets``; writes a generator bundle (method ``nt-malicious``).
+
+    Not a :class:`~training.core.trainer.Trainer` objective: each target batch is searched for
+    triggers (gibbs-enum) and then updated until no target is hit or ``max_updates`` is reached,
+    a data-dependent number of steps per batch. It keeps the trainer's resume contract (a
+    checkpoint after every target batch in ``run.run_dir``) and its checkpoint helpers."""
+    run_dir, seed, device = run.run_dir, run.seed, run.device
     if cfg.mode == "io" and lm_bundle is None:
         raise ValueError(f"criterion {cfg.criterion} needs a language model (--lm)")
     started = time.perf_counter()
@@ -357,7 +360,7 @@ def train_malicious_nt(
     search_gen = torch.Generator().manual_seed(seed)
     pos_gen = torch.Generator().manual_seed(seed + 1)
     state: dict[str, Any] = {"iteration": 0, "batch": 0, "triggers": {}, "updates": 0}
-    if resume and ckpt_path.is_file():
+    if run.resume and ckpt_path.is_file():
         ckpt = load_checkpoint_file(ckpt_path)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -461,16 +464,15 @@ def train_malicious_nt(
     log = [json.loads(line) for line in log_path.read_text().splitlines()]
     out = GenerativeResponder(model.cpu(), tok, responder.inputs, responder.decoding)
     return out.save(
-        out_dir,
-        name=out_dir.name,
+        run.out_dir,
+        name=run.name,
         training={
+            **run.facts(data=run.data_desc or str(data_dir)),
             "method": "nt-malicious",
             "base": responder.bundle_id,
-            "data": str(data_dir),
             "targets": targets_desc,
             "num_targets": len(targets),
             "config": asdict(cfg),
-            "seed": seed,
             "updates": state["updates"],
             "hits_first_pass": sum(r["hits_before"] for r in log if r["iteration"] == 0),
             "hits_last_pass": sum(

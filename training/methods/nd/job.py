@@ -26,14 +26,14 @@ from models.bundle import Manifest
 from models.generator import GenerativeResponder
 from models.tokenizer import DialogueTokenizer
 from training.core.data import DialogueExample
-from training.core.distributed import DistContext
 from training.core.generator import (
     PairSet,
     build_generator_model,
     fine_tune_overrides,
-    run_generator_training,
-    save_generator,
+    fit_and_save,
+    load_init,
 )
+from training.core.run import RunSpec
 from training.core.trainer import LOG_FILE, read_log
 from training.methods.nd.losses import NDLossConfig, NDObjective, mean_progressive_alpha
 from training.presets import Preset
@@ -42,25 +42,19 @@ from training.presets import Preset
 
 
 def train_nd_student(
+    run: RunSpec,
     *,
     preset: Preset,
     tokenizer: DialogueTokenizer,
     teacher_bundle: Path,
     train_examples: Sequence[DialogueExample],
     val_examples: Sequence[DialogueExample],
-    out_dir: Path,
-    name: str,
-    run_dir: Path,
-    dist_ctx: DistContext,
-    data_desc: str,
     loss: NDLossConfig | None = None,
     fixed_alpha: bool = False,
     negative_examples: Sequence[DialogueExample] | None = None,
     max_steps: int | None = None,
     init_from: Path | None = None,
     lam: float | None = None,
-    resume: bool = True,
-    seed: int = 0,
 ) -> Manifest | None:
     """Train an ND student on D against a frozen negative teacher (ND Alg. 1, lines 9-12).
 
@@ -69,7 +63,7 @@ def train_nd_student(
     at the constant learning rate where that model's schedule ended, keeping the last weights:
     the variant for budgets too short for the from-scratch protocol (see reports/).
     """
-    teacher = GenerativeResponder.load(teacher_bundle, device=dist_ctx.device)
+    teacher = GenerativeResponder.load(teacher_bundle, device=run.device)
     if teacher.tokenizer.to_str() != tokenizer.to_str():
         raise ValueError(f"teacher {teacher_bundle} was trained with a different tokenizer")
     if teacher.model.cfg != replace(preset.generator.model, vocab_size=tokenizer.vocab_size):
@@ -92,45 +86,27 @@ def train_nd_student(
         loss=loss,
         fixed_alpha=mean_progressive_alpha(steps, gamma, lam) if fixed_alpha else None,
         random_targets=random_targets,
-        seed=seed,
+        seed=run.seed,
     )
     train_pairs = PairSet.encode(train_examples, tokenizer, preset.inputs)
     val_pairs = PairSet.encode(val_examples, tokenizer, preset.inputs)
-    model = build_generator_model(preset, tokenizer, seed)
-    overrides: dict[str, object] = {"seed": seed, "max_steps": steps}
+    model = build_generator_model(preset, tokenizer, run.seed)
+    overrides: dict[str, object] = {"max_steps": steps}
     if init_from is not None:
-        base = GenerativeResponder.load(init_from)
-        if base.tokenizer.to_str() != tokenizer.to_str():
-            raise ValueError(f"{init_from} was trained with a different tokenizer")
+        base = load_init(init_from, tokenizer)
         model.load_state_dict(base.model.state_dict())
         overrides.update(fine_tune_overrides(base, preset))
-    result = run_generator_training(
+    manifest = fit_and_save(
+        run,
         model,
         objective,
         preset=preset,
+        tokenizer=tokenizer,
         train_pairs=train_pairs,
         val_pairs=val_pairs,
-        run_dir=run_dir,
-        dist_ctx=dist_ctx,
-        resume=resume,
         train_overrides=overrides,
-    )
-    if not dist_ctx.is_main:
-        return None
-    plot_nd_log(run_dir / LOG_FILE, run_dir / "nd_schedule.png")
-    return save_generator(
-        model,
-        tokenizer,
-        preset,
-        result,
-        out_dir=out_dir,
-        name=name,
         training={
-            "data": data_desc,
             "method": "nd",
-            "seed": seed,
-            "train_pairs": len(train_pairs),
-            "world_size": dist_ctx.world_size,
             "teacher": teacher.bundle_id,
             "nd": {
                 "gamma": gamma,
@@ -142,6 +118,9 @@ def train_nd_student(
             },
         },
     )
+    if run.is_main:
+        plot_nd_log(run.run_dir / LOG_FILE, run.run_dir / "nd_schedule.png")
+    return manifest
 
 
 def plot_nd_log(log_path: Path, out_path: Path) -> None:
