@@ -56,8 +56,10 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 # The live tests CI runs after `make test`: the chat page in headless Chromium (screenshots at 390,
-# 768 and 1200 px) and Prometheus scraping a running service. live-deps installs Playwright (the
-# `browser` extra) and, only when missing, Debian's chromium and prometheus (apt-get, as root).
+# 768 and 1200 px), Prometheus scraping a running service and evaluating the alerting rules, and
+# promtool checking and unit-testing the rules (tests/test_alerts.py, which `make test` skips
+# without promtool; here it must run). live-deps installs Playwright (the `browser` extra) and,
+# only when missing, Debian's chromium and prometheus (apt-get, as root).
 # SCREENSHOTS=dir keeps the chat page's screenshots.
 live-deps: $(VENV)/.browser
 	.ci/install-live-test-deps
@@ -68,7 +70,8 @@ $(VENV)/.browser: $(VENV)/.installed
 
 test-live: live-deps
 	CHAT_SCREENSHOTS=$(SCREENSHOTS) $(PY) -m pytest -q -m slow \
-	  tests/test_chat_page.py tests/test_deploy_configs.py
+	  tests/test_chat_page.py tests/test_deploy_configs.py tests/test_alerts.py
+	DIALOGUE_REQUIRE_PROMTOOL=1 $(PY) -m pytest -q tests/test_alerts.py
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -78,10 +81,11 @@ bench: setup
 	$(VENV)/bin/pip install -q -e ".[bench]"
 	$(PY) -m benchmarks.decoding --out reports/decoding_benchmark
 
-# Deployment configs (docker/, docker-compose.yml) parse and agree; promtool and `docker compose
-# config` too where installed. The live Prometheus and chat-page browser tests are in `test-slow`.
+# Deployment configs (docker/, docker-compose.yml) parse and agree, alerting rules included;
+# promtool and `docker compose config` too where installed. The live Prometheus and chat-page
+# browser tests are in `test-slow`.
 compose-check: setup
-	$(PY) -m pytest -q tests/test_deploy_configs.py
+	$(PY) -m pytest -q tests/test_deploy_configs.py tests/test_alerts.py
 	@if command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then \
 	  docker compose config --quiet && echo "docker compose config: ok"; \
 	else echo "docker compose not installed: skipped 'docker compose config'"; fi
