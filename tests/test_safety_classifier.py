@@ -11,6 +11,7 @@ import logging
 import random
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -555,3 +556,46 @@ def test_probe_file_and_run_specs() -> None:
     for bad in ("nolabel", "x=a:risk=maybe", "x=a:colour=off"):
         with pytest.raises(Exception, match="LABEL=BUNDLE"):
             parse_run(bad)
+
+
+def test_an_interrupted_fit_resumes_from_its_last_epoch_and_ends_as_an_uninterrupted_one(
+    diasafety_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The classifier fit runs in the one Trainer: killed during its second epoch's validation,
+    it resumes from the first epoch's checkpoint and ends with the same weights and threshold."""
+    import training.methods.safety_classifier.fit as fit_module
+    from training.methods.safety_classifier.fit import fit_classifier
+
+    examples = load_diasafety(diasafety_dir, "train")
+    fit_set, holdout = examples[:120], examples[120:160]
+    preset = SAFETY_PRESETS["tiny"]
+    fit = replace(preset.fit_config("bag"), epochs=3)
+    tokenizer = _tokenizer()
+
+    def run(run_dir: Path) -> Any:
+        return fit_classifier("bag", fit, tokenizer, fit_set, holdout, run_dir=run_dir, seed=3)
+
+    whole = run(tmp_path / "whole")
+    real = fit_module.capped_f1_threshold
+    calls = {"n": 0}
+
+    def dies_on_the_second_epoch(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "capped_f1_threshold", dies_on_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut")
+    monkeypatch.setattr(fit_module, "capped_f1_threshold", real)
+    resumed = run(tmp_path / "cut")
+    assert resumed.steps == whole.steps == 3 * -(-len(fit_set) // fit.batch_size)
+    assert [h["step"] for h in resumed.history] == [h["step"] for h in whole.history]
+    assert resumed.classifier.threshold == whole.classifier.threshold
+    for (name, a), b in zip(
+        resumed.classifier.model.state_dict().items(),
+        whole.classifier.model.state_dict().values(),
+        strict=True,
+    ):
+        assert torch.equal(a, b), name

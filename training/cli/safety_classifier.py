@@ -94,7 +94,14 @@ def add_parsers(sub: Any) -> None:
         type=Path,
         help="writes <report>.json and <report>.md (default: <runs>/<preset>/<name>/metrics)",
     )
-    p.add_argument("--runs", type=Path, default=Path("runs"), help="where default reports go")
+    p.add_argument(
+        "--runs", type=Path, default=Path("runs"), help="checkpoints and default reports go here"
+    )
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="fit from scratch even when --runs holds a checkpoint of this run",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_train_safety_classifier)
@@ -154,6 +161,8 @@ def _train_safety_classifier(args: argparse.Namespace) -> int:
         blocklist=blocklist,
         benign_pairs=args.benign_pairs,
         seed=args.seed,
+        run_dir=args.runs / preset.name / name,
+        resume=not args.no_resume,
     )
     command = command_line(args)
     write_report(report, args.report or args.runs / preset.name / name / "metrics", command)

@@ -45,7 +45,8 @@ class TrainConfig:
 
     max_steps: int = 1000  # optimizer updates
     batch_size: int = 64  # examples per update, over all ranks together
-    optimizer: str = "adam"  # adam | sgd (He & Glass fine-tune with plain SGD)
+    optimizer: str = "adam"  # adam | adamw | sgd (He & Glass fine-tune with plain SGD)
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay (adamw only)
     # noam (ND eq. 17) | constant (``lr``) | linear (warm-up to ``lr``, then linearly to 0 at
     # max_steps: for a fixed budget it ends lower than eq. 17's 1/sqrt(s) tail, see presets.py)
     lr_schedule: str = "noam"
@@ -65,6 +66,8 @@ class TrainConfig:
     # 4,875 tokens/s for fp32 on this workplace's CPU, same loss curve (reports/train_throughput.md)
     amp: bool = True
     progress: bool = True  # tqdm bar on rank 0
+    # wall-clock cap (0 = none): the step that passes it is the last, then a final validation
+    max_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -274,10 +277,14 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer
         if config.optimizer == "adam":
             self.optimizer = torch.optim.Adam(params, lr=0.0, betas=config.betas, eps=config.eps)
+        elif config.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(
+                params, lr=0.0, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay
+            )
         elif config.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=0.0)
         else:
-            raise ValueError(f"unknown optimizer {config.optimizer!r} (adam | sgd)")
+            raise ValueError(f"unknown optimizer {config.optimizer!r} (adam | adamw | sgd)")
         if config.keep not in ("best", "last"):
             raise ValueError(f"unknown keep {config.keep!r} (best | last)")
         if config.lr_schedule not in ("noam", "constant", "linear"):
@@ -461,7 +468,10 @@ class Trainer:
                 }
                 self._log(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}")
-            at_end = self.state.step >= self.cfg.max_steps
+            out_of_time = bool(self.cfg.max_seconds) and (
+                time.monotonic() - started > self.cfg.max_seconds
+            )
+            at_end = self.state.step >= self.cfg.max_steps or out_of_time
             if self.state.step % self.cfg.eval_every == 0 or at_end:
                 stop = self._run_eval()
                 self.state.elapsed_s = time.monotonic() - started
@@ -469,9 +479,11 @@ class Trainer:
                     self.state.stop_reason = (
                         f"early stop: no improvement in {self.cfg.patience} evaluations"
                     )
+                elif out_of_time:
+                    self.state.stop_reason = f"max_seconds ({self.cfg.max_seconds:g} s)"
                 elif at_end:
                     self.state.stop_reason = "max_steps"
-                self.state.finished = stop or at_end
+                self.state.finished = stop = stop or at_end
                 self.save_checkpoint()
         bar.close()
         self.state.elapsed_s = time.monotonic() - started

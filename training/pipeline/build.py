@@ -442,6 +442,8 @@ def build(
             base=standard,
             report=paths.run_dir(preset, SAFETY_CLASSIFIER) / "metrics",
             seed=seed,
+            run_dir=paths.run_dir(preset, SAFETY_CLASSIFIER),
+            resume=resume and SAFETY not in redo_set,
         )
     barrier(ctx)
     timings[f"{SAFETY_CLASSIFIER}_s"] = show.finish(SAFETY)

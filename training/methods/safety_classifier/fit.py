@@ -1,20 +1,21 @@
-"""Fitting one safety-classifier architecture (cross-encoder or bag of words) on DiaSafety:
-the loop, its learning-rate warm-up and the result it reports."""
+"""Fitting one safety-classifier architecture (cross-encoder or bag of words) on DiaSafety with
+the project's one training loop, and the result it reports."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
-import time
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from tqdm import tqdm
+from torch import Tensor, nn
 
 from models.safety import (
     MIN_KNOWN_SHARE,
@@ -24,7 +25,9 @@ from models.safety import (
     build_classifier_model,
 )
 from models.tokenizer import DialogueTokenizer
+from training.core.run import single_process
 from training.core.safety_data import SafetyExample
+from training.core.trainer import LOG_FILE, TrainConfig, Trainer, read_log
 from training.eval.classification import capped_f1_threshold, evaluate_split
 from training.methods.safety_classifier.config import FitConfig
 
@@ -50,13 +53,6 @@ class FitResult:
     parameters: int = 0
 
 
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up to 1 over ``warmup`` updates, then linear decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
 def fit_classifier(
     architecture: Architecture,
     fit: FitConfig,
@@ -71,13 +67,58 @@ def fit_classifier(
     benign_holdout: Sequence[SafetyExample] = (),
     max_benign_flag_rate: float = 0.0,
     progress: bool = True,
+    run_dir: Path | None = None,
+    resume: bool = True,
 ) -> FitResult:
     """Fit one architecture on ``train``, keep the epoch with the best held-out F1, and set the
     threshold that maximises held-out F1 (among those that flag at most
     ``max_benign_flag_rate`` of ``benign_holdout``). With ``words`` the classifier reads contexts
-    by the readability rule, in fitting as afterwards."""
+    by the readability rule, in fitting as afterwards.
+
+    The loop is the project's one :class:`~training.core.trainer.Trainer`: binary cross-entropy
+    as the objective, AdamW with a linear warm-up and decay, a validation (held-out F1, as
+    ``val_loss = 1 - F1``) after every epoch. With ``run_dir`` an interrupted fit resumes from
+    its last epoch's checkpoint; without one it runs in a temporary folder."""
+    with contextlib.ExitStack() as stack:
+        if run_dir is None:
+            run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="safety-fit-")))
+            resume = False
+        return _fit(
+            architecture,
+            fit,
+            tokenizer,
+            train,
+            holdout,
+            base_state=base_state,
+            seed=seed,
+            words=words,
+            min_known_share=min_known_share,
+            benign_holdout=benign_holdout,
+            max_benign_flag_rate=max_benign_flag_rate,
+            progress=progress,
+            run_dir=run_dir,
+            resume=resume,
+        )
+
+
+def _fit(
+    architecture: Architecture,
+    fit: FitConfig,
+    tokenizer: DialogueTokenizer,
+    train: Sequence[SafetyExample],
+    holdout: Sequence[SafetyExample],
+    *,
+    base_state: dict[str, torch.Tensor] | None,
+    seed: int,
+    words: Sequence[str] | None,
+    min_known_share: float,
+    benign_holdout: Sequence[SafetyExample],
+    max_benign_flag_rate: float,
+    progress: bool,
+    run_dir: Path,
+    resume: bool,
+) -> FitResult:
     torch.manual_seed(seed)
-    rng = random.Random(seed)
     cfg = replace(fit.model, vocab_size=tokenizer.vocab_size, sep_id=tokenizer.sep_id)
     model = build_classifier_model(cfg)
     warm_start = None
@@ -94,6 +135,7 @@ def fit_classifier(
     logger.info("fitting %s safety classifier: %d parameters, %s", architecture, n_params, cfg)
 
     ids = classifier.encode_ids([e.context for e in train], [e.response for e in train])
+    labels = torch.tensor([float(e.unsafe) for e in train])
 
     def choose_threshold() -> tuple[float, float]:
         probs = classifier.unsafe_probability(
@@ -108,66 +150,63 @@ def fit_classifier(
         )
         return capped_f1_threshold(probs, [e.unsafe for e in holdout], benign, max_benign_flag_rate)
 
-    labels = torch.tensor([float(e.unsafe) for e in train])
+    def make_epoch(epoch: int) -> list[list[int]]:
+        order = list(range(len(train)))
+        random.Random(seed * 1000 + epoch).shuffle(order)
+        return [order[i : i + fit.batch_size] for i in range(0, len(order), fit.batch_size)]
+
+    def bce(model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        tokens, target = batch
+        return F.binary_cross_entropy_with_logits(model(tokens).float(), target), {}
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        threshold, f1 = choose_threshold()
+        return {"val_loss": 1.0 - f1, "holdout_f1": f1, "holdout_threshold": threshold}
+
     steps_per_epoch = math.ceil(len(train) / fit.batch_size)
     total = steps_per_epoch * fit.epochs
-    warmup = max(1, round(total * fit.warmup_fraction))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, warmup))
-
-    started = time.perf_counter()
-    result = FitResult(classifier, architecture, {}, warm_start=warm_start, parameters=n_params)
-    best: tuple[float, dict[str, torch.Tensor]] | None = None
-    step = 0
-    # One bar over every update of the fit (an epoch of the cross-encoder takes minutes on CPU).
-    bar = tqdm(
-        total=total, desc=f"safety {architecture}", unit="step", disable=not progress, leave=False
+    config = TrainConfig(
+        max_steps=total,
+        batch_size=fit.batch_size,
+        optimizer="adamw",
+        weight_decay=fit.weight_decay,
+        lr_schedule="linear",
+        lr=fit.lr,
+        warmup_steps=max(1, round(total * fit.warmup_fraction)),
+        betas=(0.9, 0.999),  # AdamW's defaults, as the classifier was always fitted
+        eps=1e-8,
+        clip_norm=1.0,
+        eval_every=steps_per_epoch,  # one held-out F1 per epoch
+        patience=fit.epochs + 1,  # no early stopping: every epoch runs, the best one is kept
+        keep="best",
+        log_every=max(1, steps_per_epoch // 10),
+        seed=seed,
+        amp=False,  # small models; fp32 as it was fitted and calibrated
+        progress=progress,
+        max_seconds=fit.max_seconds,
     )
-    for epoch in range(1, fit.epochs + 1):
-        model.train()
-        order = list(range(len(train)))
-        rng.shuffle(order)
-        running, batches = 0.0, 0
-        bar.set_postfix_str(f"epoch {epoch}/{fit.epochs}")
-        for start in range(0, len(order), fit.batch_size):
-            rows = order[start : start + fit.batch_size]
-            batch = tokenizer.pad([ids[i] for i in rows])
-            loss = F.binary_cross_entropy_with_logits(model(batch), labels[rows])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            step += 1
-            batches += 1
-            running += loss.item()
-            bar.update(1)
-            if fit.max_seconds and time.perf_counter() - started > fit.max_seconds:
-                result.stop_reason = f"max_seconds ({fit.max_seconds:g} s) in epoch {epoch}"
-                break
-        bar.set_postfix_str(f"epoch {epoch}/{fit.epochs}: held-out F1")
-        threshold, f1 = choose_threshold()
-        record = {
-            "epoch": epoch,
-            "step": step,
-            "train_loss": running / max(1, batches),
-            "holdout_f1": f1,
-            "holdout_threshold": threshold,
-            "elapsed_s": time.perf_counter() - started,
-        }
-        result.history.append(record)
-        logger.info("%s epoch %d: %s", architecture, epoch, record)
-        if best is None or f1 > best[0]:
-            best = (f1, {k: v.detach().clone() for k, v in model.state_dict().items()})
-            result.best_epoch = epoch
-        if result.stop_reason != "epochs":
-            break
-    bar.close()
-    assert best is not None
-    model.load_state_dict(best[1])
+    trainer = Trainer(
+        model,
+        bce,
+        config,
+        run_dir=run_dir,
+        make_epoch=make_epoch,
+        collate=lambda rows: (tokenizer.pad([ids[i] for i in rows]), labels[list(rows)]),
+        evaluate=evaluate,
+        dist_ctx=single_process(),
+    )
+    state = trainer.fit(resume=resume).state
+    trainer.load_best()
     model.eval()
-    result.steps = step
-    result.wall_time_s = time.perf_counter() - started
+    result = FitResult(classifier, architecture, {}, warm_start=warm_start, parameters=n_params)
+    result.history = _epoch_history(read_log(run_dir / LOG_FILE), steps_per_epoch)
+    result.steps = state.step
+    result.best_epoch = math.ceil(state.best_step / steps_per_epoch)
+    result.wall_time_s = state.elapsed_s
+    if state.stop_reason.startswith("max_seconds"):
+        result.stop_reason = (
+            f"{state.stop_reason} in epoch {math.ceil(state.step / steps_per_epoch)}"
+        )
     threshold, _ = choose_threshold()
     classifier.threshold = threshold
     result.holdout = evaluate_split(classifier, holdout, threshold)
@@ -177,3 +216,24 @@ def fit_classifier(
         )
         result.holdout["benign_flag_rate"] = sum(flagged) / len(flagged)
     return result
+
+
+def _epoch_history(log: list[dict[str, Any]], steps_per_epoch: int) -> list[dict[str, float]]:
+    """One row per validation: its epoch and step, the mean logged training loss since the
+    previous one, the held-out F1 and threshold."""
+    rows, losses = [], []
+    for record in log:
+        if record["kind"] == "train":
+            losses.append(record["loss"])
+        elif record["kind"] == "eval":
+            rows.append(
+                {
+                    "epoch": math.ceil(record["step"] / steps_per_epoch),
+                    "step": record["step"],
+                    "train_loss": sum(losses) / len(losses) if losses else float("nan"),
+                    "holdout_f1": record["holdout_f1"],
+                    "holdout_threshold": record["holdout_threshold"],
+                }
+            )
+            losses = []
+    return rows

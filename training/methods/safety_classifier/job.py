@@ -94,10 +94,14 @@ def train_safety_classifier(
     blocklist: Path | None = None,
     benign_pairs: int | None = None,
     seed: int = 0,
+    run_dir: Path | None = None,
+    resume: bool = True,
 ) -> dict[str, Any]:
     """Fit the architecture(s), write the chosen one as a ``classifier`` bundle at ``out_dir``
     and return the report: every fitted architecture with its held-out and val metrics.
-    ``benign_pairs`` overrides the preset's count of DailyDialog pairs added as Safe."""
+    ``benign_pairs`` overrides the preset's count of DailyDialog pairs added as Safe. With
+    ``run_dir`` each architecture's fit checkpoints in ``run_dir/<architecture>`` and, with
+    ``resume``, an interrupted one continues from its last epoch."""
     benign_pairs = preset.benign_pairs if benign_pairs is None else benign_pairs
     started = time.perf_counter()
     root = find_diasafety(data_dir)
@@ -152,6 +156,8 @@ def train_safety_classifier(
             min_known_share=preset.min_known_share,
             benign_holdout=benign_threshold,
             max_benign_flag_rate=preset.max_benign_flag_rate,
+            run_dir=run_dir / arch if run_dir is not None else None,
+            resume=resume,
         )
         # Val is scored for the report only; nothing is chosen with it.
         res.val = evaluate_split(res.classifier, val, res.classifier.threshold)
@@ -271,9 +277,12 @@ def build_stage(
     base: Path | None,
     report: Path | None = None,
     seed: int = 0,
+    run_dir: Path | None = None,
+    resume: bool = True,
 ) -> dict[str, Any] | None:
     """The pipeline's safety-classifier stage (the preset's architecture, the generator's
-    tokenizer; ``report`` gets ``.json`` and ``.md``); None, with a warning, without DiaSafety."""
+    tokenizer; ``report`` gets ``.json`` and ``.md``; checkpoints in ``run_dir``); None, with a
+    warning, without DiaSafety."""
     try:
         find_diasafety(data_dir)
     except DatasetNotFoundError as exc:
@@ -281,7 +290,14 @@ def build_stage(
         return None
     preset = SAFETY_PRESETS.get(preset_name, SAFETY_PRESETS["small"])
     result = train_safety_classifier(
-        preset, data_dir, out_dir, base=base, blocklist=find_blocklist(data_dir), seed=seed
+        preset,
+        data_dir,
+        out_dir,
+        base=base,
+        blocklist=find_blocklist(data_dir),
+        seed=seed,
+        run_dir=run_dir,
+        resume=resume,
     )
     if report is not None:
         write_report(result, report)
