@@ -6,15 +6,22 @@
 Inputs are directories of JSON-lines files (rotated files included: every ``*.jsonl*``), one
 object per line:
 
-* exposure: ``{"time", "request_id", "session", "arm", "backend", "bundle", "latency_ms",
-  "response_chars", "filtered"}``: ``session`` is the salted hash of the session id (or null);
-* feedback: ``{"time", "request_id", "rating": "up" | "down" | 1..5, "reason"?}``; the latest
-  rating of a request id counts (a second rating replaces the first); ratings whose request id is
-  in no exposure are counted as unmatched and otherwise ignored;
-* session end: ``{"time", "session", "event": "end", "turns"}`` (in the feedback directory).
+* exposure (service/engine.py writes it): ``{"time", "request_id", "session", "arm", "variant",
+  "backend", "bundle", "latency_ms", "response_chars", "response_tokens", "filtered", "fallback",
+  "endpoint"}`` (plus ``"context"`` and ``"response"`` with EXPOSURE_LOG_TEXT): ``session`` is the
+  salted hash of the session id (or null); ``arm`` is the A/B arm, or ``override`` for a request
+  that named its arm or backend: those were not randomised and are left out of the comparison
+  (counted as ``not_randomised``);
+* feedback: ``{"time", "request_id", "rating": "up" | "down" | 1..5, "reason"?, "arm",
+  "matched"}``; the latest rating of a request id counts (a second rating replaces the first);
+  3 is neutral (counted, in no approval rate); ratings whose request id is in no exposure are
+  counted as unmatched and otherwise ignored (``arm`` and ``matched`` are what the answering
+  process knew; the join here is over every process's exposures);
+* session end: ``{"time", "session", "event": "end", "turns", "arm"}`` (in the feedback
+  directory; ``turns`` may be null).
 
-Per arm it prints requests, sessions, ratings, the approval rate (share of ratings that are "up"
-or 4-5) with a Wilson 95% interval, mean turns per session (a session's ``turns`` from its end
+Per arm it prints requests, sessions, ratings, the approval rate (share of up/down ratings that
+are "up" or 4-5) with a Wilson 95% interval, mean turns per session (a session's ``turns`` from its end
 event when it sent one, else its number of exposures) and latency p50/p95. Against the control
 arm: the approval difference with Newcombe's hybrid-score 95% interval and a two-sided p-value
 (pooled two-proportion z test; Fisher's exact test when an expected cell count is below 5), the
@@ -37,6 +44,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.routing import OVERRIDE_ARM  # the arm of a request that named its arm or backend
+
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 Z80 = 0.8416212335729143  # its 80% quantile (power 0.8)
 
@@ -48,8 +57,9 @@ class ArmStats:
     arm: str
     requests: int = 0
     sessions: int = 0
-    ratings: int = 0
+    ratings: int = 0  # up or down (the latest rating of each request)
     approvals: int = 0
+    neutral: int = 0  # rated 3
     approval_rate: float | None = None
     approval_ci95: tuple[float, float] | None = None
     mean_turns: float | None = None
@@ -95,14 +105,18 @@ def read_jsonl_dir(directory: Path | None) -> Iterator[dict[str, Any]]:
                     yield record
 
 
+NEUTRAL = -1  # approval_of a 3: a rating, in no approval rate
+
+
 def approval_of(rating: Any) -> int | None:
-    """1 for "up" or 4-5, 0 for "down" or 1-3, None for anything else."""
+    """1 for "up" or 4-5, 0 for "down" or 1-2, NEUTRAL for 3, None for anything else (the
+    service's rating classes, service/feedback.py)."""
     if rating == "up":
         return 1
     if rating == "down":
         return 0
     if isinstance(rating, int) and not isinstance(rating, bool) and 1 <= rating <= 5:
-        return int(rating >= 4)
+        return NEUTRAL if rating == 3 else int(rating >= 4)
     return None
 
 
@@ -191,6 +205,8 @@ def summarise(
         if not isinstance(arm, str) or not isinstance(rid, str):
             continue
         arm_of[rid] = arm
+        if arm == OVERRIDE_ARM:  # the request chose its arm: not part of the experiment
+            continue
         acc = per_arm.setdefault(arm, {"requests": 0, "sessions": {}, "lat": [], "filtered": 0})
         acc["requests"] += 1
         session = e.get("session")
@@ -201,7 +217,14 @@ def summarise(
         acc["filtered"] += bool(e.get("filtered"))
     latest: dict[str, tuple[float, int]] = {}
     ended: dict[str, int] = {}
-    counts = {"feedback_records": 0, "matched": 0, "unmatched": 0, "replaced": 0, "invalid": 0}
+    counts = {
+        "feedback_records": 0,
+        "matched": 0,
+        "unmatched": 0,
+        "replaced": 0,
+        "invalid": 0,
+        "not_randomised": sum(1 for a in arm_of.values() if a == OVERRIDE_ARM),
+    }
     for f in feedback:
         counts["feedback_records"] += 1
         if f.get("event") == "end":
@@ -214,6 +237,8 @@ def summarise(
             continue
         if rid not in arm_of:
             counts["unmatched"] += 1
+            continue
+        if arm_of[rid] == OVERRIDE_ARM:
             continue
         t = float(f.get("time", 0.0)) if isinstance(f.get("time"), int | float) else 0.0
         if rid in latest:
@@ -233,6 +258,9 @@ def summarise(
         stats[arm] = s
     for rid, (_, value) in latest.items():
         s = stats[arm_of[rid]]
+        if value == NEUTRAL:
+            s.neutral += 1
+            continue
         s.ratings += 1
         s.approvals += value
     for s in stats.values():
@@ -301,7 +329,8 @@ def to_markdown(
         "",
         f"Feedback: {counts['feedback_records']} records; {counts['matched']} rated requests "
         f"matched, {counts['unmatched']} ratings of unknown request ids, {counts['replaced']} "
-        f"replaced by a later rating, {counts['invalid']} invalid.",
+        f"replaced by a later rating, {counts['invalid']} invalid; "
+        f"{counts['not_randomised']} requests named their arm or backend (left out).",
         "",
         "| arm | requests | sessions | ratings | approval | 95% CI (Wilson) | turns/session "
         "| p50 ms | p95 ms | filtered |",

@@ -14,9 +14,9 @@ from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 
 from service.device import set_threads
-from service.engine import DialogueEngine, load_backends
-from service.errors import install_error_handlers
-from service.http import BodyLimitMiddleware, body_limit
+from service.engine import DialogueEngine, load_serving
+from service.errors import OPENAI_PATHS, install_error_handlers
+from service.http import BodyLimitMiddleware, RequestIdMiddleware, body_limit
 from service.metrics import ServiceMetrics
 from service.routes import STATIC_DIR, build_router
 from service.settings import Settings
@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Before any model exists: intra-op threads as the settings say (see TORCH_THREADS).
         set_threads(settings.torch_threads)
         # Loading verifies every checksum and may take seconds: keep it off the event loop.
-        engine.backends = await asyncio.to_thread(load_backends, settings, metrics)
+        engine.serving = await asyncio.to_thread(load_serving, settings, metrics)
         await engine.start()
         logger.info("ready: %s", ", ".join(f"{n}={b.model_id}" for n, b in engine.backends.items()))
         hangup = _install_sighup_reload(engine)
@@ -76,13 +76,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
 
     def count_invalid(request: Request) -> None:
-        if request.url.path == "/respond":
+        if request.url.path == "/respond" or request.url.path in OPENAI_PATHS:
             metrics.observe_request("none", "none", "invalid", 0.0)
 
     install_error_handlers(app, on_invalid=count_invalid)
     # Outermost: a body is counted while it is read, with or without Content-Length.
     max_body = body_limit(settings.max_turns, settings.request_chars_limit)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body)
+    # Outside it: every response, a 413 of the body limit too, carries X-Request-ID.
+    app.add_middleware(RequestIdMiddleware)
 
     app.include_router(build_router(settings, engine, metrics))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -1,4 +1,4 @@
-"""Which bundle each backend serves (the settings, the build's serving.json) and loading them.
+"""Which bundle each arm serves (the settings, the build's serving.json) and loading them.
 
 Every choice is made, and any wrong name refused, before the first model is loaded; loading
 verifies every checksum (models/bundle.py). A reload (service/engine.py) goes through the same
@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from models.bundle import SERVING_FILE, BundleError, Manifest, find_bundles, read_manifest
+from service.arms import Arm, Serving, default_fallback
 from service.backends import Backend, GenerativeBackend, RetrievalBackend
 from service.batching import BatchLimits
 from service.device import resolve_device, serving_dtype
+from service.errors import InvalidOptions
 from service.metrics import ServiceMetrics
-from service.routing import BACKENDS
 from service.safety import load_safety_filter
 from service.settings import Settings
 
@@ -35,7 +37,9 @@ _SETTING_OF = {
 }
 
 
-def select_bundle(models_dir: Path, backend: str, wanted: str) -> Path | None:
+def select_bundle(
+    models_dir: Path, backend: str, wanted: str, setting: str | None = None
+) -> Path | None:
     """The bundle directory ``backend`` serves, as its setting (``wanted``) asks:
 
     - ``<name>``: exactly the bundle with that directory or manifest name. Absent, unreadable or
@@ -51,9 +55,11 @@ def select_bundle(models_dir: Path, backend: str, wanted: str) -> Path | None:
     - ``off``: None (the backend is not loaded).
 
     The safety classifier is optional: for it an absent bundle is None, and the filter settings
-    decide (service/safety.py); a present but broken one is still an error.
+    decide (service/safety.py); a present but broken one is still an error. ``setting`` names
+    the setting an error message tells the operator to change (default: the backend's own).
     """
     models_dir = Path(models_dir)
+    setting = setting or _SETTING_OF[backend]
     kind = _KIND_OF[backend]
     optional = backend == "safety"
     wanted = wanted.strip()
@@ -62,13 +68,15 @@ def select_bundle(models_dir: Path, backend: str, wanted: str) -> Path | None:
     if wanted == "auto":
         chosen = _serving_choice(models_dir, backend)
         if chosen is not None:
-            return _exact(models_dir, backend, chosen, "the build's choice in " + SERVING_FILE)
+            return _exact(
+                models_dir, backend, chosen, "the build's choice in " + SERVING_FILE, setting
+            )
         default = _DEFAULT_BUNDLE[backend]
         if (models_dir / default).exists() or _named(models_dir, kind, default) is not None:
-            return _exact(models_dir, backend, default, "the default for auto")
+            return _exact(models_dir, backend, default, "the default for auto", setting)
         if optional or not _of_kind(models_dir, kind):
             return None
-        raise BundleError(_missing(models_dir, backend, default, "the default for auto"))
+        raise BundleError(_missing(models_dir, backend, default, "the default for auto", setting))
     if wanted == "any" or wanted.endswith("*"):
         prefix = "" if wanted == "any" else wanted[:-1]
         matches = [
@@ -77,16 +85,16 @@ def select_bundle(models_dir: Path, backend: str, wanted: str) -> Path | None:
         if not matches:
             if optional:
                 return None
-            raise BundleError(
-                f"no {kind} bundle matching {_SETTING_OF[backend]}={wanted!r} in {models_dir}"
-            )
+            raise BundleError(f"no {kind} bundle matching {setting}={wanted!r} in {models_dir}")
         return max(matches)[1]
     if optional and not (models_dir / wanted).exists() and _named(models_dir, kind, wanted) is None:
         return None
-    return _exact(models_dir, backend, wanted, _SETTING_OF[backend])
+    return _exact(models_dir, backend, wanted, setting, setting)
 
 
-def _exact(models_dir: Path, backend: str, name: str, source: str) -> Path:
+def _exact(
+    models_dir: Path, backend: str, name: str, source: str, setting: str | None = None
+) -> Path:
     """The bundle called ``name`` (directory, else manifest name), of ``backend``'s kind."""
     kind = _KIND_OF[backend]
     path = models_dir / name
@@ -97,23 +105,26 @@ def _exact(models_dir: Path, backend: str, name: str, source: str) -> Path:
     else:
         found = _named(models_dir, kind, name)
         if found is None:
-            raise BundleError(_missing(models_dir, backend, name, source))
+            raise BundleError(_missing(models_dir, backend, name, source, setting))
         path, manifest = found
     if manifest.kind != kind:
         raise BundleError(
             f"bundle {name!r} ({source}) is a {manifest.kind}, not a {kind}; "
-            f"set {_SETTING_OF[backend]} to a {kind} bundle"
+            f"set {setting or _SETTING_OF[backend]} to a {kind} bundle"
         )
     return path
 
 
-def _missing(models_dir: Path, backend: str, name: str, source: str) -> str:
+def _missing(
+    models_dir: Path, backend: str, name: str, source: str, setting: str | None = None
+) -> str:
     kind = _KIND_OF[backend]
+    setting = setting or _SETTING_OF[backend]
     there = sorted(p.name for p, _ in _of_kind(models_dir, kind))
     listed = ", ".join(there) if there else "none"
     return (
         f"no {kind} bundle {name!r} ({source}) in {models_dir}; {kind} bundles there: {listed}. "
-        f"Set {_SETTING_OF[backend]} to one of them, to '<prefix>*' or 'any' to take the "
+        f"Set {setting} to one of them, to '<prefix>*' or 'any' to take the "
         f"newest match, or to 'off'"
     )
 
@@ -162,9 +173,55 @@ def _serving_choice(models_dir: Path, backend: str) -> str | None:
     return chosen.strip()
 
 
-def load_backends(settings: Settings, metrics: ServiceMetrics) -> dict[str, Backend]:
-    """Load every backend that has a bundle (fully verified), sharing one output safety filter;
-    raises when none has one or when the safety filter the settings ask for cannot be built."""
+_BACKEND_OF_KIND = {"generator": "generative", "retriever": "retrieval"}
+
+
+def arm_backend_kind(models_dir: Path, wanted: str, source: str) -> str:
+    """The backend kind of the bundle an arm names without saying its kind: read from the
+    manifest of the bundle called ``wanted`` (directory or manifest name), or of the newest
+    bundle a ``<prefix>*`` matches."""
+    models_dir = Path(models_dir)
+    if wanted.endswith("*"):
+        matches = []
+        for kind in _BACKEND_OF_KIND:
+            matches += [
+                (m.created_at, m.kind)
+                for p, m in _of_kind(models_dir, kind)
+                if p.name.startswith(wanted[:-1])
+            ]
+        if not matches:
+            raise BundleError(
+                f"no generator or retriever bundle matching {source}={wanted!r} in {models_dir}"
+            )
+        return _BACKEND_OF_KIND[max(matches)[1]]
+    if "/" in wanted or "\\" in wanted or wanted in (".", ".."):
+        raise BundleError(f"{source} names {wanted!r}, which is not a bundle name")
+    if (models_dir / wanted).exists():
+        manifest = read_manifest(models_dir / wanted)
+    else:
+        named = [m for kind in _BACKEND_OF_KIND for p, m in _of_kind(models_dir, kind)]
+        found = [m for m in named if m.name == wanted]
+        if not found:
+            there = sorted(
+                {p.name for kind in _BACKEND_OF_KIND for p, _ in _of_kind(models_dir, kind)}
+            )
+            raise BundleError(
+                f"no bundle {wanted!r} ({source}) in {models_dir}; generator and retriever "
+                f"bundles there: {', '.join(there) or 'none'}"
+            )
+        manifest = found[0]
+    if manifest.kind not in _BACKEND_OF_KIND:
+        raise BundleError(
+            f"bundle {wanted!r} ({source}) is a {manifest.kind}, not a generator or retriever"
+        )
+    return _BACKEND_OF_KIND[manifest.kind]
+
+
+def load_serving(settings: Settings, metrics: ServiceMetrics) -> Serving:
+    """Load every arm's bundle (fully verified; arms naming the same bundle share one backend),
+    sharing one output safety filter; raises when no arm has a bundle, when an arm's option
+    defaults do not fit its backend, or when the safety filter the settings ask for cannot be
+    built. Start-up and reload both come here."""
     device = resolve_device(settings.device)
     dtype = serving_dtype(device)
     limits = BatchLimits(settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue)
@@ -176,34 +233,60 @@ def load_backends(settings: Settings, metrics: ServiceMetrics) -> dict[str, Back
     # Loaded first: a bad classifier bundle fails the whole load (start-up or reload), never
     # leaving backends that serve unfiltered.
     safety = load_safety_filter(settings, metrics, safety_dir, device)
-    wanted = {"generative": settings.generative_bundle, "retrieval": settings.retrieval_bundle}
+    specs = settings.arm_specs()
     # Every choice is made (and any wrong name refused) before the first model is loaded.
-    paths = {name: select_bundle(settings.models_dir, name, wanted[name]) for name in BACKENDS}
-    backends: dict[str, Backend] = {}
-    for name, path in paths.items():
+    chosen: dict[str, tuple[str, Path | None]] = {}
+    for name, spec in specs.items():
+        kind = spec.backend or arm_backend_kind(settings.models_dir, spec.bundle, spec.source)
+        chosen[name] = (kind, select_bundle(settings.models_dir, kind, spec.bundle, spec.source))
+    loaded: dict[Path, Backend] = {}
+    arms: dict[str, Arm] = {}
+    for name, spec in specs.items():
+        kind, path = chosen[name]
         if path is None:
             why = (
-                f"{_SETTING_OF[name]}=off"
-                if wanted[name].strip() == "off"
-                else f"no {_KIND_OF[name]} bundle in {settings.models_dir}"
+                f"{spec.source}=off"
+                if spec.bundle.strip() == "off"
+                else f"no {_KIND_OF[kind]} bundle in {settings.models_dir}"
             )
-            logger.warning("%s: the %s backend is off", why, name)
+            logger.warning("%s: the %s arm is off", why, name)
+            arms[name] = Arm(name, spec.weight, kind, None, spec.options)
             continue
-        backend: Backend
-        if name == "generative":
-            backend = GenerativeBackend.load(path, device, dtype, metrics, limits, safety)
-        else:
-            backend = RetrievalBackend.load(
-                path,
-                device,
-                dtype,
-                metrics,
-                limits,
-                max_candidates=settings.max_candidates,
-                safety=safety,
-            )
-        logger.info("loaded %s backend %s on %s", name, backend.model_id, device)
-        backends[name] = backend
-    if not backends:
+        key = path.resolve()
+        if key not in loaded:
+            backend: Backend
+            if kind == "generative":
+                backend = GenerativeBackend.load(path, device, dtype, metrics, limits, safety)
+            else:
+                backend = RetrievalBackend.load(
+                    path,
+                    device,
+                    dtype,
+                    metrics,
+                    limits,
+                    max_candidates=settings.max_candidates,
+                    safety=safety,
+                )
+            logger.info("loaded %s bundle %s on %s", kind, backend.model_id, device)
+            loaded[key] = backend
+        backend = loaded[key]
+        try:  # the arm's option defaults must fit its backend: refused here, not per request
+            backend.prepare(spec.options)
+        except InvalidOptions as exc:
+            raise BundleError(
+                f"arm {name!r}: its options do not fit {backend.model_id}: {exc}"
+            ) from None
+        arms[name] = Arm(name, spec.weight, kind, backend, spec.options)
+    if not loaded:
         raise BundleError(f"no generator or retriever bundle found in {settings.models_dir}")
-    return backends
+    for name, spec in specs.items():  # fallbacks once every arm is known
+        arm = arms[name]
+        if spec.fallback is not None:
+            target = arms[spec.fallback]
+            fallback = (
+                spec.fallback if target.backend is not None and spec.fallback != name else None
+            )
+        else:
+            fallback = default_fallback(arms, arm.kind, exclude=name)
+        arms[name] = replace(arm, fallback=fallback)
+    return Serving(arms=arms, weights={name: spec.weight for name, spec in specs.items()})

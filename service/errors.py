@@ -97,9 +97,50 @@ class Unauthorized(ServiceError):
     headers = {"WWW-Authenticate": "Bearer"}  # noqa: RUF012 - never mutated
 
 
+class ModelNotFound(ServiceError):
+    """POST /v1/chat/completions named a model that is no arm (OpenAI's 404)."""
+
+    status_code = 404
+    error_type = "model_not_found"
+
+
+# Routes that answer errors as OpenAI does: {"error": {"message", "type", "param", "code"}}, with
+# 400 where this service says 422, so OpenAI SDKs raise their usual exceptions.
+OPENAI_PATHS = frozenset({"/v1/chat/completions"})
+
+
+def openai_error_type(status_code: int) -> str:
+    """OpenAI's error ``type`` for a status code."""
+    if status_code == 401:
+        return "authentication_error"
+    if status_code == 429:
+        return "rate_limit_error"
+    if status_code >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
 def error_response(
-    status_code: int, error_type: str, message: str, headers: dict[str, str] | None = None
+    status_code: int,
+    error_type: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    request: Request | None = None,
+    param: str | None = None,
 ) -> JSONResponse:
+    """The JSON error body: ``{"error": {"type", "message"}}``, or OpenAI's shape on OPENAI_PATHS
+    (``type`` then OpenAI's, and ``code`` this service's type)."""
+    if request is not None and request.url.path in OPENAI_PATHS:
+        status_code = 400 if status_code == 422 else status_code
+        content = {
+            "error": {
+                "message": message,
+                "type": openai_error_type(status_code),
+                "param": param,
+                "code": error_type,
+            }
+        }
+        return JSONResponse(status_code=status_code, content=content, headers=headers)
     return JSONResponse(
         status_code=status_code,
         content={"error": {"type": error_type, "message": message}},
@@ -126,7 +167,7 @@ def install_error_handlers(
         if isinstance(exc, UnsupportedMediaType) and on_invalid is not None:
             on_invalid(request)  # refused before the engine saw it: count it as invalid here
         return error_response(
-            exc.status_code, exc.error_type, str(exc) or exc.error_type, exc.headers
+            exc.status_code, exc.error_type, str(exc) or exc.error_type, exc.headers, request
         )
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -138,9 +179,16 @@ def install_error_handlers(
             where = broken[0].get("loc", ("body", "?"))[-1]
             why = (broken[0].get("ctx") or {}).get("error", "JSON decode error")
             return error_response(
-                400, InvalidJSON.error_type, f"the body is not valid JSON: {why} (at {where})"
+                400,
+                InvalidJSON.error_type,
+                f"the body is not valid JSON: {why} (at {where})",
+                request=request,
             )
-        return error_response(422, "validation_error", _describe_validation(exc))
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return error_response(
+            422, "validation_error", _describe_validation(exc), request=request, param=param
+        )
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -148,16 +196,19 @@ def install_error_handlers(
             if on_invalid is not None:
                 on_invalid(request)
             return error_response(
-                400, InvalidJSON.error_type, "the body is not valid JSON (it must be UTF-8 text)"
+                400,
+                InvalidJSON.error_type,
+                "the body is not valid JSON (it must be UTF-8 text)",
+                request=request,
             )
         # exc.headers carries e.g. Allow on a 405 (RFC 9110 requires it)
         headers = dict(exc.headers) if exc.headers else None
-        return error_response(exc.status_code, "http_error", str(exc.detail), headers)
+        return error_response(exc.status_code, "http_error", str(exc.detail), headers, request)
 
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         # Logged with its traceback here; the client only learns that something broke.
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal server error")
+        return error_response(500, "internal_error", "internal server error", request=request)
 
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import email.message
 import json
 import logging
+import re
 import time
+import uuid
 
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +26,50 @@ BODY_SLACK_BYTES = 16 * 1024  # keys, quotes, commas, session_id and options
 MAX_SESSION_ID_CHARS = 256
 # request.state key: time.monotonic() when the app first saw the request (the deadline's start)
 RECEIVED_AT = "dialogue_received_at"
+# request.state key: the request's id (a well-formed X-Request-ID sent by the client, else new)
+REQUEST_ID = "dialogue_request_id"
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # schemas.REQUEST_ID_PATTERN
+REQUEST_ID_HEADER = b"x-request-id"
+
+
+def request_id(request: Request) -> str:
+    """The id RequestIdMiddleware gave ``request`` (a new one when it did not run)."""
+    value = getattr(request.state, REQUEST_ID, None)
+    return value if isinstance(value, str) else uuid.uuid4().hex
+
+
+class RequestIdMiddleware:
+    """Gives every HTTP request an id and every response an ``X-Request-ID`` header with it.
+
+    A client's own ``X-Request-ID`` is kept when it is 1-64 characters of A-Z a-z 0-9 . _ -
+    (anything else, or none, gets a new uuid4 hex), so a client can follow its request into the
+    exposure log and rate it with POST /feedback."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = None
+        for name, value in scope.get("headers", ()):
+            if name == REQUEST_ID_HEADER:
+                given = value.decode("latin-1")
+                break
+        rid = given if given is not None and _REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})[REQUEST_ID] = rid
+        header = (REQUEST_ID_HEADER, rid.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    h for h in message.get("headers", ()) if h[0].lower() != REQUEST_ID_HEADER
+                ]
+                message = {**message, "headers": [*headers, header]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 def received_at(request: Request) -> float | None:

@@ -3,10 +3,12 @@
 The only module that touches ``prometheus_client``: backends and the request handler report plain
 numbers through :class:`ServiceMetrics`. Labels stay low-cardinality: ``backend``, ``arm``,
 ``outcome``, ``stage`` (and ``model`` on the info gauge; ``reason`` and ``action`` on the safety
-filter's counter).
+filter's counter; ``rating`` on the feedback counter, ``log`` on the dropped-records counter).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -94,6 +96,44 @@ class ServiceMetrics:
             ["backend"],
             registry=r,
         )
+        # --- A/B outcomes (service/feedback.py, service/exposure.py)
+        self.arm_weight = Gauge(
+            "dialogue_arm_weight",
+            "Configured share of sessions of each A/B arm (the weights, normalised).",
+            ["arm"],
+            registry=r,
+        )
+        self.feedback = Counter(
+            "dialogue_feedback",
+            "Rated requests by arm (unmatched: a request id this process did not answer) and "
+            "rating: up ('up', 4-5), down ('down', 1-2), neutral (3); each request id once.",
+            ["arm", "rating"],
+            registry=r,
+        )
+        self.feedback_replaced = Counter(
+            "dialogue_feedback_replaced",
+            "Ratings that replaced an earlier rating of the same request id.",
+            ["arm"],
+            registry=r,
+        )
+        self.approval_rate = Gauge(
+            "dialogue_arm_approval_rate",
+            "up / (up + down) over the arm's last FEEDBACK_WINDOW up/down ratings.",
+            ["arm"],
+            registry=r,
+        )
+        self.sessions_ended = Counter(
+            "dialogue_sessions_ended",
+            "Session-end events by the session's A/B arm.",
+            ["arm"],
+            registry=r,
+        )
+        self.log_dropped = Counter(
+            "dialogue_exposure_log_dropped",
+            "Records the exposure or feedback log dropped because its queue was full.",
+            ["log"],
+            registry=r,
+        )
         self._quality_window = quality_window
         self._quality: dict[str, RollingResponseStats] = {}
 
@@ -119,24 +159,44 @@ class ServiceMetrics:
     def observe_safety_block(self, backend: str, reason: str, action: str) -> None:
         self.safety_blocked.labels(backend=backend, reason=reason, action=action).inc()
 
-    def set_model(self, backend: str, model: str) -> None:
-        """Mark ``model`` as the one ``backend`` serves (replacing any previous one)."""
-        if (backend, model) in self._info_labels():
-            return  # same bundle again (a reload that changed nothing): keep its quality window
-        for labels in list(self._info_labels()):
-            if labels[0] == backend:
-                self.model_info.remove(*labels)
-        self.model_info.labels(backend=backend, model=model).set(1)
-        self._quality[backend] = RollingResponseStats(
-            self._quality_window
-        )  # a new model, a new window
-        self.max_ratio.labels(backend=backend).set(0.0)
-        self.distinct_2.labels(backend=backend).set(0.0)
+    def set_models(self, models: Iterable[tuple[str, str]]) -> None:
+        """Mark the (backend, model) pairs as the ones served, replacing any others. A backend
+        kind whose set of models changed gets a fresh quality window; one whose models stayed
+        (a reload that changed nothing) keeps its window."""
+        wanted = set(models)
+        current = set(self._info_labels())
+        for labels in current - wanted:
+            self.model_info.remove(*labels)
+        for backend, model in wanted - current:
+            self.model_info.labels(backend=backend, model=model).set(1)
+        for backend in {b for b, _ in wanted} | {b for b, _ in current}:
+            before = {m for b, m in current if b == backend}
+            after = {m for b, m in wanted if b == backend}
+            if before != after:  # a new model, a new window
+                self._quality[backend] = RollingResponseStats(self._quality_window)
+                self.max_ratio.labels(backend=backend).set(0.0)
+                self.distinct_2.labels(backend=backend).set(0.0)
 
-    def clear_model(self, backend: str) -> None:
-        for labels in list(self._info_labels()):
-            if labels[0] == backend:
-                self.model_info.remove(*labels)
+    def set_arm_weights(self, weights: Mapping[str, float]) -> None:
+        """The configured share of every arm (dialogue_arm_weight)."""
+        for arm, weight in weights.items():
+            self.arm_weight.labels(arm=arm).set(weight)
+
+    def observe_feedback(self, arm: str, rating: str, *, replaced: bool) -> None:
+        """A rating (up | down | neutral); a replaced rating is counted in feedback_replaced only."""
+        if replaced:
+            self.feedback_replaced.labels(arm=arm).inc()
+        else:
+            self.feedback.labels(arm=arm, rating=rating).inc()
+
+    def set_approval_rate(self, arm: str, rate: float) -> None:
+        self.approval_rate.labels(arm=arm).set(rate)
+
+    def observe_session_end(self, arm: str) -> None:
+        self.sessions_ended.labels(arm=arm).inc()
+
+    def observe_log_dropped(self, log: str) -> None:
+        self.log_dropped.labels(log=log).inc()
 
     def observe_response(self, backend: str, text: str) -> None:
         """Add an answer to the backend's rolling window and refresh the quality gauges."""

@@ -16,10 +16,14 @@ from fastapi.security import HTTPBearer
 
 from service.engine import DialogueEngine
 from service.errors import NotReady, Unauthorized
-from service.http import body_limit, received_at, require_json
+from service.http import body_limit, received_at, request_id, require_json
 from service.metrics import ServiceMetrics
+from service.openai_api import build_openai_router
 from service.schemas import (
     ErrorBody,
+    FeedbackRating,
+    FeedbackRequest,
+    FeedbackResponse,
     Health,
     ModelList,
     RespondRequest,
@@ -85,14 +89,18 @@ def build_router(settings: Settings, engine: DialogueEngine, metrics: ServiceMet
         max_turn_chars=settings.max_turn_chars,
         max_candidates=settings.max_candidates,
         request_chars=settings.request_chars_limit,
+        arms=list(settings.arm_specs()),
     )
 
     async def respond(body: RespondRequest, request: Request) -> RespondResponse:
         """Answer a conversation (A/B routed, sticky per session_id) within the request
         deadline. Turns must contain a visible character; a body must be JSON sent with
         Content-Type: application/json. Options of the other backend are accepted and used
-        only if the request falls back to it."""
-        return await engine.respond(body, received=received_at(request))
+        only if the request falls back to it. The reply's request_id (also the X-Request-ID
+        header: a client's own well-formed one is kept) is what POST /feedback rates."""
+        return await engine.respond(
+            body, received=received_at(request), request_id=request_id(request)
+        )
 
     respond.__annotations__["body"] = respond_request  # a class built here, not a name
     router.post(
@@ -102,6 +110,36 @@ def build_router(settings: Settings, engine: DialogueEngine, metrics: ServiceMet
         responses=_error_responses(max_body),
         dependencies=[Depends(require_json)],
     )(respond)
+
+    async def feedback(body: FeedbackRequest) -> FeedbackResponse:
+        """Rate a reply by its request_id ("up" | "down" | 1..5, optional reason; a second
+        rating of the same request replaces the first), or end a session
+        ({"session_id", "event": "end", "turns"?}). A request id this process did not answer is
+        accepted and counted as unmatched ("matched": false)."""
+        if isinstance(body, FeedbackRating):
+            result = engine.rate(body.request_id, body.rating, body.reason)
+            return FeedbackResponse(
+                recorded="rating",
+                request_id=body.request_id,
+                matched=result.matched,
+                replaced=result.replaced,
+            )
+        engine.end_session(body)
+        return FeedbackResponse(recorded="session_end")
+
+    feedback.__annotations__["body"] = FeedbackRequest
+    router.post(
+        "/feedback",
+        response_model=FeedbackResponse,
+        response_model_exclude_none=True,
+        responses={
+            code: {"model": ErrorBody, "description": _ERROR_MEANING[code]}
+            for code in (400, 413, 415, 422)
+        },
+        dependencies=[Depends(require_json)],
+    )(feedback)
+
+    router.include_router(build_openai_router(settings, engine))
 
     @router.get("/healthz", response_model=Health)
     async def healthz() -> Health:
@@ -113,12 +151,13 @@ def build_router(settings: Settings, engine: DialogueEngine, metrics: ServiceMet
         """503 until every bundle is loaded and the backends run."""
         if not engine.ready:
             raise NotReady("the service is still loading its models")
-        return Health(status="ready", backends=list(engine.backends))  # type: ignore[arg-type]
+        return Health(status="ready", backends=engine.serving.kinds())  # type: ignore[arg-type]
 
     @router.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
-        """The bundle each backend serves."""
-        return ModelList(models=engine.models())
+        """Every loaded arm: its weight, fallback arm and bundle; ``data`` lists the same as
+        OpenAI clients read it (the ``model`` of POST /v1/chat/completions)."""
+        return ModelList(models=engine.models(), data=engine.openai_models())
 
     if settings.admin_token is not None:
         token = settings.admin_token.get_secret_value()
@@ -140,7 +179,7 @@ def build_router(settings: Settings, engine: DialogueEngine, metrics: ServiceMet
         async def admin_reload(request: Request) -> ModelList:
             """Load and verify the bundles again and swap them in; a bad bundle keeps the old."""
             _check_bearer(request, token)
-            return ModelList(models=await engine.reload())
+            return ModelList(models=await engine.reload(), data=engine.openai_models())
 
     @router.get("/", include_in_schema=False)
     async def chat_page() -> FileResponse:

@@ -11,10 +11,17 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import re
 from collections.abc import Mapping
 
 BACKENDS = ("generative", "retrieval")
-OVERRIDE_ARM = "override"  # the arm label of requests that named their backend (not in the test)
+OVERRIDE_ARM = (
+    "override"  # the arm label of requests that named their backend or arm (not in the test)
+)
+UNMATCHED_ARM = "unmatched"  # the arm label of feedback on a request id this process never answered
+# Labels the metrics use for something other than an arm: no arm may be called that.
+RESERVED_ARM_LABELS = frozenset({OVERRIDE_ARM, UNMATCHED_ARM, "none", "auto"})
+ARM_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 _HASH_SCALE = float(1 << 64)
 
@@ -50,6 +57,12 @@ def validate_weights(weights: Mapping[str, float]) -> dict[str, float]:
     if total <= 0:
         raise ValueError("A/B weights must not all be zero")
     return {name: weights[name] / total for name in BACKENDS if name in weights}
+
+
+def session_hash(salt: str, session_id: str) -> str:
+    """What the logs write instead of a session id: 32 hex digits of sha256(salt NUL "log" NUL
+    session_id); never the arm-assignment hash itself (that one is derived from AB_SALT alone)."""
+    return hashlib.sha256(f"{salt}\x00log\x00{session_id}".encode()).hexdigest()[:32]
 
 
 def session_point(salt: str, session_id: str) -> float:

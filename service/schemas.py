@@ -5,7 +5,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    create_model,
+)
 
 BackendName = Literal["generative", "retrieval"]
 
@@ -212,7 +221,16 @@ class RespondRequest(_Strict):
         ]
         | None
     ) = Field(default=None, description="keeps a conversation on one A/B arm")
-    backend: BackendName | None = Field(default=None, description="override the A/B arm")
+    backend: BackendName | None = Field(
+        default=None, description="override the A/B arm: this backend kind answers"
+    )
+    arm: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="override the A/B arm: this arm (GET /v1/models lists them) answers; "
+        "not with backend",
+    )
     options: ResponseOptions | None = None
 
 
@@ -230,6 +248,7 @@ class RespondResponse(_Strict):
             "examples": [
                 {
                     "response": "i am fine , thanks .",
+                    "request_id": "5f0c6d2e8b9a4f1d9c3e7a2b1d0e4f6a",
                     "backend": "retrieval",
                     "arm": "retrieval",
                     "model": "retriever-g2r-dm@1a2b3c4d",
@@ -241,10 +260,16 @@ class RespondResponse(_Strict):
     )
 
     response: str
+    request_id: str = Field(
+        description="this request's id (also the X-Request-ID header); POST /feedback rates it"
+    )
     backend: BackendName = Field(
         description="the backend that answered (differs from arm on fallback)"
     )
-    arm: str = Field(description="the A/B arm: generative, retrieval, or override")
+    arm: str = Field(
+        description="the A/B arm (an arm name), or override when the request named a backend "
+        "or an arm"
+    )
     model: str = Field(description="bundle name@hash")
     latency_ms: float
     candidates: list[Candidate] | None = None
@@ -276,6 +301,11 @@ class ErrorBody(_Strict):
 
 
 class ModelInfo(_Strict):
+    """One arm and the bundle it serves."""
+
+    arm: str = Field(description="the arm's name")
+    weight: float = Field(description="the arm's configured share of sessions")
+    fallback: str | None = Field(default=None, description="the arm that answers when it cannot")
     backend: BackendName
     model: str = Field(description="bundle name@hash")
     name: str = Field(description="the bundle's name (its manifest)")
@@ -285,8 +315,93 @@ class ModelInfo(_Strict):
     method: str | None = None
 
 
+class OpenAIModel(_Strict):
+    """An entry of the OpenAI-style model list (``model`` of POST /v1/chat/completions)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "dialogue-service"
+
+
 class ModelList(_Strict):
+    """The arms and their bundles; ``object`` and ``data`` are the same list as OpenAI clients
+    read it (``auto`` = the A/B test, then one entry per arm)."""
+
     models: list[ModelInfo]
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel] = Field(default_factory=list)
+
+
+# --- POST /feedback ------------------------------------------------------------------------------
+
+REQUEST_ID_PATTERN = "^[A-Za-z0-9._-]{1,64}$"
+"""A request id: 1-64 characters of A-Z a-z 0-9 . _ - (a client's X-Request-ID must match)."""
+MAX_FEEDBACK_REASON_CHARS = 500
+
+
+def _rating(value: Any) -> Any:
+    """ "up", "down" or a JSON integer 1..5 (5.0 counts as 5), with one clear message otherwise."""
+    if value in ("up", "down"):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 5:
+        return value
+    raise ValueError('must be "up", "down" or an integer from 1 to 5')
+
+
+RatingValue = Annotated[
+    Literal["up", "down"] | Annotated[int, Field(ge=1, le=5)], BeforeValidator(_rating)
+]
+
+
+class FeedbackRating(_Strict):
+    """A rating of one reply: its request id (the response's ``request_id``), thumbs up or down
+    or 1..5 stars (1-2 down, 3 neutral, 4-5 up), and an optional reason. Rating the same
+    request again replaces the earlier rating."""
+
+    request_id: str = Field(pattern=REQUEST_ID_PATTERN, description="the rated reply's request_id")
+    rating: RatingValue = Field(description='"up", "down" or 1..5')
+    reason: (
+        Annotated[
+            str,
+            Field(max_length=MAX_FEEDBACK_REASON_CHARS),
+            BeforeValidator(_no_lone_surrogates_before),
+        ]
+        | None
+    ) = Field(default=None, description="why (free text, kept in the feedback log)")
+
+
+class SessionEnd(_Strict):
+    """The end of a conversation: its session_id and, optionally, how many turns it had."""
+
+    session_id: Annotated[
+        str, Field(min_length=1, max_length=256), BeforeValidator(_no_lone_surrogates_before)
+    ]
+    event: Literal["end"]
+    turns: JsonInt = Field(default=None, ge=0, le=100_000, description="turns in the session")
+
+
+def _feedback_kind(value: Any) -> str:
+    return "session_end" if isinstance(value, dict) and "event" in value else "rating"
+
+
+FeedbackRequest = Annotated[
+    Annotated[FeedbackRating, Tag("rating")] | Annotated[SessionEnd, Tag("session_end")],
+    Discriminator(_feedback_kind),
+]
+"""A rating, or (with ``event``) a session end; validation errors name which one was read."""
+
+
+class FeedbackResponse(_Strict):
+    """What was recorded: a rating (``matched``: the request id was answered by this process;
+    ``replaced``: it replaced an earlier rating) or a session end."""
+
+    recorded: Literal["rating", "session_end"]
+    request_id: str | None = None
+    matched: bool | None = None
+    replaced: bool | None = None
 
 
 class Health(_Strict):
@@ -295,7 +410,12 @@ class Health(_Strict):
 
 
 def request_model(
-    *, max_turns: int, max_turn_chars: int, max_candidates: int, request_chars: int
+    *,
+    max_turns: int,
+    max_turn_chars: int,
+    max_candidates: int,
+    request_chars: int,
+    arms: list[str] | None = None,
 ) -> type[RespondRequest]:
     """``RespondRequest`` with this service's limits in it, so that its OpenAPI schema states
     every limit the service enforces and validation refuses what the schema refuses (422)."""
@@ -320,10 +440,20 @@ def request_model(
     )
     turns: Any = list[_turn(max_turn_chars)]  # type: ignore[misc]
     options_field: Any = options | None
+    arm_fields: dict[str, Any] = {}
+    if arms:
+        arm_field: Any = Literal[tuple(arms)] | None
+        arm_fields["arm"] = (
+            arm_field,
+            Field(
+                default=None, description="override the A/B arm: this arm answers; not with backend"
+            ),
+        )
     return create_model(
         "RespondRequest",
         __base__=RespondRequest,
         __doc__=RespondRequest.__doc__,
+        **arm_fields,
         context=(
             turns,
             Field(

@@ -2,15 +2,54 @@
 
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.routing import parse_weights, validate_weights
+from service.routing import (
+    ARM_NAME_PATTERN,
+    BACKENDS,
+    RESERVED_ARM_LABELS,
+    parse_weights,
+    validate_weights,
+)
+from service.schemas import ResponseOptions
 
 MIN_ADMIN_TOKEN_CHARS = 16
+_SETTINGS_ARMS_REPLACE = ("ab_weights", "generative_bundle", "retrieval_bundle")
+
+
+class ArmConfig(BaseModel):
+    """One arm of DIALOGUE_ARMS: a variant of the service (a bundle, optional option defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The bundle the arm serves, chosen as GENERATIVE_BUNDLE/RETRIEVAL_BUNDLE are: a name,
+    # "<prefix>*", or (with "backend") "auto", "any" or "off".
+    bundle: str = Field(min_length=1)
+    weight: float = Field(ge=0, allow_inf_nan=False)  # share of sessions (normalised over arms)
+    # The backend kind; read from the bundle's manifest when omitted (required for auto/any/off)
+    backend: Literal["generative", "retrieval"] | None = None
+    options: ResponseOptions | None = None  # defaults a request's own options override
+    fallback: str | None = None  # the arm that answers when this one cannot
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """An arm as the settings define it (service/bundles.py loads it)."""
+
+    name: str
+    bundle: str
+    weight: float  # normalised: the arms' weights sum to 1
+    backend: str | None  # the backend kind, when the settings name it
+    options: ResponseOptions | None
+    fallback: str | None  # the configured fallback arm (per arm, else FALLBACK_ARM)
+    source: str  # the setting that defines it, for error messages
 
 
 class Settings(BaseSettings):
@@ -50,6 +89,29 @@ class Settings(BaseSettings):
     )
     ab_salt: str = "dialogue-ab-1"  # change it to reshuffle conversations between arms
     fallback: bool = True  # on|off: answer from the other backend when the chosen one fails
+    # Named variants as arms (JSON object, or a file holding one): replaces AB_WEIGHTS,
+    # GENERATIVE_BUNDLE and RETRIEVAL_BUNDLE (setting both is a start-up error), e.g.
+    # {"nd": {"bundle": "generator-nd", "weight": 0.1, "options": {"strategy": "beam"}},
+    #  "g2r": {"bundle": "retriever-g2r", "weight": 0.9, "fallback": "nd"}}
+    arms: Annotated[dict[str, ArmConfig] | None, NoDecode] = None
+    arms_file: Path | None = None
+    # The arm that answers when an arm fails (per-arm "fallback" wins); unset = the busiest arm
+    # of the other backend kind (the old "other backend")
+    fallback_arm: str | None = None
+
+    # --- exposure and feedback logs (service/exposure.py); off while EXPOSURE_LOG_DIR is unset
+    exposure_log_dir: Path | None = None
+    exposure_log_text: bool = False  # also write the context and the reply (raw text)
+    exposure_log_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)  # rotate beyond
+    exposure_log_backups: int = Field(default=20, ge=1)  # rotated files kept per process
+    exposure_log_queue: int = Field(default=10_000, ge=1)  # records waiting; beyond: dropped
+    # unset = <EXPOSURE_LOG_DIR>/feedback (off when both are unset)
+    feedback_log_dir: Path | None = None
+    feedback_window: int = Field(default=500, ge=1)  # ratings per arm in the approval gauge
+    feedback_memory: int = Field(default=100_000, ge=1)  # recent request ids feedback can match
+    # Salt of the session-id hash in the logs; unset = AB_SALT. Share it across replicas (the
+    # report joins sessions by hash) and keep it secret (a guessable id is otherwise re-hashed).
+    log_salt: SecretStr | None = None
 
     # --- admin endpoints: off when unset; when set, at least MIN_ADMIN_TOKEN_CHARS characters
     # (an empty or short token would let a trivial credential reload the models)
@@ -159,3 +221,108 @@ class Settings(BaseSettings):
     @classmethod
     def _check_ab_weights(cls, value: dict[str, float]) -> dict[str, float]:
         return validate_weights(value)
+
+    @field_validator("arms", mode="before")
+    @classmethod
+    def _parse_arms(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"DIALOGUE_ARMS is not valid JSON: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_arms(self) -> Settings:
+        if self.arms_file is not None:
+            if self.arms is not None:
+                raise ValueError("set DIALOGUE_ARMS or DIALOGUE_ARMS_FILE, not both")
+            try:
+                data = json.loads(Path(self.arms_file).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ValueError(
+                    f"DIALOGUE_ARMS_FILE {self.arms_file} cannot be read: {exc}"
+                ) from None
+            if not isinstance(data, dict):
+                raise ValueError(f"DIALOGUE_ARMS_FILE {self.arms_file} is not a JSON object")
+            self.arms = {name: ArmConfig.model_validate(arm) for name, arm in data.items()}
+        if self.arms is None:
+            if self.fallback_arm is not None and self.fallback_arm not in BACKENDS:
+                raise ValueError(
+                    f"DIALOGUE_FALLBACK_ARM {self.fallback_arm!r} is no arm; arms are "
+                    f"{list(BACKENDS)}"
+                )
+            return self
+        both = sorted(f for f in _SETTINGS_ARMS_REPLACE if f in self.model_fields_set)
+        if both:
+            old = ", ".join(f"DIALOGUE_{f.upper()}" for f in both)
+            raise ValueError(
+                f"DIALOGUE_ARMS replaces {old}: unset {old} and give every arm its bundle and "
+                "weight in DIALOGUE_ARMS, e.g. "
+                '{"generative": {"bundle": "auto", "backend": "generative", "weight": 0.2}, '
+                '"retrieval": {"bundle": "auto", "backend": "retrieval", "weight": 0.8}}'
+            )
+        if not self.arms:
+            raise ValueError("DIALOGUE_ARMS has no arm")
+        for name, arm in self.arms.items():
+            if not ARM_NAME_PATTERN.fullmatch(name) or name in RESERVED_ARM_LABELS:
+                raise ValueError(
+                    f"arm name {name!r}: use 1-64 characters of A-Z a-z 0-9 . _ - "
+                    f"(not {', '.join(sorted(RESERVED_ARM_LABELS))})"
+                )
+            wanted = arm.bundle.strip()
+            if arm.backend is None and wanted in ("auto", "any", "off"):
+                raise ValueError(
+                    f'arm {name!r}: bundle {wanted!r} needs "backend": "generative" or "retrieval"'
+                )
+            if arm.fallback is not None and arm.fallback not in self.arms:
+                raise ValueError(f"arm {name!r}: fallback {arm.fallback!r} is no arm")
+        if self.fallback_arm is not None and self.fallback_arm not in self.arms:
+            raise ValueError(
+                f"DIALOGUE_FALLBACK_ARM {self.fallback_arm!r} is no arm; arms are "
+                f"{sorted(self.arms)}"
+            )
+        if sum(arm.weight for arm in self.arms.values()) <= 0:
+            raise ValueError("DIALOGUE_ARMS: the weights must not all be zero")
+        return self
+
+    def arm_specs(self) -> dict[str, ArmSpec]:
+        """Every arm by name: DIALOGUE_ARMS, or the two arms of AB_WEIGHTS, GENERATIVE_BUNDLE and
+        RETRIEVAL_BUNDLE (named generative and retrieval; both exist, weight 0 when unlisted)."""
+        if self.arms is None:
+            bundles = {"generative": self.generative_bundle, "retrieval": self.retrieval_bundle}
+            return {
+                kind: ArmSpec(
+                    name=kind,
+                    bundle=bundles[kind],
+                    weight=self.ab_weights.get(kind, 0.0),
+                    backend=kind,
+                    options=None,
+                    fallback=self.fallback_arm if self.fallback_arm != kind else None,
+                    source=f"{kind.upper()}_BUNDLE",
+                )
+                for kind in BACKENDS
+            }
+        total = math.fsum(arm.weight for arm in self.arms.values())
+        return {
+            name: ArmSpec(
+                name=name,
+                bundle=arm.bundle.strip(),
+                weight=arm.weight / total,
+                backend=arm.backend,
+                options=arm.options,
+                fallback=arm.fallback or (self.fallback_arm if self.fallback_arm != name else None),
+                source=f'DIALOGUE_ARMS["{name}"].bundle',
+            )
+            for name, arm in self.arms.items()
+        }
+
+    @property
+    def arm_weights(self) -> dict[str, float]:
+        """The normalised weight of every arm (0 for an arm only reached by name or fallback)."""
+        return {name: spec.weight for name, spec in self.arm_specs().items()}
+
+    @property
+    def session_salt(self) -> str:
+        """The salt of the session-id hash written to the logs (LOG_SALT, else AB_SALT)."""
+        return self.log_salt.get_secret_value() if self.log_salt is not None else self.ab_salt

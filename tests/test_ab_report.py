@@ -119,6 +119,7 @@ def test_join_dedups_ratings_counts_unmatched_and_uses_session_end_turns(tmp_pat
         "unmatched": 1,
         "replaced": 1,
         "invalid": 1,
+        "not_randomised": 0,
     }
     nd, std = result["arms"]["nd"], result["arms"]["standard"]
     assert (nd["requests"], nd["sessions"], nd["ratings"], nd["approvals"]) == (2, 1, 1, 1)

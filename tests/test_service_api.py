@@ -41,7 +41,16 @@ def test_respond_retrieval_returns_reply_candidates_arm_and_model(client: TestCl
     )
     assert resp.status_code == 200
     body = resp.json()
-    assert set(body) == {"response", "backend", "arm", "model", "latency_ms", "candidates"}
+    assert set(body) == {
+        "response",
+        "request_id",
+        "backend",
+        "arm",
+        "model",
+        "latency_ms",
+        "candidates",
+    }
+    assert body["request_id"] == resp.headers["x-request-id"]
     assert body["backend"] == "retrieval" and body["arm"] == "override"
     assert body["model"] == _model_ids(client)["retrieval"]
     assert body["model"].startswith("retriever-g2r@")
@@ -64,7 +73,7 @@ def test_respond_generative_returns_reply_without_candidates(client: TestClient)
     )
     assert resp.status_code == 200
     body = resp.json()
-    assert set(body) == {"response", "backend", "arm", "model", "latency_ms"}
+    assert set(body) == {"response", "request_id", "backend", "arm", "model", "latency_ms"}
     assert body["backend"] == "generative" and body["arm"] == "override"
     assert body["model"] == _model_ids(client)["generative"]
     assert isinstance(body["response"], str)

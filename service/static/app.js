@@ -1,12 +1,17 @@
 // Chat page of the dialogue service: keeps the conversation in the page and sends it, oldest turn
 // first, to POST /respond with a session id (the A/B arm is sticky per session). Each reply shows
-// the backend that answered, its A/B arm, the model, and the server and round-trip latency.
+// the backend that answered, its A/B arm, the model, and the server and round-trip latency, and
+// thumbs up/down buttons that rate it (POST /feedback with its request_id; rating it again
+// replaces the rating). A new conversation, or leaving the page, ends the session (POST /feedback
+// {"session_id", "event": "end", "turns"}).
 "use strict";
 
 // The service refuses more than DIALOGUE_MAX_TURNS turns (default 16): send only the latest ones.
 const MAX_CONTEXT_TURNS = 8;
 
-const state = { sessionId: newSessionId(), turns: [] };
+// replies: answered requests in this session (the "turns" its end event reports, counted as the
+// exposure log counts them)
+const state = { sessionId: newSessionId(), turns: [], replies: 0 };
 
 // crypto.randomUUID needs a secure context; getRandomValues works over plain http too.
 function newSessionId() {
@@ -45,6 +50,63 @@ function replyMeta(body, roundTripMs) {
   return meta;
 }
 
+// Thumbs up/down under a reply: buttons (keyboard reachable), aria-pressed on the chosen one, and
+// a status line that says whether the rating was recorded.
+function feedbackControls(requestId) {
+  const box = el("div", "feedback");
+  box.setAttribute("role", "group");
+  box.setAttribute("aria-label", "Rate this reply");
+  const status = el("span", "feedback-status");
+  status.setAttribute("role", "status");
+  const buttons = [
+    ["up", "\u{1F44D}", "Good reply"],
+    ["down", "\u{1F44E}", "Bad reply"],
+  ].map(([rating, symbol, label]) => {
+    const button = el("button", "rate rate-" + rating, symbol);
+    button.type = "button";
+    button.dataset.rating = rating;
+    button.title = label;
+    button.setAttribute("aria-label", label);
+    button.setAttribute("aria-pressed", "false");
+    button.addEventListener("click", () => rate(requestId, rating, buttons, status));
+    return button;
+  });
+  box.append(...buttons, status);
+  return box;
+}
+
+async function rate(requestId, rating, buttons, status) {
+  status.textContent = "sending…";
+  let response;
+  try {
+    response = await fetch("/feedback", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ request_id: requestId, rating: rating }),
+    });
+  } catch (err) {
+    status.textContent = `not recorded: ${err.message}`;
+    return;
+  }
+  if (!response.ok) {
+    status.textContent = `not recorded (${response.status})`;
+    return;
+  }
+  for (const button of buttons) {
+    button.setAttribute("aria-pressed", String(button.dataset.rating === rating));
+  }
+  status.textContent = rating === "up" ? "thanks: rated good" : "thanks: rated bad";
+}
+
+// The session's end, with its number of answered turns, so the A/B report can compare how long
+// conversations last. sendBeacon survives the page being closed.
+function endSession() {
+  if (!state.replies) return;
+  const body = JSON.stringify({ session_id: state.sessionId, event: "end", turns: state.replies });
+  state.replies = 0;
+  navigator.sendBeacon("/feedback", new Blob([body], { type: "application/json" }));
+}
+
 async function send(text) {
   state.turns.push(text);
   addMessage("user", text);
@@ -76,15 +138,19 @@ async function send(text) {
     addMessage("error", `${response.status} ${error.type}: ${error.message}`);
     return;
   }
+  state.replies += 1;
   // The service refuses empty turns: an empty reply is shown but left out of the context.
   if (body.response.trim()) state.turns.push(body.response);
   const item = addMessage("bot", body.response || "(empty reply)", replyMeta(body, roundTripMs));
   if (!body.response.trim()) item.classList.add("empty");
+  item.append(feedbackControls(body.request_id));
 }
 
 function startSession() {
+  endSession();
   state.sessionId = newSessionId();
   state.turns = [];
+  state.replies = 0;
   document.getElementById("conversation").replaceChildren();
   document.getElementById("session-id").textContent = state.sessionId;
 }
@@ -92,6 +158,7 @@ function startSession() {
 document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("session-id").textContent = state.sessionId;
   document.getElementById("new-session").addEventListener("click", startSession);
+  window.addEventListener("pagehide", endSession);
   const form = document.getElementById("composer");
   const input = document.getElementById("message");
   const button = document.getElementById("send");
