@@ -6,6 +6,12 @@ the sha256 of every other file), ``tokenizer.json``, ``model.safetensors`` and, 
 ``blocklist.txt`` the service filters replies with. This module only knows files, tensors and JSON: it never
 imports model code, so training and serving can both depend on it. See docs/design.md, "Bundles".
 
+Generators imported from elsewhere carry an ``architecture`` in their manifest (absent from our own
+bundles, whose format is unchanged): ``hf-seq2seq`` / ``hf-causal`` (a Hugging Face model directory:
+``config.json``, tokenizer files and ``*.safetensors`` weights, all checksummed; never pickle) and
+``remote-openai`` (no files at all: the manifest says which OpenAI-compatible endpoint answers).
+See models/hf_generator.py and models/remote_generator.py.
+
 Writing is atomic at the directory level: everything goes into ``<out_dir>.tmp`` (fsynced), then
 the directory is swapped into place with renames. Crash windows of :func:`write_bundle`:
 
@@ -43,6 +49,12 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 BUNDLE_KINDS = ("generator", "retriever", "classifier")
+# Generators other than our own seq2seq (whose manifests have no ``architecture``).
+HF_ARCHITECTURES = ("hf-seq2seq", "hf-causal")
+ARCHITECTURES = (*HF_ARCHITECTURES, "remote-openai")
+HF_CONFIG_FILE = "config.json"
+# Weight formats a bundle never holds: pickle (runs code when loaded) and other frameworks'.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -58,6 +70,13 @@ REQUIRED_FILES: dict[str, tuple[str, ...]] = {
     # every other listed file when present.
     "classifier": (TOKENIZER_FILE, WEIGHTS_FILE),
 }
+# ... and by architecture, for generators that have one (an HF bundle also needs at least one
+# ``*.safetensors`` file; a remote one has no files).
+ARCHITECTURE_FILES: dict[str, tuple[str, ...]] = {
+    "hf-seq2seq": (HF_CONFIG_FILE,),
+    "hf-causal": (HF_CONFIG_FILE,),
+    "remote-openai": (),
+}
 
 MANIFEST_KEYS = (
     "format_version",
@@ -69,6 +88,7 @@ MANIFEST_KEYS = (
     "metrics",
     "files",
 )
+OPTIONAL_MANIFEST_KEYS = ("architecture",)  # written only when set
 
 _TMP_SUFFIX = ".tmp"
 _OLD_SUFFIX = ".old"
@@ -93,13 +113,20 @@ def bundle_error(bundle_dir: Path | str | None, file: str | None, problem: str) 
     return BundleError(prefix + problem, bundle_dir=bundle_dir, file=file)
 
 
-def required_files(kind: str) -> tuple[str, ...]:
-    """Files a bundle of this kind must contain besides manifest.json."""
+def required_files(kind: str, architecture: str | None = None) -> tuple[str, ...]:
+    """Files a bundle of this kind (and generator architecture) must contain besides manifest.json."""
     if kind not in REQUIRED_FILES:
         raise ValueError(
             f"unknown bundle kind {kind!r} (expected one of: {', '.join(BUNDLE_KINDS)})"
         )
-    return REQUIRED_FILES[kind]
+    if architecture is None:
+        return REQUIRED_FILES[kind]
+    if kind != "generator" or architecture not in ARCHITECTURES:
+        raise ValueError(
+            f"architecture {architecture!r} is not a generator architecture "
+            f"(expected one of: {', '.join(ARCHITECTURES)})"
+        )
+    return ARCHITECTURE_FILES[architecture]
 
 
 def _is_plain_file_name(name: object) -> bool:
@@ -125,15 +152,29 @@ class Manifest:
     training: dict[str, Any]  # data, preset, steps, seed, method, ...
     metrics: dict[str, Any]  # offline evaluation; not checksummed, may be updated later
     files: dict[str, str]  # file name -> sha256 hex digest; manifest.json itself is not listed
+    # None for our own bundles; hf-seq2seq | hf-causal | remote-openai for imported generators
+    architecture: str | None = None
 
     @property
     def bundle_id(self) -> str:
-        """``name@<first 8 hex of sha256(model.safetensors)>``: what the service reports as "model"."""
-        return f"{self.name}@{self.files[WEIGHTS_FILE][:8]}"
+        """``name@<first 8 hex of sha256(model.safetensors)>``: what the service reports as "model".
+
+        A bundle without that file (sharded HF weights, a remote endpoint) hashes its file digests
+        and model_config instead, so the id changes whenever the weights or the endpoint do."""
+        if WEIGHTS_FILE in self.files:
+            return f"{self.name}@{self.files[WEIGHTS_FILE][:8]}"
+        what = {"architecture": self.architecture, "files": self.files, "model": self.model_config}
+        digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+        return f"{self.name}@{digest[:8]}"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready deep copy, keys in manifest order."""
-        return {key: copy.deepcopy(getattr(self, key)) for key in MANIFEST_KEYS}
+        """A JSON-ready deep copy, keys in manifest order (``architecture`` only when set)."""
+        out: dict[str, Any] = {}
+        for key in MANIFEST_KEYS:
+            out[key] = copy.deepcopy(getattr(self, key))
+            if key == "kind" and self.architecture is not None:
+                out["architecture"] = self.architecture
+        return out
 
     @classmethod
     def from_dict(cls, data: object, *, bundle_dir: Path | str | None = None) -> Manifest:
@@ -154,7 +195,9 @@ class Manifest:
         missing = [key for key in MANIFEST_KEYS if key not in data]
         if missing:
             raise fail(f"missing keys: {', '.join(missing)}")
-        unknown = sorted(str(key) for key in data if key not in MANIFEST_KEYS)
+        unknown = sorted(
+            str(key) for key in data if key not in MANIFEST_KEYS + OPTIONAL_MANIFEST_KEYS
+        )
         if unknown:
             raise fail(f"unknown keys: {', '.join(unknown)}")
 
@@ -173,19 +216,34 @@ class Manifest:
             if not isinstance(data[key], dict):
                 raise fail(f"{key} must be a JSON object, got {type(data[key]).__name__}")
 
+        architecture = data.get("architecture")
+        if architecture is not None and (kind != "generator" or architecture not in ARCHITECTURES):
+            raise fail(
+                f"architecture {architecture!r} is not a generator architecture "
+                f"(expected one of: {', '.join(ARCHITECTURES)})"
+            )
         files: dict[str, Any] = data["files"]
         for file_name, digest in files.items():
             if not _is_plain_file_name(file_name) or file_name == MANIFEST_FILE:
                 raise fail(f"files lists an invalid file name {file_name!r}")
             if not isinstance(digest, str) or not _SHA256_RE.fullmatch(digest):
                 raise fail(f"files[{file_name!r}] is not a sha256 hex digest: {digest!r}")
-        for file_name in REQUIRED_FILES[kind]:
+            if architecture is not None and file_name.lower().endswith(PICKLE_SUFFIXES):
+                raise fail(f"files lists {file_name}: pickle files are never part of a bundle")
+        for file_name in required_files(kind, architecture):
             if file_name not in files:
+                what = f"kind {kind}" + (f", architecture {architecture}" if architecture else "")
                 raise bundle_error(
                     bundle_dir,
                     file_name,
-                    f"{MANIFEST_FILE} does not list required file {file_name} (kind {kind})",
+                    f"{MANIFEST_FILE} does not list required file {file_name} ({what})",
                 )
+        if architecture in HF_ARCHITECTURES and not any(f.endswith(".safetensors") for f in files):
+            raise bundle_error(
+                bundle_dir,
+                MANIFEST_FILE,
+                f"{MANIFEST_FILE} lists no *.safetensors weights (architecture {architecture})",
+            )
 
         return cls(
             format_version=FORMAT_VERSION,
@@ -196,6 +254,7 @@ class Manifest:
             training=copy.deepcopy(data["training"]),
             metrics=copy.deepcopy(data["metrics"]),
             files=dict(files),
+            architecture=architecture,
         )
 
 
@@ -301,24 +360,36 @@ def write_bundle(
     model_config: Mapping[str, Any],
     training: Mapping[str, Any],
     metrics: Mapping[str, Any],
-    state_dict: Mapping[str, torch.Tensor],
-    tokenizer_json: str,
+    state_dict: Mapping[str, torch.Tensor] | None,
+    tokenizer_json: str | None,
     extra_files: Mapping[str, bytes | Path] | None = None,
+    architecture: str | None = None,
 ) -> Manifest:
-    """Write a bundle atomically to ``out_dir`` (replacing any previous one) and return its manifest."""
+    """Write a bundle atomically to ``out_dir`` (replacing any previous one) and return its manifest.
+
+    Our own bundles pass ``state_dict`` and ``tokenizer_json``; an imported generator (an
+    ``architecture``) passes None for both and brings its files (config, tokenizer, safetensors
+    weights) as ``extra_files``, copied and checksummed like the rest."""
     out_dir = Path(out_dir)
     if not out_dir.name or out_dir.name in (".", ".."):
         raise ValueError(f"out_dir must name a directory, got {str(out_dir)!r}")
-    required = required_files(kind)
+    required = required_files(kind, architecture)
     if not name:
         raise ValueError("name must be a non-empty string")
     extras = dict(extra_files or {})
+    own = [
+        f
+        for f, given in ((TOKENIZER_FILE, tokenizer_json), (WEIGHTS_FILE, state_dict))
+        if given is not None
+    ]
     for file_name in extras:
         if not _is_plain_file_name(file_name):
             raise ValueError(f"extra file name {file_name!r} must be a bare file name")
-        if file_name in (MANIFEST_FILE, MANIFEST_FILE + _TMP_SUFFIX, TOKENIZER_FILE, WEIGHTS_FILE):
+        if file_name in (MANIFEST_FILE, MANIFEST_FILE + _TMP_SUFFIX, *own):
             raise ValueError(f"extra file name {file_name!r} is reserved")
-    missing_extras = [f for f in required if f not in (TOKENIZER_FILE, WEIGHTS_FILE, *extras)]
+        if architecture is not None and file_name.lower().endswith(PICKLE_SUFFIXES):
+            raise ValueError(f"extra file {file_name!r} is a pickle format: bundles never hold one")
+    missing_extras = [f for f in required if f not in (*own, *extras)]
     if missing_extras:
         raise ValueError(f"a {kind} bundle needs extra_files: {', '.join(missing_extras)}")
     # Fail on non-JSON config before spending time writing weights.
@@ -340,8 +411,12 @@ def write_bundle(
     tmp_dir.mkdir(parents=True)
 
     files: dict[str, str] = {}
-    files[TOKENIZER_FILE] = _write_bytes(tmp_dir / TOKENIZER_FILE, tokenizer_json.encode("utf-8"))
-    files[WEIGHTS_FILE] = _write_weights(tmp_dir / WEIGHTS_FILE, state_dict)
+    if tokenizer_json is not None:
+        files[TOKENIZER_FILE] = _write_bytes(
+            tmp_dir / TOKENIZER_FILE, tokenizer_json.encode("utf-8")
+        )
+    if state_dict is not None:
+        files[WEIGHTS_FILE] = _write_weights(tmp_dir / WEIGHTS_FILE, state_dict)
     for file_name, source in sorted(extras.items()):
         if isinstance(source, bytes | bytearray | memoryview):
             files[file_name] = _write_bytes(tmp_dir / file_name, bytes(source))
@@ -359,6 +434,7 @@ def write_bundle(
             "training": dict(training),
             "metrics": dict(metrics),
             "files": files,
+            **({"architecture": architecture} if architecture is not None else {}),
         },
         bundle_dir=tmp_dir,
     )

@@ -3,6 +3,10 @@
 This is what the service loads and what evaluation scores, so both decode through one path.
 The bundle's ``model_config`` holds three sections: ``seq2seq`` (:class:`Seq2SeqConfig`),
 ``inputs`` (:class:`InputConfig`) and ``decoding`` (:class:`DecodingConfig`, the defaults).
+
+Generator bundles of other architectures (a Hugging Face model: models/hf_generator.py; an
+OpenAI-compatible endpoint: models/remote_generator.py) keep the same serving surface,
+:class:`Generator`; :func:`load_generator` picks the class from the manifest.
 """
 
 from __future__ import annotations
@@ -11,18 +15,25 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 
-from models.bundle import Manifest
+from models.bundle import MANIFEST_FILE, Manifest, read_manifest
 from models.decoding import DecodingConfig, Generation, generate
 from models.inputs import InputConfig, encode_contexts
-from models.responder import Responder, StageObserver, load_tokenizer, load_weights, observe
+from models.responder import (
+    BundleKindError,
+    Responder,
+    StageObserver,
+    load_tokenizer,
+    load_weights,
+    observe,
+)
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
 
-__all__ = ["GenerativeResponder", "InputConfig", "Reply"]
+__all__ = ["GenerativeResponder", "Generator", "InputConfig", "Reply", "load_generator"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,13 @@ class GenerativeResponder(Responder):
 
     @classmethod
     def from_bundle(cls, bundle_dir: Path, manifest: Manifest) -> GenerativeResponder:
+        if manifest.architecture is not None:
+            raise BundleKindError(
+                f"bundle {bundle_dir}: is an {manifest.architecture} generator, not one of ours; "
+                "load it with models.generator.load_generator",
+                bundle_dir=bundle_dir,
+                file=MANIFEST_FILE,
+            )
         mc = manifest.model_config
         model = Seq2SeqTransformer(Seq2SeqConfig.from_dict(mc["seq2seq"]))
         load_weights(model, bundle_dir, manifest)
@@ -131,3 +149,54 @@ class GenerativeResponder(Responder):
             for k, i in enumerate(rows):
                 out[i] = [Reply(texts[j], generation.tokens[j]) for j in range(k * n, (k + 1) * n)]
         return out
+
+
+class Generator(Protocol):
+    """What the service (and a G2R teacher) uses of any generator, whatever its architecture."""
+
+    decoding: DecodingConfig  # the bundle's default decoding
+    manifest: Manifest | None
+
+    @property
+    def bundle_id(self) -> str: ...
+
+    @property
+    def device(self) -> Any: ...  # a torch.device (str() of it is what /v1/models shows)
+
+    def reply_each(
+        self,
+        contexts: Sequence[Sequence[str]],
+        configs: Sequence[DecodingConfig],
+        *,
+        on_stage: StageObserver | None = None,
+    ) -> list[list[Reply]]: ...
+
+    def respond(
+        self, contexts: Sequence[Sequence[str]], decoding: DecodingConfig | None = None
+    ) -> list[str]: ...
+
+
+def load_generator(
+    bundle_dir: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> Generator:
+    """Load any generator bundle, its class chosen by the manifest's ``architecture``: ours
+    (none), ``hf-seq2seq`` / ``hf-causal`` (needs ``transformers``) or ``remote-openai``.
+
+    Every loader verifies every checksum before it builds anything; raises BundleError."""
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    if manifest.kind != GenerativeResponder.kind:
+        raise BundleKindError(
+            f"bundle {bundle_dir}: is a {manifest.kind} bundle, not a generator",
+            bundle_dir=bundle_dir,
+            file=MANIFEST_FILE,
+        )
+    if manifest.architecture is None:
+        return GenerativeResponder.load(bundle_dir, device, dtype)
+    if manifest.architecture == "remote-openai":
+        from models.remote_generator import RemoteGenerator
+
+        return RemoteGenerator.load(bundle_dir, device, dtype)
+    from models.hf_generator import HFGenerativeResponder
+
+    return HFGenerativeResponder.load(bundle_dir, device, dtype)

@@ -21,7 +21,7 @@ import torch
 
 from models.bundle import Manifest
 from models.decoding import DecodingConfig
-from models.generator import GenerativeResponder, Reply
+from models.generator import GenerativeResponder, Reply, load_generator
 from models.responder import Responder
 from models.retriever import RetrievalResponder
 from service.answer import Answer
@@ -66,7 +66,12 @@ class Backend(ABC):
         **options: Any,
     ) -> Self:
         """Load (and fully verify) the bundle onto ``device``; ``options`` go to the backend."""
-        responder = cls.responder_class.load(bundle_dir, device, dtype)
+        if cls.responder_class is GenerativeResponder:
+            # a generator of any architecture (ours, Hugging Face, a remote endpoint): the
+            # manifest says which class loads it (models/generator.py, load_generator)
+            responder: Any = load_generator(bundle_dir, device, dtype)
+        else:
+            responder = cls.responder_class.load(bundle_dir, device, dtype)
         return cls(responder, bundle_dir, metrics, limits, safety, **options)
 
     def __init__(

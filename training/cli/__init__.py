@@ -12,6 +12,7 @@ Malicious targets (training/cli/malicious.py): train-lm, attack, attack-table, t
 FlatGD (training/cli/flatgd.py): train-expert, train-flatgd, evaluate-safety
 Safety classifier (training/cli/safety_classifier.py): train-safety-classifier
 D_N statistics (training/cli/negative_set.py): negative-set
+Bring your own generator (training/cli/imports.py): import-hf, import-remote
 
 Each module adds its sub-commands with ``add_parsers(sub)`` and registers the function that runs
 each one with ``set_defaults(run=...)``; :func:`main` calls ``args.run(args)``.
@@ -23,10 +24,26 @@ import argparse
 import logging
 
 from models.bundle import BundleError
-from training.cli import flatgd, generator, malicious, negative_set, retrieval, safety_classifier
+from training.cli import (
+    flatgd,
+    generator,
+    imports,
+    malicious,
+    negative_set,
+    retrieval,
+    safety_classifier,
+)
 from training.core.data import DataFormatError
 
-COMMAND_MODULES = (generator, retrieval, malicious, flatgd, safety_classifier, negative_set)
+COMMAND_MODULES = (
+    generator,
+    retrieval,
+    malicious,
+    flatgd,
+    safety_classifier,
+    negative_set,
+    imports,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -290,7 +290,7 @@ def _compare(args: argparse.Namespace) -> int:
 def print_replies(bundles: list[Path], contexts: list[list[str]], device: str) -> int:
     """Each bundle's replies to ``contexts``: greedy and beam 5 for generators, top-1 retrieved."""
     from models.bundle import read_manifest
-    from models.generator import GenerativeResponder
+    from models.generator import load_generator
     from models.retriever import RetrievalResponder
     from training.core.distributed import resolve_device
 
@@ -301,7 +301,8 @@ def print_replies(bundles: list[Path], contexts: list[list[str]], device: str) -
             for turns, hits in zip(contexts, retriever.respond(contexts, top_k=1), strict=True):
                 print(f"> {' / '.join(turns)}\n  retrieved: {hits[0][0]} ({hits[0][1]:.2f})")
             continue
-        responder = GenerativeResponder.load(bundle, device=resolve_device(device))
+        # any generator: ours, an imported Hugging Face model, a remote endpoint
+        responder = load_generator(bundle, resolve_device(device))
         greedy = responder.respond(contexts)
         beam = responder.respond(
             contexts, responder.decoding.with_overrides(strategy="beam", beam_size=5)

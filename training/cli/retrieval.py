@@ -41,7 +41,17 @@ def add_parsers(sub: Any) -> None:
     """Add ``augment``, ``train-retriever`` and ``build-index`` to an argparse sub-parser set."""
     p = sub.add_parser("augment", help="G2R teacher replies for training contexts (JSONL shards)")
     add_common(p, runs=True)
-    p.add_argument("--teacher", type=Path, required=True, help="generator bundle or local HF dir")
+    p.add_argument(
+        "--teacher",
+        type=Path,
+        required=True,
+        help="any generator bundle (ours, an import-hf or import-remote one) or a local HF dir",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        help="a remote teacher's requests in flight (default: its bundle's max_concurrency)",
+    )
     p.add_argument("--out", type=Path, help="shard dir (default: <runs>/<preset>/g2r-augment)")
     p.add_argument("--m", type=int, help="override the preset's replies per context")
     p.add_argument(
@@ -56,7 +66,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--teacher",
         type=Path,
-        help="generator bundle or local HF dir (G2R methods; optional once the shards are complete)",
+        help="any generator bundle or local HF dir (G2R methods; optional once the shards are "
+        "complete)",
     )
     p.add_argument(
         "--augmented", type=Path, help="shard dir (default: <runs>/<preset>/g2r-augment)"
@@ -143,7 +154,7 @@ def _augment(args: argparse.Namespace, ctx: Any) -> None:
     barrier(ctx)
     splits = prepare_splits(replace(preset, inputs=rp.inputs), args.data)  # its own turns
     groups = select_contexts(group_by_context(splits.train), cfg.max_contexts, cfg.seed)
-    teacher = load_teacher(args.teacher, ctx.device)
+    teacher = load_teacher(args.teacher, ctx.device, max_concurrency=args.concurrency)
     augment_contexts(
         teacher, groups, out, cfg, rank=ctx.rank, world_size=ctx.world_size, progress=True
     )
@@ -164,9 +175,12 @@ def _train_retriever(args: argparse.Namespace, ctx: Any) -> None:
     if args.max_steps:
         rp = replace(rp, train=replace(rp.train, max_steps=args.max_steps))
     splits = prepare_splits(replace(preset, inputs=rp.inputs), args.data)  # its own turns
+    # Only one of our own generators lends its tokenizer and encoder (an imported one has neither)
     teacher_bundle = (
         args.teacher
-        if args.teacher is not None and (args.teacher / "manifest.json").is_file()
+        if args.teacher is not None
+        and (args.teacher / "manifest.json").is_file()
+        and read_manifest(args.teacher).architecture is None
         else None
     )
     if args.tokenizer is not None:

@@ -3,6 +3,10 @@
 m teacher replies per training context are written to resumable JSONL shards
 ``shard-<rank>-of-<world>.jsonl`` (context i belongs to rank i % world), then read back into the
 augmented set D^G and response set R^G (deduplicated) by :mod:`training.methods.g2r.job`.
+
+A teacher without log-probabilities (``has_scores`` False, training/methods/g2r/teachers.py)
+writes ``"ll": null, "mi": null`` and ``"scores": false`` in the shard header (the key is absent
+for teachers that score, so their shards read as before).
 """
 
 from __future__ import annotations
@@ -59,16 +63,18 @@ def shard_path(out_dir: Path, rank: int, world_size: int) -> Path:
 
 
 def _shard_header(
-    teacher: str, cfg: AugmentConfig, groups: Sequence[ContextGroup]
+    teacher: str, cfg: AugmentConfig, groups: Sequence[ContextGroup], scores: bool = True
 ) -> dict[str, Any]:
     digest = hashlib.sha256(json.dumps([g.context for g in groups]).encode()).hexdigest()
-    header = {
+    header: dict[str, Any] = {
         "format": SHARD_FORMAT,
         "teacher": teacher,
         "config": asdict(cfg),
         "n_contexts": len(groups),
         "contexts_sha256": digest,
     }
+    if not scores:
+        header["scores"] = False
     return dict(json.loads(json.dumps(header)))  # as read back from disk (tuples become lists)
 
 
@@ -125,7 +131,8 @@ def augment_contexts(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    header = _shard_header(teacher.name, cfg, groups)
+    scores = bool(getattr(teacher, "has_scores", True))
+    header = _shard_header(teacher.name, cfg, groups, scores)
     old_header, done = read_shards(out_dir)
     if old_header is not None and old_header != header:
         raise ValueError(
@@ -172,7 +179,13 @@ def augment_contexts(
                 for j, i in enumerate(indices)
                 for text in [*groups[i].responses, *(t for t, _ in generated[j])]
             ]
-            ll, mi = teacher.score([contexts[j] for j, _ in pairs], [t for _, t in pairs])
+            ll: list[float | None]
+            mi: list[float | None]
+            if scores:
+                ll_, mi_ = teacher.score([contexts[j] for j, _ in pairs], [t for _, t in pairs])
+                ll, mi = list(ll_), list(mi_)
+            else:
+                ll = mi = [None] * len(pairs)
             at = 0  # position of the context's first pair in (ll, mi)
             for j, i in enumerate(indices):
                 n_gold = len(groups[i].responses)
@@ -197,6 +210,12 @@ def augment_contexts(
             bar.update(len(indices))
         bar.close()
     return len(pending)
+
+
+def shards_have_scores(out_dir: Path) -> bool:
+    """False when the shards of ``out_dir`` were written by a teacher without log-probabilities."""
+    header, _ = read_shards(out_dir) if Path(out_dir).is_dir() else (None, {})
+    return header is None or header.get("scores", True) is not False
 
 
 def augmentation_status(out_dir: Path) -> tuple[int, int]:

@@ -124,7 +124,11 @@ def build_retrieval_data(
         row_scores: list[float] | None = None
         if rec is not None:
             n_augmented += 1
-            scored = {x["text"]: float(x[score]) for x in [*rec["gold"], *rec["generated"]]}
+            scored = {  # a teacher without log-probabilities wrote null scores
+                x["text"]: float(x[score])
+                for x in [*rec["gold"], *rec["generated"]]
+                if x.get(score) is not None
+            }
             extra = [
                 x["text"]
                 for x in rec["generated"]

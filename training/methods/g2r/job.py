@@ -95,6 +95,7 @@ def train_retriever(
         if header is None or not augmented:
             raise FileNotFoundError(f"no G2R augmentation shards in {augmentation_dir}")
         teacher_name = header["teacher"]
+        teacher_filter = without_scores_check(header, method, teacher_filter, augmentation_dir)
     blocked = load_blocklist(blocklist)
     response_filter = ResponseFilter(
         preset.response_min_tokens, preset.response_max_tokens, tuple(blocked)
@@ -198,6 +199,37 @@ def train_retriever(
         ),
         hits_k=preset.hits_k,
         seed=seed,
+    )
+
+
+def without_scores_check(
+    header: dict[str, Any],
+    method: str,
+    teacher_filter: TeacherReplyFilter | None,
+    augmentation_dir: Path,
+) -> TeacherReplyFilter | None:
+    """Shards of a teacher without log-probabilities (``"scores": false`` in their header: an
+    endpoint without logprobs, training/methods/g2r/teachers.py) feed data-level G2R only:
+    G2R-DM is refused with a message saying so, and the teacher filter loses its score floors
+    (its text criteria still apply). Other shards pass through unchanged."""
+    if header.get("scores", True) is not False:
+        return teacher_filter
+    teacher = header.get("teacher")
+    if method == "g2r-dm":
+        raise ValueError(
+            f"the teacher of {augmentation_dir} ({teacher}) gave no log-probabilities, so "
+            "there are no teacher scores for G2R-DM; train with --method g2r-d (data-level "
+            "G2R), or augment with a teacher that scores (a local bundle, or an endpoint "
+            "serving /completions logprobs)"
+        )
+    if teacher_filter is None:
+        return None
+    logger.warning("teacher %s gave no scores: the teacher filter keeps its text criteria", teacher)
+    return replace(
+        teacher_filter,
+        min_score=None,
+        min_score_teacher_quantile=None,
+        min_score_gold_quantile=None,
     )
 
 
