@@ -15,9 +15,8 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from service_fixtures import build_tiny_bundles, make_settings, parse_metrics, sample
 
-from service import backends as backends_module
 from service.app import create_app
-from service.backends import Answer, Backend
+from service.backends import Answer, Backend, GenerativeBackend
 from service.routing import assign_arm
 from service.settings import Settings
 
@@ -105,13 +104,13 @@ def test_two_arms_on_one_bundle_share_one_loaded_model_with_their_own_options(
     models_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loads: list[Path] = []
-    load = backends_module.load_generator
+    load = GenerativeBackend.load.__func__  # type: ignore[attr-defined]
 
-    def counting_load(bundle_dir: Path, *args: Any, **kwargs: Any) -> Any:
+    def counting_load(cls: Any, bundle_dir: Path, *args: Any, **kwargs: Any) -> Any:
         loads.append(Path(bundle_dir))
-        return load(bundle_dir, *args, **kwargs)
+        return load(cls, bundle_dir, *args, **kwargs)
 
-    monkeypatch.setattr(backends_module, "load_generator", counting_load)
+    monkeypatch.setattr(GenerativeBackend, "load", classmethod(counting_load))
     arms = {
         "greedy": {"bundle": "generator-nd", "weight": 1},
         "beam": {
