@@ -228,3 +228,33 @@ def test_import_hf_cli(hf_dirs: dict[str, Path], tmp_path: Path) -> None:
     assert training_main([*argv, "--separator", " | ", "--max-new-tokens", "12"]) == 0
     mc = read_manifest(out).model_config
     assert mc["prompt"]["separator"] == " | " and mc["decoding"]["max_length"] == 12
+
+
+def test_the_readme_arms_serve_an_hf_bundle_beside_a_retriever(
+    bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    """The README's worked example: DIALOGUE_ARMS with the HF bundle as arm `big` at 10% and a
+    retriever as arm `g2r` at 90% (the arm's backend read from each bundle's manifest)."""
+    models_dir = build_tiny_bundles(tmp_path, generator=False)
+    (models_dir / "hf-big").symlink_to(bundles["causal"], target_is_directory=True)
+    arms = (
+        '{"big": {"bundle": "hf-big", "weight": 0.1}, '
+        '"g2r": {"bundle": "retriever-g2r", "weight": 0.9}}'
+    )
+    from service.app import create_app
+
+    settings = make_settings(models_dir, arms=json.loads(arms))
+    with TestClient(create_app(settings)) as client:
+        body = {"context": ["hello , how are you ?"]}
+        big = client.post("/respond", json={**body, "arm": "big"})
+        assert big.status_code == 200, big.text
+        assert big.json()["backend"] == "generative" and big.json()["model"].startswith(
+            "hf-causal@"
+        )
+        g2r = client.post("/respond", json={**body, "arm": "g2r"})
+        assert g2r.status_code == 200 and g2r.json()["backend"] == "retrieval"
+        served = [
+            client.post("/respond", json={**body, "session_id": f"s{i}"}).json()["arm"]
+            for i in range(40)
+        ]
+        assert set(served) <= {"big", "g2r"} and served.count("g2r") > served.count("big")
