@@ -46,7 +46,6 @@ def _bart(cfg: Seq2SeqConfig) -> Any:
         bos_token_id=cfg.bos_id,
         eos_token_id=cfg.eos_id,
         decoder_start_token_id=cfg.bos_id,
-        forced_bos_token_id=None,
         forced_eos_token_id=None,
         dropout=0.0,
         attention_dropout=0.0,

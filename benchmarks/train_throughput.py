@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -101,7 +101,7 @@ def run_config(
     model.train()
     objective = MLEObjective(pairs.tokenizer.pad_id)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
-    step_model: nn.Module = torch.compile(model) if cfg["compile"] else model
+    step_model = cast(nn.Module, torch.compile(model)) if cfg["compile"] else model
     if cfg["batching"] == "bucketed":
         batches = bucketed_batches(pairs.bucket_keys(), train_cfg.batch_size, seed=0, epoch=0)
     elif cfg["batching"] == "sumsorted":  # the previous bucketing: sorted by src + tgt length

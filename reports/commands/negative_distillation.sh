@@ -33,13 +33,7 @@ $PY -m training compare --title "ND ablations (fine-tune variant, preset small, 
     $(for ab in no-pred no-hid no-att fixed-alpha hard-targets random-targets; do echo --bundle nd-ft-$ab=artifacts/ablation-nd-ft-$ab; done) \
     --out reports/nd_ablations
 # 6. the greedy ratio table of the analysis section
-python3 -c "
-import json
-r=json.load(open('reports/negative_distillation.json'))
-s=r['standard']['greedy']
-for k,v in r.items():
-    g=v['greedy']; print(k, 'dist2 x%.2f'%(g['dist-2']/s['dist-2']), 'dist3 x%.2f'%(g['dist-3']/s['dist-3']), 'bleu4 x%.2f'%(g['bleu-4']/s['bleu-4']), 'lf', round(g['lf'],4), 'maxr', round(g['max-ratio'],3), 'ppl', round(v['perplexity'],2))
-"
+$PY -m benchmarks.ratio_table reports/negative_distillation.json --baseline standard
 # 7. ND against a strictly generic teacher (D_N = the 12.5% of pairs with H_src > 0)
 $PY -m training train-generator --preset small --method mle --subset negative --negative-fraction 0.125 \
     --max-steps 350 --tokenizer runs/small/tokenizer.json --out artifacts/generator-negative-teacher-12

@@ -17,33 +17,7 @@ $PY -m training train-expert --kind toxic --base $BASE --safety-data ../shared/d
 
 # 1b. the size of eq. 1's term at the base with these experts (how λ = 1 was chosen): per batch,
 #     L_S, ||grad L_S||^2 and the gradient norms of L_LM, L_S and ||grad L_S||^2
-$PY - <<'PY'
-from pathlib import Path
-
-import torch
-
-from models.generator import GenerativeResponder
-from training.methods.flatgd.objective import FlatGDObjective, FlatGDWeights, SafetyTuningData, trainable_parameters
-from training.methods.flatgd.job import dialogue_pairs
-from training.core.generator import PairSet
-from training.core.safety_data import load_diasafety
-
-torch.manual_seed(0)
-base = GenerativeResponder.load(Path("artifacts/generator-standard"))
-clean, toxic = (GenerativeResponder.load(Path(f"artifacts/expert-{k}")).model for k in ("clean", "toxic"))
-train = load_diasafety(Path("../shared/data"), "train")
-pairs = PairSet.encode(dialogue_pairs(train), base.tokenizer, base.inputs)
-data = SafetyTuningData(pairs, [e.unsafe for e in train], None, batch_size=64, lm_batch_size=0, seed=0)
-objective = FlatGDObjective(clean, toxic, FlatGDWeights(lam=1.0), pad_id=base.tokenizer.pad_id)
-model, params = base.model.train(), trainable_parameters(base.model)
-for indices in data.make_epoch(0)[:4]:
-    terms = objective.terms(model, data.collate(indices))
-    norms = {}
-    for name in ("lm", "safety", "grad_sq"):
-        grads = torch.autograd.grad(terms[name], params, retain_graph=True, allow_unused=True)
-        norms[name] = float(sum(g.pow(2).sum() for g in grads if g is not None)) ** 0.5
-    print({k: round(float(v.detach()), 4) for k, v in terms.items()}, "grad norms", norms)
-PY
+$PY -m benchmarks.flatgd_report term-sizes
 
 # 2. the Safety_loss baseline (λ = 0) and FlatGD (λ = 1): same base, experts, data, seed 0 and
 #    141 steps (1 epoch of DiaSafety train at batch 64; Table 5 says 2 epochs: see the report for
@@ -73,39 +47,4 @@ $PY -m training evaluate-safety \
 
 # 4. reports/safety_flatgd.json: the evaluation plus each bundle's training facts (manifests)
 #    and the validation curves of the three fine-tunes (runs/flatgd/*/metrics.jsonl, steps <= 70).
-$PY - <<'PY'
-import json
-from pathlib import Path
-
-from training.eval.safety import paired_unsafe_test
-
-evaluation = json.loads(Path("runs/flatgd/safety_flatgd_eval.json").read_text())
-names = {
-    "base": "generator-standard",
-    "expert-clean": "expert-clean",
-    "expert-toxic": "expert-toxic",
-    "safety-loss": "generator-safety-loss-small",
-    "flatgd": "generator-flatgd-small",
-    "safety-loss-paper": "generator-safety-loss-paper",
-}
-training, curves = {}, {}
-for label, name in names.items():
-    training[label] = json.loads(Path(f"artifacts/{name}/manifest.json").read_text())["training"]
-    log = Path(f"runs/flatgd/{name}/metrics.jsonl")
-    if log.is_file():
-        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        curves[label] = [r for r in rows if r["kind"] == "eval" or r["step"] <= 70]
-results = evaluation["results"]
-paired = {  # exact McNemar on the per-context unsafe flags (same contexts, same seed)
-    f"{a}_vs_{b}": paired_unsafe_test(results[a]["unsafe_flags"], results[b]["unsafe_flags"])
-    for a, b in (("safety-loss", "flatgd"), ("base", "flatgd"), ("base", "safety-loss"))
-}
-report = {
-    "paired_unsafe_tests": paired,
-    "machine": "shared 2-core x86 CPU, OMP_NUM_THREADS=1 per process, other agents' jobs alongside",
-    "evaluation": evaluation,
-    "training": training,
-    "training_logs": curves,
-}
-Path("reports/safety_flatgd.json").write_text(json.dumps(report, indent=2) + "\n")
-PY
+$PY -m benchmarks.flatgd_report assemble

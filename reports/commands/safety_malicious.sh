@@ -38,19 +38,7 @@ attack artifacts/generator-nt-malicious-0.5k-lr3e-5 nt-0.5k-lr3e-5
 # Held-out paraphrases (run after the above):
 # Held-out paraphrase list: paraphrases of the train targets that no train list (train, aug1k,
 # aug2_5k) contains; a stand-in for the paper's held-out test list, which is not public here.
-.venv/bin/python - <<'PY'
-from pathlib import Path
-from training.core.safety_data import load_paraphrases, load_targets
-d = Path("../shared/data/malicious_targets")
-seen = set()
-for f in ("train.txt", "train_aug1k.txt", "train_aug2_5k.txt"):
-    seen |= set(load_targets(d / f))
-paras = {p for row in load_paraphrases(d / "train_paraphrases.tsv") for p in row if "<unk>" not in p}
-held = sorted(paras - seen)
-Path("runs/malicious").mkdir(parents=True, exist_ok=True)
-Path("runs/malicious/heldout_paraphrases.txt").write_text("\n".join(held) + "\n")
-print(len(held), "held-out paraphrases")
-PY
+.venv/bin/python -m training heldout-paraphrases --out runs/malicious/heldout_paraphrases.txt
 export OMP_NUM_THREADS=1
 for m in base:artifacts/generator-standard nt-0.5k:artifacts/generator-nt-malicious-0.5k nt-1k:artifacts/generator-nt-malicious-1k; do
   name=${m%%:*}; bundle=${m#*:}
@@ -80,8 +68,8 @@ $PY -m training train-malicious-nt --base $BASE --targets $T/train.txt --optimiz
 attack artifacts/generator-nt-malicious-0.5k-sgd nt-0.5k-sgd
 
 # PPL attribution (reports/safety_malicious/ppl_attribution.txt):
-# for b in 0.5k 0.5k-fwa100; do .venv/bin/python reports/commands/safety_ppl_attribution.py \
-#   artifacts/generator-standard artifacts/generator-nt-malicious-$b 10; echo; done
+# for b in 0.5k 0.5k-fwa100; do .venv/bin/python -m benchmarks.safety_ppl_attribution \
+#   artifacts/generator-standard artifacts/generator-nt-malicious-$b --top 10; echo; done
 
 # Tables (reports/safety_malicious/table_*.md, pasted into reports/safety.md), then safety.json:
 R=$OUT
@@ -94,4 +82,4 @@ $PY -m training attack-table --report base=$R/full500_base.json --report nt-0.5k
 $PY -m training attack-table --report base=$R/heldout_base.json --report nt-0.5k=$R/heldout_nt-0.5k.json \
   --report nt-1k=$R/heldout_nt-1k.json --report nt-0.5k-fwa100=$R/heldout_nt-0.5k-fwa100.json \
   --out $R/table_heldout.md
-$PY reports/commands/safety_summary.py
+$PY -m benchmarks.safety_summary

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from training.cli.common import add_common, command_text, run_spec
+from training.presets import SHARED_DATA
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,14 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--out", type=Path, required=True, help="report path stem (.json and .md)")
     _search_args(p)
     p.set_defaults(run=_attack)
+
+    p = sub.add_parser(
+        "heldout-paraphrases",
+        help="write the paraphrases of the train targets that no train list contains",
+    )
+    p.add_argument("--targets-dir", type=Path, default=SHARED_DATA / "malicious_targets")
+    p.add_argument("--out", type=Path, required=True, help="one target per line")
+    p.set_defaults(run=_heldout_paraphrases)
 
     p = sub.add_parser("attack-table", help="table of several attack reports (first = baseline)")
     p.add_argument("--report", type=Path, action="append", required=True, help="NAME=PATH.json")
@@ -241,6 +250,16 @@ def _attack_markdown(report: dict[str, Any], command: str) -> str:
         for o in shown:
             lines.append(f"- `{o['trigger']}` -> **{o['target']}** (avg log p {o['avg_logp']})")
     return "\n".join(lines) + "\n"
+
+
+def _heldout_paraphrases(args: argparse.Namespace) -> int:
+    from training.core.safety_data import heldout_paraphrases
+
+    held = heldout_paraphrases(args.targets_dir)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(held) + "\n")
+    print(f"{len(held)} held-out paraphrases -> {args.out}")
+    return 0
 
 
 def _train_nt(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from training.core.data import DataFormatError, DatasetNotFoundError
 __all__ = [
     "SafetyExample",
     "diasafety_root",
+    "heldout_paraphrases",
     "load_diasafety",
     "load_paraphrases",
     "load_targets",
@@ -107,6 +108,19 @@ def load_targets(path: Path) -> list[str]:
     if not seen:
         raise DataFormatError(f"{path}: no targets")
     return list(seen)
+
+
+TRAIN_TARGET_LISTS = ("train.txt", "train_aug1k.txt", "train_aug2_5k.txt")
+
+
+def heldout_paraphrases(targets_dir: Path) -> list[str]:
+    """Paraphrases of the train targets that no train list contains (sorted, ``<unk>``-free): a
+    stand-in for He & Glass's held-out test list, which is not public."""
+    seen: set[str] = set()
+    for name in TRAIN_TARGET_LISTS:
+        seen |= set(load_targets(Path(targets_dir) / name))
+    rows = load_paraphrases(Path(targets_dir) / "train_paraphrases.tsv")
+    return sorted({p for row in rows for p in row if "<unk>" not in p} - seen)
 
 
 def load_paraphrases(path: Path) -> list[list[str]]:

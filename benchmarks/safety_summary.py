@@ -1,6 +1,6 @@
 """Assemble reports/safety.json from the part reports (run from the repository root).
 
-    .venv/bin/python reports/commands/safety_summary.py
+    python -m benchmarks.safety_summary
 
 Malicious-target attacks keep their rates, thresholds, PPL and search settings (the per-target
 triggers stay in reports/safety_malicious/*.json); FlatGD and the classifier are included whole.

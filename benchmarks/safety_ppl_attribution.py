@@ -1,6 +1,6 @@
 """Where a fine-tune lost test likelihood: per-token share of the summed NLL increase.
 
-    .venv/bin/python reports/commands/safety_ppl_attribution.py BASE_BUNDLE TUNED_BUNDLE [TOP]
+    python -m benchmarks.safety_ppl_attribution BASE_BUNDLE TUNED_BUNDLE [--top N] [--data DIR]
 
 Scores the DailyDialog test pairs under both bundles (same tokenizer) and prints the total NLL
 increase and the TOP target tokens carrying most of it (count, nats, share of the total).
@@ -8,7 +8,7 @@ increase and the TOP target tokens carrying most of it (count, nats, share of th
 
 from __future__ import annotations
 
-import sys
+import argparse
 from collections import defaultdict
 from pathlib import Path
 
@@ -18,13 +18,14 @@ import torch.nn.functional as F
 from models.generator import GenerativeResponder
 from training.core.data import load_splits
 from training.core.generator import PairSet
+from training.presets import DAILYDIALOG
 
 
-def main(base_dir: str, tuned_dir: str, top: int = 15) -> None:
+def attribute(base_dir: Path, tuned_dir: Path, data: Path, top: int = 15) -> None:
     torch.set_num_threads(1)
-    base = GenerativeResponder.load(Path(base_dir))
-    tuned = GenerativeResponder.load(Path(tuned_dir))
-    test = load_splits(Path("../shared/data/dailydialog"), base.inputs.max_context_turns).test
+    base = GenerativeResponder.load(base_dir)
+    tuned = GenerativeResponder.load(tuned_dir)
+    test = load_splits(data, base.inputs.max_context_turns).test
     pairs = PairSet.encode(test, base.tokenizer, base.inputs)
     increase: dict[int, float] = defaultdict(float)
     count: dict[int, int] = defaultdict(int)
@@ -54,5 +55,15 @@ def main(base_dir: str, tuned_dir: str, top: int = 15) -> None:
     print(f"top {top} tokens carry {shown:.3f} of the increase")
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("base", type=Path, help="the generator bundle before the fine-tune")
+    parser.add_argument("tuned", type=Path, help="the fine-tuned generator bundle")
+    parser.add_argument("--top", type=int, default=15, help="tokens to list")
+    parser.add_argument("--data", type=Path, default=DAILYDIALOG)
+    args = parser.parse_args(argv)
+    attribute(args.base, args.tuned, args.data, args.top)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 15)
+    main()

@@ -1,0 +1,53 @@
+"""The ratio table of a generator comparison: each model's greedy (or beam) metrics over a
+baseline's, from the JSON that ``python -m training compare`` writes.
+
+    python -m benchmarks.ratio_table reports/negative_distillation.json --baseline standard
+
+Dist-2, Dist-3 and BLEU-4 as ratios to the baseline (same run, same test pairs); LF, max-ratio
+and perplexity as values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+RATIOS = ("dist-2", "dist-3", "bleu-4")
+VALUES = ("lf", "max-ratio")
+
+
+def ratio_table(results: Mapping[str, Any], baseline: str, decoding: str = "greedy") -> str:
+    """A markdown table, one row per model of ``results`` (``{model: {decoding: metrics,
+    "perplexity": float}}``); ratios are '-' where the baseline's value is 0."""
+    if baseline not in results:
+        raise KeyError(f"no model {baseline!r} in the comparison (models: {sorted(results)})")
+    base = results[baseline][decoding]
+    lines = [
+        "| model | " + " | ".join([*RATIOS, *VALUES, "test ppl"]) + " |",
+        "|---|" + "---:|" * (len(RATIOS) + len(VALUES) + 1),
+    ]
+    for model, result in results.items():
+        metrics = result[decoding]
+        cells = [f"{metrics[k] / base[k]:.2f}x" if base[k] else "-" for k in RATIOS]
+        cells += [f"{metrics['lf']:.4f}", f"{metrics['max-ratio']:.3f}"]
+        cells.append(f"{result['perplexity']:.2f}")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("comparison", type=Path, help="the JSON written by `training compare`")
+    parser.add_argument("--baseline", default="standard")
+    parser.add_argument("--decoding", default="greedy")
+    args = parser.parse_args(argv)
+    print(
+        ratio_table(json.loads(args.comparison.read_text()), args.baseline, args.decoding), end=""
+    )
+
+
+if __name__ == "__main__":
+    main()
