@@ -117,7 +117,6 @@ def generate_kwargs(config: DecodingConfig, base: Any, pad_id: int, eos_id: Any)
     ours: dict[str, Any] = {
         "max_new_tokens": config.max_length,
         "min_new_tokens": config.min_length,
-        "min_length": 0,
         "max_length": None,
         "no_repeat_ngram_size": config.no_repeat_ngram_size,
         "num_return_sequences": config.num_return_sequences,
@@ -133,6 +132,8 @@ def generate_kwargs(config: DecodingConfig, base: Any, pad_id: int, eos_id: Any)
         "top_k": config.top_k if config.strategy == "sample" else None,
         "top_p": config.top_p if config.strategy == "sample" else 1.0,
     }
+    if getattr(gc, "min_length", 0):  # a model's own minimum would override min_new_tokens
+        ours["min_length"] = 0
     for key, value in ours.items():
         setattr(gc, key, value)
     return {"generation_config": gc}
