@@ -14,8 +14,8 @@ its own request, at most ``max_concurrency`` at a time over one pooled ``httpx.C
 (keep-alive connections). Decoding maps onto the API: ``greedy`` and ``beam`` -> temperature 0
 (chat APIs have no beam search); ``sample`` -> temperature, top_p and, when set, ``top_k``;
 ``max_length`` -> ``max_tokens``; ``min_length`` > 1 -> ``min_tokens``; ``num_return_sequences``
--> ``n``. ``top_k`` and ``min_tokens`` are vLLM/TGI extensions; n-gram blocking has no
-equivalent and is not sent.
+-> ``n`` (sent only above 1). ``top_k`` and ``min_tokens`` are vLLM/TGI extensions; n-gram
+blocking has no equivalent and is not sent.
 
 Failures are exceptions of :class:`RemoteError`: :class:`RemoteTimeout` (no answer within the
 timeout, or the caller's deadline), :class:`RemoteUnavailable` (cannot connect, 5xx, 429) and
@@ -311,8 +311,9 @@ class RemoteGenerator:
             "model": self.config.model,
             "messages": chat_messages(turns, self.config.system),
             "max_tokens": config.max_length,
-            "n": n,
         }
+        if n > 1:  # the API's default is 1 (and some servers accept nothing else)
+            body["n"] = n
         if config.strategy == "sample":
             body["temperature"] = config.temperature
             body["top_p"] = config.top_p

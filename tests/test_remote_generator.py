@@ -319,3 +319,34 @@ def test_our_bundles_and_remote_ones_load_without_transformers(tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[0].startswith("generator-nd@")
     assert done.stdout.split()[1].startswith("remote-fake@")
+
+
+def test_the_remote_generator_talks_to_this_services_own_chat_endpoint(tmp_path: Path) -> None:
+    """Interoperability: a remote-openai bundle pointed at another instance of this service
+    (its POST /v1/chat/completions, served by uvicorn on 127.0.0.1)."""
+    import uvicorn
+
+    from service.app import create_app
+
+    models_dir = build_tiny_bundles(tmp_path / "models")
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(make_settings(models_dir)), host="127.0.0.1", port=0, log_level="warning"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        import_remote(tmp_path / "self", url=f"http://127.0.0.1:{port}/v1", model="generative")
+        gen = load_generator(tmp_path / "self")
+        replies = gen.reply_each([["hello , how are you ?"], ["hi"]], [gen.decoding] * 2)
+        assert [len(r) for r in replies] == [1, 1]
+        assert all(isinstance(r[0].text, str) for r in replies)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
