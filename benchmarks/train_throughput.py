@@ -37,7 +37,7 @@ from models.tokenizer import DialogueTokenizer
 from training.core.data import load_splits
 from training.core.generator import MLEObjective, PairSet, bucketed_batches
 from training.core.run import RunSpec
-from training.pipeline.build import tokenizer_texts
+from training.pipeline.inputs import tokenizer_texts
 from training.presets import get_preset
 
 

@@ -504,7 +504,7 @@ def tiny_generator(
 ) -> tuple[Path, Path]:
     from training.core.generator import train_mle_generator
     from training.core.run import RunSpec
-    from training.pipeline.build import ensure_tokenizer, prepare_splits
+    from training.pipeline.inputs import ensure_tokenizer, prepare_splits
     from training.presets import PRESETS
 
     base = tmp_path_factory.mktemp("g2r")

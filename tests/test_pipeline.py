@@ -21,9 +21,9 @@ from training.pipeline.build import (
     NEGATIVE_TEACHER,
     NT_GENERATOR,
     STANDARD_GENERATOR,
-    BuildPaths,
     build,
 )
+from training.pipeline.inputs import BuildPaths
 from training.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -150,7 +150,8 @@ def add_parsers(sub: Any) -> None:
 
 
 def _build(args: argparse.Namespace, ctx: Any) -> None:
-    from training.pipeline.build import BuildPaths, build
+    from training.pipeline.build import build
+    from training.pipeline.inputs import BuildPaths
     from training.pipeline.progress import summary_table
 
     summary = build(
@@ -166,7 +167,7 @@ def _build(args: argparse.Namespace, ctx: Any) -> None:
 
 
 def _train_tokenizer(args: argparse.Namespace, ctx: Any) -> None:
-    from training.pipeline.build import ensure_tokenizer, prepare_splits
+    from training.pipeline.inputs import ensure_tokenizer, prepare_splits
 
     preset = preset_from_args(args)
     ensure_tokenizer(preset, prepare_splits(preset, args.data), args.out, ctx)
@@ -181,13 +182,8 @@ def _train_generator(args: argparse.Namespace, ctx: Any) -> None:
     from training.methods.nd.negative_set import negative_set
     from training.methods.nt import train_nt_generator
     from training.methods.ul import train_ul_generator
-    from training.pipeline.build import (
-        NEGATIVE_TEACHER,
-        STANDARD_GENERATOR,
-        ensure_tokenizer,
-        prepare_splits,
-        val_subset,
-    )
+    from training.pipeline.build import NEGATIVE_TEACHER, STANDARD_GENERATOR
+    from training.pipeline.inputs import ensure_tokenizer, prepare_splits, val_subset
 
     preset = preset_from_args(args)
     if args.max_steps:  # the preset's budget, so every job (and its schedule) sees the same one

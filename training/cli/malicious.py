@@ -144,7 +144,7 @@ def _attack_table(args: argparse.Namespace) -> int:
 def _train_lm(args: argparse.Namespace) -> int:
     from training.core.run import single_process
     from training.methods.malicious.lm import train_response_lm
-    from training.pipeline.build import prepare_splits, val_subset
+    from training.pipeline.inputs import prepare_splits, val_subset
     from training.presets import get_preset
 
     _preset(args)  # a name the malicious presets know

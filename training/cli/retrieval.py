@@ -138,7 +138,7 @@ def _augment(args: argparse.Namespace, ctx: Any) -> None:
         select_contexts,
     )
     from training.methods.g2r.teachers import load_teacher
-    from training.pipeline.build import prepare_splits
+    from training.pipeline.inputs import prepare_splits
 
     preset = _preset(args)
     rp = preset.retriever
@@ -168,7 +168,7 @@ def _train_retriever(args: argparse.Namespace, ctx: Any) -> None:
     from models.bundle import read_manifest
     from models.tokenizer import DialogueTokenizer
     from training.methods.g2r.job import DEFAULT_BLOCKLIST, build_retriever, warm_start_matches
-    from training.pipeline.build import ensure_tokenizer, prepare_splits
+    from training.pipeline.inputs import ensure_tokenizer, prepare_splits
 
     preset = _preset(args)
     rp = preset.retriever

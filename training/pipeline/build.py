@@ -8,35 +8,38 @@ its last checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
-from models.bundle import BundleError, read_manifest, read_serving, update_metrics, verify_bundle
-from models.generator import GenerativeResponder
+from models.bundle import read_manifest
 from models.tokenizer import DialogueTokenizer
 from training.core.data import (
     DatasetNotFoundError,
     DialogueSplits,
-    load_splits,
-    training_response_token_counts,
 )
 from training.core.distributed import DistContext, barrier
 from training.core.generator import train_mle_generator
 from training.core.run import RunSpec
-from training.eval.generation import STANDARD_DECODINGS, evaluate_generator, markdown_report
 from training.methods.g2r.job import build_retriever
 from training.methods.nd.job import train_nd_student
 from training.methods.nd.negative_set import NegativeSet, negative_set
 from training.methods.safety_classifier.data import find_diasafety
 from training.methods.safety_classifier.job import SAFETY_CLASSIFIER
 from training.methods.safety_classifier.job import build_stage as build_safety_classifier
+from training.pipeline.evaluation import (
+    cached_selection,
+    evaluate_bundle,
+    existing_bundle,
+    existing_evaluation,
+    select_served_generator,
+    selection_file,
+)
+from training.pipeline.inputs import BuildPaths, ensure_tokenizer, prepare_splits, val_subset
 from training.pipeline.progress import (
     DATA,
     EVALUATE,
@@ -52,12 +55,7 @@ from training.pipeline.progress import (
     BuildProgress,
     planned_seconds,
 )
-from training.pipeline.selection import (
-    SelectionRule,
-    select_generator,
-    select_retriever,
-    write_serving,
-)
+from training.pipeline.selection import select_retriever, write_serving
 from training.presets import Preset
 
 logger = logging.getLogger(__name__)
@@ -69,121 +67,6 @@ NT_GENERATOR = "generator-nt"
 G2R_RETRIEVER = "retriever-g2r"
 BIENCODER_RETRIEVER = "retriever-biencoder"  # the plain bi-encoder beside it (biencoder_baseline)
 SUMMARY_FILE = "build-summary.json"  # runs/<preset>/: the whole summary of the last build
-
-
-@dataclass(frozen=True)
-class BuildPaths:
-    data_dir: Path
-    out_dir: Path  # bundles (artifacts/)
-    runs_dir: Path  # checkpoints, logs, plots, evaluation outputs
-
-    def run_dir(self, preset: Preset, stage: str) -> Path:
-        return self.runs_dir / preset.name / stage
-
-
-def prepare_splits(preset: Preset, data_dir: Path) -> DialogueSplits:
-    """Load, dedup and de-leak the splits, then apply the preset's size caps."""
-    splits = load_splits(data_dir, max_context_turns=preset.inputs.max_context_turns)
-    if preset.max_train_examples:
-        splits.train = splits.train[: preset.max_train_examples]
-    splits.stats["train_used"] = len(splits.train)
-    logger.info("data %s: %s", data_dir, splits.stats)
-    return splits
-
-
-def tokenizer_texts(splits: DialogueSplits) -> list[str]:
-    """Training-split text the tokenizer learns from: every distinct context turn and response."""
-    seen: dict[str, None] = {}
-    for ex in splits.train:
-        for turn in (*ex.context, ex.response):
-            seen.setdefault(turn)
-    return list(seen)
-
-
-def ensure_tokenizer(
-    preset: Preset, splits: DialogueSplits, path: Path, ctx: DistContext
-) -> DialogueTokenizer:
-    """Train the BPE tokenizer once (rank 0) and share it through ``path``."""
-    if ctx.is_main and not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tok = DialogueTokenizer.train(tokenizer_texts(splits), preset.vocab_size)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(tok.to_str())
-        os.replace(tmp, path)
-        logger.info("tokenizer: %d pieces -> %s", tok.vocab_size, path)
-    barrier(ctx)
-    return DialogueTokenizer.from_file(path)
-
-
-def existing_bundle(path: Path, preset: Preset) -> bool:
-    """True when ``path`` holds a valid bundle built with ``preset`` (so the stage can be skipped)."""
-    try:
-        manifest = verify_bundle(path)
-    except BundleError:
-        return False
-    return bool(manifest.training.get("preset") == preset.name)
-
-
-def existing_evaluation(bundle_dir: Path, preset: Preset, out_json: Path) -> dict[str, Any] | None:
-    """The test evaluation ``build`` already made of this bundle: ``out_json`` when it names the
-    same bundle id and preset, else the figures recorded in the bundle's manifest (they survive a
-    deleted runs folder); None when the bundle has not been evaluated."""
-    manifest = verify_bundle(bundle_dir)
-    if out_json.exists():
-        try:
-            previous = json.loads(out_json.read_text())
-        except ValueError:
-            previous = {}
-        if previous.get("model") == manifest.bundle_id and previous.get("preset") == preset.name:
-            return dict(previous)
-    metrics = manifest.metrics
-    if "test_perplexity" not in metrics or manifest.training.get("preset") != preset.name:
-        return None
-    decodings: dict[str, dict[str, Any]] = {}
-    for key, value in metrics.items():
-        for decoding in STANDARD_DECODINGS:
-            prefix = f"test_{decoding}_"
-            if key.startswith(prefix):
-                decodings.setdefault(decoding, {})[key[len(prefix) :]] = value
-    return {
-        "model": manifest.bundle_id,
-        "preset": preset.name,
-        "perplexity": metrics["test_perplexity"],
-        "decodings": decodings,
-        "source": f"{bundle_dir / 'manifest.json'} (metrics)",
-    }
-
-
-def evaluate_bundle(
-    bundle_dir: Path,
-    splits: DialogueSplits,
-    preset: Preset,
-    out_json: Path,
-    device: str = "cpu",
-    *,
-    redo: bool = False,
-) -> dict[str, Any]:
-    """Evaluate a generator bundle on the test split, record it in the manifest and on disk;
-    an evaluation of the same bundle (same id) on disk is reused, not redone, unless ``redo``."""
-    if not redo:
-        previous = existing_evaluation(bundle_dir, preset, out_json)
-        if previous is not None:
-            logger.info("%s: evaluated before; not redone", bundle_dir.name)
-            return previous
-    responder = GenerativeResponder.load(bundle_dir, device=device)
-    test = splits.test[: preset.eval_examples] if preset.eval_examples else splits.test
-    counts = training_response_token_counts(splits.train)
-    result = evaluate_generator(responder, test, counts)
-    result["split"] = "test"
-    result["preset"] = preset.name
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(result, indent=2))
-    out_json.with_suffix(".md").write_text(markdown_report(bundle_dir.name, result) + "\n")
-    summary = {"test_perplexity": result["perplexity"]}
-    for dec, metrics in result["decodings"].items():
-        summary.update({f"test_{dec}_{k}": v for k, v in metrics.items()})
-    update_metrics(bundle_dir, summary)
-    return result
 
 
 # `--redo STAGE` redoes STAGE and every stage that reads what it wrote.
@@ -626,75 +509,6 @@ def _train_nt(run: RunSpec, *, tokenizer: DialogueTokenizer, **kwargs: Any) -> A
     return train_nt_generator(run, **kwargs)
 
 
-def selection_file(paths: BuildPaths, preset: Preset) -> Path:
-    """Where ``build`` records which generator it serves and why."""
-    return paths.run_dir(preset, "selection") / "selection.json"
-
-
-def cached_selection(
-    paths: BuildPaths, preset: Preset, bundles: list[Path]
-) -> dict[str, Any] | None:
-    """The served-generator choice made before for exactly these bundles (same ids): from
-    ``runs/<preset>/selection/selection.json``, else from the ``why`` of ``serving.json`` beside
-    the bundles (it survives a deleted runs folder); None when there is none."""
-    try:
-        ids = {b.name: verify_bundle(b).bundle_id for b in bundles}
-    except BundleError:
-        return None
-    records: list[Any] = []
-    with contextlib.suppress(OSError, ValueError):
-        records.append(json.loads(selection_file(paths, preset).read_text()))
-    serving = read_serving(paths.out_dir)
-    if serving is not None:
-        records.append(serving.get("why"))
-    for record in records:
-        if isinstance(record, dict) and record.get("bundle_ids") == ids and "chosen" in record:
-            return record
-    return None
-
-
-def select_served_generator(
-    bundles: list[Path],
-    splits: DialogueSplits | None,
-    preset: Preset,
-    paths: BuildPaths,
-    device: str,
-    *,
-    redo: bool = False,
-) -> dict[str, Any]:
-    """Evaluate each generator on the validation split (perplexity and greedy replies) and pick
-    the one to serve by :func:`training.pipeline.selection.select_generator`; the record of why is kept
-    in ``runs/<preset>/selection/selection.json`` (and reused on a rerun with the same bundles,
-    unless ``redo``)."""
-    out = selection_file(paths, preset)
-    previous = None if redo else cached_selection(paths, preset, bundles)
-    if previous is not None:
-        if not out.exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(previous, indent=2))
-        logger.info("served generator: %s (chosen before, %s)", previous["chosen"], out)
-        return dict(previous)
-    if splits is None:
-        raise ValueError("choosing the served generator needs the corpus")
-    ids = {b.name: verify_bundle(b).bundle_id for b in bundles}
-    n = preset.eval_examples
-    val = splits.validation[:n] if n else splits.validation
-    counts = training_response_token_counts(splits.train)
-    evaluations = {}
-    for bundle in bundles:
-        responder = GenerativeResponder.load(bundle, device=device)
-        result = evaluate_generator(
-            responder, val, counts, decodings={"greedy": STANDARD_DECODINGS["greedy"]}, n_samples=0
-        )
-        evaluations[bundle.name] = {"perplexity": result["perplexity"], **result["decodings"]}
-    chosen, record = select_generator(evaluations, SelectionRule())
-    record.update(split="validation", pairs=len(val), bundle_ids=ids)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
-    logger.info("served generator: %s (%s)", chosen, record["criterion"])
-    return record
-
-
 def write_negative_set_report(dn: NegativeSet, n_train: int, path: Path) -> None:
     """D_N's size, cut-off and most generic responses, for the ND report."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -711,8 +525,3 @@ def write_negative_set_report(dn: NegativeSet, n_train: int, path: Path) -> None
         "stats": dn.stats.to_dict() if dn.stats is not None else None,
     }
     path.write_text(json.dumps(report, indent=2))
-
-
-def val_subset(preset: Preset, splits: DialogueSplits) -> list[Any]:
-    n = preset.generator.val_examples
-    return splits.validation[:n] if n else splits.validation
