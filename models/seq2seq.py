@@ -269,9 +269,17 @@ class DecoderLayer(nn.Module):
         *,
         past_kv: tuple[Tensor, Tensor] | None = None,
         return_logits: bool = False,
+        self_mask: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor | None]:
+        """``self_mask`` (B, 1, 1, T_past + T), True = attend, hides self-attention keys on top of
+        the causal rule: continuous batching (models/continuous.py) shares the cache's columns
+        between rows that started at different steps."""
         h, self_kv, logits = self.self_attn(
-            self.norm1(x), causal=True, past_kv=past_kv, return_logits=return_logits
+            self.norm1(x),
+            causal=True,
+            past_kv=past_kv,
+            return_logits=return_logits,
+            mask=self_mask,
         )
         x = x + self.dropout(h)
         h, _, _ = self.cross_attn(self.norm2(x), memory_kv=memory_kv, mask=src_mask)

@@ -1,0 +1,455 @@
+"""Continuous (iteration-level) batching for greedy and sampled decoding.
+
+:func:`models.decoding.generate` decodes a fixed batch until its longest reply ends: a request
+that arrives meanwhile waits for the whole batch, and a finished row keeps being computed. A
+:class:`ContinuousDecoder` owns a *running batch* instead and works one decoder step at a time
+(:meth:`ContinuousDecoder.step`):
+
+1. **admit** at the step boundary: the sources of waiting requests are encoded (one encoder call
+   for all of them) and their cross-attention keys/values become new rows of the batch;
+2. **step**: one incremental decoder call for every running row, each row at its own position;
+3. **release**: rows that produced EOS or reached their ``max_length`` leave the batch at once
+   (their KV-cache rows are dropped) and their replies are returned by that very step.
+
+KV-cache layout (:class:`models.seq2seq.DecoderCache`, ``(rows, heads, columns, head_dim)``):
+
+* cross-attention keys/values are padded to the longest running source, with ``src_mask``
+  hiding each row's padding (trimmed again when the longest source leaves);
+* self-attention keys/values grow by one *column* per step for all rows, as in ``generate``;
+  a row admitted at step ``s`` owns the columns from ``s`` on and a per-row mask hides the
+  older ones. Attention does not care where a key sits (positions are added to the embeddings,
+  which here use each row's own position), so this is exact; columns no running row owns are
+  cut off, so the cache is never wider than the oldest running row's reply.
+
+Equivalence with ``generate``: every per-row rule is the same code (``_processed_log_probs``,
+``filter_top_k_top_p``), so greedy rows give the same tokens as ``generate`` on the same source
+and config, whatever else runs beside them (tests/test_continuous.py; only float rounding from
+other padding differs, as between two batch compositions of ``generate`` itself). Sampling draws
+from the same distribution; a request given its own ``torch.Generator`` draws its tokens with
+it alone, one ``multinomial`` per step over its row, which is exactly what ``generate`` does for
+that source alone with a generator in the same state, so seeded requests reproduce
+``generate(model, src[i:i+1], cfg, generator=g)`` token for token (up to the same rounding).
+Rows without their own generator share the decoder's (or torch's global) RNG: same
+distribution, but draws depend on which rows run together, as they do in a ``generate`` batch.
+
+Beam search stays request-level (``generate``): its K hypotheses of one source are reordered
+together at every step and it stops on a rule over all of them (the best open beam cannot beat
+the K-th finished one), so its unit of work is the whole beam, never one row; and its replies
+all end together. Interleaving beams with greedy rows would buy nothing but bookkeeping.
+
+The decoder is not thread-safe: one thread calls :meth:`add` / :meth:`step` (the service's
+backend worker thread); :meth:`cancel` frees a request's rows at the next boundary.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from models.decoding import (
+    DecodingConfig,
+    Generation,
+    _strip,
+    banned_ngram_tokens,
+    filter_top_k_top_p,
+)
+from models.seq2seq import DecoderCache, DecoderLayer, Seq2SeqTransformer
+
+__all__ = ["ContinuousDecoder", "Finished", "decode_continuously"]
+
+
+@dataclass
+class Finished:
+    """A request that left the batch: ``num_return_sequences`` replies, as ``generate`` gives."""
+
+    key: int
+    generation: Generation
+    steps: int  # decoder steps the request was in the batch for
+
+
+@dataclass
+class _Pending:
+    key: int
+    src: list[int]
+    cfg: DecodingConfig
+    generator: torch.Generator | None
+
+
+@dataclass
+class _Row:
+    key: int
+    cfg: DecodingConfig
+    generator: torch.Generator | None
+    src_len: int
+    start_col: int  # first self-attention cache column this row owns
+    tokens: list[int] = field(default_factory=list)  # generated so far (EOS included when out)
+    score: float = 0.0
+    done: bool = False
+
+    @property
+    def position(self) -> int:
+        """Position of the token fed next (BOS is 0)."""
+        return len(self.tokens)
+
+
+class ContinuousDecoder:
+    """A running batch of greedy / sampled decodes that requests join and leave at step boundaries.
+
+    ``max_rows`` bounds the running rows (a request takes ``num_return_sequences`` rows); waiting
+    requests are admitted in arrival order as rows free up. ``generator`` is the RNG of sampled
+    rows that bring none of their own.
+    """
+
+    def __init__(
+        self,
+        model: Seq2SeqTransformer,
+        *,
+        max_rows: int = 64,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if max_rows < 1:
+            raise ValueError("max_rows must be >= 1")
+        self.model = model
+        self.max_rows = max_rows
+        self.generator = generator
+        self.device = next(model.parameters()).device
+        self._keys = itertools.count()
+        self._waiting: deque[_Pending] = deque()
+        self._rows: list[_Row] = []
+        self._cache: DecoderCache | None = None
+        self._src_mask: Tensor | None = None  # (rows, S) True = real source token
+        self._self_mask: Tensor | None = None  # (rows, columns) True = the row's own column
+        self._cancelled: set[int] = set()
+        self.steps = 0  # decoder steps run so far (admissions included)
+
+    # --- state ---------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> int:
+        """Rows in the running batch."""
+        return len(self._rows)
+
+    @property
+    def waiting(self) -> int:
+        """Requests added but not admitted yet."""
+        return len(self._waiting)
+
+    @property
+    def idle(self) -> bool:
+        return not self._rows and not self._waiting
+
+    def running_keys(self) -> set[int]:
+        return {row.key for row in self._rows}
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def add(
+        self,
+        src: Sequence[int] | Tensor,
+        cfg: DecodingConfig,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> int:
+        """Queue one source (token ids; padding is dropped) for the next step boundary; returns
+        the request's key, which its :class:`Finished` carries."""
+        if cfg.strategy == "beam":
+            raise ValueError("beam search is request-level: use models.decoding.generate")
+        if cfg.num_return_sequences > self.max_rows:
+            raise ValueError(
+                f"num_return_sequences={cfg.num_return_sequences} exceeds max_rows={self.max_rows}"
+            )
+        ids = src.tolist() if isinstance(src, Tensor) else list(src)
+        pad = self.model.cfg.pad_id
+        ids = [int(t) for t in ids if t != pad]
+        if not ids:
+            raise ValueError("an empty source")
+        if len(ids) > self.model.cfg.max_positions or cfg.max_length > self.model.cfg.max_positions:
+            raise ValueError("source or max_length beyond the model's max_positions")
+        key = next(self._keys)
+        self._waiting.append(_Pending(key, ids, cfg, generator))
+        return key
+
+    def cancel(self, key: int) -> None:
+        """Stop decoding request ``key`` (its client left): it is dropped at the next boundary
+        without a result."""
+        self._cancelled.add(key)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self) -> list[Finished]:
+        """Admit what fits, run one decoder step for every running row, release what ended."""
+        self._drop_cancelled()
+        self._admit()
+        if not self._rows:
+            return []
+        assert self._cache is not None and self._self_mask is not None
+        mc = self.model.cfg
+        rows = self._rows
+        last = [row.tokens[-1] if row.tokens else mc.bos_id for row in rows]
+        tokens = torch.tensor(last, dtype=torch.long, device=self.device)[:, None]
+        positions = torch.tensor([row.position for row in rows], device=self.device)
+        logits = self._decode_step(tokens, positions)
+        self.steps += 1
+        finished_rows = self._choose(logits)
+        return self._release(finished_rows)
+
+    def run(self) -> Iterator[Finished]:
+        """Step until nothing runs or waits, yielding each request as it ends."""
+        while not self.idle:
+            yield from self.step()
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _decode_step(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        """``Seq2SeqTransformer.decode_step`` with a position per row and the row masks."""
+        model, cache = self.model, self._cache
+        assert cache is not None and self._self_mask is not None
+        x = model.embed(tokens) * math.sqrt(model.cfg.d_model) + model.positions[positions][:, None]
+        x = model.embed_dropout(x)
+        ones = torch.ones(len(self._rows), 1, dtype=torch.bool, device=self.device)
+        self._self_mask = torch.cat([self._self_mask, ones], dim=1)
+        self_mask = self._self_mask[:, None, None, :]
+        for i, layer in enumerate(model.decoder_layers):
+            assert isinstance(layer, DecoderLayer)
+            k_past, v_past = cache.self_k[i], cache.self_v[i]
+            past = None if k_past is None or v_past is None else (k_past, v_past)
+            x, (k, v), _ = layer(
+                x,
+                (cache.cross_k[i], cache.cross_v[i]),
+                cache.src_mask,
+                past_kv=past,
+                self_mask=self_mask,
+            )
+            cache.self_k[i], cache.self_v[i] = k, v
+        cache.length += 1
+        return model.output_logits(model.decoder_norm(x[:, -1]))
+
+    def _choose(self, logits: Tensor) -> list[int]:
+        """Pick each row's next token by its own config; the indices of rows that ended."""
+        mc = self.model.cfg
+        rows = self._rows
+        chosen = [0] * len(rows)
+        # rows that share the per-step rules are processed together, as one generate batch
+        groups: dict[tuple[bool, str, float, int, float], list[int]] = {}
+        for r, row in enumerate(rows):
+            c = row.cfg
+            key = (row.position < c.min_length, c.strategy, c.temperature, c.top_k, c.top_p)
+            groups.setdefault(key, []).append(r)
+        for (no_eos, strategy, temperature, top_k, top_p), members in groups.items():
+            index = None
+            if len(members) < len(rows):
+                index = torch.tensor(members, device=self.device)
+            sub = logits if index is None else logits.index_select(0, index)
+            # the rules of models.decoding._processed_log_probs, each row with its own history
+            lp = sub.float().log_softmax(dim=-1)
+            if no_eos:
+                lp[:, mc.eos_id] = float("-inf")
+            for j, r in enumerate(members):
+                n = rows[r].cfg.no_repeat_ngram_size
+                if n:
+                    [banned] = banned_ngram_tokens([rows[r].tokens], n)
+                    if banned:
+                        lp[j, banned] = float("-inf")
+            if strategy == "greedy":
+                picks = lp.argmax(dim=-1)
+            else:
+                probs = filter_top_k_top_p(lp / temperature, top_k, top_p).softmax(dim=-1)
+                picks = torch.empty(len(members), dtype=torch.long, device=self.device)
+                # one multinomial per RNG: rows of a seeded request draw from their own
+                by_rng: dict[int, tuple[torch.Generator | None, list[int]]] = {}
+                for j, r in enumerate(members):
+                    g = rows[r].generator
+                    by_rng.setdefault(id(g), (g, []))[1].append(j)
+                for g, js in by_rng.values():
+                    if g is None:
+                        g = self.generator
+                    sel = torch.tensor(js, device=self.device)
+                    drawn = torch.multinomial(probs.index_select(0, sel), 1, generator=g)
+                    picks[sel] = drawn.squeeze(1)
+            scores = lp.gather(1, picks[:, None]).squeeze(1).tolist()
+            for j, (r, tok) in enumerate(zip(members, picks.tolist(), strict=True)):
+                chosen[r] = tok
+                rows[r].score += scores[j]
+        ended = []
+        for r, row in enumerate(rows):
+            row.tokens.append(chosen[r])
+            if chosen[r] == mc.eos_id or len(row.tokens) >= row.cfg.max_length:
+                row.done = True
+                ended.append(r)
+        return ended
+
+    def _release(self, ended: list[int]) -> list[Finished]:
+        """Drop rows that ended; a request is finished when all its rows have."""
+        if not ended:
+            return []
+        mc = self.model.cfg
+        finished_keys = []
+        for r in ended:
+            key = self._rows[r].key
+            if all(row.done for row in self._rows if row.key == key):
+                finished_keys.append(key)
+        out = []
+        for key in dict.fromkeys(finished_keys):
+            mine = [row for row in self._rows if row.key == key]
+            out.append(
+                Finished(
+                    key,
+                    Generation(
+                        tokens=[_strip(row.tokens, mc.eos_id, mc.pad_id) for row in mine],
+                        scores=[row.score for row in mine],
+                    ),
+                    steps=max(len(row.tokens) for row in mine),
+                )
+            )
+        gone = set(finished_keys)
+        self._keep([r for r, row in enumerate(self._rows) if row.key not in gone])
+        return out
+
+    def _drop_cancelled(self) -> None:
+        if not self._cancelled:
+            return
+        cancelled, self._cancelled = self._cancelled, set()
+        self._waiting = deque(p for p in self._waiting if p.key not in cancelled)
+        if any(row.key in cancelled for row in self._rows):
+            self._keep([r for r, row in enumerate(self._rows) if row.key not in cancelled])
+
+    def _keep(self, keep: list[int]) -> None:
+        """Keep only rows ``keep`` (in order): cache rows, masks; trim unused columns."""
+        if len(keep) == len(self._rows):
+            return
+        self._rows = [self._rows[r] for r in keep]
+        if not self._rows:
+            self._cache = self._src_mask = self._self_mask = None
+            return
+        assert self._cache is not None and self._self_mask is not None
+        assert self._src_mask is not None
+        index = torch.tensor(keep, device=self.device)
+        cache = self._cache
+        src_len = max(row.src_len for row in self._rows)
+        first_col = min(row.start_col for row in self._rows)
+        cache.cross_k = [k.index_select(0, index)[:, :, :src_len] for k in cache.cross_k]
+        cache.cross_v = [v.index_select(0, index)[:, :, :src_len] for v in cache.cross_v]
+        cache.self_k = [None if k is None else k.index_select(0, index) for k in cache.self_k]
+        cache.self_v = [None if v is None else v.index_select(0, index) for v in cache.self_v]
+        self._src_mask = self._src_mask.index_select(0, index)[:, :src_len]
+        self._self_mask = self._self_mask.index_select(0, index)
+        if first_col > 0:  # columns no running row owns
+            cache.self_k = [None if k is None else k[:, :, first_col:] for k in cache.self_k]
+            cache.self_v = [None if v is None else v[:, :, first_col:] for v in cache.self_v]
+            self._self_mask = self._self_mask[:, first_col:]
+            for row in self._rows:
+                row.start_col -= first_col
+        self._sync_src_mask()
+
+    def _sync_src_mask(self) -> None:
+        assert self._cache is not None and self._src_mask is not None
+        # None when nothing is padded, as Seq2SeqTransformer.encode gives (faster kernels)
+        self._cache.src_mask = (
+            None if bool(self._src_mask.all()) else self._src_mask[:, None, None, :]
+        )
+
+    def _admit(self) -> None:
+        """Encode waiting requests that fit and append their rows (at a step boundary)."""
+        free = self.max_rows - len(self._rows)
+        admitted: list[_Pending] = []
+        while self._waiting and self._waiting[0].cfg.num_return_sequences <= free:
+            pending = self._waiting.popleft()
+            free -= pending.cfg.num_return_sequences
+            admitted.append(pending)
+        if not admitted:
+            return
+        model, mc = self.model, self.model.cfg
+        width = max(len(p.src) for p in admitted)
+        src = torch.full((len(admitted), width), mc.pad_id, dtype=torch.long)
+        for i, p in enumerate(admitted):
+            src[i, : len(p.src)] = torch.tensor(p.src)
+        src = src.to(self.device)
+        memory, mask = model.encode(src)
+        repeats = torch.tensor([p.cfg.num_return_sequences for p in admitted], device=self.device)
+        if bool((repeats > 1).any()):
+            memory = memory.repeat_interleave(repeats, dim=0)
+            src = src.repeat_interleave(repeats, dim=0)
+            mask = None if mask is None else mask.repeat_interleave(repeats, dim=0)
+        new = model.start_cache(memory, mask)
+        new_src_mask = src.ne(mc.pad_id)
+        columns = 0 if self._self_mask is None else self._self_mask.size(1)
+        new_rows = [
+            _Row(p.key, p.cfg, p.generator, len(p.src), start_col=columns)
+            for p in admitted
+            for _ in range(p.cfg.num_return_sequences)
+        ]
+        n_new = len(new_rows)
+        if self._cache is None:
+            assert not self._rows
+            self._cache = new
+            self._src_mask = new_src_mask
+            self._self_mask = torch.zeros(n_new, 0, dtype=torch.bool, device=self.device)
+            self._rows = new_rows
+            self._sync_src_mask()
+            return
+        assert self._src_mask is not None and self._self_mask is not None
+        cache = self._cache
+        s_old, s_new = self._src_mask.size(1), new_src_mask.size(1)
+        s = max(s_old, s_new)
+
+        def pad_src(t: Tensor, size: int) -> Tensor:  # (B, H, S, hd) -> (B, H, s, hd)
+            return t if size == s else torch.nn.functional.pad(t, (0, 0, 0, s - size))
+
+        cache.cross_k = [
+            torch.cat([pad_src(a, s_old), pad_src(b, s_new)])
+            for a, b in zip(cache.cross_k, new.cross_k, strict=True)
+        ]
+        cache.cross_v = [
+            torch.cat([pad_src(a, s_old), pad_src(b, s_new)])
+            for a, b in zip(cache.cross_v, new.cross_v, strict=True)
+        ]
+        pad_mask = torch.nn.functional.pad
+        self._src_mask = torch.cat(
+            [pad_mask(self._src_mask, (0, s - s_old)), pad_mask(new_src_mask, (0, s - s_new))]
+        )
+        # new rows own no column yet: zeros in the cache, hidden by the mask
+        for i, (k, v) in enumerate(zip(cache.self_k, cache.self_v, strict=True)):
+            if k is None or v is None:
+                continue
+            cache.self_k[i] = torch.cat([k, k.new_zeros(n_new, *k.shape[1:])])
+            cache.self_v[i] = torch.cat([v, v.new_zeros(n_new, *v.shape[1:])])
+        self._self_mask = torch.cat([self._self_mask, self._self_mask.new_zeros(n_new, columns)])
+        self._rows += new_rows
+        self._sync_src_mask()
+
+
+def decode_continuously(
+    model: Seq2SeqTransformer,
+    sources: Sequence[Sequence[int]],
+    configs: Sequence[DecodingConfig],
+    *,
+    arrivals: Sequence[int] | None = None,
+    max_rows: int = 64,
+    generators: Sequence[torch.Generator | None] | None = None,
+) -> list[Generation]:
+    """Decode ``sources`` through one :class:`ContinuousDecoder`, source i added just before
+    decoder step ``arrivals[i]`` (default: all at step 0); one Generation per source, in order.
+    For tests and benchmarks: the same schedule the service produces with staggered requests."""
+    arrivals = list(arrivals) if arrivals is not None else [0] * len(sources)
+    gens = list(generators) if generators is not None else [None] * len(sources)
+    decoder = ContinuousDecoder(model, max_rows=max_rows)
+    order = sorted(range(len(sources)), key=lambda i: arrivals[i])
+    keys: dict[int, int] = {}
+    out: dict[int, Generation] = {}
+    step = 0
+    pending = deque(order)
+    while pending or not decoder.idle:
+        while pending and arrivals[pending[0]] <= step:
+            i = pending.popleft()
+            keys[decoder.add(sources[i], configs[i], generator=gens[i])] = i
+        for done in decoder.step():
+            out[keys[done.key]] = done.generation
+        step += 1
+    return [out[i] for i in range(len(sources))]
