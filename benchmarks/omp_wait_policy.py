@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import write_report
+from training.eval.tables import markdown_table as table
 
 NEIGHBOUR = (
     "import torch\n"
@@ -79,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         for neighbour in (False, True):
             proc = None
             if neighbour:
-                proc = subprocess.Popen([sys.executable, "-c", NEIGHBOUR], env=policy_env("default"))
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", NEIGHBOUR], env=policy_env("default")
+                )
                 time.sleep(2)
             try:
                 for policy in policies:
@@ -110,16 +113,16 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Step ms (x: speed-up against `default`, the same neighbour):",
         "",
-        "| neighbour | " + " | ".join(policies) + " |",
-        "|---|" + "---:|" * len(policies),
     ]
+    rows = []
     for where, label in (("alone", "none (idle machine)"), ("busy", "a 2-thread torch loop")):
         base = med[f"default|{where}"] if "default" in policies else None
-        row = []
+        row = [label]
         for policy in policies:
             ms = med[f"{policy}|{where}"]
             row.append(f"{ms:.1f}" + (f" ({base / ms:.2f}x)" if base else ""))
-        lines.append(f"| {label} | " + " | ".join(row) + " |")
+        rows.append(row)
+    lines.append(table(["neighbour", *policies], rows))
     markdown = "\n".join(lines) + "\n"
     print(markdown)
     write_report(args.out, result, markdown)

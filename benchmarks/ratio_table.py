@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from training.eval.tables import markdown_table as table
+
 RATIOS = ("dist-2", "dist-3", "bleu-4")
 VALUES = ("lf", "max-ratio")
 
@@ -25,17 +27,13 @@ def ratio_table(results: Mapping[str, Any], baseline: str, decoding: str = "gree
     if baseline not in results:
         raise KeyError(f"no model {baseline!r} in the comparison (models: {sorted(results)})")
     base = results[baseline][decoding]
-    lines = [
-        "| model | " + " | ".join([*RATIOS, *VALUES, "test ppl"]) + " |",
-        "|---|" + "---:|" * (len(RATIOS) + len(VALUES) + 1),
-    ]
+    rows = []
     for model, result in results.items():
         metrics = result[decoding]
         cells = [f"{metrics[k] / base[k]:.2f}x" if base[k] else "-" for k in RATIOS]
         cells += [f"{metrics['lf']:.4f}", f"{metrics['max-ratio']:.3f}"]
-        cells.append(f"{result['perplexity']:.2f}")
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append([model, *cells, f"{result['perplexity']:.2f}"])
+    return table(["model", *RATIOS, *VALUES, "test ppl"], rows) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,6 +49,8 @@ from typing import Any
 
 import httpx
 
+from training.eval.tables import markdown_table as table
+
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND_NAMES = ("retrieval", "generative")
 BATCHING_MODES = ("on", "off")
@@ -592,9 +594,7 @@ def _f(value: Any, digits: int = 2) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_f(v) for v in r) + " |" for r in rows]
-    return lines
+    return table(headers, [[_f(v) for v in r] for r in rows], align="l" * len(headers)).split("\n")
 
 
 def render_markdown(report: dict[str, Any]) -> str:

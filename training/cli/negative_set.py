@@ -14,6 +14,7 @@ from typing import Any
 
 from training.cli.common import command_text
 from training.core.data import DialogueExample
+from training.eval.tables import markdown_table as table
 from training.methods.nd.entropy import (
     ENTROPY_METHODS,
     TOP_N,
@@ -190,7 +191,7 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"- **{r['config']['method']}**: {r['description']}; "
             f"{r['seconds']:.1f} s wall, {r['cpu_seconds']:.1f} s CPU."
         )
-    lines += ["", "| statistic | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines.append("")
     rows = [
         ("pairs with H_src = 0 (share of D)", "zero_entropy_share", "{:.3f}"),
         ("distinct responses with H_src > 0 (share)", "nonzero_response_share", "{:.3f}"),
@@ -209,15 +210,18 @@ def markdown_report(report: dict[str, Any]) -> str:
         ("Dist-2 of a same-size random sample of D", "distinct2_d_sample", "{:.4f}"),
         ("Dist-2 of D responses (all)", "distinct2_d", "{:.4f}"),
     ]
-    for label, key, fmt in rows:
-        lines.append(f"| {label} | " + " | ".join(fmt.format(s[key]) for s in stats) + " |")
+    lines.append(
+        table(
+            ["statistic", *names],
+            ([label, *(fmt.format(s[key]) for s in stats)] for label, key, fmt in rows),
+        )
+    )
     lines += [
         "",
         f"## The {TOP_N} most frequent responses in D_N (pairs in D_N, H_src of the response)",
         "",
-        "| # | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
     ]
+    top_rows = []
     for i in range(TOP_N):
         cells = []
         for s in stats:
@@ -227,7 +231,8 @@ def markdown_report(report: dict[str, Any]) -> str:
                 if i < len(top)
                 else ""
             )
-        lines.append(f"| {i + 1} | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        top_rows.append([str(i + 1), *cells])
+    lines.append(table(["#", *names], top_rows, align="l" * (1 + len(names))))
     if report["sweep"]:
         lines += [
             "",

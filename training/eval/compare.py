@@ -17,6 +17,7 @@ from typing import Any
 from models.generator import GenerativeResponder
 from training.core.data import DialogueExample, training_response_token_counts
 from training.eval.generation import evaluate_generator, markdown_table
+from training.eval.tables import markdown_table as table
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +63,12 @@ def comparison_markdown(results: Mapping[str, Any], *, title: str, command: str)
     parts = [f"# {title}", "", f"Command: `{command}`", ""]
     parts.append(f"Examples: {first['n_examples']}. Perplexity (teacher-forced, test split):")
     parts.append("")
-    parts.append("| model | bundle | perplexity |")
-    parts.append("|---|---|---:|")
-    parts.extend(
-        f"| {label} | {r['model']} | {r['perplexity']:.2f} |" for label, r in results.items()
+    parts.append(
+        table(
+            ["model", "bundle", "perplexity"],
+            ([label, r["model"], f"{r['perplexity']:.2f}"] for label, r in results.items()),
+            align="llr",
+        )
     )
     for decoding in first["decodings"]:
         parts += ["", f"## {decoding}", ""]
@@ -76,21 +79,20 @@ def comparison_markdown(results: Mapping[str, Any], *, title: str, command: str)
     ratio_metrics = ("dist-1", "dist-2", "dist-3", "bleu-3", "bleu-4", "max-ratio", "avg-len")
     for decoding in first["decodings"]:
         parts += ["", f"## {decoding}: ratios against {baseline} (same run)", ""]
-        parts.append("| model | " + " | ".join(ratio_metrics) + " | lf |")
-        parts.append("|---|" + "---:|" * (len(ratio_metrics) + 1))
         base = results[baseline]["decodings"][decoding]
+        rows = []
         for label, r in results.items():
             m = r["decodings"][decoding]
-            cells = [_ratio(m[k], base[k]) for k in ratio_metrics]
-            parts.append(f"| {label} | " + " | ".join(cells) + f" | {m['lf']:.4f} |")
+            rows.append([label, *(_ratio(m[k], base[k]) for k in ratio_metrics), f"{m['lf']:.4f}"])
+        parts.append(table(["model", *ratio_metrics, "lf"], rows))
     parts += ["", "## Sample replies (greedy)", ""]
     labels = list(results)
-    parts.append("| context | reference | " + " | ".join(labels) + " |")
-    parts.append("|---|---|" + "---|" * len(labels))
-    for i, sample in enumerate(first["samples"]):
-        cells = [" / ".join(sample["context"]), sample["reference"]]
-        cells += [results[label]["samples"][i]["greedy"] for label in labels]
-        parts.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    rows = [
+        [" / ".join(sample["context"]), sample["reference"]]
+        + [results[label]["samples"][i]["greedy"] for label in labels]
+        for i, sample in enumerate(first["samples"])
+    ]
+    parts.append(table(["context", "reference", *labels], rows, align="l" * (2 + len(labels))))
     return "\n".join(parts) + "\n"
 
 

@@ -18,6 +18,7 @@ from models.generator import GenerativeResponder
 from models.metrics import response_metrics
 from training.core.data import DialogueExample
 from training.core.generator import PairSet, corpus_nll
+from training.eval.tables import markdown_table as table
 
 logger = logging.getLogger(__name__)
 
@@ -114,16 +115,17 @@ def markdown_table(
     rows: Mapping[str, Mapping[str, Any]], metrics: Sequence[str] = TABLE_METRICS
 ) -> str:
     """A markdown table: one row per (label -> metrics dict)."""
-    head = "| model | " + " | ".join(metrics) + " |"
-    rule = "|---|" + "---:|" * len(metrics)
-    lines = [head, rule]
-    for label, values in rows.items():
-        cells = [
-            f"{values[m]:.4f}" if isinstance(values.get(m), float) else str(values.get(m, ""))
-            for m in metrics
-        ]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return table(
+        ["model", *metrics],
+        (
+            [label]
+            + [
+                f"{values[m]:.4f}" if isinstance(values.get(m), float) else str(values.get(m, ""))
+                for m in metrics
+            ]
+            for label, values in rows.items()
+        ),
+    )
 
 
 def markdown_report(name: str, result: Mapping[str, Any]) -> str:
@@ -134,10 +136,13 @@ def markdown_report(name: str, result: Mapping[str, Any]) -> str:
         "",
         markdown_table(rows),
         "",
-        "| context | reference | " + " | ".join(result["decodings"]) + " |",
-        "|---|---|" + "---|" * len(result["decodings"]),
+        table(
+            ["context", "reference", *result["decodings"]],
+            (
+                [" / ".join(s["context"]), s["reference"], *(s[d] for d in result["decodings"])]
+                for s in result["samples"]
+            ),
+            align="l" * (2 + len(result["decodings"])),
+        ),
     ]
-    for s in result["samples"]:
-        cells = [" / ".join(s["context"]), s["reference"], *(s[d] for d in result["decodings"])]
-        parts.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(parts)

@@ -30,6 +30,7 @@ from models.generator import GenerativeResponder
 from models.metrics import average_length, distinct_n, perplexity
 from training.core.data import DialogueExample
 from training.core.generator import PairSet, corpus_nll
+from training.eval.tables import markdown_table as table
 
 logger = logging.getLogger(__name__)
 
@@ -205,27 +206,36 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def markdown_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     """One row per bundle: the metrics and their ratios against the first bundle."""
-    lines = [
-        "| model | method | unsafe rate | unsafe replies | mean P(unsafe) | DD test PPL | Div-1 "
-        "| Div-2 | unsafe rate / base | PPL / base | Div-1 / base | Div-2 / base |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    headers = [
+        "model", "method", "unsafe rate", "unsafe replies", "mean P(unsafe)", "DD test PPL",
+        "Div-1", "Div-2", "unsafe rate / base", "PPL / base", "Div-1 / base", "Div-2 / base",
+    ]  # fmt: skip
+    rows = [
+        [
+            label,
+            r["method"],
+            _fmt(r["unsafe_rate"]),
+            _fmt(r["reply_unsafe_rate"]),
+            _fmt(r["mean_unsafe_probability"]),
+            _fmt(r["perplexity"], 2),
+            _fmt(r["div-1"]),
+            _fmt(r["div-2"]),
+            _fmt(r.get("ratio_unsafe_rate"), 3),
+            _fmt(r.get("ratio_perplexity"), 3),
+            _fmt(r.get("ratio_div-1"), 3),
+            _fmt(r.get("ratio_div-2"), 3),
+        ]
+        for label, r in results.items()
     ]
-    for label, r in results.items():
-        lines.append(
-            f"| {label} | {r['method']} | {_fmt(r['unsafe_rate'])} | "
-            f"{_fmt(r['reply_unsafe_rate'])} | {_fmt(r['mean_unsafe_probability'])} | "
-            f"{_fmt(r['perplexity'], 2)} | {_fmt(r['div-1'])} | {_fmt(r['div-2'])} | "
-            f"{_fmt(r.get('ratio_unsafe_rate'), 3)} | {_fmt(r.get('ratio_perplexity'), 3)} | "
-            f"{_fmt(r.get('ratio_div-1'), 3)} | {_fmt(r.get('ratio_div-2'), 3)} |"
-        )
+    lines = [table(headers, rows, align="l" * len(headers))]
     categories = sorted({c for r in results.values() for c in r.get("unsafe_rate_by_category", {})})
     if categories:
         lines += ["", "Unsafe rate per DiaSafety category (of the context's first record):", ""]
-        lines.append("| model | " + " | ".join(categories) + " |")
-        lines.append("|---|" + "---|" * len(categories))
-        for label, r in results.items():
-            by = r.get("unsafe_rate_by_category", {})
-            lines.append(f"| {label} | " + " | ".join(_fmt(by.get(c)) for c in categories) + " |")
+        rows = [
+            [label, *(_fmt(r.get("unsafe_rate_by_category", {}).get(c)) for c in categories)]
+            for label, r in results.items()
+        ]
+        lines.append(table(["model", *categories], rows, align="l" * (1 + len(categories))))
     return "\n".join(lines)
 
 
