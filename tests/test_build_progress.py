@@ -65,6 +65,28 @@ def test_stage_lines_count_stages_and_the_estimate_follows_the_measured_speed() 
     assert record["b"]["seconds"] == pytest.approx(50.0) and record["c"]["ran"] is False
 
 
+def test_a_resumed_stage_does_not_set_the_speed_of_the_estimate() -> None:
+    """A stage that continued from its checkpoint took a fraction of its planned time; taking
+    that as the machine's speed made every later estimate of a resumed base build far too low."""
+    clock, out = Clock(), io.StringIO()
+    show = BuildProgress(
+        [("a", "first", 600.0, True, ""), ("b", "second", 300.0, True, "")],
+        stream=out,
+        clock=clock,
+    )
+    show.resuming("a")
+    show.start("a")
+    clock.now = 5.0  # only its last steps and the save
+    show.finish("a")
+    assert show.speed() == pytest.approx(1.0)
+    show.start("b")
+    assert out.getvalue().splitlines()[0].startswith(
+        "[build] stage 1/2 a: first (resuming from its checkpoint); elapsed 0 s"
+    )
+    assert "b: second (~5 min 00 s)" in out.getvalue().splitlines()[2]
+    assert [r["resumed"] for r in show.record()] == [True, False]
+
+
 def test_progress_prints_nothing_when_disabled() -> None:
     out = io.StringIO()
     show = BuildProgress([("a", "x", 1.0, True, "")], stream=out, enabled=False)

@@ -25,6 +25,7 @@ from training.core.data import (
 from training.core.distributed import DistContext, barrier
 from training.core.generator import train_mle_generator
 from training.core.run import RunSpec
+from training.core.trainer import CHECKPOINT_FILE
 from training.methods.g2r.job import build_retriever
 from training.methods.nd.job import train_nd_student
 from training.methods.nd.negative_set import NegativeSet, negative_set
@@ -286,6 +287,9 @@ def build(
 
     def stage(key: str, name: str, train: Callable[..., Any], **kwargs: Any) -> Path:
         bundle = paths.out_dir / name
+        resuming = resume and name not in redo_set
+        if not done[name] and resuming and (paths.run_dir(preset, name) / CHECKPOINT_FILE).exists():
+            show.resuming(key)
         show.start(key)
         if not done[name]:
             run = RunSpec(
@@ -294,7 +298,7 @@ def build(
                 run_dir=paths.run_dir(preset, name),
                 data_desc=data_desc,
                 dist_ctx=ctx,
-                resume=resume and name not in redo_set,
+                resume=resuming,
                 seed=seed,
             )
             train(

@@ -145,6 +145,9 @@ class _Stage:
     runs: bool  # False: its output exists (or it does not apply) and it will be skipped
     why_skipped: str = ""
     actual_s: float | None = None
+    # continues from a checkpoint: its time is the rest of a run, not a sample of this machine's
+    # speed (a resumed stage that only saved its bundle made every later estimate ~20x too low)
+    resumed: bool = False
 
 
 class BuildProgress:
@@ -175,7 +178,11 @@ class BuildProgress:
 
     def speed(self) -> float:
         """Measured / planned time over the stages that ran so far (1.0 before any has)."""
-        done = [s for s in self.stages if s.runs and s.actual_s is not None and s.planned_s > 1]
+        done = [
+            s
+            for s in self.stages
+            if s.runs and not s.resumed and s.actual_s is not None and s.planned_s > 1
+        ]
         planned = sum(s.planned_s for s in done)
         return sum(s.actual_s or 0.0 for s in done) / planned if planned else 1.0
 
@@ -198,9 +205,13 @@ class BuildProgress:
         self._current = (stage, self.clock())
         elapsed = self.clock() - self.started
         if stage.runs:
+            planned = (
+                "resuming from its checkpoint"
+                if stage.resumed
+                else f"~{format_duration(stage.planned_s * self.speed())}"
+            )
             self._print(
-                f"[build] {self._number(stage)} {stage.key}: {stage.what} "
-                f"(~{format_duration(stage.planned_s * self.speed())}); "
+                f"[build] {self._number(stage)} {stage.key}: {stage.what} ({planned}); "
                 f"elapsed {format_duration(elapsed)}, "
                 f"whole build ~{format_duration(self.estimate_total_s())} (estimate)"
             )
@@ -220,6 +231,10 @@ class BuildProgress:
             )
         return stage.actual_s
 
+    def resuming(self, key: str) -> None:
+        """Say that ``key`` continues an interrupted run (call before :meth:`start`)."""
+        self._by_key[key].resumed = True
+
     def mark(self, key: str, *, runs: bool, why_skipped: str = "") -> None:
         """Revise whether a stage runs (a stage can turn out to be needed only later)."""
         stage = self._by_key[key]
@@ -233,6 +248,7 @@ class BuildProgress:
                 "ran": s.runs,
                 "skipped_because": None if s.runs else s.why_skipped,
                 "seconds": s.actual_s,
+                "resumed": s.resumed,
                 "planned_seconds": round(s.planned_s, 1),
             }
             for s in self.stages
