@@ -28,15 +28,9 @@ from training.methods.malicious.attack import (
     gibbs_enum,
     judge,
 )
-from training.methods.malicious.nt import (
-    MALICIOUS_PRESETS,
-    augment_targets,
-    fwa_ids,
-    fwa_weights,
-    negative_loss,
-    sample_targets,
-    train_malicious_nt,
-)
+from training.methods.malicious.config import MALICIOUS_PRESETS
+from training.methods.malicious.experiment import augment_targets, sample_targets
+from training.methods.malicious.nt import fwa_ids, fwa_weights, negative_loss, train_malicious_nt
 
 WORDS = [
     "hello",

@@ -129,7 +129,7 @@ def _seeded_device(args: argparse.Namespace) -> Any:
 
 
 def _preset(args: argparse.Namespace) -> Any:
-    from training.methods.malicious.nt import MALICIOUS_PRESETS
+    from training.methods.malicious.config import MALICIOUS_PRESETS
 
     return MALICIOUS_PRESETS[args.preset]
 
@@ -167,7 +167,11 @@ def _train_lm(args: argparse.Namespace) -> int:
 def _attack(args: argparse.Namespace) -> int:
     from training.core.safety_data import load_targets
     from training.methods.malicious.attack import SearchMode
-    from training.methods.malicious.nt import attack_report, load_attack_context, sample_targets
+    from training.methods.malicious.experiment import (
+        attack_report,
+        load_attack_context,
+        sample_targets,
+    )
 
     cfg = search_config(args, _preset(args).eval_search)
     device = _seeded_device(args)
@@ -273,7 +277,7 @@ def _train_nt(args: argparse.Namespace) -> int:
     if args.copies:
         if args.paraphrases is None:
             raise SystemExit("--copies needs --paraphrases")
-        from training.methods.malicious.nt import augment_targets
+        from training.methods.malicious.experiment import augment_targets
 
         targets = augment_targets(targets, load_paraphrases(args.paraphrases), args.copies)
     cfg = preset.nt

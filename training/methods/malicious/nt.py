@@ -26,7 +26,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,242 +38,27 @@ from models.bundle import Manifest
 from models.generator import GenerativeResponder
 from models.seq2seq import Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
-from training.core.data import DialogueSplits, load_splits, training_response_token_counts
-from training.core.generator import PairSet, corpus_nll
-from training.core.losses import LABEL_SMOOTHING, frequent_word_weights, smoothed_nll
+from training.core.data import training_response_token_counts
+from training.core.generator import PairSet
+from training.core.losses import frequent_word_weights, smoothed_nll
 from training.core.run import RunSpec
 from training.core.trainer import atomic_torch_save, load_checkpoint_file, rng_state, set_rng_state
 from training.methods.malicious.attack import (
-    HIT_TYPES,
-    GibbsEnumConfig,
     HitThresholds,
-    SearchMode,
     SearchResult,
     TargetBatch,
-    attack,
     gibbs_enum,
     judge,
     score_triggers,
     target_log_probs,
 )
+from training.methods.malicious.config import FWA_WORDS, MaliciousNTConfig
+from training.methods.malicious.experiment import average_log_likelihood, load_attack_context
 from training.methods.malicious.lm import ResponseLM
 
-__all__ = [
-    "MALICIOUS_PRESETS",
-    "AttackContext",
-    "MaliciousNTConfig",
-    "MaliciousPreset",
-    "attack_report",
-    "augment_targets",
-    "load_attack_context",
-    "sample_targets",
-    "train_malicious_nt",
-]
+__all__ = ["fwa_ids", "fwa_weights", "negative_loss", "train_malicious_nt"]
 
 logger = logging.getLogger(__name__)
-
-FWA_WORDS = ("you", "i", "me", "are", "to", "do")  # plus <EOS>; He & Glass footnote 9
-
-
-@dataclass(frozen=True)
-class MaliciousNTConfig:
-    """Algorithm 1's settings. Paper: 20 iterations, target mini-batch 100, lambda_POS 1
-    (Switchboard, OpenSubtitles), fixed lr 0.01 with SGD for an LSTM; we fine-tune a Transformer
-    trained with Adam, so Adam at a small fixed lr is the default (configurable)."""
-
-    criterion: str = "o-sample-avg"  # hit type that triggers negative updates
-    iterations: int = 20
-    target_batch: int = 100
-    max_updates: int = 10  # negative updates per batch of triggers before re-searching
-    lr: float = 1e-4
-    optimizer: str = "adam"  # adam | sgd
-    lambda_pos: float = 1.0
-    pos_batch: int = 64
-    label_smoothing: float = LABEL_SMOOTHING  # of the positive MLE term, as in training
-    fwa: bool = True
-    # Extension (not in the paper): also spare the N most frequent response words of the training
-    # corpus, so negative updates only push down the targets' rarer, content-bearing words.
-    fwa_corpus_top: int = 0
-    warm_start: bool = True  # later iterations also restart from the previous trigger
-    search: GibbsEnumConfig = field(default_factory=GibbsEnumConfig)
-
-    def __post_init__(self) -> None:
-        modes = {h: m for m, hs in HIT_TYPES.items() for h in hs}
-        if self.criterion not in modes:
-            raise ValueError(f"criterion must be one of {sorted(modes)}, not {self.criterion!r}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError("optimizer must be adam or sgd")
-
-    @property
-    def mode(self) -> SearchMode:
-        return "io" if self.criterion.startswith("io-") else "o"
-
-
-@dataclass(frozen=True)
-class MaliciousPreset:
-    """The search used to *measure* hit rates and the negative-training run."""
-
-    eval_search: GibbsEnumConfig
-    nt: MaliciousNTConfig
-
-
-MALICIOUS_PRESETS: dict[str, MaliciousPreset] = {
-    "tiny": MaliciousPreset(
-        eval_search=GibbsEnumConfig(trigger_len=4, candidates=8, sweeps=2, restarts=1),
-        nt=MaliciousNTConfig(
-            iterations=1,
-            target_batch=8,
-            max_updates=2,
-            pos_batch=8,
-            search=GibbsEnumConfig(trigger_len=4, candidates=8, sweeps=1, restarts=1),
-        ),
-    ),
-    # What a 2-core CPU affords (reports/safety.md): one search costs 2-5 s per target at n=10,
-    # G=50, T=3 on one (shared) thread, so evaluation uses that and training a cheaper search.
-    "small": MaliciousPreset(
-        eval_search=GibbsEnumConfig(
-            trigger_len=10, candidates=50, sweeps=3, restarts=1, batch_targets=50
-        ),
-        nt=MaliciousNTConfig(
-            iterations=2,
-            target_batch=100,
-            max_updates=10,
-            search=GibbsEnumConfig(
-                trigger_len=10, candidates=16, sweeps=2, restarts=1, batch_targets=100
-            ),
-        ),
-    ),
-    "paper": MaliciousPreset(eval_search=GibbsEnumConfig(), nt=MaliciousNTConfig()),
-}
-
-
-def sample_targets(targets: Sequence[str], limit: int, seed: int) -> list[str]:
-    """All targets, or a seeded sample of ``limit`` of them in list order."""
-    if not limit or limit >= len(targets):
-        return list(targets)
-    keep = sorted(random.Random(seed).sample(range(len(targets)), limit))
-    return [targets[i] for i in keep]
-
-
-def augment_targets(
-    targets: Sequence[str], paraphrases: Sequence[Sequence[str]], copies: int
-) -> list[str]:
-    """Each target followed by its first ``copies`` paraphrases that differ from it (section 4.2)."""
-    if len(paraphrases) != len(targets):
-        raise ValueError(f"{len(paraphrases)} paraphrase rows for {len(targets)} targets")
-    out: dict[str, None] = {}
-    for target, para in zip(targets, paraphrases, strict=True):
-        out.setdefault(target)
-        for p in [p for p in para if p != target][:copies]:
-            out.setdefault(p)
-    return list(out)
-
-
-# --- thresholds and attack reports --------------------------------------------------------------
-
-
-@dataclass
-class AttackContext:
-    """A model under attack with its thresholds: T_out from ``reference`` (default: itself)."""
-
-    responder: GenerativeResponder
-    lm: ResponseLM | None
-    thresholds: HitThresholds
-    test_ppl: float
-    lm_test_ppl: float | None
-    splits: DialogueSplits  # loaded once for T_out; negative training reuses its train split
-
-
-def average_log_likelihood(model: Seq2SeqTransformer, pairs: PairSet) -> float:
-    """Mean token log-likelihood (EOS included) of the test responses: T_out (section 3.2)."""
-    total, count = corpus_nll(model, pairs)
-    return -total / max(count, 1)
-
-
-@torch.no_grad()
-def lm_average_log_likelihood(
-    lm: ResponseLM, tok: DialogueTokenizer, responses: Sequence[str], batch: int = 256
-) -> float:
-    """Mean token log-likelihood of test responses under the LM: T_in.
-
-    Scored like ``R(x)`` in the search (eq. 8): the response's own tokens after ``<s>``, no EOS.
-    """
-    longest = lm.responder.inputs.max_target_len - 1  # as the LM saw responses in training
-    ids = [r[:longest] for r in tok.encode_texts(list(responses)) if r]
-    total, count = 0.0, 0
-    for start in range(0, len(ids), batch):
-        chunk = ids[start : start + batch]
-        x = tok.pad(chunk, lm.device)
-        logp = lm.token_log_probs(x)
-        mask = x.ne(tok.pad_id)
-        total += float((logp * mask).sum())
-        count += int(mask.sum())
-    return total / max(count, 1)
-
-
-def load_attack_context(
-    bundle: Path,
-    data_dir: Path,
-    *,
-    lm_bundle: Path | None = None,
-    reference: Path | None = None,
-    device: torch.device | str = "cpu",
-) -> AttackContext:
-    """Load the model (and LM) and compute T_out / T_in on the DailyDialog test split."""
-    responder = GenerativeResponder.load(bundle, device=device)
-    splits = load_splits(data_dir, responder.inputs.max_context_turns)
-    test = splits.test
-    pairs = PairSet.encode(test, responder.tokenizer, responder.inputs)
-    own = average_log_likelihood(responder.model, pairs)
-    t_out = own
-    if reference is not None and Path(reference) != Path(bundle):
-        ref = GenerativeResponder.load(reference, device=device)
-        t_out = average_log_likelihood(ref.model, PairSet.encode(test, ref.tokenizer, ref.inputs))
-    lm, t_in = None, None
-    if lm_bundle is not None:
-        lm = ResponseLM.load(lm_bundle, device=device)
-        if lm.responder.tokenizer.to_str() != responder.tokenizer.to_str():
-            raise ValueError(f"LM {lm_bundle} and model {bundle} use different tokenizers")
-        t_in = lm_average_log_likelihood(lm, responder.tokenizer, [e.response for e in test])
-    return AttackContext(
-        responder,
-        lm,
-        HitThresholds(t_out=t_out, t_in=t_in),
-        test_ppl=math.exp(-own),
-        lm_test_ppl=None if t_in is None else math.exp(-t_in),
-        splits=splits,
-    )
-
-
-def attack_report(
-    ctx: AttackContext,
-    targets: Sequence[str],
-    cfg: GibbsEnumConfig,
-    modes: Sequence[SearchMode],
-    *,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Run gibbs-enum in each mode and collect rates, thresholds and every outcome."""
-    r = ctx.responder
-    searches = {}
-    for mode in modes:
-        result = attack(
-            r.model, r.tokenizer, targets, cfg, ctx.thresholds, mode=mode, lm=ctx.lm, seed=seed
-        )
-        searches[mode] = result.to_dict()
-    return {
-        "bundle": r.bundle_id,
-        "num_targets": len(targets),
-        "test_ppl": round(ctx.test_ppl, 3),
-        "lm_test_ppl": None if ctx.lm_test_ppl is None else round(ctx.lm_test_ppl, 3),
-        "thresholds": asdict(ctx.thresholds),
-        "search": asdict(cfg),
-        "searches": searches,
-    }
-
-
-# --- Algorithm 1 --------------------------------------------------------------------------------
-
 
 def fwa_ids(tok: DialogueTokenizer, extra_words: Sequence[str] = ()) -> set[int]:
     """Piece ids FWA spares: <EOS>, the paper's words and any ``extra_words`` (one-piece words)."""
