@@ -340,7 +340,8 @@ class HFGenerativeResponder:
 # --- import -------------------------------------------------------------------------------------
 
 
-def _max_positions(config: Any) -> int | None:
+def max_positions(config: Any) -> int | None:
+    """The model's position limit (tokens), when its config states one."""
     for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
         value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:
@@ -451,7 +452,7 @@ def import_hf_model(
     elif prompt_format == "chat_template" and not has_template:
         raise ValueError(f"{model_dir}: the tokenizer has no chat template")
     decoding = decoding or DecodingConfig(max_length=32)
-    limit = _max_positions(config)
+    limit = max_positions(config)
     source_len = max_source_len or DEFAULT_MAX_SOURCE_LEN
     if limit is not None:
         room = limit if seq2seq else limit - decoding.max_length

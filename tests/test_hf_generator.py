@@ -258,3 +258,19 @@ def test_the_readme_arms_serve_an_hf_bundle_beside_a_retriever(
             for i in range(40)
         ]
         assert set(served) <= {"big", "g2r"} and served.count("g2r") > served.count("big")
+
+
+@pytest.mark.parametrize("kind", ["causal", "seq2seq"])
+def test_an_hf_teacher_keeps_prompt_and_reply_within_the_models_positions(
+    bundles: dict[str, Path], kind: str
+) -> None:
+    """128 positions: a long context and a reply longer than the model can read are cut (the
+    prompt's oldest tokens first), not an index error in the position embeddings."""
+    from training.methods.g2r.teachers import load_teacher
+
+    teacher = load_teacher(bundles[kind])
+    long_turn = " ".join(["how about going for a few beers after dinner ?"] * 30)
+    ll, mi = teacher.score([[long_turn, "what ?"]], [long_turn])
+    assert len(ll) == len(mi) == 1 and all(x == x and x < 0 for x in ll)  # finite, not NaN
+    replies = teacher.sample([[long_turn]], 2, max_length=8)
+    assert [len(r) for r in replies] == [2]

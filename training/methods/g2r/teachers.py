@@ -27,6 +27,7 @@ from torch import Tensor
 from models.bundle import HF_ARCHITECTURES, read_manifest
 from models.decoding import DecodingConfig, sequence_log_likelihood
 from models.generator import GenerativeResponder
+from models.hf_generator import max_positions
 from models.text import normalize_text
 
 logger = logging.getLogger(__name__)
@@ -169,6 +170,7 @@ class HFTeacher:
     has_scores = True
     _prompt_fn: Callable[[Sequence[str]], str] | None = None
     _add_special_tokens = True
+    _max_positions: int | None = None  # prompt + reply never exceed the model's positions
 
     def __init__(
         self,
@@ -200,6 +202,7 @@ class HFTeacher:
             else transformers.AutoModelForCausalLM
         )
         self.model = auto.from_pretrained(model_dir, local_files_only=True).to(device).eval()
+        self._max_positions = max_positions(config)
         self.device = torch.device(device)
         self.name = f"hf:{model_dir.resolve().name}"
         self.turn_separator = turn_separator
@@ -222,6 +225,7 @@ class HFTeacher:
         self.batch_size = batch_size
         self._prompt_fn = responder.prompt
         self._add_special_tokens = not responder.uses_chat_template
+        self._max_positions = max_positions(responder.model.config)
         specials = [self.tokenizer.unk_token, self.tokenizer.pad_token]
         self._dummy_contexts = [["."], *([s] for s in specials if s)]
         return self
@@ -246,12 +250,15 @@ class HFTeacher:
     ) -> list[list[str]]:
         tok = self.tokenizer
         tok.padding_side = "right" if self.seq2seq else "left"  # causal LMs continue on the right
+        source_len = self.max_source_len
+        if not self.seq2seq and self._max_positions:  # room for the reply
+            source_len = max(1, min(source_len, self._max_positions - max_length))
         enc = tok(
             [self._prompt(c) for c in contexts],
             return_tensors="pt",
             padding=True,
             truncation=True,
-            max_length=self.max_source_len,
+            max_length=source_len,
             add_special_tokens=self._add_special_tokens,
         ).to(self.device)
         torch.manual_seed(seed)
@@ -286,9 +293,13 @@ class HFTeacher:
                 max_length=self.max_source_len,
                 add_special_tokens=self._add_special_tokens,
             ).to(self.device)
-            lab = tok(text_target=list(responses), return_tensors="pt", padding=True).to(
-                self.device
-            )
+            lab = tok(
+                text_target=list(responses),
+                return_tensors="pt",
+                padding=True,
+                truncation=self._max_positions is not None,
+                max_length=self._max_positions,
+            ).to(self.device)
             labels = lab["input_ids"].masked_fill(lab["attention_mask"] == 0, -100)
             logits = self.model(**enc, labels=labels).logits.float()
             mask = labels.ne(-100)
@@ -298,8 +309,12 @@ class HFTeacher:
             starts = []
             for p, r in zip(prompts, responses, strict=True):
                 p_ids = tok(p, add_special_tokens=self._add_special_tokens)["input_ids"]
-                p_ids = p_ids[-self.max_source_len :] or [eos]
                 r_ids = [*tok(r, add_special_tokens=False)["input_ids"], eos]
+                keep = self.max_source_len
+                if self._max_positions:  # the prompt yields its oldest tokens first
+                    r_ids = r_ids[: self._max_positions - 1]
+                    keep = min(keep, self._max_positions - len(r_ids))
+                p_ids = p_ids[-keep:] or [eos]
                 rows.append(p_ids + r_ids)
                 starts.append(len(p_ids))
             width = max(map(len, rows))
