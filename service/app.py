@@ -23,6 +23,8 @@ from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+CHAT_HISTORY_FACTOR = 8  # body limit of POST /v1/chat/completions, in /respond body limits
+
 
 def _install_sighup_reload(engine: DialogueEngine) -> bool:
     """SIGHUP reloads the bundles (as POST /admin/reload does); False where signals cannot be
@@ -82,7 +84,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app, on_invalid=count_invalid)
     # Outermost: a body is counted while it is read, with or without Content-Length.
     max_body = body_limit(settings.max_turns, settings.request_chars_limit)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body)
+    # A chat frontend sends the whole conversation to /v1/chat/completions, which keeps the last
+    # MAX_TURNS turns: its bodies may be longer (CHAT_HISTORY_FACTOR times).
+    chat_body = max_body * CHAT_HISTORY_FACTOR
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=max_body,
+        path_limits=dict.fromkeys(OPENAI_PATHS, chat_body),
+    )
     # Outside it: every response, a 413 of the body limit too, carries X-Request-ID.
     app.add_middleware(RequestIdMiddleware)
 

@@ -97,19 +97,23 @@ class BodyLimitMiddleware:
     memory stays within ``max_bytes`` whatever the client sends. A body within the limit is
     replayed to the app unchanged (it is at most ``max_bytes``, a few hundred KB)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, path_limits: dict[str, int] | None = None
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max_bytes = max_bytes
+        self.path_limits = path_limits or {}  # paths with a limit of their own
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.path_limits.get(scope.get("path", ""), self.default_max_bytes)
         # The request deadline starts here, before the body is read (service/engine.py).
         scope.setdefault("state", {})[RECEIVED_AT] = time.monotonic()
         length = _content_length(scope)
-        if length is not None and length > self.max_bytes:
-            await self._refuse(send, f"request body of {length} bytes exceeds {self.max_bytes}")
+        if length is not None and length > max_bytes:
+            await self._refuse(send, f"request body of {length} bytes exceeds {max_bytes}")
             return
         chunks: list[bytes] = []
         size = 0
@@ -119,9 +123,9 @@ class BodyLimitMiddleware:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
+            if size > max_bytes:
                 await self._refuse(
-                    send, f"request body exceeds {self.max_bytes} bytes (read {size} so far)"
+                    send, f"request body exceeds {max_bytes} bytes (read {size} so far)"
                 )
                 return
             chunks.append(chunk)

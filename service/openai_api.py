@@ -11,8 +11,10 @@ POST /respond, so chat frontends and OpenAI SDKs talk to the service unchanged.
   ``model_not_found``. ``GET /v1/models`` lists them.
 * ``user``: the session id (the A/B arm is sticky per user, as per ``session_id``).
 * ``stream: true`` is refused (400): answers are one reply, not a stream. ``n`` must be 1.
-  Sampling parameters (``temperature``, ``top_p``, ``max_tokens``, ...) are accepted and ignored:
-  each arm answers with its own configured decoding, so client defaults do not skew an A/B test.
+  Sampling parameters (``temperature``, ``top_p``, ``max_tokens``, ``stop``, penalties, ``seed``,
+  ...) are accepted and ignored: each arm answers with its own configured decoding, so client
+  defaults do not skew an A/B test. Fields the service does not know (``tools``,
+  ``tool_choice``, ``functions``, ``audio``, ...) are a 400 that names them.
 * The reply: ``id`` = the request id (also ``X-Request-ID``; POST /feedback rates it),
   ``model`` = the arm that answered, ``system_fingerprint`` = its bundle id, ``usage`` = tokens
   of the kept turns and of the reply by the answering bundle's tokenizer.
@@ -26,7 +28,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import (
@@ -35,6 +37,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StrictBool,
     Tag,
     ValidationError,
     create_model,
@@ -44,7 +47,13 @@ from service.engine import DialogueEngine, Served
 from service.errors import InvalidRequest, ModelNotFound
 from service.http import received_at, request_id, require_json
 from service.routing import BACKENDS
-from service.schemas import VISIBLE_TEXT_PATTERN, RespondRequest, _no_lone_surrogates_before
+from service.schemas import (
+    VISIBLE_TEXT_PATTERN,
+    RespondRequest,
+    _json_integer,
+    _json_number,
+    _no_lone_surrogates_before,
+)
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -84,13 +93,33 @@ def _no_streaming(value: Any) -> Any:
             "streaming is not supported: this service answers with one message; "
             "leave stream out or set it to false"
         )
+    if value is not None and value is not False:  # strict: 0 or "false" is no boolean
+        raise ValueError("stream must be false (or left out)")
     return value
 
 
-class _Open(BaseModel):
-    """OpenAI's objects carry fields this service does not use: accepted and ignored."""
+def _only_one(value: Any) -> Any:
+    # JSON's 1 and 1.0 are the same number; true is not a number
+    if value is not None and (isinstance(value, bool) or value != 1):
+        raise ValueError("only one choice is supported: n must be 1 (or left out)")
+    return 1 if value is not None else None
 
-    model_config = ConfigDict(extra="allow")
+
+class _Open(BaseModel):
+    """OpenAI's objects as this service reads them: the fields it knows (some accepted and
+    ignored), nothing else (a field it does not know, such as ``tools``, is a 400 naming it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+_Number = Annotated[
+    Annotated[float, Field(allow_inf_nan=False)] | None, BeforeValidator(_json_number)
+]
+_Integer = Annotated[int | None, BeforeValidator(_json_integer)]
+
+
+class ResponseFormat(_Open):
+    type: Literal["text"] = Field(description="only text")
 
 
 def _text(max_chars: int) -> Any:
@@ -105,6 +134,8 @@ class TextPart(_Open):
 class ChatMessage(_Open):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
+    name: str | None = Field(default=None, description="accepted and ignored")
+    refusal: str | None = Field(default=None, description="accepted and ignored")
 
 
 class ChatRequest(_Open):
@@ -125,7 +156,28 @@ class ChatRequest(_Open):
     stream: Annotated[Literal[False] | None, BeforeValidator(_no_streaming)] = Field(
         default=None, description="only false: streaming is not supported"
     )
-    n: Literal[1] | None = Field(default=None, description="only 1")
+    n: Annotated[Literal[1] | None, BeforeValidator(_only_one)] = Field(
+        default=None, description="only 1"
+    )
+    # Accepted and ignored: each arm answers with its own configured decoding, so a client's
+    # defaults do not change what an A/B test compares.
+    temperature: _Number = None
+    top_p: _Number = None
+    max_tokens: _Integer = None
+    max_completion_tokens: _Integer = None
+    presence_penalty: _Number = None
+    frequency_penalty: _Number = None
+    seed: _Integer = None
+    stop: str | list[str] | None = None
+    logit_bias: dict[str, Annotated[int, BeforeValidator(_json_integer)]] | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: _Integer = None
+    stream_options: dict[str, StrictBool] | None = None
+    response_format: ResponseFormat | None = None
+    metadata: dict[str, str] | None = None
+    store: StrictBool | None = None
+    parallel_tool_calls: StrictBool | None = None
+    service_tier: str | None = None
 
     def turns(self) -> list[str]:
         """The user and assistant turns with text, oldest first (one per text part)."""
@@ -206,8 +258,9 @@ def _content_kind(value: Any) -> str | None:
     return "parts" if isinstance(value, list) else None
 
 
-def chat_request_model(max_turn_chars: int) -> type[ChatRequest]:
-    """ChatRequest with this service's turn limit stated in its schema."""
+def chat_request_model(max_turn_chars: int, models: list[str]) -> type[ChatRequest]:
+    """ChatRequest with this service's turn limit and models stated in its schema (any other
+    model is a 404, as OpenAI answers)."""
     text = _text(max_turn_chars)
     part = create_model("TextPart", __base__=TextPart, text=(text, ...))
     # A string or a list of parts: told apart by type, so an error names one of them
@@ -229,6 +282,14 @@ def chat_request_model(max_turn_chars: int) -> type[ChatRequest]:
         "ChatRequest",
         __base__=ChatRequest,
         __doc__=ChatRequest.__doc__,
+        model=(
+            str,
+            Field(
+                description="auto (the A/B test), an arm's name, or a backend kind; any other "
+                "is a 404",
+                json_schema_extra={"enum": cast(Any, models)},
+            ),
+        ),
         messages=(
             messages,
             Field(
@@ -244,8 +305,9 @@ def chat_request_model(max_turn_chars: int) -> type[ChatRequest]:
 def build_openai_router(settings: Settings, engine: DialogueEngine) -> APIRouter:
     """POST /v1/chat/completions."""
     router = APIRouter()
-    body_model = chat_request_model(settings.max_turn_chars)
     arms = set(settings.arm_specs())
+    models = [AUTO_MODEL, *settings.arm_specs(), *(b for b in BACKENDS if b not in arms)]
+    body_model = chat_request_model(settings.max_turn_chars, models)
 
     async def chat_completions(body: ChatRequest, request: Request) -> ChatCompletion:
         """Answer the conversation as OpenAI's chat completions API does (not streaming)."""

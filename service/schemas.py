@@ -208,7 +208,12 @@ class RespondRequest(_Strict):
                     "backend": "retrieval",
                     "options": {"num_candidates": 3},
                 },
-            ]
+            ],
+            # an arm or a backend, not both (a null one does not count)
+            "not": {
+                "required": ["arm", "backend"],
+                "properties": {"arm": {"type": "string"}, "backend": {"type": "string"}},
+            },
         },
     )
 
@@ -442,7 +447,7 @@ def request_model(
     options_field: Any = options | None
     arm_fields: dict[str, Any] = {}
     if arms:
-        arm_field: Any = Literal[tuple(arms)] | None
+        arm_field: Any = Literal[tuple(sorted(arms))] | None  # sorted: typing caches Literals
         arm_fields["arm"] = (
             arm_field,
             Field(

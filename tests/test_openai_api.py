@@ -175,9 +175,20 @@ def test_streaming_is_a_clear_400(client: Any) -> None:
             {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "n": 2},
             400,
             {
-                "message": "body.n: Input should be 1",
+                "message": "body.n: Value error, only one choice is supported: n must be 1 (or "
+                "left out)",
                 "type": "invalid_request_error",
                 "param": "n",
+                "code": "validation_error",
+            },
+        ),
+        (
+            {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stream": 0},
+            400,
+            {
+                "message": "body.stream: Value error, stream must be false (or left out)",
+                "type": "invalid_request_error",
+                "param": "stream",
                 "code": "validation_error",
             },
         ),
