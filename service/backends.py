@@ -11,6 +11,7 @@ re-sampled.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,8 @@ from models.generator import GenerativeResponder, Reply, load_generator
 from models.responder import Responder
 from models.retriever import RetrievalResponder
 from service.answer import Answer
-from service.batching import BatchLimits, MicroBatcher
+from service.batching import BatchLimits, ContinuousBatcher, MicroBatcher
+from service.continuous import GenerationRunner, continuous_eligible
 from service.errors import InvalidOptions
 from service.metrics import ServiceMetrics
 from service.safety import SafetyFilter
@@ -140,11 +142,62 @@ class Backend(ABC):
 
 
 class GenerativeBackend(Backend):
-    """The seq2seq responder; requests with different decoding settings run as separate calls."""
+    """The seq2seq responder; requests with different decoding settings run as separate calls.
+
+    ``continuous`` (``auto`` | ``on`` | ``off``, the CONTINUOUS_BATCHING setting): greedy and
+    sampled requests (one reply) go through a :class:`~service.batching.ContinuousBatcher`
+    (service/continuous.py: they join the running decoder batch at a step boundary and are
+    answered when their reply ends); beam search goes through the micro-batcher. ``auto`` is on
+    for our own seq2seq generators when MAX_BATCH > 1 (other architectures have no step-level
+    decoder: always micro-batched). While ``infer`` is replaced on the instance (a test's fault,
+    a wrapper), every request takes the micro-batcher, the path that calls it."""
 
     name = "generative"
     responder_class = GenerativeResponder
     responder: GenerativeResponder
+
+    def __init__(self, *args: Any, continuous: str = "off", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.continuous: ContinuousBatcher[Job, Answer] | None = None
+        ours = isinstance(self.responder, GenerativeResponder)
+        if continuous == "on" and not ours:
+            raise ValueError(
+                "CONTINUOUS_BATCHING=on needs one of this project's seq2seq generators, "
+                f"not {type(self.responder).__name__}"
+            )
+        if continuous == "on" or (continuous == "auto" and ours and self.limits.max_batch > 1):
+            runner = GenerationRunner(
+                self.responder, self.limits.max_batch, self.metrics, self.safety, self._generate
+            )
+            self.continuous = ContinuousBatcher(
+                self.name,
+                runner,
+                self.limits,
+                self.metrics,
+                lambda jobs: self.infer([c for c, _ in jobs], [p for _, p in jobs]),
+            )
+
+    async def start(self) -> None:
+        await super().start()
+        if self.continuous is not None:
+            await self.continuous.start()
+
+    async def stop(self, drain_s: float = 0.0) -> None:
+        if self.continuous is not None:
+            started = time.monotonic()
+            await self.continuous.stop(drain_s)
+            drain_s = max(0.0, drain_s - (time.monotonic() - started))
+        await super().stop(drain_s)
+
+    async def submit(self, context: list[str], params: Hashable, deadline: float) -> Answer:
+        config = cast(DecodingConfig, params)
+        if (
+            self.continuous is not None
+            and continuous_eligible(config)
+            and "infer" not in vars(self)
+        ):
+            return await self.continuous.submit((context, params), deadline)
+        return await super().submit(context, params, deadline)
 
     def prepare(self, options: ResponseOptions | None) -> DecodingConfig:
         base = self.responder.decoding

@@ -256,7 +256,15 @@ def load_serving(settings: Settings, metrics: ServiceMetrics) -> Serving:
         if key not in loaded:
             backend: Backend
             if kind == "generative":
-                backend = GenerativeBackend.load(path, device, dtype, metrics, limits, safety)
+                backend = GenerativeBackend.load(
+                    path,
+                    device,
+                    dtype,
+                    metrics,
+                    limits,
+                    safety,
+                    continuous=settings.continuous_batching,
+                )
             else:
                 backend = RetrievalBackend.load(
                     path,

@@ -137,7 +137,14 @@ class Settings(BaseSettings):
     # --- micro-batching, per backend
     max_queue: int = Field(default=64, ge=1)  # requests waiting for a batch; beyond it -> 429
     max_batch: int = Field(default=16, ge=1)  # requests per model call
-    max_wait_ms: float = Field(default=5.0, ge=0)  # how long the first request waits for company
+    # the longest a batch is held for company, and only right after a busy call (an idle
+    # backend runs a request at once: service/batching.py, "Adaptive batching")
+    max_wait_ms: float = Field(default=5.0, ge=0)
+    # Continuous batching of greedy and sampled generation (service/continuous.py): requests
+    # join the running decoder batch at a step boundary and leave it when their reply ends;
+    # MAX_BATCH bounds the running requests. auto = on for this project's own generators when
+    # MAX_BATCH > 1; beam search, and other architectures, stay micro-batched.
+    continuous_batching: Literal["auto", "on", "off"] = "auto"
 
     # --- response-quality gauges
     quality_window: int = Field(

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from service.batching import BatchLimits, MicroBatcher
+from service.batching import BatchLimits, ContinuousBatcher, MicroBatcher
 from service.errors import BackendFailed, DeadlineExceeded, Overloaded
 from service.metrics import ServiceMetrics
 
@@ -87,3 +87,212 @@ def test_a_full_queue_is_overloaded_and_a_slow_call_misses_the_deadline() -> Non
 
     results = _run(scenario)
     assert [type(r) for r in results] == [DeadlineExceeded, DeadlineExceeded]
+
+
+# --- adaptive batching: no wait while the model is idle -------------------------------------------
+
+
+def test_a_lone_request_runs_at_once_not_after_max_wait() -> None:
+    waits: list[float] = []
+
+    class Recording(ServiceMetrics):
+        def observe_stage(self, stage: str, seconds: float) -> None:
+            if stage == "queue":
+                waits.append(seconds)
+            super().observe_stage(stage, seconds)
+
+    async def scenario() -> list[float]:
+        # max_wait 0.5 s: the old batcher held every first request that long
+        batcher = MicroBatcher("toy", lambda xs: xs, BatchLimits(8, 0.5, 16), Recording())
+        await batcher.start()
+        took = []
+        try:
+            for x in range(5):  # one client, one request after another (concurrency 1)
+                started = time.monotonic()
+                assert await batcher.submit(x, time.monotonic() + 5) == x
+                took.append(time.monotonic() - started)
+        finally:
+            await batcher.stop()
+        return took
+
+    took = _run(scenario)
+    assert max(took) < 0.2 and max(waits) < 0.2  # about a millisecond, never 0.5 s
+    assert len(waits) == 5
+
+
+def test_requests_arriving_during_a_call_form_the_next_batch_together() -> None:
+    calls: list[list[int]] = []
+
+    def slow(xs: list[int]) -> list[int]:
+        calls.append(xs)
+        time.sleep(0.3)
+        return xs
+
+    async def scenario(max_batch: int) -> list[int]:
+        calls.clear()
+        batcher = MicroBatcher("toy", slow, BatchLimits(max_batch, 0.0, 16), ServiceMetrics())
+        await batcher.start()
+        deadline = time.monotonic() + 10
+        try:
+            first = asyncio.ensure_future(batcher.submit(1, deadline))
+            await asyncio.sleep(0.1)  # the model is busy with [1]
+            burst = [asyncio.ensure_future(batcher.submit(x, deadline)) for x in (2, 3, 4, 5)]
+            return list(await asyncio.gather(first, *burst))
+        finally:
+            await batcher.stop()
+
+    assert _run(lambda: scenario(8)) == [1, 2, 3, 4, 5]
+    assert calls == [[1], [2, 3, 4, 5]]
+    assert _run(lambda: scenario(3)) == [1, 2, 3, 4, 5]
+    assert calls == [[1], [2, 3, 4], [5]]
+
+
+def test_after_a_busy_call_the_batch_waits_for_its_clients_up_to_max_wait() -> None:
+    calls: list[list[int]] = []
+
+    def slow(xs: list[int]) -> list[int]:
+        calls.append(xs)
+        time.sleep(0.1)
+        return xs
+
+    async def scenario(max_wait_s: float) -> None:
+        calls.clear()
+        batcher = MicroBatcher("toy", slow, BatchLimits(8, max_wait_s, 16), ServiceMetrics())
+        await batcher.start()
+        deadline = time.monotonic() + 10
+
+        async def client(x: int, think_s: float) -> None:
+            await batcher.submit(x, deadline)
+            await asyncio.sleep(think_s)  # a closed-loop client comes back a little later
+            await batcher.submit(x + 10, deadline)
+
+        try:
+            await asyncio.gather(client(1, 0.0), client(2, 0.05))
+        finally:
+            await batcher.stop()
+
+    _run(lambda: scenario(0.4))  # the call answered 2: the next batch waits for 2 (<= 0.4 s)
+    assert calls == [[1, 2], [11, 12]]
+    _run(lambda: scenario(0.0))  # MAX_WAIT_MS=0: never held
+    assert calls == [[1, 2], [11], [12]]
+
+
+# --- continuous batching: requests join and leave a running set ----------------------------------
+
+
+class Countdown:
+    """A fake step runner: request n ends after n steps (each 10 ms); 'poison' (n < 0) makes
+    every step raise while it runs."""
+
+    def __init__(self) -> None:
+        self.left: dict[int, int] = {}
+        self.requests: dict[int, int] = {}
+        self.running_sets: list[set[int]] = []
+        self.cancelled: list[int] = []
+
+    def admit(self, key: int, request: int) -> None:
+        if request == 0:
+            raise ValueError("a request the runner refuses")
+        self.left[key], self.requests[key] = abs(request), request
+
+    def step(self) -> list[tuple[int, int]]:
+        self.running_sets.append({self.requests[k] for k in self.left})
+        if any(self.requests[k] < 0 for k in self.left):
+            raise RuntimeError("poison")
+        time.sleep(0.01)
+        ended = []
+        for key in list(self.left):
+            self.left[key] -= 1
+            if self.left[key] == 0:
+                del self.left[key]
+                ended.append((key, 100 + self.requests.pop(key)))
+        return ended
+
+    def cancel(self, key: int) -> None:
+        self.cancelled.append(self.requests[key])
+        del self.left[key]
+
+    def reset(self) -> None:
+        self.left.clear()
+
+
+def _alone(requests: list[int]) -> list[int]:
+    [n] = requests
+    if n < 0:
+        raise RuntimeError("poison alone")
+    return [100 + n]
+
+
+def test_continuous_a_short_request_joins_a_running_long_one_and_leaves_first() -> None:
+    runner = Countdown()
+
+    async def scenario() -> tuple[list[int], float]:
+        batcher = ContinuousBatcher(
+            "toy", runner, BatchLimits(8, 0.5, 16), ServiceMetrics(), _alone
+        )
+        await batcher.start()
+        deadline = time.monotonic() + 10
+        order: list[int] = []
+
+        async def ask(n: int) -> None:
+            order.append(await batcher.submit(n, deadline))
+
+        try:
+            started = time.monotonic()
+            lone = await batcher.submit(1, deadline)  # an idle runner starts it at once
+            took = time.monotonic() - started
+            assert lone == 101
+            long = asyncio.ensure_future(ask(30))
+            await asyncio.sleep(0.08)  # the long request is several steps in
+            await ask(2)
+            await long
+        finally:
+            await batcher.stop()
+        return order, took
+
+    order, took = _run(scenario)
+    assert order == [102, 130]  # the short one did not wait for the long one
+    assert took < 0.3  # one 10 ms step, no MAX_WAIT_MS
+    assert {30, 2} in runner.running_sets
+
+
+def test_continuous_poison_and_refused_requests_fail_alone() -> None:
+    runner = Countdown()
+
+    async def scenario() -> list[object]:
+        batcher = ContinuousBatcher(
+            "toy", runner, BatchLimits(8, 0.0, 16), ServiceMetrics(), _alone
+        )
+        await batcher.start()
+        deadline = time.monotonic() + 10
+        try:
+            jobs = (batcher.submit(x, deadline) for x in (3, -2, 0, 4))
+            return list(await asyncio.gather(*jobs, return_exceptions=True))
+        finally:
+            await batcher.stop()
+
+    ok, poison, refused, also_ok = _run(scenario)
+    assert (ok, also_ok) == (103, 104)
+    assert isinstance(poison, BackendFailed) and isinstance(refused, BackendFailed)
+
+
+def test_continuous_queue_bound_and_deadline() -> None:
+    runner = Countdown()
+
+    async def scenario() -> list[object]:
+        batcher = ContinuousBatcher("toy", runner, BatchLimits(1, 0.0, 1), ServiceMetrics(), _alone)
+        await batcher.start()
+        try:
+            running = asyncio.ensure_future(batcher.submit(50, time.monotonic() + 0.15))
+            await asyncio.sleep(0.05)  # running: the one row is taken
+            queued = asyncio.ensure_future(batcher.submit(1, time.monotonic() + 5))
+            await asyncio.sleep(0)
+            with pytest.raises(Overloaded):
+                await batcher.submit(2, time.monotonic() + 5)
+            return list(await asyncio.gather(running, queued, return_exceptions=True))
+        finally:
+            await batcher.stop()
+
+    timed_out, answered = _run(scenario)
+    assert isinstance(timed_out, DeadlineExceeded) and answered == 101
+    assert runner.cancelled == [50]  # its rows were freed for the queued request

@@ -313,7 +313,7 @@ def test_no_request_is_answered_later_than_the_deadline_plus_one_batch(models_di
     results = asyncio.run(scenario())
     statuses = Counter(status for status, _ in results)
     assert set(statuses) <= {200, 504}, statuses
-    assert statuses[200] > 0 and statuses[504] > 0  # overloaded on purpose: both outcomes
+    assert statuses[200] > 0 and statuses[504] > 0, statuses  # overloaded on purpose: both outcomes
     bound = timeout_s + max(durations)
     worst = max(elapsed for _, elapsed in results)
     assert worst <= bound, f"latency {worst:.3f} s > deadline + one batch = {bound:.3f} s"
@@ -436,32 +436,58 @@ def _poisoned(backend: Backend, marker: str, seen: list[int]) -> None:
     responder.encode_contexts = poisoned_encode
 
 
+def _gated(backend: Backend, marker: str, queued: int) -> None:
+    """A model call whose batch holds a context with ``marker`` returns only once ``queued``
+    requests wait in the backend's queue (or after 10 s)."""
+    infer = backend.infer
+
+    def gated_infer(contexts: list[list[str]], params: list[Hashable]) -> list[Answer]:
+        if any(marker in turn for context in contexts for turn in context):
+            give_up = time.monotonic() + 10
+            while len(backend.batcher._queue or ()) < queued and time.monotonic() < give_up:
+                time.sleep(0.01)
+        return infer(contexts, params)
+
+    backend.infer = gated_infer  # type: ignore[method-assign]
+
+
 @pytest.mark.parametrize("name", ["retrieval", "generative"])
 def test_poison_request_fails_alone_and_its_batch_mates_get_200(
     models_dir: Path, name: str
 ) -> None:
-    # MAX_BATCH=8 and a long MAX_WAIT_MS: the 8 concurrent requests go in one full batch.
+    # A first request holds the model until the 8 others are queued (adaptive batching runs a
+    # request at once when the model is idle): they then go in one full batch (MAX_BATCH=8).
     app, client = _serve(
-        models_dir, fallback=False, max_batch=8, max_wait_ms=2000, request_timeout_s=30
+        models_dir,
+        fallback=False,
+        max_batch=8,
+        max_wait_ms=2000,
+        request_timeout_s=30,
+        continuous_batching="off",
     )
     seen: list[int] = []
     bodies = [{"context": [f"hello {i}"], "backend": name} for i in range(8)]
     bodies[3] = {"context": ["hello poison"], "backend": name}
-    with client:
-        _poisoned(_backend(app, name), "poison", seen)
+    with client, ThreadPoolExecutor(1) as pool:
+        backend = _backend(app, name)
+        _poisoned(backend, "poison", seen)
+        _gated(backend, "gate", queued=8)
+        gate = pool.submit(client.post, "/respond", json={"context": ["gate"], "backend": name})
+        time.sleep(0.2)  # the gate request is computing
         replies = _post_concurrently(client, bodies)
+        assert gate.result().status_code == 200
         m = _metrics(client)
-    assert seen[0] == 8  # the poison request was batched with all the others
+    assert seen[:2] == [1, 8]  # the gate alone, then the poison batched with all the others
     statuses = [r.status_code for r in replies]
     assert statuses == [200, 200, 200, 503, 200, 200, 200, 200]
     assert replies[3].json() == {
         "error": {"type": "backend_error", "message": f"the {name} backend failed"}
     }
-    assert sample(m, "dialogue_requests_total", backend=name, arm="override", outcome="ok") == 7
+    assert sample(m, "dialogue_requests_total", backend=name, arm="override", outcome="ok") == 8
     assert sample(m, "dialogue_requests_total", backend=name, arm="override", outcome="error") == 1
-    # the failed batch of 8, then each of its requests alone
-    assert sample(m, "dialogue_batch_size_count", backend=name) == 9
-    assert sample(m, "dialogue_batch_size_sum", backend=name) == 16
+    # the gate, the failed batch of 8, then each of its requests alone
+    assert sample(m, "dialogue_batch_size_count", backend=name) == 10
+    assert sample(m, "dialogue_batch_size_sum", backend=name) == 17
 
 
 @pytest.mark.parametrize(
