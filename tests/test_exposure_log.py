@@ -187,13 +187,13 @@ def test_a_full_queue_drops_and_counts_and_never_blocks(tmp_path: Path) -> None:
         on_drop=lambda: dropped.append(1),
     )
     release = threading.Event()
-    emit = log.handler.emit
+    write = log._write
 
-    def stuck_emit(record: Any) -> None:  # a disk that does not answer
+    def stuck_write(records: Any) -> None:  # a disk that does not answer
         release.wait(10)
-        emit(record)
+        write(records)
 
-    log.handler.emit = stuck_emit  # type: ignore[method-assign]
+    log._write = stuck_write  # type: ignore[method-assign]
     started = time.perf_counter()
     accepted = sum(log.write({"request_id": f"r{i}"}) for i in range(1000))
     elapsed = time.perf_counter() - started
@@ -212,13 +212,13 @@ def test_a_full_queue_in_the_service_counts_dropped_records(
     release = threading.Event()
     with TestClient(app) as client:
         log = app.state.engine.exposures
-        emit = log.handler.emit
+        write = log._write
 
-        def stuck_emit(record: Any) -> None:
+        def stuck_write(records: Any) -> None:
             release.wait(10)
-            emit(record)
+            write(records)
 
-        log.handler.emit = stuck_emit
+        log._write = stuck_write
         statuses = [
             client.post("/respond", json={"context": ["hi"], "backend": "retrieval"}).status_code
             for _ in range(6)
@@ -227,7 +227,7 @@ def test_a_full_queue_in_the_service_counts_dropped_records(
         release.set()
     assert statuses == [200] * 6  # every request answered while the log could not keep up
     dropped = sample(metrics, "dialogue_exposure_log_dropped_total", log="exposure")
-    assert dropped >= 4  # one in the writer's hands, one queued, the rest dropped
+    assert dropped >= 4  # one in the writer's hands (or none yet), one queued, the rest dropped
     assert len(_records(tmp_path)) == 6 - dropped
 
 
