@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     latencies = {mode: [x for r in rounds for x in r] for mode, rounds in per_round.items()}
     base = statistics.median(latencies["off"])
     round_p50 = {mode: [statistics.median(r) for r in rounds] for mode, rounds in per_round.items()}
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for mode, values in latencies.items():
         # paired by round: this mode's p50 minus "off"'s p50 of the same round (same load)
         paired = [a - b for a, b in zip(round_p50[mode], round_p50["off"], strict=True)]
