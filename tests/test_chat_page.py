@@ -377,3 +377,83 @@ def test_api_docs_render_in_chromium_with_every_outside_request_blocked(
             browser.close()
     assert foreign == [], "the docs must not load anything from another origin"
     assert errors == []
+
+
+def test_chat_page_script_rates_replies_and_ends_sessions(client: TestClient) -> None:
+    script = client.get("/static/app.js").text
+    assert 'fetch("/feedback"' in script and "request_id" in script
+    assert 'navigator.sendBeacon("/feedback"' in script and 'event: "end"' in script
+    assert "aria-pressed" in script and 'role", "status"' in script
+
+
+@pytest.mark.slow
+def test_chat_page_in_chromium_rates_a_reply_with_the_keyboard(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    """Thumbs up/down under a reply: reached with Tab, pressed with Enter, POST /feedback with the
+    reply's request_id, the pressed one marked (aria-pressed) and the rating said to be recorded;
+    a second rating replaces the first; a new conversation ends the session."""
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"{CHROMIUM} not found (Debian package `chromium`)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+
+    with live_service(models_dir, tmp_path) as url, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{url}/")
+            page.fill("#message", "hello , how are you ?")
+            with page.expect_response(f"{url}/respond") as answer:
+                page.click("#send")
+            request_id = answer.value.json()["request_id"]
+            reply = page.locator(".message.bot").first
+            up = reply.locator("button.rate-up")
+            down = reply.locator("button.rate-down")
+            assert up.get_attribute("aria-label") == "Good reply"
+            assert up.get_attribute("aria-pressed") == "false"
+            up.focus()  # a button: in the tab order, Enter presses it
+            with page.expect_response(f"{url}/feedback") as rated:
+                page.keyboard.press("Enter")
+            assert rated.value.request.post_data_json == {"request_id": request_id, "rating": "up"}
+            assert rated.value.json() == {
+                "recorded": "rating",
+                "request_id": request_id,
+                "matched": True,
+                "replaced": False,
+            }
+            status = reply.locator(".feedback-status")
+            page.wait_for_function(
+                "el => el.textContent.includes('rated good')", arg=status.element_handle()
+            )
+            assert up.get_attribute("aria-pressed") == "true"
+            assert status.get_attribute("role") == "status"
+            page.keyboard.press("Tab")  # to thumbs down
+            with page.expect_response(f"{url}/feedback") as rated:
+                page.keyboard.press("Enter")
+            assert rated.value.json()["replaced"] is True
+            page.wait_for_function(
+                "el => el.textContent.includes('rated bad')", arg=status.element_handle()
+            )
+            assert (up.get_attribute("aria-pressed"), down.get_attribute("aria-pressed")) == (
+                "false",
+                "true",
+            )
+            with page.expect_request(f"{url}/feedback"):
+                page.click("#new-session")  # a beacon: its body is not shown to the page
+            deadline = time.monotonic() + 10
+            ended = 0.0
+            while ended < 1 and time.monotonic() < deadline:
+                with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+                    text = response.read().decode()
+                ended = sum(
+                    float(line.rsplit(" ", 1)[1])
+                    for line in text.splitlines()
+                    if line.startswith("dialogue_sessions_ended_total{")
+                )
+                time.sleep(0.1)
+            assert ended == 1  # the session end reached the service, once
+        finally:
+            browser.close()
+    assert errors == []
