@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.bundle import BundleError, verify_bundle
+from models.bundle import BundleError, read_manifest, verify_bundle
 from models.generator import GenerativeResponder
 from training.core.distributed import DistContext
 from training.pipeline.build import (
@@ -195,6 +195,28 @@ def test_build_redo_evaluate_evaluates_again_and_trains_nothing(
     assert verify_bundle(bundle).files == weights
     assert json.loads(record.read_text())["perplexity"] > 1  # written again
     assert summary["evaluation"][STANDARD_GENERATOR]["perplexity"] > 1
+
+
+def test_build_distils_the_retriever_from_the_teacher_it_is_given(
+    tiny_build: tuple[Path, dict], dailydialog_dir: Path, tmp_path: Path
+) -> None:
+    """--g2r-teacher: the retriever is distilled from that bundle, not the served generator."""
+    copy = _copy_build(tiny_build, tmp_path)
+    served = json.loads((copy / "artifacts" / "serving.json").read_text())["generative"]
+    name = next(n for n in (STANDARD_GENERATOR, ND_STUDENT) if n != served)
+    teacher = copy / "artifacts" / name
+    summary = build(
+        PRESETS["tiny"],
+        BuildPaths(dailydialog_dir, copy / "artifacts", copy / "runs"),
+        CPU,
+        redo=["retriever-g2r"],
+        g2r_teacher=teacher,
+    )
+    assert [s["stage"] for s in summary["stages"] if s["ran"]] == ["data", "retriever-g2r"]
+    training = read_manifest(copy / "artifacts" / G2R_RETRIEVER).training
+    assert training["teacher"] == verify_bundle(teacher).bundle_id
+    assert summary["g2r_teacher"] == str(teacher)
+    assert (copy / "runs" / "tiny" / f"g2r-augment-{name}").is_dir()
 
 
 def test_cli_build_prints_stage_lines_and_a_short_table_not_the_json(

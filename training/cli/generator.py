@@ -73,6 +73,14 @@ def add_parsers(sub: Any) -> None:
         help="do STAGE again even though its output exists, and every stage that reads it "
         f"(repeatable): {', '.join(STAGES)} or all",
     )
+    p.add_argument(
+        "--g2r-teacher",
+        type=Path,
+        metavar="BUNDLE",
+        help="distil the G2R retriever from this generator bundle (ours, one made by import-hf "
+        "or import-remote) instead of the served generator; an existing retriever is kept "
+        "unless --redo retriever-g2r",
+    )
     p.set_defaults(run=distributed(_build))
 
     p = sub.add_parser("train-tokenizer", help="train the BPE tokenizer")
@@ -161,6 +169,7 @@ def _build(args: argparse.Namespace, ctx: Any) -> None:
         resume=not args.no_resume,
         seed=args.seed,
         redo=args.redo,
+        g2r_teacher=args.g2r_teacher,
     )
     if ctx.is_main:
         print(summary_table(summary))

@@ -110,9 +110,14 @@ def build(
     seed: int = 0,
     redo: Iterable[str] = (),
     progress: bool = True,
+    g2r_teacher: Path | None = None,
 ) -> dict[str, Any]:
     """Run every stage for ``preset``; returns a summary with wall times per stage (also written
     to ``runs/<preset>/build-summary.json`` by the main rank).
+
+    The G2R retriever is distilled from the served generator unless ``g2r_teacher`` names
+    another generator bundle (one of ours, an imported Hugging Face model or a remote endpoint:
+    G2R's point is a retriever as good as a generator too slow to serve).
 
     A stage whose output exists is skipped, its evaluation included; ``redo`` names stages to do
     again (with the stages that read their output), from scratch. Each stage prints a
@@ -393,6 +398,7 @@ def build(
 
     served_retriever: str | None = None
     retriever_why: dict[str, Any] | None = None
+    teacher = Path(g2r_teacher) if g2r_teacher is not None else served
     if preset.retriever is not None:
         show.start(RETRIEVER)
         retriever_splits: DialogueSplits | None = None
@@ -417,8 +423,8 @@ def build(
                 run_dir=paths.run_dir(preset, name),
                 dist_ctx=ctx,
                 data_desc=data_desc,
-                augmentation_dir=paths.run_dir(preset, f"g2r-augment-{served.name}"),
-                teacher=served,
+                augmentation_dir=paths.run_dir(preset, f"g2r-augment-{teacher.name}"),
+                teacher=teacher,
                 resume=resume and RETRIEVER not in redo_set,
                 seed=seed,
             )
@@ -446,6 +452,7 @@ def build(
         "data": splits().stats if "splits" in loaded else _previous(summary_path, "data"),
         "negative_set": _negative_set_summary(dn, dn_report),
         "served_generator": served.name,
+        "g2r_teacher": str(teacher),
     }
     show.start(EVALUATE)
     if ctx.is_main:
