@@ -166,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-batch", type=int, default=16, help="DIALOGUE_MAX_BATCH when on")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="DIALOGUE_MAX_WAIT_MS")
+    parser.add_argument(
+        "--continuous-batching",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="DIALOGUE_CONTINUOUS_BATCHING (auto: on for generation when batching is on)",
+    )
     parser.add_argument("--max-queue", type=int, default=4096, help="DIALOGUE_MAX_QUEUE")
     parser.add_argument("--request-timeout-s", type=float, default=300.0)
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
@@ -367,6 +373,7 @@ def server_env(args: argparse.Namespace, port: int, max_batch: int) -> dict[str,
             "DIALOGUE_DEVICE": args.device,
             "DIALOGUE_MAX_BATCH": str(max_batch),
             "DIALOGUE_MAX_WAIT_MS": str(args.max_wait_ms),
+            "DIALOGUE_CONTINUOUS_BATCHING": getattr(args, "continuous_batching", "auto"),
             "DIALOGUE_MAX_QUEUE": str(args.max_queue),
             "DIALOGUE_REQUEST_TIMEOUT_S": str(args.request_timeout_s),
             "DIALOGUE_FALLBACK": "off",  # a failure must count as an error, not as the other arm
@@ -613,6 +620,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Server: `python -m service` on 127.0.0.1, device {meta['device']}, bundles "
         f"`{meta['generative_bundle']}` and `{meta['retrieval_bundle']}`; micro-batching on = "
         f"MAX_BATCH={meta['max_batch']}, off = MAX_BATCH=1; MAX_WAIT_MS={meta['max_wait_ms']}, "
+        f"CONTINUOUS_BATCHING={meta.get('continuous_batching', 'auto')}, "
         f"MAX_QUEUE={meta['max_queue']}, REQUEST_TIMEOUT_S={meta['request_timeout_s']}, "
         f"FALLBACK=off, LOG_LEVEL={meta['server_log_level']}, OMP_WAIT_POLICY "
         f"{meta.get('server_omp_wait_policy', 'unset')}.",
@@ -830,6 +838,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "retrieval_bundle": args.retrieval_bundle,
         "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms,
+        "continuous_batching": args.continuous_batching,
         "max_queue": args.max_queue,
         "request_timeout_s": args.request_timeout_s,
         "server_log_level": args.server_log_level,
