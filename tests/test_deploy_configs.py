@@ -161,8 +161,12 @@ def test_compose_api_waits_for_trainer_and_mounts_bundles_read_only(
 ) -> None:
     api = compose["services"][name]
     assert api["depends_on"] == {"trainer": {"condition": "service_completed_successfully"}}
-    assert api["volumes"] == ["bundles:/models:ro"]
+    # bundles read-only; the A/B exposure and feedback logs in their own volume, where the
+    # image's /logs (owned by the service user) makes a fresh volume writable
+    assert api["volumes"] == ["bundles:/models:ro", "ab-logs:/logs"]
+    assert "ab-logs" in compose["volumes"]
     assert api["environment"]["DIALOGUE_MODELS_DIR"] == "/models"
+    assert api["environment"]["DIALOGUE_EXPOSURE_LOG_DIR"] == "${DIALOGUE_EXPOSURE_LOG_DIR:-/logs}"
     assert api["environment"]["DIALOGUE_HOST"] == "0.0.0.0"
     # a host port range, so `--scale api=N` does not collide on one port; on 127.0.0.1 by default
     (ports,) = api["ports"]
