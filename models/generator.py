@@ -127,11 +127,13 @@ class GenerativeResponder(Responder):
         configs: Sequence[DecodingConfig],
         *,
         on_stage: StageObserver | None = None,
+        deadline: float | None = None,
     ) -> list[list[Reply]]:
         """For each context, the ``num_return_sequences`` replies of its own decoding config.
 
         Contexts whose configs are equal decode as one batch (groups in the order their config
-        first appears); ``on_stage`` hears each group's ``tokenize`` and ``generate`` seconds."""
+        first appears); ``on_stage`` hears each group's ``tokenize`` and ``generate`` seconds.
+        ``deadline`` is ignored: local decoding runs to its end (the service stops waiting)."""
         if len(contexts) != len(configs):
             raise ValueError(f"{len(contexts)} contexts but {len(configs)} decoding configs")
         groups: dict[DecodingConfig, list[int]] = {}
@@ -169,7 +171,11 @@ class Generator(Protocol):
         configs: Sequence[DecodingConfig],
         *,
         on_stage: StageObserver | None = None,
+        deadline: float | None = None,  # time.monotonic(); a remote call is cut there
     ) -> list[list[Reply]]: ...
+
+    def close(self) -> None:
+        """Release what it holds besides memory (a remote generator's connections)."""
 
     def respond(
         self, contexts: Sequence[Sequence[str]], decoding: DecodingConfig | None = None

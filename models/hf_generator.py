@@ -307,10 +307,12 @@ class HFGenerativeResponder:
         configs: Sequence[DecodingConfig],
         *,
         on_stage: StageObserver | None = None,
+        deadline: float | None = None,
     ) -> list[list[Reply]]:
         """For each context, the ``num_return_sequences`` replies of its own decoding config;
         contexts with equal configs decode as one padded batch (``tokenize`` and ``generate``
-        seconds go to ``on_stage``), as GenerativeResponder.reply_each does."""
+        seconds go to ``on_stage``), as GenerativeResponder.reply_each does (``deadline`` is
+        ignored as there)."""
         if len(contexts) != len(configs):
             raise ValueError(f"{len(contexts)} contexts but {len(configs)} decoding configs")
         groups: dict[DecodingConfig, list[int]] = {}
@@ -328,6 +330,9 @@ class HFGenerativeResponder:
             for k, i in enumerate(rows):
                 out[i] = [Reply(texts[j], ids[j]) for j in range(k * n, (k + 1) * n)]
         return out
+
+    def close(self) -> None:
+        """Nothing to release besides memory (the Generator protocol's)."""
 
     def respond(
         self, contexts: Sequence[Sequence[str]], decoding: DecodingConfig | None = None

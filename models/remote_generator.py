@@ -59,19 +59,24 @@ _BACKOFF_S = 0.05
 
 
 class RemoteError(RuntimeError):
-    """The endpoint did not give a reply; the message never carries the API key."""
+    """The endpoint did not give a reply; the message never carries the API key.
+
+    ``failure_reason`` is how the service counts it (dialogue_backend_failures_total's
+    ``reason``, service/errors.py: failure_reason), without importing this module."""
+
+    failure_reason: ClassVar[str] = "error"
 
 
 class RemoteTimeout(RemoteError):
-    pass
+    failure_reason = "timeout"
 
 
 class RemoteUnavailable(RemoteError):
-    pass
+    failure_reason = "unavailable"
 
 
 class RemoteBadResponse(RemoteError):
-    pass
+    failure_reason = "bad_response"
 
 
 @dataclass(frozen=True)
@@ -203,9 +208,17 @@ class RemoteGenerator:
         )
 
     def close(self) -> None:
+        """Close the pooled connections and the request threads (the service's backend calls it
+        when it stops: reload, shutdown); idempotent. No call may follow."""
         self._client.close()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+    @property
+    def closed(self) -> bool:
+        return self._client.is_closed
 
     # --- one request -------------------------------------------------------------------------
 

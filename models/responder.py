@@ -62,6 +62,10 @@ class Responder(ABC):
     def model_config(self) -> dict[str, Any]:
         """What the manifest's ``model_config`` holds: enough to rebuild the model."""
 
+    def close(self) -> None:  # noqa: B027 - a hook: nothing to release by default
+        """Release what it holds besides memory (nothing here; the service calls it when a
+        backend stops)."""
+
     def bundle_files(self) -> dict[str, bytes | Path]:
         """Files beside the weights and the tokenizer (none unless a subclass has some)."""
         return {}

@@ -3,7 +3,10 @@ own methods only.
 
 A backend turns a request's options into the responder's parameters (:meth:`Backend.prepare`,
 on the event loop, so a bad option is a 422 before anything is queued) and answers a micro-batch
-in one responder call (:meth:`Backend.infer`, in the batcher's worker thread). With the output
+in one responder call (:meth:`Backend.infer`, in the batcher's worker thread), given the latest
+deadline of the batch's requests (a remote generator stops its HTTP calls there; local models
+ignore it). When it stops (reload, shutdown) it closes its responder (a remote generator's
+connections). With the output
 safety filter on, each backend hands its replies to the filter's policy (service/safety.py) in
 the same thread, batched like the model call: the retriever's are re-ranked, the generator's
 re-sampled.
@@ -11,6 +14,7 @@ re-sampled.
 
 from __future__ import annotations
 
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
@@ -34,6 +38,8 @@ from service.safety import SafetyFilter
 from service.schemas import ResponseOptions
 
 __all__ = ["Answer", "Backend", "BatchLimits", "GenerativeBackend", "RetrievalBackend"]
+
+logger = logging.getLogger(__name__)
 
 _DECODING_OPTIONS = (
     "strategy",
@@ -74,7 +80,11 @@ class Backend(ABC):
             responder: Any = load_generator(bundle_dir, device, dtype)
         else:
             responder = cls.responder_class.load(bundle_dir, device, dtype)
-        return cls(responder, bundle_dir, metrics, limits, safety, **options)
+        try:
+            return cls(responder, bundle_dir, metrics, limits, safety, **options)
+        except BaseException:
+            responder.close()  # e.g. CONTINUOUS_BATCHING=on refused for a remote generator
+            raise
 
     def __init__(
         self,
@@ -91,10 +101,7 @@ class Backend(ABC):
         self.safety = safety if safety is not None and safety.enabled else None
         # infer is looked up per batch, so a test may replace it on the instance
         self.batcher: MicroBatcher[Job, Answer] = MicroBatcher(
-            self.name,
-            lambda jobs: self.infer([c for c, _ in jobs], [p for _, p in jobs]),
-            limits,
-            metrics,
+            self.name, self._infer_jobs, limits, metrics
         )
 
     # --- identity ----------------------------------------------------------------------------
@@ -123,8 +130,16 @@ class Backend(ABC):
         """Validate the request's options for this backend; raises InvalidOptions."""
 
     @abstractmethod
-    def infer(self, contexts: list[list[str]], params: list[Hashable]) -> list[Answer]:
-        """One batched model call (runs in the worker thread); one answer per context, in order."""
+    def infer(
+        self, contexts: list[list[str]], params: list[Hashable], deadline: float | None = None
+    ) -> list[Answer]:
+        """One batched model call (runs in the worker thread); one answer per context, in order.
+        ``deadline`` (time.monotonic()): the latest of the batch's requests, for a responder
+        that can stop there (a remote generator); None: no bound."""
+
+    def _infer_jobs(self, jobs: list[Job], deadline: float) -> list[Answer]:
+        """The batchers' call (service/batching.py, BatchCall)."""
+        return self.infer([c for c, _ in jobs], [p for _, p in jobs], deadline=deadline)
 
     # --- lifecycle and serving: the batcher's ----------------------------------------------------
 
@@ -133,8 +148,18 @@ class Backend(ABC):
 
     async def stop(self, drain_s: float = 0.0) -> None:
         """Stop taking work, let queued and running batches finish for up to ``drain_s``, then
-        fail whatever is left and wait for the model call in flight."""
+        fail whatever is left, wait for the model call in flight and close the responder."""
         await self.batcher.stop(drain_s)
+        self.close()
+
+    def close(self) -> None:
+        """Release what the responder holds besides memory (a remote generator's HTTP client);
+        after :meth:`stop`, or for a backend that was loaded but never started (a failed
+        reload). Never raises."""
+        try:
+            self.responder.close()
+        except Exception:
+            logger.warning("closing the %s backend's responder failed", self.name, exc_info=True)
 
     async def submit(self, context: list[str], params: Hashable, deadline: float) -> Answer:
         """Queue one request and wait for its answer until ``deadline`` (time.monotonic())."""
@@ -170,11 +195,7 @@ class GenerativeBackend(Backend):
                 self.responder, self.limits.max_batch, self.metrics, self.safety, self._generate
             )
             self.continuous = ContinuousBatcher(
-                self.name,
-                runner,
-                self.limits,
-                self.metrics,
-                lambda jobs: self.infer([c for c, _ in jobs], [p for _, p in jobs]),
+                self.name, runner, self.limits, self.metrics, self._infer_jobs
             )
 
     async def start(self) -> None:
@@ -222,9 +243,11 @@ class GenerativeBackend(Backend):
         except ValueError as exc:
             raise InvalidOptions(f"invalid decoding options: {exc}") from None
 
-    def infer(self, contexts: list[list[str]], params: list[Hashable]) -> list[Answer]:
+    def infer(
+        self, contexts: list[list[str]], params: list[Hashable], deadline: float | None = None
+    ) -> list[Answer]:
         configs = [cast(DecodingConfig, p) for p in params]
-        replies = self._generate(contexts, configs)
+        replies = self._generate(contexts, configs, deadline=deadline)
         answers = [Answer(text=r.text, generated_tokens=len(r.tokens)) for [r] in replies]
         if self.safety is not None:
 
@@ -237,15 +260,23 @@ class GenerativeBackend(Backend):
                     )
                     for r in rows
                 ]
-                return self._generate([contexts[r] for r in rows], alt)
+                return self._generate([contexts[r] for r in rows], alt, deadline=deadline)
 
             self.safety.resample([c[-1] for c in contexts], answers, alternatives)
         return answers
 
     def _generate(
-        self, contexts: list[list[str]], configs: list[DecodingConfig]
+        self,
+        contexts: list[list[str]],
+        configs: list[DecodingConfig],
+        *,
+        deadline: float | None = None,
     ) -> list[list[Reply]]:
-        replies = self.responder.reply_each(contexts, configs, on_stage=self.metrics.observe_stage)
+        """The responder's replies; ``deadline`` goes to it (a remote generator's calls stop
+        there; our own and Hugging Face generators ignore it)."""
+        replies = self.responder.reply_each(
+            contexts, configs, on_stage=self.metrics.observe_stage, deadline=deadline
+        )
         self.metrics.add_generated_tokens(sum(len(r.tokens) for row in replies for r in row))
         return replies
 
@@ -269,7 +300,9 @@ class RetrievalBackend(Backend):
             )
         return wanted
 
-    def infer(self, contexts: list[list[str]], params: list[Hashable]) -> list[Answer]:
+    def infer(
+        self, contexts: list[list[str]], params: list[Hashable], deadline: float | None = None
+    ) -> list[Answer]:
         wanted = [cast(int, p) for p in params]
         top_k = max(wanted)
         if self.safety is not None:  # room to re-rank a blocked reply

@@ -29,9 +29,13 @@ Each request waits on its own future until its deadline (504); the deadline is t
 to end (service/engine.py). A request whose deadline has passed, or whose client stopped waiting,
 never reaches the call: it is dropped when its batch is formed, and its queue slot is reclaimed
 when the queue fills up. One whose batch is already computing is simply not waited for (a thread
-cannot be interrupted), so a client hears back by its deadline whatever the model does. When a
-batched call raises, each of its requests is run again alone, so a request that makes the model
-fail (a poison request) gets the error and its batch-mates get their answers.
+cannot be interrupted), so a client hears back by its deadline whatever the model does. The call
+is handed the latest deadline of its live requests (a model that can stop there, such as a remote
+generator's HTTP call, does, so the worker is not kept busy after every client got its 504). When
+a batched call raises, each of its requests is run again alone (with its own deadline), so a
+request that makes the model fail (a poison request) gets the error and its batch-mates get their
+answers. A failure is a BackendFailed carrying its reason (service/errors.py: failure_reason), or
+a DeadlineExceeded when the request's deadline has passed by the time the call raises.
 """
 
 from __future__ import annotations
@@ -49,13 +53,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from service.errors import BackendFailed, BackendUnavailable, DeadlineExceeded, Overloaded
+from service.errors import (
+    BackendFailed,
+    BackendUnavailable,
+    DeadlineExceeded,
+    Overloaded,
+    failure_reason,
+)
 from service.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
 
 Request = TypeVar("Request")
 Result = TypeVar("Result")
+
+# A batched call: the requests, in order, and the latest deadline (time.monotonic()) among them;
+# one result per request, in order.
+BatchCall = Callable[[list[Request], float], list[Result]]
 
 
 @dataclass(frozen=True)
@@ -141,12 +155,13 @@ class MicroBatcher(Generic[Request, Result]):
     """Runs ``run_batch`` (one result per request, in order) over micro-batches of requests.
 
     ``name`` labels its metrics, thread and errors (the service names a batcher after its
-    backend); the batch size and each request's queue wait go to ``metrics``."""
+    backend); the batch size and each request's queue wait go to ``metrics``. ``run_batch`` also
+    gets the latest deadline of the batch's requests (:data:`BatchCall`)."""
 
     def __init__(
         self,
         name: str,
-        run_batch: Callable[[list[Request]], list[Result]],
+        run_batch: BatchCall[Request, Result],
         limits: BatchLimits,
         metrics: ServiceMetrics,
     ) -> None:
@@ -243,11 +258,11 @@ class MicroBatcher(Generic[Request, Result]):
                 self.metrics.observe_stage("queue", now - job.enqueued)
             try:
                 results = await self._call(loop, live)
-            except Exception:
+            except Exception as exc:
                 self._ended(len(live))
                 if len(live) == 1:
                     logger.exception("%s backend failed on a request", self.name)
-                    self._fail(live[0])
+                    self._fail(live[0], exc)
                     continue
                 # One bad request must not fail its neighbours: run each alone, so only the
                 # request(s) that fail by themselves get the error.
@@ -302,19 +317,30 @@ class MicroBatcher(Generic[Request, Result]):
     ) -> list[Result]:
         assert self.executor is not None
         return await loop.run_in_executor(
-            self.executor, self._run_counted, [job.request for job in jobs]
+            self.executor,
+            self._run_counted,
+            [job.request for job in jobs],
+            max(job.deadline for job in jobs),
         )
 
-    def _run_counted(self, requests: list[Request]) -> list[Result]:
+    def _run_counted(self, requests: list[Request], deadline: float) -> list[Result]:
         self.metrics.observe_batch(self.name, len(requests))
-        results = self.run_batch(requests)
+        results = self.run_batch(requests, deadline)
         if len(results) != len(requests):
             raise RuntimeError(f"{len(results)} results for {len(requests)} requests")
         return results
 
-    def _fail(self, job: _Job[Request, Result]) -> None:
-        if not job.future.done():
-            job.future.set_exception(BackendFailed(f"the {self.name} backend failed"))
+    def _fail(self, job: _Job[Request, Result], exc: BaseException) -> None:
+        if job.future.done():
+            return
+        if job.deadline <= time.monotonic():  # too late to answer anything but 504
+            job.future.set_exception(
+                DeadlineExceeded(
+                    f"the {self.name} backend did not answer within the request deadline"
+                )
+            )
+        else:
+            job.future.set_exception(_failed(self.name, exc))
 
     async def _retry_alone(
         self, loop: asyncio.AbstractEventLoop, jobs: list[_Job[Request, Result]]
@@ -326,12 +352,19 @@ class MicroBatcher(Generic[Request, Result]):
                 continue
             try:
                 [result] = await self._call(loop, [job])
-            except Exception:
+            except Exception as exc:
                 logger.exception("%s backend failed on a request (run alone)", self.name)
-                self._fail(job)
+                self._fail(job, exc)
                 continue
             if not job.future.done():
                 job.future.set_result(result)
+
+
+def _failed(name: str, exc: BaseException) -> BackendFailed:
+    """The client's error for a model call that raised ``exc`` (generic; the reason labels it)."""
+    reason = failure_reason(exc)
+    what = f"the {name} backend failed"
+    return BackendFailed(what if reason == "error" else f"{what} ({reason})", reason=reason)
 
 
 # --- continuous (iteration-level) batching -----------------------------------------------------
@@ -396,8 +429,8 @@ class ContinuousBatcher(Generic[Request, Result]):
     once, a busy one takes it at its next step). ``batch_size`` is observed whenever requests
     are admitted: the requests running from that step on (it tells the batch a request joined;
     one observation per step would drown it). When a step raises, every running request is run again alone through
-    ``run_alone`` (the request-level path), so a poison request fails alone, as in
-    :class:`MicroBatcher`.
+    ``run_alone`` (the request-level path, given the request's deadline), so a poison request
+    fails alone, as in :class:`MicroBatcher`.
     """
 
     def __init__(
@@ -406,7 +439,7 @@ class ContinuousBatcher(Generic[Request, Result]):
         runner: StepRunner[Request, Result],
         limits: BatchLimits,
         metrics: ServiceMetrics,
-        run_alone: Callable[[list[Request]], list[Result]],
+        run_alone: BatchCall[Request, Result],
     ) -> None:
         self.name = name
         self.runner = runner
@@ -517,9 +550,9 @@ class ContinuousBatcher(Generic[Request, Result]):
             key = next(self._keys)
             try:
                 self.runner.admit(key, job.request)
-            except Exception:
+            except Exception as exc:
                 logger.exception("%s backend failed to admit a request", self.name)
-                job.settle(error=BackendFailed(f"the {self.name} backend failed"))
+                job.settle(error=_failed(self.name, exc))
                 continue
             self._running[key] = job
         if len(self._running) > before:
@@ -551,10 +584,10 @@ class ContinuousBatcher(Generic[Request, Result]):
                     job.settle(error=DeadlineExceeded("deadline passed"))
                     continue
                 try:
-                    [result] = self.run_alone([job.request])
-                except Exception:
+                    [result] = self.run_alone([job.request], job.deadline)
+                except Exception as exc:
                     logger.exception("%s backend failed on a request (run alone)", self.name)
-                    job.settle(error=BackendFailed(f"the {self.name} backend failed"))
+                    job.settle(error=_failed(self.name, exc))
                     continue
                 job.settle(result)
             return

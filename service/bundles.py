@@ -241,50 +241,55 @@ def load_serving(settings: Settings, metrics: ServiceMetrics) -> Serving:
         chosen[name] = (kind, select_bundle(settings.models_dir, kind, spec.bundle, spec.source))
     loaded: dict[Path, Backend] = {}
     arms: dict[str, Arm] = {}
-    for name, spec in specs.items():
-        kind, path = chosen[name]
-        if path is None:
-            why = (
-                f"{spec.source}=off"
-                if spec.bundle.strip() == "off"
-                else f"no {_KIND_OF[kind]} bundle in {settings.models_dir}"
-            )
-            logger.warning("%s: the %s arm is off", why, name)
-            arms[name] = Arm(name, spec.weight, kind, None, spec.options)
-            continue
-        key = path.resolve()
-        if key not in loaded:
-            backend: Backend
-            if kind == "generative":
-                backend = GenerativeBackend.load(
-                    path,
-                    device,
-                    dtype,
-                    metrics,
-                    limits,
-                    safety,
-                    continuous=settings.continuous_batching,
+    try:
+        for name, spec in specs.items():
+            kind, path = chosen[name]
+            if path is None:
+                why = (
+                    f"{spec.source}=off"
+                    if spec.bundle.strip() == "off"
+                    else f"no {_KIND_OF[kind]} bundle in {settings.models_dir}"
                 )
-            else:
-                backend = RetrievalBackend.load(
-                    path,
-                    device,
-                    dtype,
-                    metrics,
-                    limits,
-                    max_candidates=settings.max_candidates,
-                    safety=safety,
-                )
-            logger.info("loaded %s bundle %s on %s", kind, backend.model_id, device)
-            loaded[key] = backend
-        backend = loaded[key]
-        try:  # the arm's option defaults must fit its backend: refused here, not per request
-            backend.prepare(spec.options)
-        except InvalidOptions as exc:
-            raise BundleError(
-                f"arm {name!r}: its options do not fit {backend.model_id}: {exc}"
-            ) from None
-        arms[name] = Arm(name, spec.weight, kind, backend, spec.options)
+                logger.warning("%s: the %s arm is off", why, name)
+                arms[name] = Arm(name, spec.weight, kind, None, spec.options)
+                continue
+            key = path.resolve()
+            if key not in loaded:
+                backend: Backend
+                if kind == "generative":
+                    backend = GenerativeBackend.load(
+                        path,
+                        device,
+                        dtype,
+                        metrics,
+                        limits,
+                        safety,
+                        continuous=settings.continuous_batching,
+                    )
+                else:
+                    backend = RetrievalBackend.load(
+                        path,
+                        device,
+                        dtype,
+                        metrics,
+                        limits,
+                        max_candidates=settings.max_candidates,
+                        safety=safety,
+                    )
+                logger.info("loaded %s bundle %s on %s", kind, backend.model_id, device)
+                loaded[key] = backend
+            backend = loaded[key]
+            try:  # the arm's option defaults must fit its backend: refused here, not per request
+                backend.prepare(spec.options)
+            except InvalidOptions as exc:
+                raise BundleError(
+                    f"arm {name!r}: its options do not fit {backend.model_id}: {exc}"
+                ) from None
+            arms[name] = Arm(name, spec.weight, kind, backend, spec.options)
+    except BaseException:
+        for loaded_backend in loaded.values():  # never started: release what they hold
+            loaded_backend.close()
+        raise
     if not loaded:
         raise BundleError(f"no generator or retriever bundle found in {settings.models_dir}")
     for name, spec in specs.items():  # fallbacks once every arm is known

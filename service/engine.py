@@ -31,6 +31,7 @@ from service.errors import (
     PayloadTooLarge,
     ReloadFailed,
     ServiceError,
+    failure_reason,
 )
 from service.exposure import JsonlLog
 from service.feedback import FeedbackResult, FeedbackTracker
@@ -423,7 +424,10 @@ class DialogueEngine:
 
         Fallback is for an arm's failure, absence or deadline. A full queue (Overloaded) is
         shed to the client as 429 at once: sending the overflow to another arm would only
-        overload that one too and hide the overload from clients."""
+        overload that one too and hide the overload from clients. Each failed attempt of a
+        loaded arm is counted in dialogue_backend_failures_total by its reason (a remote
+        generator's timeout, unavailable endpoint or bad response; a missed deadline is a
+        timeout)."""
         reserve = self.settings.fallback_reserve * self.settings.request_timeout_s
         failure: ServiceError | None = None
         for position, name in enumerate(order):
@@ -432,7 +436,7 @@ class DialogueEngine:
             if failure is not None:
                 assert failure.backend is not None
                 if time.monotonic() >= deadline:
-                    break  # no time left for a fallback: the client gets the failure (504)
+                    break  # no time left for a fallback: the client gets a 504 (below)
                 self.metrics.observe_fallback(failure.backend, _outcome(failure))
                 logger.warning("falling back to the %s arm: %s", name, failure)
             if arm is None or arm.backend is None:
@@ -453,8 +457,16 @@ class DialogueEngine:
                 raise
             except (DeadlineExceeded, BackendFailed, BackendUnavailable) as exc:
                 exc.backend = kind
+                self.metrics.observe_backend_failure(kind, name, failure_reason(exc))
                 failure = exc
         assert failure is not None
+        if time.monotonic() >= deadline and not isinstance(failure, DeadlineExceeded):
+            # the request's own deadline has passed: its outcome is a 504, however it failed
+            late = DeadlineExceeded(
+                f"the {failure.backend} backend did not answer within the request deadline"
+            )
+            late.backend = failure.backend
+            failure = late
         raise failure
 
 

@@ -73,15 +73,43 @@ class BackendUnavailable(ServiceError):
 
 
 class BackendFailed(ServiceError):
-    """The model call raised; the message stays generic (details go to the log only)."""
+    """The model call raised; the message stays generic (details go to the log only).
+
+    ``reason`` (one of FAILURE_REASONS) says how it failed, for the failure metric: ``timeout``,
+    ``unavailable`` or ``bad_response`` when the responder said so (a remote generator's errors,
+    models/remote_generator.py), else ``error``."""
 
     status_code = 503
     error_type = "backend_error"
+
+    def __init__(self, message: str, reason: str = "error") -> None:
+        super().__init__(message)
+        self.reason = reason if reason in FAILURE_REASONS else "error"
 
 
 class DeadlineExceeded(ServiceError):
     status_code = 504
     error_type = "deadline_exceeded"
+
+
+# The ``reason`` label of dialogue_backend_failures_total (service/metrics.py).
+FAILURE_REASONS = ("timeout", "unavailable", "bad_response", "error")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """How a backend attempt failed, one of FAILURE_REASONS: the deadline passed (``timeout``),
+    the backend was stopped or not running (``unavailable``), or what the model call raised: an
+    exception may say itself with a ``failure_reason`` attribute (the remote generator's
+    RemoteTimeout / RemoteUnavailable / RemoteBadResponse do; service code never imports them),
+    anything else is ``error``."""
+    if isinstance(exc, DeadlineExceeded):
+        return "timeout"
+    if isinstance(exc, BackendUnavailable):
+        return "unavailable"
+    if isinstance(exc, BackendFailed):
+        return exc.reason
+    reason = getattr(exc, "failure_reason", None)
+    return reason if reason in FAILURE_REASONS else "error"
 
 
 class ReloadFailed(ServiceError):

@@ -3,7 +3,8 @@
 The only module that touches ``prometheus_client``: backends and the request handler report plain
 numbers through :class:`ServiceMetrics`. Labels stay low-cardinality: ``backend``, ``arm``,
 ``outcome``, ``stage`` (and ``model`` on the info gauge; ``reason`` and ``action`` on the safety
-filter's counter; ``rating`` on the feedback counter, ``log`` on the dropped-records counter).
+filter's counter; ``reason`` on the backend failures counter; ``rating`` on the feedback counter,
+``log`` on the dropped-records counter).
 """
 
 from __future__ import annotations
@@ -69,6 +70,14 @@ class ServiceMetrics:
             "dialogue_fallbacks",
             "Requests answered by the other backend; backend = the one that failed.",
             ["backend", "outcome"],
+            registry=r,
+        )
+        self.backend_failures = Counter(
+            "dialogue_backend_failures",
+            "Failed attempts of an arm's backend (each request once per arm tried, whether it "
+            "then fell back or failed); arm = the arm tried (its name, also when the request "
+            "named it), reason = timeout|unavailable|bad_response|error.",
+            ["backend", "arm", "reason"],
             registry=r,
         )
         self.safety_blocked = Counter(
@@ -155,6 +164,9 @@ class ServiceMetrics:
 
     def observe_fallback(self, failed_backend: str, outcome: str) -> None:
         self.fallbacks.labels(backend=failed_backend, outcome=outcome).inc()
+
+    def observe_backend_failure(self, backend: str, arm: str, reason: str) -> None:
+        self.backend_failures.labels(backend=backend, arm=arm, reason=reason).inc()
 
     def observe_safety_block(self, backend: str, reason: str, action: str) -> None:
         self.safety_blocked.labels(backend=backend, reason=reason, action=action).inc()

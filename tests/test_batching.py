@@ -24,7 +24,7 @@ def _run(scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
 def test_concurrent_requests_share_one_batch_and_keep_their_order() -> None:
     calls: list[list[int]] = []
 
-    def double(xs: list[int]) -> list[int]:
+    def double(xs: list[int], deadline: float) -> list[int]:
         calls.append(xs)
         return [2 * x for x in xs]
 
@@ -44,7 +44,7 @@ def test_concurrent_requests_share_one_batch_and_keep_their_order() -> None:
 def test_a_failing_batch_is_retried_one_by_one_and_only_the_poison_fails() -> None:
     calls: list[list[int]] = []
 
-    def fragile(xs: list[int]) -> list[int]:
+    def fragile(xs: list[int], deadline: float) -> list[int]:
         calls.append(xs)
         if 13 in xs:
             raise RuntimeError("poison")
@@ -66,7 +66,7 @@ def test_a_failing_batch_is_retried_one_by_one_and_only_the_poison_fails() -> No
 
 
 def test_a_full_queue_is_overloaded_and_a_slow_call_misses_the_deadline() -> None:
-    def slow(xs: list[int]) -> list[int]:
+    def slow(xs: list[int], deadline: float) -> list[int]:
         time.sleep(0.3)
         return xs
 
@@ -103,7 +103,7 @@ def test_a_lone_request_runs_at_once_not_after_max_wait() -> None:
 
     async def scenario() -> list[float]:
         # max_wait 0.5 s: the old batcher held every first request that long
-        batcher = MicroBatcher("toy", lambda xs: xs, BatchLimits(8, 0.5, 16), Recording())
+        batcher = MicroBatcher("toy", lambda xs, _: xs, BatchLimits(8, 0.5, 16), Recording())
         await batcher.start()
         took = []
         try:
@@ -123,7 +123,7 @@ def test_a_lone_request_runs_at_once_not_after_max_wait() -> None:
 def test_requests_arriving_during_a_call_form_the_next_batch_together() -> None:
     calls: list[list[int]] = []
 
-    def slow(xs: list[int]) -> list[int]:
+    def slow(xs: list[int], deadline: float) -> list[int]:
         calls.append(xs)
         time.sleep(0.3)
         return xs
@@ -150,7 +150,7 @@ def test_requests_arriving_during_a_call_form_the_next_batch_together() -> None:
 def test_after_a_busy_call_the_batch_waits_for_its_clients_up_to_max_wait() -> None:
     calls: list[list[int]] = []
 
-    def slow(xs: list[int]) -> list[int]:
+    def slow(xs: list[int], deadline: float) -> list[int]:
         calls.append(xs)
         time.sleep(0.1)
         return xs
@@ -216,7 +216,7 @@ class Countdown:
         self.left.clear()
 
 
-def _alone(requests: list[int]) -> list[int]:
+def _alone(requests: list[int], deadline: float) -> list[int]:
     [n] = requests
     if n < 0:
         raise RuntimeError("poison alone")
@@ -296,3 +296,87 @@ def test_continuous_queue_bound_and_deadline() -> None:
     timed_out, answered = _run(scenario)
     assert isinstance(timed_out, DeadlineExceeded) and answered == 101
     assert runner.cancelled == [50]  # its rows were freed for the queued request
+
+
+# --- the deadline handed to the call, and why a call failed --------------------------------------
+
+
+class _Timeout(RuntimeError):
+    failure_reason = "timeout"  # as models/remote_generator.py's RemoteTimeout says itself
+
+
+def test_the_call_gets_the_latest_deadline_of_its_live_requests() -> None:
+    seen: list[tuple[list[int], float]] = []
+
+    def record(xs: list[int], deadline: float) -> list[int]:
+        seen.append((xs, deadline))
+        return xs
+
+    async def scenario() -> tuple[float, float]:
+        batcher = MicroBatcher("toy", record, BatchLimits(8, 0.2, 16), ServiceMetrics())
+        await batcher.start()
+        now = time.monotonic()
+        early, late = now + 2, now + 3
+        try:
+            await asyncio.gather(batcher.submit(1, early), batcher.submit(2, late))
+            await batcher.submit(3, early)
+        finally:
+            await batcher.stop()
+        return early, late
+
+    early, late = _run(scenario)
+    assert seen == [([1, 2], late), ([3], early)]
+
+
+def test_a_failure_carries_its_reason_and_after_the_deadline_is_a_504() -> None:
+    def failing(xs: list[int], deadline: float) -> list[int]:
+        if xs == [1]:
+            raise _Timeout("the endpoint took too long")
+        if xs == [2]:
+            raise ValueError("something else")
+        time.sleep(max(0.0, deadline - time.monotonic()) + 0.05)  # returns past the deadline
+        raise _Timeout("cut at the deadline")
+
+    async def scenario() -> list[object]:
+        batcher = MicroBatcher("toy", failing, BatchLimits(1, 0.0, 16), ServiceMetrics())
+        await batcher.start()
+        try:
+            out: list[object] = []
+            for x, left in ((1, 5.0), (2, 5.0), (3, 0.2)):
+                try:
+                    out.append(await batcher.submit(x, time.monotonic() + left))
+                except Exception as exc:
+                    out.append(exc)
+            return out
+        finally:
+            await batcher.stop()
+
+    timed_out, failed, late = _run(scenario)
+    assert isinstance(timed_out, BackendFailed) and timed_out.reason == "timeout"
+    assert str(timed_out) == "the toy backend failed (timeout)"
+    assert isinstance(failed, BackendFailed) and failed.reason == "error"
+    assert str(failed) == "the toy backend failed"
+    assert isinstance(late, DeadlineExceeded)
+
+
+def test_continuous_run_alone_gets_each_requests_deadline() -> None:
+    runner = Countdown()
+    deadlines: list[float] = []
+
+    def alone(requests: list[int], deadline: float) -> list[int]:
+        deadlines.append(deadline)
+        return _alone(requests, deadline)
+
+    async def scenario() -> tuple[list[object], float]:
+        batcher = ContinuousBatcher("toy", runner, BatchLimits(8, 0.0, 16), ServiceMetrics(), alone)
+        await batcher.start()
+        deadline = time.monotonic() + 10
+        try:
+            jobs = (batcher.submit(x, deadline) for x in (3, -2))
+            return list(await asyncio.gather(*jobs, return_exceptions=True)), deadline
+        finally:
+            await batcher.stop()
+
+    (ok, poison), deadline = _run(scenario)
+    assert ok == 103 and isinstance(poison, BackendFailed) and poison.reason == "error"
+    assert deadlines and set(deadlines) == {deadline}

@@ -1,7 +1,9 @@
 """The remote generator (issue 15) against a fake OpenAI-compatible server on 127.0.0.1: normal
 replies, the request mapping, the key from the environment, timeouts, 5xx with and without
 retries, malformed replies, the circuit breaker, the service answering (and falling back) from a
-remote bundle, and the endpoint as a G2R teacher with and without log-probabilities."""
+remote bundle (the request deadline cutting the remote call, failures counted by reason, the
+HTTP client closed when the backend stops), and the endpoint as a G2R teacher with and without
+log-probabilities."""
 
 from __future__ import annotations
 
@@ -11,14 +13,14 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from service_fixtures import build_tiny_bundles, make_settings
+from service_fixtures import build_tiny_bundles, make_settings, parse_metrics, sample
 
 from models.bundle import MANIFEST_FILE, read_manifest
 from models.decoding import DecodingConfig
@@ -41,6 +43,7 @@ class FakeOpenAI:
         self.logprobs = True
         self.requests: list[dict[str, Any]] = []
         self.failures_left = 0  # for "503-then-ok"
+        self.delay = 0.6  # seconds a "slow" reply takes
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -64,7 +67,7 @@ class FakeOpenAI:
                 )
                 mode = fake.mode
                 if mode == "slow":
-                    time.sleep(0.6)
+                    time.sleep(fake.delay)
                 if mode == "500":
                     return self._send(500, b'{"error": "boom"}')
                 if mode == "503-then-ok" and fake.failures_left > 0:
@@ -252,6 +255,165 @@ def test_the_service_answers_from_a_remote_arm_and_falls_back(
         failed = client.post("/respond", json=body)
         assert failed.status_code == 503
         assert failed.json()["error"]["type"] == "backend_error"
+
+
+def _remote(app: Any) -> RemoteGenerator:
+    gen = app.state.engine.backends["generative"].responder
+    assert isinstance(gen, RemoteGenerator)
+    return gen
+
+
+def _until(done: Callable[[], bool], within_s: float = 1.0) -> None:
+    give_up = time.monotonic() + within_s
+    while not done():
+        assert time.monotonic() < give_up, "timed out waiting"
+        time.sleep(0.01)
+
+
+def _failures(client: TestClient, reason: str) -> float:
+    return sample(
+        parse_metrics(client.get("/metrics").text),
+        "dialogue_backend_failures_total",
+        backend="generative",
+        arm="generative",
+        reason=reason,
+    )
+
+
+def test_the_request_deadline_cuts_the_remote_call(fake: FakeOpenAI, tmp_path: Path) -> None:
+    """A slow endpoint: the client gets its 504 by the request deadline (not the bundle's 10 s
+    timeout), and the remote call itself ends there, so the backend's worker is free at once."""
+    models_dir = build_tiny_bundles(tmp_path / "models", generator=False)
+    _bundle(models_dir, fake.url, timeout_s=10.0, retries=0, cooldown_s=0)
+    fake.mode, fake.delay = "slow", 3.0
+    settings = make_settings(
+        models_dir, generative_bundle="remote-fake", fallback=False, request_timeout_s=0.5
+    )
+    from service.app import create_app
+
+    app = create_app(settings)
+    body = {"context": ["hello , how are you ?"], "backend": "generative"}
+    with TestClient(app) as client:
+        gen = _remote(app)
+        started = time.monotonic()
+        resp = client.post("/respond", json=body)
+        took = time.monotonic() - started
+        assert resp.status_code == 504, resp.text
+        assert resp.json()["error"]["type"] == "deadline_exceeded"
+        assert took < 0.5 + 0.4
+        _until(lambda: gen.counts["timeout"] == 1)  # the call ends at the deadline, not after
+        assert time.monotonic() - started < 0.5 + 0.5
+        fake.mode = "ok"  # the worker is free: the next request is answered at once
+        again = client.post("/respond", json=body)
+        assert again.status_code == 200, again.text
+        assert time.monotonic() - started < 1.5
+        assert _failures(client, "timeout") == 1
+        m = parse_metrics(client.get("/metrics").text)
+        assert (
+            sample(
+                m,
+                "dialogue_requests_total",
+                backend="generative",
+                arm="override",
+                outcome="timeout",
+            )
+            == 1
+        )
+
+
+def test_a_slow_remote_arm_falls_back_within_the_deadline(fake: FakeOpenAI, tmp_path: Path) -> None:
+    models_dir = build_tiny_bundles(tmp_path / "models", generator=False)
+    _bundle(models_dir, fake.url, timeout_s=10.0, retries=0, cooldown_s=0)
+    fake.mode, fake.delay = "slow", 3.0
+    settings = make_settings(models_dir, generative_bundle="remote-fake", request_timeout_s=1.0)
+    from service.app import create_app
+
+    app = create_app(settings)
+    with TestClient(app) as client:
+        gen = _remote(app)
+        started = time.monotonic()
+        resp = client.post("/respond", json={"context": ["hi"], "backend": "generative"})
+        took = time.monotonic() - started
+        assert resp.status_code == 200 and resp.json()["backend"] == "retrieval", resp.text
+        # the remote call was cut at 0.8 s (FALLBACK_RESERVE 0.2 of the 1 s deadline left for
+        # the retriever), and the answer came within the deadline
+        assert 0.7 < took < 1.0 + 0.3
+        _until(lambda: gen.counts["timeout"] == 1)  # its thread may count a moment later
+        assert time.monotonic() - started < 1.0 + 0.5  # not the endpoint's 3 s
+        assert _failures(client, "timeout") == 1
+        m = parse_metrics(client.get("/metrics").text)
+        assert sample(m, "dialogue_fallbacks_total", backend="generative", outcome="timeout") == 1
+
+
+def test_remote_failures_are_counted_by_reason_and_fall_back(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    models_dir = build_tiny_bundles(tmp_path / "models", generator=False)
+    # the bundle's own 0.2 s timeout is shorter than the request deadline: a timeout with
+    # deadline left falls back like any failure
+    _bundle(models_dir, fake.url, timeout_s=0.2, retries=0, cooldown_s=0)
+    settings = make_settings(models_dir, generative_bundle="remote-fake")
+    from service.app import create_app
+
+    app = create_app(settings)
+    body = {"context": ["hi"], "backend": "generative"}
+    with TestClient(app) as client:
+        gen = _remote(app)
+        counted = dict.fromkeys(("timeout", "unavailable", "bad_response", "error"), 0.0)
+        for mode, reason in (
+            ("slow", "timeout"),
+            ("500", "unavailable"),
+            ("malformed", "bad_response"),
+            ("no-content", "bad_response"),
+            ("bug", "error"),
+        ):
+            if mode == "bug":
+
+                def broken(*args: Any, **kwargs: Any) -> list[Any]:
+                    raise RuntimeError("a bug")
+
+                gen.complete = broken  # type: ignore[method-assign]
+            else:
+                fake.mode = mode
+            resp = client.post("/respond", json=body)
+            assert resp.status_code == 200 and resp.json()["backend"] == "retrieval", mode
+            counted[reason] += 1
+            assert {r: _failures(client, r) for r in counted} == counted, mode
+        m = parse_metrics(client.get("/metrics").text)
+        # each failed attempt fell back; its outcome label stays "error" (a 503 without fallback)
+        assert sample(m, "dialogue_fallbacks_total", backend="generative", outcome="error") == 5
+    with TestClient(
+        create_app(make_settings(models_dir, generative_bundle="remote-fake", fallback=False))
+    ) as client:
+        fake.mode = "500"
+        failed = client.post("/respond", json=body)
+        assert failed.status_code == 503
+        assert failed.json()["error"] == {
+            "type": "backend_error",
+            "message": "the generative backend failed (unavailable)",
+        }
+        assert _failures(client, "unavailable") == 1
+
+
+def test_the_http_client_is_closed_on_reload_and_shutdown(fake: FakeOpenAI, tmp_path: Path) -> None:
+    models_dir = build_tiny_bundles(tmp_path / "models", generator=False)
+    _bundle(models_dir, fake.url)
+    token = "s3cret-token-for-tests"
+    settings = make_settings(models_dir, generative_bundle="remote-fake", admin_token=token)
+    from service.app import create_app
+
+    app = create_app(settings)
+    with TestClient(app) as client:
+        body = {"context": ["hi"], "backend": "generative"}
+        assert client.post("/respond", json=body).status_code == 200
+        before = _remote(app)
+        assert not before.closed
+        resp = client.post("/admin/reload", headers={"Authorization": f"Bearer {token}"})
+        assert resp.status_code == 200, resp.text
+        after = _remote(app)
+        assert after is not before and before.closed and not after.closed
+        assert client.post("/respond", json=body).json()["response"] == "echo 0: hi"
+    assert after.closed  # shutdown
 
 
 def test_remote_teacher_with_and_without_log_probabilities(

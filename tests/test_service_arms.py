@@ -45,7 +45,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _broken(backend: Backend) -> None:
-    def broken_infer(contexts: list[list[str]], params: list[Any]) -> list[Answer]:
+    def broken_infer(
+        contexts: list[list[str]], params: list[Any], deadline: float | None = None
+    ) -> list[Answer]:
         raise RuntimeError("CUDA error: device-side assert triggered")
 
     backend.infer = broken_infer  # type: ignore[method-assign]

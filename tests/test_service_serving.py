@@ -47,15 +47,19 @@ def _slow(backend: Backend, seconds: float) -> None:
     """Make the backend's model call take at least ``seconds`` (an instance attribute override)."""
     infer = backend.infer
 
-    def slow_infer(contexts: list[list[str]], params: list[Hashable]) -> list[Answer]:
+    def slow_infer(
+        contexts: list[list[str]], params: list[Hashable], deadline: float | None = None
+    ) -> list[Answer]:
         time.sleep(seconds)
-        return infer(contexts, params)
+        return infer(contexts, params, deadline)
 
     backend.infer = slow_infer  # type: ignore[method-assign]
 
 
 def _broken(backend: Backend) -> None:
-    def broken_infer(contexts: list[list[str]], params: list[Hashable]) -> list[Answer]:
+    def broken_infer(
+        contexts: list[list[str]], params: list[Hashable], deadline: float | None = None
+    ) -> list[Answer]:
         raise RuntimeError("CUDA error: device-side assert triggered")
 
     backend.infer = broken_infer  # type: ignore[method-assign]
@@ -227,10 +231,12 @@ def test_requests_whose_deadline_passed_in_the_queue_never_reach_the_model(
         backend = _backend(app, "retrieval")
         infer = backend.infer
 
-        def counted(contexts: list[list[str]], params: list[Hashable]) -> list[Answer]:
+        def counted(
+            contexts: list[list[str]], params: list[Hashable], deadline: float | None = None
+        ) -> list[Answer]:
             calls.append(len(contexts))
             time.sleep(0.6)
-            return infer(contexts, params)
+            return infer(contexts, params, deadline)
 
         backend.infer = counted  # type: ignore[method-assign]
         replies = _post_concurrently(client, [{"context": ["hi"], "backend": "retrieval"}] * 5)
@@ -282,10 +288,12 @@ def test_no_request_is_answered_later_than_the_deadline_plus_one_batch(models_di
     def timed(backend: Backend) -> None:
         infer = backend.infer
 
-        def slow_infer(contexts: list[list[str]], params: list[Hashable]) -> list[Answer]:
+        def slow_infer(
+            contexts: list[list[str]], params: list[Hashable], deadline: float | None = None
+        ) -> list[Answer]:
             started = time.perf_counter()
             time.sleep(call_s)
-            answers = infer(contexts, params)
+            answers = infer(contexts, params, deadline)
             durations.append(time.perf_counter() - started)
             return answers
 
@@ -441,12 +449,14 @@ def _gated(backend: Backend, marker: str, queued: int) -> None:
     requests wait in the backend's queue (or after 10 s)."""
     infer = backend.infer
 
-    def gated_infer(contexts: list[list[str]], params: list[Hashable]) -> list[Answer]:
+    def gated_infer(
+        contexts: list[list[str]], params: list[Hashable], deadline: float | None = None
+    ) -> list[Answer]:
         if any(marker in turn for context in contexts for turn in context):
             give_up = time.monotonic() + 10
             while len(backend.batcher._queue or ()) < queued and time.monotonic() < give_up:
                 time.sleep(0.01)
-        return infer(contexts, params)
+        return infer(contexts, params, deadline)
 
     backend.infer = gated_infer  # type: ignore[method-assign]
 
