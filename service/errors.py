@@ -11,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.json_response import FastJSONResponse
+
 logger = logging.getLogger(__name__)
 
 
@@ -168,8 +170,8 @@ def error_response(
                 "code": error_type,
             }
         }
-        return JSONResponse(status_code=status_code, content=content, headers=headers)
-    return JSONResponse(
+        return FastJSONResponse(status_code=status_code, content=content, headers=headers)
+    return FastJSONResponse(
         status_code=status_code,
         content={"error": {"type": error_type, "message": message}},
         headers=headers,

@@ -5,7 +5,7 @@ content type of request bodies."""
 from __future__ import annotations
 
 import email.message
-import json
+import functools
 import logging
 import re
 import time
@@ -15,6 +15,7 @@ from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import UnsupportedMediaType
+from service.json_response import dumps
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class BodyLimitMiddleware:
 
     @staticmethod
     async def _refuse(send: Send, message: str) -> None:
-        payload = json.dumps({"error": {"type": "payload_too_large", "message": message}}).encode()
+        payload = dumps({"error": {"type": "payload_too_large", "message": message}})
         await send(
             {
                 "type": "http.response.start",
@@ -174,17 +175,24 @@ JSON_CONTENT_TYPE_MESSAGE = (
 )
 
 
+@functools.lru_cache(maxsize=64)
+def is_json_content_type(declared: str) -> bool:
+    """``application/json`` or ``application/*+json`` (parameters and case as RFC 9110 allows).
+    Cached: clients send the same few headers, and parsing one costs more than the rest of the
+    check (the profile of POST /respond, reports/http_profile.md)."""
+    parsed = email.message.Message()
+    parsed["content-type"] = declared
+    subtype = parsed.get_content_subtype()
+    return parsed.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
+
+
 async def require_json(request: Request) -> None:
     """A route dependency: the body must be declared JSON (``application/json`` or
     ``application/*+json``); anything else is a 415 that says so, never a puzzling 422."""
     declared = request.headers.get("content-type")
-    if declared:
-        parsed = email.message.Message()
-        parsed["content-type"] = declared
-        subtype = parsed.get_content_subtype()
-        if parsed.get_content_maintype() == "application" and (
-            subtype == "json" or subtype.endswith("+json")
-        ):
-            return
+    if declared and is_json_content_type(declared):
+        return
     got = f"got Content-Type: {declared}" if declared else "no Content-Type header was sent"
     raise UnsupportedMediaType(f"{JSON_CONTENT_TYPE_MESSAGE} ({got})")

@@ -10,6 +10,7 @@ filter's counter; ``reason`` on the backend failures counter; ``rating`` on the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -145,19 +146,30 @@ class ServiceMetrics:
         )
         self._quality_window = quality_window
         self._quality: dict[str, RollingResponseStats] = {}
+        # Labelled children of the per-request metrics, looked up once: labels() validates and
+        # locks on every call, a few per request on the event loop (reports/http_profile.md).
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, cached (children are never removed from these metrics)."""
+        key = (id(metric), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     # --- what the engine reports ---------------------------------------------------------------
 
     def observe_request(self, backend: str, arm: str, outcome: str, seconds: float) -> None:
-        self.requests.labels(backend=backend, arm=arm, outcome=outcome).inc()
+        self._child(self.requests, backend, arm, outcome).inc()
         if outcome == "ok":
-            self.request_duration.labels(backend=backend, arm=arm).observe(seconds)
+            self._child(self.request_duration, backend, arm).observe(seconds)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
-        self.stage_duration.labels(stage=stage).observe(seconds)
+        self._child(self.stage_duration, stage).observe(seconds)
 
     def observe_batch(self, backend: str, size: int) -> None:
-        self.batch_size.labels(backend=backend).observe(size)
+        self._child(self.batch_size, backend).observe(size)
 
     def add_generated_tokens(self, count: int) -> None:
         self.generated_tokens.inc(count)
@@ -212,10 +224,12 @@ class ServiceMetrics:
 
     def observe_response(self, backend: str, text: str) -> None:
         """Add an answer to the backend's rolling window and refresh the quality gauges."""
-        stats = self._quality.setdefault(backend, RollingResponseStats(self._quality_window))
+        stats = self._quality.get(backend)
+        if stats is None:
+            stats = self._quality[backend] = RollingResponseStats(self._quality_window)
         stats.add(text)
-        self.max_ratio.labels(backend=backend).set(stats.max_ratio())
-        self.distinct_2.labels(backend=backend).set(stats.distinct_2())
+        self._child(self.max_ratio, backend).set(stats.max_ratio())
+        self._child(self.distinct_2, backend).set(stats.distinct_2())
 
     def _info_labels(self) -> list[tuple[str, str]]:
         return [

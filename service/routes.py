@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 # The chat page: static HTML, JS and CSS, no build step.
 STATIC_DIR = Path(__file__).parent / "static"
+JSON_MEDIA_TYPE = "application/json"
 
 _ERROR_MEANING = {
     400: "the body is not valid JSON",
@@ -92,15 +93,19 @@ def build_router(settings: Settings, engine: DialogueEngine, metrics: ServiceMet
         arms=list(settings.arm_specs()),
     )
 
-    async def respond(body: RespondRequest, request: Request) -> RespondResponse:
+    async def respond(body: RespondRequest, request: Request) -> Response:
         """Answer a conversation (A/B routed, sticky per session_id) within the request
         deadline. Turns must contain a visible character; a body must be JSON sent with
         Content-Type: application/json. Options of the other backend are accepted and used
         only if the request falls back to it. The reply's request_id (also the X-Request-ID
         header: a client's own well-formed one is kept) is what POST /feedback rates."""
-        return await engine.respond(
+        reply = await engine.respond(
             body, received=received_at(request), request_id=request_id(request)
         )
+        # The engine built (and validated) this model: serialize it once with pydantic-core,
+        # without FastAPI validating it again against response_model (which stays for the
+        # OpenAPI schema).
+        return Response(reply.model_dump_json(exclude_none=True), media_type=JSON_MEDIA_TYPE)
 
     respond.__annotations__["body"] = respond_request  # a class built here, not a name
     router.post(

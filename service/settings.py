@@ -80,7 +80,14 @@ class Settings(BaseSettings):
     # thread, so one intra-op thread per backend keeps 2 cores busy. Raise it only on cores the
     # service has to itself.
     torch_threads: int = Field(default=1, ge=1, le=256)
+    # uvicorn worker processes on PORT (python -m service), each with its own copy of the models,
+    # metrics and logs (GET /metrics answers for the worker that takes the request). 1 by
+    # default; see README "Threads and workers" for choosing it with TORCH_THREADS.
+    workers: int = Field(default=1, ge=1, le=64)
     log_level: str = "info"
+    # uvicorn's access log: a line per request, formatted and written on the event loop. Off by
+    # default (metrics count every request; EXPOSURE_LOG_DIR records each answer off the loop).
+    access_log: bool = False
 
     # --- A/B routing
     # "generative=0.2,retrieval=0.8" in the environment; normalised to sum to 1.
