@@ -17,7 +17,11 @@ generative cell) keep the whole run to a few minutes on 2 CPU cores with the ``s
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.service_load --threads 1 \\
         --out reports/service
 
-``--threads`` sets the server's ``DIALOGUE_TORCH_THREADS`` (and OMP_NUM_THREADS);
+``--threads`` sets the server's ``DIALOGUE_TORCH_THREADS`` (and OMP_NUM_THREADS) and
+``--workers`` its ``DIALOGUE_WORKERS`` (uvicorn processes, each with its own models); both take
+lists (``--workers 1,2 --threads 1,2``): every combination is served in turn, the on/off ratios,
+overhead and targets are those of the first (the in-process baseline runs with the first thread
+count), and a sweep table sets each combination's throughput and p50 against the first's.
 ``--server-omp-wait-policy`` its OpenMP wait policy (``unset``: as the service runs by default).
 Every cell also records each response's latency, errors included (``max_all_ms``) and the count
 of each HTTP status, so a deadline (``--request-timeout-s``) can be checked against the worst
@@ -154,9 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--threads",
-        type=int,
-        default=1,
-        help="torch/OpenMP threads (server: DIALOGUE_TORCH_THREADS; and in-process)",
+        type=int_list,
+        default=[1],
+        help="torch/OpenMP threads, a list to sweep (server: DIALOGUE_TORCH_THREADS; "
+        "in-process: the first)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int_list,
+        default=[1],
+        help="uvicorn worker processes of the server (DIALOGUE_WORKERS), a list to sweep",
     )
     parser.add_argument(
         "--server-omp-wait-policy",
@@ -189,8 +200,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.warmup < 0 or args.threads < 1 or args.max_batch < 2 or args.context_turns < 1:
-        parser.error("need --warmup >= 0, --threads >= 1, --max-batch >= 2, --context-turns >= 1")
+    if args.warmup < 0 or args.max_batch < 2 or args.context_turns < 1:
+        parser.error("need --warmup >= 0, --max-batch >= 2, --context-turns >= 1")
     return args
 
 
@@ -231,6 +242,8 @@ class CellResult:
     batching: str
     concurrency: int
     requests: int
+    workers: int = 1  # the server's DIALOGUE_WORKERS
+    threads: int = 1  # the server's DIALOGUE_TORCH_THREADS
     latencies_s: list[float] = field(default_factory=list)
     all_latencies_s: list[float] = field(default_factory=list)  # every response, errors too
     statuses: dict[str, int] = field(default_factory=dict)  # HTTP status (or exception) -> count
@@ -245,6 +258,8 @@ class CellResult:
             "backend": self.backend,
             "batching": self.batching,
             "concurrency": self.concurrency,
+            "workers": self.workers,
+            "threads": self.threads,
             "requests": self.requests,
             "wall_s": round(self.wall_s, 4),
             **summarize(self.latencies_s, self.wall_s, self.errors),
@@ -348,23 +363,31 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def server_env(args: argparse.Namespace, port: int, max_batch: int) -> dict[str, str]:
+def server_env(
+    args: argparse.Namespace,
+    port: int,
+    max_batch: int,
+    threads: int | None = None,
+    workers: int | None = None,
+) -> dict[str, str]:
     """The environment of ``python -m service``: ours without DIALOGUE_* and thread settings,
-    plus the benchmark's."""
+    plus the benchmark's (``threads`` / ``workers``: the first of their lists by default)."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("DIALOGUE_")
         and k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
     }
-    threads = str(args.threads)
+    threads_text = str(threads if threads is not None else args.threads[0])
+    workers = workers if workers is not None else args.workers[0]
     if args.server_omp_wait_policy != "unset":
         env["OMP_WAIT_POLICY"] = args.server_omp_wait_policy.upper()
     env.update(
         {
-            "OMP_NUM_THREADS": threads,
-            "MKL_NUM_THREADS": threads,
-            "DIALOGUE_TORCH_THREADS": threads,
+            "OMP_NUM_THREADS": threads_text,
+            "MKL_NUM_THREADS": threads_text,
+            "DIALOGUE_TORCH_THREADS": threads_text,
+            "DIALOGUE_WORKERS": str(workers),
             "DIALOGUE_MODELS_DIR": str(Path(args.models_dir).resolve()),
             "DIALOGUE_GENERATIVE_BUNDLE": args.generative_bundle,
             "DIALOGUE_RETRIEVAL_BUNDLE": args.retrieval_bundle,
@@ -377,27 +400,39 @@ def server_env(args: argparse.Namespace, port: int, max_batch: int) -> dict[str,
             "DIALOGUE_MAX_QUEUE": str(args.max_queue),
             "DIALOGUE_REQUEST_TIMEOUT_S": str(args.request_timeout_s),
             "DIALOGUE_FALLBACK": "off",  # a failure must count as an error, not as the other arm
-            "DIALOGUE_LOG_LEVEL": args.server_log_level,
+            "DIALOGUE_LOG_LEVEL": server_log_level(args),
         }
     )
     return env
 
 
+def server_log_level(args: argparse.Namespace) -> str:
+    """The server's LOG_LEVEL: ``--server-log-level``, but at least ``info`` when a worker count
+    above 1 is swept, since readiness is then each worker's "ready:" line (nothing is logged per
+    request at info: the access log is off)."""
+    if max(args.workers) > 1 and args.server_log_level.lower() in ("warning", "error", "critical"):
+        return "info"
+    return str(args.server_log_level)
+
+
 @contextlib.contextmanager
-def serve(args: argparse.Namespace, max_batch: int) -> Iterator[str]:
-    """Run ``python -m service`` until the block ends (SIGTERM); yields its base URL once ready."""
+def serve(
+    args: argparse.Namespace, max_batch: int, threads: int | None = None, workers: int = 1
+) -> Iterator[str]:
+    """Run ``python -m service`` until the block ends (SIGTERM); yields its base URL once ready
+    (every worker, when there are several)."""
     port = free_port()
     with tempfile.TemporaryFile(mode="w+") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "service"],
             cwd=ROOT,
-            env=server_env(args, port, max_batch),
+            env=server_env(args, port, max_batch, threads, workers),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         base_url = f"http://127.0.0.1:{port}"
         try:
-            wait_ready(proc, base_url, args.startup_timeout_s, log)
+            wait_ready(proc, base_url, args.startup_timeout_s, log, workers=workers)
             yield base_url
         finally:
             if proc.poll() is None:
@@ -409,20 +444,33 @@ def serve(args: argparse.Namespace, max_batch: int) -> Iterator[str]:
                     proc.wait()
 
 
-def wait_ready(proc: subprocess.Popen[Any], base_url: str, timeout_s: float, log: Any) -> None:
+def wait_ready(
+    proc: subprocess.Popen[Any], base_url: str, timeout_s: float, log: Any, workers: int = 1
+) -> None:
+    """Until /readyz answers 200 and, with several workers, each has logged "ready:"."""
     deadline = time.monotonic() + timeout_s
     with httpx.Client(base_url=base_url, trust_env=False, timeout=5.0) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 break
             with contextlib.suppress(httpx.HTTPError):
-                if client.get("/readyz").status_code == 200:
+                if client.get("/readyz").status_code == 200 and (
+                    workers <= 1 or _ready_lines(log) >= workers
+                ):
                     return
             time.sleep(0.2)
     log.seek(0)
     tail = log.read()[-4000:]
     state = f"exited with {proc.returncode}" if proc.poll() is not None else "not ready in time"
     raise RuntimeError(f"python -m service {state}; its output:\n{tail}")
+
+
+def _ready_lines(log: Any) -> int:
+    """How many workers have logged their "ready:" line (service/app.py) so far."""
+    # pread: the server writes through a descriptor that shares this file's offset
+    fd = log.fileno()
+    text = os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
+    return sum(1 for line in text.splitlines() if " ready: " in line)
 
 
 # --- in-process baseline -------------------------------------------------------------------------
@@ -503,6 +551,44 @@ def ratios(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     "p50_ratio_on_off": on["p50_ms"] / off["p50_ms"],
                 }
             )
+    return out
+
+
+def sweep(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every workers x threads combination against the first one measured, cell by cell
+    (backend, batching, concurrency): throughput and p50 ratios. Empty for one combination."""
+    configs = list(dict.fromkeys((c.get("workers", 1), c.get("threads", 1)) for c in cells))
+    if len(configs) < 2:
+        return []
+    base_config = configs[0]
+    by_key = {
+        (c["backend"], c["batching"], c["concurrency"], c.get("workers", 1), c.get("threads", 1)): c
+        for c in cells
+    }
+    out = []
+    for c in cells:
+        config = (c.get("workers", 1), c.get("threads", 1))
+        base = by_key.get((c["backend"], c["batching"], c["concurrency"], *base_config))
+        if base is None:
+            continue
+        out.append(
+            {
+                "backend": c["backend"],
+                "batching": c["batching"],
+                "concurrency": c["concurrency"],
+                "workers": config[0],
+                "threads": config[1],
+                "throughput_rps": c["throughput_rps"],
+                "p50_ms": c["p50_ms"],
+                "throughput_vs_first": c["throughput_rps"] / base["throughput_rps"]
+                if base["throughput_rps"]
+                else float("nan"),
+                "p50_vs_first": c["p50_ms"] / base["p50_ms"] if base["p50_ms"] else float("nan"),
+            }
+        )
+    out.sort(
+        key=lambda r: (r["backend"], r["batching"], r["concurrency"], r["workers"], r["threads"])
+    )
     return out
 
 
@@ -612,7 +698,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Command: `{meta['command']}`",
         "",
         f"Machine: {meta['machine']['platform']}, {meta['machine']['cpu_count']} CPUs, "
-        f"{meta['threads']} torch/OpenMP thread(s) in the server and in-process, load average "
+        f"{meta['threads']} torch/OpenMP thread(s) in the server and in-process (swept: "
+        f"threads {meta.get('threads_swept', [meta['threads']])}, uvicorn workers "
+        f"{meta.get('workers_swept', [1])}), load average "
         f"at start {meta['machine']['load_average_at_start']}, Python "
         f"{meta['machine']['python']}, torch {meta['machine']['torch']}; whole run "
         f"{meta.get('total_wall_s', '-')} s.",
@@ -641,6 +729,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         [
             "backend",
             "batching",
+            "workers",
+            "threads",
             "concurrency",
             "requests",
             "errors",
@@ -656,6 +746,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             [
                 c["backend"],
                 c["batching"],
+                c.get("workers", 1),
+                c.get("threads", 1),
                 c["concurrency"],
                 int(c["n"]),
                 int(c["errors"]),
@@ -692,6 +784,43 @@ def render_markdown(report: dict[str, Any]) -> str:
             for r in report["ratios"]
         ],
     )
+    if report.get("sweep"):
+        lines += [
+            "",
+            "## Threads and workers",
+            "",
+            "Each workers x threads combination against the first one (the on/off ratios, "
+            "overhead and targets below are the first's); choose the one with the best "
+            "throughput at an unchanged p50.",
+            "",
+        ]
+        lines += _table(
+            [
+                "backend",
+                "batching",
+                "concurrency",
+                "workers",
+                "threads",
+                "req/s",
+                "p50 ms",
+                "throughput / first",
+                "p50 / first",
+            ],
+            [
+                [
+                    r["backend"],
+                    r["batching"],
+                    r["concurrency"],
+                    r["workers"],
+                    r["threads"],
+                    r["throughput_rps"],
+                    r["p50_ms"],
+                    r["throughput_vs_first"],
+                    r["p50_vs_first"],
+                ]
+                for r in report["sweep"]
+            ],
+        )
     lines += ["", "## HTTP + metrics overhead vs in-process", ""]
     lines += _table(
         ["backend", "in-process p50 ms", "in-process p99 ms", "n"],
@@ -747,7 +876,12 @@ def machine(threads: int) -> dict[str, Any]:
 
 
 async def _run_server_cells(
-    args: argparse.Namespace, base_url: str, batching: str, contexts: Sequence[Sequence[str]]
+    args: argparse.Namespace,
+    base_url: str,
+    batching: str,
+    contexts: Sequence[Sequence[str]],
+    workers: int = 1,
+    threads: int = 1,
 ) -> list[CellResult]:
     results = []
     for backend in args.backends:
@@ -762,9 +896,11 @@ async def _run_server_cells(
                     warmup=args.warmup,
                     batching=batching,
                 )
+            cell.workers, cell.threads = workers, threads
             s = cell.summary()
             print(
-                f"  {backend:10s} batching={batching:3s} c={conc:<3d} p50={_f(s['p50_ms'])} ms "
+                f"  {backend:10s} batching={batching:3s} workers={workers} threads={threads} "
+                f"c={conc:<3d} p50={_f(s['p50_ms'])} ms "
                 f"p99={_f(s['p99_ms'])} ms {_f(s['throughput_rps'])} req/s "
                 f"errors={cell.errors}",
                 flush=True,
@@ -777,9 +913,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     from benchmarks.latency import set_threads
     from service.engine import select_bundle
 
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    meta_machine = machine(args.threads)  # load average before we add any
-    set_threads(args.threads)
+    first_threads, first_workers = args.threads[0], args.workers[0]
+    os.environ["OMP_NUM_THREADS"] = str(first_threads)
+    meta_machine = machine(first_threads)  # load average before we add any
+    set_threads(first_threads)
     contexts = load_contexts(args.data, args.contexts, args.context_turns, args.seed)
     wanted = {"generative": args.generative_bundle, "retrieval": args.retrieval_bundle}
     warnings: list[str] = []
@@ -803,13 +940,21 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             )
 
     cells: list[CellResult] = []
-    for batching in args.batching:
-        max_batch = args.max_batch if batching == "on" else 1
-        with serve(args, max_batch) as base_url:
-            cells += asyncio.run(_run_server_cells(args, base_url, batching, contexts))
+    for workers in args.workers:
+        for threads in args.threads:
+            for batching in args.batching:
+                max_batch = args.max_batch if batching == "on" else 1
+                with serve(args, max_batch, threads, workers) as base_url:
+                    cells += asyncio.run(
+                        _run_server_cells(args, base_url, batching, contexts, workers, threads)
+                    )
 
-    summaries = [c.summary() for c in cells]
-    for s in summaries:
+    all_summaries = [c.summary() for c in cells]
+    # ratios, overhead and targets: the first workers x threads combination
+    summaries = [
+        s for s in all_summaries if (s["workers"], s["threads"]) == (first_workers, first_threads)
+    ]
+    for s in all_summaries:
         if s["errors"]:
             warnings.append(
                 f"{s['backend']} batching={s['batching']} c={s['concurrency']}: "
@@ -829,10 +974,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     )
     meta = {
         "command": shlex.join(
-            [f"OMP_NUM_THREADS={args.threads}", "python", "-m", "benchmarks.service_load", *argv]
+            [f"OMP_NUM_THREADS={first_threads}", "python", "-m", "benchmarks.service_load", *argv]
         ),
         "machine": meta_machine,
-        "threads": args.threads,
+        "threads": first_threads,
+        "threads_swept": args.threads,
+        "workers_swept": args.workers,
         "device": args.device,
         "generative_bundle": args.generative_bundle,
         "retrieval_bundle": args.retrieval_bundle,
@@ -841,7 +988,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "continuous_batching": args.continuous_batching,
         "max_queue": args.max_queue,
         "request_timeout_s": args.request_timeout_s,
-        "server_log_level": args.server_log_level,
+        "server_log_level": server_log_level(args),
         "server_omp_wait_policy": args.server_omp_wait_policy,
         "warmup": args.warmup,
         "requests": requests_desc,
@@ -853,7 +1000,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     }
     return {
         "meta": meta,
-        "cells": summaries,
+        "cells": all_summaries,
+        "sweep": sweep(all_summaries),
         "inprocess": inprocess,
         "ratios": ratio_rows,
         "overhead": overhead_rows,

@@ -62,7 +62,8 @@ def test_parse_args_defaults_and_overrides() -> None:
     args = sl.parse_args(
         ["--requests-per-cell", "8", "--concurrency", "1,2", "--batching", "off", "--threads", "2"]
     )
-    assert args.concurrency == [1, 2] and args.batching == ["off"] and args.threads == 2
+    assert args.concurrency == [1, 2] and args.batching == ["off"] and args.threads == [2]
+    assert args.workers == [1]
     assert sl.requests_for(args, "retrieval") == sl.requests_for(args, "generative") == 8
 
 
@@ -90,7 +91,28 @@ def test_server_env_sets_batching_and_threads(monkeypatch: pytest.MonkeyPatch) -
     assert "DIALOGUE_ADMIN_TOKEN" not in env
     assert env["DIALOGUE_MAX_BATCH"] == "1" and env["DIALOGUE_PORT"] == "12345"
     assert env["OMP_NUM_THREADS"] == "2" and env["DIALOGUE_FALLBACK"] == "off"
-    assert env["DIALOGUE_TORCH_THREADS"] == "2"
+    assert env["DIALOGUE_TORCH_THREADS"] == "2" and env["DIALOGUE_WORKERS"] == "1"
+    assert env["DIALOGUE_LOG_LEVEL"] == "warning"
+
+
+def test_threads_and_workers_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = sl.parse_args(["--threads", "1,2", "--workers", "1,2"])
+    assert args.threads == [1, 2] and args.workers == [1, 2]
+    env = sl.server_env(args, 1, max_batch=16, threads=2, workers=2)
+    assert env["DIALOGUE_TORCH_THREADS"] == env["OMP_NUM_THREADS"] == "2"
+    assert env["DIALOGUE_WORKERS"] == "2"
+    # readiness of several workers is read from their "ready:" lines, logged at info
+    assert env["DIALOGUE_LOG_LEVEL"] == "info"
+    cells = [
+        {**_cell("retrieval", "on", 8, 10.0, 100.0), "workers": 1, "threads": 1},
+        {**_cell("retrieval", "on", 8, 12.0, 150.0), "workers": 2, "threads": 1},
+        {**_cell("retrieval", "on", 8, 9.0, 90.0), "workers": 1, "threads": 2},
+    ]
+    rows = {(r["workers"], r["threads"]): r for r in sl.sweep(cells)}
+    assert rows[(2, 1)]["throughput_vs_first"] == pytest.approx(1.5)
+    assert rows[(2, 1)]["p50_vs_first"] == pytest.approx(1.2)
+    assert rows[(1, 1)]["throughput_vs_first"] == pytest.approx(1.0)
+    assert sl.sweep(cells[:1]) == []
 
 
 def test_server_env_sets_or_clears_the_omp_wait_policy(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,7 +197,11 @@ def test_ratios_overheads_targets_and_markdown() -> None:
         "overhead": list(o.values()),
         "targets": t,
     }
+    report["sweep"] = sl.sweep(
+        [{**cells[0], "workers": 1, "threads": 1}, {**cells[0], "workers": 2, "threads": 1}]
+    )
     md = sl.render_markdown(report)
+    assert "## Threads and workers" in md
     assert "| generative | 32 | 60.00 | 15.00 | 4.00 | 0.40 |" in md
     assert "shares the CPU cores" in md and "not met" in md
     assert sl._finite({"a": [float("nan"), 1.0]}) == {"a": [None, 1.0]}
