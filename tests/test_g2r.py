@@ -632,7 +632,7 @@ def test_train_retriever_cli_loads_pairs_at_the_retrievers_context_length(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`small` generators read 1 turn and its retriever 3: the CLI must load 3-turn pairs for it."""
-    import training.pipeline.build
+    import training.pipeline.inputs
     from training.cli import parse_args
     from training.cli.retrieval import _train_retriever
 
@@ -645,7 +645,7 @@ def test_train_retriever_cli_loads_pairs_at_the_retrievers_context_length(
         seen.append(preset.inputs.max_context_turns)  # type: ignore[attr-defined]
         raise Loaded
 
-    monkeypatch.setattr(training.pipeline.build, "prepare_splits", fake_prepare_splits)
+    monkeypatch.setattr(training.pipeline.inputs, "prepare_splits", fake_prepare_splits)
     args = parse_args(
         ["train-retriever", "--preset", "small", "--method", "biencoder", "--out", "x"]
     )
