@@ -30,8 +30,9 @@ from models.generator import GenerativeResponder, Reply, load_generator
 from models.responder import Responder
 from models.retriever import RetrievalResponder
 from service.answer import Answer
-from service.batching import BatchLimits, ContinuousBatcher, MicroBatcher
+from service.batching import BatchLimits, MicroBatcher
 from service.continuous import GenerationRunner, continuous_eligible
+from service.continuous_batcher import ContinuousBatcher
 from service.errors import InvalidOptions
 from service.metrics import ServiceMetrics
 from service.safety import SafetyFilter
@@ -170,7 +171,7 @@ class GenerativeBackend(Backend):
     """The seq2seq responder; requests with different decoding settings run as separate calls.
 
     ``continuous`` (``auto`` | ``on`` | ``off``, the CONTINUOUS_BATCHING setting): greedy and
-    sampled requests (one reply) go through a :class:`~service.batching.ContinuousBatcher`
+    sampled requests (one reply) go through a :class:`~service.continuous_batcher.ContinuousBatcher`
     (service/continuous.py: they join the running decoder batch at a step boundary and are
     answered when their reply ends); beam search goes through the micro-batcher. ``auto`` is on
     for our own seq2seq generators when MAX_BATCH > 1 (other architectures have no step-level

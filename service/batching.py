@@ -1,9 +1,9 @@
 """Micro-batchers: concurrent requests gathered into batched calls that run off the event loop.
 
 They know no model. :class:`MicroBatcher` is given a function from a list of requests to a list
-of results and runs it for each batch; :class:`ContinuousBatcher` drives a model that works on a
-running set of requests one iteration at a time (continuous batching of generation, below). Each
-batcher owns a bounded queue (MAX_QUEUE: a full queue is a 429) and one worker thread, so the
+of results and runs it for each batch; :class:`~service.continuous_batcher.ContinuousBatcher`
+drives a model that works on a running set of requests one iteration at a time (continuous
+batching of generation). Each batcher owns a bounded queue (MAX_QUEUE: a full queue is a 429) and one worker thread, so the
 event loop keeps serving while the model computes.
 
 **Adaptive batching** (MicroBatcher). A request never waits for company while the model is idle:
@@ -42,16 +42,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import math
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from service.errors import (
     BackendFailed,
@@ -365,240 +363,3 @@ def _failed(name: str, exc: BaseException) -> BackendFailed:
     reason = failure_reason(exc)
     what = f"the {name} backend failed"
     return BackendFailed(what if reason == "error" else f"{what} ({reason})", reason=reason)
-
-
-# --- continuous (iteration-level) batching -----------------------------------------------------
-
-
-_Req = TypeVar("_Req", contravariant=True)
-_Res = TypeVar("_Res", covariant=True)
-
-
-class StepRunner(Protocol[_Req, _Res]):
-    """A model that works on a running set of requests one iteration at a time (the generative
-    backend's decoder, service/continuous.py). Called from the batcher's thread only."""
-
-    def admit(self, key: int, request: _Req) -> None:
-        """Take ``request`` into the running set (from the next step on); raising fails it alone."""
-
-    def step(self) -> Sequence[tuple[int, _Res]]:
-        """One iteration for every running request; the requests that ended, with their results."""
-
-    def cancel(self, key: int) -> None:
-        """Drop a running request (its client stopped waiting)."""
-
-    def reset(self) -> None:
-        """Drop every running request (after a failed step)."""
-
-
-@dataclass
-class _ThreadJob(Generic[Request, Result]):
-    request: Request
-    deadline: float  # time.monotonic()
-    future: asyncio.Future[Result]
-    loop: asyncio.AbstractEventLoop
-    enqueued: float = field(default_factory=time.monotonic)
-
-    def dead(self, now: float) -> bool:
-        return self.future.done() or self.deadline <= now
-
-    def settle(self, result: Result | None = None, error: BaseException | None = None) -> None:
-        """Resolve the client's future from any thread (a no-op once it is done)."""
-
-        def resolve() -> None:
-            if self.future.done():
-                return
-            if error is not None:
-                self.future.set_exception(error)
-            else:
-                self.future.set_result(result)  # type: ignore[arg-type]
-
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
-            self.loop.call_soon_threadsafe(resolve)
-
-
-class ContinuousBatcher(Generic[Request, Result]):
-    """Continuous batching: requests join a running set at iteration boundaries and leave it,
-    answered, the moment they end; the runner never waits for a batch to form.
-
-    Its own thread loops: admit queued requests while fewer than MAX_BATCH run (live ones only:
-    a request past its deadline, or whose client left, is answered 504 / dropped, and a running
-    one is cancelled at the next boundary), run one :meth:`StepRunner.step`, answer what ended.
-    With nothing running or queued the thread sleeps. MAX_QUEUE bounds the requests waiting
-    for admission (429 beyond), MAX_WAIT_MS plays no part (an idle runner starts a request at
-    once, a busy one takes it at its next step). ``batch_size`` is observed whenever requests
-    are admitted: the requests running from that step on (it tells the batch a request joined;
-    one observation per step would drown it). When a step raises, every running request is run again alone through
-    ``run_alone`` (the request-level path, given the request's deadline), so a poison request
-    fails alone, as in :class:`MicroBatcher`.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        runner: StepRunner[Request, Result],
-        limits: BatchLimits,
-        metrics: ServiceMetrics,
-        run_alone: BatchCall[Request, Result],
-    ) -> None:
-        self.name = name
-        self.runner = runner
-        self.limits = limits
-        self.metrics = metrics
-        self.run_alone = run_alone
-        self._inbox: deque[_ThreadJob[Request, Result]] = deque()
-        self._running: dict[int, _ThreadJob[Request, Result]] = {}
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._accepting = False
-        self._stopping = False
-        self._keys = itertools.count()
-
-    @property
-    def busy(self) -> int:
-        """Requests queued or running."""
-        return len(self._inbox) + len(self._running)
-
-    async def start(self) -> None:
-        self._stopping = False
-        self._thread = threading.Thread(
-            target=self._loop, name=f"{self.name}-continuous", daemon=True
-        )
-        self._thread.start()
-        self._accepting = True
-
-    async def stop(self, drain_s: float = 0.0) -> None:
-        """Stop taking work, let queued and running requests finish for up to ``drain_s``, then
-        fail whatever is left and wait for the step in flight."""
-        self._accepting = False
-        waited_until = time.monotonic() + drain_s
-        while self.busy and time.monotonic() < waited_until:
-            await asyncio.sleep(0.01)
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
-        with self._wake:
-            leftovers = list(self._inbox) + list(self._running.values())
-            self._inbox.clear()
-            self._running.clear()
-        for job in leftovers:
-            job.settle(error=BackendUnavailable(f"the {self.name} backend stopped"))
-        self.runner.reset()
-
-    async def submit(self, request: Request, deadline: float) -> Result:
-        """Queue one request and wait for its result until ``deadline`` (time.monotonic())."""
-        if self._thread is None or not self._accepting:
-            raise BackendUnavailable(f"the {self.name} backend is not running")
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise DeadlineExceeded(
-                f"the {self.name} backend did not answer within the request deadline"
-            )
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Result] = loop.create_future()
-        with self._wake:
-            if len(self._inbox) >= self.limits.max_queue:
-                now = time.monotonic()
-                for job in [j for j in self._inbox if j.dead(now)]:
-                    self._inbox.remove(job)
-                    job.settle(error=DeadlineExceeded("deadline passed while queued"))
-            if len(self._inbox) >= self.limits.max_queue:
-                raise Overloaded(
-                    f"the {self.name} backend has {self.limits.max_queue} requests queued; "
-                    "retry later"
-                )
-            self._inbox.append(_ThreadJob(request, deadline, future, loop))
-            self._wake.notify()
-        try:
-            return await asyncio.wait_for(future, timeout=max(remaining, 0.0))
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"the {self.name} backend did not answer within the request deadline"
-            ) from None
-
-    # --- the thread ------------------------------------------------------------------------------
-
-    def _loop(self) -> None:
-        while True:
-            with self._wake:
-                while not self._inbox and not self._running and not self._stopping:
-                    self._wake.wait()
-                if self._stopping:
-                    return
-                room = self.limits.max_batch - len(self._running)
-                taken = [self._inbox.popleft() for _ in range(min(room, len(self._inbox)))]
-            try:
-                self._admit(taken)
-                self._cancel_dead()
-                if self._running:
-                    self._step()
-            except Exception:  # never let the thread die: fail what runs, keep serving
-                logger.exception("%s continuous batcher failed", self.name)
-                self._fail_running()
-
-    def _admit(self, jobs: list[_ThreadJob[Request, Result]]) -> None:
-        now = time.monotonic()
-        before = len(self._running)
-        for job in jobs:
-            if job.dead(now):
-                job.settle(error=DeadlineExceeded("deadline passed while queued"))
-                continue
-            self.metrics.observe_stage("queue", now - job.enqueued)
-            key = next(self._keys)
-            try:
-                self.runner.admit(key, job.request)
-            except Exception as exc:
-                logger.exception("%s backend failed to admit a request", self.name)
-                job.settle(error=_failed(self.name, exc))
-                continue
-            self._running[key] = job
-        if len(self._running) > before:
-            self.metrics.observe_batch(self.name, len(self._running))
-
-    def _cancel_dead(self) -> None:
-        now = time.monotonic()
-        for key, job in list(self._running.items()):
-            if job.dead(now):
-                self.runner.cancel(key)
-                del self._running[key]
-                job.settle(error=DeadlineExceeded("deadline passed while computing"))
-
-    def _step(self) -> None:
-        try:
-            ended = self.runner.step()
-        except Exception:
-            logger.warning(
-                "%s backend failed on a step of %d; running each request alone",
-                self.name,
-                len(self._running),
-                exc_info=True,
-            )
-            jobs = list(self._running.values())
-            self._running.clear()
-            self.runner.reset()
-            for job in jobs:
-                if job.dead(time.monotonic()):
-                    job.settle(error=DeadlineExceeded("deadline passed"))
-                    continue
-                try:
-                    [result] = self.run_alone([job.request], job.deadline)
-                except Exception as exc:
-                    logger.exception("%s backend failed on a request (run alone)", self.name)
-                    job.settle(error=_failed(self.name, exc))
-                    continue
-                job.settle(result)
-            return
-        for key, result in ended:
-            if key in self._running:
-                self._running.pop(key).settle(result)
-
-    def _fail_running(self) -> None:
-        jobs = list(self._running.values())
-        self._running.clear()
-        with contextlib.suppress(Exception):
-            self.runner.reset()
-        for job in jobs:
-            job.settle(error=BackendFailed(f"the {self.name} backend failed"))

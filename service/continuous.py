@@ -1,4 +1,4 @@
-"""The generative backend's continuous batching: a :class:`~service.batching.StepRunner` over
+"""The generative backend's continuous batching: a :class:`~service.continuous_batcher.StepRunner` over
 :class:`models.continuous.ContinuousDecoder`.
 
 A request (context + its :class:`DecodingConfig`, greedy or sampling, one reply) is tokenized

@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from service.batching import BatchLimits, ContinuousBatcher, MicroBatcher
+from service.batching import BatchLimits, MicroBatcher
+from service.continuous_batcher import ContinuousBatcher
 from service.errors import BackendFailed, DeadlineExceeded, Overloaded
 from service.metrics import ServiceMetrics
 
