@@ -30,14 +30,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchmarks.decoding import bart_like, median_seconds
 from models.decoding import DecodingConfig
 from models.generator import load_generator
+from models.seq2seq import Seq2SeqConfig
 
 NEW_TOKENS = 20
 BATCH = 32
@@ -48,17 +49,6 @@ def _uptime() -> str:
         return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-
-
-def _median(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _contexts(data: Path, n: int) -> list[list[str]]:
@@ -93,27 +83,7 @@ def build_hf_bart(ours_dir: Path, out: Path) -> Path:
         unk_token="<unk>",
     )
     torch.manual_seed(0)
-    bart = transformers.BartForConditionalGeneration(
-        transformers.BartConfig(
-            vocab_size=s["vocab_size"],
-            d_model=s["d_model"],
-            encoder_layers=s["n_encoder_layers"],
-            decoder_layers=s["n_decoder_layers"],
-            encoder_attention_heads=s["n_heads"],
-            decoder_attention_heads=s["n_heads"],
-            encoder_ffn_dim=s["d_ff"],
-            decoder_ffn_dim=s["d_ff"],
-            max_position_embeddings=s["max_positions"],
-            pad_token_id=s["pad_id"],
-            bos_token_id=s["bos_id"],
-            eos_token_id=s["eos_id"],
-            decoder_start_token_id=s["bos_id"],
-            forced_eos_token_id=None,
-            dropout=0.0,
-            attention_dropout=0.0,
-            activation_dropout=0.0,
-        )
-    ).eval()
+    bart = bart_like(Seq2SeqConfig.from_dict(s))
     # Random weights put the specials (<s> above all) first at every step; keep them out, as a
     # trained model would, so both sides decode 20 real tokens (the bundle keeps this setting).
     specials = ("<pad>", "<s>", "<unk>", "<sep>")
@@ -221,8 +191,8 @@ def time_remote(work: Path, contexts: list[list[str]], repeats: int) -> dict[str
         gen = load_generator(work / "remote-fake")
         cfg = gen.decoding
         batch = contexts[:BATCH]
-        t1 = _median(lambda: gen.reply_each(contexts[:1], [cfg]), repeats * 5, warmup=5)
-        tb = _median(lambda: gen.reply_each(batch, [cfg] * len(batch)), repeats, warmup=2)
+        t1 = median_seconds(lambda: gen.reply_each(contexts[:1], [cfg]), repeats * 5, warmup=5)
+        tb = median_seconds(lambda: gen.reply_each(batch, [cfg] * len(batch)), repeats, warmup=2)
         return {
             "remote_batch1_ms": 1000 * t1,
             "remote_batch32_ms": 1000 * tb,

@@ -29,7 +29,8 @@ NEW_TOKENS = 20
 SOURCE_LEN = 24
 
 
-def _bart(cfg: Seq2SeqConfig) -> Any:
+def bart_like(cfg: Seq2SeqConfig) -> Any:
+    """A random-weight HF BART of ``cfg``'s shape, specials and positions (eval mode, no dropout)."""
     from transformers import BartConfig, BartForConditionalGeneration
 
     bart_cfg = BartConfig(
@@ -54,7 +55,7 @@ def _bart(cfg: Seq2SeqConfig) -> Any:
     return BartForConditionalGeneration(bart_cfg).eval()
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
+def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
     times = []
@@ -71,7 +72,7 @@ def run(sizes: list[str], batches: list[int], repeats: int, vocab: int) -> list[
         cfg = preset_model(size, vocab)
         torch.manual_seed(0)
         ours = Seq2SeqTransformer(cfg).eval()
-        bart = _bart(cfg)
+        bart = bart_like(cfg)
         for batch in batches:
             row = time_case(ours, bart, batch, vocab, repeats)
             rows.append({"size": size, "batch": batch, **row})
@@ -102,9 +103,9 @@ def time_case(
     out = generate(ours, src, exact)
     assert all(len(t) == NEW_TOKENS for t in out.tokens), "ours must emit exactly 20 tokens"
     assert hf().shape[1] >= NEW_TOKENS, "transformers must emit 20 new tokens"
-    t_hf = _median_seconds(hf, repeats)
-    t_ours = _median_seconds(lambda: generate(ours, src, exact), repeats)
-    t_nocache = _median_seconds(lambda: generate(ours, src, no_cache), repeats)
+    t_hf = median_seconds(hf, repeats)
+    t_ours = median_seconds(lambda: generate(ours, src, exact), repeats)
+    t_nocache = median_seconds(lambda: generate(ours, src, no_cache), repeats)
     return {
         "params_M": round(ours.num_parameters() / 1e6, 1),
         "hf_generate_ms": 1000 * t_hf,
