@@ -14,6 +14,7 @@ check the cache and to measure what the cache buys). Options:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -291,3 +292,17 @@ def sequence_log_likelihood(
     )  # (B, T)
     mask = tgt_out.ne(model.cfg.pad_id)
     return -(nll * mask).sum(dim=1), mask.sum(dim=1)
+
+
+def group_by_config(
+    n_contexts: int, configs: Sequence[DecodingConfig]
+) -> dict[DecodingConfig, list[int]]:
+    """The rows of each distinct decoding config, groups in the order their config first appears
+    (what every generator's ``reply_each`` decodes as one batch); raises ValueError unless there is
+    one config per context."""
+    if n_contexts != len(configs):
+        raise ValueError(f"{n_contexts} contexts but {len(configs)} decoding configs")
+    groups: dict[DecodingConfig, list[int]] = {}
+    for i, config in enumerate(configs):
+        groups.setdefault(config, []).append(i)
+    return groups

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from models.bundle import MANIFEST_FILE, Manifest, read_manifest
-from models.decoding import DecodingConfig, Generation, generate
+from models.decoding import DecodingConfig, Generation, generate, group_by_config
 from models.inputs import InputConfig, encode_contexts
 from models.responder import (
     BundleKindError,
@@ -134,13 +134,8 @@ class GenerativeResponder(Responder):
         Contexts whose configs are equal decode as one batch (groups in the order their config
         first appears); ``on_stage`` hears each group's ``tokenize`` and ``generate`` seconds.
         ``deadline`` is ignored: local decoding runs to its end (the service stops waiting)."""
-        if len(contexts) != len(configs):
-            raise ValueError(f"{len(contexts)} contexts but {len(configs)} decoding configs")
-        groups: dict[DecodingConfig, list[int]] = {}
-        for i, config in enumerate(configs):
-            groups.setdefault(config, []).append(i)
         out: list[list[Reply]] = [[] for _ in contexts]
-        for config, rows in groups.items():
+        for config, rows in group_by_config(len(contexts), configs).items():
             started = time.perf_counter()
             src = self.encode_contexts([contexts[i] for i in rows])
             started = observe(on_stage, "tokenize", started)

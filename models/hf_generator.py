@@ -57,7 +57,7 @@ from models.bundle import (
     verify_bundle,
     write_bundle,
 )
-from models.decoding import DecodingConfig
+from models.decoding import DecodingConfig, group_by_config
 from models.generator import Reply
 from models.responder import BundleKindError, StageObserver, observe
 
@@ -313,13 +313,8 @@ class HFGenerativeResponder:
         contexts with equal configs decode as one padded batch (``tokenize`` and ``generate``
         seconds go to ``on_stage``), as GenerativeResponder.reply_each does (``deadline`` is
         ignored as there)."""
-        if len(contexts) != len(configs):
-            raise ValueError(f"{len(contexts)} contexts but {len(configs)} decoding configs")
-        groups: dict[DecodingConfig, list[int]] = {}
-        for i, config in enumerate(configs):
-            groups.setdefault(config, []).append(i)
         out: list[list[Reply]] = [[] for _ in contexts]
-        for config, rows in groups.items():
+        for config, rows in group_by_config(len(contexts), configs).items():
             started = time.perf_counter()
             enc = self.encode([contexts[i] for i in rows])
             started = observe(on_stage, "tokenize", started)
