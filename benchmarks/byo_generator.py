@@ -6,7 +6,11 @@
    ``reply_each`` the service calls: latency at batch 1 (greedy, exactly 20 new tokens: EOS held
    off) and throughput at batch 32 (32 contexts per call), in process, 1 torch thread each (the
    service's default);
-2. the remote arm's added overhead per request: a ``remote-openai`` bundle against a fake
+2. the same two bundles served over HTTP by ``python -m service`` (micro-batching on, as it runs by
+   default), one after the other and alternating over ``--http-rounds`` rounds: the client's p50 at
+   concurrency 1 and its throughput at concurrency 32 (``benchmarks.service_load``'s closed-loop
+   load generator, the same exact-20-token greedy options in every request);
+3. the remote arm's added overhead per request: a ``remote-openai`` bundle against a fake
    OpenAI-compatible server in another process on 127.0.0.1 that answers at once, so what is
    measured is the client (httpx, JSON, pooling) and the loopback, one request at a time and 32
    at once.
@@ -137,6 +141,85 @@ def time_generators(
     return out
 
 
+HTTP_OPTIONS = {
+    "strategy": "greedy",
+    "max_length": NEW_TOKENS,
+    "min_length": NEW_TOKENS,
+    "no_repeat_ngram_size": 0,
+}
+
+
+async def _http_cells(
+    base_url: str, contexts: list[list[str]], requests: dict[int, int]
+) -> dict[int, dict[str, Any]]:
+    """One server's cells: per concurrency, warm-up then ``requests[c]`` timed requests."""
+    from benchmarks import service_load as sl
+
+    out = {}
+    for conc, n in requests.items():
+        async with sl.make_client(base_url, conc) as client:
+            cell = await sl.run_cell(
+                client,
+                "generative",
+                contexts,
+                concurrency=conc,
+                requests=n,
+                warmup=max(16, conc),
+                options=HTTP_OPTIONS,
+            )
+        if cell.errors:
+            raise RuntimeError(f"c={conc}: {cell.error_samples[:2]}")
+        out[conc] = cell.summary()
+    return out
+
+
+def time_http(
+    bundles: dict[str, Path], data: Path, rounds: int, requests: dict[int, int]
+) -> dict[str, dict[str, Any]]:
+    """Each bundle served alone by ``python -m service`` (defaults: micro-batching on, 1 thread),
+    the bundles alternating for ``rounds`` rounds; per round and concurrency the client's p50 and
+    throughput; returned as medians over rounds. ``requests``: timed requests per concurrency."""
+    import asyncio
+
+    from benchmarks import service_load as sl
+
+    contexts = sl.load_contexts(data, 512, 3, 0)
+    per: dict[str, dict[int, list[dict[str, float]]]] = {
+        n: {c: [] for c in requests} for n in bundles
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, path in bundles.items():
+            (Path(tmp) / name).symlink_to(path.resolve())
+        for r in range(rounds):
+            for name in bundles:
+                args = sl.parse_args(
+                    ["--models-dir", tmp, "--generative-bundle", name, "--backends", "generative"]
+                )
+
+                with sl.serve(args, args.max_batch) as base_url:
+                    for conc, s in asyncio.run(_http_cells(base_url, contexts, requests)).items():
+                        per[name][conc].append(s)
+                        print(
+                            f"  http round {r} {name:5s} c={conc:<3d} p50={s['p50_ms']:.1f} ms "
+                            f"{s['throughput_rps']:.1f} req/s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+    return {
+        name: {
+            f"c{conc}": {
+                "p50_ms": statistics.median(s["p50_ms"] for s in runs),
+                "p99_ms": statistics.median(s["p99_ms"] for s in runs),
+                "throughput_rps": statistics.median(s["throughput_rps"] for s in runs),
+                "requests": requests[conc],
+                "rounds": len(runs),
+            }
+            for conc, runs in by_conc.items()
+        }
+        for name, by_conc in per.items()
+    }
+
+
 # --- the fake OpenAI-compatible server (run in its own process) ------------------------------
 
 
@@ -230,6 +313,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{hf['batch32_replies_per_s']:.1f} | {hf['batch1_ms'] / ours['batch1_ms']:.2f}x time | "
         f"{hf['batch32_replies_per_s'] / ours['batch32_replies_per_s']:.2f}x |",
         "",
+        *http_lines(result.get("http"), meta),
         "Remote arm against a fake OpenAI-compatible server (another process, 127.0.0.1, answers "
         "at once): the client's own cost per request.",
         "",
@@ -245,11 +329,39 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def http_lines(http: dict[str, Any] | None, meta: dict[str, Any]) -> list[str]:
+    if not http:
+        return []
+    ours, hf = http["ours"], http["hf"]
+    c1, c32 = ours["c1"], ours["c32"]
+    return [
+        f"Over HTTP: each bundle served alone by `python -m service` (micro-batching on, its "
+        f"default; 1 torch thread), the two alternating over {c1['rounds']} rounds, medians of the "
+        f"rounds; {c1['requests']} timed requests at concurrency 1 and {c32['requests']} at 32 "
+        "per round, every one asking for exactly "
+        f"{NEW_TOKENS} greedy tokens (`{json.dumps(HTTP_OPTIONS)}`); the load generator "
+        "(`benchmarks.service_load`) shares the 2 cores.",
+        "",
+        "| generator | c=1 p50 (ms) | c=1 req/s | c=32 p50 (ms) | c=32 p99 (ms) | c=32 req/s "
+        "| vs ours, c=1 p50 | vs ours, c=32 throughput |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| ours (`{meta['ours']}`) | {c1['p50_ms']:.1f} | {c1['throughput_rps']:.1f} | "
+        f"{c32['p50_ms']:.1f} | {c32['p99_ms']:.1f} | {c32['throughput_rps']:.1f} | 1.00x | 1.00x |",
+        f"| HF BART, imported | {hf['c1']['p50_ms']:.1f} | {hf['c1']['throughput_rps']:.1f} | "
+        f"{hf['c32']['p50_ms']:.1f} | {hf['c32']['p99_ms']:.1f} | "
+        f"{hf['c32']['throughput_rps']:.1f} | {hf['c1']['p50_ms'] / c1['p50_ms']:.2f}x time | "
+        f"{hf['c32']['throughput_rps'] / c32['throughput_rps']:.2f}x |",
+        "",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--ours", type=Path, default=Path("artifacts/generator-nt"))
     p.add_argument("--data", type=Path, default=Path("../shared/data/dailydialog"))
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--http-rounds", type=int, default=3, help="0: skip the HTTP measurement")
+    p.add_argument("--http-requests", type=int, nargs=2, default=[128, 384], metavar=("C1", "C32"))
     p.add_argument("--out", type=Path, help="writes <out>.json and <out>.md")
     p.add_argument("--serve-fake", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -269,6 +381,14 @@ def main(argv: list[str] | None = None) -> int:
         hf = load_generator(hf_dir)
         result: dict[str, Any] = time_generators({"ours": ours, "hf": hf}, contexts, args.repeats)
         print(json.dumps(result), file=sys.stderr, flush=True)
+        if args.http_rounds:
+            result["http"] = time_http(
+                {"ours": args.ours, "hf": hf_dir},
+                args.data,
+                args.http_rounds,
+                {1: args.http_requests[0], 32: args.http_requests[1]},
+            )
+            print(json.dumps({"http": result["http"]}), file=sys.stderr, flush=True)
         result["remote"] = time_remote(work, contexts, args.repeats)
         print(json.dumps({"remote": result["remote"]}), file=sys.stderr, flush=True)
     after = _uptime()

@@ -7,7 +7,8 @@ fixed number of timed ones from N concurrent workers (asyncio + httpx, closed lo
 sends its next request when the previous one is answered). Every request is
 ``{"context": [...], "backend": "<b>"}`` with a real DailyDialog test context; the latency is the
 client's (send to parsed JSON). Before any server starts, the same bundles are loaded in this
-process and ``respond([context])`` is timed at batch 1 on the same contexts: the HTTP + metrics
+process as the service loads them (output safety filter included) and the worker thread's call,
+``backend.infer([context])``, is timed at batch 1 on the same contexts: the HTTP + metrics
 overhead is the HTTP p50 at concurrency 1 with batching off minus that in-process p50.
 
 The load generator runs on the same machine (and the same cores) as the server, so it competes
@@ -282,14 +283,20 @@ async def _drive(
     concurrency: int,
     count: int,
     result: CellResult | None,
+    options: dict[str, Any] | None = None,
 ) -> float:
     """``count`` requests from ``concurrency`` closed-loop workers; returns the wall seconds.
-    Records into ``result`` when given (None = warm-up)."""
+    Records into ``result`` when given (None = warm-up). ``options`` go into every request."""
     counter = itertools.count()
 
     async def worker() -> None:
         while (i := next(counter)) < count:
-            body = {"context": list(contexts[i % len(contexts)]), "backend": backend}
+            body: dict[str, Any] = {
+                "context": list(contexts[i % len(contexts)]),
+                "backend": backend,
+            }
+            if options:
+                body["options"] = options
             started = time.perf_counter()
             problem: str | None = None
             payload: dict[str, Any] = {}
@@ -345,12 +352,15 @@ async def run_cell(
     requests: int,
     warmup: int,
     batching: str = "on",
+    options: dict[str, Any] | None = None,
 ) -> CellResult:
     """One cell: ``warmup`` untimed requests (at least one per worker), then ``requests`` timed."""
     if warmup:
-        await _drive(client, backend, contexts, concurrency, max(warmup, concurrency), None)
+        await _drive(
+            client, backend, contexts, concurrency, max(warmup, concurrency), None, options
+        )
     result = CellResult(backend, batching, concurrency, requests)
-    result.wall_s = await _drive(client, backend, contexts, concurrency, requests, result)
+    result.wall_s = await _drive(client, backend, contexts, concurrency, requests, result, options)
     return result
 
 
@@ -478,48 +488,44 @@ def _ready_lines(log: Any) -> int:
 
 def inprocess_latencies(
     backend: str,
-    bundle_dir: Path,
+    models_dir: Path,
+    wanted: str,
     contexts: Sequence[Sequence[str]],
     requests: int,
     warmup: int,
     device: str = "cpu",
 ) -> tuple[list[float], str]:
-    """Seconds per ``respond([context])`` at batch 1 (what the backend's model call does for one
-    request), on the first ``requests`` contexts in the order the load generator sends them;
-    also the bundle id, to check the server served the same model."""
-    from service.device import resolve_device, serving_dtype
+    """Seconds per batch-1 model call of ``backend``, exactly what the service's worker thread
+    runs for one request: the backend loaded as the service loads it (``load_serving``, default
+    settings: the output safety filter included) and its ``infer([context], [default options])``
+    timed on the first ``requests`` contexts in the order the load generator sends them; also the
+    bundle id, to check the server served the same model. What HTTP adds on top is the queue
+    hand-off, validation, routing, metrics and the HTTP exchange itself."""
+    from service.bundles import load_serving
+    from service.metrics import ServiceMetrics
+    from service.settings import Settings
 
-    dev = resolve_device(device)
-    dtype = serving_dtype(dev)
-    call: Callable[[Sequence[str]], Any]
-    if backend == "generative":
-        from models.generator import GenerativeResponder
-
-        gen = GenerativeResponder.load(bundle_dir, dev, dtype)
-        decoding = gen.decoding.with_overrides(num_return_sequences=1)  # as the service does
-
-        def call(ctx: Sequence[str]) -> Any:
-            return gen.respond([ctx], decoding)
-
-        model_id = str(gen.bundle_id)
-    else:
-        from models.retriever import RetrievalResponder
-
-        ret = RetrievalResponder.load(bundle_dir, dev, dtype)
-
-        def call(ctx: Sequence[str]) -> Any:
-            return ret.respond([ctx], top_k=1)
-
-        model_id = str(ret.bundle_id)
-    for i in range(warmup):
-        call(contexts[i % len(contexts)])
-    times = []
-    for i in range(requests):
-        ctx = contexts[i % len(contexts)]
-        started = time.perf_counter()
-        call(ctx)
-        times.append(time.perf_counter() - started)
-    return times, model_id
+    settings = Settings(
+        models_dir=models_dir,
+        device=device,
+        **{f"{backend}_bundle": wanted},  # type: ignore[arg-type]
+        **{f"{other}_bundle": "off" for other in BACKEND_NAMES if other != backend},
+    )
+    serving = load_serving(settings, ServiceMetrics())
+    [loaded] = serving.unique_backends()
+    params = loaded.prepare(None)
+    try:
+        for i in range(warmup):
+            loaded.infer([list(contexts[i % len(contexts)])], [params])
+        times = []
+        for i in range(requests):
+            ctx = list(contexts[i % len(contexts)])
+            started = time.perf_counter()
+            loaded.infer([ctx], [params])
+            times.append(time.perf_counter() - started)
+    finally:
+        loaded.close()
+    return times, loaded.model_id
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -821,7 +827,15 @@ def render_markdown(report: dict[str, Any]) -> str:
                 for r in report["sweep"]
             ],
         )
-    lines += ["", "## HTTP + metrics overhead vs in-process", ""]
+    lines += [
+        "",
+        "## HTTP + metrics overhead vs in-process",
+        "",
+        "In-process = the worker thread's batch-1 call (`backend.infer`: the model and the output "
+        "safety filter, loaded as the service loads them); overhead = HTTP p50 - in-process p50 "
+        "(queue hand-off, validation, routing, metrics, the HTTP exchange and the client).",
+        "",
+    ]
     lines += _table(
         ["backend", "in-process p50 ms", "in-process p99 ms", "n"],
         [[b, s["p50_ms"], s["p99_ms"], int(s["n"])] for b, s in report["inprocess"].items()],
@@ -930,7 +944,13 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
                 raise SystemExit(f"no {backend} bundle in {args.models_dir}")
             n = requests_for(args, backend)
             times, model_ids[backend] = inprocess_latencies(
-                backend, path, contexts, n, args.warmup, args.device
+                backend,
+                Path(args.models_dir),
+                wanted[backend],
+                contexts,
+                n,
+                args.warmup,
+                args.device,
             )
             inprocess[backend] = {**summarize(times, sum(times)), "bundle": str(path)}
             print(

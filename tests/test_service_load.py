@@ -262,6 +262,6 @@ def test_errors_are_counted_not_timed(models_dir: Path) -> None:
 def test_inprocess_baseline_on_tiny_bundles(models_dir: Path) -> None:
     contexts = [[c] for c in CONTEXTS]
     for backend, name in (("retrieval", "retriever-g2r"), ("generative", "generator-nd")):
-        times, model_id = sl.inprocess_latencies(backend, models_dir / name, contexts, 5, 1)
+        times, model_id = sl.inprocess_latencies(backend, models_dir, name, contexts, 5, 1)
         assert len(times) == 5 and all(t > 0 for t in times)
         assert model_id.startswith(name)
