@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Bring your own generator (reports/byo_generator.md, reports/byo_generator.json): the command.
-# Machine: shared 2-core CPU (load ~5 during the committed run), 1 torch thread.
+# Machine: idle 2-core CPU (load 0.7-1.3 during the committed run), 1 torch thread.
 # Needs artifacts/generator-nt (the small build's NT generator) and the hf extra (transformers).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
