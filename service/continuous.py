@@ -4,21 +4,27 @@
 A request (context + its :class:`DecodingConfig`, greedy or sampling, one reply) is tokenized
 when admitted (so a context the tokenizer refuses fails alone), decoded as rows of the running
 batch, and answered at the step its reply ends: detokenized, counted in
-``generated_tokens_total`` and, with the output filter on, checked (and re-sampled when blocked)
-together with the other replies that ended at that step. Beam search is request-level (see
-models/continuous.py) and goes through the backend's micro-batcher instead.
+``generated_tokens_total`` and, with the output filter on, checked together with the other
+replies that ended at that step. A blocked reply's alternatives (``SAFETY_CANDIDATES`` nucleus
+samples, as the request-level path draws them) join the running batch as rows of their own, so
+re-sampling one reply no longer stalls every other request for a whole generation; the request
+is answered when they end (service/safety.py, ``SafetyFilter.settle``). Beam search is
+request-level (see models/continuous.py) and goes through the backend's micro-batcher instead.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import cast
+
+from torch import Tensor
 
 from models.continuous import ContinuousDecoder, Finished
 from models.decoding import DecodingConfig
 from models.generator import GenerativeResponder, Reply
-from service.answer import Answer
+from service.answer import Answer, BlockReason
 from service.metrics import ServiceMetrics
 from service.safety import SafetyFilter
 
@@ -31,11 +37,32 @@ def continuous_eligible(config: DecodingConfig) -> bool:
     return config.strategy != "beam" and config.num_return_sequences == 1
 
 
+@dataclass
+class _Decode:
+    """A request in the decoder: its first reply, or (``blocked`` set) its alternatives."""
+
+    key: int  # the batcher's key
+    context: list[str]
+    config: DecodingConfig
+    src: Tensor  # token ids, for the alternatives' rows
+    started: float
+    answer: Answer | None = None  # the blocked answer the alternatives replace
+    blocked: BlockReason | None = None
+
+
+def alternatives_config(config: DecodingConfig, k: int) -> DecodingConfig:
+    """How a blocked reply's ``k`` alternatives are drawn: nucleus samples (Holtzman et al.
+    2020) that differ from the blocked reply and stay fluent (as GenerativeBackend.infer)."""
+    return config.with_overrides(
+        strategy="sample", num_return_sequences=k, top_p=min(config.top_p, 0.9)
+    )
+
+
 class GenerationRunner:
     """Runs the generative backend's requests through one continuous decoder (its thread only).
 
-    ``generate`` is the backend's request-level generation, used for the filter's alternatives
-    (sampled, ``k`` per blocked reply: rare, and a batch of their own)."""
+    ``generate`` is the backend's request-level generation: the filter's alternatives go through
+    it only when they cannot fit the decoder (``SAFETY_CANDIDATES`` above ``max_rows``)."""
 
     def __init__(
         self,
@@ -51,7 +78,7 @@ class GenerationRunner:
         self.safety = safety
         self.generate = generate
         self.decoder = ContinuousDecoder(responder.model, max_rows=max_rows)
-        self._requests: dict[int, tuple[int, Job, float]] = {}  # decoder key -> key, job, start
+        self._requests: dict[int, _Decode] = {}  # by decoder key
 
     def admit(self, key: int, request: Job) -> None:
         context, params = request
@@ -60,7 +87,7 @@ class GenerationRunner:
         src = self.responder.encode_contexts([context])
         self.metrics.observe_stage("tokenize", time.perf_counter() - started)
         decoder_key = self.decoder.add(src[0], config)
-        self._requests[decoder_key] = (key, request, time.perf_counter())
+        self._requests[decoder_key] = _Decode(key, context, config, src[0], time.perf_counter())
 
     def step(self) -> list[tuple[int, Answer]]:
         finished = self.decoder.step()
@@ -69,8 +96,8 @@ class GenerationRunner:
         return self._answer(finished)
 
     def cancel(self, key: int) -> None:
-        for decoder_key, (k, _, _) in list(self._requests.items()):
-            if k == key:
+        for decoder_key, request in list(self._requests.items()):
+            if request.key == key:
                 self.decoder.cancel(decoder_key)
                 del self._requests[decoder_key]
 
@@ -80,31 +107,80 @@ class GenerationRunner:
 
     def _answer(self, finished: list[Finished]) -> list[tuple[int, Answer]]:
         now = time.perf_counter()
-        tokens = [done.generation.tokens[0] for done in finished]
-        texts = self.responder.tokenizer.decode_batch(tokens)
-        keys, contexts, configs = [], [], []
-        for done in finished:
-            key, (context, params), started = self._requests.pop(done.key)
-            self.metrics.observe_stage("generate", now - started)
-            keys.append(key)
-            contexts.append(context)
-            configs.append(cast(DecodingConfig, params))
-        self.metrics.add_generated_tokens(sum(len(t) for t in tokens))
-        answers = [
-            Answer(text=text, generated_tokens=len(t))
-            for text, t in zip(texts, tokens, strict=True)
+        done = [(self._requests.pop(f.key), f) for f in finished]
+        firsts = [(r, f) for r, f in done if r.blocked is None]
+        out = self._first_replies(firsts, now) if firsts else []
+        resampled = [(r, f) for r, f in done if r.blocked is not None]
+        if resampled:
+            out += self._settle(resampled)
+        return out
+
+    def _replies(self, finished: Finished) -> list[Reply]:
+        tokens = finished.generation.tokens
+        return [
+            Reply(text, t)
+            for text, t in zip(self.responder.tokenizer.decode_batch(tokens), tokens, strict=True)
         ]
-        if self.safety is not None:
 
-            def alternatives(rows: list[int], k: int) -> list[list[Reply]]:
-                # as GenerativeBackend.infer: nucleus samples that differ from the blocked reply
-                alt = [
-                    configs[r].with_overrides(
-                        strategy="sample", num_return_sequences=k, top_p=min(configs[r].top_p, 0.9)
-                    )
-                    for r in rows
-                ]
-                return self.generate([contexts[r] for r in rows], alt)
+    def _first_replies(
+        self, done: list[tuple[_Decode, Finished]], now: float
+    ) -> list[tuple[int, Answer]]:
+        """The requests whose reply ended at this step; with the filter on, those blocked go
+        back into the decoder for their alternatives instead of being answered now."""
+        replies = [self._replies(f)[0] for _, f in done]
+        self.metrics.add_generated_tokens(sum(len(r.tokens) for r in replies))
+        answers = [Answer(text=r.text, generated_tokens=len(r.tokens)) for r in replies]
+        for request, _ in done:
+            self.metrics.observe_stage("generate", now - request.started)
+        if self.safety is None:
+            return [(r.key, a) for (r, _), a in zip(done, answers, strict=True)]
+        turns = [r.context[-1] for r, _ in done]
+        blocked = self.safety.screen(turns, answers)
+        k = self.safety.candidates
+        if blocked and k > self.max_rows:  # cannot fit the decoder: a batch of their own
+            rows = [b for b, _ in blocked]
+            self.safety.settle(
+                [turns[b] for b in rows],
+                [answers[b] for b in rows],
+                [why for _, why in blocked],
+                self.generate(
+                    [done[b][0].context for b in rows],
+                    [alternatives_config(done[b][0].config, k) for b in rows],
+                ),
+            )
+            blocked = []
+        waiting = {b for b, _ in blocked}
+        for b, why in blocked:
+            request = done[b][0]
+            decoder_key = self.decoder.add(request.src, alternatives_config(request.config, k))
+            self._requests[decoder_key] = _Decode(
+                request.key,
+                request.context,
+                request.config,
+                request.src,
+                time.perf_counter(),
+                answer=answers[b],
+                blocked=why,
+            )
+        return [
+            (r.key, a)
+            for i, ((r, _), a) in enumerate(zip(done, answers, strict=True))
+            if i not in waiting
+        ]
 
-            self.safety.resample([c[-1] for c in contexts], answers, alternatives)
-        return list(zip(keys, answers, strict=True))
+    def _settle(self, done: list[tuple[_Decode, Finished]]) -> list[tuple[int, Answer]]:
+        """Requests whose alternatives ended at this step: the first safe one, else the
+        fallback reply."""
+        assert self.safety is not None
+        alternatives = [self._replies(f) for _, f in done]
+        self.metrics.add_generated_tokens(sum(len(r.tokens) for row in alternatives for r in row))
+        answers = [r.answer for r, _ in done]
+        reasons = [r.blocked for r, _ in done]
+        assert all(a is not None for a in answers) and all(w is not None for w in reasons)
+        self.safety.settle(
+            [r.context[-1] for r, _ in done],
+            cast(list[Answer], answers),
+            cast(list[BlockReason], reasons),
+            alternatives,
+        )
+        return [(r.key, cast(Answer, r.answer)) for r, _ in done]

@@ -189,32 +189,57 @@ class SafetyFilter:
     def resample(self, turns: list[str], answers: list[Answer], sample: Sampler) -> None:
         """Generation: replace each blocked reply (in place) by the first safe, non-empty one of
         ``candidates`` alternatives that ``sample`` draws for its context, else by the fallback
-        reply; ``turns[i]`` is the turn ``answers[i]`` replies to."""
+        reply; ``turns[i]`` is the turn ``answers[i]`` replies to. :meth:`screen` then
+        :meth:`settle`, with the alternatives drawn in one call between them."""
+        blocked = self.screen(turns, answers)
+        if not blocked:
+            return
+        rows = [b for b, _ in blocked]
+        self.settle(
+            [turns[b] for b in rows],
+            [answers[b] for b in rows],
+            [why for _, why in blocked],
+            sample(rows, self.candidates),
+        )
+
+    def screen(self, turns: list[str], answers: list[Answer]) -> list[tuple[int, BlockReason]]:
+        """Check each generated answer; one that ignores a stated self-harm risk is replaced at
+        once by the risk reply (no sampled reply would pass: only the risk reply does). Returns
+        the rows whose reply was blocked otherwise, with why: they need alternatives
+        (:meth:`settle`)."""
         reasons = self.check(turns, [a.text for a in answers])
-        # A stated self-harm risk: no sampled reply would pass (only the risk reply does), so
-        # serve the risk reply at once instead of drawing alternatives.
+        blocked: list[tuple[int, BlockReason]] = []
         for i, why in enumerate(reasons):
             if why == "risk":
                 answers[i].text = self.fallback_for(turns[i])
                 answers[i].block = Block(why, "replaced")
-        blocked = [i for i, why in enumerate(reasons) if why is not None and why != "risk"]
-        if not blocked:
-            return
-        k = self.candidates
-        alternatives = sample(blocked, k)
+            elif why is not None:
+                blocked.append((i, why))
+        return blocked
+
+    def settle(
+        self,
+        turns: list[str],
+        answers: list[Answer],
+        reasons: list[BlockReason],
+        alternatives: list[list[Reply]],
+    ) -> None:
+        """Replace each blocked answer (in place) by the first safe, non-empty one of its
+        ``alternatives`` (checked together in one call), else by the fallback reply; its
+        ``generated_tokens`` count the alternatives too."""
         texts = [reply.text for row in alternatives for reply in row]
-        alt_reasons = self.check([turns[b] for b in blocked for _ in range(k)], texts)
-        for n, b in enumerate(blocked):
-            options = range(n * k, (n + 1) * k)
+        alt_turns = [turn for turn, row in zip(turns, alternatives, strict=True) for _ in row]
+        alt_reasons = self.check(alt_turns, texts)
+        offset = 0
+        for turn, answer, reason, row in zip(turns, answers, reasons, alternatives, strict=True):
+            options = range(offset, offset + len(row))
+            offset += len(row)
             safe = [j for j in options if alt_reasons[j] is None and texts[j].strip()]
-            reason = reasons[b]
-            assert reason is not None
-            answer = answers[b]
-            answer.generated_tokens += sum(len(reply.tokens) for reply in alternatives[n])
+            answer.generated_tokens += sum(len(reply.tokens) for reply in row)
             if safe:
                 answer.text, answer.block = texts[safe[0]], Block(reason, "reranked")
             else:
-                answer.text = self.fallback_for(turns[b])
+                answer.text = self.fallback_for(turn)
                 answer.block = Block(reason, "replaced")
 
 

@@ -95,3 +95,47 @@ def test_a_failing_decoder_step_runs_each_request_alone(models_dir: Path) -> Non
         reply = client.post("/respond", json={"context": ["hi"], "backend": "generative"})
         expected = backend.infer([["hi"]], [backend.prepare(None)])[0].text
     assert reply.status_code == 200 and reply.json()["response"] == expected
+
+
+@pytest.mark.parametrize(("max_batch", "in_decoder"), [(8, True), (2, False)])
+def test_a_blocked_reply_is_resampled_as_rows_of_the_running_batch(
+    models_dir: Path, tmp_path: Path, max_batch: int, in_decoder: bool
+) -> None:
+    """Its SAFETY_CANDIDATES (4) alternatives join the decoder when they fit max_batch rows;
+    otherwise they are a request-level batch of their own, as without continuous batching."""
+    body = {"context": ["hello , how are you ?"], "backend": "generative"}
+    app, client = _serve(models_dir, safety_filter="off", continuous_batching="on")
+    with client:
+        greedy = client.post("/respond", json=body).json()["response"]
+    if not greedy.strip():
+        pytest.skip("the random tiny generator produced an empty greedy reply")
+    blocklist = tmp_path / "blocklist.txt"
+    blocklist.write_text(greedy + "\n")
+    app, client = _serve(
+        models_dir,
+        safety_filter="blocklist",
+        safety_blocklist=blocklist,
+        continuous_batching="on",
+        max_batch=max_batch,
+    )
+    with client:
+        backend = _generative(app)
+        assert backend.continuous is not None
+        runner: Any = backend.continuous.runner
+        request_level = runner.generate
+        calls: list[int] = []
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            return request_level(*args, **kwargs)
+
+        runner.generate = counted
+        reply = client.post("/respond", json=body)
+        m = parse_metrics(client.get("/metrics").text)
+    assert reply.status_code == 200
+    out = reply.json()
+    assert out["filtered"] in ("reranked", "replaced") and out["response"] != greedy
+    assert (not calls) is in_decoder
+    labels = {"backend": "generative", "reason": "blocklist", "action": out["filtered"]}
+    assert m[("dialogue_safety_blocked_total", frozenset(labels.items()))] == 1.0
+    assert not runner._requests and runner.decoder.idle  # nothing left behind
