@@ -9,7 +9,12 @@ that arrives meanwhile waits for the whole batch, and a finished row keeps being
    for all of them) and their cross-attention keys/values become new rows of the batch;
 2. **step**: one incremental decoder call for every running row, each row at its own position;
 3. **release**: rows that produced EOS or reached their ``max_length`` leave the batch at once
-   (their KV-cache rows are dropped) and their replies are returned by that very step.
+   and their replies are returned by that very step. Their KV-cache rows become *free slots*:
+   the next admission writes a waiting request's cross-attention keys/values into a free slot in
+   place (and hides the slot's old self-attention columns from it), so under steady load a
+   release followed by an admission copies only the new rows, not the whole cache. Slots still
+   free after an admission (nothing waiting) are dropped, so an idle slot is never computed for
+   more than the step it was freed in.
 
 KV-cache layout (:class:`models.seq2seq.DecoderCache`, ``(rows, heads, columns, head_dim)``):
 
@@ -91,6 +96,7 @@ class _Row:
     tokens: list[int] = field(default_factory=list)  # generated so far (EOS included when out)
     score: float = 0.0
     done: bool = False
+    free: bool = False  # a released slot: computed (finite junk) until reused or dropped
 
     @property
     def position(self) -> int:
@@ -132,8 +138,8 @@ class ContinuousDecoder:
 
     @property
     def running(self) -> int:
-        """Rows in the running batch."""
-        return len(self._rows)
+        """Rows in the running batch (free slots not counted)."""
+        return sum(not row.free for row in self._rows)
 
     @property
     def waiting(self) -> int:
@@ -142,10 +148,10 @@ class ContinuousDecoder:
 
     @property
     def idle(self) -> bool:
-        return not self._rows and not self._waiting
+        return not self.running and not self._waiting
 
     def running_keys(self) -> set[int]:
-        return {row.key for row in self._rows}
+        return {row.key for row in self._rows if not row.free}
 
     # --- requests ------------------------------------------------------------------------------
 
@@ -187,7 +193,7 @@ class ContinuousDecoder:
         """Admit what fits, run one decoder step for every running row, release what ended."""
         self._drop_cancelled()
         self._admit()
-        if not self._rows:
+        if not self.running:
             return []
         assert self._cache is not None and self._self_mask is not None
         mc = self.model.cfg
@@ -241,6 +247,8 @@ class ContinuousDecoder:
         # rows that share the per-step rules are processed together, as one generate batch
         groups: dict[tuple[bool, str, float, int, float], list[int]] = {}
         for r, row in enumerate(rows):
+            if row.free:
+                continue
             c = row.cfg
             key = (row.position < c.min_length, c.strategy, c.temperature, c.top_k, c.top_p)
             groups.setdefault(key, []).append(r)
@@ -281,6 +289,8 @@ class ContinuousDecoder:
                 rows[r].score += scores[j]
         ended = []
         for r, row in enumerate(rows):
+            if row.free:
+                continue
             row.tokens.append(chosen[r])
             if chosen[r] == mc.eos_id or len(row.tokens) >= row.cfg.max_length:
                 row.done = True
@@ -295,11 +305,11 @@ class ContinuousDecoder:
         finished_keys = []
         for r in ended:
             key = self._rows[r].key
-            if all(row.done for row in self._rows if row.key == key):
+            if all(row.done for row in self._rows if row.key == key and not row.free):
                 finished_keys.append(key)
         out = []
         for key in dict.fromkeys(finished_keys):
-            mine = [row for row in self._rows if row.key == key]
+            mine = [row for row in self._rows if row.key == key and not row.free]
             out.append(
                 Finished(
                     key,
@@ -311,7 +321,15 @@ class ContinuousDecoder:
                 )
             )
         gone = set(finished_keys)
-        self._keep([r for r, row in enumerate(self._rows) if row.key not in gone])
+        for row in self._rows:
+            if row.key in gone and not row.free:
+                # the slot stays (its keys/values and masks untouched, so it computes finite
+                # values) until an admission reuses it or drops it
+                row.free, row.key = True, -1
+        if self.running == 0:
+            self._keep([])
+        else:
+            self._trim_columns()
         return out
 
     def _drop_cancelled(self) -> None:
@@ -319,8 +337,10 @@ class ContinuousDecoder:
             return
         cancelled, self._cancelled = self._cancelled, set()
         self._waiting = deque(p for p in self._waiting if p.key not in cancelled)
-        if any(row.key in cancelled for row in self._rows):
-            self._keep([r for r, row in enumerate(self._rows) if row.key not in cancelled])
+        if any(row.key in cancelled for row in self._rows if not row.free):
+            self._keep(
+                [r for r, row in enumerate(self._rows) if row.key not in cancelled and not row.free]
+            )
 
     def _keep(self, keep: list[int]) -> None:
         """Keep only rows ``keep`` (in order): cache rows, masks; trim unused columns."""
@@ -335,20 +355,34 @@ class ContinuousDecoder:
         index = torch.tensor(keep, device=self.device)
         cache = self._cache
         src_len = max(row.src_len for row in self._rows)
-        first_col = min(row.start_col for row in self._rows)
         cache.cross_k = [k.index_select(0, index)[:, :, :src_len] for k in cache.cross_k]
         cache.cross_v = [v.index_select(0, index)[:, :, :src_len] for v in cache.cross_v]
         cache.self_k = [None if k is None else k.index_select(0, index) for k in cache.self_k]
         cache.self_v = [None if v is None else v.index_select(0, index) for v in cache.self_v]
         self._src_mask = self._src_mask.index_select(0, index)[:, :src_len]
         self._self_mask = self._self_mask.index_select(0, index)
-        if first_col > 0:  # columns no running row owns
-            cache.self_k = [None if k is None else k[:, :, first_col:] for k in cache.self_k]
-            cache.self_v = [None if v is None else v[:, :, first_col:] for v in cache.self_v]
-            self._self_mask = self._self_mask[:, first_col:]
-            for row in self._rows:
-                row.start_col -= first_col
+        self._trim_columns()
         self._sync_src_mask()
+
+    def _trim_columns(self) -> None:
+        """Cut the self-attention columns no running row owns (views: no copy)."""
+        live = [row for row in self._rows if not row.free]
+        if not live or self._cache is None or self._self_mask is None:
+            return
+        first_col = min(row.start_col for row in live)
+        if first_col <= 0:
+            return
+        cache = self._cache
+        cache.self_k = [None if k is None else k[:, :, first_col:] for k in cache.self_k]
+        cache.self_v = [None if v is None else v[:, :, first_col:] for v in cache.self_v]
+        self._self_mask = self._self_mask[:, first_col:]
+        for row in self._rows:
+            row.start_col = max(0, row.start_col - first_col)
+
+    def _drop_free(self) -> None:
+        """Drop the free slots (nothing waits to reuse them)."""
+        if any(row.free for row in self._rows):
+            self._keep([r for r, row in enumerate(self._rows) if not row.free])
 
     def _sync_src_mask(self) -> None:
         assert self._cache is not None and self._src_mask is not None
@@ -358,14 +392,16 @@ class ContinuousDecoder:
         )
 
     def _admit(self) -> None:
-        """Encode waiting requests that fit and append their rows (at a step boundary)."""
-        free = self.max_rows - len(self._rows)
+        """Encode waiting requests that fit and put their rows into free slots, then append the
+        rest (at a step boundary); slots still free afterwards are dropped."""
+        free = self.max_rows - self.running
         admitted: list[_Pending] = []
         while self._waiting and self._waiting[0].cfg.num_return_sequences <= free:
             pending = self._waiting.popleft()
             free -= pending.cfg.num_return_sequences
             admitted.append(pending)
         if not admitted:
+            self._drop_free()
             return
         model, mc = self.model, self.model.cfg
         width = max(len(p.src) for p in admitted)
@@ -387,12 +423,11 @@ class ContinuousDecoder:
             for p in admitted
             for _ in range(p.cfg.num_return_sequences)
         ]
-        n_new = len(new_rows)
         if self._cache is None:
             assert not self._rows
             self._cache = new
             self._src_mask = new_src_mask
-            self._self_mask = torch.zeros(n_new, 0, dtype=torch.bool, device=self.device)
+            self._self_mask = torch.zeros(len(new_rows), 0, dtype=torch.bool, device=self.device)
             self._rows = new_rows
             self._sync_src_mask()
             return
@@ -400,30 +435,48 @@ class ContinuousDecoder:
         cache = self._cache
         s_old, s_new = self._src_mask.size(1), new_src_mask.size(1)
         s = max(s_old, s_new)
+        pad = torch.nn.functional.pad
 
         def pad_src(t: Tensor, size: int) -> Tensor:  # (B, H, S, hd) -> (B, H, s, hd)
-            return t if size == s else torch.nn.functional.pad(t, (0, 0, 0, s - size))
+            return t if size == s else pad(t, (0, 0, 0, s - size))
 
-        cache.cross_k = [
-            torch.cat([pad_src(a, s_old), pad_src(b, s_new)])
-            for a, b in zip(cache.cross_k, new.cross_k, strict=True)
-        ]
-        cache.cross_v = [
-            torch.cat([pad_src(a, s_old), pad_src(b, s_new)])
-            for a, b in zip(cache.cross_v, new.cross_v, strict=True)
-        ]
-        pad_mask = torch.nn.functional.pad
-        self._src_mask = torch.cat(
-            [pad_mask(self._src_mask, (0, s - s_old)), pad_mask(new_src_mask, (0, s - s_new))]
-        )
-        # new rows own no column yet: zeros in the cache, hidden by the mask
-        for i, (k, v) in enumerate(zip(cache.self_k, cache.self_v, strict=True)):
-            if k is None or v is None:
-                continue
-            cache.self_k[i] = torch.cat([k, k.new_zeros(n_new, *k.shape[1:])])
-            cache.self_v[i] = torch.cat([v, v.new_zeros(n_new, *v.shape[1:])])
-        self._self_mask = torch.cat([self._self_mask, self._self_mask.new_zeros(n_new, columns)])
-        self._rows += new_rows
+        if s_old < s:  # a longer source than any running one: widen the cache once
+            cache.cross_k = [pad_src(k, s_old) for k in cache.cross_k]
+            cache.cross_v = [pad_src(v, s_old) for v in cache.cross_v]
+            self._src_mask = pad(self._src_mask, (0, s - s_old))
+        new_k = [pad_src(k, s_new) for k in new.cross_k]
+        new_v = [pad_src(v, s_new) for v in new.cross_v]
+        new_src_mask = pad(new_src_mask, (0, s - s_new))
+        # 1. free slots, written in place: the new row owns none of the slot's old columns
+        slots = [r for r, row in enumerate(self._rows) if row.free][: len(new_rows)]
+        n = len(slots)
+        if n:
+            index = torch.tensor(slots, device=self.device)
+            for i in range(len(cache.cross_k)):
+                cache.cross_k[i].index_copy_(0, index, new_k[i][:n])
+                cache.cross_v[i].index_copy_(0, index, new_v[i][:n])
+            self._src_mask.index_copy_(0, index, new_src_mask[:n])
+            self._self_mask.index_fill_(0, index, False)
+            for slot, row in zip(slots, new_rows[:n], strict=True):
+                self._rows[slot] = row
+        # 2. the rest appended as new rows (zeros in the self-attention cache, hidden by the mask)
+        rest = len(new_rows) - n
+        if rest:
+            cache.cross_k = [
+                torch.cat([a, b[n:]]) for a, b in zip(cache.cross_k, new_k, strict=True)
+            ]
+            cache.cross_v = [
+                torch.cat([a, b[n:]]) for a, b in zip(cache.cross_v, new_v, strict=True)
+            ]
+            self._src_mask = torch.cat([self._src_mask, new_src_mask[n:]])
+            for i, (k, v) in enumerate(zip(cache.self_k, cache.self_v, strict=True)):
+                if k is None or v is None:
+                    continue
+                cache.self_k[i] = torch.cat([k, k.new_zeros(rest, *k.shape[1:])])
+                cache.self_v[i] = torch.cat([v, v.new_zeros(rest, *v.shape[1:])])
+            self._self_mask = torch.cat([self._self_mask, self._self_mask.new_zeros(rest, columns)])
+            self._rows += new_rows[n:]
+        self._drop_free()  # fewer new rows than free slots
         self._sync_src_mask()
 
 

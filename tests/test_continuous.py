@@ -149,3 +149,30 @@ def test_beam_and_oversized_requests_are_refused(model: Seq2SeqTransformer) -> N
         decoder.add([5, 6], DecodingConfig(strategy="sample", num_return_sequences=3))
     with pytest.raises(ValueError, match="empty"):
         decoder.add([0, 0], DecodingConfig())
+
+
+def test_a_released_row_is_reused_in_place_by_the_next_request(
+    model: Seq2SeqTransformer, sources: list[list[int]]
+) -> None:
+    """Under load (a request waiting) a finished row's slot is written in place: the cache keeps
+    its tensors and rows, and the newcomer, which must not see the slot's old columns, still gets
+    generate's tokens; with nothing waiting the free slot is dropped."""
+    decoder = ContinuousDecoder(model, max_rows=2)
+    short = decoder.add(sources[2], DecodingConfig(max_length=3, min_length=3))  # 12 pieces
+    long = decoder.add(sources[0], DecodingConfig(max_length=12, min_length=12))
+    late_cfg = DecodingConfig(max_length=6, no_repeat_ngram_size=2)
+    late = decoder.add(sources[3], late_cfg)  # waits for a row
+    results = {}
+    for _ in range(3):
+        results.update({d.key: d for d in decoder.step()})
+    assert set(results) == {short} and decoder.running == 1  # its slot is free, not yet dropped
+    assert decoder._cache is not None
+    storage = decoder._cache.cross_k[0].untyped_storage().data_ptr()
+    results.update({d.key: d for d in decoder.step()})  # admits `late` into the free slot
+    assert decoder.running == 2 and len(decoder._rows) == 2
+    assert decoder._cache.cross_k[0].untyped_storage().data_ptr() == storage  # written in place
+    results.update({d.key: d for d in decoder.run()})
+    assert results[late].generation.tokens[0] == alone(model, sources[3], late_cfg)[0]
+    long_cfg = DecodingConfig(max_length=12, min_length=12)
+    assert results[long].generation.tokens[0] == alone(model, sources[0], long_cfg)[0]
+    assert decoder.idle and decoder._cache is None
