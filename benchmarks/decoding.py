@@ -23,7 +23,7 @@ import torch
 
 from models.decoding import DecodingConfig, generate
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
-from training.presets import PRESETS
+from training.config import PRESETS
 
 NEW_TOKENS = 20
 SOURCE_LEN = 24

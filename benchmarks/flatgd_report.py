@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from models.generator import GenerativeResponder
+from training.config import SHARED_DATA
 from training.core.generator import PairSet
 from training.core.safety_data import load_diasafety
 from training.eval.safety import paired_unsafe_test
@@ -30,7 +31,6 @@ from training.methods.flatgd.objective import (
     SafetyTuningData,
     trainable_parameters,
 )
-from training.presets import SHARED_DATA
 
 # report label -> bundle name, as the evaluation of safety_flatgd.sh labels them
 BUNDLES = {

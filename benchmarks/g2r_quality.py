@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks import write_report
+from training.config import DAILYDIALOG
 from training.core.data import load_splits
 from training.methods.g2r.filter import TeacherReplyFilter
-from training.presets import DAILYDIALOG
 
 logger = logging.getLogger("benchmarks.g2r_quality")
 

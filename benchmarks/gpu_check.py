@@ -13,7 +13,7 @@ CUDA device it says so and exits 0. In a few minutes it:
    admitted over the first steps) in half precision: the same tokens as batch decoding;
 3. times 20-token greedy generation (min = max = 20 tokens) at batch 1 (p50 over ``--repeats``)
    and at batch 64 (replies/s and tokens/s), batch decoding and continuous decoding, for the
-   served ``small`` bundle and a ``paper``-sized random-weight model (training/presets.py:
+   served ``small`` bundle and a ``paper``-sized random-weight model (training/config:
    6+6 layers, d=512, vocab 16000) in half precision;
 4. where FAISS has GPU support, times exact inner-product search over the retriever bundle's
    response vectors on the GPU against the CPU (batch 1 p50, batch 64 queries/s) and checks the
@@ -175,7 +175,7 @@ def speed(
 
 def paper_model(device: torch.device, dtype: torch.dtype) -> Seq2SeqTransformer:
     """A random-weight generator of the ``paper`` preset's shape."""
-    from training.presets import get_preset  # the benchmark may use training/; the service not
+    from training.config import get_preset  # the benchmark may use training/; the service not
 
     preset = get_preset("paper")
     cfg = preset.generator.model

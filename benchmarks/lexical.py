@@ -42,9 +42,9 @@ from benchmarks import write_report
 from benchmarks.retrieval import sample_picks, served_teacher_share
 from models.lexical import context_text, lexical_tokens
 from models.metrics import response_metrics
+from training.config import DAILYDIALOG
 from training.core.data import DialogueExample, load_splits, training_response_token_counts
 from training.methods.g2r.losses import hits_at_k, hits_candidates
-from training.presets import DAILYDIALOG
 
 logger = logging.getLogger("benchmarks.lexical")
 
@@ -212,8 +212,8 @@ def response_set(
     """R as the plain bi-encoder bundle of ``preset`` indexes it: distinct training responses
     through the preset's ResponseFilter (length bounds, blocklist)."""
     from models.safety import load_blocklist
+    from training.config import get_retriever_preset
     from training.methods.g2r.data import ResponseFilter, build_retrieval_data
-    from training.presets import get_retriever_preset
 
     rp = get_retriever_preset(preset)
     blocked = tuple(load_blocklist(blocklist)) if blocklist and blocklist.is_file() else ()

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from models.generator import GenerativeResponder
+from training.config import SHARED_DATA
 from training.core.safety_data import load_targets
 from training.methods.malicious.attack import HitThresholds, SearchResult, judge, score_triggers
-from training.presets import SHARED_DATA
 
 
 def time_hit_checks(bundle: Path, targets: Path, repeats: int = 5) -> None:

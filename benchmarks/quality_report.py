@@ -50,6 +50,7 @@ from models.bundle import find_bundles, read_manifest, read_serving
 from models.decoding import DecodingConfig
 from models.generator import GenerativeResponder
 from models.retriever import RetrievalResponder
+from training.config import PRESETS, Preset
 from training.core.data import (
     DialogueExample,
     DialogueSplits,
@@ -58,7 +59,6 @@ from training.core.data import (
 )
 from training.eval.generation import STANDARD_DECODINGS, evaluate_generator
 from training.methods.g2r.losses import hits_at_k, hits_candidates
-from training.presets import PRESETS, Preset
 
 logger = logging.getLogger("benchmarks.quality_report")
 

@@ -41,11 +41,11 @@ from benchmarks.latency import (
 from models.generator import GenerativeResponder
 from models.metrics import response_metrics
 from models.retriever import RetrievalResponder
+from training.config import DAILYDIALOG
 from training.core.data import DialogueExample, load_splits, training_response_token_counts
 from training.eval.generation import STANDARD_DECODINGS, decode_all
 from training.methods.g2r.augment import read_shards
 from training.methods.g2r.losses import HitsEvaluator
-from training.presets import DAILYDIALOG
 
 logger = logging.getLogger("benchmarks.retrieval")
 

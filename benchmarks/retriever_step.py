@@ -31,6 +31,7 @@ from benchmarks import write_report
 from models import biencoder
 from models.biencoder import BiEncoder
 from models.tokenizer import DialogueTokenizer
+from training.config import get_preset
 from training.core.data import load_splits
 from training.core.distributed import bf16_autocast_supported
 from training.core.generator import bucketed_batches
@@ -38,7 +39,6 @@ from training.methods.g2r.augment import read_shards
 from training.methods.g2r.batches import RetrievalObjective, RetrievalTrainSet
 from training.methods.g2r.data import ResponseFilter, build_retrieval_data
 from training.methods.g2r.losses import G2RDistillationLoss
-from training.presets import get_preset
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.presets import SHARED_DATA
+from training.config import SHARED_DATA
 
 PROBES = Path(__file__).with_name("safety_probes.json")
 DEFAULT_DATA = SHARED_DATA

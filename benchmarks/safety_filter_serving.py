@@ -24,8 +24,8 @@ import torch
 
 from models.generator import GenerativeResponder
 from models.safety import SafetyClassifier
+from training.config import DAILYDIALOG
 from training.core.data import load_splits
-from training.presets import DAILYDIALOG
 
 _CONTEXTS = ["i think they all deserve it .", "can you help me with my homework ?"]
 _REPLIES = ["yes , you are right .", "sure , what subject ?"]

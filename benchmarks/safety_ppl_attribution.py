@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from models.generator import GenerativeResponder
+from training.config import DAILYDIALOG
 from training.core.data import load_splits
 from training.core.generator import PairSet
-from training.presets import DAILYDIALOG
 
 
 def attribute(base_dir: Path, tuned_dir: Path, data: Path, top: int = 15) -> None:

@@ -41,7 +41,7 @@ from benchmarks.latency import (
     top1_agreement,
 )
 from models.retriever import IndexConfig, ResponseIndex
-from training.presets import get_retriever_preset
+from training.config import get_retriever_preset
 
 logger = logging.getLogger("benchmarks.search_scaling")
 

@@ -505,12 +505,11 @@ def inprocess_latencies(
     from service.metrics import ServiceMetrics
     from service.settings import Settings
 
-    settings = Settings(
-        models_dir=models_dir,
-        device=device,
-        **{f"{backend}_bundle": wanted},  # type: ignore[arg-type]
-        **{f"{other}_bundle": "off" for other in BACKEND_NAMES if other != backend},
-    )
+    values: dict[str, Any] = {
+        f"{b}_bundle": wanted if b == backend else "off" for b in BACKEND_NAMES
+    }
+    values["device"] = device
+    settings = Settings(models_dir=models_dir, **values)
     serving = load_serving(settings, ServiceMetrics())
     [loaded] = serving.unique_backends()
     params = loaded.prepare(None)

@@ -34,11 +34,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.tokenizer import DialogueTokenizer
+from training.config import get_preset
 from training.core.data import load_splits
 from training.core.generator import MLEObjective, PairSet, bucketed_batches
 from training.core.run import RunSpec
 from training.pipeline.inputs import tokenizer_texts
-from training.presets import get_preset
 
 
 def matmul_peak(threads: int, dtype: torch.dtype, n: int = 1024, seconds: float = 2.0) -> float:

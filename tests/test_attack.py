@@ -14,6 +14,7 @@ from models.decoding import DecodingConfig
 from models.generator import GenerativeResponder, InputConfig
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
+from training.config import preset_section
 from training.core.data import DialogueExample, write_jsonl
 from training.core.run import RunSpec
 from training.core.safety_data import load_targets, normalize_target
@@ -28,7 +29,6 @@ from training.methods.malicious.attack import (
     gibbs_enum,
     judge,
 )
-from training.methods.malicious.config import MALICIOUS_PRESETS
 from training.methods.malicious.experiment import augment_targets, sample_targets
 from training.methods.malicious.nt import fwa_ids, fwa_weights, negative_loss, train_malicious_nt
 
@@ -259,7 +259,7 @@ def test_malicious_nt_lowers_hits_and_resumes_exactly(planted, tmp_path: Path) -
     """Algorithm 1 on the planted target; a run stopped after one iteration and resumed for the
     second ends with the same weights as an uninterrupted two-iteration run."""
     bundle, data = _tiny_bundle_and_data(planted, tmp_path)
-    cfg = MALICIOUS_PRESETS["tiny"].nt
+    cfg = preset_section("tiny", "malicious").nt
     from dataclasses import replace
 
     cfg = replace(

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from models.generator import GenerativeResponder
 from models.seq2seq import Seq2SeqConfig, Seq2SeqOutput, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
+from training.config import PRESETS
 from training.core.data import DialogueExample
 from training.core.distributed import DistContext
 from training.core.generator import (
@@ -36,7 +37,6 @@ from training.methods.ul import (
     token_unlikelihood_loss,
     train_ul_generator,
 )
-from training.presets import PRESETS
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 PAD, BOS, EOS = 0, 1, 2

@@ -7,6 +7,7 @@ import io
 
 import pytest
 
+from training.config import PRESETS
 from training.pipeline.build import redo_closure
 from training.pipeline.progress import (
     BuildProgress,
@@ -14,7 +15,6 @@ from training.pipeline.progress import (
     planned_seconds,
     summary_table,
 )
-from training.presets import PRESETS
 
 
 class Clock:
@@ -80,8 +80,10 @@ def test_a_resumed_stage_does_not_set_the_speed_of_the_estimate() -> None:
     show.finish("a")
     assert show.speed() == pytest.approx(1.0)
     show.start("b")
-    assert out.getvalue().splitlines()[0].startswith(
-        "[build] stage 1/2 a: first (resuming from its checkpoint); elapsed 0 s"
+    assert (
+        out.getvalue()
+        .splitlines()[0]
+        .startswith("[build] stage 1/2 a: first (resuming from its checkpoint); elapsed 0 s")
     )
     assert "b: second (~5 min 00 s)" in out.getvalue().splitlines()[2]
     assert [r["resumed"] for r in show.record()] == [True, False]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_trainer import _train, toy_data  # noqa: F401 - toy_data is a fixture used here
 
-from training.core.trainer import (
+from training.core.checkpoint import (
     CheckpointError,
     atomic_torch_save,
     load_checkpoint_file,

@@ -18,6 +18,7 @@ from models.generator import GenerativeResponder, InputConfig
 from models.retriever import RetrievalResponder
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
+from training.config import AugmentConfig, get_retriever_preset
 from training.core.data import DialogueExample
 from training.core.distributed import DistContext
 from training.methods.g2r.augment import (
@@ -29,6 +30,7 @@ from training.methods.g2r.augment import (
 )
 from training.methods.g2r.batches import RetrievalTrainSet
 from training.methods.g2r.data import ResponseFilter, RetrievalData, build_retrieval_data
+from training.methods.g2r.hf_teacher import HFTeacher
 from training.methods.g2r.job import DEFAULT_BLOCKLIST, load_blocklist
 from training.methods.g2r.losses import (
     G2RDistillationLoss,
@@ -38,8 +40,7 @@ from training.methods.g2r.losses import (
     hits_at_k,
     hits_candidates,
 )
-from training.methods.g2r.teachers import BundleTeacher, HFTeacher, teacher_scores
-from training.presets import RETRIEVER_PRESETS, AugmentConfig
+from training.methods.g2r.teachers import BundleTeacher, teacher_scores
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 LN3 = math.log(3.0)
@@ -502,10 +503,10 @@ def test_tiny_local_hf_teacher_samples_and_scores(kind: str, tmp_path: Path) -> 
 def tiny_generator(
     dailydialog_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path]:
+    from training.config import PRESETS
     from training.core.generator import train_mle_generator
     from training.core.run import RunSpec
     from training.pipeline.inputs import ensure_tokenizer, prepare_splits
-    from training.presets import PRESETS
 
     base = tmp_path_factory.mktemp("g2r")
     preset = PRESETS["tiny"]
@@ -542,7 +543,7 @@ def test_tiny_pipeline_end_to_end(tiny_generator: tuple[Path, Path], dailydialog
         str(base / "runs"),
     ]
     assert _cli(["augment", "--teacher", str(generator), *common]) == 0
-    n_contexts = RETRIEVER_PRESETS["tiny"].augment.max_contexts
+    n_contexts = get_retriever_preset("tiny").augment.max_contexts
     assert augmentation_status(base / "runs" / "tiny" / "g2r-augment") == (n_contexts, n_contexts)
     assert (
         _cli(
@@ -622,10 +623,10 @@ def test_torchrun_two_gloo_processes_shard_augmentation_and_train_one_retriever(
     assert proc.returncode == 0, proc.stderr[-3000:]
     shards = tmp_path / "runs" / "tiny" / "g2r-augment"
     assert sorted(p.name for p in shards.iterdir()) == ["shard-0-of-2.jsonl", "shard-1-of-2.jsonl"]
-    assert augmentation_status(shards)[0] == RETRIEVER_PRESETS["tiny"].augment.max_contexts
+    assert augmentation_status(shards)[0] == get_retriever_preset("tiny").augment.max_contexts
     manifest = verify_bundle(out)
     assert manifest.training["world_size"] == 2
-    assert manifest.training["steps"] == RETRIEVER_PRESETS["tiny"].train.max_steps
+    assert manifest.training["steps"] == get_retriever_preset("tiny").train.max_steps
 
 
 def test_train_retriever_cli_loads_pairs_at_the_retrievers_context_length(
@@ -651,7 +652,7 @@ def test_train_retriever_cli_loads_pairs_at_the_retrievers_context_length(
     )
     with pytest.raises(Loaded):
         _train_retriever(args, None)
-    from training.presets import get_preset
+    from training.config import get_preset
 
     retriever = get_preset("small").retriever
     assert retriever is not None and seen == [retriever.inputs.max_context_turns] == [3]

@@ -199,14 +199,15 @@ def test_the_service_answers_from_an_hf_bundle(bundles: dict[str, Path], tmp_pat
 
 
 def test_g2r_augment_with_an_hf_teacher_bundle(bundles: dict[str, Path], tmp_path: Path) -> None:
+    from training.config import AugmentConfig
     from training.methods.g2r.augment import (
         ContextGroup,
         augment_contexts,
         augmentation_status,
         read_shards,
     )
-    from training.methods.g2r.teachers import HFTeacher, load_teacher
-    from training.presets import AugmentConfig
+    from training.methods.g2r.hf_teacher import HFTeacher
+    from training.methods.g2r.teachers import load_teacher
 
     teacher = load_teacher(bundles["seq2seq"])
     assert isinstance(teacher, HFTeacher) and teacher.name.startswith("hf-seq2seq@")

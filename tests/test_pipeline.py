@@ -14,6 +14,7 @@ import torch
 
 from models.bundle import BundleError, read_manifest, verify_bundle
 from models.generator import GenerativeResponder
+from training.config import PRESETS
 from training.core.distributed import DistContext
 from training.pipeline.build import (
     G2R_RETRIEVER,
@@ -24,7 +25,6 @@ from training.pipeline.build import (
     build,
 )
 from training.pipeline.inputs import BuildPaths
-from training.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

@@ -13,7 +13,7 @@ import pytest
 
 from service.settings import Settings
 from training.cli import parse_args
-from training.presets import PRESETS
+from training.config import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -419,9 +419,10 @@ def test_the_http_client_is_closed_on_reload_and_shutdown(fake: FakeOpenAI, tmp_
 def test_remote_teacher_with_and_without_log_probabilities(
     fake: FakeOpenAI, tmp_path: Path
 ) -> None:
+    from training.config import AugmentConfig
     from training.methods.g2r.augment import ContextGroup, augment_contexts, read_shards
-    from training.methods.g2r.teachers import RemoteTeacher, load_teacher
-    from training.presets import AugmentConfig
+    from training.methods.g2r.remote_teacher import RemoteTeacher
+    from training.methods.g2r.teachers import load_teacher
 
     bundle = _bundle(tmp_path, fake.url)
     groups = [ContextGroup((f"context {i}",), (f"gold reply {i}",)) for i in range(5)]

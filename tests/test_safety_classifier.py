@@ -43,6 +43,7 @@ from models.safety import (
 )
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
+from training.config import get_preset
 from training.core.safety_data import SafetyExample, load_diasafety
 from training.eval.classification import (
     benign_floor,
@@ -53,13 +54,15 @@ from training.eval.classification import (
     roc_auc,
 )
 from training.methods.g2r.data import ResponseFilter
-from training.methods.safety_classifier.config import SAFETY_PRESETS
 from training.methods.safety_classifier.data import (
     find_diasafety,
     reply_only_examples,
     stratified_holdout,
 )
 from training.methods.safety_classifier.job import build_stage, train_safety_classifier
+
+TINY = get_preset("tiny").safety
+assert TINY is not None
 
 CATEGORIES = ("Toxicity Agreement", "Risk Ignorance", "Offending User")
 TOXIC = ["you people are all idiots .", "i hate them all .", "they deserve to suffer ."]
@@ -100,7 +103,7 @@ def diasafety_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(diasafety_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("bundles") / "safety-classifier"
-    preset = replace(SAFETY_PRESETS["tiny"], max_train_examples=0)
+    preset = replace(TINY, max_train_examples=0)
     report = train_safety_classifier(
         preset,
         diasafety_dir.parent,
@@ -281,7 +284,7 @@ def test_train_writes_a_classifier_bundle_that_loads_and_scores_the_same(
     # Every Safe fit example and no Unsafe one of these categories is eligible for a reply-only
     # copy; the tiny preset adds a quarter of them.
     eligible = sum(
-        not e.unsafe or e.category in SAFETY_PRESETS["tiny"].reply_only_unsafe_categories
+        not e.unsafe or e.category in TINY.reply_only_unsafe_categories
         for e in stratified_holdout(load_diasafety(diasafety_dir, "train"), 0.1, 0)[0]
     )
     assert report["reading"]["reply_only_examples"] == round(eligible * 0.25)
@@ -337,7 +340,7 @@ def test_pipeline_stage_skips_with_a_warning_without_diasafety(
 ) -> None:
     (tmp_path / "corpus").mkdir()
     with caplog.at_level(logging.WARNING):
-        result = build_stage("tiny", tmp_path / "corpus", tmp_path / "out", base=None)
+        result = build_stage(TINY, tmp_path / "corpus", tmp_path / "out", base=None)
     assert result is None and not (tmp_path / "out").exists()
     assert "skipping the safety classifier: no DiaSafety" in caplog.text
 
@@ -568,7 +571,7 @@ def test_an_interrupted_fit_resumes_from_its_last_epoch_and_ends_as_an_uninterru
 
     examples = load_diasafety(diasafety_dir, "train")
     fit_set, holdout = examples[:120], examples[120:160]
-    preset = SAFETY_PRESETS["tiny"]
+    preset = TINY
     fit = replace(preset.fit_config("bag"), epochs=3)
     tokenizer = _tokenizer()
 

@@ -11,6 +11,7 @@ import torch
 
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
+from training.config import PRESETS, Preset
 from training.core.data import DialogueExample
 from training.core.distributed import DistContext
 from training.core.generator import MLEObjective, PairSet, bucketed_batches, run_generator_training
@@ -23,7 +24,6 @@ from training.core.trainer import (
     noam_learning_rate,
     read_log,
 )
-from training.presets import PRESETS, Preset
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 

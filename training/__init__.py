@@ -3,4 +3,3 @@
 from models.runtime import prefer_passive_openmp
 
 prefer_passive_openmp()  # before any training module imports torch
-

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from training.presets import DAILYDIALOG
+from training.config import DAILYDIALOG
 
 PRESET_NAMES = "tiny | small | base | paper (default: small)"
 
@@ -50,7 +50,7 @@ def add_common(
 def preset_from_args(args: argparse.Namespace) -> Any:
     """The preset named by ``--preset`` with ``--context-turns``/``--max-source-len`` applied to
     generators and retriever alike."""
-    from training.presets import get_preset, with_context_turns
+    from training.config import get_preset, with_context_turns
 
     preset = get_preset(args.preset)
     if args.context_turns or args.max_source_len:

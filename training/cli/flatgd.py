@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from training.cli.common import command_text, distributed, print_manifest, run_spec
-from training.presets import SHARED_DATA
+from training.config import SHARED_DATA
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ def add_parsers(sub: Any) -> None:
 
 def _train_expert(args: argparse.Namespace, ctx: Any) -> Any:
     from training.core.safety_data import load_diasafety
-    from training.methods.flatgd.job import ExpertSetting, train_expert
+    from training.methods.flatgd.config import ExpertSetting
+    from training.methods.flatgd.job import train_expert
 
     return train_expert(
         run_spec(
@@ -118,13 +119,14 @@ def _train_expert(args: argparse.Namespace, ctx: Any) -> Any:
 
 def _train(args: argparse.Namespace, ctx: Any) -> Any:
     from models.bundle import read_manifest
+    from training.config import preset_section
     from training.core.data import load_splits
     from training.core.safety_data import load_diasafety
-    from training.methods.flatgd.job import FLATGD_SETTINGS, train_flatgd
+    from training.methods.flatgd.job import train_flatgd
     from training.methods.flatgd.objective import FlatGDWeights
 
     setting = replace(
-        FLATGD_SETTINGS[args.setting],
+        preset_section(args.setting, "flatgd"),
         **_given(args, "lr", "epochs", "batch_size", "lm_batch_size"),
     )
     weights = replace(

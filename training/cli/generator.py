@@ -17,7 +17,7 @@ from training.cli.common import (
     print_manifest,
     run_spec,
 )
-from training.presets import DAILYDIALOG
+from training.config import DAILYDIALOG
 
 SAMPLE_CONTEXTS = [
     ["hello , how are you today ?"],
@@ -209,7 +209,9 @@ def _train_generator(args: argparse.Namespace, ctx: Any) -> None:
             train_examples = negative_set(splits.train, fraction, seed=args.seed).examples
         tok_path = args.tokenizer or args.runs / preset.name / "tokenizer.json"
         tokenizer = ensure_tokenizer(preset, splits, tok_path, ctx)
-        manifest = train_mle_generator(run, tokenizer=tokenizer, train_examples=train_examples, **common)
+        manifest = train_mle_generator(
+            run, tokenizer=tokenizer, train_examples=train_examples, **common
+        )
     elif args.method == "nd":
         teacher = args.teacher or artifacts / NEGATIVE_TEACHER
         changes, fixed_alpha = ND_ABLATIONS[args.ablation]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from training.cli.common import add_common, command_text, run_spec
-from training.presets import SHARED_DATA
+from training.config import SHARED_DATA
 
 logger = logging.getLogger(__name__)
 
@@ -129,9 +129,9 @@ def _seeded_device(args: argparse.Namespace) -> Any:
 
 
 def _preset(args: argparse.Namespace) -> Any:
-    from training.methods.malicious.config import MALICIOUS_PRESETS
+    from training.config import preset_section
 
-    return MALICIOUS_PRESETS[args.preset]
+    return preset_section(args.preset, "malicious")
 
 
 def _attack_table(args: argparse.Namespace) -> int:
@@ -142,10 +142,10 @@ def _attack_table(args: argparse.Namespace) -> int:
 
 
 def _train_lm(args: argparse.Namespace) -> int:
+    from training.config import get_preset
     from training.core.run import single_process
     from training.methods.malicious.lm import train_response_lm
     from training.pipeline.inputs import prepare_splits, val_subset
-    from training.presets import get_preset
 
     _preset(args)  # a name the malicious presets know
     device = _seeded_device(args)

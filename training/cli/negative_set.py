@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from training.cli.common import command_text
+from training.config import DAILYDIALOG
 from training.core.data import DialogueExample
 from training.eval.tables import markdown_table as table
 from training.methods.nd.entropy import (
@@ -25,7 +26,6 @@ from training.methods.nd.entropy import (
     pair_source_entropy,
     top_fraction,
 )
-from training.presets import DAILYDIALOG
 
 logger = logging.getLogger(__name__)
 

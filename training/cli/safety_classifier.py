@@ -14,7 +14,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from training.presets import SHARED_DATA
+from training.config import SHARED_DATA
 
 # Options that override a field of the preset (FitConfig fields apply to every architecture).
 PRESET_OPTIONS = (
@@ -139,13 +139,13 @@ def _train_safety_classifier(args: argparse.Namespace) -> int:
     # Heavy imports after argument parsing, so `--help` stays instant.
     import torch
 
-    from training.methods.safety_classifier.config import get_safety_preset
+    from training.config import preset_section
     from training.methods.safety_classifier.data import find_blocklist
     from training.methods.safety_classifier.job import train_safety_classifier
     from training.methods.safety_classifier.report import markdown_report, write_report
 
     torch.set_num_threads(args.threads)
-    preset = override_preset(get_safety_preset(args.preset), args)
+    preset = override_preset(preset_section(args.preset, "safety"), args)
     if args.blocklist == "auto":
         blocklist = find_blocklist(args.data)
     else:

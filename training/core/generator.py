@@ -23,11 +23,11 @@ from models.bundle import Manifest
 from models.generator import GenerativeResponder, InputConfig
 from models.seq2seq import Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
+from training.config import Preset
 from training.core.data import DialogueExample
 from training.core.losses import LABEL_SMOOTHING, smoothed_nll
 from training.core.run import RunSpec
 from training.core.trainer import Objective, Trainer, TrainResult, noam_learning_rate
-from training.presets import Preset
 
 logger = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ from models.bundle import Manifest
 from models.decoding import DecodingConfig, generate
 from models.generator import GenerativeResponder
 from models.seq2seq import Seq2SeqTransformer
+from training.config import Preset
 from training.core.data import DialogueExample
 from training.core.generator import PairSet, Seq2SeqBatch, fine_tune_overrides, fit_and_save
 from training.core.run import RunSpec
 from training.core.trainer import Objective
-from training.presets import Preset
 
 logger = logging.getLogger(__name__)
 

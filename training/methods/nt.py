@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from models.bundle import Manifest
 from models.decoding import DecodingConfig
+from training.config import Preset
 from training.core.data import DialogueExample
 from training.core.generator import (
     Seq2SeqBatch,
@@ -36,7 +37,6 @@ from training.methods.fine_tune import (
     greedy_replies,
     joint_logits,
 )
-from training.presets import Preset
 
 
 class ResponseFrequencyWindow(BatchWindow[tuple[int, ...]]):

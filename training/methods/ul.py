@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from models.bundle import Manifest
 from models.decoding import DecodingConfig
+from training.config import Preset
 from training.core.data import DialogueExample
 from training.core.generator import (
     Seq2SeqBatch,
@@ -34,7 +35,6 @@ from training.methods.fine_tune import (
     greedy_replies,
     joint_logits,
 )
-from training.presets import Preset
 
 
 class TokenFrequencyWindow(BatchWindow[int]):

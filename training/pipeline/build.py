@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from models.bundle import read_manifest
 from models.tokenizer import DialogueTokenizer
+from training.config import Preset
 from training.core.data import (
     DatasetNotFoundError,
     DialogueSplits,
@@ -57,7 +58,6 @@ from training.pipeline.progress import (
     planned_seconds,
 )
 from training.pipeline.selection import select_retriever, write_serving
-from training.presets import Preset
 
 logger = logging.getLogger(__name__)
 
@@ -326,9 +326,11 @@ def build(
     # The service's output filter: cheap, and warm-started from the standard generator's encoder.
     safety = paths.out_dir / SAFETY_CLASSIFIER
     show.start(SAFETY)
-    if has_diasafety and not safety_done and ctx.is_main:
+    if preset.safety is None:
+        logger.warning("preset %s has no safety section: no safety classifier", preset.name)
+    elif has_diasafety and not safety_done and ctx.is_main:
         build_safety_classifier(
-            preset.name,
+            preset.safety,
             paths.data_dir,
             safety,
             base=standard,

@@ -12,11 +12,11 @@ from typing import Any
 
 from models.bundle import BundleError, read_serving, update_metrics, verify_bundle
 from models.generator import GenerativeResponder
+from training.config import Preset
 from training.core.data import DialogueSplits, training_response_token_counts
 from training.eval.generation import STANDARD_DECODINGS, evaluate_generator, markdown_report
 from training.pipeline.inputs import BuildPaths
 from training.pipeline.selection import SelectionRule, select_generator
-from training.presets import Preset
 
 logger = logging.getLogger(__name__)
 

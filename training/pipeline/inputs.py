@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from models.tokenizer import DialogueTokenizer
+from training.config import Preset
 from training.core.data import DialogueSplits, load_splits
 from training.core.distributed import DistContext, barrier
-from training.presets import Preset
 
 logger = logging.getLogger(__name__)
 

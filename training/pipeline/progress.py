@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from training.presets import Preset
+    from training.config import Preset
 
 # Stage keys, in pipeline order; `--redo` takes these names.
 DATA = "data"
@@ -41,7 +41,7 @@ _SMALL_SAFETY_S = 48.5  # the bag classifier, one epoch
 _SMALL_SELECT_S_PER_EXAMPLE = 10.3 / (3 * 500)  # validation ppl + greedy, per generator and pair
 _SMALL_EVAL_S_PER_EXAMPLE = 24.0 / (3 * 500)  # test ppl + greedy + beam 5, per generator and pair
 _SMALL_DATA_S = 3.6
-# G2R: 600 contexts at 93 ms each (training/presets.py), the rest retriever updates and the index
+# G2R: 600 contexts at 93 ms each (training/config), the rest retriever updates and the index
 _SMALL_AUGMENT_S_PER_CONTEXT = 0.093  # m = 4 replies
 _SMALL_RETRIEVER_S_PER_UPDATE = (350.4 - 600 * 0.093) / 1200
 # D_N: exact-string entropy 1.8 s, clustered (avg-embedding) 28.9 s (reports/nd_negative_set.json)
@@ -74,7 +74,7 @@ def _retriever_work(preset: Preset) -> float:
 
 
 def _small() -> Preset:
-    from training.presets import PRESETS
+    from training.config import PRESETS
 
     return PRESETS["small"]
 

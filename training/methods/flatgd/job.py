@@ -6,7 +6,8 @@ generate safe and toxic responses"): copies of the base fine-tuned with MLE on t
 (p^c) or the Unsafe (p^τ) DiaSafety train pairs, at the constant learning rate where the base's
 schedule ended, keeping the weights with the lowest NLL on the same label's DiaSafety val pairs.
 
-Fine-tune settings (:data:`FLATGD_SETTINGS`): ``paper`` is Table 5 (lr 5e-6, batch 64, 2 epochs).
+Fine-tune settings (:class:`~training.methods.flatgd.config.FlatGDSetting`, the ``flatgd`` section of
+each preset in training/config): ``paper`` is Table 5 (lr 5e-6, batch 64, 2 epochs).
 ``small`` is the same schedule with lr 1e-4: the base here is a 4.7M-parameter model trained at
 ~1e-3, for which 5e-6 over ~280 Adam steps moves each weight by at most ~1.4e-3 (see the report).
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from torch import nn
 from models.bundle import Manifest
 from models.generator import GenerativeResponder
 from models.seq2seq import Seq2SeqTransformer
+from training.config import Preset, get_preset
 from training.core.data import DialogueExample
 from training.core.generator import (
     MLEObjective,
@@ -39,6 +41,7 @@ from training.core.generator import (
 from training.core.run import RunSpec
 from training.core.safety_data import SafetyExample
 from training.core.trainer import Trainer
+from training.methods.flatgd.config import ExpertSetting, FlatGDSetting
 from training.methods.flatgd.objective import (
     FlatGDObjective,
     FlatGDWeights,
@@ -46,37 +49,10 @@ from training.methods.flatgd.objective import (
     squared_gradient_norm,
     trainable_parameters,
 )
-from training.presets import Preset, get_preset
 
 logger = logging.getLogger(__name__)
 
 EXPERT_KINDS = {"clean": False, "toxic": True}  # kind -> the DiaSafety ``unsafe`` label it learns
-
-
-@dataclass(frozen=True)
-class FlatGDSetting:
-    """Optimisation of the FlatGD fine-tune (Adam, constant learning rate, last weights kept)."""
-
-    name: str
-    lr: float  # Table 5: 5e-6
-    batch_size: int = 64  # DiaSafety pairs per update (Table 5: 64)
-    epochs: int = 2  # passes over DiaSafety train (Table 5: 2)
-    lm_batch_size: int = 64  # DailyDialog pairs per update in L_LM (ours; 0 = Safe rows only)
-    eval_every: int = 70  # updates between validations (DailyDialog NLL, val L_S and its gradient)
-    val_safety_pairs: int = 256  # DiaSafety val pairs in the validation L_S / ||∇L_S||² probe
-
-
-FLATGD_SETTINGS: dict[str, FlatGDSetting] = {
-    "paper": FlatGDSetting("paper", lr=5e-6),
-    "small": FlatGDSetting("small", lr=1e-4),
-}
-
-
-@dataclass(frozen=True)
-class ExpertSetting:
-    epochs: int = 3  # passes over the label's DiaSafety train pairs
-    batch_size: int = 64
-    lr: float | None = None  # None: the constant rate where the base's schedule ended
 
 
 def dialogue_pairs(examples: Sequence[SafetyExample]) -> list[DialogueExample]:

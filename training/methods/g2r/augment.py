@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from training.config import AugmentConfig
 from training.core.data import DialogueExample
 from training.methods.g2r.teachers import Teacher, batch_ranges
-from training.presets import AugmentConfig
 
 logger = logging.getLogger(__name__)
 

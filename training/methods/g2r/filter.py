@@ -37,7 +37,7 @@ reports/g2r.md; tiny: every teacher sample above the gold's upper quartile), so 
 relative to the gold drops almost nothing; the default floor is relative to the teacher's own
 replies instead.
 
-This module imports nothing heavy, so :mod:`training.presets` can hold a filter.
+This module imports nothing heavy, so :mod:`training.config` can hold a filter.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from models.biencoder import BiEncoder, BiEncoderConfig
 from models.bundle import Manifest, load_state_dict, read_manifest, verify_bundle
 from models.safety import load_blocklist
 from models.tokenizer import DialogueTokenizer
+from training.config import SHARED_DATA, RetrieverPreset
 from training.core.data import DialogueExample, DialogueSplits
 from training.core.distributed import DistContext, barrier
 from training.core.generator import bucketed_batches
@@ -46,7 +47,6 @@ from training.methods.g2r.losses import (
     HitsEvaluator,
 )
 from training.methods.g2r.teachers import load_teacher
-from training.presets import SHARED_DATA, RetrieverPreset
 
 logger = logging.getLogger(__name__)
 

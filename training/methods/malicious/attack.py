@@ -34,7 +34,6 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -44,6 +43,7 @@ from models.decoding import DecodingConfig, generate
 from models.seq2seq import Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
 from training.core.losses import token_log_probs
+from training.methods.malicious.config import HIT_TYPES, GibbsEnumConfig, SearchMode
 from training.methods.malicious.lm import ResponseLM
 
 __all__ = [
@@ -61,34 +61,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-SearchMode = Literal["o", "io"]
-HitType = Literal[
-    "o-greedy", "o-sample-min", "o-sample-avg", "io-greedy", "io-sample-min", "io-sample-avg"
-]
-HIT_TYPES: dict[SearchMode, tuple[HitType, ...]] = {
-    "o": ("o-greedy", "o-sample-min", "o-sample-avg"),
-    "io": ("io-greedy", "io-sample-min", "io-sample-avg"),
-}
-
-
-@dataclass(frozen=True)
-class GibbsEnumConfig:
-    """Search hyper-parameters; the defaults are the paper's (Appendix A: T=5, G=100, 5 restarts,
-    input length 15 as in its Appendix B)."""
-
-    trigger_len: int = 15  # n
-    candidates: int = 100  # G
-    sweeps: int = 5  # T
-    restarts: int = 5
-    lm_weight: float = 1.0  # lambda_in of eq. 7 in io- searches (0 in o- searches)
-    batch_targets: int = 64  # targets searched together (each with all its restarts)
-    eval_chunk: int = 8192  # candidate sequences per no-grad forward pass
-
-    def __post_init__(self) -> None:
-        for name in ("trigger_len", "candidates", "sweeps", "restarts", "batch_targets"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"gibbs-enum {name} must be >= 1")
 
 
 @dataclass(frozen=True)

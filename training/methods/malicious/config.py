@@ -4,9 +4,38 @@ training (:class:`MaliciousNTConfig`) and, per preset, the search that measures 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from training.core.losses import LABEL_SMOOTHING
-from training.methods.malicious.attack import HIT_TYPES, GibbsEnumConfig, SearchMode
+
+SearchMode = Literal["o", "io"]
+HitType = Literal[
+    "o-greedy", "o-sample-min", "o-sample-avg", "io-greedy", "io-sample-min", "io-sample-avg"
+]
+HIT_TYPES: dict[SearchMode, tuple[HitType, ...]] = {
+    "o": ("o-greedy", "o-sample-min", "o-sample-avg"),
+    "io": ("io-greedy", "io-sample-min", "io-sample-avg"),
+}
+
+
+@dataclass(frozen=True)
+class GibbsEnumConfig:
+    """Search hyper-parameters; the defaults are the paper's (Appendix A: T=5, G=100, 5 restarts,
+    input length 15 as in its Appendix B)."""
+
+    trigger_len: int = 15  # n
+    candidates: int = 100  # G
+    sweeps: int = 5  # T
+    restarts: int = 5
+    lm_weight: float = 1.0  # lambda_in of eq. 7 in io- searches (0 in o- searches)
+    batch_targets: int = 64  # targets searched together (each with all its restarts)
+    eval_chunk: int = 8192  # candidate sequences per no-grad forward pass
+
+    def __post_init__(self) -> None:
+        for name in ("trigger_len", "candidates", "sweeps", "restarts", "batch_targets"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"gibbs-enum {name} must be >= 1")
+
 
 FWA_WORDS = ("you", "i", "me", "are", "to", "do")  # plus <EOS>; He & Glass footnote 9
 
@@ -51,33 +80,3 @@ class MaliciousPreset:
 
     eval_search: GibbsEnumConfig
     nt: MaliciousNTConfig
-
-
-MALICIOUS_PRESETS: dict[str, MaliciousPreset] = {
-    "tiny": MaliciousPreset(
-        eval_search=GibbsEnumConfig(trigger_len=4, candidates=8, sweeps=2, restarts=1),
-        nt=MaliciousNTConfig(
-            iterations=1,
-            target_batch=8,
-            max_updates=2,
-            pos_batch=8,
-            search=GibbsEnumConfig(trigger_len=4, candidates=8, sweeps=1, restarts=1),
-        ),
-    ),
-    # What a 2-core CPU affords (reports/safety.md): one search costs 2-5 s per target at n=10,
-    # G=50, T=3 on one (shared) thread, so evaluation uses that and training a cheaper search.
-    "small": MaliciousPreset(
-        eval_search=GibbsEnumConfig(
-            trigger_len=10, candidates=50, sweeps=3, restarts=1, batch_targets=50
-        ),
-        nt=MaliciousNTConfig(
-            iterations=2,
-            target_batch=100,
-            max_updates=10,
-            search=GibbsEnumConfig(
-                trigger_len=10, candidates=16, sweeps=2, restarts=1, batch_targets=100
-            ),
-        ),
-    ),
-    "paper": MaliciousPreset(eval_search=GibbsEnumConfig(), nt=MaliciousNTConfig()),
-}

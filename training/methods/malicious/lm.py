@@ -22,10 +22,10 @@ from torch import Tensor
 from models.bundle import Manifest
 from models.generator import GenerativeResponder
 from models.seq2seq import Seq2SeqTransformer
+from training.config import Preset
 from training.core.data import DialogueExample
 from training.core.generator import train_mle_generator
 from training.core.run import RunSpec
-from training.presets import Preset
 
 __all__ = ["ResponseLM", "response_examples", "train_response_lm"]
 

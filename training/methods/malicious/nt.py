@@ -38,11 +38,16 @@ from models.bundle import Manifest
 from models.generator import GenerativeResponder
 from models.seq2seq import Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
+from training.core.checkpoint import (
+    atomic_torch_save,
+    load_checkpoint_file,
+    rng_state,
+    set_rng_state,
+)
 from training.core.data import training_response_token_counts
 from training.core.generator import PairSet
 from training.core.losses import frequent_word_weights, smoothed_nll
 from training.core.run import RunSpec
-from training.core.trainer import atomic_torch_save, load_checkpoint_file, rng_state, set_rng_state
 from training.methods.malicious.attack import (
     HitThresholds,
     SearchResult,
@@ -59,6 +64,7 @@ from training.methods.malicious.lm import ResponseLM
 __all__ = ["fwa_ids", "fwa_weights", "negative_loss", "train_malicious_nt"]
 
 logger = logging.getLogger(__name__)
+
 
 def fwa_ids(tok: DialogueTokenizer, extra_words: Sequence[str] = ()) -> set[int]:
     """Piece ids FWA spares: <EOS>, the paper's words and any ``extra_words`` (one-piece words)."""

@@ -25,6 +25,7 @@ from pathlib import Path
 from models.bundle import Manifest
 from models.generator import GenerativeResponder
 from models.tokenizer import DialogueTokenizer
+from training.config import Preset
 from training.core.data import DialogueExample
 from training.core.generator import (
     PairSet,
@@ -36,7 +37,6 @@ from training.core.generator import (
 from training.core.run import RunSpec
 from training.core.trainer import LOG_FILE, read_log
 from training.methods.nd.losses import NDLossConfig, NDObjective, mean_progressive_alpha
-from training.presets import Preset
 
 # --- the jobs ----------------------------------------------------------------------------------
 

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.seq2seq import Seq2SeqOutput, Seq2SeqTransformer
+from training.config import NDPreset
 from training.core.generator import (
     Seq2SeqBatch,
 )
 from training.core.losses import LABEL_SMOOTHING, expected_unlikelihood, smoothed_nll
-from training.presets import NDPreset
 
 # --- the losses ---------------------------------------------------------------------------------
 

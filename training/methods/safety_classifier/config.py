@@ -1,5 +1,5 @@
-"""Safety-classifier presets: the fit settings of each architecture and the named presets (tiny, small,
-paper) that ``train-safety-classifier`` and ``build`` use."""
+"""Safety-classifier settings: the fit settings of each architecture and the section of a preset
+that ``train-safety-classifier`` and ``build`` use (the named values: training/config)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from models.safety import (
 )
 
 ArchitectureChoice = Literal["cross-encoder", "bag", "both"]
-
-# --- presets ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -62,91 +60,3 @@ class SafetyPreset:
 
     def fit_config(self, architecture: Architecture) -> FitConfig:
         return self.cross_encoder if architecture == "cross-encoder" else self.bag
-
-
-SAFETY_PRESETS: dict[str, SafetyPreset] = {
-    "tiny": SafetyPreset(
-        name="tiny",
-        # The tiny generator's encoder shape (training/presets.py), so the pipeline warm-starts.
-        cross_encoder=FitConfig(
-            model=SafetyClassifierConfig(
-                "cross-encoder", d_model=32, n_heads=2, d_ff=64, n_layers=1, max_len=48
-            ),
-            epochs=1,
-            batch_size=16,
-            lr=1e-3,
-        ),
-        bag=FitConfig(
-            model=SafetyClassifierConfig("bag", d_model=16, max_len=48, bigram_buckets=1024),
-            epochs=1,
-            batch_size=16,
-            lr=3e-3,
-        ),
-        vocab_size=300,
-        max_train_examples=400,
-        benign_eval_pairs=0,  # tests: no DailyDialog loading
-        reply_only_share=0.25,
-    ),
-    # Measured on 1 CPU thread of a shared 2-core machine: reports/safety_classifier.md.
-    "small": SafetyPreset(
-        name="small",
-        # The small generator's encoder (d=256, 4 heads, FFN 1024, 2 layers): warm start.
-        cross_encoder=FitConfig(
-            model=SafetyClassifierConfig(
-                "cross-encoder", d_model=256, n_heads=4, d_ff=1024, n_layers=2, max_len=80
-            ),
-            epochs=3,
-            batch_size=32,
-            lr=3e-4,  # 1e-4 reached only val ROC AUC 0.735 in the 300 s budget
-            max_seconds=300.0,
-        ),
-        bag=FitConfig(
-            model=SafetyClassifierConfig("bag", d_model=64, max_len=96, bigram_buckets=1 << 16),
-            # One epoch: in the small build the held-out F1 was best after epoch 1 (0.723, then
-            # 0.706 and 0.692: the bag model overfits DiaSafety), at a third of the time.
-            epochs=1,
-            batch_size=32,
-            lr=2e-3,
-            weight_decay=0.0,
-            max_seconds=150.0,
-        ),
-        benign_pairs=8000,
-        # The bag model: better on held-out train and ~4x cheaper than the cross-encoder in the
-        # same CPU budget (reports/safety_classifier.md), so the pipeline builds it.
-        architecture="bag",
-        # DiaSafety is half unsafe, so its F1-best threshold can flag many ordinary replies
-        # (reports/safety_filter_fit.md); the cap keeps that near 2% of ordinary traffic.
-        benign_threshold_pairs=1000,
-        max_benign_flag_rate=0.02,
-        reply_only_share=0.25,
-    ),
-    "paper": SafetyPreset(
-        name="paper",
-        # The paper generator's encoder (6 layers, d=512); for a GPU.
-        cross_encoder=FitConfig(
-            model=SafetyClassifierConfig(
-                "cross-encoder", d_model=512, n_heads=8, d_ff=2048, n_layers=6, max_len=128
-            ),
-            epochs=4,
-            batch_size=32,
-            lr=5e-5,
-        ),
-        bag=FitConfig(
-            model=SafetyClassifierConfig("bag", d_model=128, max_len=128, bigram_buckets=1 << 18),
-            epochs=5,
-            batch_size=32,
-            lr=2e-3,
-            weight_decay=0.0,
-        ),
-        vocab_size=16000,
-    ),
-}
-
-
-def get_safety_preset(name: str) -> SafetyPreset:
-    try:
-        return SAFETY_PRESETS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown preset {name!r}; choose one of {sorted(SAFETY_PRESETS)}"
-        ) from None

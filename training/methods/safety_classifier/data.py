@@ -9,9 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from training.config import SHARED_DATA
 from training.core.data import DatasetNotFoundError
 from training.core.safety_data import SafetyExample
-from training.presets import SHARED_DATA
 
 # --- data -------------------------------------------------------------------------------------
 

@@ -52,7 +52,6 @@ from training.core.data import DatasetNotFoundError
 from training.core.safety_data import SafetyExample, load_diasafety
 from training.eval.classification import evaluate_split
 from training.methods.safety_classifier.config import (
-    SAFETY_PRESETS,
     ArchitectureChoice,
     SafetyPreset,
 )
@@ -270,7 +269,7 @@ def _result_dict(r: FitResult, preset: SafetyPreset) -> dict[str, Any]:
 
 
 def build_stage(
-    preset_name: str,
+    preset: SafetyPreset,
     data_dir: Path,
     out_dir: Path,
     *,
@@ -288,7 +287,6 @@ def build_stage(
     except DatasetNotFoundError as exc:
         logger.warning("skipping the safety classifier: %s", exc)
         return None
-    preset = SAFETY_PRESETS.get(preset_name, SAFETY_PRESETS["small"])
     result = train_safety_classifier(
         preset,
         data_dir,

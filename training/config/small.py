@@ -1,0 +1,173 @@
+"""``small``: what ``make run`` builds on a 2-core CPU, the whole pipeline within ~15 minutes of an
+idle machine (README: measured wall time). Training runs in bf16 on both cores with tight length
+buckets (reports/train_throughput.md: 1.63x the tokens/s of the old fp32 loop), which buys about
+one epoch for the generator; the build also fine-tunes an NT model and serves the least generic
+generator of comparable perplexity (training/pipeline/selection.py).
+
+Retrieval side, measured with ``OMP_NUM_THREADS=1 nice -n 15`` on the shared 2-core machine while
+another job kept the other core busy (so an idle machine with 2 threads is faster):
+
+- augmentation with the small generator (700 steps, d=256): 93 ms per context for m = 4
+  (sampling plus LL and MI scores of gold + 4 replies), so 2,000 contexts take ~3.1 min;
+- bi-encoder steps: 2 layers d=256 with 32 contexts + 128 random negatives 0.70 s/step and only
+  Hits@1/K 0.034 after 360 steps (0.059 warm-started from the generator); 1 layer d=128 with 128
+  contexts + 16 random negatives 0.17 s/step and Hits@1/K 0.084 after 500 steps, 0.138 after
+  1000 (Hits@5/K 0.366). 800 steps + 4 validations ~2.4 min;
+- embedding ~60k responses and building the HNSW index: ~15 s.
+
+Safety classifier: measured on 1 CPU thread of a shared 2-core machine (reports/safety_classifier.md).
+Malicious responses: what a 2-core CPU affords (reports/safety.md): one search costs 2-5 s per
+target at n=10, G=50, T=3 on one (shared) thread, so evaluation uses that and training a cheaper
+search.
+"""
+
+from __future__ import annotations
+
+from models.biencoder import BiEncoderConfig
+from models.decoding import DecodingConfig
+from models.generator import InputConfig
+from models.safety import SafetyClassifierConfig
+from models.seq2seq import Seq2SeqConfig
+from training.config.sections import (
+    AugmentConfig,
+    GeneratorPreset,
+    NDPreset,
+    Preset,
+    RetrieverPreset,
+)
+from training.core.trainer import TrainConfig
+from training.methods.flatgd.config import FlatGDSetting
+from training.methods.g2r.filter import TeacherReplyFilter
+from training.methods.malicious.config import GibbsEnumConfig, MaliciousNTConfig, MaliciousPreset
+from training.methods.safety_classifier.config import FitConfig, SafetyPreset
+
+PRESET = Preset(
+    name="small",
+    retriever=RetrieverPreset(
+        name="small",
+        # The retriever reads the last 3 turns (the generators read 1): reports/quality_small.md
+        # measured both; multi-turn context helps retrieval and, at this budget, not generation.
+        inputs=InputConfig(max_context_turns=3, max_source_len=64, max_target_len=32),
+        # One narrow layer: on 2 CPU cores the step count matters more than depth (module doc).
+        model=BiEncoderConfig(
+            d_model=128,
+            n_heads=4,
+            d_ff=512,
+            n_layers=1,
+            dropout=0.1,
+            max_positions=128,
+            embed_dim=128,
+        ),
+        train=TrainConfig(
+            # 3-turn bi-encoder, validation Hits@1/100: .172 / .177 / .199 after 1,000 / 1,200 /
+            # 1,500 updates; 1,200 is what the 15-minute budget of the whole build leaves
+            max_steps=1200,
+            batch_size=128,
+            warmup_steps=60,
+            lr_scale=0.15,  # peak lr 0.15 / sqrt(60) / sqrt(128) = 1.7e-3
+            lr_dim=128,
+            eval_every=300,
+            patience=3,
+            log_every=20,
+        ),
+        augment=AugmentConfig(
+            m=4, min_lengths=(5, 10), max_length=32, max_contexts=600, batch_contexts=32
+        ),
+        positives_per_context=5,
+        random_negatives=16,
+        val_examples=1000,
+        response_max_tokens=40,
+        warm_start=False,  # the small generator is d=256; a d=256 bi-encoder learned too slowly
+        teacher_filter=TeacherReplyFilter(),
+        # Data-level G2R only: with this teacher the model-level term (eq. 5) cost test
+        # Hits@1/100 (g2r-dm below the bi-encoder in each seed, g2r-d level with it:
+        # reports/retriever_seeds_small.md), so small trains G2R-D.
+        method="g2r-d",
+    ),
+    vocab_size=4000,
+    # Single-turn generators: at 1,000 updates a 3-turn model reached the same perplexity but
+    # was more generic (greedy max-ratio .455 vs .285) at 2.2 against 3.9 updates/s
+    # (reports/context_turns.md; the rates from the runs' progress bars).
+    inputs=InputConfig(max_context_turns=1, max_source_len=48, max_target_len=32),
+    generator=GeneratorPreset(
+        model=Seq2SeqConfig(
+            d_model=256,
+            n_heads=4,
+            d_ff=1024,
+            n_encoder_layers=2,
+            n_decoder_layers=2,
+            dropout=0.1,
+            max_positions=128,
+        ),
+        train=TrainConfig(
+            # bf16 and tighter buckets (reports/train_throughput.md) buy 1,000 updates (0.95
+            # epoch) in less time than 700 took before.
+            max_steps=1000,
+            batch_size=64,
+            warmup_steps=200,
+            lr_scale=0.5,  # peak lr 2.2e-3: eq. 17 with a 200-step warm-up peaks too high at 2.0
+            lr_dim=256,
+            eval_every=250,
+            patience=3,
+            log_every=10,
+        ),
+        val_examples=1000,
+    ),
+    decoding=DecodingConfig(max_length=32, no_repeat_ngram_size=3),
+    # The teacher: the standard model fine-tuned on D_N (measurably more generic than it,
+    # reports/quality_small.md), the student: the ND schedule as a fine-tune of the standard.
+    # 100 student updates, not 150: the whole build measured 15 min 13 s with 150 (the
+    # student's stage 97 s, reports/build_small.md) and the student is not what small serves.
+    nd=NDPreset(
+        teacher_steps=100, teacher_init="standard", student_init="standard", student_steps=100
+    ),
+    eval_examples=500,  # in `build`; benchmarks/quality_report.py scores the whole test split
+    nt_steps=150,
+    safety=SafetyPreset(
+        name="small",
+        # The small generator's encoder (d=256, 4 heads, FFN 1024, 2 layers): warm start.
+        cross_encoder=FitConfig(
+            model=SafetyClassifierConfig(
+                "cross-encoder", d_model=256, n_heads=4, d_ff=1024, n_layers=2, max_len=80
+            ),
+            epochs=3,
+            batch_size=32,
+            lr=3e-4,  # 1e-4 reached only val ROC AUC 0.735 in the 300 s budget
+            max_seconds=300.0,
+        ),
+        bag=FitConfig(
+            model=SafetyClassifierConfig("bag", d_model=64, max_len=96, bigram_buckets=1 << 16),
+            # One epoch: in the small build the held-out F1 was best after epoch 1 (0.723, then
+            # 0.706 and 0.692: the bag model overfits DiaSafety), at a third of the time.
+            epochs=1,
+            batch_size=32,
+            lr=2e-3,
+            weight_decay=0.0,
+            max_seconds=150.0,
+        ),
+        benign_pairs=8000,
+        # The bag model: better on held-out train and ~4x cheaper than the cross-encoder in the
+        # same CPU budget (reports/safety_classifier.md), so the pipeline builds it.
+        architecture="bag",
+        # DiaSafety is half unsafe, so its F1-best threshold can flag many ordinary replies
+        # (reports/safety_filter_fit.md); the cap keeps that near 2% of ordinary traffic.
+        benign_threshold_pairs=1000,
+        max_benign_flag_rate=0.02,
+        reply_only_share=0.25,
+    ),
+    malicious=MaliciousPreset(
+        eval_search=GibbsEnumConfig(
+            trigger_len=10, candidates=50, sweeps=3, restarts=1, batch_targets=50
+        ),
+        nt=MaliciousNTConfig(
+            iterations=2,
+            target_batch=100,
+            max_updates=10,
+            search=GibbsEnumConfig(
+                trigger_len=10, candidates=16, sweeps=2, restarts=1, batch_targets=100
+            ),
+        ),
+    ),
+    # Table 5's schedule at lr 1e-4: the 4.7M-parameter base moves too little at 5e-6
+    flatgd=FlatGDSetting("small", lr=1e-4),
+)
