@@ -34,7 +34,7 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser(
         "train-safety-classifier", help="train the DiaSafety safety classifier bundle"
     )
-    p.add_argument("--preset", default="small", help="tiny | small | paper (default: small)")
+    p.add_argument("--preset", default="small", help="tiny | small | base | paper (default: small)")
     p.add_argument(
         "--data",
         type=Path,
