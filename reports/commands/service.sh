@@ -19,3 +19,11 @@ uptime
 # worktree of the commit before the changes, --loop asyncio --http h11)
 .venv/bin/python -m benchmarks.profile_http --models-dir artifacts --requests 1500 --warmup 100 \
     --top 20 --label after --out reports/http_profile/after_r1
+
+# reports/http_overhead.md: in-process vs service vs client, alternating rounds (a training job
+# that ran meanwhile was paused with SIGSTOP for the duration)
+.venv/bin/python -m benchmarks.http_overhead --rounds 3 --out reports/http_overhead
+# reports/service_peer_generative.md: the generative backend against LitServe again after the
+# free-slot change of models/continuous.py (same pause)
+.venv/bin/python -m benchmarks.peer --models-dir artifacts --backends generative --batching on \
+    --runs 3 --concurrency 1,8,32 --out reports/service_peer_generative

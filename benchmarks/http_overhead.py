@@ -1,0 +1,217 @@
+"""Where one request's time goes besides the model, measured without drift (issue 17's "HTTP +
+metrics overhead").
+
+``benchmarks/service_load.py`` times the in-process call once, before any server starts, and its
+HTTP cells minutes later; on this shared VM the same in-process call measured 13.4 ms in one run
+and 22 ms in the next, so the difference of the two says little. Here, per backend, rounds
+alternate the two, the same contexts in the same order:
+
+1. **in process**: the worker thread's batch-1 call (``backend.infer``: the model and the output
+   safety filter, loaded as the service loads them: ``service_load.inprocess_latencies``);
+2. **over HTTP**: ``python -m service`` with batching off (MAX_BATCH=1), one keep-alive connection
+   (a synchronous httpx client), one request at a time; the client's latency and the service's own
+   ``latency_ms`` (from the outermost middleware to the built response: parsing, validation,
+   routing, queue hand-off, the model call, metrics), and the mean of each stage the service
+   observed (``dialogue_stage_duration_seconds``).
+
+It prints, per backend, the medians over rounds of: in-process p50, the service's p50, the
+client's p50, and the two differences: *inside the service* (service - in-process: the event loop's
+work and the thread hand-off) and *HTTP and client* (client - service: the exchange on loopback,
+uvicorn's parsing, httpx). Their sum is what ``service_load`` reports as the overhead.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.http_overhead --rounds 3 \\
+        --out reports/http_overhead
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks import service_load as sl
+from training.eval.tables import markdown_table
+
+_STAGE = re.compile(r'^dialogue_stage_duration_seconds_(sum|count)\{stage="(\w+)"\} (\S+)$')
+
+
+def stage_means(metrics_text: str) -> dict[str, float]:
+    """Mean milliseconds per observation of each stage in a /metrics exposition."""
+    parts: dict[str, dict[str, float]] = {}
+    for line in metrics_text.splitlines():
+        match = _STAGE.match(line)
+        if match:
+            parts.setdefault(match[2], {})[match[1]] = float(match[3])
+    return {
+        stage: 1000 * p["sum"] / p["count"] for stage, p in parts.items() if p.get("count", 0) > 0
+    }
+
+
+def http_round(
+    args: argparse.Namespace, backend: str, contexts: Sequence[Sequence[str]]
+) -> dict[str, Any]:
+    """One server (batching off), ``--warmup`` then ``--requests`` sequential requests."""
+    server_args = sl.parse_args(
+        ["--models-dir", str(args.models_dir), "--backends", backend, "--threads", "1"]
+    )
+    with sl.serve(server_args, 1) as url, httpx.Client(base_url=url, trust_env=False) as client:
+        for i in range(args.warmup):
+            client.post("/respond", json={"context": list(contexts[i]), "backend": backend})
+        client_ms, server_ms = [], []
+        for i in range(args.requests):
+            body = {"context": list(contexts[i % len(contexts)]), "backend": backend}
+            started = time.perf_counter()
+            reply = client.post("/respond", json=body)
+            client_ms.append(1000 * (time.perf_counter() - started))
+            reply.raise_for_status()
+            server_ms.append(float(reply.json()["latency_ms"]))
+        stages = stage_means(client.get("/metrics").text)
+    return {
+        "client_p50_ms": statistics.median(client_ms),
+        "server_p50_ms": statistics.median(server_ms),
+        "stages_ms": stages,  # warm-up included: per-observation means
+    }
+
+
+def measure(args: argparse.Namespace, backend: str) -> dict[str, Any]:
+    contexts = sl.load_contexts(args.data, 512, args.context_turns, 0)
+    rounds = []
+    for r in range(args.rounds):
+        times, model_id = sl.inprocess_latencies(
+            backend, args.models_dir, "auto", contexts, args.requests, args.warmup
+        )
+        inprocess = 1000 * statistics.median(times)
+        served = http_round(args, backend, contexts)
+        rounds.append({"inprocess_p50_ms": inprocess, **served, "model": model_id})
+        print(
+            f"  {backend:10s} round {r}: in-process {inprocess:.2f} ms, service "
+            f"{served['server_p50_ms']:.2f} ms, client {served['client_p50_ms']:.2f} ms",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in rounds)
+
+    inside = statistics.median(r["server_p50_ms"] - r["inprocess_p50_ms"] for r in rounds)
+    http = statistics.median(r["client_p50_ms"] - r["server_p50_ms"] for r in rounds)
+    return {
+        "backend": backend,
+        "model": rounds[0]["model"],
+        "inprocess_p50_ms": med("inprocess_p50_ms"),
+        "server_p50_ms": med("server_p50_ms"),
+        "client_p50_ms": med("client_p50_ms"),
+        "inside_service_ms": inside,
+        "http_and_client_ms": http,
+        "overhead_ms": statistics.median(
+            r["client_p50_ms"] - r["inprocess_p50_ms"] for r in rounds
+        ),
+        "stages_ms": rounds[-1]["stages_ms"],
+        "rounds": rounds,
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    meta, rows = result["meta"], result["backends"]
+    lines = [
+        "# Where a request's time goes besides the model (in process vs over HTTP, alternating)",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"Machine: {meta['machine']}; load average {meta['load_before']} before, "
+        f"{meta['load_after']} after. {meta['rounds']} rounds per backend, each: the in-process "
+        f"call then a fresh server, {meta['requests']} sequential requests (one connection) "
+        f"after {meta['warmup']} warm-up; medians over rounds.",
+        "",
+        markdown_table(
+            [
+                "backend",
+                "in process p50 ms",
+                "service p50 ms",
+                "client p50 ms",
+                "inside the service ms",
+                "HTTP + client ms",
+                "overhead ms",
+            ],
+            [
+                [
+                    r["backend"],
+                    f"{r['inprocess_p50_ms']:.2f}",
+                    f"{r['server_p50_ms']:.2f}",
+                    f"{r['client_p50_ms']:.2f}",
+                    f"{r['inside_service_ms']:.2f}",
+                    f"{r['http_and_client_ms']:.2f}",
+                    f"{r['overhead_ms']:.2f}",
+                ]
+                for r in rows
+            ],
+        ),
+        "",
+        "Stage means the service observed (last round, ms per observation):",
+        "",
+        markdown_table(
+            ["backend", *sorted({s for r in rows for s in r["stages_ms"]})],
+            [
+                [
+                    r["backend"],
+                    *[
+                        f"{r['stages_ms'][s]:.3f}" if s in r["stages_ms"] else ""
+                        for s in sorted({s for r in rows for s in r["stages_ms"]})
+                    ],
+                ]
+                for r in rows
+            ],
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--models-dir", type=Path, default=sl.ROOT / "artifacts")
+    p.add_argument("--data", type=Path, default=sl.ROOT.parent / "shared" / "data" / "dailydialog")
+    p.add_argument("--backends", default="retrieval,generative")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--requests", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=16)
+    p.add_argument("--context-turns", type=int, default=3)
+    p.add_argument("--out", type=Path, help="writes <out>.json and <out>.md")
+    args = p.parse_args(argv)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    from benchmarks.latency import set_threads
+
+    set_threads(1)
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    backends = [measure(args, b.strip()) for b in args.backends.split(",") if b.strip()]
+    meta = {
+        "command": "OMP_NUM_THREADS=1 python -m benchmarks.http_overhead "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{sl.machine(1)['platform']}, {os.cpu_count()} CPUs, 1 torch thread",
+        "load_before": load_before,
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "rounds": args.rounds,
+        "requests": args.requests,
+        "warmup": args.warmup,
+    }
+    result = {"meta": meta, "backends": backends}
+    text = render(result)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
