@@ -33,72 +33,83 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import itertools
 import json
 import math
 import os
 import platform
-import random
 import shlex
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import httpx
+from benchmarks.load_client import (
+    MAX_REQUEST_CHARS,
+    MAX_TURN_CHARS,
+    CellResult,
+    load_contexts,
+    make_client,
+    percentile,
+    run_cell,
+    summarize,
+)
+from benchmarks.service_load_report import (
+    TARGET_GENERATIVE_SPEEDUP,
+    TARGET_OVERHEAD_P50_MS,
+    TARGET_RETRIEVAL_P50_MS,
+    _f,
+    overheads,
+    ratios,
+    render_markdown,
+    sweep,
+    targets,
+)
+from benchmarks.service_process import (
+    BACKEND_NAMES,
+    ROOT,
+    free_port,
+    inprocess_latencies,
+    serve,
+    server_env,
+    server_log_level,
+    wait_ready,
+)
 
-from training.eval.tables import markdown_table as table
+__all__ = [
+    "BACKEND_NAMES",
+    "BATCHING_MODES",
+    "MAX_REQUEST_CHARS",
+    "MAX_TURN_CHARS",
+    "ROOT",
+    "TARGET_GENERATIVE_SPEEDUP",
+    "TARGET_OVERHEAD_P50_MS",
+    "TARGET_RETRIEVAL_P50_MS",
+    "CellResult",
+    "build_parser",
+    "free_port",
+    "inprocess_latencies",
+    "load_contexts",
+    "main",
+    "make_client",
+    "overheads",
+    "parse_args",
+    "percentile",
+    "ratios",
+    "render_markdown",
+    "run",
+    "run_cell",
+    "serve",
+    "server_env",
+    "server_log_level",
+    "summarize",
+    "sweep",
+    "targets",
+    "wait_ready",
+]
 
-ROOT = Path(__file__).resolve().parents[1]
-BACKEND_NAMES = ("retrieval", "generative")
 BATCHING_MODES = ("on", "off")
-# Service limits (service/settings.py defaults): contexts beyond them would be refused with 413.
-MAX_TURN_CHARS = 1000
-MAX_REQUEST_CHARS = 8000
-
-TARGET_RETRIEVAL_P50_MS = 15.0
-TARGET_GENERATIVE_SPEEDUP = 3.0
-TARGET_OVERHEAD_P50_MS = 2.0
-
-
-# --- pure parts: statistics, argument parsing ----------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) with linear interpolation between order statistics
-    (numpy's default method); raises ValueError on an empty sequence or q outside [0, 100]."""
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0.0 <= q <= 100.0:
-        raise ValueError(f"q must be in [0, 100], got {q}")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    lo = math.floor(rank)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
-
-
-def summarize(latencies_s: Sequence[float], wall_s: float, errors: int = 0) -> dict[str, float]:
-    """p50/p99/mean latency in ms over the successful requests, throughput (successful requests
-    per second of wall time) and the error count. Latency fields are NaN when nothing succeeded."""
-    n = len(latencies_s)
-    ms = [s * 1000.0 for s in latencies_s]
-    nan = float("nan")
-    return {
-        "n": float(n),
-        "errors": float(errors),
-        "p50_ms": percentile(ms, 50) if ms else nan,
-        "p99_ms": percentile(ms, 99) if ms else nan,
-        "mean_ms": sum(ms) / n if ms else nan,
-        "throughput_rps": n / wall_s if wall_s > 0 else nan,
-    }
 
 
 def int_list(text: str) -> list[int]:
@@ -211,664 +222,6 @@ def requests_for(args: argparse.Namespace, backend: str) -> int:
     if args.requests_per_cell is not None:
         return int(args.requests_per_cell)
     return int(args.retrieval_requests if backend == "retrieval" else args.generative_requests)
-
-
-# --- contexts ------------------------------------------------------------------------------------
-
-
-def load_contexts(data_dir: Path, count: int, turns: int, seed: int) -> list[list[str]]:
-    """``count`` DailyDialog test contexts (up to ``turns`` turns each, within the service's
-    default size limits), a seeded sample in a seeded order."""
-    from training.core.data import load_dailydialog
-
-    examples = load_dailydialog(data_dir, "test", max_context_turns=turns)
-    contexts = [
-        list(ex.context)
-        for ex in examples
-        if all(len(t) <= MAX_TURN_CHARS for t in ex.context)
-        and sum(len(t) for t in ex.context) <= MAX_REQUEST_CHARS
-    ]
-    if not contexts:
-        raise SystemExit(f"no usable contexts in {data_dir}/test")
-    rng = random.Random(seed)
-    return rng.sample(contexts, min(count, len(contexts)))
-
-
-# --- the load generator --------------------------------------------------------------------------
-
-
-@dataclass
-class CellResult:
-    backend: str
-    batching: str
-    concurrency: int
-    requests: int
-    workers: int = 1  # the server's DIALOGUE_WORKERS
-    threads: int = 1  # the server's DIALOGUE_TORCH_THREADS
-    latencies_s: list[float] = field(default_factory=list)
-    all_latencies_s: list[float] = field(default_factory=list)  # every response, errors too
-    statuses: dict[str, int] = field(default_factory=dict)  # HTTP status (or exception) -> count
-    server_ms: list[float] = field(default_factory=list)  # the service's own latency_ms
-    errors: int = 0
-    error_samples: list[str] = field(default_factory=list)
-    models: set[str] = field(default_factory=set)
-    wall_s: float = 0.0
-
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "backend": self.backend,
-            "batching": self.batching,
-            "concurrency": self.concurrency,
-            "workers": self.workers,
-            "threads": self.threads,
-            "requests": self.requests,
-            "wall_s": round(self.wall_s, 4),
-            **summarize(self.latencies_s, self.wall_s, self.errors),
-            "server_p50_ms": percentile(self.server_ms, 50) if self.server_ms else float("nan"),
-            "max_all_ms": max(self.all_latencies_s) * 1000
-            if self.all_latencies_s
-            else float("nan"),
-            "statuses": dict(sorted(self.statuses.items())),
-            "models": sorted(self.models),
-        }
-        if self.error_samples:
-            out["error_samples"] = self.error_samples
-        return out
-
-
-async def _drive(
-    client: httpx.AsyncClient,
-    backend: str,
-    contexts: Sequence[Sequence[str]],
-    concurrency: int,
-    count: int,
-    result: CellResult | None,
-    options: dict[str, Any] | None = None,
-) -> float:
-    """``count`` requests from ``concurrency`` closed-loop workers; returns the wall seconds.
-    Records into ``result`` when given (None = warm-up). ``options`` go into every request."""
-    counter = itertools.count()
-
-    async def worker() -> None:
-        while (i := next(counter)) < count:
-            body: dict[str, Any] = {
-                "context": list(contexts[i % len(contexts)]),
-                "backend": backend,
-            }
-            if options:
-                body["options"] = options
-            started = time.perf_counter()
-            problem: str | None = None
-            payload: dict[str, Any] = {}
-            status = "exception"
-            try:
-                resp = await client.post("/respond", json=body)
-                status = str(resp.status_code)
-                payload = resp.json()
-                elapsed = time.perf_counter() - started
-                if resp.status_code != 200:
-                    problem = f"HTTP {resp.status_code}: {payload.get('error', payload)}"
-                elif payload.get("backend") != backend:
-                    problem = f"answered by {payload.get('backend')!r}, not {backend!r}"
-            except (httpx.HTTPError, ValueError) as exc:
-                elapsed = time.perf_counter() - started
-                problem = f"{type(exc).__name__}: {exc}"
-            if result is None:
-                continue
-            result.all_latencies_s.append(elapsed)
-            result.statuses[status] = result.statuses.get(status, 0) + 1
-            if problem is not None:
-                result.errors += 1
-                if len(result.error_samples) < 5:
-                    result.error_samples.append(problem)
-                continue
-            result.latencies_s.append(elapsed)
-            result.server_ms.append(float(payload.get("latency_ms", float("nan"))))
-            result.models.add(str(payload.get("model")))
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.perf_counter() - started
-
-
-def make_client(base_url: str, concurrency: int, **kwargs: Any) -> httpx.AsyncClient:
-    """A client with one keep-alive connection per worker; no proxies (loopback)."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    return httpx.AsyncClient(
-        base_url=base_url,
-        limits=limits,
-        timeout=httpx.Timeout(600.0),
-        trust_env=False,
-        **kwargs,
-    )
-
-
-async def run_cell(
-    client: httpx.AsyncClient,
-    backend: str,
-    contexts: Sequence[Sequence[str]],
-    *,
-    concurrency: int,
-    requests: int,
-    warmup: int,
-    batching: str = "on",
-    options: dict[str, Any] | None = None,
-) -> CellResult:
-    """One cell: ``warmup`` untimed requests (at least one per worker), then ``requests`` timed."""
-    if warmup:
-        await _drive(
-            client, backend, contexts, concurrency, max(warmup, concurrency), None, options
-        )
-    result = CellResult(backend, batching, concurrency, requests)
-    result.wall_s = await _drive(client, backend, contexts, concurrency, requests, result, options)
-    return result
-
-
-# --- the server subprocess -----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def server_env(
-    args: argparse.Namespace,
-    port: int,
-    max_batch: int,
-    threads: int | None = None,
-    workers: int | None = None,
-) -> dict[str, str]:
-    """The environment of ``python -m service``: ours without DIALOGUE_* and thread settings,
-    plus the benchmark's (``threads`` / ``workers``: the first of their lists by default)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("DIALOGUE_")
-        and k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
-    }
-    threads_text = str(threads if threads is not None else args.threads[0])
-    workers = workers if workers is not None else args.workers[0]
-    if args.server_omp_wait_policy != "unset":
-        env["OMP_WAIT_POLICY"] = args.server_omp_wait_policy.upper()
-    env.update(
-        {
-            "OMP_NUM_THREADS": threads_text,
-            "MKL_NUM_THREADS": threads_text,
-            "DIALOGUE_TORCH_THREADS": threads_text,
-            "DIALOGUE_WORKERS": str(workers),
-            "DIALOGUE_MODELS_DIR": str(Path(args.models_dir).resolve()),
-            "DIALOGUE_GENERATIVE_BUNDLE": args.generative_bundle,
-            "DIALOGUE_RETRIEVAL_BUNDLE": args.retrieval_bundle,
-            "DIALOGUE_HOST": "127.0.0.1",
-            "DIALOGUE_PORT": str(port),
-            "DIALOGUE_DEVICE": args.device,
-            "DIALOGUE_MAX_BATCH": str(max_batch),
-            "DIALOGUE_MAX_WAIT_MS": str(args.max_wait_ms),
-            "DIALOGUE_CONTINUOUS_BATCHING": getattr(args, "continuous_batching", "auto"),
-            "DIALOGUE_MAX_QUEUE": str(args.max_queue),
-            "DIALOGUE_REQUEST_TIMEOUT_S": str(args.request_timeout_s),
-            "DIALOGUE_FALLBACK": "off",  # a failure must count as an error, not as the other arm
-            "DIALOGUE_LOG_LEVEL": server_log_level(args),
-        }
-    )
-    return env
-
-
-def server_log_level(args: argparse.Namespace) -> str:
-    """The server's LOG_LEVEL: ``--server-log-level``, but at least ``info`` when a worker count
-    above 1 is swept, since readiness is then each worker's "ready:" line (nothing is logged per
-    request at info: the access log is off)."""
-    if max(args.workers) > 1 and args.server_log_level.lower() in ("warning", "error", "critical"):
-        return "info"
-    return str(args.server_log_level)
-
-
-@contextlib.contextmanager
-def serve(
-    args: argparse.Namespace, max_batch: int, threads: int | None = None, workers: int = 1
-) -> Iterator[str]:
-    """Run ``python -m service`` until the block ends (SIGTERM); yields its base URL once ready
-    (every worker, when there are several)."""
-    port = free_port()
-    with tempfile.TemporaryFile(mode="w+") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service"],
-            cwd=ROOT,
-            env=server_env(args, port, max_batch, threads, workers),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        base_url = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(proc, base_url, args.startup_timeout_s, log, workers=workers)
-            yield base_url
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-
-
-def wait_ready(
-    proc: subprocess.Popen[Any], base_url: str, timeout_s: float, log: Any, workers: int = 1
-) -> None:
-    """Until /readyz answers 200 and, with several workers, each has logged "ready:"."""
-    deadline = time.monotonic() + timeout_s
-    with httpx.Client(base_url=base_url, trust_env=False, timeout=5.0) as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                break
-            with contextlib.suppress(httpx.HTTPError):
-                if client.get("/readyz").status_code == 200 and (
-                    workers <= 1 or _ready_lines(log) >= workers
-                ):
-                    return
-            time.sleep(0.2)
-    log.seek(0)
-    tail = log.read()[-4000:]
-    state = f"exited with {proc.returncode}" if proc.poll() is not None else "not ready in time"
-    raise RuntimeError(f"python -m service {state}; its output:\n{tail}")
-
-
-def _ready_lines(log: Any) -> int:
-    """How many workers have logged their "ready:" line (service/app.py) so far."""
-    # pread: the server writes through a descriptor that shares this file's offset
-    fd = log.fileno()
-    text = os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
-    return sum(1 for line in text.splitlines() if " ready: " in line)
-
-
-# --- in-process baseline -------------------------------------------------------------------------
-
-
-def inprocess_latencies(
-    backend: str,
-    models_dir: Path,
-    wanted: str,
-    contexts: Sequence[Sequence[str]],
-    requests: int,
-    warmup: int,
-    device: str = "cpu",
-) -> tuple[list[float], str]:
-    """Seconds per batch-1 model call of ``backend``, exactly what the service's worker thread
-    runs for one request: the backend loaded as the service loads it (``load_serving``, default
-    settings: the output safety filter included) and its ``infer([context], [default options])``
-    timed on the first ``requests`` contexts in the order the load generator sends them; also the
-    bundle id, to check the server served the same model. What HTTP adds on top is the queue
-    hand-off, validation, routing, metrics and the HTTP exchange itself."""
-    from service.bundles import load_serving
-    from service.metrics import ServiceMetrics
-    from service.settings import Settings
-
-    values: dict[str, Any] = {
-        f"{b}_bundle": wanted if b == backend else "off" for b in BACKEND_NAMES
-    }
-    values["device"] = device
-    settings = Settings(models_dir=models_dir, **values)
-    serving = load_serving(settings, ServiceMetrics())
-    [loaded] = serving.unique_backends()
-    params = loaded.prepare(None)
-    try:
-        for i in range(warmup):
-            loaded.infer([list(contexts[i % len(contexts)])], [params])
-        times = []
-        for i in range(requests):
-            ctx = list(contexts[i % len(contexts)])
-            started = time.perf_counter()
-            loaded.infer([ctx], [params])
-            times.append(time.perf_counter() - started)
-    finally:
-        loaded.close()
-    return times, loaded.model_id
-
-
-# --- report ---------------------------------------------------------------------------------------
-
-
-def _cell(cells: Sequence[dict[str, Any]], backend: str, batching: str, conc: int) -> Any:
-    for c in cells:
-        if (c["backend"], c["batching"], c["concurrency"]) == (backend, batching, conc):
-            return c
-    return None
-
-
-def ratios(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Batching on/off throughput and p50 ratios for every backend x concurrency with both."""
-    out = []
-    for backend in BACKEND_NAMES:
-        concs = sorted({c["concurrency"] for c in cells if c["backend"] == backend})
-        for conc in concs:
-            on, off = _cell(cells, backend, "on", conc), _cell(cells, backend, "off", conc)
-            if on is None or off is None:
-                continue
-            out.append(
-                {
-                    "backend": backend,
-                    "concurrency": conc,
-                    "throughput_on_rps": on["throughput_rps"],
-                    "throughput_off_rps": off["throughput_rps"],
-                    "throughput_ratio_on_off": on["throughput_rps"] / off["throughput_rps"],
-                    "p50_ratio_on_off": on["p50_ms"] / off["p50_ms"],
-                }
-            )
-    return out
-
-
-def sweep(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every workers x threads combination against the first one measured, cell by cell
-    (backend, batching, concurrency): throughput and p50 ratios. Empty for one combination."""
-    configs = list(dict.fromkeys((c.get("workers", 1), c.get("threads", 1)) for c in cells))
-    if len(configs) < 2:
-        return []
-    base_config = configs[0]
-    by_key = {
-        (c["backend"], c["batching"], c["concurrency"], c.get("workers", 1), c.get("threads", 1)): c
-        for c in cells
-    }
-    out = []
-    for c in cells:
-        config = (c.get("workers", 1), c.get("threads", 1))
-        base = by_key.get((c["backend"], c["batching"], c["concurrency"], *base_config))
-        if base is None:
-            continue
-        out.append(
-            {
-                "backend": c["backend"],
-                "batching": c["batching"],
-                "concurrency": c["concurrency"],
-                "workers": config[0],
-                "threads": config[1],
-                "throughput_rps": c["throughput_rps"],
-                "p50_ms": c["p50_ms"],
-                "throughput_vs_first": c["throughput_rps"] / base["throughput_rps"]
-                if base["throughput_rps"]
-                else float("nan"),
-                "p50_vs_first": c["p50_ms"] / base["p50_ms"] if base["p50_ms"] else float("nan"),
-            }
-        )
-    out.sort(
-        key=lambda r: (r["backend"], r["batching"], r["concurrency"], r["workers"], r["threads"])
-    )
-    return out
-
-
-def overheads(
-    cells: Sequence[dict[str, Any]], inprocess: dict[str, dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """HTTP p50 (concurrency 1, batching off) against the in-process p50, per backend."""
-    out = []
-    for backend, base in inprocess.items():
-        http = _cell(cells, backend, "off", 1)
-        if http is None:
-            continue
-        out.append(
-            {
-                "backend": backend,
-                "http_p50_ms": http["p50_ms"],
-                "server_p50_ms": http["server_p50_ms"],
-                "inprocess_p50_ms": base["p50_ms"],
-                "overhead_p50_ms": http["p50_ms"] - base["p50_ms"],
-                "http_over_inprocess": http["p50_ms"] / base["p50_ms"],
-            }
-        )
-    return out
-
-
-def targets(
-    cells: Sequence[dict[str, Any]],
-    ratio_rows: Sequence[dict[str, Any]],
-    overhead_rows: Sequence[dict[str, Any]],
-) -> list[dict[str, Any]]:
-    """The issue's three goals, each met / not met / not measured, with the measured number."""
-
-    def row(goal: str, value: float | None, limit: float, higher_is_better: bool) -> dict[str, Any]:
-        if value is None or math.isnan(value):
-            status = "not measured"
-        elif higher_is_better:
-            status = "met" if value >= limit else "not met"
-        else:
-            status = "met" if value <= limit else "not met"
-        return {"goal": goal, "target": limit, "measured": value, "status": status}
-
-    out = []
-    on = _cell(cells, "retrieval", "on", 1)
-    out.append(
-        row(
-            "retrieval p50 over HTTP, ms (concurrency 1, batching on = service defaults)",
-            on["p50_ms"] if on else None,
-            TARGET_RETRIEVAL_P50_MS,
-            higher_is_better=False,
-        )
-    )
-    off = _cell(cells, "retrieval", "off", 1)
-    out.append(
-        row(
-            "retrieval p50 over HTTP, ms (concurrency 1, batching off)",
-            off["p50_ms"] if off else None,
-            TARGET_RETRIEVAL_P50_MS,
-            higher_is_better=False,
-        )
-    )
-    speedup = next(
-        (
-            r["throughput_ratio_on_off"]
-            for r in ratio_rows
-            if r["backend"] == "generative" and r["concurrency"] == 32
-        ),
-        None,
-    )
-    out.append(
-        row(
-            "generative throughput at concurrency 32, batching on / off",
-            speedup,
-            TARGET_GENERATIVE_SPEEDUP,
-            higher_is_better=True,
-        )
-    )
-    for backend in BACKEND_NAMES:
-        o = next((r for r in overhead_rows if r["backend"] == backend), None)
-        out.append(
-            row(
-                f"{backend}: HTTP + metrics overhead, p50 ms (HTTP c=1 off - in-process)",
-                o["overhead_p50_ms"] if o else None,
-                TARGET_OVERHEAD_P50_MS,
-                higher_is_better=False,
-            )
-        )
-    return out
-
-
-def _f(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:.{digits}f}"
-    return str(value)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    return table(headers, [[_f(v) for v in r] for r in rows], align="l" * len(headers)).split("\n")
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    meta = report["meta"]
-    lines = [
-        "# Service load: latency and throughput over HTTP",
-        "",
-        f"Command: `{meta['command']}`",
-        "",
-        f"Machine: {meta['machine']['platform']}, {meta['machine']['cpu_count']} CPUs, "
-        f"{meta['threads']} torch/OpenMP thread(s) in the server and in-process (swept: "
-        f"threads {meta.get('threads_swept', [meta['threads']])}, uvicorn workers "
-        f"{meta.get('workers_swept', [1])}), load average "
-        f"at start {meta['machine']['load_average_at_start']}, Python "
-        f"{meta['machine']['python']}, torch {meta['machine']['torch']}; whole run "
-        f"{meta.get('total_wall_s', '-')} s.",
-        "",
-        f"Server: `python -m service` on 127.0.0.1, device {meta['device']}, bundles "
-        f"`{meta['generative_bundle']}` and `{meta['retrieval_bundle']}`; micro-batching on = "
-        f"MAX_BATCH={meta['max_batch']}, off = MAX_BATCH=1; MAX_WAIT_MS={meta['max_wait_ms']}, "
-        f"CONTINUOUS_BATCHING={meta.get('continuous_batching', 'auto')}, "
-        f"MAX_QUEUE={meta['max_queue']}, REQUEST_TIMEOUT_S={meta['request_timeout_s']}, "
-        f"FALLBACK=off, LOG_LEVEL={meta['server_log_level']}, OMP_WAIT_POLICY "
-        f"{meta.get('server_omp_wait_policy', 'unset')}.",
-        "",
-        f"Load: closed loop, N workers each with its own keep-alive connection (httpx), "
-        f"{meta['warmup']} untimed warm-up requests per cell (at least one per worker), then "
-        f"{meta['requests']} timed requests per cell; {meta['contexts']} DailyDialog test "
-        f"contexts of up to {meta['context_turns']} turns, cycled. Latency is the client's "
-        "(request sent to JSON parsed); throughput is successful requests per wall second. "
-        "**The load generator shares the CPU cores with the server**, so the numbers include its "
-        "cost and contention (more so at high concurrency); p99 over a few dozen requests is "
-        "close to the maximum.",
-        "",
-        "## Cells",
-        "",
-    ]
-    lines += _table(
-        [
-            "backend",
-            "batching",
-            "workers",
-            "threads",
-            "concurrency",
-            "requests",
-            "errors",
-            "p50 ms",
-            "p99 ms",
-            "mean ms",
-            "server p50 ms",
-            "req/s",
-            "max ms (all)",
-            "statuses",
-        ],
-        [
-            [
-                c["backend"],
-                c["batching"],
-                c.get("workers", 1),
-                c.get("threads", 1),
-                c["concurrency"],
-                int(c["n"]),
-                int(c["errors"]),
-                c["p50_ms"],
-                c["p99_ms"],
-                c["mean_ms"],
-                c["server_p50_ms"],
-                c["throughput_rps"],
-                c.get("max_all_ms"),
-                " ".join(f"{k}:{v}" for k, v in c.get("statuses", {}).items()) or "-",
-            ]
-            for c in report["cells"]
-        ],
-    )
-    lines += [
-        "",
-        "server p50 = the service's own `latency_ms` (queue + model call, no HTTP). max ms (all) "
-        "= the slowest response of the cell, errors (429, 504) included.",
-        "",
-        "## Micro-batching on vs off",
-        "",
-    ]
-    lines += _table(
-        ["backend", "concurrency", "req/s on", "req/s off", "throughput on/off", "p50 on/off"],
-        [
-            [
-                r["backend"],
-                r["concurrency"],
-                r["throughput_on_rps"],
-                r["throughput_off_rps"],
-                r["throughput_ratio_on_off"],
-                r["p50_ratio_on_off"],
-            ]
-            for r in report["ratios"]
-        ],
-    )
-    if report.get("sweep"):
-        lines += [
-            "",
-            "## Threads and workers",
-            "",
-            "Each workers x threads combination against the first one (the on/off ratios, "
-            "overhead and targets below are the first's); choose the one with the best "
-            "throughput at an unchanged p50.",
-            "",
-        ]
-        lines += _table(
-            [
-                "backend",
-                "batching",
-                "concurrency",
-                "workers",
-                "threads",
-                "req/s",
-                "p50 ms",
-                "throughput / first",
-                "p50 / first",
-            ],
-            [
-                [
-                    r["backend"],
-                    r["batching"],
-                    r["concurrency"],
-                    r["workers"],
-                    r["threads"],
-                    r["throughput_rps"],
-                    r["p50_ms"],
-                    r["throughput_vs_first"],
-                    r["p50_vs_first"],
-                ]
-                for r in report["sweep"]
-            ],
-        )
-    lines += [
-        "",
-        "## HTTP + metrics overhead vs in-process",
-        "",
-        "In-process = the worker thread's batch-1 call (`backend.infer`: the model and the output "
-        "safety filter, loaded as the service loads them); overhead = HTTP p50 - in-process p50 "
-        "(queue hand-off, validation, routing, metrics, the HTTP exchange and the client).",
-        "",
-    ]
-    lines += _table(
-        ["backend", "in-process p50 ms", "in-process p99 ms", "n"],
-        [[b, s["p50_ms"], s["p99_ms"], int(s["n"])] for b, s in report["inprocess"].items()],
-    )
-    lines += [""]
-    lines += _table(
-        [
-            "backend",
-            "HTTP p50 ms (c=1, off)",
-            "server p50 ms",
-            "in-process p50 ms",
-            "overhead ms",
-            "HTTP / in-process",
-        ],
-        [
-            [
-                r["backend"],
-                r["http_p50_ms"],
-                r["server_p50_ms"],
-                r["inprocess_p50_ms"],
-                r["overhead_p50_ms"],
-                r["http_over_inprocess"],
-            ]
-            for r in report["overhead"]
-        ],
-    )
-    lines += ["", "## Targets", ""]
-    lines += _table(
-        ["goal", "target", "measured", "status"],
-        [[t["goal"], t["target"], t["measured"], t["status"]] for t in report["targets"]],
-    )
-    if report.get("warnings"):
-        lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
-    return "\n".join(lines) + "\n"
 
 
 # --- main ----------------------------------------------------------------------------------------
