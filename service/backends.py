@@ -31,7 +31,7 @@ from models.responder import Responder
 from models.retriever import RetrievalResponder
 from service.answer import Answer
 from service.batching import BatchLimits, MicroBatcher
-from service.continuous import GenerationRunner, continuous_eligible
+from service.continuous import GenerationRunner, alternatives_config, continuous_eligible
 from service.continuous_batcher import ContinuousBatcher
 from service.errors import InvalidOptions
 from service.metrics import ServiceMetrics
@@ -254,13 +254,8 @@ class GenerativeBackend(Backend):
 
             def alternatives(rows: list[int], k: int) -> list[list[Reply]]:
                 # Sampling, not the n-best of the same search: alternatives that differ from
-                # the blocked reply. Nucleus sampling (Holtzman et al. 2020) keeps them fluent.
-                alt = [
-                    configs[r].with_overrides(
-                        strategy="sample", num_return_sequences=k, top_p=min(configs[r].top_p, 0.9)
-                    )
-                    for r in rows
-                ]
+                # the blocked reply (service/continuous.py draws them the same way).
+                alt = [alternatives_config(configs[r], k) for r in rows]
                 return self._generate([contexts[r] for r in rows], alt, deadline=deadline)
 
             self.safety.resample([c[-1] for c in contexts], answers, alternatives)

@@ -52,7 +52,8 @@ class _Decode:
 
 def alternatives_config(config: DecodingConfig, k: int) -> DecodingConfig:
     """How a blocked reply's ``k`` alternatives are drawn: nucleus samples (Holtzman et al.
-    2020) that differ from the blocked reply and stay fluent (as GenerativeBackend.infer)."""
+    2020) that differ from the blocked reply and stay fluent; GenerativeBackend.infer draws
+    its request-level alternatives with it too."""
     return config.with_overrides(
         strategy="sample", num_return_sequences=k, top_p=min(config.top_p, 0.9)
     )
@@ -115,19 +116,18 @@ class GenerationRunner:
             out += self._settle(resampled)
         return out
 
-    def _replies(self, finished: Finished) -> list[Reply]:
-        tokens = finished.generation.tokens
-        return [
-            Reply(text, t)
-            for text, t in zip(self.responder.tokenizer.decode_batch(tokens), tokens, strict=True)
-        ]
+    def _replies(self, finished: list[Finished]) -> list[list[Reply]]:
+        """Each finished request's replies, detokenized in one call."""
+        tokens = [t for f in finished for t in f.generation.tokens]
+        texts = iter(zip(self.responder.tokenizer.decode_batch(tokens), tokens, strict=True))
+        return [[Reply(*next(texts)) for _ in f.generation.tokens] for f in finished]
 
     def _first_replies(
         self, done: list[tuple[_Decode, Finished]], now: float
     ) -> list[tuple[int, Answer]]:
         """The requests whose reply ended at this step; with the filter on, those blocked go
         back into the decoder for their alternatives instead of being answered now."""
-        replies = [self._replies(f)[0] for _, f in done]
+        replies = [row[0] for row in self._replies([f for _, f in done])]
         self.metrics.add_generated_tokens(sum(len(r.tokens) for r in replies))
         answers = [Answer(text=r.text, generated_tokens=len(r.tokens)) for r in replies]
         for request, _ in done:
@@ -172,7 +172,7 @@ class GenerationRunner:
         """Requests whose alternatives ended at this step: the first safe one, else the
         fallback reply."""
         assert self.safety is not None
-        alternatives = [self._replies(f) for _, f in done]
+        alternatives = self._replies([f for _, f in done])
         self.metrics.add_generated_tokens(sum(len(r.tokens) for row in alternatives for r in row))
         answers = [r.answer for r, _ in done]
         reasons = [r.blocked for r, _ in done]
