@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from benchmarks import write_report
 from benchmarks.decoding import bart_like, median_seconds
 from models.decoding import DecodingConfig
 from models.generator import load_generator
@@ -416,10 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     text = markdown(result)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(text)
+    write_report(args.out, result, text)
     return 0
 
 

@@ -26,7 +26,6 @@ uvicorn's parsing, httpx). Their sum is what ``service_load`` reports as the ove
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -39,6 +38,7 @@ from typing import Any
 import httpx
 
 from benchmarks import service_load as sl
+from benchmarks import write_report
 from training.eval.tables import markdown_table
 
 _STAGE = re.compile(r'^dialogue_stage_duration_seconds_(sum|count)\{stage="(\w+)"\} (\S+)$')
@@ -206,10 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {"meta": meta, "backends": backends}
     text = render(result)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(text)
+    write_report(args.out, result, text)
     return 0
 
 
