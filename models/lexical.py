@@ -165,17 +165,21 @@ class LexicalReranker:
         # Terms in more than MAX_CANDIDATE_DF of the set fetch nothing (they still score).
         self._rare = df <= max(1, MAX_CANDIDATE_DF * len(responses))
 
-    def lexical_scores(self, queries: Sequence[str] | sp.csr_matrix, ids: np.ndarray) -> np.ndarray:
-        """TF-IDF cosine of each query with its candidate response ids: (B, K) from (B, K) ids."""
+    def candidate_scores(
+        self, query: sp.csr_matrix, turns: sp.csr_matrix, ids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """For response ids ``ids`` of one context: their TF-IDF cosine with the context's
+        ``query`` row (the lexical half of the hybrid score), and whether each is an *echo*, a
+        candidate whose cosine with one of the context's ``turns`` rows is at least
+        ``ECHO_COSINE`` (it restates the conversation instead of answering it). The candidates'
+        rows are sliced once for both (:meth:`query_vectors` builds the rows)."""
         if self._responses is None:
             raise RuntimeError("index_responses() first")
-        q = sp.csr_matrix(queries) if sp.issparse(queries) else self.query_vectors(queries)
-        out = np.zeros(ids.shape, dtype=np.float64)
-        for row in range(ids.shape[0]):
-            valid = ids[row] >= 0
-            docs = self._responses[ids[row][valid]]
-            out[row, valid] = (docs @ q[row].T).toarray().ravel()
-        return out
+        if ids.size == 0:
+            return np.zeros(0), np.zeros(0, dtype=bool)
+        cos = (self._responses[ids] @ sp.vstack([query, turns]).T).toarray()  # (ids, 1 + turns)
+        echo = cos[:, 1:].max(axis=1) >= ECHO_COSINE if turns.shape[0] else np.zeros(len(ids), bool)
+        return cos[:, 0], np.asarray(echo)
 
     def top_candidates(self, queries: Sequence[str] | sp.csr_matrix, k: int) -> list[np.ndarray]:
         """For each query, the ids of the (at most) ``k`` responses with the highest TF-IDF
@@ -196,16 +200,6 @@ class LexicalReranker:
             keep = np.argsort(-vals, kind="stable")[:k]
             out.append(ids[keep].astype(np.int64))
         return out
-
-    def echoes(self, turns: Sequence[str], ids: np.ndarray) -> np.ndarray:
-        """For each response id, True when its TF-IDF cosine with one of ``turns`` is at least
-        ``ECHO_COSINE``: it restates the conversation instead of answering it."""
-        if self._responses is None:
-            raise RuntimeError("index_responses() first")
-        if not turns or ids.size == 0:
-            return np.zeros(ids.shape, dtype=bool)
-        cos = (self._responses[ids] @ self.query_vectors(turns).T).toarray()  # (len(ids), turns)
-        return np.asarray(cos.max(axis=1) >= ECHO_COSINE)
 
     def mix(self, dense: np.ndarray, lexical: np.ndarray) -> np.ndarray:
         """hybrid = z(dense) + weight * z(lexical), row by row (see the module doc)."""

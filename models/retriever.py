@@ -206,26 +206,33 @@ class RetrievalResponder(Responder):
             ]
         k = min(max(top_k, reranker.candidates), len(self.responses))
         _, dense_ids = self.index.search(embeddings, k)
-        queries = reranker.query_vectors(
-            [context_text(c, self.inputs.max_context_turns) for c in contexts]
-        )
+        turns = [[normalize_text(t) for t in context] for context in contexts]
+        last = self.inputs.max_context_turns
+        # one vectorisation for the queries and every row's recent turns (the echo check)
+        texts = [context_text(c, last) for c in contexts]
+        bounds = [0]
+        for row_turns in turns:
+            texts += row_turns[-last:]
+            bounds.append(bounds[-1] + len(row_turns[-last:]))
+        vectors = reranker.query_vectors(texts)
+        queries = vectors[: len(contexts)]
         lexical_ids = reranker.top_candidates(queries, reranker.candidates)
         if self._vectors is None:  # a re-ranker attached after construction (evaluations)
             self._vectors = self.index.vectors()
         out: list[list[tuple[str, float]]] = []
-        for row, context in enumerate(contexts):
-            turns = [normalize_text(t) for t in context]
+        for row in range(len(contexts)):
             cand = np.unique(
                 np.concatenate([dense_ids[row][dense_ids[row] >= 0], lexical_ids[row]])
             )
-            cand = cand[[self.responses[i] not in turns for i in cand.tolist()]]
-            if cand.size:  # near-echoes too: a reply that restates a turn of the context
-                cand = cand[~reranker.echoes(turns[-self.inputs.max_context_turns :], cand)]
+            cand = cand[[self.responses[i] not in turns[row] for i in cand.tolist()]]
+            # near-echoes too: a reply that restates a turn of the context
+            row_turns = vectors[len(contexts) + bounds[row] : len(contexts) + bounds[row + 1]]
+            lexical, echo = reranker.candidate_scores(queries[row], row_turns, cand)
+            cand, lexical = cand[~echo], lexical[~echo]
             if cand.size == 0:
                 out.append([])
                 continue
             dense = self._vectors[cand] @ np.asarray(embeddings[row], dtype=np.float32)
-            lexical = reranker.lexical_scores(queries[row], cand[None, :])[0]
             mixed = reranker.mix(dense[None, :], lexical[None, :])[0]
             order = np.argsort(-mixed, kind="stable")[:top_k]
             out.append([(self.responses[int(cand[j])], float(mixed[j])) for j in order])
