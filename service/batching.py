@@ -213,22 +213,13 @@ class MicroBatcher(Generic[Request, Result]):
         """Queue one request and wait for its result until ``deadline`` (time.monotonic())."""
         if self._queue is None or not self._accepting:
             raise BackendUnavailable(f"the {self.name} backend is not running")
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise DeadlineExceeded(
-                f"the {self.name} backend did not answer within the request deadline"
-            )
+        remaining = time_left(self.name, deadline)
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         if not self._queue.put(_Job(request, deadline, future)):
             raise Overloaded(
                 f"the {self.name} backend has {self.limits.max_queue} requests queued; retry later"
             )
-        try:
-            return await asyncio.wait_for(future, timeout=max(remaining, 0.0))
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"the {self.name} backend did not answer within the request deadline"
-            ) from None
+        return await wait_until(future, self.name, remaining)
 
     async def _run(self) -> None:
         assert self._queue is not None
@@ -332,11 +323,7 @@ class MicroBatcher(Generic[Request, Result]):
         if job.future.done():
             return
         if job.deadline <= time.monotonic():  # too late to answer anything but 504
-            job.future.set_exception(
-                DeadlineExceeded(
-                    f"the {self.name} backend did not answer within the request deadline"
-                )
-            )
+            job.future.set_exception(late(self.name))
         else:
             job.future.set_exception(_failed(self.name, exc))
 
@@ -356,6 +343,28 @@ class MicroBatcher(Generic[Request, Result]):
                 continue
             if not job.future.done():
                 job.future.set_result(result)
+
+
+def late(name: str) -> DeadlineExceeded:
+    """The client's error when backend ``name`` has not answered by the request's deadline."""
+    return DeadlineExceeded(f"the {name} backend did not answer within the request deadline")
+
+
+def time_left(name: str, deadline: float) -> float:
+    """Seconds until ``deadline`` (time.monotonic()); raises :func:`late` when none are left,
+    so a request whose deadline has passed is never queued."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise late(name)
+    return remaining
+
+
+async def wait_until(future: asyncio.Future[Result], name: str, remaining: float) -> Result:
+    """The result of a queued request, or :func:`late` when ``remaining`` seconds pass first."""
+    try:
+        return await asyncio.wait_for(future, timeout=max(remaining, 0.0))
+    except TimeoutError:
+        raise late(name) from None
 
 
 def _failed(name: str, exc: BaseException) -> BackendFailed:

@@ -17,7 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from service.batching import BatchCall, BatchLimits, Request, Result, _failed
+from service.batching import (
+    BatchCall,
+    BatchLimits,
+    Request,
+    Result,
+    _failed,
+    time_left,
+    wait_until,
+)
 from service.errors import BackendFailed, BackendUnavailable, DeadlineExceeded, Overloaded
 from service.metrics import ServiceMetrics
 
@@ -145,11 +153,7 @@ class ContinuousBatcher(Generic[Request, Result]):
         """Queue one request and wait for its result until ``deadline`` (time.monotonic())."""
         if self._thread is None or not self._accepting:
             raise BackendUnavailable(f"the {self.name} backend is not running")
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise DeadlineExceeded(
-                f"the {self.name} backend did not answer within the request deadline"
-            )
+        remaining = time_left(self.name, deadline)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         with self._wake:
@@ -165,12 +169,7 @@ class ContinuousBatcher(Generic[Request, Result]):
                 )
             self._inbox.append(_ThreadJob(request, deadline, future, loop))
             self._wake.notify()
-        try:
-            return await asyncio.wait_for(future, timeout=max(remaining, 0.0))
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"the {self.name} backend did not answer within the request deadline"
-            ) from None
+        return await wait_until(future, self.name, remaining)
 
     # --- the thread ------------------------------------------------------------------------------
 

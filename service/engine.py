@@ -20,6 +20,7 @@ from models.text import normalize_text
 from service.answer import Answer
 from service.arms import Serving
 from service.backends import Backend
+from service.batching import late
 from service.bundles import load_serving, select_bundle
 from service.errors import (
     BackendFailed,
@@ -462,11 +463,9 @@ class DialogueEngine:
         assert failure is not None
         if time.monotonic() >= deadline and not isinstance(failure, DeadlineExceeded):
             # the request's own deadline has passed: its outcome is a 504, however it failed
-            late = DeadlineExceeded(
-                f"the {failure.backend} backend did not answer within the request deadline"
-            )
-            late.backend = failure.backend
-            failure = late
+            missed = late(failure.backend or "")
+            missed.backend = failure.backend
+            failure = missed
         raise failure
 
 
