@@ -50,6 +50,7 @@ from models.continuous import decode_continuously
 from models.decoding import DecodingConfig, generate
 from models.generator import GenerativeResponder
 from models.seq2seq import Seq2SeqTransformer
+from training.config import DAILYDIALOG
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -59,7 +60,7 @@ TOKENS = 20  # generated tokens per reply in the timings
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--artifacts", type=Path, default=ROOT / "artifacts")
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "dailydialog")
+    p.add_argument("--data", type=Path, default=DAILYDIALOG)
     p.add_argument("--out", type=Path, default=ROOT / "reports" / "gpu_check")
     p.add_argument("--contexts", type=int, default=100, help="test contexts for the fp16 check")
     p.add_argument("--repeats", type=int, default=20, help="timed runs at batch 1")

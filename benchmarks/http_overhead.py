@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import sys
 import time
@@ -39,21 +38,27 @@ import httpx
 
 from benchmarks import service_load as sl
 from benchmarks import write_report
+from training.config import DAILYDIALOG
 from training.eval.tables import markdown_table
-
-_STAGE = re.compile(r'^dialogue_stage_duration_seconds_(sum|count)\{stage="(\w+)"\} (\S+)$')
 
 
 def stage_means(metrics_text: str) -> dict[str, float]:
-    """Mean milliseconds per observation of each stage in a /metrics exposition."""
-    parts: dict[str, dict[str, float]] = {}
-    for line in metrics_text.splitlines():
-        match = _STAGE.match(line)
-        if match:
-            parts.setdefault(match[2], {})[match[1]] = float(match[3])
-    return {
-        stage: 1000 * p["sum"] / p["count"] for stage, p in parts.items() if p.get("count", 0) > 0
-    }
+    """Mean milliseconds per observation of each stage in a /metrics exposition (read with
+    prometheus_client's own parser)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "dialogue_stage_duration_seconds":
+            continue
+        for sample in family.samples:
+            stage = sample.labels.get("stage", "")
+            if sample.name.endswith("_sum"):
+                sums[stage] = sample.value
+            elif sample.name.endswith("_count"):
+                counts[stage] = sample.value
+    return {stage: 1000 * sums[stage] / n for stage, n in counts.items() if n > 0}
 
 
 def http_round(
@@ -179,7 +184,7 @@ def render(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--models-dir", type=Path, default=sl.ROOT / "artifacts")
-    p.add_argument("--data", type=Path, default=sl.ROOT.parent / "shared" / "data" / "dailydialog")
+    p.add_argument("--data", type=Path, default=DAILYDIALOG)
     p.add_argument("--backends", default="retrieval,generative")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--requests", type=int, default=200)

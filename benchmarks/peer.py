@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 
 from benchmarks import service_load as sl
+from training.config import DAILYDIALOG
 from training.eval.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", type=Path, default=ROOT / "artifacts")
     p.add_argument("--generative-bundle", default="auto")
     p.add_argument("--retrieval-bundle", default="auto")
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "dailydialog")
+    p.add_argument("--data", type=Path, default=DAILYDIALOG)
     p.add_argument(
         "--backends",
         type=sl.choice_list(sl.BACKEND_NAMES),

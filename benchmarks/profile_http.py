@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from training.config import DAILYDIALOG
 from training.eval.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         type=Path,
-        default=ROOT.parent / "shared" / "data" / "dailydialog",
+        default=DAILYDIALOG,
         help="DailyDialog (test contexts); absent: a few fixed contexts",
     )
     p.add_argument("--top", type=int, default=TOP)

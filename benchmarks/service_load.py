@@ -76,6 +76,7 @@ from benchmarks.service_process import (
     server_log_level,
     wait_ready,
 )
+from training.config import DAILYDIALOG
 
 __all__ = [
     "BACKEND_NAMES",
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data",
         type=Path,
-        default=ROOT.parent / "shared" / "data" / "dailydialog",
+        default=DAILYDIALOG,
         help="DailyDialog release (contexts from test/dialogues_test.txt)",
     )
     parser.add_argument("--backends", type=choice_list(BACKEND_NAMES), default=list(BACKEND_NAMES))

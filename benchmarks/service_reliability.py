@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 
 from benchmarks.service_load import free_port, load_contexts, percentile, wait_ready
+from training.config import DAILYDIALOG
 
 ROOT = Path(__file__).resolve().parents[1]
 POISON_BODIES = (
@@ -507,9 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("figure", choices=("deadline", "poison", "soak", "chunked"))
     parser.add_argument("--models-dir", type=Path, default=ROOT / "artifacts")
-    parser.add_argument(
-        "--data", type=Path, default=ROOT.parent / "shared" / "data" / "dailydialog"
-    )
+    parser.add_argument("--data", type=Path, default=DAILYDIALOG)
     parser.add_argument(
         "--backend",
         choices=("retrieval", "generative", "ab"),

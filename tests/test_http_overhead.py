@@ -13,11 +13,17 @@ from benchmarks import http_overhead as ho
 
 EXPOSITION = """\
 # HELP dialogue_stage_duration_seconds Seconds per stage.
+# TYPE dialogue_stage_duration_seconds histogram
 dialogue_stage_duration_seconds_bucket{le="0.001",stage="search"} 3.0
+dialogue_stage_duration_seconds_bucket{le="+Inf",stage="search"} 4.0
 dialogue_stage_duration_seconds_sum{stage="search"} 0.006
 dialogue_stage_duration_seconds_count{stage="search"} 4.0
+dialogue_stage_duration_seconds_bucket{le="+Inf",stage="queue"} 0.0
 dialogue_stage_duration_seconds_sum{stage="queue"} 0.0
 dialogue_stage_duration_seconds_count{stage="queue"} 0.0
+# HELP dialogue_requests_total Requests.
+# TYPE dialogue_requests_total counter
+dialogue_requests_total{backend="retrieval",arm="a",outcome="ok"} 7.0
 """
 
 
