@@ -559,7 +559,9 @@ def update_metrics(bundle_dir: Path, metrics: Mapping[str, Any]) -> Manifest:
 
 # --- the build's choice of bundles ---------------------------------------------------------------
 
-SERVING_FILE = "serving.json"  # written by `python -m training build` (training/pipeline/selection.py)
+SERVING_FILE = (
+    "serving.json"  # written by `python -m training build` (training/pipeline/selection.py)
+)
 
 
 def read_serving(models_dir: Path) -> dict[str, Any] | None:

@@ -13,8 +13,8 @@ that arrives meanwhile waits for the whole batch, and a finished row keeps being
    the next admission writes a waiting request's cross-attention keys/values into a free slot in
    place (and hides the slot's old self-attention columns from it), so under steady load a
    release followed by an admission copies only the new rows, not the whole cache. Slots still
-   free after an admission (nothing waiting) are dropped, so an idle slot is never computed for
-   more than the step it was freed in.
+   free after an admission (nothing waiting) are dropped, so a step never decodes a free slot:
+   only the state between a release and the next admission has them.
 
 KV-cache layout (:class:`models.seq2seq.DecoderCache`, ``(rows, heads, columns, head_dim)``):
 
@@ -96,7 +96,8 @@ class _Row:
     tokens: list[int] = field(default_factory=list)  # generated so far (EOS included when out)
     score: float = 0.0
     done: bool = False
-    free: bool = False  # a released slot: computed (finite junk) until reused or dropped
+    # a released slot (key -1): reused or dropped by the next admission, never decoded
+    free: bool = False
 
     @property
     def position(self) -> int:
@@ -247,8 +248,6 @@ class ContinuousDecoder:
         # rows that share the per-step rules are processed together, as one generate batch
         groups: dict[tuple[bool, str, float, int, float], list[int]] = {}
         for r, row in enumerate(rows):
-            if row.free:
-                continue
             c = row.cfg
             key = (row.position < c.min_length, c.strategy, c.temperature, c.top_k, c.top_p)
             groups.setdefault(key, []).append(r)
@@ -289,8 +288,6 @@ class ContinuousDecoder:
                 rows[r].score += scores[j]
         ended = []
         for r, row in enumerate(rows):
-            if row.free:
-                continue
             row.tokens.append(chosen[r])
             if chosen[r] == mc.eos_id or len(row.tokens) >= row.cfg.max_length:
                 row.done = True
@@ -305,11 +302,11 @@ class ContinuousDecoder:
         finished_keys = []
         for r in ended:
             key = self._rows[r].key
-            if all(row.done for row in self._rows if row.key == key and not row.free):
+            if all(row.done for row in self._rows if row.key == key):
                 finished_keys.append(key)
         out = []
         for key in dict.fromkeys(finished_keys):
-            mine = [row for row in self._rows if row.key == key and not row.free]
+            mine = [row for row in self._rows if row.key == key]
             out.append(
                 Finished(
                     key,
@@ -322,9 +319,8 @@ class ContinuousDecoder:
             )
         gone = set(finished_keys)
         for row in self._rows:
-            if row.key in gone and not row.free:
-                # the slot stays (its keys/values and masks untouched, so it computes finite
-                # values) until an admission reuses it or drops it
+            if row.key in gone:
+                # the slot stays until the next admission reuses or drops it
                 row.free, row.key = True, -1
         if self.running == 0:
             self._keep([])
