@@ -39,7 +39,6 @@ from typing import Any
 import httpx
 
 from benchmarks import service_load as sl
-from training.config import DAILYDIALOG
 from training.eval.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,27 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--models-dir", type=Path, default=ROOT / "artifacts")
-    p.add_argument("--generative-bundle", default="auto")
-    p.add_argument("--retrieval-bundle", default="auto")
-    p.add_argument("--data", type=Path, default=DAILYDIALOG)
-    p.add_argument(
-        "--backends",
-        type=sl.choice_list(sl.BACKEND_NAMES),
-        default=["generative", "retrieval"],
-    )
-    p.add_argument("--concurrency", type=sl.int_list, default=[1, 8, 32])
-    p.add_argument(
-        "--batching", type=sl.choice_list(sl.BATCHING_MODES), default=list(sl.BATCHING_MODES)
-    )
+    sl.add_load_arguments(p, backends=["generative", "retrieval"])
     p.add_argument("--runs", type=int, default=3, help="alternating runs; medians are reported")
-    p.add_argument("--retrieval-requests", type=int, default=1000, help="timed, per cell")
-    p.add_argument("--generative-requests", type=int, default=384, help="timed, per cell")
-    p.add_argument("--requests-per-cell", type=int, help="overrides both")
-    p.add_argument("--warmup", type=int, default=16)
-    p.add_argument("--context-turns", type=int, default=3)
-    p.add_argument("--contexts", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads of both servers")
     p.add_argument("--max-batch", type=int, default=16, help="both servers, batching on")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="ours: DIALOGUE_MAX_WAIT_MS")

@@ -88,6 +88,7 @@ __all__ = [
     "TARGET_OVERHEAD_P50_MS",
     "TARGET_RETRIEVAL_P50_MS",
     "CellResult",
+    "add_load_arguments",
     "build_parser",
     "free_port",
     "inprocess_latencies",
@@ -139,10 +140,11 @@ def choice_list(allowed: Sequence[str]) -> Callable[[str], list[str]]:
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_load_arguments(
+    parser: argparse.ArgumentParser, backends: Sequence[str] | None = None
+) -> None:
+    """The bundles, the contexts and the load of every cell: the arguments this benchmark and
+    benchmarks/peer.py share (``backends``: the default order they run in)."""
     parser.add_argument("--models-dir", type=Path, default=ROOT / "artifacts")
     # as the service's settings: a name, "auto" (the build's choice), "<prefix>*" or "any"
     parser.add_argument("--generative-bundle", default="auto")
@@ -153,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=DAILYDIALOG,
         help="DailyDialog release (contexts from test/dialogues_test.txt)",
     )
-    parser.add_argument("--backends", type=choice_list(BACKEND_NAMES), default=list(BACKEND_NAMES))
+    parser.add_argument(
+        "--backends", type=choice_list(BACKEND_NAMES), default=list(backends or BACKEND_NAMES)
+    )
     parser.add_argument("--concurrency", type=int_list, default=[1, 8, 32])
     parser.add_argument(
         "--batching", type=choice_list(BATCHING_MODES), default=list(BATCHING_MODES)
@@ -169,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--context-turns", type=int, default=3, help="turns sent per request")
     parser.add_argument("--contexts", type=int, default=512, help="distinct test contexts used")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_load_arguments(parser)
     parser.add_argument(
         "--threads",
         type=int_list,

@@ -21,6 +21,7 @@ from service_fixtures import CONTEXTS, build_tiny_bundles, make_settings
 from starlette.responses import JSONResponse
 
 from benchmarks import peer, profile_http
+from benchmarks import service_load as sl
 from service import __main__ as service_main
 from service.app import create_app
 from service.json_response import FastJSONResponse, dumps
@@ -192,6 +193,13 @@ def test_profile_harness_in_process(models_dir: Path, tmp_path: Path) -> None:
 
 
 # --- the peer ------------------------------------------------------------------------------------
+
+
+def test_peer_shares_the_load_arguments_and_runs_generation_first() -> None:
+    args = peer.parse_args(["--concurrency", "1,4", "--requests-per-cell", "7"])
+    assert args.backends == ["generative", "retrieval"] and args.concurrency == [1, 4]
+    assert args.requests_per_cell == 7 and args.warmup == 16 and args.runs == 3
+    assert sl.parse_args([]).backends == list(sl.BACKEND_NAMES)
 
 
 def test_peer_comparison_math_and_report() -> None:
