@@ -365,7 +365,12 @@ def test_torchrun_two_gloo_processes_train_one_bundle(
 
 @pytest.mark.parametrize(
     ("method", "extra"),
-    [("nd", ["--ablation", "no-att"]), ("nt", []), ("ul", []), ("mle", ["--subset", "negative"])],
+    [
+        ("nd", ["--ablation", "no-att", "--nd-lambda", "2", "--nd-gamma-fraction", "0.25"]),
+        ("nt", []),
+        ("ul", []),
+        ("mle", ["--subset", "negative"]),
+    ],
 )
 def test_cli_train_generator_methods(
     tiny_build: tuple[Path, dict],
@@ -410,7 +415,9 @@ def test_cli_train_generator_methods(
     if method in ("nt", "ul"):
         assert manifest.training["base"] == verify_bundle(artifacts / STANDARD_GENERATOR).bundle_id
     if method == "nd":
-        assert manifest.training["nd"]["use_att"] is False
+        nd = manifest.training["nd"]
+        assert nd["use_att"] is False
+        assert nd["lambda"] == 2.0 and nd["gamma"] == 1.0  # 0.25 of --max-steps 4
 
 
 def test_cli_compare_writes_one_table(

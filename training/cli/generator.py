@@ -105,6 +105,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--init-from", type=Path, help="nd: start the student from this bundle")
     p.add_argument("--nd-lambda", type=float, help="nd: λ of eq. 15 (default: the preset's)")
     p.add_argument(
+        "--nd-gamma-fraction",
+        type=float,
+        help="nd: γ of eq. 15 as a share of the student's updates (default: the preset's; "
+        "the paper's 25,600 of ~200k is 0.128)",
+    )
+    p.add_argument(
         "--ablation",
         choices=sorted(ND_ABLATIONS),
         default="none",
@@ -198,6 +204,10 @@ def _train_generator(args: argparse.Namespace, ctx: Any) -> None:
     if args.max_steps:  # the preset's budget, so every job (and its schedule) sees the same one
         train = replace(preset.generator.train, max_steps=args.max_steps)
         preset = replace(preset, generator=replace(preset.generator, train=train))
+    if args.nd_gamma_fraction is not None:
+        if not 0 < args.nd_gamma_fraction <= 1:
+            raise ValueError(f"--nd-gamma-fraction must be in (0, 1], got {args.nd_gamma_fraction}")
+        preset = replace(preset, nd=replace(preset.nd, gamma_fraction=args.nd_gamma_fraction))
     splits = prepare_splits(preset, args.data)
     run = run_spec(args, ctx, runs_subdir=preset.name, data_desc=str(args.data))
     common = {"preset": preset, "val_examples": val_subset(preset, splits)}
