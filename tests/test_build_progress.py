@@ -8,7 +8,7 @@ import io
 import pytest
 
 from training.config import PRESETS
-from training.pipeline.build import redo_closure
+from training.pipeline.plan import redo_closure
 from training.pipeline.progress import (
     BuildProgress,
     format_duration,

@@ -16,15 +16,15 @@ from models.bundle import BundleError, read_manifest, verify_bundle
 from models.generator import GenerativeResponder
 from training.config import PRESETS
 from training.core.distributed import DistContext
-from training.pipeline.build import (
+from training.pipeline.build import build
+from training.pipeline.inputs import BuildPaths
+from training.pipeline.plan import (
     G2R_RETRIEVER,
     ND_STUDENT,
     NEGATIVE_TEACHER,
     NT_GENERATOR,
     STANDARD_GENERATOR,
-    build,
 )
-from training.pipeline.inputs import BuildPaths
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -157,7 +157,7 @@ def test_build_with_a_biencoder_baseline_serves_the_better_retriever_on_validati
     from dataclasses import replace
 
     from models.bundle import read_manifest, read_serving
-    from training.pipeline.build import BIENCODER_RETRIEVER
+    from training.pipeline.plan import BIENCODER_RETRIEVER
 
     copy = _copy_build(tiny_build, tmp_path)
     g2r_before = (copy / "artifacts" / G2R_RETRIEVER / "manifest.json").read_bytes()

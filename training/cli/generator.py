@@ -197,8 +197,8 @@ def _train_generator(args: argparse.Namespace, ctx: Any) -> None:
     from training.methods.nd.negative_set import negative_set
     from training.methods.nt import train_nt_generator
     from training.methods.ul import train_ul_generator
-    from training.pipeline.build import NEGATIVE_TEACHER, STANDARD_GENERATOR
     from training.pipeline.inputs import ensure_tokenizer, prepare_splits, val_subset
+    from training.pipeline.plan import NEGATIVE_TEACHER, STANDARD_GENERATOR
 
     preset = preset_from_args(args)
     if args.max_steps:  # the preset's budget, so every job (and its schedule) sees the same one

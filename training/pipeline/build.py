@@ -1,9 +1,10 @@
 """``python -m training build``: data -> tokenizer -> standard generator -> safety classifier
-(DiaSafety, skipped when absent) -> negative teacher (on D_N) -> ND student -> evaluation; resumable.
+(DiaSafety, skipped when absent) -> negative teacher (on D_N) -> ND student -> NT -> choice of the
+served generator -> G2R retriever -> evaluation; resumable.
 
 Each stage leaves a file behind (tokenizer.json, a verified bundle, an evaluation JSON); a rerun
-skips the stages whose outputs are already there and resumes an interrupted training stage from
-its last checkpoint.
+skips the stages whose outputs are already there (training/pipeline/plan.py decides which, before
+any runs) and resumes an interrupted training stage from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -19,29 +20,28 @@ from typing import Any, cast
 from models.bundle import read_manifest
 from models.tokenizer import DialogueTokenizer
 from training.config import Preset
-from training.core.data import (
-    DatasetNotFoundError,
-    DialogueSplits,
-)
+from training.core.data import DialogueSplits
 from training.core.distributed import DistContext, barrier
 from training.core.generator import train_mle_generator
 from training.core.run import RunSpec
 from training.core.trainer import CHECKPOINT_FILE
 from training.methods.g2r.job import build_retriever
 from training.methods.nd.job import train_nd_student
-from training.methods.nd.negative_set import NegativeSet, negative_set
-from training.methods.safety_classifier.data import find_diasafety
+from training.methods.nd.negative_set import NegativeSet, negative_set, negative_set_summary
 from training.methods.safety_classifier.job import SAFETY_CLASSIFIER
 from training.methods.safety_classifier.job import build_stage as build_safety_classifier
-from training.pipeline.evaluation import (
-    cached_selection,
-    evaluate_bundle,
-    existing_bundle,
-    existing_evaluation,
-    select_served_generator,
-    selection_file,
-)
+from training.pipeline.evaluation import evaluate_bundle, select_served_generator, selection_file
 from training.pipeline.inputs import BuildPaths, ensure_tokenizer, prepare_splits, val_subset
+from training.pipeline.plan import (
+    BIENCODER_RETRIEVER,
+    G2R_RETRIEVER,
+    ND_STUDENT,
+    NEGATIVE_TEACHER,
+    NT_GENERATOR,
+    STANDARD_GENERATOR,
+    SUMMARY_FILE,
+    BuildPlan,
+)
 from training.pipeline.progress import (
     DATA,
     EVALUATE,
@@ -51,54 +51,13 @@ from training.pipeline.progress import (
     RETRIEVER,
     SAFETY,
     SELECT,
-    STAGES,
     STANDARD,
     TEACHER,
     BuildProgress,
-    planned_seconds,
 )
 from training.pipeline.selection import select_retriever, write_serving
 
 logger = logging.getLogger(__name__)
-
-STANDARD_GENERATOR = "generator-standard"
-NEGATIVE_TEACHER = "generator-negative-teacher"
-ND_STUDENT = "generator-nd"
-NT_GENERATOR = "generator-nt"
-G2R_RETRIEVER = "retriever-g2r"
-BIENCODER_RETRIEVER = "retriever-biencoder"  # the plain bi-encoder beside it (biencoder_baseline)
-SUMMARY_FILE = "build-summary.json"  # runs/<preset>/: the whole summary of the last build
-
-
-# `--redo STAGE` redoes STAGE and every stage that reads what it wrote.
-def redo_closure(preset: Preset, redo: Iterable[str]) -> frozenset[str]:
-    """``redo`` plus the stages downstream of it ("all" = every stage)."""
-    wanted = set(redo)
-    if "all" in wanted:
-        return frozenset(STAGES)
-    unknown = sorted(wanted - set(STAGES))
-    if unknown:
-        raise ValueError(f"--redo: unknown stage(s) {unknown}; choose from {list(STAGES)} or all")
-    reads: dict[str, set[str]] = {
-        STANDARD: {DATA},
-        SAFETY: {STANDARD},
-        NEGATIVE_SET: {DATA},
-        TEACHER: {DATA, NEGATIVE_SET}
-        | ({STANDARD} if preset.nd.teacher_init == "standard" else set()),
-        ND: {DATA, TEACHER} | ({STANDARD} if preset.nd.student_init == "standard" else set()),
-        NT: {DATA, STANDARD},
-        SELECT: {STANDARD, ND, NT},
-        RETRIEVER: {DATA, SELECT},
-        EVALUATE: {STANDARD, ND, NT},
-    }
-    changed = True
-    while changed:
-        changed = False
-        for stage, inputs in reads.items():
-            if stage not in wanted and inputs & wanted:
-                wanted.add(stage)
-                changed = True
-    return frozenset(wanted)
 
 
 def build(
@@ -122,169 +81,25 @@ def build(
     A stage whose output exists is skipped, its evaluation included; ``redo`` names stages to do
     again (with the stages that read their output), from scratch. Each stage prints a
     "stage k/N" line with the elapsed time and an estimate for the whole build."""
-    redo = tuple(redo)
-    redo_set = redo_closure(preset, redo)
+    plan = BuildPlan(preset, paths, tuple(redo))
+    redo_set, done, evaluated = plan.redo_set, plan.done, plan.evaluated
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    preset_runs = paths.runs_dir / preset.name
-    tokenizer_path = preset_runs / "tokenizer.json"
-    summary_path = preset_runs / SUMMARY_FILE
-    dn_report = preset_runs / "negative_set.json"
+    summary_path = plan.preset_runs / SUMMARY_FILE
     data_desc = (
         f"{paths.data_dir} (official split, max_context_turns={preset.inputs.max_context_turns})"
     )
-
-    def bundle_done(name: str) -> bool:
-        return name not in redo_set and existing_bundle(paths.out_dir / name, preset)
-
-    # --- the plan: which stages run, decided before any of them does -------------------------
-    generators = [STANDARD_GENERATOR, NEGATIVE_TEACHER, ND_STUDENT] + (
-        [NT_GENERATOR] if preset.nt_steps else []
-    )
-    done = {name: bundle_done(name) for name in generators}
-    candidates = [STANDARD_GENERATOR, ND_STUDENT] + ([NT_GENERATOR] if preset.nt_steps else [])
-    has_diasafety = _has_diasafety(paths.data_dir)
-    safety_done = bundle_done(SAFETY_CLASSIFIER)
-    dn_needed = not done[NEGATIVE_TEACHER] or NEGATIVE_SET in redo_set or not dn_report.exists()
-    select_cached = (
-        SELECT not in redo_set
-        and all(done[c] for c in candidates)
-        and cached_selection(paths, preset, [paths.out_dir / c for c in candidates]) is not None
-    )
-    retrievers = (
-        []
-        if preset.retriever is None
-        else ([BIENCODER_RETRIEVER] if preset.retriever.biencoder_baseline else [])
-        + [G2R_RETRIEVER]
-    )
-
-    def retriever_bundle_done(name: str) -> bool:
-        # The plain bi-encoder reads only the corpus: it is redone with the data, or when the
-        # retrieval stage itself is asked for, not when a generator upstream of G2R changes.
-        if name == BIENCODER_RETRIEVER:
-            asked = DATA in redo_set or RETRIEVER in redo or "all" in redo
-            return not asked and existing_bundle(paths.out_dir / name, preset)
-        return bundle_done(name)
-
-    retriever_done = all(retriever_bundle_done(name) for name in retrievers)
-    evaluated = {
-        c: done[c]
-        and EVALUATE not in redo_set
-        and existing_evaluation(
-            paths.out_dir / c, preset, paths.run_dir(preset, c) / "eval-test.json"
-        )
-        is not None
-        for c in candidates
-    }
-    needs_data = (
-        DATA in redo_set
-        or not tokenizer_path.exists()
-        or not all(done.values())
-        or dn_needed
-        or not select_cached
-        or not retriever_done
-        or not all(evaluated.values())
-    )
-    plan = planned_seconds(preset)
-    g, r = preset.generator.train, preset.retriever
-    exists = "its bundle exists (--redo {} to train it again)".format
-    stages: list[tuple[str, str, float, bool, str]] = [
-        (
-            DATA,
-            "load and de-leak the corpus, tokenizer",
-            plan[DATA],
-            needs_data,
-            "every stage that reads the corpus is done",
-        ),
-        (
-            STANDARD,
-            f"MLE generator, {g.max_steps} updates",
-            plan[STANDARD],
-            not done[STANDARD_GENERATOR],
-            exists(STANDARD),
-        ),
-        (
-            SAFETY,
-            "DiaSafety classifier",
-            plan[SAFETY],
-            has_diasafety and not safety_done,
-            exists(SAFETY) if has_diasafety else "no DiaSafety beside the corpus",
-        ),
-        (
-            NEGATIVE_SET,
-            f"D_N by {preset.nd.entropy.method} source entropy",
-            plan[NEGATIVE_SET],
-            dn_needed,
-            "the negative teacher is trained and negative_set.json exists",
-        ),
-        (
-            TEACHER,
-            f"negative teacher on D_N, {preset.nd.teacher_steps or g.max_steps} updates",
-            plan[TEACHER],
-            not done[NEGATIVE_TEACHER],
-            exists(TEACHER),
-        ),
-        (
-            ND,
-            f"ND student, {preset.nd.student_steps or g.max_steps} updates",
-            plan[ND],
-            not done[ND_STUDENT],
-            exists(ND),
-        ),
-    ]
-    if preset.nt_steps:
-        stages.append(
-            (
-                NT,
-                f"NT fine-tune, {preset.nt_steps} updates",
-                plan[NT],
-                not done[NT_GENERATOR],
-                exists(NT),
-            )
-        )
-    stages.append(
-        (
-            SELECT,
-            f"choose the served generator of {len(candidates)} on validation",
-            plan[SELECT],
-            not select_cached,
-            f"chosen before for these bundles (--redo {SELECT})",
-        )
-    )
-    if r is not None:
-        what = f"G2R: {r.augment.max_contexts or 'all'} contexts x {r.augment.m} teacher replies, "
-        what += f"{r.train.max_steps} retriever updates, index"
-        if r.biencoder_baseline:
-            what += "; a plain bi-encoder beside it, the better on validation served"
-        stages.append(
-            (
-                RETRIEVER,
-                what,
-                plan[RETRIEVER],
-                not retriever_done,
-                exists(RETRIEVER),
-            )
-        )
-    stages.append(
-        (
-            EVALUATE,
-            f"test split, {len(candidates)} generators",
-            plan[EVALUATE],
-            not all(evaluated.values()),
-            f"every generator was evaluated before (--redo {EVALUATE})",
-        )
-    )
-    show = BuildProgress(stages, enabled=progress and ctx.is_main)
+    show = BuildProgress(plan.stages(), enabled=progress and ctx.is_main)
 
     # --- data and tokenizer: loaded only when a stage needs them ------------------------------
     show.start(DATA)
     loaded: dict[str, Any] = {}
-    if needs_data:
-        if DATA in redo_set and ctx.is_main and tokenizer_path.exists():
-            tokenizer_path.unlink()
+    if plan.needs_data:
+        if DATA in redo_set and ctx.is_main and plan.tokenizer_path.exists():
+            plan.tokenizer_path.unlink()
         barrier(ctx)
         loaded["splits"] = prepare_splits(preset, paths.data_dir)
-        loaded["tokenizer"] = ensure_tokenizer(preset, loaded["splits"], tokenizer_path, ctx)
+        loaded["tokenizer"] = ensure_tokenizer(preset, loaded["splits"], plan.tokenizer_path, ctx)
     timings["data+tokenizer_s"] = show.finish(DATA)
 
     def splits() -> DialogueSplits:
@@ -328,7 +143,7 @@ def build(
     show.start(SAFETY)
     if preset.safety is None:
         logger.warning("preset %s has no safety section: no safety classifier", preset.name)
-    elif has_diasafety and not safety_done and ctx.is_main:
+    elif plan.has_diasafety and not plan.safety_done and ctx.is_main:
         build_safety_classifier(
             preset.safety,
             paths.data_dir,
@@ -344,12 +159,12 @@ def build(
 
     show.start(NEGATIVE_SET)
     dn: NegativeSet | None = None
-    if dn_needed:
+    if plan.negative_set_needed:
         dn = negative_set(
             splits().train, preset.nd.negative_fraction, seed=seed, entropy=preset.nd.entropy
         )
         if ctx.is_main:
-            write_negative_set_report(dn, len(splits().train), dn_report)
+            dn.write_report(len(splits().train), plan.negative_set_report)
     timings["negative_set_s"] = show.finish(NEGATIVE_SET)
     teacher = stage(
         TEACHER,
@@ -404,8 +219,8 @@ def build(
     if preset.retriever is not None:
         show.start(RETRIEVER)
         retriever_splits: DialogueSplits | None = None
-        for name in retrievers:
-            if retriever_bundle_done(name):
+        for name in plan.retrievers:
+            if plan.retriever_bundle_done(name):
                 continue
             if retriever_splits is None:
                 # The retriever may read more turns than the generators (its own InputConfig):
@@ -431,7 +246,7 @@ def build(
                 seed=seed,
             )
         barrier(ctx)
-        built = [n for n in retrievers if (paths.out_dir / n).is_dir()]
+        built = [n for n in plan.retrievers if (paths.out_dir / n).is_dir()]
         if built:
             served_retriever, retriever_why = select_retriever(
                 {n: read_manifest(paths.out_dir / n).metrics for n in built}
@@ -449,10 +264,10 @@ def build(
     summary: dict[str, Any] = {
         "preset": preset.name,
         "bundles": [str(b) for b in (standard, teacher, student)]
-        + [str(paths.out_dir / n) for n in retrievers]
+        + [str(paths.out_dir / n) for n in plan.retrievers]
         + ([str(safety)] if safety.is_dir() else []),
         "data": splits().stats if "splits" in loaded else _previous(summary_path, "data"),
-        "negative_set": _negative_set_summary(dn, dn_report),
+        "negative_set": dn.summary() if dn else negative_set_summary(plan.negative_set_report),
         "served_generator": served.name,
         "g2r_teacher": str(teacher),
     }
@@ -488,32 +303,6 @@ def build(
     return summary
 
 
-def _has_diasafety(data_dir: Path) -> bool:
-    try:
-        find_diasafety(data_dir)
-    except DatasetNotFoundError:
-        return False
-    return True
-
-
-def _previous(summary_path: Path, key: str) -> Any:
-    """``key`` of the last build's summary (for figures of a stage skipped this time)."""
-    try:
-        return json.loads(summary_path.read_text()).get(key)
-    except (OSError, ValueError):
-        return None
-
-
-def _negative_set_summary(dn: NegativeSet | None, report: Path) -> dict[str, Any] | None:
-    if dn is not None:
-        return {"pairs": len(dn.examples), "threshold": dn.threshold}
-    try:
-        previous = json.loads(report.read_text())
-    except (OSError, ValueError):
-        return None
-    return {"pairs": previous["negative_pairs"], "threshold": previous["entropy_threshold"]}
-
-
 def _train_nt(run: RunSpec, *, tokenizer: DialogueTokenizer, **kwargs: Any) -> Any:
     """``build``'s NT stage: He & Glass's fine-tune of the standard model (its own tokenizer)."""
     from training.methods.nt import train_nt_generator
@@ -522,19 +311,9 @@ def _train_nt(run: RunSpec, *, tokenizer: DialogueTokenizer, **kwargs: Any) -> A
     return train_nt_generator(run, **kwargs)
 
 
-def write_negative_set_report(dn: NegativeSet, n_train: int, path: Path) -> None:
-    """D_N's size, cut-off and most generic responses, for the ND report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    report = {
-        "train_pairs": n_train,
-        "negative_pairs": len(dn.examples),
-        "entropy_threshold": dn.threshold,
-        "top20_share_in_dn": dn.top20_share_in_dn,
-        "top20_share_in_d": dn.top20_share_in_d,
-        "top_responses": [
-            {"response": r, "source_entropy": h, "pairs_in_dn": n} for r, h, n in dn.top_responses
-        ],
-        "entropy": dn.entropy.describe(),
-        "stats": dn.stats.to_dict() if dn.stats is not None else None,
-    }
-    path.write_text(json.dumps(report, indent=2))
+def _previous(summary_path: Path, key: str) -> Any:
+    """``key`` of the last build's summary (for figures of a stage skipped this time)."""
+    try:
+        return json.loads(summary_path.read_text()).get(key)
+    except (OSError, ValueError):
+        return None

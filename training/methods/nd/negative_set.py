@@ -4,10 +4,13 @@ whose responses have the highest source entropy H_src (eq. 4), exact-string or c
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from training.core.data import DialogueExample
 from training.methods.nd.entropy import (
@@ -50,6 +53,36 @@ class NegativeSet:
     top20_share_in_d: float
     entropy: EntropyConfig = field(default_factory=EntropyConfig)  # how H_src was computed
     stats: NegativeSetStats | None = None  # ties, frequent responses, length, Dist-2 vs D
+
+    def write_report(self, n_train: int, path: Path) -> None:
+        """D_N's size, cut-off and most generic responses (``build``'s negative_set.json)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        report = {
+            "train_pairs": n_train,
+            "negative_pairs": len(self.examples),
+            "entropy_threshold": self.threshold,
+            "top20_share_in_dn": self.top20_share_in_dn,
+            "top20_share_in_d": self.top20_share_in_d,
+            "top_responses": [
+                {"response": r, "source_entropy": h, "pairs_in_dn": n}
+                for r, h, n in self.top_responses
+            ],
+            "entropy": self.entropy.describe(),
+            "stats": self.stats.to_dict() if self.stats is not None else None,
+        }
+        path.write_text(json.dumps(report, indent=2))
+
+    def summary(self) -> dict[str, Any]:
+        return {"pairs": len(self.examples), "threshold": self.threshold}
+
+
+def negative_set_summary(report: Path) -> dict[str, Any] | None:
+    """:meth:`NegativeSet.summary` of the D_N an earlier build wrote to ``report`` (None if none)."""
+    try:
+        previous = json.loads(report.read_text())
+    except (OSError, ValueError):
+        return None
+    return {"pairs": previous["negative_pairs"], "threshold": previous["entropy_threshold"]}
 
 
 def negative_set(
