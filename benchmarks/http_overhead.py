@@ -26,6 +26,8 @@ uvicorn's parsing, httpx). Their sum is what ``service_load`` reports as the ove
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
 import statistics
 import sys
@@ -33,6 +35,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -61,28 +64,67 @@ def stage_means(metrics_text: str) -> dict[str, float]:
     return {stage: 1000 * sums[stage] / n for stage, n in counts.items() if n > 0}
 
 
+class StdlibClient:
+    """POST /respond over one keep-alive ``http.client`` connection: the least Python a client
+    can run per request, so that "HTTP + client" with it is closer to the exchange itself than
+    with httpx (whose own per-request work any httpx user pays, and which is measured beside)."""
+
+    def __init__(self, url: str) -> None:
+        parsed = urlsplit(url)
+        self.conn = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port)
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        payload = json.dumps(body).encode()
+        self.conn.request("POST", path, body=payload, headers={"Content-Type": "application/json"})
+        reply = self.conn.getresponse()
+        data = reply.read()
+        if reply.status != 200:
+            raise RuntimeError(f"POST {path}: HTTP {reply.status}: {data[:200]!r}")
+        return dict(json.loads(data))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def http_round(
     args: argparse.Namespace, backend: str, contexts: Sequence[Sequence[str]]
 ) -> dict[str, Any]:
-    """One server (batching off), ``--warmup`` then ``--requests`` sequential requests."""
+    """One server (batching off), ``--warmup`` then ``--requests`` sequential requests from each
+    client (httpx and http.client, one keep-alive connection each), alternating request by
+    request so that both see the same server at the same moment."""
     server_args = sl.parse_args(
         ["--models-dir", str(args.models_dir), "--backends", backend, "--threads", "1"]
     )
     with sl.serve(server_args, 1) as url, httpx.Client(base_url=url, trust_env=False) as client:
-        for i in range(args.warmup):
-            client.post("/respond", json={"context": list(contexts[i]), "backend": backend})
-        client_ms, server_ms = [], []
-        for i in range(args.requests):
-            body = {"context": list(contexts[i % len(contexts)]), "backend": backend}
-            started = time.perf_counter()
-            reply = client.post("/respond", json=body)
-            client_ms.append(1000 * (time.perf_counter() - started))
-            reply.raise_for_status()
-            server_ms.append(float(reply.json()["latency_ms"]))
+        plain = StdlibClient(url)
+        try:
+            for i in range(args.warmup):
+                body = {"context": list(contexts[i]), "backend": backend}
+                client.post("/respond", json=body).raise_for_status()
+                plain.post("/respond", body)
+            client_ms: dict[str, list[float]] = {"httpx": [], "stdlib": []}
+            server_ms: dict[str, list[float]] = {"httpx": [], "stdlib": []}
+            for i in range(2 * args.requests):
+                body = {"context": list(contexts[(i // 2) % len(contexts)]), "backend": backend}
+                which = "httpx" if i % 2 == 0 else "stdlib"
+                started = time.perf_counter()
+                if which == "httpx":
+                    reply = client.post("/respond", json=body)
+                    elapsed = time.perf_counter() - started
+                    reply.raise_for_status()
+                    answer = reply.json()
+                else:
+                    answer = plain.post("/respond", body)
+                    elapsed = time.perf_counter() - started
+                client_ms[which].append(1000 * elapsed)
+                server_ms[which].append(float(answer["latency_ms"]))
+        finally:
+            plain.close()
         stages = stage_means(client.get("/metrics").text)
     return {
-        "client_p50_ms": statistics.median(client_ms),
-        "server_p50_ms": statistics.median(server_ms),
+        "client_p50_ms": statistics.median(client_ms["httpx"]),
+        "server_p50_ms": statistics.median(server_ms["httpx"] + server_ms["stdlib"]),
+        "stdlib_client_p50_ms": statistics.median(client_ms["stdlib"]),
         "stages_ms": stages,  # warm-up included: per-observation means
     }
 
@@ -99,7 +141,8 @@ def measure(args: argparse.Namespace, backend: str) -> dict[str, Any]:
         rounds.append({"inprocess_p50_ms": inprocess, **served, "model": model_id})
         print(
             f"  {backend:10s} round {r}: in-process {inprocess:.2f} ms, service "
-            f"{served['server_p50_ms']:.2f} ms, client {served['client_p50_ms']:.2f} ms",
+            f"{served['server_p50_ms']:.2f} ms, client {served['client_p50_ms']:.2f} ms (httpx), "
+            f"{served['stdlib_client_p50_ms']:.2f} ms (http.client)",
             file=sys.stderr,
             flush=True,
         )
@@ -120,6 +163,13 @@ def measure(args: argparse.Namespace, backend: str) -> dict[str, Any]:
         "overhead_ms": statistics.median(
             r["client_p50_ms"] - r["inprocess_p50_ms"] for r in rounds
         ),
+        "stdlib_client_p50_ms": med("stdlib_client_p50_ms"),
+        "stdlib_http_ms": statistics.median(
+            r["stdlib_client_p50_ms"] - r["server_p50_ms"] for r in rounds
+        ),
+        "stdlib_overhead_ms": statistics.median(
+            r["stdlib_client_p50_ms"] - r["inprocess_p50_ms"] for r in rounds
+        ),
         "stages_ms": rounds[-1]["stages_ms"],
         "rounds": rounds,
     }
@@ -135,11 +185,14 @@ def render(result: dict[str, Any]) -> str:
         f"Machine: {meta['machine']}; load average {meta['load_before']} before, "
         f"{meta['load_after']} after. {meta['rounds']} rounds per backend, each: the in-process "
         f"call then a fresh server, {meta['requests']} sequential requests (one connection) "
-        f"after {meta['warmup']} warm-up; medians over rounds.",
+        f"after {meta['warmup']} warm-up from each of two clients (httpx and the standard library's "
+        f"http.client, one keep-alive connection each, alternating request by request); "
+        f"medians over rounds.",
         "",
         markdown_table(
             [
                 "backend",
+                "client",
                 "in process p50 ms",
                 "service p50 ms",
                 "client p50 ms",
@@ -150,14 +203,20 @@ def render(result: dict[str, Any]) -> str:
             [
                 [
                     r["backend"],
+                    client,
                     f"{r['inprocess_p50_ms']:.2f}",
                     f"{r['server_p50_ms']:.2f}",
-                    f"{r['client_p50_ms']:.2f}",
+                    f"{r[prefix + 'client_p50_ms']:.2f}",
                     f"{r['inside_service_ms']:.2f}",
-                    f"{r['http_and_client_ms']:.2f}",
-                    f"{r['overhead_ms']:.2f}",
+                    f"{r[http_key]:.2f}",
+                    f"{r[prefix + 'overhead_ms']:.2f}",
                 ]
                 for r in rows
+                for client, prefix, http_key in (
+                    ("httpx", "", "http_and_client_ms"),
+                    ("http.client", "stdlib_", "stdlib_http_ms"),
+                )
+                if prefix + "client_p50_ms" in r
             ],
         ),
         "",

@@ -40,5 +40,10 @@ def test_one_round_over_http_on_tiny_bundles(tmp_path: Path) -> None:
     assert row["backend"] == "retrieval" and len(row["rounds"]) == 1
     assert row["inprocess_p50_ms"] > 0 and 0 < row["server_p50_ms"] < row["client_p50_ms"]
     assert row["overhead_ms"] == pytest.approx(row["client_p50_ms"] - row["inprocess_p50_ms"])
+    assert 0 < row["server_p50_ms"] < row["stdlib_client_p50_ms"]
+    assert row["stdlib_overhead_ms"] == pytest.approx(
+        row["stdlib_client_p50_ms"] - row["inprocess_p50_ms"]
+    )
     assert {"tokenize", "encode", "search"} <= set(row["stages_ms"])
-    assert "| retrieval |" in out.with_suffix(".md").read_text()
+    md = out.with_suffix(".md").read_text()
+    assert "| retrieval | httpx |" in md and "| retrieval | http.client |" in md
