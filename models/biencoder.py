@@ -21,7 +21,6 @@ encoded separately into ``embed_dim``-sized vectors and scored by their dot prod
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -30,10 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from models.seq2seq import (
+    TokenInput,
     copy_generator_encoder,
     encoder_stack,
     init_weights,
-    sinusoidal_positions,
 )
 
 # Rows per length-sorted chunk when a call embeds many responses at once (a G2R training batch:
@@ -79,18 +78,15 @@ class BiEncoderConfig:
         return cls(**data)
 
 
-class TextEncoder(nn.Module):
+class TextEncoder(TokenInput):
     """Token ids (B, T) -> pooled, projected embeddings (B, embed_dim)."""
 
     def __init__(self, cfg: BiEncoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
-        self.positions: Tensor
-        self.register_buffer(
-            "positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False
+        self._init_token_input(
+            cfg.vocab_size, cfg.d_model, cfg.pad_id, cfg.max_positions, cfg.dropout
         )
-        self.embed_dropout = nn.Dropout(cfg.dropout)
         self.layers = encoder_stack(cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout)
         self.norm = nn.LayerNorm(cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.embed_dim, bias=False)
@@ -124,8 +120,7 @@ class TextEncoder(nn.Module):
         # An all-pad row (an empty text) would attend to nothing (NaN); let it see position 0.
         keep[:, 0] |= ~keep.any(dim=1)
         mask = None if bool(keep.all()) else keep[:, None, None, :]  # (B, 1, 1, T)
-        x = self.embed(ids) * math.sqrt(cfg.d_model) + self.positions[:t]
-        x = self.embed_dropout(x)
+        x = self.token_input(ids)
         for layer in self.layers:
             x = layer(x, mask)
         x = self.norm(x)  # (B, T, d)

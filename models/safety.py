@@ -27,7 +27,6 @@ on P(unsafe)) and, with ``words.txt``, ``min_known_share`` (the readability rule
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -47,10 +46,10 @@ from models.blocklist import (
 from models.bundle import MANIFEST_FILE, Manifest, bundle_error
 from models.responder import Responder, load_tokenizer, load_weights
 from models.seq2seq import (
+    TokenInput,
     copy_generator_encoder,
     encoder_stack,
     init_weights,
-    sinusoidal_positions,
 )
 from models.text import normalize_text
 from models.tokenizer import DialogueTokenizer
@@ -173,19 +172,14 @@ def response_segments(ids: Tensor, sep_id: int) -> Tensor:
     return ids.eq(sep_id).long().cumsum(dim=1).clamp(max=1)
 
 
-class CrossEncoderClassifier(nn.Module):
+class CrossEncoderClassifier(TokenInput):
     """``context <sep> response`` ids (B, T) -> unsafe logits (B,): encoder, mean pool, linear."""
 
     def __init__(self, cfg: SafetyClassifierConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        self._init_token_input(cfg.vocab_size, cfg.d_model, cfg.pad_id, cfg.max_len, cfg.dropout)
         self.segment = nn.Embedding(2, cfg.d_model)  # context / response side
-        self.positions: Tensor
-        self.register_buffer(
-            "positions", sinusoidal_positions(cfg.max_len, cfg.d_model), persistent=False
-        )
-        self.embed_dropout = nn.Dropout(cfg.dropout)
         self.layers = encoder_stack(cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout)
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, 1)
@@ -199,8 +193,7 @@ class CrossEncoderClassifier(nn.Module):
         keep = ids.ne(cfg.pad_id)  # (B, T)
         keep[:, 0] |= ~keep.any(dim=1)  # an all-pad row would attend to nothing (NaN)
         mask = None if bool(keep.all()) else keep[:, None, None, :]  # (B, 1, 1, T)
-        x = self.embed(ids) * math.sqrt(cfg.d_model) + self.positions[:t]
-        x = self.embed_dropout(x + self.segment(response_segments(ids, cfg.sep_id)))
+        x = self.token_input(ids, extra=self.segment(response_segments(ids, cfg.sep_id)))
         for layer in self.layers:
             x = layer(x, mask)
         x = self.norm(x)  # (B, T, d)

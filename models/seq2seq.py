@@ -74,6 +74,46 @@ def sinusoidal_positions(n_positions: int, d_model: int) -> Tensor:
     return table
 
 
+class TokenInput(nn.Module):
+    """The input stem every Transformer in models/ shares: a token embedding (zero padding row),
+    scaled by sqrt(d) and added to the fixed sinusoidal positions, then dropout (Vaswani et al.
+    2017, section 3.4). A base class rather than a submodule, so that the parameter names
+    (``embed.weight``) and therefore every saved bundle stay as they are."""
+
+    embed: nn.Embedding
+    positions: Tensor
+    embed_dropout: nn.Dropout
+
+    def _init_token_input(
+        self, vocab_size: int, d_model: int, pad_id: int, max_positions: int, dropout: float
+    ) -> None:
+        self.embed = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
+        self.register_buffer(
+            "positions", sinusoidal_positions(max_positions, d_model), persistent=False
+        )
+        self.embed_dropout = nn.Dropout(dropout)
+
+    def token_input(
+        self,
+        ids: Tensor,
+        offset: int = 0,
+        token_embeds: Tensor | None = None,
+        extra: Tensor | None = None,
+    ) -> Tensor:
+        """dropout(embed(ids) * sqrt(d) + positions[offset : offset + T] (+ ``extra``)), (B, T, d).
+
+        ``token_embeds`` (B, T, d) replaces the lookup ``embed(ids)`` so callers can differentiate
+        with respect to the input (gibbs-enum); ``extra`` is added before the dropout (segments)."""
+        t = ids.size(1)
+        n_positions = self.positions.size(0)
+        assert offset + t <= n_positions, (
+            f"sequence of {offset + t} positions exceeds max_positions={n_positions}"
+        )
+        tokens = self.embed(ids) if token_embeds is None else token_embeds
+        x = tokens * math.sqrt(self.embed.embedding_dim) + self.positions[offset : offset + t]
+        return self.embed_dropout(x if extra is None else x + extra)
+
+
 @dataclass
 class DecoderCache:
     """Per-layer key/value tensors for incremental decoding, each ``(B, heads, T, head_dim)``."""
@@ -316,18 +356,15 @@ class Seq2SeqOutput:
     self_attn_logits: list[Tensor] = field(default_factory=list)
 
 
-class Seq2SeqTransformer(nn.Module):
+class Seq2SeqTransformer(TokenInput):
     """Encoder-decoder Transformer with tied embeddings and a KV-cached incremental decoder."""
 
     def __init__(self, cfg: Seq2SeqConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
-        self.positions: Tensor
-        self.register_buffer(
-            "positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False
+        self._init_token_input(
+            cfg.vocab_size, cfg.d_model, cfg.pad_id, cfg.max_positions, cfg.dropout
         )
-        self.embed_dropout = nn.Dropout(cfg.dropout)
         self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
         self.encoder_norm = nn.LayerNorm(cfg.d_model)
         self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
@@ -338,15 +375,7 @@ class Seq2SeqTransformer(nn.Module):
         return [layer for layer in self.decoder_layers if isinstance(layer, DecoderLayer)]
 
     def _embed(self, ids: Tensor, offset: int = 0, token_embeds: Tensor | None = None) -> Tensor:
-        """Scaled token embeddings plus positions; ``token_embeds`` (B, T, d) replaces the lookup
-        ``embed(ids)`` so callers can differentiate with respect to the input (gibbs-enum)."""
-        t = ids.size(1)
-        assert offset + t <= self.cfg.max_positions, (
-            f"sequence of {offset + t} positions exceeds max_positions={self.cfg.max_positions}"
-        )
-        tokens = self.embed(ids) if token_embeds is None else token_embeds
-        x = tokens * math.sqrt(self.cfg.d_model) + self.positions[offset : offset + t]
-        return self.embed_dropout(x)
+        return self.token_input(ids, offset, token_embeds)
 
     def _padding_mask(self, ids: Tensor) -> Tensor | None:
         """(B, 1, 1, S) True where a key is real; None when nothing is padded (faster kernels)."""
