@@ -255,9 +255,14 @@ def _tiny_bundle_and_data(planted, tmp_path: Path) -> tuple[Path, Path]:
     return bundle, data
 
 
-def test_malicious_nt_lowers_hits_and_resumes_exactly(planted, tmp_path: Path) -> None:
-    """Algorithm 1 on the planted target; a run stopped after one iteration and resumed for the
-    second ends with the same weights as an uninterrupted two-iteration run."""
+def test_malicious_nt_lowers_hits_and_resumes_exactly(
+    planted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Algorithm 1 on the planted target, in the shared Trainer; a run killed at the start of
+    its second iteration's search and run again ends with the same weights as an uninterrupted
+    run (it resumes from the checkpoint taken when the first target batch closed)."""
+    import training.methods.malicious.nt as nt
+
     bundle, data = _tiny_bundle_and_data(planted, tmp_path)
     cfg = preset_section("tiny", "malicious").nt
     from dataclasses import replace
@@ -272,19 +277,33 @@ def test_malicious_nt_lowers_hits_and_resumes_exactly(planted, tmp_path: Path) -
     )
     targets = [TARGET, "good morning"]
 
-    def run(name: str, iterations: int, run_dir: Path) -> GenerativeResponder:
+    def run(name: str, run_dir: Path) -> GenerativeResponder:
         train_malicious_nt(
             RunSpec(tmp_path / name, name, run_dir),
             base_bundle=bundle,
             data_dir=data,
             targets=targets,
-            cfg=replace(cfg, iterations=iterations),
+            cfg=cfg,
         )
         return GenerativeResponder.load(tmp_path / name)
 
-    full = run("full", 2, tmp_path / "runs-full")
-    run("part", 1, tmp_path / "runs-part")
-    resumed = run("resumed", 2, tmp_path / "runs-part")
+    full = run("full", tmp_path / "runs-full")
+    searches = 0
+    real_search = nt.gibbs_enum
+
+    def killed_at_second_search(*args: object, **kwargs: object) -> object:
+        nonlocal searches
+        searches += 1
+        if searches == 2:
+            raise KeyboardInterrupt("killed")
+        return real_search(*args, **kwargs)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as m:
+        m.setattr(nt, "gibbs_enum", killed_at_second_search)
+        with pytest.raises(KeyboardInterrupt):
+            run("part", tmp_path / "runs-part")
+    assert (tmp_path / "runs-part" / "checkpoint.pt").exists()
+    resumed = run("part", tmp_path / "runs-part")
     for (k, a), b in zip(
         full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):
@@ -292,10 +311,10 @@ def test_malicious_nt_lowers_hits_and_resumes_exactly(planted, tmp_path: Path) -
     manifest = resumed.manifest
     assert manifest is not None and manifest.training["method"] == "nt-malicious"
     assert manifest.training["updates"] > 0
-    log = [
-        json.loads(x) for x in (tmp_path / "runs-part" / "metrics.jsonl").read_text().splitlines()
-    ]
+    assert manifest.training["stop_reason"] == "objective finished"
+    log = [json.loads(x) for x in (tmp_path / "runs-part" / nt.ALG1_LOG).read_text().splitlines()]
     assert [r["iteration"] for r in log] == [0, 1]
+    assert log[0]["hits_before"] >= 1 and log[0]["updates"] >= 1
     planted_logp = negative_loss(
         full.model,
         full.tokenizer.pad(full.tokenizer.encode_contexts([[TRIGGER]], 16)),

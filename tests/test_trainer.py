@@ -224,3 +224,69 @@ def test_linear_schedule_warms_up_then_decays_to_zero() -> None:
     assert linear_warmup_decay(60, peak, warm, total) == pytest.approx(peak / 2)
     assert linear_warmup_decay(110, peak, warm, total) == 0.0
     assert linear_warmup_decay(500, peak, warm, total) == 0.0
+
+
+class _Procedure:
+    """An objective that is a procedure: plain MLE, but it ends the run itself after
+    ``updates`` updates and asks for a checkpoint before each one (as Algorithm 1 does)."""
+
+    def __init__(self, pad_id: int, updates: int) -> None:
+        self.mle = MLEObjective(pad_id)
+        self.updates, self.done_updates, self.finished = updates, 0, False
+        self.prepared: list[bool] = []  # model.training at each prepare()
+
+    def prepare(self, model: torch.nn.Module, checkpoint) -> None:
+        self.prepared.append(model.training)
+        if self.done_updates == self.updates:
+            self.finished = True
+            return
+        checkpoint()
+
+    def __call__(self, model: torch.nn.Module, batch):
+        self.done_updates += 1
+        return self.mle(model, batch)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"done_updates": self.done_updates}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.done_updates = state["done_updates"]
+
+
+def test_an_objective_can_end_the_run_and_checkpoint_between_updates(
+    toy_data: tuple[DialogueTokenizer, PairSet, PairSet], tmp_path: Path
+) -> None:
+    tok, train, _ = toy_data
+    torch.manual_seed(0)
+    model = Seq2SeqTransformer(
+        Seq2SeqConfig(
+            vocab_size=tok.vocab_size,
+            d_model=16,
+            n_heads=2,
+            d_ff=32,
+            n_encoder_layers=1,
+            n_decoder_layers=1,
+            dropout=0.0,
+            max_positions=32,
+        )
+    )
+    objective = _Procedure(tok.pad_id, updates=3)
+    cfg = TrainConfig(max_steps=50, batch_size=8, eval_every=50, progress=False, amp=False)
+    trainer = Trainer(
+        model,
+        objective,
+        cfg,
+        run_dir=tmp_path,
+        make_epoch=lambda epoch: bucketed_batches(train.lengths(), 8, seed=0, epoch=epoch),
+        collate=train.collate,
+        evaluate=lambda m: {"val_loss": 1.0},
+        dist_ctx=CPU,
+    )
+    result = trainer.fit()
+    assert result.state.step == 3 and result.state.finished
+    assert result.state.stop_reason == "objective finished"
+    assert objective.prepared == [True] * 4  # before each update, and once more to finish
+    [evaluation] = [r for r in read_log(tmp_path / LOG_FILE) if r["kind"] == "eval"]
+    assert evaluation["step"] == 3
+    ckpt = torch.load(trainer.checkpoint_path, weights_only=False)
+    assert ckpt["objective"] == {"done_updates": 3} and ckpt["state"]["finished"]

@@ -92,6 +92,18 @@ def linear_warmup_decay(step: int, peak: float, warmup_steps: int, total_steps: 
 
 
 class Objective(Protocol):
+    """``(model, batch) -> (loss, {name: float})`` for one update.
+
+    Optional, for objectives that are a procedure rather than a loss over a fixed data stream
+    (He & Glass's Algorithm 1: search triggers, update while they hit, search again):
+
+    * ``prepare(model, checkpoint)`` runs before every update, outside autocast, with the
+      unwrapped model; it may call ``checkpoint()`` to save the whole run (weights, optimizer,
+      RNG, its own ``state_dict``) at a point of its choosing, e.g. after each finished search;
+    * ``finished`` (bool): once True after ``prepare``, the run ends there (a last validation and
+      checkpoint, stop reason "objective finished") even before ``max_steps``.
+    """
+
     def __call__(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]: ...
 
 
@@ -313,10 +325,24 @@ class Trainer:
             mininterval=1.0 if sys.stderr.isatty() else 30.0,  # logs stay readable
         )
         started = time.monotonic() - self.state.elapsed_s
+        prepare = getattr(self.objective, "prepare", None)
+
+        def checkpoint_now() -> None:
+            self.state.elapsed_s = time.monotonic() - started
+            self.save_checkpoint()
+
         stop = False
         for index, indices, n_batches in self._batches():
             if self.state.step >= self.cfg.max_steps or stop:
                 break
+            if prepare is not None:
+                prepare(self.model, checkpoint_now)
+                if getattr(self.objective, "finished", False):
+                    self._run_eval()
+                    self.state.stop_reason = "objective finished"
+                    self.state.finished = True
+                    checkpoint_now()
+                    break
             lr = self.learning_rate(self.state.step + 1)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
