@@ -271,7 +271,7 @@ def test_malicious_nt_lowers_hits_and_resumes_exactly(
         cfg,
         iterations=2,
         target_batch=2,
-        max_updates=3,
+        max_updates=1,  # the update budget is spent exactly: the last batch must still close
         lr=1e-2,
         search=GibbsEnumConfig(trigger_len=3, candidates=16, sweeps=1, restarts=1),
     )

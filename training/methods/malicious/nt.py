@@ -326,7 +326,9 @@ def train_malicious_nt(
         tok, ids, cfg, thresholds=ctx.thresholds, lm=ctx.lm, avoid=avoid, seed=seed
     )
     n_batches = math.ceil(len(ids) / cfg.target_batch)
-    budget = max(1, cfg.iterations * n_batches * cfg.max_updates)  # never reached in practice
+    # Every batch takes at most max_updates updates, so the procedure ends (``finished``) before
+    # this bound; the one spare step lets the loop come round to close the last batch.
+    budget = cfg.iterations * n_batches * cfg.max_updates + 1
     train_cfg = TrainConfig(
         max_steps=budget,
         batch_size=cfg.pos_batch,
