@@ -50,6 +50,19 @@ def test_bucketed_batches_cover_every_example_once_and_are_deterministic() -> No
     assert all(len(batch) <= 8 for batch in a)
 
 
+def _tiny_model(tok: DialogueTokenizer) -> Seq2SeqTransformer:
+    cfg = Seq2SeqConfig(
+        vocab_size=tok.vocab_size,
+        d_model=16,
+        n_heads=2,
+        d_ff=32,
+        n_encoder_layers=1,
+        n_decoder_layers=1,
+        max_positions=64,
+    )
+    return Seq2SeqTransformer(cfg)
+
+
 @pytest.fixture(scope="module")
 def toy_data() -> tuple[DialogueTokenizer, PairSet, PairSet]:
     words = [
@@ -95,17 +108,7 @@ def _train(
     preset: Preset = PRESETS["tiny"],
 ) -> tuple[Seq2SeqTransformer, list[dict]]:
     torch.manual_seed(0)
-    cfg = Seq2SeqConfig(
-        vocab_size=tok.vocab_size,
-        d_model=16,
-        n_heads=2,
-        d_ff=32,
-        n_encoder_layers=1,
-        n_decoder_layers=1,
-        dropout=0.1,
-        max_positions=64,
-    )
-    model = Seq2SeqTransformer(cfg)
+    model = _tiny_model(tok)
     run_generator_training(
         model,
         MLEObjective(tok.pad_id),
@@ -179,17 +182,7 @@ def test_early_stopping_stops_after_patience_evals_without_improvement(
 ) -> None:
     tok, train, _val = toy_data
     evals = iter([3.0, 2.0, 2.5, 2.4, 2.6, 1.0])
-    model = Seq2SeqTransformer(
-        Seq2SeqConfig(
-            vocab_size=tok.vocab_size,
-            d_model=16,
-            n_heads=2,
-            d_ff=32,
-            n_encoder_layers=1,
-            n_decoder_layers=1,
-            max_positions=64,
-        )
-    )
+    model = _tiny_model(tok)
     trainer = Trainer(
         model,
         MLEObjective(tok.pad_id),
@@ -258,18 +251,7 @@ def test_an_objective_can_end_the_run_and_checkpoint_between_updates(
 ) -> None:
     tok, train, _ = toy_data
     torch.manual_seed(0)
-    model = Seq2SeqTransformer(
-        Seq2SeqConfig(
-            vocab_size=tok.vocab_size,
-            d_model=16,
-            n_heads=2,
-            d_ff=32,
-            n_encoder_layers=1,
-            n_decoder_layers=1,
-            dropout=0.0,
-            max_positions=32,
-        )
-    )
+    model = _tiny_model(tok)
     objective = _Procedure(tok.pad_id, updates=3)
     cfg = TrainConfig(max_steps=50, batch_size=8, eval_every=50, progress=False, amp=False)
     trainer = Trainer(
