@@ -86,6 +86,31 @@ def test_load_dailydialog_pairs_adjacent_utterances(tiny_dailydialog: Path) -> N
     ]
 
 
+def test_normalised_release_is_cached_by_content_and_rules(
+    tiny_dailydialog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DIALOGUE_CACHE_DIR", "")  # off: the reference
+    reference = load_dailydialog(tiny_dailydialog, "train", max_context_turns=2)
+    monkeypatch.setenv("DIALOGUE_CACHE_DIR", str(cache))
+    assert load_dailydialog(tiny_dailydialog, "train", max_context_turns=2) == reference  # writes
+    [entry] = (cache / "dailydialog").iterdir()
+    assert load_dailydialog(tiny_dailydialog, "train", max_context_turns=2) == reference  # reads
+    # the cache is what is read: a planted entry shows through ...
+    entry.write_text(json.dumps([["planted a", "planted b"]]))
+    assert load_dailydialog(tiny_dailydialog, "train") == [
+        DialogueExample(context=("planted a",), response="planted b")
+    ]
+    # ... a corrupt one is ignored (and rewritten), and a changed file gets an entry of its own
+    entry.write_text("{not json")
+    assert load_dailydialog(tiny_dailydialog, "train", max_context_turns=2) == reference
+    path = tiny_dailydialog / "train" / "dialogues_train.txt"
+    path.write_text(path.read_text() + "Hello . __eou__ Hi there . __eou__\n")
+    grown = load_dailydialog(tiny_dailydialog, "train", max_context_turns=2)
+    assert grown[:-1] == reference and grown[-1].response == "hi there ."
+    assert len(list((cache / "dailydialog").iterdir())) == 2
+
+
 def test_load_dailydialog_keeps_two_turns_of_context(tiny_dailydialog: Path) -> None:
     assert load_dailydialog(tiny_dailydialog, "train", max_context_turns=2) == [
         ex("hi , tom !", "hello . how are you ?"),

@@ -8,6 +8,8 @@ or test pair that also occurs in train.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+import models.text as text_module
 from models.text import normalize_text
 
 __all__ = [
@@ -83,21 +86,71 @@ def _check_max_context_turns(max_context_turns: int) -> None:
         raise ValueError(f"max_context_turns must be >= 1, got {max_context_turns}")
 
 
+def _cache_dir() -> Path | None:
+    """Where normalised corpora are cached: ``$DIALOGUE_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/dialogue-response`` (``~/.cache/...``); ``DIALOGUE_CACHE_DIR=`` (empty)
+    turns the cache off."""
+    configured = os.environ.get("DIALOGUE_CACHE_DIR")
+    if configured is not None:
+        return Path(configured) if configured else None
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dialogue-response"
+
+
+@functools.cache
+def _normalizer_version() -> bytes:
+    """The normaliser's source: a cached corpus is reused only with the rules that made it."""
+    return hashlib.sha256(Path(text_module.__file__ or "").read_bytes()).digest()
+
+
+def _normalized_dialogues(path: Path) -> list[list[str]]:
+    """Every line of a DailyDialog file as its normalised utterances (empty ones dropped).
+
+    Normalising the release is most of the time of reading it (~116k utterances, seconds); the
+    result is cached on disk under the hash of the file's bytes and of the normaliser's source,
+    so a changed file or changed rules are normalised again, and a cache that cannot be read or
+    written is simply not used."""
+    raw = path.read_bytes()
+    cache_dir = _cache_dir()
+    cached = None
+    if cache_dir is not None:
+        key = hashlib.sha256(_normalizer_version() + raw).hexdigest()
+        cached = cache_dir / "dailydialog" / f"{key}.json"
+        try:
+            dialogues = json.loads(cached.read_text(encoding="utf-8"))
+            if isinstance(dialogues, list):
+                return dialogues
+        except (OSError, ValueError):
+            pass
+    dialogues = [
+        [t for t in map(normalize_text, line.split(EOU)) if t]
+        # the lines text mode would give (universal newlines: \n, \r\n or \r), not str.splitlines(),
+        # which also breaks at U+2028, U+0085 and other characters inside an utterance
+        for line in raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        if line.strip()
+    ]
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(dialogues), encoding="utf-8")
+            os.replace(tmp, cached)
+        except OSError as exc:
+            logger.debug("not caching the normalised %s: %s", path, exc)
+    return dialogues
+
+
 def _dailydialog_pairs(path: Path, max_context_turns: int) -> LoadResult:
     """Read one ``dialogues_<split>.txt``; a line with fewer than two utterances is skipped."""
     examples: list[DialogueExample] = []
     skipped = 0
-    with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            if not line.strip():
-                continue
-            turns = [t for t in map(normalize_text, line.split(EOU)) if t]
-            if len(turns) < 2:
-                skipped += 1
-                continue
-            for i in range(1, len(turns)):
-                context = tuple(turns[max(0, i - max_context_turns) : i])
-                examples.append(DialogueExample(context=context, response=turns[i]))
+    for turns in _normalized_dialogues(path):
+        if len(turns) < 2:
+            skipped += 1
+            continue
+        for i in range(1, len(turns)):
+            context = tuple(turns[max(0, i - max_context_turns) : i])
+            examples.append(DialogueExample(context=context, response=turns[i]))
     if skipped:
         logger.debug("%s: skipped %d dialogue lines with fewer than 2 utterances", path, skipped)
     return LoadResult(examples, skipped)
