@@ -161,6 +161,8 @@ class MaliciousNTObjective:
 
     def prepare(self, model: nn.Module, checkpoint: Callable[[], None]) -> None:
         assert isinstance(model, Seq2SeqTransformer)
+        if self.current is not None:  # restored from a checkpoint on the CPU
+            self.current = self.current.to(next(model.parameters()).device)
         if self.rows is not None:
             if not self.judged:
                 self.hit = self._hits(model)
