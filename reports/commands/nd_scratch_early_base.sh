@@ -13,8 +13,6 @@ OMP_NUM_THREADS=2 $PY -m training train-generator --preset base --method nd \
   --nd-lambda 2 --nd-gamma-fraction 0.128 \
   --out artifacts-exp/base-nd-scratch-early --name generator-nd-scratch-early --runs runs-exp
 OMP_NUM_THREADS=2 $PY -m training compare \
-  --title "ND from scratch at base, early peak (gamma 0.128, peak alpha 0.5) vs Standard and the fine-tuned students" \
-  --bundle standard=$A/generator-standard --bundle nd-ft-peak1=$A/generator-nd \
-  --bundle nd-ft-peak0.5=artifacts-exp/base-nd-ft-lam2 \
-  --bundle nd-scratch-early=artifacts-exp/base-nd-scratch-early \
+  --title "ND from scratch at base, early peak (gamma 0.128, peak alpha 0.5) vs Standard, equal budget (whole test split)" \
+  --bundle standard=$A/generator-standard --bundle nd-scratch-early=artifacts-exp/base-nd-scratch-early \
   --out reports/nd_scratch_early_base
