@@ -77,6 +77,14 @@ class TrainConfig:
         return asdict(self)
 
 
+def fused_adam_supported(params: Sequence[nn.Parameter]) -> bool:
+    """Whether torch's fused Adam/AdamW kernels take these parameters: floating point, on a CPU
+    or a CUDA device (other devices keep the per-tensor loop)."""
+    return bool(params) and all(
+        p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for p in params
+    )
+
+
 def noam_learning_rate(step: int, d_model: int, warmup_steps: int, scale: float = 2.0) -> float:
     """ND eq. 17: lr = scale * min(1/sqrt(s), s / sqrt(s_wp^3)) / sqrt(d_model), with s >= 1."""
     s = max(step, 1)
@@ -165,11 +173,22 @@ class Trainer:
         self.ctx = dist_ctx
         params = list(parameters) if parameters is not None else list(model.parameters())
         self.optimizer: torch.optim.Optimizer
+        # The fused (single-kernel) Adam: the same update, 2.2-7.7x faster on this CPU than the
+        # per-tensor loop (reports/optimizer_step.md); the safety classifier's 8.9M-parameter
+        # bag model spent two thirds of each step there.
+        fused = fused_adam_supported(params)
         if config.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(params, lr=0.0, betas=config.betas, eps=config.eps)
+            self.optimizer = torch.optim.Adam(
+                params, lr=0.0, betas=config.betas, eps=config.eps, fused=fused
+            )
         elif config.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(
-                params, lr=0.0, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay
+                params,
+                lr=0.0,
+                betas=config.betas,
+                eps=config.eps,
+                weight_decay=config.weight_decay,
+                fused=fused,
             )
         elif config.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=0.0)
