@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -88,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--presets", nargs="+", default=["small", "base"])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=lambda s: __import__("pathlib").Path(s))
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -105,18 +106,34 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
     load_after = os.getloadavg()
-    command = "python -m benchmarks.optimizer_step " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.optimizer_step " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
     machine = (
         f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} with "
         f"{args.threads} thread(s); load average {[round(x, 2) for x in load_before]} before, "
         f"{[round(x, 2) for x in load_after]} after"
     )
     table = markdown_table(
-        ["preset", "model", "parameters", "default ms/step", "fused ms/step", "fused speed-up",
-         "max param diff after all steps"],
         [
-            [r["preset"], r["model"], f"{r['parameters']:,}", f"{r['default_ms']:.2f}",
-             f"{r['fused_ms']:.2f}", f"{r['speedup']:.2f}x", f"{r['max_param_diff']:.1e}"]
+            "preset",
+            "model",
+            "parameters",
+            "default ms/step",
+            "fused ms/step",
+            "fused speed-up",
+            "max param diff after all steps",
+        ],
+        [
+            [
+                r["preset"],
+                r["model"],
+                f"{r['parameters']:,}",
+                f"{r['default_ms']:.2f}",
+                f"{r['fused_ms']:.2f}",
+                f"{r['speedup']:.2f}x",
+                f"{r['max_param_diff']:.1e}",
+            ]
             for r in rows
         ],
     )
