@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,16 +34,25 @@ QUERY_TERMS = 8  # a query's heaviest TF-IDF terms that fetch lexical candidates
 MAX_CANDIDATE_DF = 0.01  # terms in more of the response set than this do not fetch candidates
 
 
-def _keep_top_per_row(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """The ``k`` largest entries of each row of a CSR matrix, the rest dropped."""
-    m = m.tocsr(copy=True)
-    for row in range(m.shape[0]):
-        start, end = m.indptr[row], m.indptr[row + 1]
-        if end - start > k:
-            vals = m.data[start:end]
-            vals[np.argsort(-vals, kind="stable")[k:]] = 0.0
-    m.eliminate_zeros()
-    return m
+@dataclass(frozen=True)
+class TermWeights:
+    """One text's TF-IDF row as two parallel arrays: its vocabulary columns, ascending, and their
+    L2-normalised tf x idf weights (what a CSR row holds, without building a matrix per request)."""
+
+    cols: np.ndarray  # int64
+    weights: np.ndarray  # float64
+
+
+def _gather_rows(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stored entries of CSR rows ``rows`` as flat arrays (position in ``rows``, column,
+    value), in row order: ``m[rows]`` without scipy's per-call validation, which cost more than
+    the arithmetic at batch 1."""
+    starts = m.indptr[rows]
+    lengths = m.indptr[rows + 1] - starts
+    owner = np.repeat(np.arange(len(rows)), lengths)
+    first = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    pos = np.repeat(starts, lengths) + (np.arange(int(lengths.sum())) - first)
+    return owner, m.indices[pos], m.data[pos]
 
 
 def lexical_tokens(text: str) -> list[str]:
@@ -123,31 +133,30 @@ class LexicalReranker:
             validation=raw.get("validation"),
         )
 
-    def query_vectors(self, texts: Sequence[str]) -> sp.csr_matrix:
-        """The same rows as :meth:`vectors` (tf x idf, L2-normalised; a test holds them equal),
-        built directly: ``TfidfVectorizer.transform`` spends ~1.7 ms validating its input per
-        call, which at batch 1 cost more than the rest of a retrieval."""
+    def terms(self, text: str) -> TermWeights:
+        """``text``'s TF-IDF row (the row :meth:`vectors` gives; a test holds them equal), built
+        directly: ``TfidfVectorizer.transform`` spends ~1.7 ms validating its input per call,
+        which at batch 1 cost more than the rest of a retrieval."""
         vocab = self.vectorizer.vocabulary_
-        indptr, indices, data = [0], [], []
-        for text in texts:
-            counts: dict[int, int] = {}
-            for token in lexical_tokens(text):
-                col = vocab.get(token)
-                if col is not None:
-                    counts[col] = counts.get(col, 0) + 1
-            cols = np.fromiter(sorted(counts), dtype=np.int64, count=len(counts))
-            weights = (
-                np.array([counts[c] for c in cols.tolist()], dtype=np.float64) * self.idf[cols]
-            )
-            norm = float(np.sqrt((weights**2).sum()))
-            indices.append(cols)
-            data.append(weights / norm if norm > 0 else weights)
-            indptr.append(indptr[-1] + len(cols))
+        counts: dict[int, int] = {}
+        for token in lexical_tokens(text):
+            col = vocab.get(token)
+            if col is not None:
+                counts[col] = counts.get(col, 0) + 1
+        cols = np.fromiter(sorted(counts), dtype=np.int64, count=len(counts))
+        weights = np.array([counts[c] for c in cols.tolist()], dtype=np.float64) * self.idf[cols]
+        norm = float(np.sqrt((weights**2).sum()))
+        return TermWeights(cols, weights / norm if norm > 0 else weights)
+
+    def query_vectors(self, texts: Sequence[str]) -> sp.csr_matrix:
+        """:meth:`terms` of each text, stacked as CSR rows (the rows :meth:`vectors` gives)."""
+        rows = [self.terms(text) for text in texts]
+        indptr = np.cumsum([0] + [len(r.cols) for r in rows])
         return sp.csr_matrix(
             (
-                np.concatenate(data) if data else np.zeros(0),
-                np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64),
-                np.asarray(indptr),
+                np.concatenate([r.weights for r in rows]) if rows else np.zeros(0),
+                np.concatenate([r.cols for r in rows]) if rows else np.zeros(0, dtype=np.int64),
+                indptr,
             ),
             shape=(len(texts), len(self.vocabulary)),
         )
@@ -160,46 +169,56 @@ class LexicalReranker:
         """Vectorise the response set once (row i = response id i), with its term -> responses
         transpose for candidate generation."""
         self._responses = self.vectors(responses)
+        self._responses.sort_indices()
         self._by_term = sp.csr_matrix(self._responses.T)
+        self._by_term.sort_indices()
         df = np.diff(self._by_term.indptr)  # responses per term
         # Terms in more than MAX_CANDIDATE_DF of the set fetch nothing (they still score).
         self._rare = df <= max(1, MAX_CANDIDATE_DF * len(responses))
 
     def candidate_scores(
-        self, query: sp.csr_matrix, turns: sp.csr_matrix, ids: np.ndarray
+        self, query: TermWeights, turns: Sequence[TermWeights], ids: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """For response ids ``ids`` of one context: their TF-IDF cosine with the context's
-        ``query`` row (the lexical half of the hybrid score), and whether each is an *echo*, a
-        candidate whose cosine with one of the context's ``turns`` rows is at least
-        ``ECHO_COSINE`` (it restates the conversation instead of answering it). The candidates'
-        rows are sliced once for both (:meth:`query_vectors` builds the rows)."""
+        ``query`` (the lexical half of the hybrid score), and whether each is an *echo*, a
+        candidate whose cosine with one of the context's ``turns`` is at least ``ECHO_COSINE``
+        (it restates the conversation instead of answering it). The candidates' rows are
+        gathered once for both (:meth:`terms` builds the query and turn rows)."""
         if self._responses is None:
             raise RuntimeError("index_responses() first")
         if ids.size == 0:
             return np.zeros(0), np.zeros(0, dtype=bool)
-        cos = (self._responses[ids] @ sp.vstack([query, turns]).T).toarray()  # (ids, 1 + turns)
-        echo = cos[:, 1:].max(axis=1) >= ECHO_COSINE if turns.shape[0] else np.zeros(len(ids), bool)
-        return cos[:, 0], np.asarray(echo)
+        owner, cols, vals = _gather_rows(self._responses, ids)
+        dense = np.zeros((1 + len(turns), len(self.vocabulary)))  # query, then each turn
+        for row, t in enumerate([query, *turns]):
+            dense[row, t.cols] = t.weights
+        products = dense[:, cols] * vals  # (1 + turns, entries)
+        cos = [np.bincount(owner, weights=p, minlength=ids.size) for p in products]
+        echo = np.max(cos[1:], axis=0) >= ECHO_COSINE if turns else np.zeros(ids.size, bool)
+        return cos[0], np.asarray(echo)
 
-    def top_candidates(self, queries: Sequence[str] | sp.csr_matrix, k: int) -> list[np.ndarray]:
-        """For each query, the ids of the (at most) ``k`` responses with the highest TF-IDF
-        cosine above 0, best first: the lexical half of a hybrid candidate set."""
-        if self._responses is None or self._by_term is None:
+    def lexical_candidates(self, query: TermWeights, k: int) -> np.ndarray:
+        """The ids of the (at most) ``k`` responses with the highest TF-IDF cosine above 0 with
+        ``query``'s ``QUERY_TERMS`` heaviest rare terms, best first (ties: lower id first): the
+        lexical half of a hybrid candidate set. A word like "you" is in a third of the responses
+        and would make every query touch most of the set, so only rare terms fetch."""
+        if self._by_term is None:
             raise RuntimeError("index_responses() first")
-        q = sp.csr_matrix(queries) if sp.issparse(queries) else self.query_vectors(queries)
-        # Only each query's QUERY_TERMS heaviest rare terms fetch candidates: a word like "you"
-        # is in a third of the responses and would make every query touch most of the set.
-        q = q.tocsr(copy=True)
-        q.data[~self._rare[q.indices]] = 0.0
-        q = _keep_top_per_row(q, QUERY_TERMS)
-        scores = (q @ self._by_term).tocsr()
-        out = []
-        for row in range(scores.shape[0]):
-            start, end = scores.indptr[row], scores.indptr[row + 1]
-            ids, vals = scores.indices[start:end], scores.data[start:end]
-            keep = np.argsort(-vals, kind="stable")[:k]
-            out.append(ids[keep].astype(np.int64))
-        return out
+        rare = self._rare[query.cols]
+        cols, weights = query.cols[rare], query.weights[rare]
+        if cols.size > QUERY_TERMS:
+            heaviest = np.argsort(-weights, kind="stable")[:QUERY_TERMS]
+            cols, weights = cols[heaviest], weights[heaviest]
+        owner, ids, vals = _gather_rows(self._by_term, cols)
+        if ids.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        unique, where = np.unique(ids, return_inverse=True)
+        scores = np.bincount(where, weights=vals * weights[owner])
+        return unique[np.lexsort((unique, -scores))[:k]].astype(np.int64)
+
+    def top_candidates(self, queries: Sequence[str], k: int) -> list[np.ndarray]:
+        """:meth:`lexical_candidates` of each query text."""
+        return [self.lexical_candidates(self.terms(q), k) for q in queries]
 
     def mix(self, dense: np.ndarray, lexical: np.ndarray) -> np.ndarray:
         """hybrid = z(dense) + weight * z(lexical), row by row (see the module doc)."""

@@ -206,28 +206,19 @@ class RetrievalResponder(Responder):
             ]
         k = min(max(top_k, reranker.candidates), len(self.responses))
         _, dense_ids = self.index.search(embeddings, k)
-        turns = [[normalize_text(t) for t in context] for context in contexts]
         last = self.inputs.max_context_turns
-        # one vectorisation for the queries and every row's recent turns (the echo check)
-        texts = [context_text(c, last) for c in contexts]
-        bounds = [0]
-        for row_turns in turns:
-            texts += row_turns[-last:]
-            bounds.append(bounds[-1] + len(row_turns[-last:]))
-        vectors = reranker.query_vectors(texts)
-        queries = vectors[: len(contexts)]
-        lexical_ids = reranker.top_candidates(queries, reranker.candidates)
         if self._vectors is None:  # a re-ranker attached after construction (evaluations)
             self._vectors = self.index.vectors()
         out: list[list[tuple[str, float]]] = []
-        for row in range(len(contexts)):
-            cand = np.unique(
-                np.concatenate([dense_ids[row][dense_ids[row] >= 0], lexical_ids[row]])
-            )
-            cand = cand[[self.responses[i] not in turns[row] for i in cand.tolist()]]
-            # near-echoes too: a reply that restates a turn of the context
-            row_turns = vectors[len(contexts) + bounds[row] : len(contexts) + bounds[row + 1]]
-            lexical, echo = reranker.candidate_scores(queries[row], row_turns, cand)
+        for row, context in enumerate(contexts):
+            turns = [normalize_text(t) for t in context]
+            query = reranker.terms(" ".join(turns[-last:]))  # = context_text(context, last)
+            lexical_ids = reranker.lexical_candidates(query, reranker.candidates)
+            cand = np.unique(np.concatenate([dense_ids[row][dense_ids[row] >= 0], lexical_ids]))
+            cand = cand[[self.responses[i] not in turns for i in cand.tolist()]]
+            # near-echoes too: a reply that restates one of the recent turns
+            recent = [reranker.terms(t) for t in turns[-last:]]
+            lexical, echo = reranker.candidate_scores(query, recent, cand)
             cand, lexical = cand[~echo], lexical[~echo]
             if cand.size == 0:
                 out.append([])

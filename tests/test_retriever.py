@@ -400,3 +400,33 @@ def test_hand_built_query_vectors_equal_scikit_learns() -> None:
     a, b = lex.query_vectors(queries), lex.vectors(queries)
     assert a.shape == b.shape
     np.testing.assert_allclose(a.toarray(), b.toarray(), rtol=1e-12, atol=1e-12)
+
+
+def test_lexical_scores_of_gathered_rows_equal_the_sparse_products() -> None:
+    """The batch-1 path (``terms``, ``candidate_scores``, ``lexical_candidates``: numpy on the
+    CSR arrays) gives the cosines the sparse matrix products give."""
+    from models.lexical import MAX_CANDIDATE_DF, LexicalReranker
+
+    texts = [f"filler {i} words here ." for i in range(200)] + list(RESPONSES) + ["!!!"]
+    lex = LexicalReranker.fit(texts, weight=1.0)
+    lex.index_responses(texts)
+    docs = lex.vectors(texts)
+    context = ["good morning , what time is it ?", "it is nine , time for the museum ."]
+    query, turns = lex.terms(" ".join(context)), [lex.terms(t) for t in context]
+    ids = np.array([len(texts) - 1, 3, 0, 205, 201, 7])  # "!!!" has no terms: cosine 0
+    lexical, echo = lex.candidate_scores(query, turns, ids)
+    expect = (docs[ids] @ lex.query_vectors([" ".join(context), *context]).T).toarray()
+    np.testing.assert_allclose(lexical, expect[:, 0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(echo, expect[:, 1:].max(axis=1) >= 0.7)
+    # lexical candidates: every response sharing a rare term, ranked by the rare terms' cosine
+    found = lex.lexical_candidates(query, 1000)
+    q = lex.query_vectors([" ".join(context)]).toarray()[0]
+    df = np.asarray((docs > 0).sum(axis=0)).ravel()
+    rare = (q > 0) & (df <= max(1, MAX_CANDIDATE_DF * len(texts)))
+    heaviest = np.argsort(-np.where(rare, q, 0), kind="stable")[: min(8, int(rare.sum()))]
+    kept = np.zeros_like(q)
+    kept[heaviest] = q[heaviest]
+    scores = docs @ kept
+    expect_ids = np.flatnonzero(scores > 0)
+    expect_ids = expect_ids[np.lexsort((expect_ids, -scores[expect_ids]))]
+    assert found.tolist() == expect_ids.tolist() and found.size > 0
