@@ -146,6 +146,21 @@ def test_resume_reaches_the_same_loss_as_an_uninterrupted_run(toy_data, tmp_path
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
+def test_a_finished_run_continues_when_its_step_budget_is_raised(toy_data, tmp_path: Path) -> None:
+    tok, train, val = toy_data
+    full_model, full_log = _train(tok, train, val, tmp_path / "full", max_steps=16)
+    run = tmp_path / "longer"
+    _, short_log = _train(tok, train, val, run, max_steps=8)
+    _, again = _train(tok, train, val, run, max_steps=8)  # the same budget: nothing to do
+    assert again == short_log
+    longer_model, longer_log = _train(tok, train, val, run, max_steps=16)
+    assert longer_log == full_log  # noam schedule: as if the budget had been 16 from the start
+    for p, q in zip(full_model.parameters(), longer_model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    state = torch.load(run / "checkpoint.pt", weights_only=False)["state"]
+    assert state["finished"] and state["step"] == 16 and state["stop_reason"] == "max_steps"
+
+
 def test_resume_truncates_the_log_to_the_checkpoint(toy_data, tmp_path: Path) -> None:
     tok, train, val = toy_data
     _, full_log = _train(tok, train, val, tmp_path / "full", max_steps=16)

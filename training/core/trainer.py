@@ -252,6 +252,24 @@ class Trainer:
         logger.info("resumed from %s at step %d", self.checkpoint_path, self.state.step)
         return True
 
+    def _extend_finished_run(self) -> bool:
+        """Whether a finished run continues: one that stopped at its step budget does when
+        ``max_steps`` was raised since ("train longer" without starting over). With the noam and
+        constant schedules, which do not depend on ``max_steps``, the result is the run a larger
+        budget would have given from the start (a test holds them equal); the linear schedule's
+        decay is stretched from here on instead."""
+        state = self.state
+        if state.stop_reason != "max_steps" or state.step >= self.cfg.max_steps:
+            return False
+        logger.info(
+            "%s stopped at its budget of %d steps; continuing to %d",
+            self.run_dir,
+            state.step,
+            self.cfg.max_steps,
+        )
+        state.finished, state.stop_reason = False, ""
+        return True
+
     def _truncate_log(self, step: int) -> None:
         """Keep only the log rows at or before ``step`` (the checkpoint's): the rows a killed run
         wrote after its last checkpoint are written again by the resumed run, and a torn last
@@ -326,7 +344,7 @@ class Trainer:
         """Train to the end (or resume to it); the best weights are in ``run_dir/best.safetensors``."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume and self.load_checkpoint():
-            if self.state.finished:
+            if self.state.finished and not self._extend_finished_run():
                 return TrainResult(self.state, self.run_dir)
             self._truncate_log(self.state.step)
         if self.state.step == 0:
