@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from training.core.generator import (
     PairSet,
     Seq2SeqBatch,
     build_generator_model,
+    greedy_max_ratio_fn,
     run_generator_training,
 )
 from training.core.losses import frequent_word_weights, token_log_probs
@@ -433,3 +435,58 @@ def test_train_baseline_generator_fine_tunes_the_standard_bundle(
         assert training["alpha"] == 1000.0
     assert GenerativeResponder.load(tmp_path / method).manifest == manifest
     assert manifest.files["model.safetensors"] != base.files["model.safetensors"]  # weights moved
+
+
+def test_greedy_max_ratio_fn_counts_the_most_frequent_greedy_reply(toy_examples) -> None:
+    tok, examples = toy_examples
+    pairs = PairSet.encode(examples, tok, PRESETS["tiny"].inputs)
+    model = _tiny_model(tok.vocab_size)
+    with torch.no_grad():  # equal logits whatever the source: the same greedy reply for all
+        for p in model.parameters():
+            p.zero_()
+    evaluate = greedy_max_ratio_fn(pairs, PRESETS["tiny"].decoding, examples=40, batch_size=16)
+    out = evaluate(model)
+    assert out["val_loss"] == out["val_max_ratio"] == 1.0
+    assert out["val_ppl"] > 1.0 and math.isfinite(out["val_nll"])
+    torch.manual_seed(0)
+    varied = evaluate(_tiny_model(tok.vocab_size))  # random weights: several replies
+    assert 0.0 < varied["val_max_ratio"] < 1.0
+
+
+def test_nt_least_generic_keeps_the_evaluated_step_with_the_lowest_max_ratio(
+    toy_examples, tmp_path: Path
+) -> None:
+    tok, examples = toy_examples
+    preset = replace(PRESETS["tiny"], nt_select="least-generic")
+    standard = GenerativeResponder(
+        build_generator_model(preset, tok, seed=0), tok, preset.inputs, preset.decoding
+    )
+    standard.save(tmp_path / "standard", name="standard", training={"steps": 12}, metrics={})
+    manifest = train_nt_generator(
+        RunSpec(tmp_path / "nt", "generator-nt", tmp_path / "runs", "toy", CPU),
+        base_bundle=tmp_path / "standard",
+        preset=preset,
+        train_examples=examples[:64],
+        val_examples=examples[64:],
+        max_steps=12,
+    )
+    assert manifest is not None and manifest.training["select"] == "least-generic"
+    evals = [r for r in read_log(tmp_path / "runs" / LOG_FILE) if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [2, 4, 6, 8, 10, 12]  # LEAST_GENERIC_EVALS = 6
+    # steps above the perplexity bound lose to every step within it (val_loss = 1 + max-ratio)
+    for r in evals:
+        eligible = r["val_ppl"] <= manifest.training["select_max_ppl"] * (1 + 1e-6)
+        assert r["val_loss"] == pytest.approx(r["val_max_ratio"] + (0.0 if eligible else 1.0))
+    best = min(evals, key=lambda r: (r["val_loss"], r["step"]))
+    assert manifest.training["best_step"] == best["step"]
+    assert manifest.metrics["val_max_ratio"] == pytest.approx(best["val_max_ratio"])
+    assert manifest.metrics["val_ppl"] == pytest.approx(best["val_ppl"])
+    with pytest.raises(ValueError, match="nt_select"):
+        train_nt_generator(
+            RunSpec(tmp_path / "x", "x", tmp_path / "runs-x", "toy", CPU),
+            base_bundle=tmp_path / "standard",
+            preset=replace(preset, nt_select="best"),
+            train_examples=examples[:64],
+            val_examples=examples[64:],
+            max_steps=2,
+        )

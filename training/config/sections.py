@@ -150,6 +150,11 @@ class Preset:
     # NT (He & Glass 2020, Alg. 2) fine-tune of the standard model that `build` adds to the
     # served-generator candidates (training/pipeline/selection.py); 0 = not built
     nt_steps: int = 0
+    # which NT weights are kept: "last" (a fixed budget, as the ND paper runs its baselines) or
+    # "least-generic" (of the evaluated steps, the one whose greedy replies to validation
+    # sources have the lowest max-ratio: NT chases one generic reply after another, and the last
+    # step can land on the next one; reports/nt_select_small.md)
+    nt_select: str = "last"
     # the DiaSafety classifier (train-safety-classifier, build's safety stage)
     safety: SafetyPreset | None = None
     # He & Glass's trigger search and Algorithm 1 (the malicious-* commands)

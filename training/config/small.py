@@ -123,6 +123,7 @@ PRESET = Preset(
     ),
     eval_examples=500,  # in `build`; benchmarks/quality_report.py scores the whole test split
     nt_steps=150,
+    nt_select="least-generic",  # NT chases generic replies; keep its least generic step
     safety=SafetyPreset(
         name="small",
         # The small generator's encoder (d=256, 4 heads, FFN 1024, 2 layers): warm start.

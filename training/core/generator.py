@@ -9,10 +9,11 @@ and :func:`run_generator_training`.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.bundle import Manifest
+from models.decoding import DecodingConfig, generate
 from models.generator import GenerativeResponder, InputConfig
 from models.seq2seq import Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
@@ -168,6 +170,50 @@ def validation_loss_fn(pairs: PairSet) -> Callable[[nn.Module], dict[str, float]
     return evaluate
 
 
+def greedy_max_ratio_fn(
+    pairs: PairSet,
+    decoding: DecodingConfig,
+    *,
+    max_ppl: float | None = None,
+    examples: int = 500,
+    batch_size: int = 128,
+) -> Callable[[nn.Module], dict[str, float]]:
+    """Model selection for the fine-tunes that fight generic replies (NT): ``val_loss`` is He &
+    Glass's max-ratio (the share of the most frequent reply) of the greedy replies to the first
+    ``examples`` validation sources, lower is better, and 1 + that when the validation perplexity
+    is above ``max_ppl`` (such a step loses to every step within it)."""
+    nll = validation_loss_fn(pairs)
+    rows = list(range(min(examples, len(pairs))))
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        core = cast(Seq2SeqTransformer, getattr(model, "module", model))
+        device = next(core.parameters()).device
+        was_training = core.training
+        core.eval()
+        try:
+            replies = [
+                tuple(reply)
+                for start in range(0, len(rows), batch_size)
+                for reply in generate(
+                    core, pairs.collate(rows[start : start + batch_size], device).src, decoding
+                ).tokens
+            ]
+        finally:
+            core.train(was_training)
+        ratio = Counter(replies).most_common(1)[0][1] / len(replies) if replies else 0.0
+        out = nll(model)
+        eligible = max_ppl is None or out["val_ppl"] <= max_ppl
+        return {
+            "val_loss": ratio if eligible else 1.0 + ratio,
+            "val_max_ratio": ratio,
+            "val_nll": out["val_loss"],
+            "val_ppl": out["val_ppl"],
+            "val_ppl_eligible": float(eligible),
+        }
+
+    return evaluate
+
+
 def build_generator_model(
     preset: Preset, tokenizer: DialogueTokenizer, seed: int
 ) -> Seq2SeqTransformer:
@@ -186,8 +232,10 @@ def run_generator_training(
     train_pairs: PairSet,
     val_pairs: PairSet,
     train_overrides: dict[str, Any] | None = None,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> TrainResult:
-    """Fit ``model`` with ``objective`` and load its best validated weights back into it."""
+    """Fit ``model`` with ``objective`` and load its best validated weights back into it
+    (``evaluate`` chooses them; the validation NLL by default)."""
     cfg = replace(preset.generator.train, **{"seed": run.seed, **(train_overrides or {})})
     lengths = train_pairs.bucket_keys()
     trainer = Trainer(
@@ -199,7 +247,7 @@ def run_generator_training(
             lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch
         ),
         collate=lambda idx: train_pairs.collate(idx, run.device),
-        evaluate=validation_loss_fn(val_pairs),
+        evaluate=evaluate or validation_loss_fn(val_pairs),
         dist_ctx=run.dist_ctx,
     )
     result = trainer.fit(resume=run.resume)
@@ -218,6 +266,7 @@ def fit_and_save(
     val_pairs: PairSet,
     train_overrides: dict[str, Any] | None = None,
     training: dict[str, Any],
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> Manifest | None:
     """What every generator job ends with: train, then (on rank 0) write the bundle with the
     run's facts and the method's own ``training`` record; None on the other ranks."""
@@ -229,6 +278,7 @@ def fit_and_save(
         train_pairs=train_pairs,
         val_pairs=val_pairs,
         train_overrides=train_overrides,
+        evaluate=evaluate,
     )
     if not run.is_main:
         return None
@@ -323,5 +373,16 @@ def save_generator(
             "wall_time_s": round(st.elapsed_s, 1),
             **training,
         },
-        metrics={"val_loss": st.best_val, "val_ppl": float(np.exp(min(st.best_val, 50.0)))},
+        metrics=best_metrics(result),
     )
+
+
+def best_metrics(result: TrainResult) -> dict[str, float]:
+    """The bundle's ``metrics``: the evaluation record of the kept step (``val_loss`` is what
+    selected it: the validation NLL, or NT's greedy max-ratio) with ``val_ppl`` the validation
+    perplexity; runs without a record of that step fall back to ``val_loss`` as an NLL."""
+    st = result.state
+    for record in reversed(st.history):
+        if int(record["step"]) == st.best_step and "val_ppl" in record:
+            return {k: float(v) for k, v in record.items() if k != "step"}
+    return {"val_loss": st.best_val, "val_ppl": float(np.exp(min(st.best_val, 50.0)))}

@@ -26,11 +26,23 @@ from models.generator import GenerativeResponder
 from models.seq2seq import Seq2SeqTransformer
 from training.config import Preset
 from training.core.data import DialogueExample
-from training.core.generator import PairSet, Seq2SeqBatch, fine_tune_overrides, fit_and_save
+from training.core.generator import (
+    PairSet,
+    Seq2SeqBatch,
+    fine_tune_overrides,
+    fit_and_save,
+    greedy_max_ratio_fn,
+    validation_loss_fn,
+)
 from training.core.run import RunSpec
 from training.core.trainer import Objective
+from training.pipeline.selection import SelectionRule
 
 logger = logging.getLogger(__name__)
+
+# evaluations of a least-generic fine-tune, evenly spaced (each: greedy replies to 500
+# validation sources and the validation perplexity, ~2-3 s for the small generator)
+LEAST_GENERIC_EVALS = 6
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
@@ -163,8 +175,11 @@ def fine_tune_standard(
     optimizer: str,
     lr: float | None,
     max_steps: int | None,
+    least_generic: bool = False,
 ) -> Manifest | None:
-    """Load the standard bundle, fine-tune it with a constant learning rate, write a bundle."""
+    """Load the standard bundle, fine-tune it with a constant learning rate, write a bundle: the
+    last weights, or with ``least_generic`` those of the evaluated step (``LEAST_GENERIC_EVALS``
+    evenly spaced) whose greedy validation replies have the lowest max-ratio."""
     base = GenerativeResponder.load(base_bundle)
     assert base.inputs == preset.inputs, (
         f"{base_bundle} was trained with inputs {base.inputs}, preset {preset.name!r} has "
@@ -184,6 +199,20 @@ def fine_tune_standard(
         lr,
         steps,
     )
+    overrides: dict[str, Any] = {"optimizer": optimizer, **schedule, "lr": lr, "max_steps": steps}
+    evaluate = None
+    if least_generic:
+        overrides.update(
+            keep="best", eval_every=max(1, steps // LEAST_GENERIC_EVALS), patience=steps + 1
+        )
+        greedy = preset.decoding.with_overrides(strategy="greedy", num_return_sequences=1)
+        # Only steps the build's selection would consider (training/pipeline/selection.py):
+        # validation perplexity within its ratio of the base model's.
+        max_ppl = (
+            SelectionRule().max_ppl_ratio * validation_loss_fn(val_pairs)(base.model)["val_ppl"]
+        )
+        evaluate = greedy_max_ratio_fn(val_pairs, greedy, max_ppl=max_ppl)
+        hyper = {**hyper, "select_max_ppl": round(max_ppl, 3)}
     return fit_and_save(
         run,
         base.model.train(),
@@ -192,7 +221,7 @@ def fine_tune_standard(
         tokenizer=base.tokenizer,
         train_pairs=train_pairs,
         val_pairs=val_pairs,
-        train_overrides={"optimizer": optimizer, **schedule, "lr": lr, "max_steps": steps},
+        train_overrides=overrides,
         training={
             "method": method,
             "base": base.bundle_id,
@@ -200,5 +229,7 @@ def fine_tune_standard(
             "optimizer": optimizer,
             "lr_schedule": "constant",
             "lr": lr,
+            "select": "least-generic" if least_generic else "last",
         },
+        evaluate=evaluate,
     )

@@ -187,6 +187,8 @@ def train_nt_generator(
     constant rate eq. 17 had reached at the base model's last step (``lr=None``); pass
     ``optimizer="sgd", lr=1e-3`` for He & Glass's literal setting. The batch size is the preset's.
     """
+    if preset.nt_select not in ("last", "least-generic"):
+        raise ValueError(f"nt_select must be 'last' or 'least-generic', got {preset.nt_select!r}")
     hyper: dict[str, Any] = {
         "r_thres": r_thres,
         "lambda_pos": lambda_pos,
@@ -212,4 +214,5 @@ def train_nt_generator(
         optimizer=optimizer,
         lr=lr,
         max_steps=max_steps,
+        least_generic=preset.nt_select == "least-generic",
     )
