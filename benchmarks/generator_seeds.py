@@ -13,6 +13,7 @@ mean and the spread (max - min) of each group of labels sharing a prefix before 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -63,9 +64,45 @@ def score(path: Path, data: Path) -> dict[str, Any]:
     }
 
 
+def eval_records(path: Path) -> list[dict[str, Any]]:
+    """The evaluation rows of a run's ``metrics.jsonl`` (training/core/trainer.py's log)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("kind") == "eval"]
+
+
+def trajectory_markdown(trajectories: dict[str, list[dict[str, Any]]]) -> str:
+    """One table per run: each evaluation's greedy validation max-ratio and perplexity, whether
+    the perplexity bound let it compete, and the step the run kept (lowest ``val_loss``)."""
+    parts = []
+    for label, evals in trajectories.items():
+        kept = min(evals, key=lambda r: (r["val_loss"], r["step"]))["step"] if evals else None
+        table = markdown_table(
+            ["step", "val max-ratio", "val ppl", "within the ppl bound", "kept"],
+            [
+                [
+                    int(r["step"]),
+                    f"{r.get('val_max_ratio', float('nan')):.3f}",
+                    f"{r['val_ppl']:.2f}",
+                    "yes" if r.get("val_ppl_eligible", 1.0) else "no",
+                    "**kept**" if r["step"] == kept else "",
+                ]
+                for r in evals
+            ],
+        )
+        parts.append(f"Evaluations of `{label}`:\n\n{table}\n")
+    return "\n".join(parts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bundle", action="append", required=True, metavar="LABEL=DIR")
+    parser.add_argument("--bundle", action="append", default=[], metavar="LABEL=DIR")
+    parser.add_argument(
+        "--log",
+        action="append",
+        default=[],
+        metavar="LABEL=METRICS_JSONL",
+        help="also tabulate a run's evaluations (step, val max-ratio, val ppl, eligible, kept)",
+    )
     parser.add_argument("--data", type=Path, default=DAILYDIALOG)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path)
@@ -92,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             values = [rows[label][k] for label in labels]
             cells.append(f"{statistics.mean(values):.4f} ({max(values) - min(values):.4f})")
         summary.append([f"{group} (n={len(labels)})", *cells])
+    trajectories = {}
+    for spec in args.log:
+        label, _, path = spec.partition("=")
+        trajectories[label] = eval_records(Path(path))
     command = "python -m benchmarks.generator_seeds " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
@@ -109,7 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             else ""
         )
     )
-    write_report(args.out, {"command": command, "rows": rows}, markdown)
+    if trajectories:
+        markdown += "\n" + trajectory_markdown(trajectories)
+    write_report(
+        args.out, {"command": command, "rows": rows, "trajectories": trajectories}, markdown
+    )
     print(markdown)
     return 0
 

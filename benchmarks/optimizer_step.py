@@ -40,7 +40,11 @@ def preset_models(name: str) -> dict[str, nn.Module]:
     """The three models a preset trains with Adam, at the preset's shapes (random weights)."""
     preset = get_preset(name)
     vocab = preset.vocab_size
-    safety = preset.safety.fit_config(preset.safety.architecture).model
+    if preset.retriever is None or preset.safety is None:
+        raise ValueError(f"preset {name!r} trains no retriever or no safety classifier")
+    safety = preset.safety.fit_config(
+        "bag" if preset.safety.architecture == "bag" else "cross-encoder"
+    ).model
     return {
         "generator": Seq2SeqTransformer(replace(preset.generator.model, vocab_size=vocab)),
         "bi-encoder": BiEncoder(replace(preset.retriever.model, vocab_size=vocab)),

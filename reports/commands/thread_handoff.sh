@@ -1,0 +1,1 @@
+python -m benchmarks.thread_handoff --rounds 400 --out reports/thread_handoff
