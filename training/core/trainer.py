@@ -62,6 +62,7 @@ class TrainConfig:
     eps: float = 1e-9
     clip_norm: float = 1.0  # max global gradient L2 norm
     eval_every: int = 200  # updates between validation runs (and checkpoints)
+    eval_from: int = 0  # no validation before this update (checkpoints still every eval_every)
     patience: int = 5  # validations without improvement before early stopping
     keep: str = "best"  # best (lowest val_loss, early stopping) | last (fine-tunes: no stopping)
     log_every: int = 10
@@ -414,7 +415,7 @@ class Trainer:
             )
             at_end = self.state.step >= self.cfg.max_steps or out_of_time
             if self.state.step % self.cfg.eval_every == 0 or at_end:
-                stop = self._run_eval()
+                stop = (self.state.step >= self.cfg.eval_from or at_end) and self._run_eval()
                 self.state.elapsed_s = time.monotonic() - started
                 if stop:
                     self.state.stop_reason = (
