@@ -216,10 +216,6 @@ class LexicalReranker:
         scores = np.bincount(where, weights=vals * weights[owner])
         return unique[np.lexsort((unique, -scores))[:k]].astype(np.int64)
 
-    def top_candidates(self, queries: Sequence[str], k: int) -> list[np.ndarray]:
-        """:meth:`lexical_candidates` of each query text."""
-        return [self.lexical_candidates(self.terms(q), k) for q in queries]
-
     def mix(self, dense: np.ndarray, lexical: np.ndarray) -> np.ndarray:
         """hybrid = z(dense) + weight * z(lexical), row by row (see the module doc)."""
         return zscore(dense) + self.weight * zscore(lexical)

@@ -194,7 +194,7 @@ class RetrievalResponder(Responder):
 
         Scores are R(c, r) = <e_c, e_r>. With a re-ranker and the ``contexts`` the embeddings
         came from, the candidates are the index's best ``reranker.candidates`` together with the
-        responses that share the context's rarer words (``LexicalReranker.top_candidates``),
+        responses that share the context's rarer words (``LexicalReranker.lexical_candidates``),
         minus any that repeat a turn of the context word for word; they are ranked by the hybrid
         score (models/lexical.py), which is returned."""
         reranker = self.reranker

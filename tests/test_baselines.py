@@ -21,12 +21,12 @@ from training.core.generator import (
     PairSet,
     Seq2SeqBatch,
     build_generator_model,
-    greedy_max_ratio_fn,
     run_generator_training,
 )
 from training.core.losses import frequent_word_weights, token_log_probs
 from training.core.run import RunSpec
 from training.core.trainer import LOG_FILE, noam_learning_rate, read_log
+from training.methods.fine_tune import greedy_max_ratio_fn
 from training.methods.nt import (
     NegativeTrainingObjective,
     ResponseFrequencyWindow,

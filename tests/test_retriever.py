@@ -384,12 +384,14 @@ def test_lexical_candidates_come_from_rare_shared_words_best_first() -> None:
     ]
     lex = LexicalReranker.fit(texts, weight=1.0)
     lex.index_responses(texts)
-    museum, nothing = lex.top_candidates(["when does the museum open ?", "xyzzy"], 5)
+    museum, nothing = (
+        lex.lexical_candidates(lex.terms(q), 5) for q in ["when does the museum open ?", "xyzzy"]
+    )
     # "the" and "museum" are rare (2 of 303 responses): both come back, the shorter one (the
     # higher cosine) first; "filler" is in almost every response and fetches nothing by itself.
     assert museum.tolist() == [300, 301]
     assert nothing.size == 0
-    assert lex.top_candidates(["filler"], 5)[0].size == 0
+    assert lex.lexical_candidates(lex.terms("filler"), 5).size == 0
 
 
 def test_hand_built_query_vectors_equal_scikit_learns() -> None:

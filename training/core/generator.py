@@ -9,11 +9,10 @@ and :func:`run_generator_training`.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +20,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.bundle import Manifest
-from models.decoding import DecodingConfig, generate
 from models.generator import GenerativeResponder, InputConfig
 from models.seq2seq import Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
@@ -166,50 +164,6 @@ def validation_loss_fn(pairs: PairSet) -> Callable[[nn.Module], dict[str, float]
         total, count = corpus_nll(model, pairs)
         val = total / max(count, 1)
         return {"val_loss": val, "val_ppl": float(np.exp(min(val, 50.0)))}
-
-    return evaluate
-
-
-def greedy_max_ratio_fn(
-    pairs: PairSet,
-    decoding: DecodingConfig,
-    *,
-    max_ppl: float | None = None,
-    examples: int = 500,
-    batch_size: int = 128,
-) -> Callable[[nn.Module], dict[str, float]]:
-    """Model selection for the fine-tunes that fight generic replies (NT): ``val_loss`` is He &
-    Glass's max-ratio (the share of the most frequent reply) of the greedy replies to the first
-    ``examples`` validation sources, lower is better, and 1 + that when the validation perplexity
-    is above ``max_ppl`` (such a step loses to every step within it)."""
-    nll = validation_loss_fn(pairs)
-    rows = list(range(min(examples, len(pairs))))
-
-    def evaluate(model: nn.Module) -> dict[str, float]:
-        core = cast(Seq2SeqTransformer, getattr(model, "module", model))
-        device = next(core.parameters()).device
-        was_training = core.training
-        core.eval()
-        try:
-            replies = [
-                tuple(reply)
-                for start in range(0, len(rows), batch_size)
-                for reply in generate(
-                    core, pairs.collate(rows[start : start + batch_size], device).src, decoding
-                ).tokens
-            ]
-        finally:
-            core.train(was_training)
-        ratio = Counter(replies).most_common(1)[0][1] / len(replies) if replies else 0.0
-        out = nll(model)
-        eligible = max_ppl is None or out["val_ppl"] <= max_ppl
-        return {
-            "val_loss": ratio if eligible else 1.0 + ratio,
-            "val_max_ratio": ratio,
-            "val_nll": out["val_loss"],
-            "val_ppl": out["val_ppl"],
-            "val_ppl_eligible": float(eligible),
-        }
 
     return evaluate
 

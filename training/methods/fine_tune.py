@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from models.bundle import Manifest
 from models.decoding import DecodingConfig, generate
 from models.generator import GenerativeResponder
+from models.metrics import max_ratio
 from models.seq2seq import Seq2SeqTransformer
 from training.config import Preset
 from training.core.data import DialogueExample
@@ -31,7 +32,6 @@ from training.core.generator import (
     Seq2SeqBatch,
     fine_tune_overrides,
     fit_and_save,
-    greedy_max_ratio_fn,
     validation_loss_fn,
 )
 from training.core.run import RunSpec
@@ -120,6 +120,46 @@ def greedy_replies(model: nn.Module, src: Tensor, decoding: DecodingConfig) -> l
         return generate(core, src, decoding).tokens
     finally:
         core.train(was_training)
+
+
+def greedy_max_ratio_fn(
+    pairs: PairSet,
+    decoding: DecodingConfig,
+    *,
+    max_ppl: float | None = None,
+    examples: int = 500,
+    batch_size: int = 128,
+) -> Callable[[nn.Module], dict[str, float]]:
+    """Model selection for the fine-tunes that fight generic replies (NT): ``val_loss`` is He &
+    Glass's max-ratio (:func:`models.metrics.max_ratio`) of the greedy replies to the first
+    ``examples`` validation sources, lower is better, and 1 + that when the validation perplexity
+    is above ``max_ppl`` (such a step loses to every step within it)."""
+    nll = validation_loss_fn(pairs)
+    rows = list(range(min(examples, len(pairs))))
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        device = next(model.parameters()).device
+        replies = [
+            text
+            for start in range(0, len(rows), batch_size)
+            for text in pairs.tokenizer.decode_batch(
+                greedy_replies(
+                    model, pairs.collate(rows[start : start + batch_size], device).src, decoding
+                )
+            )
+        ]
+        ratio = max_ratio(replies)
+        out = nll(model)
+        eligible = max_ppl is None or out["val_ppl"] <= max_ppl
+        return {
+            "val_loss": ratio if eligible else 1.0 + ratio,
+            "val_max_ratio": ratio,
+            "val_nll": out["val_loss"],
+            "val_ppl": out["val_ppl"],
+            "val_ppl_eligible": float(eligible),
+        }
+
+    return evaluate
 
 
 def gather_across_ranks(items: list[T]) -> list[T]:
