@@ -58,6 +58,7 @@ import torch
 from torch import Tensor
 
 from models.decoding import (
+    ContextFreePrior,
     DecodingConfig,
     Generation,
     _strip,
@@ -110,7 +111,7 @@ class ContinuousDecoder:
 
     ``max_rows`` bounds the running rows (a request takes ``num_return_sequences`` rows); waiting
     requests are admitted in arrival order as rows free up. ``generator`` is the RNG of sampled
-    rows that bring none of their own.
+    rows that bring none of their own; ``prior`` serves rows decoded with ``anti_lm``.
     """
 
     def __init__(
@@ -119,12 +120,14 @@ class ContinuousDecoder:
         *,
         max_rows: int = 64,
         generator: torch.Generator | None = None,
+        prior: ContextFreePrior | None = None,
     ) -> None:
         if max_rows < 1:
             raise ValueError("max_rows must be >= 1")
         self.model = model
         self.max_rows = max_rows
         self.generator = generator
+        self.prior = prior
         self.device = next(model.parameters()).device
         self._keys = itertools.count()
         self._waiting: deque[_Pending] = deque()
@@ -167,6 +170,8 @@ class ContinuousDecoder:
         the request's key, which its :class:`Finished` carries."""
         if cfg.strategy == "beam":
             raise ValueError("beam search is request-level: use models.decoding.generate")
+        if cfg.anti_lm > 0 and self.prior is None:
+            raise ValueError("anti_lm decoding needs the decoder's ContextFreePrior")
         if cfg.num_return_sequences > self.max_rows:
             raise ValueError(
                 f"num_return_sequences={cfg.num_return_sequences} exceeds max_rows={self.max_rows}"
@@ -266,10 +271,11 @@ class ContinuousDecoder:
                     [banned] = banned_ngram_tokens([rows[r].tokens], n)
                     if banned:
                         lp[j, banned] = float("-inf")
+            choice = self._anti_lm(lp, [rows[r] for r in members])
             if strategy == "greedy":
-                picks = lp.argmax(dim=-1)
+                picks = choice.argmax(dim=-1)
             else:
-                probs = filter_top_k_top_p(lp / temperature, top_k, top_p).softmax(dim=-1)
+                probs = filter_top_k_top_p(choice / temperature, top_k, top_p).softmax(dim=-1)
                 picks = torch.empty(len(members), dtype=torch.long, device=self.device)
                 # one multinomial per RNG: rows of a seeded request draw from their own
                 by_rng: dict[int, tuple[torch.Generator | None, list[int]]] = {}
@@ -293,6 +299,19 @@ class ContinuousDecoder:
                 row.done = True
                 ended.append(r)
         return ended
+
+    def _anti_lm(self, lp: Tensor, rows: list[_Row]) -> Tensor:
+        """``models.decoding.anti_lm_scores`` for rows of different configs: each row where its
+        config's penalty applies gets ``lp - its lambda * log U(its prefix)``."""
+        need = [j for j, row in enumerate(rows) if row.cfg.anti_lm_at(row.position)]
+        if not need:
+            return lp
+        assert self.prior is not None  # add() refuses anti_lm rows without one
+        penalty = self.prior([rows[j].tokens for j in need]).to(lp.device)
+        out = lp.clone()
+        for k, j in enumerate(need):
+            out[j] = lp[j] - rows[j].cfg.anti_lm * penalty[k]
+        return out
 
     def _release(self, ended: list[int]) -> list[Finished]:
         """Drop rows that ended; a request is finished when all its rows have."""
@@ -484,13 +503,14 @@ def decode_continuously(
     arrivals: Sequence[int] | None = None,
     max_rows: int = 64,
     generators: Sequence[torch.Generator | None] | None = None,
+    prior: ContextFreePrior | None = None,
 ) -> list[Generation]:
     """Decode ``sources`` through one :class:`ContinuousDecoder`, source i added just before
     decoder step ``arrivals[i]`` (default: all at step 0); one Generation per source, in order.
     For tests and benchmarks: the same schedule the service produces with staggered requests."""
     arrivals = list(arrivals) if arrivals is not None else [0] * len(sources)
     gens = list(generators) if generators is not None else [None] * len(sources)
-    decoder = ContinuousDecoder(model, max_rows=max_rows)
+    decoder = ContinuousDecoder(model, max_rows=max_rows, prior=prior)
     order = sorted(range(len(sources)), key=lambda i: arrivals[i])
     keys: dict[int, int] = {}
     out: dict[int, Generation] = {}

@@ -9,11 +9,17 @@ check the cache and to measure what the cache buys). Options:
 * sampling: ``temperature``, ``top_k`` (Fan et al. 2018), ``top_p`` (nucleus, Holtzman et al. 2020);
 * ``no_repeat_ngram_size``: n-gram blocking (Paulus et al. 2018): a token that would repeat an
   n-gram already in the hypothesis is forbidden;
-* beam search ranks finished hypotheses by ``sum log p / length ** length_penalty``.
+* beam search ranks finished hypotheses by ``sum log p / length ** length_penalty``;
+* ``anti_lm``: MMI-antiLM (Li et al. 2016, "A Diversity-Promoting Objective Function for Neural
+  Conversation Models", eq. 9-10): for the first ``anti_lm_steps`` tokens the choice is made on
+  ``log p(t_k | t_<k, S) - anti_lm * log U(t_k | t_<k)``, a penalty on what is likely whatever the
+  context, the mark of a generic reply. U is the same model given a content-free source
+  (:class:`ContextFreePrior`), so no second model is trained; the returned scores stay ``log p``.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -42,6 +48,8 @@ class DecodingConfig:
     no_repeat_ngram_size: int = 0  # 0 = off
     num_return_sequences: int = 1  # per source (sampling draws; beam returns the n best)
     use_cache: bool = True
+    anti_lm: float = 0.0  # lambda of MMI-antiLM; 0 = off (module doc)
+    anti_lm_steps: int = 1  # gamma: the first tokens the penalty applies to
 
     def __post_init__(self) -> None:
         if self.strategy not in ("greedy", "sample", "beam"):
@@ -61,6 +69,12 @@ class DecodingConfig:
             raise ValueError("need temperature > 0, top_k >= 0 and 0 < top_p <= 1")
         if self.no_repeat_ngram_size < 0:
             raise ValueError("no_repeat_ngram_size must be >= 0")
+        if not 0 <= self.anti_lm < 1 or self.anti_lm_steps < 0:
+            raise ValueError("need 0 <= anti_lm < 1 and anti_lm_steps >= 0")
+
+    def anti_lm_at(self, position: int) -> bool:
+        """Whether the anti-LM penalty applies to the token at ``position`` (0 = the first)."""
+        return self.anti_lm > 0 and position < self.anti_lm_steps
 
     def with_overrides(self, **overrides: object) -> DecodingConfig:
         """A copy with some fields replaced (validated again)."""
@@ -73,6 +87,67 @@ class Generation:
 
     tokens: list[list[int]]
     scores: list[float]  # greedy/sample: sum of log p of the chosen tokens; beam: ranking score
+
+
+class ContextFreePrior:
+    """U(t | prefix) of MMI-antiLM: the model's next-token log-probabilities after a reply prefix
+    given a content-free source ``src`` (1, S), instead of a separately trained language model.
+
+    The penalty covers only a reply's first few tokens, whose prefixes repeat across requests
+    (most replies start with one of a few dozen tokens), so rows are memoised by prefix, up to
+    ``max_entries`` (least recently used dropped): after warm-up a served request costs a
+    dictionary lookup, not a second decoder pass. The memo assumes fixed weights (a loaded
+    bundle); build a new prior after changing the model."""
+
+    def __init__(self, model: Seq2SeqTransformer, src: Tensor, max_entries: int = 4096) -> None:
+        self.model = model
+        self.src = src[:1]
+        self.max_entries = max_entries
+        self._memo: OrderedDict[tuple[int, ...], Tensor] = OrderedDict()
+
+    @torch.inference_mode()
+    def __call__(self, prefixes: Sequence[Sequence[int]]) -> Tensor:
+        """log U (B, V), float32, for each reply prefix (generated tokens, no BOS)."""
+        keys = [tuple(p) for p in prefixes]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._memo))
+        by_length: dict[int, list[tuple[int, ...]]] = {}
+        for key in missing:
+            by_length.setdefault(len(key), []).append(key)
+        mc = self.model.cfg
+        for length, group in by_length.items():
+            tgt = torch.tensor([[mc.bos_id, *k] for k in group], device=self.src.device)
+            src = self.src.expand(len(group), -1)
+            logits = self.model(src, tgt).logits[:, length].float().log_softmax(dim=-1)
+            for key, row in zip(group, logits, strict=True):
+                self._memo[key] = row
+        out = []
+        for key in keys:
+            self._memo.move_to_end(key)
+            out.append(self._memo[key])
+        while len(self._memo) > self.max_entries:
+            self._memo.popitem(last=False)
+        return torch.stack(out)
+
+
+def anti_lm_scores(
+    log_probs: Tensor,
+    prefixes: Sequence[Sequence[int]],
+    cfg: DecodingConfig,
+    prior: ContextFreePrior | None,
+) -> Tensor:
+    """MMI-antiLM's choice scores for rows at position ``len(prefix)`` (Li et al. 2016, eq. 10
+    with g(k) = 1 for k <= gamma): ``log p - lambda * log U`` where the penalty applies, else
+    ``log p`` unchanged."""
+    rows = [r for r, prefix in enumerate(prefixes) if cfg.anti_lm_at(len(prefix))]
+    if not rows:
+        return log_probs
+    if prior is None:
+        raise ValueError("anti_lm decoding needs a ContextFreePrior")
+    penalty = prior([prefixes[r] for r in rows]).to(log_probs.device)
+    out = log_probs.clone()
+    index = torch.tensor(rows, device=log_probs.device)
+    out[index] = log_probs[index] - cfg.anti_lm * penalty
+    return out
 
 
 class _Stepper:
@@ -155,10 +230,12 @@ def generate(
     cfg: DecodingConfig,
     *,
     generator: torch.Generator | None = None,
+    prior: ContextFreePrior | None = None,
 ) -> Generation:
-    """Decode responses for right-padded source ids ``src`` (B, S)."""
+    """Decode responses for right-padded source ids ``src`` (B, S); ``prior`` is required when
+    ``cfg.anti_lm`` is on."""
     if cfg.strategy == "beam":
-        return _beam_search(model, src, cfg)
+        return _beam_search(model, src, cfg, prior)
     if cfg.num_return_sequences > 1:
         src = src.repeat_interleave(cfg.num_return_sequences, dim=0)
     mc = model.cfg
@@ -171,10 +248,13 @@ def generate(
     for step in range(cfg.max_length):
         logits = stepper(seqs[:, : step + 1])
         log_probs = _processed_log_probs(logits, seqs[:, 1 : step + 1], step, cfg, mc.eos_id)
+        choice = log_probs
+        if cfg.anti_lm_at(step):
+            choice = anti_lm_scores(log_probs, seqs[:, 1 : step + 1].tolist(), cfg, prior)
         if cfg.strategy == "greedy":
-            next_tokens = log_probs.argmax(dim=-1)
+            next_tokens = choice.argmax(dim=-1)
         else:
-            filtered = filter_top_k_top_p(log_probs / cfg.temperature, cfg.top_k, cfg.top_p)
+            filtered = filter_top_k_top_p(choice / cfg.temperature, cfg.top_k, cfg.top_p)
             next_tokens = torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator)
             next_tokens = next_tokens.squeeze(1)
         chosen = log_probs.gather(1, next_tokens[:, None]).squeeze(1)
@@ -201,8 +281,14 @@ def _strip(row: list[int], eos_id: int, pad_id: int) -> list[int]:
     return out
 
 
-def _beam_search(model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig) -> Generation:
-    """Batched beam search with length-normalised ranking of finished hypotheses."""
+def _beam_search(
+    model: Seq2SeqTransformer,
+    src: Tensor,
+    cfg: DecodingConfig,
+    prior: ContextFreePrior | None = None,
+) -> Generation:
+    """Batched beam search with length-normalised ranking of finished hypotheses (with
+    ``anti_lm``, the first tokens' terms in a hypothesis's score are the anti-LM scores)."""
     mc = model.cfg
     batch, k = src.size(0), cfg.beam_size
     device = src.device
@@ -220,6 +306,8 @@ def _beam_search(model: Seq2SeqTransformer, src: Tensor, cfg: DecodingConfig) ->
     for step in range(cfg.max_length):
         logits = stepper(seqs)
         log_probs = _processed_log_probs(logits, seqs[:, 1:], step, cfg, mc.eos_id)
+        if cfg.anti_lm_at(step):
+            log_probs = anti_lm_scores(log_probs, seqs[:, 1:].tolist(), cfg, prior)
         vocab = log_probs.size(-1)
         candidates = (beam_scores.view(-1, 1) + log_probs).view(batch, k * vocab)
         top_scores, top_ids = candidates.topk(2 * k, dim=1)  # (B, 2K)

@@ -20,7 +20,13 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from models.bundle import MANIFEST_FILE, Manifest, read_manifest
-from models.decoding import DecodingConfig, Generation, generate, group_by_config
+from models.decoding import (
+    ContextFreePrior,
+    DecodingConfig,
+    Generation,
+    generate,
+    group_by_config,
+)
 from models.inputs import InputConfig, encode_contexts
 from models.responder import (
     BundleKindError,
@@ -34,6 +40,10 @@ from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
 
 __all__ = ["GenerativeResponder", "Generator", "InputConfig", "Reply", "load_generator"]
+
+# The content-free turn whose replies stand for p(reply) in anti-LM decoding: the first of G2R's
+# MI dummy contexts (training/methods/g2r/teachers.py).
+PRIOR_CONTEXT = "."
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,7 @@ class GenerativeResponder(Responder):
         self.inputs = inputs
         self.decoding = decoding
         self.manifest = manifest
+        self._prior: ContextFreePrior | None = None
 
     def model_config(self) -> dict[str, Any]:
         return {
@@ -95,6 +106,17 @@ class GenerativeResponder(Responder):
         """Right-padded source ids (B, S) from the last ``max_context_turns`` turns of each context."""
         return encode_contexts(self.tokenizer, self.inputs, contexts, self.device)
 
+    @property
+    def prior(self) -> ContextFreePrior:
+        """The context-free prior of anti-LM decoding (``DecodingConfig.anti_lm``), built on
+        first use; its memo assumes this responder's weights stay as loaded."""
+        if self._prior is None:
+            self._prior = ContextFreePrior(self.model, self.encode_contexts([[PRIOR_CONTEXT]]))
+        return self._prior
+
+    def _prior_for(self, config: DecodingConfig) -> ContextFreePrior | None:
+        return self.prior if config.anti_lm > 0 else None
+
     def generate(
         self,
         contexts: Sequence[Sequence[str]],
@@ -103,11 +125,13 @@ class GenerativeResponder(Responder):
         generator: torch.Generator | None = None,
     ) -> Generation:
         """Token-level generation; ``num_return_sequences`` rows per context, in order."""
+        config = decoding or self.decoding
         return generate(
             self.model,
             self.encode_contexts(contexts),
-            decoding or self.decoding,
+            config,
             generator=generator,
+            prior=self._prior_for(config),
         )
 
     def respond(
@@ -139,7 +163,7 @@ class GenerativeResponder(Responder):
             started = time.perf_counter()
             src = self.encode_contexts([contexts[i] for i in rows])
             started = observe(on_stage, "tokenize", started)
-            generation = generate(self.model, src, config)
+            generation = generate(self.model, src, config, prior=self._prior_for(config))
             texts = self.tokenizer.decode_batch(generation.tokens)
             observe(on_stage, "generate", started)
             n = config.num_return_sequences

@@ -78,7 +78,7 @@ class GenerationRunner:
         self.metrics = metrics
         self.safety = safety
         self.generate = generate
-        self.decoder = ContinuousDecoder(responder.model, max_rows=max_rows)
+        self.decoder = self._decoder()
         self._requests: dict[int, _Decode] = {}  # by decoder key
 
     def admit(self, key: int, request: Job) -> None:
@@ -103,8 +103,14 @@ class GenerationRunner:
                 del self._requests[decoder_key]
 
     def reset(self) -> None:
-        self.decoder = ContinuousDecoder(self.responder.model, max_rows=self.max_rows)
+        self.decoder = self._decoder()
         self._requests.clear()
+
+    def _decoder(self) -> ContinuousDecoder:
+        # the responder's prior (anti-LM decoding) outlives a reset: its memo is of these weights
+        return ContinuousDecoder(
+            self.responder.model, max_rows=self.max_rows, prior=self.responder.prior
+        )
 
     def _answer(self, finished: list[Finished]) -> list[tuple[int, Answer]]:
         now = time.perf_counter()

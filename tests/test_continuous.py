@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.continuous import ContinuousDecoder, decode_continuously
-from models.decoding import DecodingConfig, generate
+from models.decoding import ContextFreePrior, DecodingConfig, generate
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 
 VOCAB = 40
@@ -82,6 +82,37 @@ def test_mixed_configs_in_one_running_batch_match_generate(
         ref = cfg.with_overrides(strategy="greedy", top_k=0) if cfg.strategy == "sample" else cfg
         assert got.tokens[0] == alone(model, src, ref)[0]
     assert len(out[2].tokens[0]) >= 12 and len(out[6].tokens[0]) <= 1
+
+
+def test_anti_lm_rows_beside_plain_ones_match_generate(
+    model: Seq2SeqTransformer, sources: list[list[int]]
+) -> None:
+    """MMI-antiLM rows (each with its own lambda and gamma) joining at different steps get
+    generate's tokens and log p scores, beside rows without the penalty."""
+    prior = ContextFreePrior(model, torch.tensor([[9, 8, 7]]))
+    configs = [
+        BLOCKED.with_overrides(anti_lm=0.5, anti_lm_steps=1),
+        BLOCKED,
+        BLOCKED.with_overrides(anti_lm=0.8, anti_lm_steps=3),
+        BLOCKED.with_overrides(anti_lm=0.3, anti_lm_steps=20),
+        DecodingConfig(strategy="sample", top_k=1, max_length=20, anti_lm=0.8, anti_lm_steps=2),
+        BLOCKED.with_overrides(anti_lm=0.8, anti_lm_steps=3),
+        BLOCKED,
+        BLOCKED.with_overrides(anti_lm=0.5, anti_lm_steps=2),
+    ]
+    out = decode_continuously(
+        model, sources, configs, arrivals=[0, 0, 1, 2, 2, 5, 6, 9], max_rows=4, prior=prior
+    )
+    changed = 0
+    for got, src, cfg in zip(out, sources, configs, strict=True):
+        ref = cfg.with_overrides(strategy="greedy", top_k=0) if cfg.strategy == "sample" else cfg
+        want = generate(model, torch.tensor([src]), ref, prior=prior)
+        assert got.tokens[0] == want.tokens[0]
+        assert got.scores[0] == pytest.approx(want.scores[0], abs=1e-4)
+        changed += want.tokens[0] != alone(model, src, ref.with_overrides(anti_lm=0.0))[0]
+    assert changed >= 2  # the penalty changes some replies on this model
+    with pytest.raises(ValueError, match="ContextFreePrior"):
+        ContinuousDecoder(model).add(sources[0], configs[0])
 
 
 def test_seeded_sampling_reproduces_generate_alone(

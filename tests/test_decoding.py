@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from models.decoding import (
+    ContextFreePrior,
     DecodingConfig,
     banned_ngram_tokens,
     filter_top_k_top_p,
@@ -232,3 +233,77 @@ def test_decoding_config_rejects_bad_values() -> None:
         DecodingConfig(strategy="nucleus")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="temperature"):
         DecodingConfig(temperature=0.0)
+
+
+def _first_tokens(model: Seq2SeqTransformer, src: torch.Tensor) -> torch.Tensor:
+    """log p of the first reply token for each source (B, V), as generate sees it."""
+    with torch.no_grad():
+        bos = torch.full((src.size(0), 1), model.cfg.bos_id, dtype=torch.long)
+        return model(src, bos).logits[:, -1].float().log_softmax(dim=-1)
+
+
+def test_anti_lm_picks_the_first_token_by_mmi_antilm(
+    model: Seq2SeqTransformer, src: torch.Tensor
+) -> None:
+    """Li et al. (2016) eq. 10: the first token maximises log p(t|S) - lambda log U(t), U being
+    the model on the content-free source; log p stays the returned score."""
+    prior = torch.tensor([[7, 9, 11]])
+    cfg = DecodingConfig(max_length=6, anti_lm=0.9, anti_lm_steps=2)
+    out = generate(model, src, cfg, prior=ContextFreePrior(model, prior))
+    log_p = _first_tokens(model, src)
+    log_u = _first_tokens(model, prior)
+    expected = (log_p - 0.9 * log_u).argmax(dim=-1).tolist()
+    assert [t[0] for t in out.tokens] == expected
+    plain = [t[0] for t in generate(model, src, DecodingConfig(max_length=6)).tokens]
+    assert plain == log_p.argmax(dim=-1).tolist()
+    assert expected != plain  # the penalty changes some choice on this model
+    # the score is the model's own log-likelihood of what was chosen
+    tokens = [[*t, model.cfg.eos_id] if len(t) < 6 else t for t in out.tokens]
+    for row, hyp in enumerate(tokens):
+        tgt_in = torch.tensor([[model.cfg.bos_id, *hyp[:-1]]])
+        ll, _ = sequence_log_likelihood(model, src[row : row + 1], tgt_in, torch.tensor([hyp]))
+        assert math.isclose(out.scores[row], float(ll[0]), rel_tol=1e-4, abs_tol=1e-4)
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_anti_lm_with_the_source_itself_as_prior_keeps_greedy(
+    model: Seq2SeqTransformer, src: torch.Tensor, strategy: str
+) -> None:
+    """With U = p the choice scores are (1 - lambda) log p on every step the penalty covers, so
+    greedy picks the same tokens; beam, whose ranking adds steps up, too when it covers them all."""
+    cfg = DecodingConfig(strategy=strategy, max_length=8, beam_size=3)  # type: ignore[arg-type]
+    anti = cfg.with_overrides(anti_lm=0.5, anti_lm_steps=8)
+    for row in range(src.size(0)):
+        one = src[row : row + 1]
+        same = ContextFreePrior(model, one)
+        assert generate(model, one, anti, prior=same).tokens == generate(model, one, cfg).tokens
+
+
+def test_anti_lm_needs_a_prior_source_and_a_weight_below_one(
+    model: Seq2SeqTransformer, src: torch.Tensor
+) -> None:
+    with pytest.raises(ValueError, match="ContextFreePrior"):
+        generate(model, src, DecodingConfig(anti_lm=0.5))
+    with pytest.raises(ValueError, match="anti_lm"):
+        DecodingConfig(anti_lm=1.0)
+    # off (weight 0 or no steps): no prior needed, plain greedy
+    assert generate(model, src, DecodingConfig(anti_lm=0.5, anti_lm_steps=0)).tokens == (
+        generate(model, src, DecodingConfig()).tokens
+    )
+
+
+def test_context_free_prior_memoises_by_prefix(model: Seq2SeqTransformer) -> None:
+    """Each row is the model's next-token distribution after BOS + prefix on the prior source,
+    computed once per prefix and dropped least recently used past ``max_entries``."""
+    src = torch.tensor([[7, 9, 11]])
+    prior = ContextFreePrior(model, src, max_entries=3)
+    prefixes = [[], [5], [5, 6], [5]]
+    got = prior(prefixes)
+    with torch.no_grad():
+        for row, prefix in enumerate(prefixes):
+            tgt = torch.tensor([[model.cfg.bos_id, *prefix]])
+            want = model(src, tgt).logits[0, -1].float().log_softmax(dim=-1)
+            torch.testing.assert_close(got[row], want, atol=1e-5, rtol=1e-4)
+    assert len(prior._memo) == 3
+    prior([[8]])  # a fourth prefix evicts the least recently used, ()
+    assert set(prior._memo) == {(5,), (5, 6), (8,)}

@@ -23,7 +23,7 @@ from training.methods.nd.entropy import EntropyConfig
 
 PRESET = Preset(
     name="base",
-    # For the reproduction reports: 3+3 layers for ~5 epochs, the ND teacher from scratch on the
+    # For the reproduction reports: 3+3 layers for ~6 epochs, the ND teacher from scratch on the
     # clustered-entropy D_N as in the paper, the student fine-tuned. Not yet run end to end
     # (README: its wall time once measured).
     retriever=RetrieverPreset(
