@@ -44,6 +44,24 @@ METRICS = (
     "avg-len",
 )
 RATIOS = ("dist-2", "bleu-4", "max-ratio")
+# The choice rule: the most diverse setting (Dist-2) that keeps BLEU-4 within 5% of plain
+# greedy's and whose replies stay as likely under the model itself (mean log p per token at most
+# 0.05 nats below plain greedy's): past that the penalty buys variety with disfluency ("yes , yes ,
+# i would ...", "$ $ $ 8 .").
+MIN_BLEU_RATIO = 0.95
+MAX_LOG_P_DROP = 0.05
+
+
+def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row the rule picks (plain greedy, rows[0], when no penalised setting qualifies)."""
+    base = rows[0]
+    eligible = [
+        r
+        for r in rows
+        if r["bleu-4"] >= MIN_BLEU_RATIO * base["bleu-4"]
+        and r["log_p_per_token"] >= base["log_p_per_token"] - MAX_LOG_P_DROP
+    ]
+    return max(eligible, key=lambda r: (r["dist-2"], -r["lambda"]))
 
 
 def _floats(text: str) -> list[float]:
@@ -92,7 +110,7 @@ def sweep(
     counts = training_response_token_counts(splits.train)
     refs = [e.response for e in examples]
     settings = [(0.0, 0)] + [(w, g) for w in weights if w > 0 for g in steps if g > 0]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for weight, gamma in settings:
         config = greedy(responder).with_overrides(anti_lm=weight, anti_lm_steps=gamma or 1)
         started = time.perf_counter()
@@ -152,13 +170,19 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             for r in rows
         ],
     )
+    chosen = meta["chosen"]
     return (
         f"# MMI-antiLM decoding: {meta['bundle']} on the {meta['split']} split\n\n"
         f"Command: `{meta['command']}`  \n"
         f"Machine: {meta['machine']}; load average before {meta['load_before']}, after "
         f"{meta['load_after']}. {meta['n']} contexts; greedy with the bundle's length and n-gram "
         "rules; lambda 0 = plain greedy (the baseline of the ratios, same run). Timing figures "
-        "depend on the load; the quality figures do not.\n\n" + table + "\n"
+        "depend on the load; the quality figures do not.\n\n"
+        + table
+        + f"\n\nChosen by the rule (highest Dist-2 with BLEU-4 >= {MIN_BLEU_RATIO} x and log "
+        f"p/token >= plain greedy's - {MAX_LOG_P_DROP}): **lambda {chosen['lambda']}, gamma "
+        f"{chosen['gamma']}** (Dist-2 {chosen['dist-2']:.4f}, "
+        f"{chosen['dist-2_ratio']:.2f}x plain greedy's).\n"
     )
 
 
@@ -186,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_before": load_before,
         "load_after": list(os.getloadavg()),
     }
+    best = choose(rows)
+    meta["chosen"] = {k: best[k] for k in ("lambda", "gamma", "dist-2", "dist-2_ratio")}
     print(markdown(rows, meta))
     write_report(args.out, {"meta": meta, "rows": rows}, markdown(rows, meta))
     return 0

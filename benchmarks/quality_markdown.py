@@ -123,17 +123,22 @@ def to_markdown(results: Mapping[str, Any]) -> str:
         f"## Generators (greedy, {n_gen} test pairs)",
         "",
         "Perplexity is teacher-forced; the rest are over the greedy replies to every test context "
-        "(`training.eval.generation.evaluate_generator`). LF: share of generated tokens whose training "
-        "frequency is < 100; max-ratio: share of the most frequent reply.",
+        "(`training.eval.generation.evaluate_generator`), decoded with each bundle's own rules "
+        '(n-gram blocking, and MMI-antiLM where the bundle sets it: "anti-LM" = lambda / the '
+        "first tokens it covers). LF: share of generated tokens whose training frequency is < 100; "
+        "max-ratio: share of the most frequent reply.",
         "",
-        "| generator | bundle | perplexity | Dist-1 | Dist-2 | BLEU-4 | LF | max-ratio | avg len |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| generator | bundle | anti-LM | perplexity | Dist-1 | Dist-2 | BLEU-4 | LF | max-ratio "
+        "| avg len |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, g in gens.items():
         m = g["greedy"]
         served = " (served)" if label == results["serving"]["generative"] else ""
+        weight, steps = g.get("anti_lm") or (0.0, 0)
+        anti = f"{weight:g} / {steps}" if weight else "off"
         lines.append(
-            f"| {label}{served} | {g['model']} | {g['perplexity']:.2f} | {m['dist-1']:.4f} | "
+            f"| {label}{served} | {g['model']} | {anti} | {g['perplexity']:.2f} | {m['dist-1']:.4f} | "
             f"{m['dist-2']:.4f} | {m['bleu-4']:.4f} | {m['lf']:.4f} | {m['max-ratio']:.4f} | "
             f"{m['avg-len']:.2f} |"
         )

@@ -193,6 +193,8 @@ def measure_generators(
             "perplexity": r["perplexity"],
             "greedy": r["decodings"]["greedy"],
             "context_turns": responder.inputs.max_context_turns,
+            # the bundle's own decoding rules that greedy keeps (anti-LM, n-gram blocking)
+            "anti_lm": [responder.decoding.anti_lm, responder.decoding.anti_lm_steps],
             "training": {
                 k: manifest.training.get(k)
                 for k in ("method", "preset", "steps", "best_step", "train_pairs", "wall_time_s")

@@ -539,6 +539,14 @@ def find_bundles(models_dir: Path) -> list[Path]:
     return sorted(found)
 
 
+def _replace_manifest(bundle_dir: Path, updated: Manifest) -> None:
+    """Write ``updated`` as the bundle's manifest.json in one atomic replace."""
+    tmp_path = bundle_dir / (MANIFEST_FILE + _TMP_SUFFIX)
+    _write_manifest(tmp_path, updated)
+    os.replace(tmp_path, bundle_dir / MANIFEST_FILE)
+    _fsync_dir(bundle_dir)
+
+
 def update_metrics(bundle_dir: Path, metrics: Mapping[str, Any]) -> Manifest:
     """Merge ``metrics`` into the bundle's manifest atomically and return the new manifest."""
     bundle_dir = Path(bundle_dir)
@@ -549,11 +557,26 @@ def update_metrics(bundle_dir: Path, metrics: Mapping[str, Any]) -> Manifest:
         raise ValueError(f"metrics are not JSON-serialisable: {exc}") from exc
     updated = replace(manifest, metrics={**manifest.metrics, **copy.deepcopy(dict(metrics))})
     # Metrics are deliberately not checksummed, so only manifest.json changes; replace it whole.
-    tmp_path = bundle_dir / (MANIFEST_FILE + _TMP_SUFFIX)
-    _write_manifest(tmp_path, updated)
-    os.replace(tmp_path, bundle_dir / MANIFEST_FILE)
-    _fsync_dir(bundle_dir)
+    _replace_manifest(bundle_dir, updated)
     logger.info("updated metrics of bundle %s: %s", updated.bundle_id, ", ".join(sorted(metrics)))
+    return updated
+
+
+def update_model_config(bundle_dir: Path, section: str, values: Mapping[str, Any]) -> Manifest:
+    """Merge ``values`` into ``model_config[section]`` atomically (a generator's default
+    ``decoding``, say) and return the new manifest. The weights are untouched, and so is the id of
+    a bundle that has a weights file (it names the weights); the caller checks that the section
+    still builds."""
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    current = manifest.model_config.get(section)
+    if not isinstance(current, dict):
+        raise ValueError(f"bundle {bundle_dir}: model_config has no {section!r} section")
+    config = copy.deepcopy(manifest.model_config)
+    config[section] = {**current, **copy.deepcopy(dict(values))}
+    updated = replace(manifest, model_config=config)
+    _replace_manifest(bundle_dir, updated)
+    logger.info("bundle %s -> %s: %s %s", manifest.bundle_id, updated.bundle_id, section, values)
     return updated
 
 

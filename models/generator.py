@@ -46,6 +46,13 @@ __all__ = ["GenerativeResponder", "Generator", "InputConfig", "Reply", "load_gen
 PRIOR_CONTEXT = "."
 
 
+def context_free_source(
+    tokenizer: DialogueTokenizer, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The source ids (1, S) of :data:`PRIOR_CONTEXT`, the prior of anti-LM decoding."""
+    return tokenizer.pad(tokenizer.encode_contexts([[PRIOR_CONTEXT]], 8), device)
+
+
 @dataclass(frozen=True)
 class Reply:
     """One decoded reply: its text and its token ids (no BOS/EOS/pad)."""
@@ -111,7 +118,9 @@ class GenerativeResponder(Responder):
         """The context-free prior of anti-LM decoding (``DecodingConfig.anti_lm``), built on
         first use; its memo assumes this responder's weights stay as loaded."""
         if self._prior is None:
-            self._prior = ContextFreePrior(self.model, self.encode_contexts([[PRIOR_CONTEXT]]))
+            self._prior = ContextFreePrior(
+                self.model, context_free_source(self.tokenizer, self.device)
+            )
         return self._prior
 
     def _prior_for(self, config: DecodingConfig) -> ContextFreePrior | None:

@@ -51,6 +51,8 @@ _DECODING_OPTIONS = (
     "top_k",
     "top_p",
     "no_repeat_ngram_size",
+    "anti_lm",
+    "anti_lm_steps",
 )
 
 Job = tuple[list[str], Hashable]  # one request: its context and its prepared parameters

@@ -117,6 +117,9 @@ JsonNumber = Annotated[float | None, BeforeValidator(_json_number)]
 # Bounds of the per-request options (the bundle's and the settings' own limits apply within them).
 MIN_TEMPERATURE = 0.05
 MAX_TEMPERATURE = 5.0
+MAX_ANTI_LM = (
+    0.95  # models/decoding.py needs < 1: at 1 the model's own likelihood counts for nothing
+)
 MIN_TOP_P = 0.001  # below float32's smallest value top_p is 0 on the device and drops every token
 MAX_LENGTH_BOUND = 1024
 MAX_CANDIDATES_BOUND = 1000
@@ -182,6 +185,20 @@ class ResponseOptions(_Strict):
     )
     no_repeat_ngram_size: JsonInt = Field(
         default=None, ge=0, le=8, description="generative: n-grams a reply may not repeat; 0 = off"
+    )
+    anti_lm: JsonNumber = Field(
+        default=None,
+        ge=0,
+        le=MAX_ANTI_LM,
+        allow_inf_nan=False,
+        description="generative: weight of the MMI-antiLM penalty on replies that are likely "
+        "whatever the context (0 = off); our generators only, others ignore it",
+    )
+    anti_lm_steps: JsonInt = Field(
+        default=None,
+        ge=0,
+        le=MAX_LENGTH_BOUND,
+        description="generative: the first reply tokens the anti_lm penalty applies to",
     )
     # retrieval
     num_candidates: JsonInt = Field(

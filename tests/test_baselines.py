@@ -10,7 +10,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from models.generator import GenerativeResponder
+from models.decoding import ContextFreePrior, generate
+from models.generator import GenerativeResponder, context_free_source
+from models.metrics import max_ratio
 from models.seq2seq import Seq2SeqConfig, Seq2SeqOutput, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
 from training.config import PRESETS
@@ -451,6 +453,25 @@ def test_greedy_max_ratio_fn_counts_the_most_frequent_greedy_reply(toy_examples)
     torch.manual_seed(0)
     varied = evaluate(_tiny_model(tok.vocab_size))  # random weights: several replies
     assert 0.0 < varied["val_max_ratio"] < 1.0
+
+
+def test_greedy_max_ratio_fn_decodes_as_the_served_decoding_says_anti_lm_included(
+    toy_examples,
+) -> None:
+    """With an anti-LM default decoding (small's), NT's selection scores the replies the bundle
+    would serve: the model as it is now is its own prior on the content-free source."""
+    tok, examples = toy_examples
+    pairs = PairSet.encode(examples, tok, PRESETS["tiny"].inputs)
+    torch.manual_seed(0)
+    model = _tiny_model(tok.vocab_size).eval()
+    decoding = PRESETS["tiny"].decoding.with_overrides(anti_lm=0.5, anti_lm_steps=2)
+    out = greedy_max_ratio_fn(pairs, decoding, examples=40, batch_size=40)(model)
+    src = pairs.collate(list(range(40)), torch.device("cpu")).src
+    prior = ContextFreePrior(model, context_free_source(tok))
+    replies = tok.decode_batch(generate(model, src, decoding, prior=prior).tokens)
+    assert out["val_max_ratio"] == max_ratio(replies)
+    plain = tok.decode_batch(generate(model, src, PRESETS["tiny"].decoding).tokens)
+    assert replies != plain  # the penalty is really applied
 
 
 def test_nt_least_generic_keeps_the_evaluated_step_with_the_lowest_max_ratio(

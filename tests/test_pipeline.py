@@ -262,6 +262,42 @@ def test_load_corrupt_generator_bundle_names_the_file(
         GenerativeResponder.load(bundle)
 
 
+def test_cli_set_decoding_changes_the_default_decoding_and_refuses_a_bad_one(
+    tiny_build: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """set-decoding rewrites only the manifest's decoding section: the bundle still verifies,
+    keeps its id (the weights' hash) and decodes with the new default; an invalid value
+    changes nothing."""
+    import shutil
+
+    base, _ = tiny_build
+    bundle = tmp_path / "gen"
+    shutil.copytree(base / "artifacts" / STANDARD_GENERATOR, bundle)
+    before = GenerativeResponder.load(bundle)
+
+    def run(*sets: str) -> subprocess.CompletedProcess[str]:
+        args = [a for s in sets for a in ("--set", s)]
+        return subprocess.run(
+            [sys.executable, "-m", "training", "set-decoding", "--bundle", str(bundle), *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    proc = run("anti_lm=0.5", "anti_lm_steps=2")
+    assert proc.returncode == 0, proc.stderr
+    after = GenerativeResponder.load(bundle)  # verifies every checksum
+    assert after.bundle_id == before.bundle_id
+    assert (after.decoding.anti_lm, after.decoding.anti_lm_steps) == (0.5, 2)
+    assert after.decoding.no_repeat_ngram_size == before.decoding.no_repeat_ngram_size
+    manifest = (bundle / "manifest.json").read_text()
+    for bad in (("anti_lm=1.5",), ("no_such_field=1",), ("strategy=nucleus",)):
+        proc = run(*bad)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        assert (bundle / "manifest.json").read_text() == manifest
+
+
 def test_cli_evaluate_writes_json_and_markdown(
     tiny_build: tuple[Path, dict], dailydialog_dir: Path, tmp_path: Path
 ) -> None:
@@ -499,6 +535,7 @@ def test_cli_parses_every_subcommand() -> None:
         "train-generator",
         "evaluate",
         "compare",
+        "set-decoding",
         "reply",
         "augment",
         "train-retriever",

@@ -515,6 +515,9 @@ def test_poison_request_fails_alone_and_its_batch_mates_get_200(
         ({"num_candidates": 10**6}, "num_candidates"),
         ({"beam_size": 9}, "beam_size"),
         ({"no_repeat_ngram_size": 9}, "no_repeat_ngram_size"),
+        ({"anti_lm": 0.96}, "anti_lm"),
+        ({"anti_lm": -0.1}, "anti_lm"),
+        ({"anti_lm_steps": 2000}, "anti_lm_steps"),
     ],
 )
 def test_numeric_options_out_of_the_decodable_range_are_refused(
@@ -536,6 +539,7 @@ def test_extreme_but_valid_options_decode(
     for options in (
         ResponseOptions(strategy=strategy, temperature=0.05, top_p=0.001, top_k=1000),  # type: ignore[arg-type]
         ResponseOptions(strategy=strategy, temperature=5.0, top_p=1.0, top_k=0, min_length=8),  # type: ignore[arg-type]
+        ResponseOptions(strategy=strategy, anti_lm=0.95, anti_lm_steps=1024),  # type: ignore[arg-type]
     ):
         config = backend.prepare(options)
         for _ in range(5):

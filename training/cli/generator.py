@@ -150,6 +150,20 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--out", type=Path, required=True, help="writes <out>.json and <out>.md")
     p.set_defaults(run=_compare)
 
+    p = sub.add_parser(
+        "set-decoding",
+        help="change a generator bundle's default decoding (weights and bundle id untouched)",
+    )
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument(
+        "--set",
+        action="append",
+        required=True,
+        metavar="FIELD=VALUE",
+        help="a DecodingConfig field, e.g. anti_lm=0.55 (repeatable)",
+    )
+    p.set_defaults(run=_set_decoding)
+
     p = sub.add_parser("reply", help="print replies of generator and retriever bundles")
     p.add_argument("--bundle", type=Path, action="append", required=True, help="repeatable")
     p.add_argument(
@@ -277,6 +291,33 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
         args.out.with_suffix(".md").write_text(markdown_report(manifest.name, result) + "\n")
     print(markdown_report(manifest.name, result))
+    return 0
+
+
+def _set_decoding(args: argparse.Namespace) -> int:
+    """Merge FIELD=VALUE pairs into the bundle's ``model_config["decoding"]`` once the result is
+    a valid DecodingConfig (so a bad value leaves the bundle as it was)."""
+    from dataclasses import asdict, fields
+
+    from models.bundle import read_manifest, update_model_config
+    from models.decoding import DecodingConfig
+
+    known = {f.name for f in fields(DecodingConfig)}
+    values: dict[str, Any] = {}
+    for item in args.set:
+        name, sep, raw = item.partition("=")
+        if not sep or name not in known:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD in {sorted(known)}")
+        try:
+            values[name] = json.loads(raw)
+        except ValueError:
+            values[name] = raw  # a bare string, e.g. strategy=greedy
+    manifest = read_manifest(args.bundle)
+    if manifest.architecture is not None:
+        raise ValueError(f"{args.bundle}: a {manifest.architecture} bundle has no decoding section")
+    merged = DecodingConfig(**{**manifest.model_config["decoding"], **values})
+    updated = update_model_config(args.bundle, "decoding", asdict(merged))
+    print(f"{updated.bundle_id}: default decoding now {json.dumps(asdict(merged), sort_keys=True)}")
     return 0
 
 

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.bundle import Manifest
-from models.decoding import DecodingConfig, generate
-from models.generator import GenerativeResponder
+from models.decoding import ContextFreePrior, DecodingConfig, generate
+from models.generator import GenerativeResponder, context_free_source
 from models.metrics import max_ratio
 from models.seq2seq import Seq2SeqTransformer
 from training.config import Preset
@@ -110,14 +110,20 @@ class BatchWindow(Generic[K]):
 # --- shared plumbing --------------------------------------------------------------------------
 
 
-def greedy_replies(model: nn.Module, src: Tensor, decoding: DecodingConfig) -> list[list[int]]:
+def greedy_replies(
+    model: nn.Module, src: Tensor, decoding: DecodingConfig, prior_src: Tensor | None = None
+) -> list[list[int]]:
     """The model's replies to ``src`` without gradients and without dropout (eval mode), the
-    training mode restored afterwards. Unwraps DistributedDataParallel."""
+    training mode restored afterwards. Unwraps DistributedDataParallel. With ``decoding.anti_lm``
+    the prior is the model as it is now on ``prior_src`` (required then)."""
     core = cast(Seq2SeqTransformer, getattr(model, "module", model))
     was_training = core.training
     core.eval()
     try:
-        return generate(core, src, decoding).tokens
+        prior = None
+        if decoding.anti_lm > 0 and prior_src is not None:
+            prior = ContextFreePrior(core, prior_src.to(src.device))
+        return generate(core, src, decoding, prior=prior).tokens
     finally:
         core.train(was_training)
 
@@ -136,6 +142,7 @@ def greedy_max_ratio_fn(
     is above ``max_ppl`` (such a step loses to every step within it)."""
     nll = validation_loss_fn(pairs)
     rows = list(range(min(examples, len(pairs))))
+    prior_src = context_free_source(pairs.tokenizer)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
@@ -144,7 +151,10 @@ def greedy_max_ratio_fn(
             for start in range(0, len(rows), batch_size)
             for text in pairs.tokenizer.decode_batch(
                 greedy_replies(
-                    model, pairs.collate(rows[start : start + batch_size], device).src, decoding
+                    model,
+                    pairs.collate(rows[start : start + batch_size], device).src,
+                    decoding,
+                    prior_src,
                 )
             )
         ]
