@@ -79,7 +79,10 @@ def _build_artifacts(artifacts: Path, texts: list[str]) -> None:
                 max_positions=48,
             )
         ).eval()
-        manifest = GenerativeResponder(model, tokenizer, INPUTS, DecodingConfig(max_length=8)).save(
+        # the negative teacher decodes with an anti-LM penalty (as small's bundles do)
+        anti = 0.5 if name == "generator-negative-teacher" else 0.0
+        decoding = DecodingConfig(max_length=8, anti_lm=anti, anti_lm_steps=2)
+        manifest = GenerativeResponder(model, tokenizer, INPUTS, decoding).save(
             artifacts / name,
             name=name,
             training={"method": "mle", "preset": "tiny"},
@@ -148,6 +151,11 @@ def test_generators_ratios_and_serving(report: tuple[dict[str, Any], str, str]) 
     for g in gens.values():
         assert g["n_examples"] == 120 and math.isfinite(g["perplexity"])
         assert {"dist-1", "dist-2", "bleu-4", "lf", "max-ratio", "avg-len"} <= set(g["greedy"])
+    assert gens["generator-negative-teacher"]["anti_lm"] == [0.5, 2]
+    assert gens["generator-nd"]["anti_lm"] == [0.0, 2]
+    _, markdown, _ = report
+    assert "| generator-negative-teacher | generator-negative-teacher@" in markdown
+    assert " | 0.5 / 2 | " in markdown and " | off | " in markdown
     assert results["ratio_base"] == "generator-standard"
     assert set(results["ratios"]) == {"generator-nd", "generator-negative-teacher"}
     std, nd = gens["generator-standard"]["greedy"], gens["generator-nd"]["greedy"]
@@ -186,6 +194,11 @@ def test_latency_paper_table_and_samples(report: tuple[dict[str, Any], str, str]
     )
     paper = {r["quantity"]: r for r in results["paper"]}
     assert paper["Standard Dist-2"]["paper"] == 0.0313
+    # one of the compared bundles is not decoded as the paper decodes: the note says so
+    assert (
+        "anti-LM penalty (lambda / tokens 0.5 / 2), not plain greedy"
+        in (paper["Standard Dist-2"]["note"])
+    )
     assert paper["ND Dist-2"]["ours"] == results["generators"]["generator-nd"]["greedy"]["dist-2"]
     be = paper["G2R Hits@1/K bi-encoder"]
     assert be["ours"] == results["retrievers"]["retriever-biencoder"]["hits@1"]
