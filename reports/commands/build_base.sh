@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Issue 11: the whole `base` preset end to end, timed, then its quality report and stage times.
+# Run from the repository root (a worktree of the commit under test) on an idle machine. Session 9
+# paused the build with SIGSTOP while other measurements ran (each pause logged with its epoch
+# seconds) and subtracts the paused seconds from the wall time; see reports/build_base.md.
+set -euo pipefail
+PY=.venv/bin/python
+
+/usr/bin/time -v $PY -m training build --preset base --data ../shared/data/dailydialog \
+    --out artifacts-base --runs runs-base
+$PY -m benchmarks.stage_times --artifacts artifacts-base --out reports/stage_times_base
+OMP_NUM_THREADS=2 $PY -m benchmarks.quality_report --artifacts artifacts-base --out reports/quality_base
+
+# Session 9 (stage 9 not run): the generators side by side, and their ratios against Standard.
+$PY -m benchmarks.generator_seeds --bundle standard=artifacts-base/generator-standard \
+    --bundle nd=artifacts-base/generator-nd --bundle nt=artifacts-base/generator-nt \
+    --bundle negative-teacher=artifacts-base/generator-negative-teacher --out reports/generators_base
+$PY - <<'PYEOF'
+import json
+rows = json.load(open("reports/generators_base.json"))["rows"]
+s = rows["standard"]
+for label in ("nd", "nt", "negative-teacher"):
+    r = rows[label]
+    print(f"{label}: Dist-2 {r['dist-2'] / s['dist-2']:.2f}x, BLEU-4 {r['bleu-4'] / s['bleu-4']:.2f}x, "
+          f"max-ratio {r['max-ratio'] / s['max-ratio']:.2f}x standard's")
+print(f"standard Dist-2 vs the ND paper's 0.0313: {s['dist-2'] / 0.0313:.2f}x")
+PYEOF
