@@ -25,3 +25,7 @@ for label in ("nd", "nt", "negative-teacher"):
           f"max-ratio {r['max-ratio'] / s['max-ratio']:.2f}x standard's")
 print(f"standard Dist-2 vs the ND paper's 0.0313: {s['dist-2'] / 0.0313:.2f}x")
 PYEOF
+
+# The small preset's anti-LM setting on base's served NT (base itself keeps plain greedy).
+$PY -m benchmarks.anti_lm --bundle artifacts-base/generator-nt --split test --weights 0.55 --steps 3 \
+    --out reports/anti_lm_base_test_nt
