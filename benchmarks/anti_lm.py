@@ -32,6 +32,7 @@ from models.generator import GenerativeResponder
 from models.metrics import response_metrics
 from training.config import DAILYDIALOG
 from training.core.data import DialogueExample, load_splits, training_response_token_counts
+from training.eval.generation import decode_batches
 from training.eval.tables import markdown_table
 
 METRICS = (
@@ -76,17 +77,13 @@ def decode(
     responder: GenerativeResponder,
     examples: Sequence[DialogueExample],
     config: DecodingConfig,
-    batch_size: int = 64,
+    desc: str,
 ) -> tuple[list[str], float, int]:
-    """Replies in example order (batched by source length, as ``decode_all``), the sum of their
-    log p and their token count (EOS included)."""
-    order = sorted(range(len(examples)), key=lambda i: sum(len(t) for t in examples[i].context))
+    """Replies in example order, the sum of their log p and their token count (EOS included)."""
     replies = [""] * len(examples)
     total, n_tokens = 0.0, 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        out = responder.generate([examples[i].context for i in idx], config)
-        for i, text in zip(idx, responder.tokenizer.decode_batch(out.tokens), strict=True):
+    for idx, out, texts in decode_batches(responder, examples, config, desc=desc):
+        for i, text in zip(idx, texts, strict=True):
             replies[i] = text
         total += sum(out.scores)
         n_tokens += sum(min(len(t) + 1, config.max_length) for t in out.tokens)
@@ -114,7 +111,9 @@ def sweep(
     for weight, gamma in settings:
         config = greedy(responder).with_overrides(anti_lm=weight, anti_lm_steps=gamma or 1)
         started = time.perf_counter()
-        hyps, log_p, n_tokens = decode(responder, examples, config)
+        hyps, log_p, n_tokens = decode(
+            responder, examples, config, f"lambda {weight} gamma {gamma}"
+        )
         elapsed = time.perf_counter() - started
         metrics = response_metrics(hyps, refs, counts)
         top, count = Counter(hyps).most_common(1)[0]

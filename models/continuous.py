@@ -62,6 +62,7 @@ from models.decoding import (
     DecodingConfig,
     Generation,
     _strip,
+    anti_lm_scores,
     banned_ngram_tokens,
     filter_top_k_top_p,
 )
@@ -271,7 +272,12 @@ class ContinuousDecoder:
                     [banned] = banned_ngram_tokens([rows[r].tokens], n)
                     if banned:
                         lp[j, banned] = float("-inf")
-            choice = self._anti_lm(lp, [rows[r] for r in members])
+            choice = anti_lm_scores(
+                lp,
+                [rows[r].tokens for r in members],
+                [rows[r].cfg for r in members],
+                self.prior,
+            )
             if strategy == "greedy":
                 picks = choice.argmax(dim=-1)
             else:
@@ -299,19 +305,6 @@ class ContinuousDecoder:
                 row.done = True
                 ended.append(r)
         return ended
-
-    def _anti_lm(self, lp: Tensor, rows: list[_Row]) -> Tensor:
-        """``models.decoding.anti_lm_scores`` for rows of different configs: each row where its
-        config's penalty applies gets ``lp - its lambda * log U(its prefix)``."""
-        need = [j for j, row in enumerate(rows) if row.cfg.anti_lm_at(row.position)]
-        if not need:
-            return lp
-        assert self.prior is not None  # add() refuses anti_lm rows without one
-        penalty = self.prior([rows[j].tokens for j in need]).to(lp.device)
-        out = lp.clone()
-        for k, j in enumerate(need):
-            out[j] = lp[j] - rows[j].cfg.anti_lm * penalty[k]
-        return out
 
     def _release(self, ended: list[int]) -> list[Finished]:
         """Drop rows that ended; a request is finished when all its rows have."""

@@ -132,21 +132,23 @@ class ContextFreePrior:
 def anti_lm_scores(
     log_probs: Tensor,
     prefixes: Sequence[Sequence[int]],
-    cfg: DecodingConfig,
+    configs: Sequence[DecodingConfig],
     prior: ContextFreePrior | None,
 ) -> Tensor:
     """MMI-antiLM's choice scores for rows at position ``len(prefix)`` (Li et al. 2016, eq. 10
-    with g(k) = 1 for k <= gamma): ``log p - lambda * log U`` where the penalty applies, else
-    ``log p`` unchanged."""
-    rows = [r for r, prefix in enumerate(prefixes) if cfg.anti_lm_at(len(prefix))]
+    with g(k) = 1 for k <= gamma): ``log p - lambda * log U`` for each row where its own config's
+    penalty applies, else ``log p`` unchanged (rows of a continuous batch carry different
+    configs)."""
+    rows = [r for r, prefix in enumerate(prefixes) if configs[r].anti_lm_at(len(prefix))]
     if not rows:
         return log_probs
     if prior is None:
         raise ValueError("anti_lm decoding needs a ContextFreePrior")
     penalty = prior([prefixes[r] for r in rows]).to(log_probs.device)
+    weights = torch.tensor([configs[r].anti_lm for r in rows], device=log_probs.device)
     out = log_probs.clone()
     index = torch.tensor(rows, device=log_probs.device)
-    out[index] = log_probs[index] - cfg.anti_lm * penalty
+    out[index] = log_probs[index] - weights[:, None] * penalty
     return out
 
 
@@ -250,7 +252,7 @@ def generate(
         log_probs = _processed_log_probs(logits, seqs[:, 1 : step + 1], step, cfg, mc.eos_id)
         choice = log_probs
         if cfg.anti_lm_at(step):
-            choice = anti_lm_scores(log_probs, seqs[:, 1 : step + 1].tolist(), cfg, prior)
+            choice = anti_lm_scores(log_probs, seqs[:, 1 : step + 1].tolist(), [cfg] * batch, prior)
         if cfg.strategy == "greedy":
             next_tokens = choice.argmax(dim=-1)
         else:
@@ -307,7 +309,7 @@ def _beam_search(
         logits = stepper(seqs)
         log_probs = _processed_log_probs(logits, seqs[:, 1:], step, cfg, mc.eos_id)
         if cfg.anti_lm_at(step):
-            log_probs = anti_lm_scores(log_probs, seqs[:, 1:].tolist(), cfg, prior)
+            log_probs = anti_lm_scores(log_probs, seqs[:, 1:].tolist(), [cfg] * len(seqs), prior)
         vocab = log_probs.size(-1)
         candidates = (beam_scores.view(-1, 1) + log_probs).view(batch, k * vocab)
         top_scores, top_ids = candidates.topk(2 * k, dim=1)  # (B, 2K)

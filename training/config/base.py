@@ -77,8 +77,8 @@ PRESET = Preset(
         train=TrainConfig(
             # 6,000 (~5.7 epochs): at 5,000 validation perplexity was still falling, and 1,000
             # more MLE updates raised greedy Dist-2 1.14x (reports/nd_peak_alpha_base.md, the
-            # alpha-0 control); a step is ~0.38 s idle in bf16 (the 5,000 of the old build
-            # recorded 132 min under other sessions' load)
+            # alpha-0 control); the 6,000 took 50 min in one idle run (reports/build_base.md; the
+            # 5,000 of the old build recorded 132 min under other sessions' load)
             max_steps=6000,
             batch_size=64,
             warmup_steps=400,

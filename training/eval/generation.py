@@ -7,13 +7,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from models.decoding import DecodingConfig
+from models.decoding import DecodingConfig, Generation
 from models.generator import GenerativeResponder
 from models.metrics import response_metrics
 from training.core.data import DialogueExample
@@ -44,6 +44,24 @@ TABLE_METRICS = (
 )
 
 
+def decode_batches(
+    responder: GenerativeResponder,
+    examples: Sequence[DialogueExample],
+    decoding: DecodingConfig,
+    *,
+    batch_size: int = 64,
+    desc: str = "decode",
+) -> Iterator[tuple[list[int], Generation, list[str]]]:
+    """Every example's context decoded in batches sorted by source length (less padding): the
+    examples' indices, the token-level generation and the reply texts of each batch."""
+    order = sorted(range(len(examples)), key=lambda i: sum(len(t) for t in examples[i].context))
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=desc, disable=len(starts) < 4, dynamic_ncols=True):
+        idx = order[start : start + batch_size]
+        out = responder.generate([examples[i].context for i in idx], decoding)
+        yield idx, out, responder.tokenizer.decode_batch(out.tokens)
+
+
 def decode_all(
     responder: GenerativeResponder,
     examples: Sequence[DialogueExample],
@@ -52,15 +70,12 @@ def decode_all(
     batch_size: int = 64,
     desc: str = "decode",
 ) -> list[str]:
-    """Replies to every example's context, batched by source length for less padding."""
-    order = sorted(range(len(examples)), key=lambda i: sum(len(t) for t in examples[i].context))
+    """Replies to every example's context, in example order (:func:`decode_batches`)."""
     replies: list[str] = [""] * len(examples)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=desc, disable=len(starts) < 4, dynamic_ncols=True):
-        idx = order[start : start + batch_size]
-        for i, reply in zip(
-            idx, responder.respond([examples[i].context for i in idx], decoding), strict=True
-        ):
+    for idx, _, texts in decode_batches(
+        responder, examples, decoding, batch_size=batch_size, desc=desc
+    ):
+        for i, reply in zip(idx, texts, strict=True):
             replies[i] = reply
     return replies
 
