@@ -57,3 +57,15 @@ def test_decoder_io_shifts_by_one(tok: DialogueTokenizer) -> None:
 def test_serialisation_round_trip(tok: DialogueTokenizer) -> None:
     again = DialogueTokenizer.from_str(tok.to_str())
     assert again.encode_texts(TEXTS[:4]) == tok.encode_texts(TEXTS[:4])
+
+
+def test_a_few_texts_encode_one_by_one_as_the_batch_path_does(tok: DialogueTokenizer) -> None:
+    """A request's turns skip the thread pool (``SEQUENTIAL_TEXTS``); the ids are the same."""
+    from models.tokenizer import SEQUENTIAL_TEXTS
+
+    texts = [f"{t} number {i}" for i, t in enumerate(TEXTS[: SEQUENTIAL_TEXTS + 5])]
+    batched = tok.encode_texts(texts)  # more than SEQUENTIAL_TEXTS: encode_batch
+    one_by_one = [ids for t in texts for ids in tok.encode_texts([t])]
+    few = tok.encode_texts(texts[:SEQUENTIAL_TEXTS])
+    assert len(texts) > SEQUENTIAL_TEXTS
+    assert one_by_one == batched and few == batched[:SEQUENTIAL_TEXTS]
