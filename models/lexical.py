@@ -55,6 +55,14 @@ def _gather_rows(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.nda
     return owner, m.indices[pos], m.data[pos]
 
 
+def _weights_at(row: TermWeights, cols: np.ndarray) -> np.ndarray:
+    """``row``'s weight at each of ``cols`` (0 where the row does not hold the column)."""
+    if row.cols.size == 0:
+        return np.zeros(cols.size)
+    at = np.minimum(np.searchsorted(row.cols, cols), row.cols.size - 1)
+    return np.where(row.cols[at] == cols, row.weights[at], 0.0)
+
+
 def lexical_tokens(text: str) -> list[str]:
     """Word tokens: whitespace tokens (lower-cased) with at least one letter or digit."""
     return [t for t in text.lower().split() if any(ch.isalnum() for ch in t)]
@@ -137,12 +145,28 @@ class LexicalReranker:
         """``text``'s TF-IDF row (the row :meth:`vectors` gives; a test holds them equal), built
         directly: ``TfidfVectorizer.transform`` spends ~1.7 ms validating its input per call,
         which at batch 1 cost more than the rest of a retrieval."""
+        return self._row(self._counts(text))
+
+    def context_terms(self, turns: Sequence[str]) -> tuple[TermWeights, list[TermWeights]]:
+        """The TF-IDF row of the ``turns`` joined by a space (the query) and of each turn, each
+        turn tokenised once: the query's term counts are the sum of the turns' counts."""
+        counts = [self._counts(t) for t in turns]
+        total: dict[int, int] = {}
+        for c in counts:
+            for col, n in c.items():
+                total[col] = total.get(col, 0) + n
+        return self._row(total), [self._row(c) for c in counts]
+
+    def _counts(self, text: str) -> dict[int, int]:
         vocab = self.vectorizer.vocabulary_
         counts: dict[int, int] = {}
         for token in lexical_tokens(text):
             col = vocab.get(token)
             if col is not None:
                 counts[col] = counts.get(col, 0) + 1
+        return counts
+
+    def _row(self, counts: dict[int, int]) -> TermWeights:
         cols = np.fromiter(sorted(counts), dtype=np.int64, count=len(counts))
         weights = np.array([counts[c] for c in cols.tolist()], dtype=np.float64) * self.idf[cols]
         norm = float(np.sqrt((weights**2).sum()))
@@ -189,11 +213,12 @@ class LexicalReranker:
         if ids.size == 0:
             return np.zeros(0), np.zeros(0, dtype=bool)
         owner, cols, vals = _gather_rows(self._responses, ids)
-        dense = np.zeros((1 + len(turns), len(self.vocabulary)))  # query, then each turn
-        for row, t in enumerate([query, *turns]):
-            dense[row, t.cols] = t.weights
-        products = dense[:, cols] * vals  # (1 + turns, entries)
-        cos = [np.bincount(owner, weights=p, minlength=ids.size) for p in products]
+        # each candidate entry's weight in the query and in each turn (0 where the row lacks
+        # the term): a lookup in the rows' sorted columns, not a vocabulary-wide dense row
+        cos = [
+            np.bincount(owner, weights=_weights_at(t, cols) * vals, minlength=ids.size)
+            for t in (query, *turns)
+        ]
         echo = np.max(cos[1:], axis=0) >= ECHO_COSINE if turns else np.zeros(ids.size, bool)
         return cos[0], np.asarray(echo)
 

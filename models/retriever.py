@@ -94,6 +94,14 @@ def responses_jsonl(texts: Sequence[str], sources: Sequence[str]) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
 
 
+def ids_by_text(texts: Sequence[str]) -> dict[str, list[int]]:
+    """The positions of each distinct text in ``texts``."""
+    out: dict[str, list[int]] = {}
+    for i, text in enumerate(texts):
+        out.setdefault(text, []).append(i)
+    return out
+
+
 class RetrievalResponder(Responder):
     """Answers a conversation with the best-scoring responses of a fixed, indexed response set."""
 
@@ -115,6 +123,7 @@ class RetrievalResponder(Responder):
             raise ValueError(f"index holds {index.ntotal} vectors for {len(responses)} responses")
         self.reranker = reranker  # hybrid dense + TF-IDF re-ranking (models/lexical.py), or None
         self._vectors: np.ndarray | None = None  # the index's raw vectors, for re-ranking
+        self._ids_by_text: dict[str, list[int]] | None = None  # response ids of each text
         if reranker is not None:  # at load, not on the first request
             reranker.index_responses(responses)
             self._vectors = index.vectors()
@@ -123,6 +132,8 @@ class RetrievalResponder(Responder):
         self.inputs = inputs
         self.index = index
         self.responses = list(responses)
+        if reranker is not None:
+            self._ids_by_text = ids_by_text(self.responses)
         self.sources = list(sources) if sources is not None else ["corpus"] * len(self.responses)
         self.manifest = manifest
 
@@ -210,14 +221,20 @@ class RetrievalResponder(Responder):
         if self._vectors is None:  # a re-ranker attached after construction (evaluations)
             self._vectors = self.index.vectors()
         out: list[list[tuple[str, float]]] = []
+        if self._ids_by_text is None:
+            self._ids_by_text = ids_by_text(self.responses)
         for row, context in enumerate(contexts):
             turns = [normalize_text(t) for t in context]
-            query = reranker.terms(" ".join(turns[-last:]))  # = context_text(context, last)
+            # the query is the last turns joined (= context_text(context, last)); each turn's
+            # row too, for the near-echo test below
+            query, recent = reranker.context_terms(turns[-last:])
             lexical_ids = reranker.lexical_candidates(query, reranker.candidates)
             cand = np.unique(np.concatenate([dense_ids[row][dense_ids[row] >= 0], lexical_ids]))
-            cand = cand[[self.responses[i] not in turns for i in cand.tolist()]]
+            # no reply that repeats a turn of the context word for word
+            repeats = [i for t in turns for i in self._ids_by_text.get(t, ())]
+            if repeats:
+                cand = cand[~np.isin(cand, repeats)]
             # near-echoes too: a reply that restates one of the recent turns
-            recent = [reranker.terms(t) for t in turns[-last:]]
             lexical, echo = reranker.candidate_scores(query, recent, cand)
             cand, lexical = cand[~echo], lexical[~echo]
             if cand.size == 0:

@@ -414,7 +414,12 @@ def test_lexical_scores_of_gathered_rows_equal_the_sparse_products() -> None:
     lex.index_responses(texts)
     docs = lex.vectors(texts)
     context = ["good morning , what time is it ?", "it is nine , time for the museum ."]
-    query, turns = lex.terms(" ".join(context)), [lex.terms(t) for t in context]
+    query, turns = lex.context_terms(context)
+    joined = lex.terms(" ".join(context))
+    np.testing.assert_array_equal(query.cols, joined.cols)
+    np.testing.assert_allclose(query.weights, joined.weights, rtol=1e-12)
+    for t, text in zip(turns, context, strict=True):
+        np.testing.assert_allclose(t.weights, lex.terms(text).weights, rtol=1e-12)
     ids = np.array([len(texts) - 1, 3, 0, 205, 201, 7])  # "!!!" has no terms: cosine 0
     lexical, echo = lex.candidate_scores(query, turns, ids)
     expect = (docs[ids] @ lex.query_vectors([" ".join(context), *context]).T).toarray()
