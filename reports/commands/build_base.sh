@@ -8,8 +8,23 @@ PY=.venv/bin/python
 
 /usr/bin/time -v $PY -m training build --preset base --data ../shared/data/dailydialog \
     --out artifacts-base --runs runs-base
+
+# Session 10 (after the build, each alone): the teacher's LL and MI scores of gold vs its own
+# replies in the augmentation shards, G2R-D and G2R-DM with the MI score at the build's budget,
+# then the stage times and the quality report at 1 torch thread, as the service runs.
+$PY -c "
+from pathlib import Path
+from benchmarks.retrieval import teacher_shard_stats
+for s in ('ll', 'mi'):
+    print(s, teacher_shard_stats(Path('runs-base/base/g2r-augment-generator-nt'), s))
+"
+SHARDS=runs-base/base/g2r-augment-generator-nt
+$PY -m training train-retriever --preset base --method g2r-d --augmented $SHARDS \
+    --out artifacts-base/retriever-g2r-d --runs runs-base --data ../shared/data/dailydialog
+$PY -m training train-retriever --preset base --method g2r-dm --score mi --augmented $SHARDS \
+    --out artifacts-base/retriever-g2r-dm-mi --runs runs-base --data ../shared/data/dailydialog
 $PY -m benchmarks.stage_times --artifacts artifacts-base --out reports/stage_times_base
-OMP_NUM_THREADS=2 $PY -m benchmarks.quality_report --artifacts artifacts-base --out reports/quality_base
+OMP_NUM_THREADS=1 $PY -m benchmarks.quality_report --artifacts artifacts-base --out reports/quality_base
 
 # Session 9 (stage 9 not run): the generators side by side, and their ratios against Standard.
 $PY -m benchmarks.generator_seeds --bundle standard=artifacts-base/generator-standard \
