@@ -59,6 +59,10 @@ PRESET = Preset(
         response_max_tokens=40,
         warm_start=False,
         teacher_filter=TeacherReplyFilter(),
+        # Data-level G2R, as small: at equal budgets on this build's shards, test Hits@1/100
+        # G2R-D 0.2299 vs the bi-encoder's 0.2221, G2R-DM 0.2139 (eq. 3 LL) and 0.2105 (eq. 6 MI)
+        # (reports/build_base.md, session 10; small's three seeds agree). `paper` keeps G2R-DM.
+        method="g2r-d",
         # the G2R comparison of the reproduction report, and the served one by validation
         biencoder_baseline=True,
     ),
