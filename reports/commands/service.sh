@@ -27,3 +27,7 @@ uptime
 # free-slot change of models/continuous.py (same pause)
 .venv/bin/python -m benchmarks.peer --models-dir artifacts --backends generative --batching on \
     --runs 3 --concurrency 1,8,32 --out reports/service_peer_generative
+
+# Session 10: the same with the wait policy session 8's run had inherited (reports/http_overhead.md)
+OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m benchmarks.http_overhead --rounds 5 \
+    --out reports/http_overhead_passive
