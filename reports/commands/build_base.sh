@@ -44,3 +44,20 @@ PYEOF
 # The small preset's anti-LM setting on base's served NT (base itself keeps plain greedy).
 $PY -m benchmarks.anti_lm --bundle artifacts-base/generator-nt --split test --weights 0.55 --steps 3 \
     --out reports/anti_lm_base_test_nt
+
+# Session 10: each retriever against the bi-encoder from the committed quality report (difference
+# of test Hits@1/100, the standard error of a difference of two independent estimates, z), and the
+# standard error of a 2,000-pair validation Hits@1 near 0.22 (the served-retriever rule's sample).
+$PY - <<'PYEOF'
+import json, math
+r = json.load(open("reports/quality_base.json"))["retrievers"]
+b = r["retriever-biencoder"]
+for name, x in r.items():
+    if name == "retriever-biencoder":
+        continue
+    for key in ("hits@1", "served_hits@1"):
+        diff = x[key] - b[key]
+        se = math.hypot(x[key + "_se"], b[key + "_se"])
+        print(f"{name} {key}: {diff:+.4f} vs bi-encoder, SE of the difference {se:.4f}, z {diff / se:+.2f}")
+print(f"validation SE at p = 0.22, n = 2000: {math.sqrt(0.22 * 0.78 / 2000):.4f}")
+PYEOF
