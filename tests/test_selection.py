@@ -78,6 +78,21 @@ def test_retriever_with_the_best_validation_hits_is_served() -> None:
     assert select_retriever(vals, RetrieverRule(tie=0.005))[0] == "retriever-biencoder"
 
 
+def test_retriever_is_chosen_on_served_hits_when_every_candidate_has_them() -> None:
+    """session 10's base build: G2R-DM ahead dense, the bi-encoder ahead as served (re-ranked)."""
+    vals = {
+        "retriever-biencoder": {"hits@1": 0.2160, "served_hits@1": 0.2905, "hits_k": 100.0},
+        "retriever-g2r": {"hits@1": 0.2215, "served_hits@1": 0.2875, "hits_k": 100.0},
+    }
+    chosen, why = select_retriever(vals)
+    assert chosen == "retriever-biencoder" and "as served" in why["criterion"]
+    assert why["candidates"]["retriever-g2r"]["served_hits@1"] == pytest.approx(0.2875)
+    # one candidate without a re-ranker: every candidate is compared dense
+    del vals["retriever-biencoder"]["served_hits@1"]
+    chosen, why = select_retriever(vals)
+    assert chosen == "retriever-g2r" and "as served" not in why["criterion"]
+
+
 def test_retrievers_validated_with_different_k_are_refused() -> None:
     with pytest.raises(ValueError, match="different K"):
         select_retriever(
