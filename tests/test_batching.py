@@ -381,3 +381,87 @@ def test_continuous_run_alone_gets_each_requests_deadline() -> None:
     (ok, poison), deadline = _run(scenario)
     assert ok == 103 and isinstance(poison, BackendFailed) and poison.reason == "error"
     assert deadlines and set(deadlines) == {deadline}
+
+
+def _threads_of_calls(
+    limits: BatchLimits, *, inline_ok: bool = True, work_s: float = 0.0, together: int = 1
+) -> list[list[str]]:
+    """The thread each call of three rounds ran in (``together`` concurrent requests a round)."""
+    import threading
+
+    calls: list[list[str]] = []
+
+    def echo(xs: list[int], deadline: float) -> list[int]:
+        time.sleep(work_s)
+        calls.append([threading.current_thread().name] * len(xs))
+        return xs
+
+    async def scenario() -> None:
+        batcher = MicroBatcher("toy", echo, limits, ServiceMetrics(), inline_ok=inline_ok)
+        await batcher.start()
+        try:
+            for _ in range(3):
+                deadline = time.monotonic() + 5
+                got = await asyncio.gather(*(batcher.submit(i, deadline) for i in range(together)))
+                assert got == list(range(together))
+        finally:
+            await batcher.stop()
+
+    _run(scenario)
+    return calls
+
+
+def test_a_lone_request_to_a_fast_backend_runs_on_the_event_loop_after_its_first_call() -> None:
+    import threading
+
+    loop_thread = threading.current_thread().name  # asyncio.run runs the loop in this thread
+    calls = _threads_of_calls(BatchLimits(8, 0.0, 16, inline_max_s=0.05))
+    # the first call has no measured cost yet: the worker thread; then the loop itself
+    assert calls[0][0] != loop_thread
+    assert [c[0] for c in calls[1:]] == [loop_thread, loop_thread]
+
+
+def test_no_inline_call_when_off_slow_concurrent_or_network_bound() -> None:
+    import threading
+
+    loop_thread = threading.current_thread().name
+    cases = {
+        "off (INLINE_MAX_MS=0)": _threads_of_calls(BatchLimits(8, 0.0, 16, inline_max_s=0.0)),
+        "slower than the bound": _threads_of_calls(
+            BatchLimits(8, 0.0, 16, inline_max_s=0.005), work_s=0.02
+        ),
+        "a remote responder": _threads_of_calls(
+            BatchLimits(8, 0.0, 16, inline_max_s=0.05), inline_ok=False
+        ),
+        # batches of one (MAX_BATCH=1), but another request is in flight each time
+        "not alone in the process": _threads_of_calls(
+            BatchLimits(1, 0.0, 16, inline_max_s=0.05), together=2
+        ),
+    }
+    for case, calls in cases.items():
+        assert calls and all(t != loop_thread for c in calls for t in c), case
+
+
+def test_an_inline_call_that_fails_is_a_clean_error_and_the_next_request_is_answered() -> None:
+    def fragile(xs: list[int], deadline: float) -> list[int]:
+        if 13 in xs:
+            raise RuntimeError("poison")
+        return xs
+
+    async def scenario() -> list[object]:
+        limits = BatchLimits(8, 0.0, 16, inline_max_s=0.05)
+        batcher = MicroBatcher("toy", fragile, limits, ServiceMetrics())
+        await batcher.start()
+        out: list[object] = []
+        try:
+            for x in (1, 13, 2):  # 13 and 2 run on the loop (1 measured the backend fast)
+                try:
+                    out.append(await batcher.submit(x, time.monotonic() + 5))
+                except BackendFailed as exc:
+                    out.append(exc)
+        finally:
+            await batcher.stop()
+        return out
+
+    first, poison, last = _run(scenario)
+    assert (first, last) == (1, 2) and isinstance(poison, BackendFailed)
