@@ -21,11 +21,6 @@ uvicorn's parsing, httpx). Their sum is what ``service_load`` reports as the ove
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.http_overhead --rounds 3 \\
         --out reports/http_overhead
-
-``--inline-max-ms 0,5`` runs one server per value in every round (the order alternating from
-round to round), so a service setting is compared with itself in the same run: here whether a
-lone request's call runs on the event loop (INLINE_MAX_MS, service/batching.py) or in the worker
-thread (0). Each value is a row of the tables.
 """
 
 from __future__ import annotations
@@ -92,19 +87,14 @@ class StdlibClient:
 
 
 def http_round(
-    args: argparse.Namespace,
-    backend: str,
-    contexts: Sequence[Sequence[str]],
-    inline_max_ms: float | None = None,
+    args: argparse.Namespace, backend: str, contexts: Sequence[Sequence[str]]
 ) -> dict[str, Any]:
-    """One server (batching off; INLINE_MAX_MS = ``inline_max_ms`` unless None), ``--warmup``
-    then ``--requests`` sequential requests from each client (httpx and http.client, one
-    keep-alive connection each), alternating request by request so that both see the same server
-    at the same moment."""
+    """One server (batching off), ``--warmup`` then ``--requests`` sequential requests from each
+    client (httpx and http.client, one keep-alive connection each), alternating request by
+    request so that both see the same server at the same moment."""
     server_args = sl.parse_args(
         ["--models-dir", str(args.models_dir), "--backends", backend, "--threads", "1"]
     )
-    server_args.inline_max_ms = inline_max_ms
     with sl.serve(server_args, 1) as url, httpx.Client(base_url=url, trust_env=False) as client:
         plain = StdlibClient(url)
         try:
@@ -139,34 +129,23 @@ def http_round(
     }
 
 
-def measure(args: argparse.Namespace, backend: str) -> list[dict[str, Any]]:
-    """One summary per ``--inline-max-ms`` value (all from the same rounds)."""
+def measure(args: argparse.Namespace, backend: str) -> dict[str, Any]:
     contexts = sl.load_contexts(args.data, 512, args.context_turns, 0)
-    values: list[float | None] = list(args.inline_max_ms) or [None]
-    rounds: dict[float | None, list[dict[str, Any]]] = {v: [] for v in values}
+    rounds = []
     for r in range(args.rounds):
         times, model_id = sl.inprocess_latencies(
             backend, args.models_dir, "auto", contexts, args.requests, args.warmup
         )
         inprocess = 1000 * statistics.median(times)
-        for value in values if r % 2 == 0 else values[::-1]:
-            served = http_round(args, backend, contexts, value)
-            rounds[value].append({"inprocess_p50_ms": inprocess, **served, "model": model_id})
-            arm = "" if value is None else f" INLINE_MAX_MS={value:g}"
-            print(
-                f"  {backend:10s} round {r}{arm}: in-process {inprocess:.2f} ms, service "
-                f"{served['server_p50_ms']:.2f} ms, client {served['client_p50_ms']:.2f} ms "
-                f"(httpx), {served['stdlib_client_p50_ms']:.2f} ms (http.client)",
-                file=sys.stderr,
-                flush=True,
-            )
-    return [summarize(backend, value, rounds[value]) for value in values]
-
-
-def summarize(
-    backend: str, inline_max_ms: float | None, rounds: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """Medians over rounds of one backend's server with one INLINE_MAX_MS value."""
+        served = http_round(args, backend, contexts)
+        rounds.append({"inprocess_p50_ms": inprocess, **served, "model": model_id})
+        print(
+            f"  {backend:10s} round {r}: in-process {inprocess:.2f} ms, service "
+            f"{served['server_p50_ms']:.2f} ms, client {served['client_p50_ms']:.2f} ms (httpx), "
+            f"{served['stdlib_client_p50_ms']:.2f} ms (http.client)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def med(key: str) -> float:
         return statistics.median(r[key] for r in rounds)
@@ -175,7 +154,6 @@ def summarize(
     http = statistics.median(r["client_p50_ms"] - r["server_p50_ms"] for r in rounds)
     return {
         "backend": backend,
-        "inline_max_ms": inline_max_ms,
         "model": rounds[0]["model"],
         "inprocess_p50_ms": med("inprocess_p50_ms"),
         "server_p50_ms": med("server_p50_ms"),
@@ -195,12 +173,6 @@ def summarize(
         "stages_ms": rounds[-1]["stages_ms"],
         "rounds": rounds,
     }
-
-
-def label(row: dict[str, Any]) -> str:
-    """A table row's backend, with its INLINE_MAX_MS when the run compared values."""
-    value = row.get("inline_max_ms")
-    return str(row["backend"]) + ("" if value is None else f", INLINE_MAX_MS={value:g}")
 
 
 def render(result: dict[str, Any]) -> str:
@@ -230,7 +202,7 @@ def render(result: dict[str, Any]) -> str:
             ],
             [
                 [
-                    label(r),
+                    r["backend"],
                     client,
                     f"{r['inprocess_p50_ms']:.2f}",
                     f"{r['server_p50_ms']:.2f}",
@@ -254,7 +226,7 @@ def render(result: dict[str, Any]) -> str:
             ["backend", *sorted({s for r in rows for s in r["stages_ms"]})],
             [
                 [
-                    label(r),
+                    r["backend"],
                     *[
                         f"{r['stages_ms'][s]:.3f}" if s in r["stages_ms"] else ""
                         for s in sorted({s for r in rows for s in r["stages_ms"]})
@@ -277,13 +249,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--warmup", type=int, default=16)
     p.add_argument("--context-turns", type=int, default=3)
-    p.add_argument(
-        "--inline-max-ms",
-        type=lambda text: [float(v) for v in text.split(",") if v.strip()],
-        default=[],
-        help="comma-separated INLINE_MAX_MS values, one server each per round "
-        "(default: the service's own)",
-    )
     p.add_argument("--out", type=Path, help="writes <out>.json and <out>.md")
     args = p.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -291,9 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     set_threads(1)
     load_before = [round(x, 2) for x in os.getloadavg()]
-    backends = [
-        row for b in args.backends.split(",") if b.strip() for row in measure(args, b.strip())
-    ]
+    backends = [measure(args, b.strip()) for b in args.backends.split(",") if b.strip()]
     meta = {
         "command": "OMP_NUM_THREADS=1 python -m benchmarks.http_overhead "
         + " ".join(argv if argv is not None else sys.argv[1:]),

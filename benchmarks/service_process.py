@@ -50,8 +50,6 @@ def server_env(
     workers = workers if workers is not None else args.workers[0]
     if args.server_omp_wait_policy != "unset":
         env["OMP_WAIT_POLICY"] = args.server_omp_wait_policy.upper()
-    if getattr(args, "inline_max_ms", None) is not None:  # else the service's default
-        env["DIALOGUE_INLINE_MAX_MS"] = str(args.inline_max_ms)
     env.update(
         {
             "OMP_NUM_THREADS": threads_text,

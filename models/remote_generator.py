@@ -139,7 +139,6 @@ class RemoteGenerator:
 
     kind: ClassVar[str] = "generator"
     architecture: ClassVar[str] = ARCHITECTURE
-    blocks_on_network: ClassVar[bool] = True  # the service never calls it on its event loop
 
     def __init__(
         self,

@@ -103,13 +103,8 @@ class Backend(ABC):
         self.limits = limits
         self.safety = safety if safety is not None and safety.enabled else None
         # infer is looked up per batch, so a test may replace it on the instance
-        # A responder that waits on the network (a remote generator) never runs on the loop.
         self.batcher: MicroBatcher[Job, Answer] = MicroBatcher(
-            self.name,
-            self._infer_jobs,
-            limits,
-            metrics,
-            inline_ok=not getattr(responder, "blocks_on_network", False),
+            self.name, self._infer_jobs, limits, metrics
         )
 
     # --- identity ----------------------------------------------------------------------------

@@ -25,17 +25,6 @@ many are in or MAX_WAIT_MS have passed since the previous call ended, whichever 
 * at or above MAX_BATCH waiting requests nothing is held, and the model never idles more than
   MAX_WAIT_MS while requests wait (MAX_WAIT_MS=0: never). MAX_BATCH=1 still means no batching.
 
-**Inline calls.** Handing a call to the worker thread and its result back to the event loop
-costs two thread wake-ups; on this 2-core VM that was ~2 ms of a 3 ms retrieval
-(reports/http_overhead.md, session 11). So a call runs on the event loop itself when all of these
-hold: it is a batch of one, nothing else waits in the queue, no other request is in flight in the
-process (every batcher counts its requests in :data:`IN_FLIGHT`), the backend may block the loop
-(``inline_ok``: not a remote generator, whose HTTP call could hang), and its recent batch-of-one
-calls took at most INLINE_MAX_MS on average (an exponentially weighted mean; the first call always
-runs in the thread, so nothing unmeasured ever blocks the loop). The loop then does nothing else
-for that long, which nobody is waiting for by construction: a request arriving meanwhile is read
-when the call returns, at most ~INLINE_MAX_MS late. INLINE_MAX_MS=0 never runs inline.
-
 Each request waits on its own future until its deadline (504); the deadline is the request's, end
 to end (service/engine.py). A request whose deadline has passed, or whose client stopped waiting,
 never reaches the call: it is dropped when its batch is formed, and its queue slot is reclaimed
@@ -57,7 +46,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -86,27 +75,6 @@ class BatchLimits:
     max_batch: int = 16
     max_wait_s: float = 0.005
     max_queue: int = 64
-    inline_max_s: float = 0.005  # a lone request's call runs on the event loop below this
-
-
-class InFlight:
-    """Requests submitted to this process's batchers and not answered yet. A process has one
-    event loop, so an inline call (module docstring) is only for a request that is alone in it."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    @contextlib.contextmanager
-    def counted(self) -> Iterator[None]:
-        self.count += 1
-        try:
-            yield
-        finally:
-            self.count -= 1
-
-
-IN_FLIGHT = InFlight()  # the event loop's own work: touched on the loop only, so no lock
-SOLO_EWMA = 0.2  # weight of the newest batch-of-one call in a batcher's running mean
 
 
 @dataclass
@@ -194,15 +162,11 @@ class MicroBatcher(Generic[Request, Result]):
         run_batch: BatchCall[Request, Result],
         limits: BatchLimits,
         metrics: ServiceMetrics,
-        *,
-        inline_ok: bool = True,
     ) -> None:
         self.name = name
         self.run_batch = run_batch
         self.limits = limits
         self.metrics = metrics
-        self.inline_ok = inline_ok  # may a call block the event loop (module docstring)
-        self.solo_s: float | None = None  # running mean of batch-of-one calls (seconds)
         self.executor: ThreadPoolExecutor | None = None  # the one thread the batches run in
         self._queue: _JobQueue[Request, Result] | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -255,8 +219,7 @@ class MicroBatcher(Generic[Request, Result]):
             raise Overloaded(
                 f"the {self.name} backend has {self.limits.max_queue} requests queued; retry later"
             )
-        with IN_FLIGHT.counted():
-            return await wait_until(future, self.name, remaining)
+        return await wait_until(future, self.name, remaining)
 
     async def _run(self) -> None:
         assert self._queue is not None
@@ -342,32 +305,16 @@ class MicroBatcher(Generic[Request, Result]):
         self, loop: asyncio.AbstractEventLoop, jobs: list[_Job[Request, Result]]
     ) -> list[Result]:
         assert self.executor is not None
-        requests = [job.request for job in jobs]
-        deadline = max(job.deadline for job in jobs)
-        if self._may_run_inline(jobs):
-            return self._run_counted(requests, deadline)
-        return await loop.run_in_executor(self.executor, self._run_counted, requests, deadline)
-
-    def _may_run_inline(self, jobs: list[_Job[Request, Result]]) -> bool:
-        """Whether this call runs on the event loop (module docstring, "Inline calls")."""
-        assert self._queue is not None
-        return (
-            self.inline_ok
-            and len(jobs) == 1
-            and not len(self._queue)
-            and IN_FLIGHT.count <= 1
-            and self.solo_s is not None
-            and self.solo_s <= self.limits.inline_max_s
+        return await loop.run_in_executor(
+            self.executor,
+            self._run_counted,
+            [job.request for job in jobs],
+            max(job.deadline for job in jobs),
         )
 
     def _run_counted(self, requests: list[Request], deadline: float) -> list[Result]:
         self.metrics.observe_batch(self.name, len(requests))
-        started = time.perf_counter()
         results = self.run_batch(requests, deadline)
-        if len(requests) == 1:  # a failed call is not timed: the retry alone will be
-            took = time.perf_counter() - started
-            mean = self.solo_s
-            self.solo_s = took if mean is None else mean + SOLO_EWMA * (took - mean)
         if len(results) != len(requests):
             raise RuntimeError(f"{len(results)} results for {len(requests)} requests")
         return results

@@ -224,12 +224,7 @@ def load_serving(settings: Settings, metrics: ServiceMetrics) -> Serving:
     built. Start-up and reload both come here."""
     device = resolve_device(settings.device)
     dtype = serving_dtype(device)
-    limits = BatchLimits(
-        settings.max_batch,
-        settings.max_wait_ms / 1000,
-        settings.max_queue,
-        settings.inline_max_ms / 1000,
-    )
+    limits = BatchLimits(settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue)
     safety_dir = (
         select_bundle(settings.models_dir, "safety", settings.safety_bundle)
         if settings.safety_filter != "off"

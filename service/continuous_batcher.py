@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from service.batching import (
-    IN_FLIGHT,
     BatchCall,
     BatchLimits,
     Request,
@@ -170,8 +169,7 @@ class ContinuousBatcher(Generic[Request, Result]):
                 )
             self._inbox.append(_ThreadJob(request, deadline, future, loop))
             self._wake.notify()
-        with IN_FLIGHT.counted():  # no micro-batcher blocks the loop while this one is running
-            return await wait_until(future, self.name, remaining)
+        return await wait_until(future, self.name, remaining)
 
     # --- the thread ------------------------------------------------------------------------------
 

@@ -147,9 +147,6 @@ class Settings(BaseSettings):
     # the longest a batch is held for company, and only right after a busy call (an idle
     # backend runs a request at once: service/batching.py, "Adaptive batching")
     max_wait_ms: float = Field(default=5.0, ge=0)
-    # a lone request whose backend's recent calls averaged at most this runs on the event loop
-    # instead of the worker thread (two thread wake-ups saved; 0 = never: service/batching.py)
-    inline_max_ms: float = Field(default=5.0, ge=0)
     # Continuous batching of greedy and sampled generation (service/continuous.py): requests
     # join the running decoder batch at a step boundary and leave it when their reply ends;
     # MAX_BATCH bounds the running requests. auto = on for this project's own generators when
