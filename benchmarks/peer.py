@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_load_arguments(p, backends=["generative", "retrieval"])
     p.add_argument("--runs", type=int, default=3, help="alternating runs; medians are reported")
     p.add_argument("--threads", type=int, default=1, help="torch threads of both servers")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="both servers' model dtype (ours: DIALOGUE_DTYPE)",
+    )
     p.add_argument("--max-batch", type=int, default=16, help="both servers, batching on")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="ours: DIALOGUE_MAX_WAIT_MS")
     p.add_argument(
@@ -149,6 +155,7 @@ def serve_ours(args: argparse.Namespace, backend: str, batching: str) -> Any:
     max_batch = args.max_batch if batching == "on" else 1
     env = sl.server_env(load_args, 0, max_batch)
     env["DIALOGUE_SAFETY_FILTER"] = "off"  # the peer has no safety filter
+    env["DIALOGUE_DTYPE"] = args.dtype  # the same as the peer's, not our CPU default
     env["DIALOGUE_AB_WEIGHTS"] = f"{backend}=1"
     return _process([sys.executable, "-m", "service"], env, "/readyz", args.startup_timeout_s)
 
@@ -172,6 +179,8 @@ def serve_litserve(args: argparse.Namespace, backend: str, batching: str, bundle
         "{port}",
         "--threads",
         threads,
+        "--dtype",
+        args.dtype,
         "--max-batch",
         str(args.max_batch if batching == "on" else 1),
         "--batch-timeout-ms",
@@ -304,7 +313,8 @@ def render(report: dict[str, Any]) -> str:
         "",
         f"Machine: {meta['platform']}, {meta['cpu_count']} CPUs, load average "
         f"{meta['load_average_at_start']} at start, {meta['load_average_at_end']} at end; "
-        f"{meta['threads']} torch thread(s) in both servers; {meta['runs']} run(s) in "
+        f"{meta['threads']} torch thread(s) and {meta.get('dtype', 'float32')} weights in both "
+        f"servers; {meta['runs']} run(s) in "
         "alternating order (ours first in odd runs); medians over runs. The load generator "
         "(benchmarks/service_load.py: closed loop, one keep-alive connection per worker) shares "
         "the cores with the server.",
@@ -379,6 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "load_average_at_start": load_start,
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             "threads": args.threads,
+            "dtype": args.dtype,
             "runs": args.runs,
             "max_batch": args.max_batch,
             "max_wait_ms": args.max_wait_ms,

@@ -34,6 +34,7 @@ class ResponderAPI(ls.LitAPI):
         threads: int = 1,
         max_batch_size: int = 1,
         batch_timeout: float = 0.0,
+        dtype: str = "float32",
     ) -> None:
         super().__init__(
             max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=API_PATH
@@ -43,6 +44,7 @@ class ResponderAPI(ls.LitAPI):
         self.backend = backend
         self.bundle_dir = str(bundle_dir)
         self.threads = threads
+        self.dtype = dtype
         self.model_id = ""
 
     def setup(self, device: Any) -> None:
@@ -52,14 +54,18 @@ class ResponderAPI(ls.LitAPI):
         if self.backend == "generative":
             from models.generator import GenerativeResponder
 
-            self.generator = GenerativeResponder.load(Path(self.bundle_dir), "cpu")
+            self.generator = GenerativeResponder.load(
+                Path(self.bundle_dir), "cpu", getattr(torch, self.dtype)
+            )
             # as the service does: one reply per request, the bundle's own decoding
             self.decoding = self.generator.decoding.with_overrides(num_return_sequences=1)
             self.model_id = str(self.generator.bundle_id)
         else:
             from models.retriever import RetrievalResponder
 
-            self.retriever = RetrievalResponder.load(Path(self.bundle_dir), "cpu")
+            self.retriever = RetrievalResponder.load(
+                Path(self.bundle_dir), "cpu", getattr(torch, self.dtype)
+            )
             self.model_id = str(self.retriever.bundle_id)
 
     # No annotation on request: LitServe reads it to build the route (a string annotation, as
@@ -88,6 +94,7 @@ def build_server(
     bundle_dir: str | Path,
     *,
     threads: int = 1,
+    dtype: str = "float32",
     max_batch: int = 1,
     batch_timeout_s: float = 0.0,
     timeout_s: float = 300.0,
@@ -96,6 +103,7 @@ def build_server(
         backend,
         bundle_dir,
         threads=threads,
+        dtype=dtype,
         max_batch_size=max_batch,
         batch_timeout=batch_timeout_s if max_batch > 1 else 0.0,
     )
@@ -108,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--port", type=int, default=8001)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--max-batch", type=int, default=1, help="1 = no batching")
     p.add_argument("--batch-timeout-ms", type=float, default=5.0)
     p.add_argument("--log-level", default="warning")
@@ -116,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.backend,
         args.bundle,
         threads=args.threads,
+        dtype=args.dtype,
         max_batch=args.max_batch,
         batch_timeout_s=args.batch_timeout_ms / 1000.0,
     )

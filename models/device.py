@@ -20,3 +20,16 @@ def resolve_device(
     if name != "cpu":
         raise ValueError(f"unknown {setting} {name!r} (expected auto, cpu or cuda)")
     return torch.device("cpu")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 matmuls natively: CUDA, or a CPU with AVX512-BF16 or AMX (as
+    oneDNN reports it). Elsewhere bf16 is emulated and slower than float32."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

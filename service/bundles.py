@@ -223,7 +223,7 @@ def load_serving(settings: Settings, metrics: ServiceMetrics) -> Serving:
     defaults do not fit its backend, or when the safety filter the settings ask for cannot be
     built. Start-up and reload both come here."""
     device = resolve_device(settings.device)
-    dtype = serving_dtype(device)
+    serving_dtype(device, settings.dtype)  # a dtype this device cannot run fails before loading
     limits = BatchLimits(settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue)
     safety_dir = (
         select_bundle(settings.models_dir, "safety", settings.safety_bundle)
@@ -260,7 +260,7 @@ def load_serving(settings: Settings, metrics: ServiceMetrics) -> Serving:
                     backend = GenerativeBackend.load(
                         path,
                         device,
-                        dtype,
+                        serving_dtype(device, settings.dtype, kind),
                         metrics,
                         limits,
                         safety,
@@ -270,7 +270,7 @@ def load_serving(settings: Settings, metrics: ServiceMetrics) -> Serving:
                     backend = RetrievalBackend.load(
                         path,
                         device,
-                        dtype,
+                        serving_dtype(device, settings.dtype, kind),
                         metrics,
                         limits,
                         max_candidates=settings.max_candidates,

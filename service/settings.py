@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when present, else CPU
+    # the models' dtype; auto = float16 on a GPU, bfloat16 for generators on a CPU with native
+    # bf16 (AVX512-BF16/AMX), else float32 (service/device.py: serving_dtype)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # torch intra-op threads of the service process (torch.set_num_threads). 1 by default: with
     # 2 or more, OpenMP workers spin-wait between parallel regions, and when another process
     # shares the cores they burn their time slices waiting for each other (one decoder batch went

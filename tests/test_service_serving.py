@@ -544,3 +544,41 @@ def test_extreme_but_valid_options_decode(
         config = backend.prepare(options)
         for _ in range(5):
             assert len(backend.infer([["hi"], ["what time is it ?"]], [config, config])) == 2
+
+
+def test_serving_dtype_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from service import device as service_device
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(service_device, "native_bf16", lambda d, n=native: n)
+        # auto: bf16 generators only where the CPU multiplies bf16 natively; retrievers float32
+        assert service_device.serving_dtype(cpu, "auto", "generative") is expected
+        assert service_device.serving_dtype(cpu, "auto", "retrieval") is None
+        assert service_device.serving_dtype(gpu, "auto", "retrieval") is torch.float16
+    assert service_device.serving_dtype(cpu, "float32", "generative") is None
+    assert service_device.serving_dtype(cpu, "bfloat16", "retrieval") is torch.bfloat16
+    assert service_device.serving_dtype(gpu, "float16", "generative") is torch.float16
+    for name in ("float16", "int8"):
+        with pytest.raises(ValueError, match="DIALOGUE_DTYPE"):
+            service_device.serving_dtype(cpu, name, "generative")
+
+
+def test_the_dtype_setting_decides_what_the_models_run_in(models_dir: Path) -> None:
+    import torch
+
+    for setting, generator_dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        app, client = _serve(models_dir, dtype=setting)
+        with client:
+            gen = _backend(app, "generative").responder
+            ret = _backend(app, "retrieval").responder
+            assert next(gen.model.parameters()).dtype == generator_dtype
+            assert next(ret.model.parameters()).dtype == generator_dtype
+            for backend in ("generative", "retrieval"):
+                resp = client.post(
+                    "/respond", json={"context": ["hello there"], "backend": backend}
+                )
+                assert resp.status_code == 200, resp.text
+                assert resp.json()["response"].strip()

@@ -31,3 +31,7 @@ uptime
 # Session 10: the same with the wait policy session 8's run had inherited (reports/http_overhead.md)
 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m benchmarks.http_overhead --rounds 5 \
     --out reports/http_overhead_passive
+
+# Session 11: bfloat16 against float32 for the small bundles (reports/cpu_dtype_small.md), the
+# evidence behind DTYPE=auto's choice of bf16 generators on CPUs with native bf16
+OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.cpu_dtype --out reports/cpu_dtype_small

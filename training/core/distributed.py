@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from models.device import native_bf16
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -76,14 +78,7 @@ def set_training_threads(threads: int = 0) -> int:
 def bf16_autocast_supported(device: torch.device) -> bool:
     """bf16 autocast pays on CUDA and on CPUs with native bf16 matmuls (AVX512-BF16 or AMX);
     elsewhere it would emulate bf16 and run slower than fp32."""
-    if device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    return native_bf16(device)
 
 
 def init_distributed(device: str = "auto") -> DistContext:
