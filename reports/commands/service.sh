@@ -35,3 +35,14 @@ OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m benchmarks.http_ov
 # Session 11: bfloat16 against float32 for the small bundles (reports/cpu_dtype_small.md), the
 # evidence behind DTYPE=auto's choice of bf16 generators on CPUs with native bf16
 OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.cpu_dtype --out reports/cpu_dtype_small
+# ours vs LitServe with both servers' weights in float32, then in bfloat16 (reading in
+# reports/service_peer_generative.md, session 11)
+for dtype in float32 bfloat16; do
+    .venv/bin/python -m benchmarks.peer --models-dir artifacts --backends generative --batching on \
+        --runs 3 --concurrency 1,8,32 --dtype "$dtype" --out "reports/service_peer_generative_$dtype"
+done
+for dtype in float32 bfloat16; do
+    .venv/bin/python -m benchmarks.peer --models-dir artifacts --backends generative --batching on \
+        --runs 3 --concurrency 32 --generative-requests 2000 --dtype "$dtype" \
+        --out "reports/service_peer_c32_$dtype"
+done
