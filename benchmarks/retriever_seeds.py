@@ -49,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--bundles", type=Path, required=True)
     ap.add_argument("--data", type=Path, default=Path("../shared/data/dailydialog"))
+    ap.add_argument("--baseline", default=BASELINE, help="the method every other is compared with")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    baseline = args.baseline
     load_before = os.getloadavg()
     runs: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
     splits_by_turns: dict[int, Any] = {}
@@ -91,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             "steps": manifest.training.get("steps"),
             "wall_time_s": manifest.training.get("wall_time_s"),
         }
-    if BASELINE not in runs:
-        raise SystemExit(f"no {BASELINE}-s<seed> bundles under {args.bundles}")
+    if baseline not in runs:
+        raise SystemExit(f"no {baseline}-s<seed> bundles under {args.bundles}")
     summary: dict[str, dict[str, float]] = {}
     for method, by_seed in runs.items():
         vals = [r["test_hits@1"] for r in by_seed.values()]
@@ -104,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
             "sd": statistics.stdev(vals) if len(vals) > 1 else math.nan,
             "binomial_se": math.sqrt(mean * (1 - mean) / n / len(vals)),
         }
-    base = summary[BASELINE]
+    base = summary[baseline]
     comparisons = {}
     for method, s in summary.items():
-        if method == BASELINE:
+        if method == baseline:
             continue
         diff = s["mean"] - base["mean"]
         se_binom = math.hypot(s["binomial_se"], base["binomial_se"])
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "runs": runs,
         "summary": summary,
-        "vs_" + BASELINE: comparisons,
+        "vs_" + baseline: comparisons,
     }
     seeds = sorted({s for by_seed in runs.values() for s in by_seed})
     lines = [
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     lines += [
         "",
-        f"Against {BASELINE}, served scores (difference of means; SE: binomial / seeds; z uses "
+        f"Against {baseline}, served scores (difference of means; SE: binomial / seeds; z uses "
         "the larger):",
         "",
         "| method | diff | SE binomial | SE seeds | z | above by > 2 SE |",

@@ -18,3 +18,15 @@ for seed in 0 1 2; do
   done
 done
 $PY -m benchmarks.retriever_seeds --bundles "$OUT" --out reports/retriever_seeds_small
+
+# Session 11: the small G2R-D retriever trained 2,400 updates instead of 1,200 (same seed, teacher,
+# shards and tokenizer as the build's own 1,200-update bundle, artifacts/retriever-g2r); then both
+# scored on test (reports/retriever_steps_small.md)
+$PY -m training train-retriever --preset small --method g2r-d --seed 0 --teacher artifacts/generator-nt \
+    --augmented runs/small/g2r-augment-generator-nt --tokenizer runs/small/tokenizer.json \
+    --runs runs-exp/ret-steps --max-steps 2400 --out artifacts-exp/ret-steps/g2r-d-2400
+mkdir -p artifacts-exp/ret-steps-cmp
+ln -sfn ../../artifacts/retriever-g2r artifacts-exp/ret-steps-cmp/g2r-d1200-s0
+ln -sfn ../ret-steps/g2r-d-2400 artifacts-exp/ret-steps-cmp/g2r-d2400-s0
+$PY -m benchmarks.retriever_seeds --bundles artifacts-exp/ret-steps-cmp --baseline g2r-d1200 \
+    --out reports/retriever_steps_small
