@@ -31,3 +31,9 @@ $PY -m training train-retriever --method biencoder --preset small --runs runs --
     --no-resume --out artifacts/retriever-biencoder
 $PY -m benchmarks.quality_report --artifacts artifacts --out reports/quality_small
 $PY -m benchmarks.context_turns --evals runs-exp --runs runs-exp/small --out reports/context_turns
+
+# Session 11: the build timed again with the 2,400-update retriever (reports/build_small.md), and
+# the report on it
+/usr/bin/time -v $PY -m training build --preset small --data ../shared/data/dailydialog --out artifacts-s11 --runs runs-s11
+mv artifacts artifacts-s10 && mv runs runs-s10 && mv artifacts-s11 artifacts && mv runs-s11 runs
+OMP_NUM_THREADS=2 $PY -m benchmarks.quality_report --artifacts artifacts --out reports/quality_small
