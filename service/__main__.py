@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from service.app import create_app
+from service.device import resolve_device, serving_dtype
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ def main() -> None:
     try:
         settings = Settings()
     except ValidationError as exc:  # one clear message, not a traceback; inputs are not echoed
+        raise SystemExit(f"refusing to start: {exc}") from None
+    try:  # a device or dtype this machine cannot run: one line too, before any model loads
+        serving_dtype(resolve_device(settings.device), settings.dtype)
+    except (RuntimeError, ValueError) as exc:
         raise SystemExit(f"refusing to start: {exc}") from None
     _configure_logging(settings)
     loop, http = server_impl()

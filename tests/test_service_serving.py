@@ -582,3 +582,24 @@ def test_the_dtype_setting_decides_what_the_models_run_in(models_dir: Path) -> N
                 )
                 assert resp.status_code == 200, resp.text
                 assert resp.json()["response"].strip()
+
+
+def test_a_dtype_the_device_cannot_run_refuses_to_start_in_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALOGUE_")}
+    env.update(
+        {
+            "DIALOGUE_DEVICE": "cpu",
+            "DIALOGUE_DTYPE": "float16",
+            "DIALOGUE_MODELS_DIR": str(tmp_path),
+        }
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "service"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("refusing to start: DIALOGUE_DTYPE")
