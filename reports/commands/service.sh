@@ -46,3 +46,6 @@ for dtype in float32 bfloat16; do
         --runs 3 --concurrency 32 --generative-requests 2000 --dtype "$dtype" \
         --out "reports/service_peer_c32_$dtype"
 done
+# every cell of issue 17's table in one run, both servers in float32 (reports/service_peer_s11.md)
+.venv/bin/python -m benchmarks.peer --models-dir artifacts --runs 3 --concurrency 1,8,32 --dtype float32 \
+    --out reports/service_peer_s11
