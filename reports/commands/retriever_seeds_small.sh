@@ -30,3 +30,11 @@ ln -sfn ../../artifacts/retriever-g2r artifacts-exp/ret-steps-cmp/g2r-d1200-s0
 ln -sfn ../ret-steps/g2r-d-2400 artifacts-exp/ret-steps-cmp/g2r-d2400-s0
 $PY -m benchmarks.retriever_seeds --bundles artifacts-exp/ret-steps-cmp --baseline g2r-d1200 \
     --out reports/retriever_steps_small
+# ... and the plain bi-encoder at 2,400 updates beside it, one seed (reports/retriever_2400_small.md)
+$PY -m training train-retriever --preset small --method biencoder --seed 0 --teacher artifacts/generator-nt \
+    --augmented runs/small/g2r-augment-generator-nt --tokenizer runs/small/tokenizer.json --init-from none \
+    --runs runs-exp/ret-steps --max-steps 2400 --out artifacts-exp/ret-steps/biencoder-2400
+mkdir -p artifacts-exp/ret-2400-cmp
+ln -sfn ../ret-steps/biencoder-2400 artifacts-exp/ret-2400-cmp/biencoder-s0
+ln -sfn ../ret-steps/g2r-d-2400 artifacts-exp/ret-2400-cmp/g2r-d-s0
+$PY -m benchmarks.retriever_seeds --bundles artifacts-exp/ret-2400-cmp --out reports/retriever_2400_small
