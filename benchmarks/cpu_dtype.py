@@ -30,7 +30,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from benchmarks import write_report
-from benchmarks.latency import machine_description
+from benchmarks.latency import machine_description, time_per_query
+from models.bundle import read_manifest
 from models.continuous import decode_continuously
 from models.generator import GenerativeResponder
 from models.metrics import response_metrics
@@ -88,26 +89,16 @@ def same_share(a: Sequence[str], b: Sequence[str]) -> float:
     return float(np.mean([x == y for x, y in zip(a, b, strict=True)]))
 
 
-def timed(fn: Callable[[Any], Any], items: Sequence[Any]) -> float:
-    """Median seconds per call after two warm-up calls."""
-    for item in items[:2]:
-        fn(item)
-    times = []
-    for item in items:
-        started = time.perf_counter()
-        fn(item)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def speed_round(
     gen: GenerativeResponder, ret: RetrievalResponder, contexts: Sequence[Sequence[str]]
 ) -> dict[str, float]:
     """One round for one dtype: batch-1 latencies (ms) and continuous-decoding replies/s."""
     out: dict[str, float] = {}
     with torch.inference_mode():
-        out["generator_b1_ms"] = 1000 * timed(lambda c: gen.respond([c]), contexts)
-        out["retriever_b1_ms"] = 1000 * timed(lambda c: ret.respond([c]), contexts)
+        gen_times = time_per_query(lambda c: gen.respond([c]), contexts, warmup=2)
+        ret_times = time_per_query(lambda c: ret.respond([c]), contexts, warmup=2)
+        out["generator_b1_ms"] = 1000 * statistics.median(gen_times)
+        out["retriever_b1_ms"] = 1000 * statistics.median(ret_times)
         src = gen.encode_contexts(contexts)
         sources = [[t for t in row.tolist() if t != gen.tokenizer.pad_id] for row in src]
         config = gen.decoding.with_overrides(num_return_sequences=1)
@@ -127,8 +118,9 @@ def speed_round(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    gen_turns = GenerativeResponder.load(args.generator).inputs.max_context_turns
-    ret_turns = RetrievalResponder.load(args.retriever).inputs.max_context_turns
+    # the bundles' own settings, from their manifests (no model loaded twice)
+    gen_turns = read_manifest(args.generator).model_config["inputs"]["max_context_turns"]
+    ret_turns = read_manifest(args.retriever).model_config["inputs"]["max_context_turns"]
     gen_splits = load_splits(args.data, gen_turns)
     ret_test = load_splits(args.data, ret_turns).test
     counts = training_response_token_counts(gen_splits.train)
@@ -268,8 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         "load_before": load_before,
         "load_after": [round(x, 2) for x in os.getloadavg()],
-        "generator": GenerativeResponder.load(args.generator).bundle_id,
-        "retriever": RetrievalResponder.load(args.retriever).bundle_id,
+        "generator": read_manifest(args.generator).bundle_id,
+        "retriever": read_manifest(args.retriever).bundle_id,
         "data": str(args.data),
         "rounds": args.rounds,
         "latency_contexts": args.latency_contexts,

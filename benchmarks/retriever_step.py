@@ -30,10 +30,10 @@ from torch import nn
 from benchmarks import write_report
 from models import biencoder
 from models.biencoder import BiEncoder
+from models.device import native_bf16
 from models.tokenizer import DialogueTokenizer
 from training.config import get_preset
 from training.core.data import load_splits
-from training.core.distributed import bf16_autocast_supported
 from training.core.generator import bucketed_batches
 from training.methods.g2r.augment import read_shards
 from training.methods.g2r.batches import RetrievalObjective, RetrievalTrainSet
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     model.train()
     objective = RetrievalObjective(G2RDistillationLoss(1.0, preset.temperature))
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
-    use_bf16 = bf16_autocast_supported(torch.device("cpu"))
+    use_bf16 = native_bf16(torch.device("cpu"))
 
     def step(idx: list[int], chunk_rows: int) -> tuple[float, float]:
         biencoder.RESPONSE_CHUNK_ROWS = chunk_rows

@@ -223,7 +223,6 @@ def load_serving(settings: Settings, metrics: ServiceMetrics) -> Serving:
     defaults do not fit its backend, or when the safety filter the settings ask for cannot be
     built. Start-up and reload both come here."""
     device = resolve_device(settings.device)
-    serving_dtype(device, settings.dtype)  # a dtype this device cannot run fails before loading
     limits = BatchLimits(settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue)
     safety_dir = (
         select_bundle(settings.models_dir, "safety", settings.safety_bundle)

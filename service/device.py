@@ -20,9 +20,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def serving_dtype(
     device: torch.device, name: str = "auto", kind: str = "generative"
-) -> torch.dtype | None:
-    """The dtype a ``kind`` backend's model runs in (``DIALOGUE_DTYPE``); None = the weights' own
-    (float32).
+) -> torch.dtype:
+    """The dtype a ``kind`` backend's model runs in (``DIALOGUE_DTYPE``).
 
     ``auto``: half precision on a GPU; on a CPU, bfloat16 for generators where the CPU multiplies
     bf16 natively (AVX512-BF16, AMX), else float32. Why generators only: in one run
@@ -34,12 +33,12 @@ def serving_dtype(
     if name == "auto":
         if device.type == "cuda":
             return torch.float16
-        return torch.bfloat16 if kind == "generative" and native_bf16(device) else None
+        return torch.bfloat16 if kind == "generative" and native_bf16(device) else torch.float32
     if name not in DTYPES:
         raise ValueError(f"unknown DIALOGUE_DTYPE {name!r} (expected auto, {', '.join(DTYPES)})")
     if name == "float16" and device.type != "cuda":
         raise ValueError("DIALOGUE_DTYPE=float16 needs a GPU (on a CPU use bfloat16 or float32)")
-    return None if name == "float32" else DTYPES[name]
+    return DTYPES[name]
 
 
 def set_threads(threads: int) -> None:

@@ -552,13 +552,13 @@ def test_serving_dtype_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     from service import device as service_device
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    for native, expected in ((True, torch.bfloat16), (False, None)):
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
         monkeypatch.setattr(service_device, "native_bf16", lambda d, n=native: n)
         # auto: bf16 generators only where the CPU multiplies bf16 natively; retrievers float32
         assert service_device.serving_dtype(cpu, "auto", "generative") is expected
-        assert service_device.serving_dtype(cpu, "auto", "retrieval") is None
+        assert service_device.serving_dtype(cpu, "auto", "retrieval") is torch.float32
         assert service_device.serving_dtype(gpu, "auto", "retrieval") is torch.float16
-    assert service_device.serving_dtype(cpu, "float32", "generative") is None
+    assert service_device.serving_dtype(cpu, "float32", "generative") is torch.float32
     assert service_device.serving_dtype(cpu, "bfloat16", "retrieval") is torch.bfloat16
     assert service_device.serving_dtype(gpu, "float16", "generative") is torch.float16
     for name in ("float16", "int8"):

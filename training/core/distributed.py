@@ -13,8 +13,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from models.device import native_bf16
-
 
 @dataclass(frozen=True)
 class DistContext:
@@ -73,12 +71,6 @@ def set_training_threads(threads: int = 0) -> int:
             threads = max(1, usable_cores() // local)
     torch.set_num_threads(threads)
     return threads
-
-
-def bf16_autocast_supported(device: torch.device) -> bool:
-    """bf16 autocast pays on CUDA and on CPUs with native bf16 matmuls (AVX512-BF16 or AMX);
-    elsewhere it would emulate bf16 and run slower than fp32."""
-    return native_bf16(device)
 
 
 def init_distributed(device: str = "auto") -> DistContext:

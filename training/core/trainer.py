@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from models.device import native_bf16
 from training.core.checkpoint import (
     atomic_save_weights,
     atomic_torch_save,
@@ -33,7 +34,7 @@ from training.core.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from training.core.distributed import DistContext, barrier, bf16_autocast_supported
+from training.core.distributed import DistContext, barrier
 
 logger = logging.getLogger(__name__)
 
@@ -352,7 +353,7 @@ class Trainer:
             torch.manual_seed(self.cfg.seed)
             if self.ctx.is_main:
                 (self.run_dir / LOG_FILE).unlink(missing_ok=True)  # a fresh run starts a fresh log
-        use_amp = self.cfg.amp and bf16_autocast_supported(self.ctx.device)
+        use_amp = self.cfg.amp and native_bf16(self.ctx.device)
         self.model.train()
         bar = tqdm(
             total=self.cfg.max_steps,
