@@ -362,11 +362,57 @@ def render(report: dict[str, Any]) -> str:
         body,
         align="lllrrrrrrr",
     ).split("\n")
+    targets = target_rows(report["comparison"])
+    if targets:
+        lines += [
+            "",
+            "Issue 17's ratios from the cells above (ours with batching on against ours with it "
+            "off, and against LitServe's better mode at that concurrency):",
+            "",
+            *markdown_table(
+                [
+                    "backend",
+                    "concurrency",
+                    "ours req/s, on / off",
+                    "ours p50, on / off",
+                    "ours on / LitServe's best req/s",
+                ],
+                targets,
+                align="llrrr",
+            ).split("\n"),
+        ]
     return "\n".join(lines) + "\n"
+
+
+def target_rows(comparison: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """Per backend and concurrency measured with batching on and off: our throughput and p50 on
+    over off, and our throughput on over LitServe's best of its two modes."""
+    cells = {(r["backend"], r["batching"], r["concurrency"]): r for r in comparison}
+    out = []
+    for (backend, batching, c), on in cells.items():
+        off = cells.get((backend, "off", c))
+        if batching != "on" or off is None:
+            continue
+        best = max(on["litserve"]["throughput_rps"], off["litserve"]["throughput_rps"])
+        out.append(
+            [
+                backend,
+                str(c),
+                sl._f(on["ours"]["throughput_rps"] / off["ours"]["throughput_rps"]),
+                sl._f(on["ours"]["p50_ms"] / off["ours"]["p50_ms"]),
+                sl._f(on["ours"]["throughput_rps"] / best),
+            ]
+        )
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--render"]:  # the markdown of an earlier run's JSON, nothing re-measured
+        if len(argv) != 2:
+            raise SystemExit("usage: python -m benchmarks.peer --render REPORT.json")
+        print(render(json.loads(Path(argv[1]).read_text())))
+        return 0
     args = parse_args(argv)
     try:
         from importlib.metadata import version

@@ -260,3 +260,22 @@ def test_peer_server_answers_one_request(models_dir: Path) -> None:
     ):
         r = client.post("/respond", json={"context": [CONTEXTS[0]], "backend": "retrieval"})
     assert r.status_code == 200 and r.json()["backend"] == "retrieval"
+
+
+def test_peer_target_ratios_come_from_the_on_and_off_cells() -> None:
+    def cell(backend: str, batching: str, ours: float, theirs: float, p50: float) -> Any:
+        return {
+            "backend": backend,
+            "batching": batching,
+            "concurrency": 32,
+            "ours": {"throughput_rps": ours, "p50_ms": p50},
+            "litserve": {"throughput_rps": theirs, "p50_ms": 1.0},
+        }
+
+    comparison = [
+        cell("generative", "on", 200.0, 180.0, 100.0),
+        cell("generative", "off", 80.0, 190.0, 400.0),
+        cell("retrieval", "on", 300.0, 250.0, 10.0),  # no "off" cell: no row
+    ]
+    # on/off throughput 2.5, p50 0.25, and against LitServe's better mode (190, batching off)
+    assert peer.target_rows(comparison) == [["generative", "32", "2.50", "0.25", "1.05"]]

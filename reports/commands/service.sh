@@ -49,3 +49,5 @@ done
 # every cell of issue 17's table in one run, both servers in float32 (reports/service_peer_s11.md)
 .venv/bin/python -m benchmarks.peer --models-dir artifacts --runs 3 --concurrency 1,8,32 --dtype float32 \
     --out reports/service_peer_s11
+# the ratios table of reports/service_peer_s11.md, rendered from that run's JSON (nothing re-measured)
+.venv/bin/python -m benchmarks.peer --render reports/service_peer_s11.json

@@ -61,8 +61,9 @@ PRESET = Preset(
         train=TrainConfig(
             # 3-turn bi-encoder, validation Hits@1/100: .172 / .177 / .199 after 1,000 / 1,200 /
             # 1,500 updates. 2,400 (session 11): G2R-D test Hits@1/100 dense .1696 -> .2197 and
-            # served .2503 -> .2850 (z +4.1, reports/retriever_steps_small.md) for ~2.7 more
-            # minutes of the build: the best use of the 15-minute budget's slack found so far
+            # served .2503 -> .2850 (z +4.1, reports/retriever_steps_small.md) for 2 min 31 s more
+            # of the build (reports/build_small.md): the best use of the 15-minute budget's slack
+            # found so far
             max_steps=2400,
             batch_size=128,
             warmup_steps=60,
