@@ -6,7 +6,10 @@ that arrives meanwhile waits for the whole batch, and a finished row keeps being
 (:meth:`ContinuousDecoder.step`):
 
 1. **admit** at the step boundary: the sources of waiting requests are encoded (one encoder call
-   for all of them) and their cross-attention keys/values become new rows of the batch;
+   for all of them) and their cross-attention keys/values become new rows of the batch. A source
+   may come encoded already (:func:`encode_sources`, ``add(..., encoded=...)``): the service
+   encodes waiting requests on a second thread while this one steps (service/continuous_batcher.py),
+   so the admission only splices the rows in;
 2. **step**: one incremental decoder call for every running row, each row at its own position;
 3. **release**: rows that produced EOS or reached their ``max_length`` leave the batch at once
    and their replies are returned by that very step. Their KV-cache rows become *free slots*:
@@ -68,7 +71,7 @@ from models.decoding import (
 )
 from models.seq2seq import DecoderCache, DecoderLayer, Seq2SeqTransformer
 
-__all__ = ["ContinuousDecoder", "Finished", "decode_continuously"]
+__all__ = ["ContinuousDecoder", "Encoded", "Finished", "decode_continuously", "encode_sources"]
 
 
 @dataclass
@@ -81,11 +84,45 @@ class Finished:
 
 
 @dataclass
+class Encoded:
+    """One source encoded ahead of its admission (:func:`encode_sources`): what the decoder's
+    cache needs of it, its cross-attention keys and values per decoder layer, each
+    ``(1, heads, len(src), head_dim)``, unpadded."""
+
+    src: list[int]
+    cross_k: list[Tensor]
+    cross_v: list[Tensor]
+
+
+@torch.inference_mode()
+def encode_sources(model: Seq2SeqTransformer, sources: Sequence[Sequence[int]]) -> list[Encoded]:
+    """Encode ``sources`` (token ids, no padding) in one encoder call and project each decoder
+    layer's cross-attention keys/values (``Seq2SeqTransformer.start_cache``); one
+    :class:`Encoded` per source, its padding cut off. Reads the model only, so it may run on
+    another thread than the decoder's steps (the weights must not change meanwhile)."""
+    device = next(model.parameters()).device
+    width = max(len(s) for s in sources)
+    src = torch.full((len(sources), width), model.cfg.pad_id, dtype=torch.long)
+    for i, ids in enumerate(sources):
+        src[i, : len(ids)] = torch.tensor(ids)
+    cache = model.start_cache(*model.encode(src.to(device)))
+    return [
+        Encoded(
+            list(ids),
+            [k[i : i + 1, :, : len(ids)] for k in cache.cross_k],
+            [v[i : i + 1, :, : len(ids)] for v in cache.cross_v],
+        )
+        for i, ids in enumerate(sources)
+    ]
+
+
+@dataclass
 class _Pending:
     key: int
     src: list[int]
     cfg: DecodingConfig
     generator: torch.Generator | None
+    encoded: Encoded | None = None
 
 
 @dataclass
@@ -166,9 +203,12 @@ class ContinuousDecoder:
         cfg: DecodingConfig,
         *,
         generator: torch.Generator | None = None,
+        encoded: Encoded | None = None,
     ) -> int:
         """Queue one source (token ids; padding is dropped) for the next step boundary; returns
-        the request's key, which its :class:`Finished` carries."""
+        the request's key, which its :class:`Finished` carries. ``encoded``: the source encoded
+        ahead by :func:`encode_sources` with this decoder's model (the admission then skips the
+        encoder)."""
         if cfg.strategy == "beam":
             raise ValueError("beam search is request-level: use models.decoding.generate")
         if cfg.anti_lm > 0 and self.prior is None:
@@ -182,10 +222,12 @@ class ContinuousDecoder:
         ids = [int(t) for t in ids if t != pad]
         if not ids:
             raise ValueError("an empty source")
+        if encoded is not None and encoded.src != ids:
+            raise ValueError("encoded is not this source's encoding")
         if len(ids) > self.model.cfg.max_positions or cfg.max_length > self.model.cfg.max_positions:
             raise ValueError("source or max_length beyond the model's max_positions")
         key = next(self._keys)
-        self._waiting.append(_Pending(key, ids, cfg, generator))
+        self._waiting.append(_Pending(key, ids, cfg, generator, encoded))
         return key
 
     def cancel(self, key: int) -> None:
@@ -411,20 +453,8 @@ class ContinuousDecoder:
         if not admitted:
             self._drop_free()
             return
-        model, mc = self.model, self.model.cfg
-        width = max(len(p.src) for p in admitted)
-        src = torch.full((len(admitted), width), mc.pad_id, dtype=torch.long)
-        for i, p in enumerate(admitted):
-            src[i, : len(p.src)] = torch.tensor(p.src)
-        src = src.to(self.device)
-        memory, mask = model.encode(src)
-        repeats = torch.tensor([p.cfg.num_return_sequences for p in admitted], device=self.device)
-        if bool((repeats > 1).any()):
-            memory = memory.repeat_interleave(repeats, dim=0)
-            src = src.repeat_interleave(repeats, dim=0)
-            mask = None if mask is None else mask.repeat_interleave(repeats, dim=0)
-        new = model.start_cache(memory, mask)
-        new_src_mask = src.ne(mc.pad_id)
+        new, src = self._encode(admitted)
+        new_src_mask = src.ne(self.model.cfg.pad_id)
         columns = 0 if self._self_mask is None else self._self_mask.size(1)
         new_rows = [
             _Row(p.key, p.cfg, p.generator, len(p.src), start_col=columns)
@@ -486,6 +516,51 @@ class ContinuousDecoder:
             self._rows += new_rows[n:]
         self._drop_free()  # fewer new rows than free slots
         self._sync_src_mask()
+
+    def _encode(self, admitted: list[_Pending]) -> tuple[DecoderCache, Tensor]:
+        """The admitted requests' new cache rows (``num_return_sequences`` each) and their
+        right-padded sources: one encoder call for those not encoded ahead."""
+        model, mc = self.model, self.model.cfg
+        width = max(len(p.src) for p in admitted)
+        src = torch.full((len(admitted), width), mc.pad_id, dtype=torch.long)
+        for i, p in enumerate(admitted):
+            src[i, : len(p.src)] = torch.tensor(p.src)
+        src = src.to(self.device)
+        repeats = torch.tensor([p.cfg.num_return_sequences for p in admitted], device=self.device)
+        repeated = bool((repeats > 1).any())
+        if all(p.encoded is None for p in admitted):  # the encoder's own padded batch
+            memory, mask = model.encode(src)
+            if repeated:
+                memory = memory.repeat_interleave(repeats, dim=0)
+                mask = None if mask is None else mask.repeat_interleave(repeats, dim=0)
+            new = model.start_cache(memory, mask)
+        else:  # encoded ahead (or now, for the rest): pad each to the widest and stack
+            missing = [p for p in admitted if p.encoded is None]
+            if missing:
+                fresh = encode_sources(model, [p.src for p in missing])
+                for p, e in zip(missing, fresh, strict=True):
+                    p.encoded = e
+            encoded = [p.encoded for p in admitted if p.encoded is not None]
+
+            def stack(parts: list[Tensor]) -> Tensor:
+                pad = torch.nn.functional.pad
+                return torch.cat([pad(t, (0, 0, 0, width - t.size(2))) for t in parts])
+
+            layers = range(len(model.decoder_layers))
+            new = DecoderCache(
+                cross_k=[stack([e.cross_k[i] for e in encoded]) for i in layers],
+                cross_v=[stack([e.cross_v[i] for e in encoded]) for i in layers],
+                src_mask=None,
+                self_k=[None] * len(layers),
+                self_v=[None] * len(layers),
+            )
+            if repeated:
+                new.reorder(
+                    torch.arange(len(admitted), device=self.device).repeat_interleave(repeats)
+                )
+        if repeated:
+            src = src.repeat_interleave(repeats, dim=0)
+        return new, src
 
 
 def decode_continuously(

@@ -177,14 +177,18 @@ class GenerativeBackend(Backend):
     (service/continuous.py: they join the running decoder batch at a step boundary and are
     answered when their reply ends); beam search goes through the micro-batcher. ``auto`` is on
     for our own seq2seq generators when MAX_BATCH > 1 (other architectures have no step-level
-    decoder: always micro-batched). While ``infer`` is replaced on the instance (a test's fault,
-    a wrapper), every request takes the micro-batcher, the path that calls it."""
+    decoder: always micro-batched). ``prefill_thread`` (PREFILL_THREAD): the continuous batcher
+    tokenizes and encodes waiting requests on a second thread while the decoder steps. While
+    ``infer`` is replaced on the instance (a test's fault, a wrapper), every request takes the
+    micro-batcher, the path that calls it."""
 
     name = "generative"
     responder_class = GenerativeResponder
     responder: GenerativeResponder
 
-    def __init__(self, *args: Any, continuous: str = "off", **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, continuous: str = "off", prefill_thread: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.continuous: ContinuousBatcher[Job, Answer] | None = None
         ours = isinstance(self.responder, GenerativeResponder)
@@ -198,7 +202,12 @@ class GenerativeBackend(Backend):
                 self.responder, self.limits.max_batch, self.metrics, self.safety, self._generate
             )
             self.continuous = ContinuousBatcher(
-                self.name, runner, self.limits, self.metrics, self._infer_jobs
+                self.name,
+                runner,
+                self.limits,
+                self.metrics,
+                self._infer_jobs,
+                prepare_ahead=prefill_thread,
             )
 
     async def start(self) -> None:

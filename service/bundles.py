@@ -264,6 +264,7 @@ def load_serving(settings: Settings, metrics: ServiceMetrics) -> Serving:
                         limits,
                         safety,
                         continuous=settings.continuous_batching,
+                        prefill_thread=settings.prefill_thread,
                     )
                 else:
                     backend = RetrievalBackend.load(

@@ -2,7 +2,9 @@
 :class:`models.continuous.ContinuousDecoder`.
 
 A request (context + its :class:`DecodingConfig`, greedy or sampling, one reply) is tokenized
-when admitted (so a context the tokenizer refuses fails alone), decoded as rows of the running
+and encoded ahead of its admission on the batcher's preparing thread while the decoder is busy
+(:meth:`GenerationRunner.prepare`, PREFILL_THREAD), or at its admission when the decoder was idle
+(a context the tokenizer refuses fails alone either way), decoded as rows of the running
 batch, and answered at the step its reply ends: detokenized, counted in
 ``generated_tokens_total`` and, with the output filter on, checked together with the other
 replies that ended at that step. A blocked reply's alternatives (``SAFETY_CANDIDATES`` nucleus
@@ -15,13 +17,13 @@ request-level (see models/continuous.py) and goes through the backend's micro-ba
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
 from torch import Tensor
 
-from models.continuous import ContinuousDecoder, Finished
+from models.continuous import ContinuousDecoder, Encoded, Finished, encode_sources
 from models.decoding import DecodingConfig
 from models.generator import GenerativeResponder, Reply
 from service.answer import Answer, BlockReason
@@ -81,14 +83,28 @@ class GenerationRunner:
         self.decoder = self._decoder()
         self._requests: dict[int, _Decode] = {}  # by decoder key
 
-    def admit(self, key: int, request: Job) -> None:
+    def prepare(self, requests: Sequence[Job]) -> list[tuple[Tensor, Encoded]]:
+        """Tokenize and encode waiting requests together, ahead of their admission (the
+        batcher's preparing thread, beside :meth:`step`): each one's source ids and encoding."""
+        started = time.perf_counter()
+        src = self.responder.encode_contexts([context for context, _ in requests])
+        self.metrics.observe_stage("tokenize", time.perf_counter() - started)
+        pad = self.responder.model.cfg.pad_id
+        ids = [[t for t in row if t != pad] for row in src.tolist()]
+        return list(zip(src, encode_sources(self.responder.model, ids), strict=True))
+
+    def admit(self, key: int, request: Job, prepared: object | None = None) -> None:
         context, params = request
         config = cast(DecodingConfig, params)
-        started = time.perf_counter()
-        src = self.responder.encode_contexts([context])
-        self.metrics.observe_stage("tokenize", time.perf_counter() - started)
-        decoder_key = self.decoder.add(src[0], config)
-        self._requests[decoder_key] = _Decode(key, context, config, src[0], time.perf_counter())
+        if prepared is None:
+            started = time.perf_counter()
+            src = self.responder.encode_contexts([context])[0]
+            self.metrics.observe_stage("tokenize", time.perf_counter() - started)
+            encoded = None
+        else:
+            src, encoded = cast(tuple[Tensor, Encoded], prepared)
+        decoder_key = self.decoder.add(src, config, encoded=encoded)
+        self._requests[decoder_key] = _Decode(key, context, config, src, time.perf_counter())
 
     def step(self) -> list[tuple[int, Answer]]:
         finished = self.decoder.step()

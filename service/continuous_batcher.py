@@ -2,7 +2,14 @@
 and leave it, answered, the moment they end (the generative backend's decoder runs in it:
 service/continuous.py over models/continuous.py). It shares the micro-batcher's limits (MAX_BATCH
 running, MAX_QUEUE waiting: a full queue is a 429), deadlines (504) and failure handling (a failed
-step reruns each request alone); service/batching.py explains those."""
+step reruns each request alone); service/batching.py explains those.
+
+With ``prepare_ahead`` (the PREFILL_THREAD setting) a second thread prepares waiting requests
+(tokenizes and encodes them: the prefill) while the first one steps, as servers that separate
+prefill from decode do, so that a busy decoder admits requests whose encoding is done instead of
+stopping every step to encode the newcomers itself. On a CPU the two threads run on two cores
+(torch releases the GIL inside its kernels). An idle decoder takes a lone request itself, with
+no hand-off, and the second thread works only while the decoder is busy."""
 
 from __future__ import annotations
 
@@ -37,10 +44,16 @@ _Res = TypeVar("_Res", covariant=True)
 
 class StepRunner(Protocol[_Req, _Res]):
     """A model that works on a running set of requests one iteration at a time (the generative
-    backend's decoder, service/continuous.py). Called from the batcher's thread only."""
+    backend's decoder, service/continuous.py). Called from the batcher's stepping thread only,
+    except :meth:`prepare` (its preparing thread, with ``prepare_ahead``)."""
 
-    def admit(self, key: int, request: _Req) -> None:
-        """Take ``request`` into the running set (from the next step on); raising fails it alone."""
+    def prepare(self, requests: Sequence[_Req]) -> Sequence[object]:
+        """Work on waiting requests that needs no running set (tokenizing, encoding), one result
+        per request, for :meth:`admit`; runs beside :meth:`step` on another thread."""
+
+    def admit(self, key: int, request: _Req, prepared: object | None = None) -> None:
+        """Take ``request`` into the running set (from the next step on), with what
+        :meth:`prepare` made of it if it went through that; raising fails it alone."""
 
     def step(self) -> Sequence[tuple[int, _Res]]:
         """One iteration for every running request; the requests that ended, with their results."""
@@ -92,6 +105,13 @@ class ContinuousBatcher(Generic[Request, Result]):
     one observation per step would drown it). When a step raises, every running request is run again alone through
     ``run_alone`` (the request-level path, given the request's deadline), so a poison request
     fails alone, as in :class:`MicroBatcher`.
+
+    ``prepare_ahead``: while requests run, a second thread takes the queued ones (all of them,
+    up to MAX_BATCH prepared and not yet admitted) and runs :meth:`StepRunner.prepare` on them
+    together; the stepping thread admits prepared requests as rows free up. When nothing runs,
+    the stepping thread admits queued requests itself (a lone request is never handed between
+    threads). A prepare that raises is retried request by request, so a request the runner
+    refuses fails alone.
     """
 
     def __init__(
@@ -101,24 +121,33 @@ class ContinuousBatcher(Generic[Request, Result]):
         limits: BatchLimits,
         metrics: ServiceMetrics,
         run_alone: BatchCall[Request, Result],
+        *,
+        prepare_ahead: bool = False,
     ) -> None:
         self.name = name
         self.runner = runner
         self.limits = limits
         self.metrics = metrics
         self.run_alone = run_alone
+        self.prepare_ahead = prepare_ahead
         self._inbox: deque[_ThreadJob[Request, Result]] = deque()
+        self._ready: deque[tuple[_ThreadJob[Request, Result], object]] = deque()  # prepared
+        self._preparing = 0  # jobs the preparing thread holds right now
         self._running: dict[int, _ThreadJob[Request, Result]] = {}
-        self._wake = threading.Condition()
+        lock = threading.Lock()
+        self._wake = threading.Condition(lock)  # the stepping thread waits on it
+        self._wake_preparer = threading.Condition(lock)
+        self._decoding = False  # the stepping thread has requests running (under the lock)
         self._thread: threading.Thread | None = None
+        self._preparer: threading.Thread | None = None
         self._accepting = False
         self._stopping = False
         self._keys = itertools.count()
 
     @property
     def busy(self) -> int:
-        """Requests queued or running."""
-        return len(self._inbox) + len(self._running)
+        """Requests queued, being prepared, prepared or running."""
+        return len(self._inbox) + self._preparing + len(self._ready) + len(self._running)
 
     async def start(self) -> None:
         self._stopping = False
@@ -126,6 +155,11 @@ class ContinuousBatcher(Generic[Request, Result]):
             target=self._loop, name=f"{self.name}-continuous", daemon=True
         )
         self._thread.start()
+        if self.prepare_ahead:
+            self._preparer = threading.Thread(
+                target=self._prepare_loop, name=f"{self.name}-prefill", daemon=True
+            )
+            self._preparer.start()
         self._accepting = True
 
     async def stop(self, drain_s: float = 0.0) -> None:
@@ -138,12 +172,17 @@ class ContinuousBatcher(Generic[Request, Result]):
         with self._wake:
             self._stopping = True
             self._wake.notify()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+            self._wake_preparer.notify()
+        for thread in (self._preparer, self._thread):
+            if thread is not None:
+                await asyncio.to_thread(thread.join)
+        self._thread = self._preparer = None
         with self._wake:
-            leftovers = list(self._inbox) + list(self._running.values())
+            leftovers = (
+                list(self._inbox) + [job for job, _ in self._ready] + list(self._running.values())
+            )
             self._inbox.clear()
+            self._ready.clear()
             self._running.clear()
         for job in leftovers:
             job.settle(error=BackendUnavailable(f"the {self.name} backend stopped"))
@@ -168,22 +207,38 @@ class ContinuousBatcher(Generic[Request, Result]):
                     "retry later"
                 )
             self._inbox.append(_ThreadJob(request, deadline, future, loop))
-            self._wake.notify()
+            if self._preparer is not None and self._decoding:
+                self._wake_preparer.notify()  # the decoder is busy: prepare it meanwhile
+            else:
+                self._wake.notify()
         return await wait_until(future, self.name, remaining)
 
     # --- the thread ------------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        """The stepping thread: admit, cancel the dead, step, answer; sleep when idle."""
         while True:
             with self._wake:
-                while not self._inbox and not self._running and not self._stopping:
+                while (
+                    not self._inbox and not self._ready and not self._running and not self._stopping
+                ):
+                    self._decoding = False
                     self._wake.wait()
                 if self._stopping:
                     return
                 room = self.limits.max_batch - len(self._running)
-                taken = [self._inbox.popleft() for _ in range(min(room, len(self._inbox)))]
+                prepared = [self._ready.popleft() for _ in range(min(room, len(self._ready)))]
+                room -= len(prepared)
+                # queued requests are the preparing thread's while the decoder is busy
+                own = self._preparer is None or not (self._running or prepared)
+                n = min(room, len(self._inbox)) if own else 0
+                taken = [(self._inbox.popleft(), None) for _ in range(n)]
+                self._decoding = bool(self._running or prepared or taken)
+                if self._preparer is not None and self._decoding and self._inbox:
+                    self._wake_preparer.notify()
             try:
-                self._admit(taken)
+                self._admit(prepared, queued=False)
+                self._admit(taken, queued=True)
                 self._cancel_dead()
                 if self._running:
                     self._step()
@@ -191,17 +246,83 @@ class ContinuousBatcher(Generic[Request, Result]):
                 logger.exception("%s continuous batcher failed", self.name)
                 self._fail_running()
 
-    def _admit(self, jobs: list[_ThreadJob[Request, Result]]) -> None:
+    def _prepare_loop(self) -> None:
+        """The preparing thread (``prepare_ahead``): while the decoder is busy, prepare what is
+        queued, up to MAX_BATCH prepared and waiting for a row."""
+        limit = self.limits.max_batch
+        while True:
+            with self._wake:
+                while not self._stopping and not (
+                    self._inbox and self._decoding and len(self._ready) < limit
+                ):
+                    self._wake_preparer.wait()
+                if self._stopping:
+                    return
+                n = min(limit - len(self._ready), len(self._inbox))
+                jobs = [self._inbox.popleft() for _ in range(n)]
+                self._preparing = len(jobs)
+            ready: list[tuple[_ThreadJob[Request, Result], object]] = []
+            try:
+                ready = self._prepare(jobs)
+            finally:
+                with self._wake:
+                    self._ready.extend(ready)
+                    self._preparing = 0
+                    self._wake.notify()
+
+    def _prepare(
+        self, jobs: list[_ThreadJob[Request, Result]]
+    ) -> list[tuple[_ThreadJob[Request, Result], object]]:
+        """The live jobs with what the runner prepared of them; the others answered."""
         now = time.monotonic()
-        before = len(self._running)
+        live = []
         for job in jobs:
             if job.dead(now):
                 job.settle(error=DeadlineExceeded("deadline passed while queued"))
                 continue
             self.metrics.observe_stage("queue", now - job.enqueued)
+            live.append(job)
+        if not live:
+            return []
+        if len(live) > 1:
+            try:
+                return list(zip(live, self.runner.prepare([j.request for j in live]), strict=True))
+            except Exception:  # one of them is refused: each alone, so it fails alone
+                logger.warning(
+                    "%s backend failed to prepare %d requests; preparing each alone",
+                    self.name,
+                    len(live),
+                    exc_info=True,
+                )
+        out = []
+        for job in live:
+            try:
+                [prepared] = self.runner.prepare([job.request])
+            except Exception as exc:
+                logger.exception("%s backend failed to prepare a request", self.name)
+                job.settle(error=_failed(self.name, exc))
+                continue
+            out.append((job, prepared))
+        return out
+
+    def _admit(
+        self, jobs: Sequence[tuple[_ThreadJob[Request, Result], object | None]], *, queued: bool
+    ) -> None:
+        """Admit jobs, straight from the queue (``queued``: not prepared) or prepared."""
+        now = time.monotonic()
+        before = len(self._running)
+        for job, prepared in jobs:
+            if job.dead(now):
+                job.settle(error=DeadlineExceeded("deadline passed while queued"))
+                continue
+            if queued:
+                self.metrics.observe_stage("queue", now - job.enqueued)
             key = next(self._keys)
             try:
-                self.runner.admit(key, job.request)
+                if prepared is None:
+                    self.runner.admit(key, job.request)
+                else:
+                    self.runner.admit(key, job.request, prepared)
             except Exception as exc:
                 logger.exception("%s backend failed to admit a request", self.name)
                 job.settle(error=_failed(self.name, exc))

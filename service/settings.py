@@ -155,6 +155,10 @@ class Settings(BaseSettings):
     # MAX_BATCH bounds the running requests. auto = on for this project's own generators when
     # MAX_BATCH > 1; beam search, and other architectures, stay micro-batched.
     continuous_batching: Literal["auto", "on", "off"] = "auto"
+    # With continuous batching: a second thread tokenizes and encodes waiting requests while
+    # the decoder steps (service/continuous_batcher.py), instead of the decoder stopping to
+    # encode newcomers at each step boundary; a lone request is admitted without it.
+    prefill_thread: bool = True
 
     # --- response-quality gauges
     quality_window: int = Field(

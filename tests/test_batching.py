@@ -4,6 +4,7 @@ request retried alone, a full queue, a deadline."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -381,3 +382,63 @@ def test_continuous_run_alone_gets_each_requests_deadline() -> None:
     (ok, poison), deadline = _run(scenario)
     assert ok == 103 and isinstance(poison, BackendFailed) and poison.reason == "error"
     assert deadlines and set(deadlines) == {deadline}
+
+
+class Prepared(Countdown):
+    """Countdown whose requests can be prepared ahead: ``prepare`` refuses 0 and records the
+    batches it was given and on which thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prepared: list[tuple[list[int], str]] = []
+        self.admitted: list[tuple[int, object]] = []
+
+    def prepare(self, requests: list[int]) -> list[str]:
+        if 0 in requests:
+            raise ValueError("a request the runner refuses")
+        self.prepared.append((list(requests), threading.current_thread().name))
+        return [f"ready {n}" for n in requests]
+
+    def admit(self, key: int, request: int, prepared: object | None = None) -> None:
+        self.admitted.append((request, prepared))
+        super().admit(key, request)
+
+
+def test_continuous_prepares_queued_requests_on_a_second_thread_while_busy() -> None:
+    """A lone request is admitted by the stepping thread itself; requests that queue while the
+    decoder runs are prepared together on the preparing thread, admitted prepared; one the runner
+    refuses to prepare fails alone (the others are prepared again, each alone)."""
+    runner = Prepared()
+
+    async def scenario() -> list[object]:
+        batcher = ContinuousBatcher(
+            "toy", runner, BatchLimits(8, 0.0, 16), ServiceMetrics(), _alone, prepare_ahead=True
+        )
+        await batcher.start()
+        deadline = time.monotonic() + 10
+        try:
+            assert await batcher.submit(1, deadline) == 101  # idle: no hand-off
+            long = asyncio.ensure_future(batcher.submit(20, deadline))
+            await asyncio.sleep(0.05)  # running now
+            jobs = [batcher.submit(n, deadline) for n in (3, 0, 4, 5)]
+            answers = await asyncio.gather(*jobs, return_exceptions=True)
+            long_again = asyncio.ensure_future(batcher.submit(20, deadline))
+            await asyncio.sleep(0.05)
+            assert await asyncio.gather(
+                batcher.submit(6, deadline), batcher.submit(7, deadline)
+            ) == [106, 107]
+            await long_again
+            return [await long, *answers]
+        finally:
+            await batcher.stop()
+
+    long, three, refused, four, five = _run(scenario)
+    assert (long, three, four, five) == (120, 103, 104, 105)
+    assert isinstance(refused, BackendFailed)
+    assert runner.admitted[:2] == [(1, None), (20, None)]  # the stepping thread's own
+    assert sorted(n for n, _ in runner.admitted[2:5]) == [3, 4, 5]
+    assert all(p == f"ready {n}" for n, p in runner.admitted[2:] if n != 20)
+    assert all(name == "toy-prefill" for _, name in runner.prepared)
+    # prepared together, then (0 refused the batch) each alone
+    batches = [sorted(batch) for batch, _ in runner.prepared]
+    assert batches[:3] == [[3], [4], [5]] and [6, 7] in batches  # 6 and 7 in one call

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.continuous import ContinuousDecoder, decode_continuously
+from models.continuous import ContinuousDecoder, decode_continuously, encode_sources
 from models.decoding import ContextFreePrior, DecodingConfig, generate
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
 
@@ -207,3 +207,37 @@ def test_a_released_row_is_reused_in_place_by_the_next_request(
     long_cfg = DecodingConfig(max_length=12, min_length=12)
     assert results[long].generation.tokens[0] == alone(model, sources[0], long_cfg)[0]
     assert decoder.idle and decoder._cache is None
+
+
+def test_sources_encoded_ahead_match_generate(
+    model: Seq2SeqTransformer, sources: list[list[int]]
+) -> None:
+    """Sources encoded ahead on another batch (the service's encoder thread: other padding,
+    other company) join the running batch beside sources encoded at admission and get the
+    same tokens as generate; seeded samples with several rows per request too."""
+    ahead = encode_sources(model, sources[0::2])  # one encoder call, padded to the longest
+    assert [e.src for e in ahead] == sources[0::2]
+    assert ahead[0].cross_k[0].shape[2] == len(sources[0])  # its own length, no padding
+    decoder = ContinuousDecoder(model, max_rows=3)
+    keys = {}
+    results = {}
+    for i, src in enumerate(sources):
+        encoded = ahead[i // 2] if i % 2 == 0 else None
+        keys[decoder.add(src, BLOCKED, encoded=encoded)] = i
+        results.update({d.key: d for d in decoder.step()})  # staggered arrivals
+    results.update({d.key: d for d in decoder.run()})
+    for key, i in keys.items():
+        assert results[key].generation.tokens[0] == alone(model, sources[i], BLOCKED)[0]
+
+    sample = DecodingConfig(strategy="sample", num_return_sequences=3, max_length=12)
+    decoder = ContinuousDecoder(model, max_rows=6)
+    [first] = encode_sources(model, [sources[1]])
+    key = decoder.add(sources[1], sample, generator=torch.Generator().manual_seed(3), encoded=first)
+    other = decoder.add(sources[3], sample, generator=torch.Generator().manual_seed(4))
+    results = {d.key: d for d in decoder.run()}
+    for k, i, seed in ((key, 1, 3), (other, 3, 4)):
+        want = alone(model, sources[i], sample, generator=torch.Generator().manual_seed(seed))
+        assert results[k].generation.tokens == want
+
+    with pytest.raises(ValueError, match="encoding"):
+        decoder.add(sources[0], BLOCKED, encoded=first)
