@@ -51,3 +51,16 @@ done
     --out reports/service_peer_s11
 # the ratios table of reports/service_peer_s11.md, rendered from that run's JSON (nothing re-measured)
 .venv/bin/python -m benchmarks.peer --render reports/service_peer_s11.json
+
+# Session 12: the generative backend against LitServe after the prefill thread (PREFILL_THREAD,
+# continuous batching encodes waiting requests on a second thread): reports/service_peer_s12_generative.md
+OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.peer --models-dir artifacts --runs 3 --backends generative \
+    --concurrency 1,8,32 --dtype float32 --out reports/service_peer_s12_generative
+# same-run A/B: decoding thread alone, with the prefill thread, and the decoder in a process of its
+# own (DECODER_PROCESS, tried at the commit that added it and reverted after this A/B), fp32 and bf16
+OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.server_ab --rounds 4 --concurrency 1,32 --requests 512 \
+    --variant thread:PREFILL_THREAD=false --variant prefill:PREFILL_THREAD=true \
+    --variant process:DECODER_PROCESS=true --out reports/decoder_process_ab
+OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.server_ab --rounds 4 --concurrency 32 --requests 768 \
+    --dtype bfloat16 --variant thread:PREFILL_THREAD=false --variant prefill:PREFILL_THREAD=true \
+    --variant process:DECODER_PROCESS=true --out reports/decoder_process_ab_bf16
