@@ -33,7 +33,6 @@ from service.answer import Answer
 from service.batching import BatchLimits, MicroBatcher
 from service.continuous import GenerationRunner, alternatives_config, continuous_eligible
 from service.continuous_batcher import ContinuousBatcher
-from service.decoder_process import ChildSpec, ProcessBatcher
 from service.errors import InvalidOptions
 from service.metrics import ServiceMetrics
 from service.safety import SafetyFilter
@@ -179,9 +178,7 @@ class GenerativeBackend(Backend):
     answered when their reply ends); beam search goes through the micro-batcher. ``auto`` is on
     for our own seq2seq generators when MAX_BATCH > 1 (other architectures have no step-level
     decoder: always micro-batched). ``prefill_thread`` (PREFILL_THREAD): the continuous batcher
-    tokenizes and encodes waiting requests on a second thread while the decoder steps.
-    ``decoder_process`` (DECODER_PROCESS): the continuous batcher runs in a child process
-    (service/decoder_process.py), this one only forwards its requests. While
+    tokenizes and encodes waiting requests on a second thread while the decoder steps. While
     ``infer`` is replaced on the instance (a test's fault, a wrapper), every request takes the
     micro-batcher, the path that calls it."""
 
@@ -194,11 +191,10 @@ class GenerativeBackend(Backend):
         *args: Any,
         continuous: str = "off",
         prefill_thread: bool = False,
-        decoder_process: ChildSpec | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.continuous: ContinuousBatcher[Job, Answer] | ProcessBatcher | None = None
+        self.continuous: ContinuousBatcher[Job, Answer] | None = None
         ours = isinstance(self.responder, GenerativeResponder)
         if continuous == "on" and not ours:
             raise ValueError(
@@ -206,9 +202,6 @@ class GenerativeBackend(Backend):
                 f"not {type(self.responder).__name__}"
             )
         if continuous == "on" or (continuous == "auto" and ours and self.limits.max_batch > 1):
-            if decoder_process is not None:  # the same batcher, in a process of its own
-                self.continuous = ProcessBatcher(self.name, decoder_process, self.metrics)
-                return
             runner = GenerationRunner(
                 self.responder, self.limits.max_batch, self.metrics, self.safety, self._generate
             )

@@ -12,13 +12,10 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from models.bundle import SERVING_FILE, BundleError, Manifest, find_bundles, read_manifest
 from service.arms import Arm, Serving, default_fallback
 from service.backends import Backend, GenerativeBackend, RetrievalBackend
 from service.batching import BatchLimits
-from service.decoder_process import ChildSpec
 from service.device import resolve_device, serving_dtype
 from service.errors import InvalidOptions
 from service.metrics import ServiceMetrics
@@ -220,23 +217,6 @@ def arm_backend_kind(models_dir: Path, wanted: str, source: str) -> str:
     return _BACKEND_OF_KIND[manifest.kind]
 
 
-def decoder_process(
-    settings: Settings, bundle_dir: Path, device: torch.device, safety_dir: Path | None
-) -> ChildSpec | None:
-    """What a generator's decoder process needs (DECODER_PROCESS), or None when it is off."""
-    if not settings.decoder_process:
-        return None
-    dtype = serving_dtype(device, settings.dtype, "generative")
-    return ChildSpec(
-        settings=settings,
-        bundle_dir=bundle_dir,
-        device=str(device),
-        dtype=str(dtype).removeprefix("torch."),
-        safety_dir=safety_dir,
-        limits=BatchLimits(settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue),
-    )
-
-
 def load_serving(settings: Settings, metrics: ServiceMetrics) -> Serving:
     """Load every arm's bundle (fully verified; arms naming the same bundle share one backend),
     sharing one output safety filter; raises when no arm has a bundle, when an arm's option
@@ -285,7 +265,6 @@ def load_serving(settings: Settings, metrics: ServiceMetrics) -> Serving:
                         safety,
                         continuous=settings.continuous_batching,
                         prefill_thread=settings.prefill_thread,
-                        decoder_process=decoder_process(settings, path, device, safety_dir),
                     )
                 else:
                     backend = RetrievalBackend.load(

@@ -159,10 +159,6 @@ class Settings(BaseSettings):
     # the decoder steps (service/continuous_batcher.py), instead of the decoder stopping to
     # encode newcomers at each step boundary; a lone request is admitted without it.
     prefill_thread: bool = True
-    # With continuous batching: run the decoder (and its prefill thread) in a child process of
-    # its own (service/decoder_process.py), so the event loop serving HTTP never holds the
-    # interpreter lock the decoder needs between its torch calls.
-    decoder_process: bool = False
 
     # --- response-quality gauges
     quality_window: int = Field(
