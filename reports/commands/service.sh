@@ -64,3 +64,6 @@ OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.server_ab --rounds 4 --concurre
 OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.server_ab --rounds 4 --concurrency 32 --requests 768 \
     --dtype bfloat16 --variant thread:PREFILL_THREAD=false --variant prefill:PREFILL_THREAD=true \
     --variant process:DECODER_PROCESS=true --out reports/decoder_process_ab_bf16
+# every cell of issue 17's table in one run after the prefill thread (reports/service_peer_s12.md)
+OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.peer --models-dir artifacts --runs 3 --concurrency 1,8,32 \
+    --dtype float32 --out reports/service_peer_s12
