@@ -264,6 +264,10 @@ class ContinuousBatcher(Generic[Request, Result]):
             ready: list[tuple[_ThreadJob[Request, Result], object]] = []
             try:
                 ready = self._prepare(jobs)
+            except Exception as exc:  # never let the thread die: fail these, keep preparing
+                logger.exception("%s prefill thread failed", self.name)
+                for job in jobs:
+                    job.settle(error=_failed(self.name, exc))
             finally:
                 with self._wake:
                     self._ready.extend(ready)
