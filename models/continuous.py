@@ -94,18 +94,22 @@ class Encoded:
     cross_v: list[Tensor]
 
 
+def _padded(sources: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> Tensor:
+    """Token id lists as one right-padded (B, S) batch on ``device``."""
+    src = torch.full((len(sources), max(len(s) for s in sources)), pad_id, dtype=torch.long)
+    for i, ids in enumerate(sources):
+        src[i, : len(ids)] = torch.tensor(ids)
+    return src.to(device)
+
+
 @torch.inference_mode()
 def encode_sources(model: Seq2SeqTransformer, sources: Sequence[Sequence[int]]) -> list[Encoded]:
     """Encode ``sources`` (token ids, no padding) in one encoder call and project each decoder
     layer's cross-attention keys/values (``Seq2SeqTransformer.start_cache``); one
     :class:`Encoded` per source, its padding cut off. Reads the model only, so it may run on
     another thread than the decoder's steps (the weights must not change meanwhile)."""
-    device = next(model.parameters()).device
-    width = max(len(s) for s in sources)
-    src = torch.full((len(sources), width), model.cfg.pad_id, dtype=torch.long)
-    for i, ids in enumerate(sources):
-        src[i, : len(ids)] = torch.tensor(ids)
-    cache = model.start_cache(*model.encode(src.to(device)))
+    src = _padded(sources, model.cfg.pad_id, next(model.parameters()).device)
+    cache = model.start_cache(*model.encode(src))
     return [
         Encoded(
             list(ids),
@@ -520,12 +524,9 @@ class ContinuousDecoder:
     def _encode(self, admitted: list[_Pending]) -> tuple[DecoderCache, Tensor]:
         """The admitted requests' new cache rows (``num_return_sequences`` each) and their
         right-padded sources: one encoder call for those not encoded ahead."""
-        model, mc = self.model, self.model.cfg
-        width = max(len(p.src) for p in admitted)
-        src = torch.full((len(admitted), width), mc.pad_id, dtype=torch.long)
-        for i, p in enumerate(admitted):
-            src[i, : len(p.src)] = torch.tensor(p.src)
-        src = src.to(self.device)
+        model = self.model
+        src = _padded([p.src for p in admitted], model.cfg.pad_id, self.device)
+        width = src.size(1)
         repeats = torch.tensor([p.cfg.num_return_sequences for p in admitted], device=self.device)
         repeated = bool((repeats > 1).any())
         if all(p.encoded is None for p in admitted):  # the encoder's own padded batch
