@@ -67,3 +67,5 @@ OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.server_ab --rounds 4 --concurre
 # every cell of issue 17's table in one run after the prefill thread (reports/service_peer_s12.md)
 OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.peer --models-dir artifacts --runs 3 --concurrency 1,8,32 \
     --dtype float32 --out reports/service_peer_s12
+# the HTTP + metrics overhead with this session's code (reports/http_overhead_s12.md)
+OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.http_overhead --rounds 3 --out reports/http_overhead_s12
