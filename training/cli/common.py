@@ -39,6 +39,15 @@ def add_common(
             default=0,
             help="source pieces kept (default: the preset's)",
         )
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            dest="overrides",
+            help="change one preset field, e.g. generator.model.dropout=0 (repeatable); the runs "
+            "go to <--runs>/<preset>+<digest>",
+        )
     p.add_argument("--data", type=Path, default=DAILYDIALOG, help=data_help)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
@@ -48,11 +57,13 @@ def add_common(
 
 
 def preset_from_args(args: argparse.Namespace) -> Any:
-    """The preset named by ``--preset`` with ``--context-turns``/``--max-source-len`` applied to
-    generators and retriever alike."""
-    from training.config import get_preset, with_context_turns
+    """The preset named by ``--preset`` with ``--set`` overrides, then ``--context-turns`` and
+    ``--max-source-len`` applied to generators and retriever alike."""
+    from training.config import get_preset, with_context_turns, with_overrides
 
     preset = get_preset(args.preset)
+    if getattr(args, "overrides", None):
+        preset = with_overrides(preset, args.overrides)
     if args.context_turns or args.max_source_len:
         preset = with_context_turns(
             preset, args.context_turns or preset.inputs.max_context_turns, args.max_source_len

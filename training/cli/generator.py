@@ -223,7 +223,7 @@ def _train_generator(args: argparse.Namespace, ctx: Any) -> None:
             raise ValueError(f"--nd-gamma-fraction must be in (0, 1], got {args.nd_gamma_fraction}")
         preset = replace(preset, nd=replace(preset.nd, gamma_fraction=args.nd_gamma_fraction))
     splits = prepare_splits(preset, args.data)
-    run = run_spec(args, ctx, runs_subdir=preset.name, data_desc=str(args.data))
+    run = run_spec(args, ctx, runs_subdir=preset.run_name, data_desc=str(args.data))
     common = {"preset": preset, "val_examples": val_subset(preset, splits)}
     artifacts: Path = args.out.parent
     fraction = args.negative_fraction or preset.nd.negative_fraction

@@ -152,7 +152,9 @@ def _train_lm(args: argparse.Namespace) -> int:
     preset = get_preset(args.preset)
     splits = prepare_splits(preset, args.data)
     manifest = train_response_lm(
-        run_spec(args, single_process(device), runs_subdir=preset.name, data_desc=str(args.data)),
+        run_spec(
+            args, single_process(device), runs_subdir=preset.run_name, data_desc=str(args.data)
+        ),
         preset=preset,
         base_bundle=args.base,
         train_examples=splits.train,

@@ -21,7 +21,9 @@ so when asked for it.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import ast
+from collections.abc import Sequence
+from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
 from training.config import base, paper, small, tiny
@@ -48,6 +50,7 @@ __all__ = [
     "get_retriever_preset",
     "preset_section",
     "with_context_turns",
+    "with_overrides",
 ]
 
 PRESETS: dict[str, Preset] = {
@@ -83,6 +86,74 @@ def with_context_turns(preset: Preset, turns: int, max_source_len: int = 0) -> P
             ),
         )
     return replace(preset, inputs=inputs, retriever=retriever)
+
+
+def _parse_value(text: str, current: Any, key: str) -> Any:
+    """``text`` as a value of the type ``current`` has (bool, int, float, str, tuple, or None)."""
+    if isinstance(current, bool):
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"--set {key}: expected true or false, got {text!r}")
+    if isinstance(current, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ValueError(
+            f"--set {key}: {text!r} is not a value of type {type(current).__name__}"
+        ) from None
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+    if current is not None and not isinstance(value, type(current)):
+        raise ValueError(
+            f"--set {key}: expected {type(current).__name__}, got {type(value).__name__} {text!r}"
+        )
+    return value
+
+
+def _assign(obj: Any, path: list[str], text: str, key: str) -> Any:
+    """A copy of dataclass ``obj`` with the field at ``path`` set from ``text``."""
+    if not is_dataclass(obj) or isinstance(obj, type):
+        raise ValueError(f"--set {key}: {'.'.join(path)!r} is not inside a settings section")
+    names = [f.name for f in fields(obj)]
+    head, rest = path[0], path[1:]
+    if head not in names:
+        raise ValueError(
+            f"--set {key}: {type(obj).__name__} has no field {head!r}; it has {', '.join(names)}"
+        )
+    current = getattr(obj, head)
+    if rest:
+        if current is None:
+            raise ValueError(f"--set {key}: the preset has no {head} section")
+        value = _assign(current, rest, text, key)
+    elif is_dataclass(current):
+        raise ValueError(f"--set {key}: {head} is a section; set one of its fields")
+    else:
+        value = _parse_value(text, current, key)
+    return replace(obj, **{head: value})
+
+
+def with_overrides(preset: Preset, assignments: Sequence[str]) -> Preset:
+    """``preset`` with single fields changed, each ``"section.field=value"`` (dotted through
+    nested sections, e.g. ``generator.model.dropout=0`` or ``generator.train.lr_schedule=linear``),
+    the value parsed as the field's current type. The overrides are recorded on the preset, which
+    gives its runs a folder of their own (:attr:`Preset.run_name`). Raises ValueError naming the
+    fields there are when a key does not exist."""
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {assignment!r}")
+        if key in ("name", "overrides"):
+            raise ValueError(f"--set {key}: not a setting")
+        preset = _assign(preset, key.split("."), text.strip(), key)
+        preset = replace(preset, overrides=(*preset.overrides, f"{key}={text.strip()}"))
+    return preset
 
 
 def get_retriever_preset(name: str) -> RetrieverPreset:

@@ -8,6 +8,7 @@ they need, with no defaults of their own."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -161,3 +162,15 @@ class Preset:
     malicious: MaliciousPreset | None = None
     # the FlatGD fine-tune (train-flatgd --setting NAME reads preset NAME's)
     flatgd: FlatGDSetting | None = None
+    # fields changed from the named preset by ``--set key=value`` (training.config.with_overrides),
+    # as given; recorded in bundles and build summaries, and they give the runs a folder of their own
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def run_name(self) -> str:
+        """The preset's folder under ``--runs``: its name, plus a digest of the overrides when
+        there are any, so a changed preset never resumes a checkpoint of another."""
+        if not self.overrides:
+            return self.name
+        digest = hashlib.sha1("\n".join(self.overrides).encode()).hexdigest()[:8]
+        return f"{self.name}+{digest}"

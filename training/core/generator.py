@@ -321,6 +321,7 @@ def save_generator(
         name=name,
         training={
             "preset": preset.name,
+            **({"preset_overrides": list(preset.overrides)} if preset.overrides else {}),
             "steps": st.step,
             "best_step": st.best_step,
             "stop_reason": st.stop_reason,

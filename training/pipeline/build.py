@@ -263,6 +263,7 @@ def build(
 
     summary: dict[str, Any] = {
         "preset": preset.name,
+        "preset_overrides": list(preset.overrides),
         "bundles": [str(b) for b in (standard, teacher, student)]
         + [str(paths.out_dir / n) for n in plan.retrievers]
         + ([str(safety)] if safety.is_dir() else []),

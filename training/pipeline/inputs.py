@@ -24,7 +24,7 @@ class BuildPaths:
     runs_dir: Path  # checkpoints, logs, plots, evaluation outputs
 
     def run_dir(self, preset: Preset, stage: str) -> Path:
-        return self.runs_dir / preset.name / stage
+        return self.runs_dir / preset.run_name / stage
 
 
 def prepare_splits(preset: Preset, data_dir: Path) -> DialogueSplits:

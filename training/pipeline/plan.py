@@ -101,7 +101,7 @@ class BuildPlan:
 
     @property
     def preset_runs(self) -> Path:
-        return self.paths.runs_dir / self.preset.name
+        return self.paths.runs_dir / self.preset.run_name
 
     @property
     def tokenizer_path(self) -> Path:
