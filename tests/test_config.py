@@ -4,11 +4,17 @@ a run folder of their own so a changed preset never resumes another's checkpoint
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from models.bundle import verify_bundle
 from training.cli.common import add_common, preset_from_args
 from training.config import PRESETS, with_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_override_sets_a_nested_field_by_its_type_and_records_it() -> None:
@@ -82,3 +88,65 @@ def test_cli_set_then_context_turns_apply_together() -> None:
     assert preset.generator.model.dropout == 0.0
     assert preset.inputs.max_context_turns == 2
     assert preset.overrides == ("generator.model.dropout=0",)
+
+
+def test_cli_train_generator_with_set_records_it_and_runs_in_its_own_folder(
+    dailydialog_dir: Path, tmp_path: Path
+) -> None:
+    out, runs = tmp_path / "gen", tmp_path / "runs"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "train-generator",
+            "--preset",
+            "tiny",
+            "--set",
+            "generator.model.dropout=0",
+            "--data",
+            str(dailydialog_dir),
+            "--out",
+            str(out),
+            "--runs",
+            str(runs),
+            "--max-steps",
+            "2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = verify_bundle(out)
+    assert manifest.training["preset"] == "tiny"
+    assert manifest.training["preset_overrides"] == ["generator.model.dropout=0"]
+    assert manifest.model_config["seq2seq"]["dropout"] == 0.0
+    folder = with_overrides(PRESETS["tiny"], ["generator.model.dropout=0"]).run_name
+    assert (runs / folder / "gen" / "metrics.jsonl").is_file()
+    assert not (runs / "tiny").exists()  # nothing in the plain preset's folder to resume from
+
+
+def test_cli_refuses_a_bad_set_without_a_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "train-generator",
+            "--preset",
+            "tiny",
+            "--set",
+            "generator.model.dropot=0",
+            "--out",
+            str(tmp_path / "gen"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "Seq2SeqConfig has no field 'dropot'" in proc.stderr
+    assert "Traceback" not in proc.stderr

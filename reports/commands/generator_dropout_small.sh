@@ -50,3 +50,32 @@ $PY -m benchmarks.generator_seeds \
 # 4. torch.compile on the training step (idle machine).
 $PY -m benchmarks.train_throughput --steps 30 --warmup 5 --parity-steps 0 \
     --configs 2t-bf16-bucketed,2t-bf16-bucketed-compile --out reports/train_throughput_compile
+
+# 5. Seeds 1 and 2 of both recipes (the preset now has dropout 0; --set puts 0.1 back), NT from
+#    each, then all three seeds side by side (seed 0 of dropout 0 is the session-13 build's).
+TOK13=runs/small/tokenizer.json
+for seed in 1 2; do
+  $PY -m training train-generator --preset small --tokenizer $TOK13 --seed $seed \
+      --out artifacts-seeds13/d0-s$seed --runs runs-exp
+  $PY -m training train-generator --preset small --method nt --base artifacts-seeds13/d0-s$seed \
+      --tokenizer $TOK13 --seed $seed --max-steps 150 --out artifacts-seeds13/d0-nt-s$seed --runs runs-exp
+  $PY -m training train-generator --preset small --tokenizer $TOK13 --seed $seed \
+      --set generator.model.dropout=0.1 --out artifacts-seeds13/d01-s$seed --runs runs-exp
+  $PY -m training train-generator --preset small --method nt --base artifacts-seeds13/d01-s$seed \
+      --set generator.model.dropout=0.1 --tokenizer $TOK13 --seed $seed --max-steps 150 \
+      --out artifacts-seeds13/d01-nt-s$seed --runs runs-exp
+done
+$PY -m benchmarks.generator_seeds \
+    --bundle dropout0.1-standard/s0=artifacts-s12/generator-standard \
+    --bundle dropout0.1-standard/s1=artifacts-seeds13/d01-s1 \
+    --bundle dropout0.1-standard/s2=artifacts-seeds13/d01-s2 \
+    --bundle dropout0-standard/s0=artifacts/generator-standard \
+    --bundle dropout0-standard/s1=artifacts-seeds13/d0-s1 \
+    --bundle dropout0-standard/s2=artifacts-seeds13/d0-s2 \
+    --bundle dropout0.1-nt/s0=artifacts-s12/generator-nt \
+    --bundle dropout0.1-nt/s1=artifacts-seeds13/d01-nt-s1 \
+    --bundle dropout0.1-nt/s2=artifacts-seeds13/d01-nt-s2 \
+    --bundle dropout0-nt/s0=artifacts/generator-nt \
+    --bundle dropout0-nt/s1=artifacts-seeds13/d0-nt-s1 \
+    --bundle dropout0-nt/s2=artifacts-seeds13/d0-nt-s2 \
+    --out reports/generator_dropout_seeds_small

@@ -231,7 +231,7 @@ def _train_generator(args: argparse.Namespace, ctx: Any) -> None:
         train_examples = splits.train
         if args.subset == "negative":
             train_examples = negative_set(splits.train, fraction, seed=args.seed).examples
-        tok_path = args.tokenizer or args.runs / preset.name / "tokenizer.json"
+        tok_path = args.tokenizer or args.runs / preset.run_name / "tokenizer.json"
         tokenizer = ensure_tokenizer(preset, splits, tok_path, ctx)
         manifest = train_mle_generator(
             run, tokenizer=tokenizer, train_examples=train_examples, **common

@@ -125,8 +125,8 @@ def _build_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _augmentation_dir(args: argparse.Namespace, explicit: Path | None) -> Path:
-    return explicit or args.runs / args.preset / "g2r-augment"
+def _augmentation_dir(args: argparse.Namespace, preset: Any, explicit: Path | None) -> Path:
+    return explicit or args.runs / preset.run_name / "g2r-augment"
 
 
 def _augment(args: argparse.Namespace, ctx: Any) -> None:
@@ -147,7 +147,7 @@ def _augment(args: argparse.Namespace, ctx: Any) -> None:
         cfg = replace(cfg, m=args.m)
     if args.max_contexts is not None:
         cfg = replace(cfg, max_contexts=args.max_contexts)
-    out = _augmentation_dir(args, args.out)
+    out = _augmentation_dir(args, preset, args.out)
     if args.no_resume and ctx.is_main:
         for old in out.glob("shard-*-of-*.jsonl"):
             old.unlink()
@@ -188,7 +188,7 @@ def _train_retriever(args: argparse.Namespace, ctx: Any) -> None:
     elif teacher_bundle is not None:
         tokenizer = DialogueTokenizer.from_file(teacher_bundle / "tokenizer.json")
     else:
-        tok_path = args.runs / args.preset / "tokenizer.json"
+        tok_path = args.runs / preset.run_name / "tokenizer.json"
         tokenizer = ensure_tokenizer(preset, splits, tok_path, ctx)
     init_from = _optional_path(args.init_from, None)
     if args.init_from == "auto" and teacher_bundle is not None and rp.warm_start:
@@ -206,10 +206,10 @@ def _train_retriever(args: argparse.Namespace, ctx: Any) -> None:
         tokenizer=tokenizer,
         out_dir=args.out,
         name=name,
-        run_dir=args.runs / args.preset / name,
+        run_dir=args.runs / preset.run_name / name,
         dist_ctx=ctx,
         data_desc=str(args.data),
-        augmentation_dir=_augmentation_dir(args, args.augmented),
+        augmentation_dir=_augmentation_dir(args, preset, args.augmented),
         teacher=args.teacher if args.method != "biencoder" else None,
         init_from=init_from,
         blocklist=_optional_path(args.blocklist, DEFAULT_BLOCKLIST),
