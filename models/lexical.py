@@ -80,6 +80,14 @@ def zscore(x: np.ndarray) -> np.ndarray:
     return (x - x.mean(axis=-1, keepdims=True)) / np.where(std > 0, std, 1.0)
 
 
+def mix_scores(dense: np.ndarray, lexical: np.ndarray, weight: float) -> np.ndarray:
+    """The hybrid ranking score: each part z-scored per row, the lexical one scaled by ``weight``
+    (0 or less = the dense scores as they are)."""
+    if weight <= 0:
+        return dense
+    return zscore(dense) + weight * zscore(lexical)
+
+
 class LexicalReranker:
     """TF-IDF over a response set plus the weight that mixes it with the dense score."""
 
@@ -243,4 +251,4 @@ class LexicalReranker:
 
     def mix(self, dense: np.ndarray, lexical: np.ndarray) -> np.ndarray:
         """hybrid = z(dense) + weight * z(lexical), row by row (see the module doc)."""
-        return zscore(dense) + self.weight * zscore(lexical)
+        return mix_scores(dense, lexical, self.weight)

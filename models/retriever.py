@@ -36,7 +36,7 @@ from models.index import (
     gpu_faiss_available,
 )
 from models.inputs import InputConfig, encode_contexts
-from models.lexical import LEXICAL_FILE, LexicalReranker, context_text, zscore
+from models.lexical import LEXICAL_FILE, LexicalReranker, context_text, mix_scores
 from models.responder import Responder, StageObserver, load_tokenizer, load_weights, observe
 from models.text import normalize_text
 from models.tokenizer import DialogueTokenizer
@@ -267,7 +267,6 @@ class RetrievalResponder(Responder):
         observe(on_stage, "search", started)
         return hits
 
-    @torch.inference_mode()
     def candidate_scores(
         self,
         contexts: Sequence[Sequence[str]],
@@ -280,6 +279,25 @@ class RetrievalResponder(Responder):
         """Scores (N, K) of each context against its ``candidates`` (indices into ``pool``), as
         the served ranking would score them: dense, or hybrid with the re-ranker (``weight``
         overrides its weight; 0 = dense only). For Hits@k/K evaluations."""
+        w = self.reranker.weight if weight is None and self.reranker else (weight or 0.0)
+        dense, lexical = self.candidate_score_parts(
+            contexts, pool, candidates, lexical=w > 0, batch_size=batch_size
+        )
+        return dense if lexical is None else mix_scores(dense, lexical, w)
+
+    @torch.inference_mode()
+    def candidate_score_parts(
+        self,
+        contexts: Sequence[Sequence[str]],
+        pool: Sequence[str],
+        candidates: np.ndarray,
+        *,
+        lexical: bool = True,
+        batch_size: int = 512,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The two parts of :meth:`candidate_scores`, each (N, K): the dense scores, and the
+        TF-IDF scores (None without a re-ranker or with ``lexical`` False), so that several
+        weights can be tried on one encoding (:func:`mix_scores`)."""
         used = np.unique(candidates)
         columns = np.searchsorted(used, candidates)
         texts = [pool[i] for i in used.tolist()]
@@ -305,14 +323,12 @@ class RetrievalResponder(Responder):
             ]
         )
         dense = np.einsum("nd,nkd->nk", ctx, resp[columns])
-        w = self.reranker.weight if weight is None and self.reranker else (weight or 0.0)
-        if self.reranker is None or w <= 0:
-            return dense
+        if self.reranker is None or not lexical:
+            return dense, None
         turns = self.inputs.max_context_turns
         q = self.reranker.vectors([context_text(c, turns) for c in contexts])
         docs = self.reranker.vectors(texts)
-        lexical = np.take_along_axis(np.asarray((q @ docs.T).toarray()), columns, axis=1)
-        return zscore(dense) + w * zscore(lexical)
+        return dense, np.take_along_axis(np.asarray((q @ docs.T).toarray()), columns, axis=1)
 
 
 @torch.inference_mode()

@@ -372,6 +372,19 @@ def test_candidate_scores_are_the_served_scores(responder: RetrievalResponder) -
     mixed = hybrid.candidate_scores(contexts, RESPONSES, cand)
     assert mixed.shape == (2, 4) and not np.allclose(mixed, dense)
     np.testing.assert_allclose(hybrid.candidate_scores(contexts, RESPONSES, cand, weight=0), dense)
+    # the parts the weight search mixes: the same scores from one encoding, for any weight
+    from models.lexical import mix_scores
+
+    parts_dense, lexical = hybrid.candidate_score_parts(contexts, RESPONSES, cand)
+    assert lexical is not None and lexical.shape == (2, 4)
+    np.testing.assert_allclose(parts_dense, dense, rtol=1e-5)
+    np.testing.assert_allclose(mix_scores(parts_dense, lexical, 0.7), mixed, rtol=1e-5)
+    np.testing.assert_allclose(
+        mix_scores(parts_dense, lexical, 0.3),
+        hybrid.candidate_scores(contexts, RESPONSES, cand, weight=0.3),
+        rtol=1e-5,
+    )
+    assert responder.candidate_score_parts(contexts, RESPONSES, cand)[1] is None  # no re-ranker
 
 
 def test_lexical_candidates_come_from_rare_shared_words_best_first() -> None:
@@ -437,3 +450,28 @@ def test_lexical_scores_of_gathered_rows_equal_the_sparse_products() -> None:
     expect_ids = np.flatnonzero(scores > 0)
     expect_ids = expect_ids[np.lexsort((expect_ids, -scores[expect_ids]))]
     assert found.tolist() == expect_ids.tolist() and found.size > 0
+
+
+def test_rerank_weight_benchmark_scores_every_weight_as_the_build_does(
+    responder: RetrievalResponder,
+) -> None:
+    from benchmarks.rerank_weight import hits_by_weight, pick
+    from training.core.data import DialogueExample
+    from training.methods.g2r.index import RERANK_WEIGHTS, fit_rerank_weight
+
+    examples = [
+        DialogueExample(("hello , how are you ?",), RESPONSES[0]),
+        DialogueExample(("what time is it ?",), RESPONSES[1]),
+        DialogueExample(("good morning !",), RESPONSES[2]),
+        DialogueExample(("bye for now",), RESPONSES[3]),
+        DialogueExample(("do you want tea ?",), RESPONSES[4]),
+        DialogueExample(("is it late ?",), RESPONSES[6]),
+    ]
+    table = hits_by_weight(_with_reranker(responder, 0.5), examples, k=4)
+    assert list(table) == list(RERANK_WEIGHTS)
+    assert all(0.0 <= v <= 1.0 for v in table.values())
+    fitted = _with_reranker(responder, 0.5)
+    best, build_table = fit_rerank_weight(fitted, examples, hits_k=4)
+    assert {float(w): v for w, v in build_table.items()} == pytest.approx(table)
+    assert pick(table) == best
+    assert pick({0.0: 0.5, 0.3: 0.6, 0.5: 0.6}) == 0.3  # ties go to the smaller weight

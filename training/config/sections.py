@@ -88,6 +88,10 @@ class RetrieverPreset:
     # re-rank the index's candidates by bi-encoder + TF-IDF (models/lexical.py), the weight
     # chosen on validation (0 = off); the paper preset keeps G2R's dense-only ranking
     lexical_rerank: bool = True
+    # validation pairs the re-ranking weight is chosen on (0 = the whole split): on 1,000 the
+    # choice was noise (the neighbouring weights differ by less than one standard error, and it
+    # cost the small build's served retriever 0.011 test Hits@1; reports/rerank_weight_small.md)
+    rerank_val_examples: int = 0
 
     def __post_init__(self) -> None:
         assert self.method in ("g2r-d", "g2r-dm"), (

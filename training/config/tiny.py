@@ -49,6 +49,7 @@ PRESET = Preset(
         positives_per_context=3,
         random_negatives=16,
         val_examples=32,
+        rerank_val_examples=32,  # seconds, not the whole split
         response_max_tokens=40,
         index=IndexConfig(ef_search=64, add_batch_size=512),
     ),

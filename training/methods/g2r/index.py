@@ -16,7 +16,7 @@ import torch
 from models.biencoder import BiEncoder, BiEncoderConfig
 from models.bundle import INDEX_FILE, Manifest, load_state_dict, read_manifest
 from models.generator import InputConfig
-from models.lexical import LexicalReranker
+from models.lexical import LexicalReranker, mix_scores
 from models.retriever import (
     IndexConfig,
     ResponseIndex,
@@ -83,10 +83,11 @@ def fit_rerank_weight(
     pool = list(dict.fromkeys(e.response for e in validation))
     cand = hits_candidates([e.response for e in validation], pool, hits_k, seed)
     contexts = [e.context for e in validation]
+    # one encoding of the contexts and candidates, every weight mixed from it
+    dense, lexical = responder.candidate_score_parts(contexts, pool, cand)
+    assert lexical is not None
     table = {
-        str(w): hits_at_k(
-            torch.from_numpy(responder.candidate_scores(contexts, pool, cand, weight=w))
-        )["hits@1"]
+        str(w): hits_at_k(torch.from_numpy(mix_scores(dense, lexical, w)))["hits@1"]
         for w in RERANK_WEIGHTS
     }
     best = max(RERANK_WEIGHTS, key=lambda w: (table[str(w)], -w))

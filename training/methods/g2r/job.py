@@ -195,7 +195,9 @@ def train_retriever(
         recall_contexts=[e.context for e in val_examples[:1000]],
         progress=cfg.progress,
         rerank_validation=(
-            list(val_examples[: preset.val_examples or None]) if preset.lexical_rerank else []
+            list(val_examples[: preset.rerank_val_examples or None])
+            if preset.lexical_rerank
+            else []
         ),
         hits_k=preset.hits_k,
         seed=seed,
