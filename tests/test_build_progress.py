@@ -89,6 +89,22 @@ def test_a_resumed_stage_does_not_set_the_speed_of_the_estimate() -> None:
     assert [r["resumed"] for r in show.record()] == [True, False]
 
 
+def test_a_stage_of_a_few_seconds_does_not_set_the_speed_of_the_estimate() -> None:
+    """The data stage (~3 s planned) can finish in 0 s from a warm cache; the estimate of the
+    stages after it must keep the planned speed, not fall to nothing."""
+    clock = Clock()
+    show = BuildProgress(
+        [("data", "load", 3.0, True, ""), ("retriever", "train", 480.0, True, "")],
+        stream=io.StringIO(),
+        clock=clock,
+    )
+    show.start("data")
+    show.finish("data")  # 0 s
+    assert show.speed() == pytest.approx(1.0)
+    show.start("retriever")
+    assert show.estimate_total_s() == pytest.approx(480.0)
+
+
 def test_progress_prints_nothing_when_disabled() -> None:
     out = io.StringIO()
     show = BuildProgress([("a", "x", 1.0, True, "")], stream=out, enabled=False)
