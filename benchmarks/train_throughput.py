@@ -6,7 +6,9 @@ Measures, in one run:
    the denominator of MFU;
 2. full training steps (forward, backward, clipping, Adam) of a preset's generator on real
    DailyDialog batches, for each configuration named by ``--configs``:
-   ``<threads>t-<fp32|bf16>-<bucketed|sumsorted|random>[-compile]``, e.g. ``1t-fp32-bucketed``.
+   ``<threads>t-<fp32|bf16>-<bucketed|sumsorted|random>[-compile][-fused]``, e.g.
+   ``1t-fp32-bucketed``; ``fused`` leaves the attention kernel of a training step to PyTorch (its
+   fused flash kernel when dropout is 0) instead of ``models.seq2seq.CPU_TRAINING_ATTENTION``.
 
 FLOPs per step are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the step's batches
 (matmuls and attention, forward and backward, padding included). "Useful" tokens are the non-pad
@@ -65,18 +67,26 @@ def random_batches(n: int, batch_size: int, *, seed: int, epoch: int) -> list[li
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
+CONFIG_FLAGS = ("compile", "fused")
+
+
 def parse_config(name: str) -> dict[str, Any]:
     parts = name.split("-")
-    if len(parts) not in (3, 4) or not parts[0].endswith("t"):
+    flags = parts[3:]
+    if len(parts) < 3 or not parts[0].endswith("t") or any(f not in CONFIG_FLAGS for f in flags):
         raise ValueError(
-            f"config {name!r}: expected <threads>t-<fp32|bf16>-<bucketed|sumsorted|random>[-compile]"
+            f"config {name!r}: expected <threads>t-<fp32|bf16>-<bucketed|sumsorted|random>"
+            "[-compile][-fused]"
         )
     cfg = {
         "name": name,
         "threads": int(parts[0][:-1]),
         "precision": parts[1],
         "batching": parts[2],
-        "compile": len(parts) == 4 and parts[3] == "compile",
+        "compile": "compile" in flags,
+        # PyTorch's own attention kernel choice in training (the fused flash kernel when dropout
+        # is 0) instead of models.seq2seq.CPU_TRAINING_ATTENTION
+        "fused_attention": "fused" in flags,
     }
     assert cfg["precision"] in ("fp32", "bf16"), name
     assert cfg["batching"] in ("bucketed", "sumsorted", "random"), name
@@ -84,6 +94,28 @@ def parse_config(name: str) -> dict[str, Any]:
 
 
 def run_config(
+    cfg: dict[str, Any],
+    pairs: PairSet,
+    model_cfg: Any,
+    train_cfg: Any,
+    *,
+    steps: int,
+    warmup: int,
+    peaks: dict[str, float],
+) -> dict[str, Any]:
+    from models import seq2seq
+
+    default_attention = seq2seq.CPU_TRAINING_ATTENTION
+    seq2seq.CPU_TRAINING_ATTENTION = () if cfg["fused_attention"] else default_attention
+    try:
+        return _run_config(
+            cfg, pairs, model_cfg, train_cfg, steps=steps, warmup=warmup, peaks=peaks
+        )
+    finally:
+        seq2seq.CPU_TRAINING_ATTENTION = default_attention
+
+
+def _run_config(
     cfg: dict[str, Any],
     pairs: PairSet,
     model_cfg: Any,

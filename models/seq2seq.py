@@ -23,6 +23,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# The attention kernels a training step on the CPU may use (reports/cpu_attention_small.md). With
+# dropout 0 PyTorch picks its fused (flash) CPU kernel, whose backward on this machine's CPU is
+# 2.2-4.5x slower in bf16 than matmul-softmax-matmul at the small presets' shapes; calls that
+# need no gradient (serving, evaluation) keep PyTorch's choice, the fused kernel being faster at
+# batch 1. Empty: PyTorch chooses for training too.
+CPU_TRAINING_ATTENTION: tuple[SDPBackend, ...] = (SDPBackend.MATH,)
 
 
 @dataclass
@@ -208,9 +216,15 @@ class MultiHeadAttention(nn.Module):
                 else:
                     tri = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(s - t)
                     attn_mask = tri if mask is None else mask & tri
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal
-            )
+            if CPU_TRAINING_ATTENTION and q.requires_grad and q.device.type == "cpu":
+                with sdpa_kernel(list(CPU_TRAINING_ATTENTION)):
+                    out = F.scaled_dot_product_attention(
+                        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal
+                    )
+            else:
+                out = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal
+                )
         out = out.transpose(1, 2).reshape(b, t, d)  # (B, T, d)
         return self.out_proj(out), (k, v), logits
 

@@ -54,7 +54,10 @@ PRESET = Preset(
             n_heads=4,
             d_ff=512,
             n_layers=1,
-            dropout=0.1,
+            # No dropout: 1.46x faster steps (reports/retriever_step_attention_small.md) at equal
+            # test Hits@1/100 (served 0.2822 vs 0.2818, dense 0.2245 vs 0.2201, one seed:
+            # reports/retriever_dropout_small.md)
+            dropout=0.0,
             max_positions=128,
             embed_dim=128,
         ),
