@@ -86,13 +86,23 @@ class DialogueTokenizer:
     # --- encoding ----------------------------------------------------------------------------
 
     def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
-        """Piece ids of each text after normalisation (no special tokens)."""
+        """Piece ids of each text after normalisation (no special tokens).
+
+        Each distinct text is normalised and encoded once: a corpus's 3-turn contexts hold every
+        utterance up to three times (the 3-turn contexts and responses of DailyDialog's train
+        split: 244k texts, 70k distinct; encoding them took 10.4 s before, 6.7-7.7 s now)."""
         if not texts:
             return []
-        normalised = [normalize_text(t) for t in texts]
+        unique = list(dict.fromkeys(texts))
+        normalised = [normalize_text(t) for t in unique]
         if len(normalised) <= SEQUENTIAL_TEXTS:
-            return [self._tok.encode(t, add_special_tokens=False).ids for t in normalised]
-        return [e.ids for e in self._tok.encode_batch(normalised, add_special_tokens=False)]
+            ids = [self._tok.encode(t, add_special_tokens=False).ids for t in normalised]
+        else:
+            ids = [e.ids for e in self._tok.encode_batch(normalised, add_special_tokens=False)]
+        if len(unique) == len(texts):
+            return ids
+        by_text = dict(zip(unique, ids, strict=True))
+        return [list(by_text[t]) for t in texts]  # a list of its own per text, as before
 
     def encode_contexts(self, contexts: Sequence[Sequence[str]], max_len: int) -> list[list[int]]:
         """Each context's turns joined by ``<sep>``, keeping the last ``max_len`` ids."""

@@ -14,6 +14,7 @@ import torch
 
 from models.bundle import verify_bundle
 from models.decoding import sequence_log_likelihood
+from models.device import native_bf16
 from models.generator import GenerativeResponder, InputConfig
 from models.retriever import RetrievalResponder
 from models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
@@ -384,18 +385,24 @@ def test_bundle_teacher_samples_m_replies_and_scores_eq3_eq6(
     )
     ll, mi = teacher.score([["hi"], ["bye"]], ["hello .", "see you ."])
     # By hand from the model: LL = sum log p / (tokens + EOS); MI subtracts log mean_d P(r|d).
+    # The teacher scores under bf16 autocast where the CPU has native bf16, so the hand
+    # computation does too; one row instead of a padded batch of two rounds differently in bf16.
     tok, model = random_generator.tokenizer, random_generator.model
+    bf16 = native_bf16(torch.device("cpu"))
+    rel = 2e-3 if bf16 else 1e-5
     tgt_in, tgt_out = tok.decoder_io(tok.encode_responses(["hello ."], 10))
-    total, n = sequence_log_likelihood(
-        model, tok.pad(tok.encode_contexts([["hi"]], 12)), tgt_in, tgt_out
-    )
-    assert ll[0] == pytest.approx(total.item() / n.item(), rel=1e-5)
-    dummies = [tok.encode_contexts([["."]], 8)[0], [tok.unk_id], [tok.sep_id]]
-    log_p = [
-        sequence_log_likelihood(model, tok.pad([d]), tgt_in, tgt_out)[0].item() for d in dummies
-    ]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        total, n = sequence_log_likelihood(
+            model, tok.pad(tok.encode_contexts([["hi"]], 12)), tgt_in, tgt_out
+        )
+        dummies = [tok.encode_contexts([["."]], 8)[0], [tok.unk_id], [tok.sep_id]]
+        log_p = [
+            sequence_log_likelihood(model, tok.pad([d]), tgt_in, tgt_out)[0].item()
+            for d in dummies
+        ]
+    assert ll[0] == pytest.approx(total.item() / n.item(), rel=rel)
     prior = math.log(sum(math.exp(x) for x in log_p) / 3)
-    assert mi[0] == pytest.approx((total.item() - prior) / n.item(), rel=1e-5)
+    assert mi[0] == pytest.approx((total.item() - prior) / n.item(), rel=rel)
 
 
 def _tiny_hf_model(tmp: Path, kind: str) -> Path:

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from models.bundle import HF_ARCHITECTURES, read_manifest
 from models.decoding import DecodingConfig, sequence_log_likelihood
+from models.device import native_bf16
 from models.generator import GenerativeResponder
 from models.text import normalize_text
 
@@ -134,22 +135,27 @@ class BundleTeacher:
         r, tok, model = self.responder, self.responder.tokenizer, self.responder.model
         ll_out: list[float] = []
         mi_out: list[float] = []
-        for rows in batch_ranges(len(responses), self.batch_size):
-            src = r.encode_contexts([contexts[i] for i in rows])
-            ids = tok.encode_responses([responses[i] for i in rows], r.inputs.max_target_len)
-            tgt_in, tgt_out = (t.to(r.device) for t in tok.decoder_io(ids))
-            ll, n = sequence_log_likelihood(model, src, tgt_in, tgt_out)
-            dummies = torch.stack(
-                [
-                    sequence_log_likelihood(
-                        model, tok.pad([d] * len(rows), r.device), tgt_in, tgt_out
-                    )[0]
-                    for d in self._dummy_sources
-                ]
-            )
-            g_ll, g_mi = teacher_scores(ll, n, dummies)
-            ll_out += g_ll.tolist()
-            mi_out += g_mi.tolist()
+        # Matmuls in bf16 where the device has it natively, as training runs: 1.5x faster on this
+        # CPU for the 3,009 pairs of small's augmentation, per-token LL within 0.012 of fp32,
+        # Spearman 0.99998 (LL) and 0.9995 (MI) (reports/build_small.md, session 14); the
+        # log-softmax of sequence_log_likelihood stays in fp32.
+        with torch.autocast(r.device.type, dtype=torch.bfloat16, enabled=native_bf16(r.device)):
+            for rows in batch_ranges(len(responses), self.batch_size):
+                src = r.encode_contexts([contexts[i] for i in rows])
+                ids = tok.encode_responses([responses[i] for i in rows], r.inputs.max_target_len)
+                tgt_in, tgt_out = (t.to(r.device) for t in tok.decoder_io(ids))
+                ll, n = sequence_log_likelihood(model, src, tgt_in, tgt_out)
+                dummies = torch.stack(
+                    [
+                        sequence_log_likelihood(
+                            model, tok.pad([d] * len(rows), r.device), tgt_in, tgt_out
+                        )[0]
+                        for d in self._dummy_sources
+                    ]
+                )
+                g_ll, g_mi = teacher_scores(ll, n, dummies)
+                ll_out += g_ll.tolist()
+                mi_out += g_mi.tolist()
         return ll_out, mi_out
 
 
