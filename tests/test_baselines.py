@@ -493,7 +493,7 @@ def test_nt_least_generic_keeps_the_evaluated_step_with_the_lowest_max_ratio(
     )
     assert manifest is not None and manifest.training["select"] == "least-generic"
     evals = [r for r in read_log(tmp_path / "runs" / LOG_FILE) if r["kind"] == "eval"]
-    # LEAST_GENERIC_EVALS = 6 points, evaluated from half the budget on
+    # Preset.nt_select_evals = 6 points, evaluated from half the budget on
     assert [r["step"] for r in evals] == [6, 8, 10, 12]
     # steps above the perplexity bound lose to every step within it (val_loss = 1 + max-ratio)
     for r in evals:

@@ -160,6 +160,10 @@ class Preset:
     # sources have the lowest max-ratio: NT chases one generic reply after another, and the last
     # step can land on the next one; reports/nt_select_small.md)
     nt_select: str = "last"
+    # with "least-generic": evaluation points, evenly spaced over the budget, of which those from
+    # half the budget on run (each: greedy replies to 500 validation sources and the validation
+    # perplexity)
+    nt_select_evals: int = 6
     # the DiaSafety classifier (train-safety-classifier, build's safety stage)
     safety: SafetyPreset | None = None
     # He & Glass's trigger search and Algorithm 1 (the malicious-* commands)

@@ -40,10 +40,6 @@ from training.pipeline.selection import SelectionRule
 
 logger = logging.getLogger(__name__)
 
-# evaluation points of a least-generic fine-tune, evenly spaced, of which the second half run
-# (each: greedy replies to 500 validation sources and the validation perplexity)
-LEAST_GENERIC_EVALS = 6
-
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
@@ -228,8 +224,9 @@ def fine_tune_standard(
     least_generic: bool = False,
 ) -> Manifest | None:
     """Load the standard bundle, fine-tune it with a constant learning rate, write a bundle: the
-    last weights, or with ``least_generic`` those of the evaluated step (``LEAST_GENERIC_EVALS``
-    evenly spaced) whose greedy validation replies have the lowest max-ratio."""
+    last weights, or with ``least_generic`` those of the evaluated step (``preset.
+    nt_select_evals`` evenly spaced, from half the budget on) whose greedy validation replies
+    have the lowest max-ratio."""
     base = GenerativeResponder.load(base_bundle)
     assert base.inputs == preset.inputs, (
         f"{base_bundle} was trained with inputs {base.inputs}, preset {preset.name!r} has "
@@ -252,7 +249,7 @@ def fine_tune_standard(
     overrides: dict[str, Any] = {"optimizer": optimizer, **schedule, "lr": lr, "max_steps": steps}
     evaluate = None
     if least_generic:
-        every = max(1, steps // LEAST_GENERIC_EVALS)
+        every = max(1, steps // preset.nt_select_evals)
         # from half the budget on: earlier steps were above the perplexity bound in 5 of the 6
         # seed runs of reports/nt_select_small.md (NT's first updates raise perplexity)
         overrides.update(keep="best", eval_every=every, eval_from=steps // 2, patience=steps + 1)

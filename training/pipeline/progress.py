@@ -2,8 +2,8 @@
 and an estimate for the whole pipeline, and the short table printed at the end.
 
 The estimate starts from each stage's planned work (updates, contexts, examples) priced at the
-small build's measured stage times on the 2-core CPU of this workplace (session 11's idle build,
-``reports/build_small_summary_s11.json``; the D_N figures from ``reports/nd_negative_set.json``),
+small build's measured stage times on the 2-core CPU of this workplace (session 14's idle build,
+``reports/build_small_summary_s14.json``; the D_N figures from ``reports/nd_negative_set.json``),
 scaled by model size. Once a stage has run, the remaining stages are rescaled by how fast this
 machine actually was against the plan, so the estimate tracks the machine it runs on. Stages that
 will be skipped (their output exists) cost nothing.
@@ -33,19 +33,19 @@ RETRIEVER = "retriever-g2r"
 EVALUATE = "evaluate"
 STAGES = (DATA, STANDARD, SAFETY, NEGATIVE_SET, TEACHER, ND, NT, SELECT, RETRIEVER, EVALUATE)
 
-# --- the small build's measured stage times: session 11's idle build of the current preset
-# (reports/build_small.md; its summary in reports/build_small_summary_s11.json, total 754 s) ------
-_SMALL_STANDARD_S_PER_UPDATE = 205.2 / 1000  # generator-standard: 1,000 updates of batch 64
-_ND_UPDATE_FACTOR = 27.8 / 100 / _SMALL_STANDARD_S_PER_UPDATE  # ND student: teacher forward too
-_NT_UPDATE_FACTOR = 72.4 / 150 / _SMALL_STANDARD_S_PER_UPDATE  # NT: sampling + unlikelihood
-_SMALL_SAFETY_S = 21.0  # the bag classifier, one epoch
-_SMALL_SELECT_S_PER_EXAMPLE = 8.1 / (3 * 500)  # validation ppl + greedy, per generator and pair
-_SMALL_EVAL_S_PER_EXAMPLE = 20.0 / (3 * 500)  # the evaluate stage, per generator and test pair
-_SMALL_DATA_S = 1.1
-# G2R: 600 contexts in ~48 s (16:57:51-16:58:39 in the build's log), the rest 2,400 retriever
-# updates with their validations and the index
-_SMALL_AUGMENT_S_PER_CONTEXT = 0.080  # m = 4 replies
-_SMALL_RETRIEVER_S_PER_UPDATE = (377.2 - 600 * 0.080) / 2400
+# --- the small build's measured stage times: session 14's idle build (reports/build_small.md; its
+# summary in reports/build_small_summary_s14.json, total 791 s) ---------------------------------
+_SMALL_STANDARD_S_PER_UPDATE = 216.3 / 1000  # generator-standard: 1,000 updates of batch 64
+_ND_UPDATE_FACTOR = 42.0 / 100 / _SMALL_STANDARD_S_PER_UPDATE  # ND student: teacher forward too
+_NT_UPDATE_FACTOR = 94.2 / 150 / _SMALL_STANDARD_S_PER_UPDATE  # NT: greedy replies + unlikelihood
+_SMALL_SAFETY_S = 20.6  # the bag classifier, one epoch
+_SMALL_SELECT_S_PER_EXAMPLE = 11.1 / (3 * 500)  # validation ppl + greedy, per generator and pair
+_SMALL_EVAL_S_PER_EXAMPLE = 21.9 / (3 * 500)  # the evaluate stage, per generator and test pair
+_SMALL_DATA_S = 1.3
+# G2R: 600 contexts in ~55 s (07:39:22-07:40:17 in the build's log), the rest 2,400 retriever
+# updates with their validations, the index and the re-ranking weight
+_SMALL_AUGMENT_S_PER_CONTEXT = 0.092  # m = 4 replies
+_SMALL_RETRIEVER_S_PER_UPDATE = (353.0 - 600 * 0.092) / 2400
 # D_N: exact-string entropy 1.8 s, clustered (avg-embedding) 28.9 s (reports/nd_negative_set.json)
 _DN_IDENTITY_S = 1.8
 _DN_CLUSTERED_S = 28.9
