@@ -30,3 +30,9 @@ ln -sfn ../../artifacts/retriever-g2r artifacts-s14/ret-dropout-cmp/drop01-s0
 ln -sfn ../g2r-d-d0-s0 artifacts-s14/ret-dropout-cmp/drop0-s0
 $PY -m benchmarks.retriever_seeds --bundles artifacts-s14/ret-dropout-cmp --baseline drop01 \
     --out reports/retriever_dropout_small
+
+# 5. The timed small build (reports/build_small.md, session 14; renamed to artifacts/ runs/ after)
+#    and the served-quality report on it.
+/usr/bin/time -v $PY -m training build --preset small --data ../shared/data/dailydialog \
+    --out artifacts-s14e --runs runs-s14e
+OMP_NUM_THREADS=2 $PY -m benchmarks.quality_report --artifacts artifacts --out reports/quality_small
