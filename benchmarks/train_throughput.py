@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from models import seq2seq
 from models.tokenizer import DialogueTokenizer
 from training.config import get_preset
 from training.core.data import load_splits
@@ -94,28 +95,6 @@ def parse_config(name: str) -> dict[str, Any]:
 
 
 def run_config(
-    cfg: dict[str, Any],
-    pairs: PairSet,
-    model_cfg: Any,
-    train_cfg: Any,
-    *,
-    steps: int,
-    warmup: int,
-    peaks: dict[str, float],
-) -> dict[str, Any]:
-    from models import seq2seq
-
-    default_attention = seq2seq.CPU_TRAINING_ATTENTION
-    seq2seq.CPU_TRAINING_ATTENTION = () if cfg["fused_attention"] else default_attention
-    try:
-        return _run_config(
-            cfg, pairs, model_cfg, train_cfg, steps=steps, warmup=warmup, peaks=peaks
-        )
-    finally:
-        seq2seq.CPU_TRAINING_ATTENTION = default_attention
-
-
-def _run_config(
     cfg: dict[str, Any],
     pairs: PairSet,
     model_cfg: Any,
@@ -338,15 +317,17 @@ def main(argv: list[str] | None = None) -> int:
                 peaks[key] = matmul_peak(c["threads"], dtype)
     runs = []
     for c in configs:
-        r = run_config(
-            c,
-            pairs,
-            model_cfg,
-            preset.generator.train,
-            steps=args.steps,
-            warmup=args.warmup,
-            peaks=peaks,
-        )
+        kernels = () if c["fused_attention"] else seq2seq.CPU_TRAINING_ATTENTION
+        with seq2seq.cpu_training_attention(kernels):
+            r = run_config(
+                c,
+                pairs,
+                model_cfg,
+                preset.generator.train,
+                steps=args.steps,
+                warmup=args.warmup,
+                peaks=peaks,
+            )
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}))
         runs.append(r)
     from models.seq2seq import Seq2SeqTransformer

@@ -16,7 +16,8 @@ encoder, the decoder and the output projection (a common tie for dialogue models
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,6 +32,19 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 # need no gradient (serving, evaluation) keep PyTorch's choice, the fused kernel being faster at
 # batch 1. Empty: PyTorch chooses for training too.
 CPU_TRAINING_ATTENTION: tuple[SDPBackend, ...] = (SDPBackend.MATH,)
+
+
+@contextmanager
+def cpu_training_attention(kernels: tuple[SDPBackend, ...]) -> Iterator[None]:
+    """The block runs with ``kernels`` as :data:`CPU_TRAINING_ATTENTION` (``()``: PyTorch's own
+    choice), restored afterwards; for benchmarks that compare the kernels."""
+    global CPU_TRAINING_ATTENTION
+    before = CPU_TRAINING_ATTENTION
+    CPU_TRAINING_ATTENTION = kernels
+    try:
+        yield
+    finally:
+        CPU_TRAINING_ATTENTION = before
 
 
 @dataclass
