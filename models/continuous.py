@@ -318,6 +318,8 @@ class ContinuousDecoder:
                     [banned] = banned_ngram_tokens([rows[r].tokens], n)
                     if banned:
                         lp[j, banned] = float("-inf")
+                if rows[r].cfg.block_adjacent_repeats and rows[r].tokens:
+                    lp[j, rows[r].tokens[-1]] = float("-inf")
             choice = anti_lm_scores(
                 lp,
                 [rows[r].tokens for r in members],

@@ -9,6 +9,10 @@ check the cache and to measure what the cache buys). Options:
 * sampling: ``temperature``, ``top_k`` (Fan et al. 2018), ``top_p`` (nucleus, Holtzman et al. 2020);
 * ``no_repeat_ngram_size``: n-gram blocking (Paulus et al. 2018): a token that would repeat an
   n-gram already in the hypothesis is forbidden;
+* ``block_adjacent_repeats``: a token may not repeat the one just before it, so no word comes
+  twice in a row ("about about about a few days ."). Trigram blocking leaves such stutters
+  through, and anti-LM provokes them: it pushes the first tokens off the likely ones, and a small
+  model then repeats the unlikely word (reports/adjacent_repeats_small.md);
 * beam search ranks finished hypotheses by ``sum log p / length ** length_penalty``;
 * ``anti_lm``: MMI-antiLM (Li et al. 2016, "A Diversity-Promoting Objective Function for Neural
   Conversation Models", eq. 9-10): for the first ``anti_lm_steps`` tokens the choice is made on
@@ -46,6 +50,7 @@ class DecodingConfig:
     top_k: int = 0  # sampling only; 0 = no top-k filter
     top_p: float = 1.0  # sampling only; 1.0 = no nucleus filter
     no_repeat_ngram_size: int = 0  # 0 = off
+    block_adjacent_repeats: bool = False  # forbid the previous token (no word twice in a row)
     num_return_sequences: int = 1  # per source (sampling draws; beam returns the n best)
     use_cache: bool = True
     anti_lm: float = 0.0  # lambda of MMI-antiLM; 0 = off (module doc)
@@ -69,6 +74,8 @@ class DecodingConfig:
             raise ValueError("need temperature > 0, top_k >= 0 and 0 < top_p <= 1")
         if self.no_repeat_ngram_size < 0:
             raise ValueError("no_repeat_ngram_size must be >= 0")
+        if not isinstance(self.block_adjacent_repeats, bool):
+            raise ValueError("block_adjacent_repeats must be true or false")
         if not 0 <= self.anti_lm < 1 or self.anti_lm_steps < 0:
             raise ValueError("need 0 <= anti_lm < 1 and anti_lm_steps >= 0")
 
@@ -191,6 +198,12 @@ def banned_ngram_tokens(hypotheses: list[list[int]], n: int) -> list[list[int]]:
     return banned
 
 
+def _block_adjacent(scores: Tensor, generated: Tensor) -> None:
+    """Set each row's score of its previous token to -inf, in place (``generated`` excludes BOS)."""
+    if generated.size(1):
+        scores.scatter_(1, generated[:, -1:], float("-inf"))
+
+
 def _block_ngrams(scores: Tensor, generated: Tensor, n: int) -> None:
     """Set scores of n-gram-repeating tokens to -inf, in place; ``generated`` excludes BOS."""
     for row, tokens in enumerate(banned_ngram_tokens(generated.tolist(), n)):
@@ -216,12 +229,14 @@ def filter_top_k_top_p(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Te
 def _processed_log_probs(
     logits: Tensor, generated: Tensor, step: int, cfg: DecodingConfig, eos_id: int
 ) -> Tensor:
-    """Log-probabilities after the min-length and n-gram constraints."""
+    """Log-probabilities after the min-length, n-gram and adjacent-repeat constraints."""
     log_probs = logits.float().log_softmax(dim=-1)
     if step < cfg.min_length:
         log_probs[:, eos_id] = float("-inf")
     if cfg.no_repeat_ngram_size:
         _block_ngrams(log_probs, generated, cfg.no_repeat_ngram_size)
+    if cfg.block_adjacent_repeats:
+        _block_adjacent(log_probs, generated)
     return log_probs
 
 

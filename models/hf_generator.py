@@ -26,7 +26,8 @@ and decoded by ``transformers``' ``generate`` with our options mapped onto it: `
 ``do_sample=False, num_beams=1``; ``sample`` -> ``do_sample=True`` with temperature, top-k (0 = off)
 and top-p; ``beam`` -> ``num_beams=beam_size`` with ``length_penalty``; ``max_length`` ->
 ``max_new_tokens`` and ``min_length`` -> ``min_new_tokens`` (both count generated tokens, EOS
-included, as ours do); ``no_repeat_ngram_size`` as is. The model's own generation config keeps
+included, as ours do); ``no_repeat_ngram_size`` as is; ``block_adjacent_repeats`` by a logits
+processor of ours (:class:`AdjacentRepeatBlocker`). The model's own generation config keeps
 what is specific to it (forced BOS/EOS, decoder start), but never overrides these.
 
 ``transformers`` is an optional extra (``pip install -e '.[hf]'``), imported only here and only
@@ -110,9 +111,27 @@ def chat_messages(context: Sequence[str], system: str | None = None) -> list[dic
     return ([{"role": "system", "content": system}] if system else []) + messages
 
 
-def generate_kwargs(config: DecodingConfig, base: Any, pad_id: int, eos_id: Any) -> dict[str, Any]:
+class AdjacentRepeatBlocker:
+    """A ``generate`` logits processor for ``DecodingConfig.block_adjacent_repeats``: each row's
+    previous token gets -inf once the row has generated one (``prompt_length`` leading ids, the
+    prompt or the decoder start, are not the reply's)."""
+
+    def __init__(self, prompt_length: int) -> None:
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[1] > self.prompt_length:
+            scores = scores.scatter(1, input_ids[:, -1:], float("-inf"))
+        return scores
+
+
+def generate_kwargs(
+    config: DecodingConfig, base: Any, pad_id: int, eos_id: Any, prompt_length: int = 1
+) -> dict[str, Any]:
     """``generate`` arguments for our decoding config: a copy of the model's generation config
-    (``base``) with every option we own set, so none of its defaults changes our decoding."""
+    (``base``) with every option we own set, so none of its defaults changes our decoding.
+    ``prompt_length``: the ids ``generate`` passes to logits processors before the reply's first
+    (the prompt for a causal LM, the decoder start for an encoder-decoder)."""
     gc = copy.deepcopy(base)
     ours: dict[str, Any] = {
         "max_new_tokens": config.max_length,
@@ -136,7 +155,10 @@ def generate_kwargs(config: DecodingConfig, base: Any, pad_id: int, eos_id: Any)
         ours["min_length"] = 0
     for key, value in ours.items():
         setattr(gc, key, value)
-    return {"generation_config": gc}
+    kwargs: dict[str, Any] = {"generation_config": gc}
+    if config.block_adjacent_repeats:
+        kwargs["logits_processor"] = [AdjacentRepeatBlocker(prompt_length)]
+    return kwargs
 
 
 class HFGenerativeResponder:
@@ -281,7 +303,11 @@ class HFGenerativeResponder:
         out = self.model.generate(
             **enc,
             **generate_kwargs(
-                config, self.model.generation_config, tok.pad_token_id, list(self._eos_ids) or None
+                config,
+                self.model.generation_config,
+                tok.pad_token_id,
+                list(self._eos_ids) or None,
+                prompt_length=1 if self.seq2seq else enc["input_ids"].shape[1],
             ),
         )
         if not self.seq2seq:

@@ -51,6 +51,7 @@ _DECODING_OPTIONS = (
     "top_k",
     "top_p",
     "no_repeat_ngram_size",
+    "block_adjacent_repeats",
     "anti_lm",
     "anti_lm_steps",
 )

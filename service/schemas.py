@@ -12,6 +12,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StrictBool,
     Tag,
     create_model,
 )
@@ -185,6 +186,11 @@ class ResponseOptions(_Strict):
     )
     no_repeat_ngram_size: JsonInt = Field(
         default=None, ge=0, le=8, description="generative: n-grams a reply may not repeat; 0 = off"
+    )
+    block_adjacent_repeats: StrictBool | None = Field(
+        default=None,
+        description="generative: forbid a token right after the same token (no word twice in a "
+        "row); our generators and transformers ones",
     )
     anti_lm: JsonNumber = Field(
         default=None,

@@ -75,13 +75,21 @@ def test_mixed_configs_in_one_running_batch_match_generate(
         BLOCKED,
         DecodingConfig(max_length=1),
         DecodingConfig(max_length=20, no_repeat_ngram_size=1),
+        DecodingConfig(max_length=20, min_length=20, block_adjacent_repeats=True),
+        BLOCKED.with_overrides(block_adjacent_repeats=True),
     ]
-    out = decode_continuously(model, sources, configs, arrivals=[0, 1, 1, 2, 4, 4, 6, 7])
-    for got, src, cfg in zip(out, sources, configs, strict=True):
+    srcs = [*sources, *sources[:2]]  # the last two again, with the adjacent-repeat rule
+    out = decode_continuously(model, srcs, configs, arrivals=[0, 1, 1, 2, 4, 4, 6, 7, 3, 8])
+    for got, src, cfg in zip(out, srcs, configs, strict=True):
         # top_k=1 sampling is greedy (tests/test_decoding.py), so generate's greedy is the reference
         ref = cfg.with_overrides(strategy="greedy", top_k=0) if cfg.strategy == "sample" else cfg
         assert got.tokens[0] == alone(model, src, ref)[0]
     assert len(out[2].tokens[0]) >= 12 and len(out[6].tokens[0]) <= 1
+    unblocked = [
+        alone(model, srcs[i], configs[i].with_overrides(block_adjacent_repeats=False))[0]
+        for i in (8, 9)
+    ]
+    assert unblocked != [out[8].tokens[0], out[9].tokens[0]]  # the rule changed a reply
 
 
 def test_anti_lm_rows_beside_plain_ones_match_generate(

@@ -128,6 +128,43 @@ def test_no_repeat_ngram_blocks_repeats(model: Seq2SeqTransformer, src: torch.Te
         assert len(bigrams) == len(set(bigrams))
 
 
+def _adjacent_repeats(rows: list[list[int]]) -> int:
+    return sum(a == b for row in rows for a, b in itertools.pairwise(row))
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        DecodingConfig(max_length=30, min_length=30),
+        DecodingConfig(strategy="sample", max_length=30, min_length=30, temperature=0.7),
+        DecodingConfig(strategy="beam", beam_size=3, max_length=30, min_length=30),
+        DecodingConfig(max_length=30, min_length=30, anti_lm=0.8, anti_lm_steps=30),
+    ],
+    ids=["greedy", "sample", "beam", "anti-lm"],
+)
+def test_block_adjacent_repeats_forbids_a_token_right_after_itself(
+    model: Seq2SeqTransformer, src: torch.Tensor, cfg: DecodingConfig
+) -> None:
+    """The random model repeats tokens back to back without the rule, never with it; every
+    strategy applies it."""
+    prior = ContextFreePrior(model, torch.tensor([[9, 8, 7]])) if cfg.anti_lm else None
+
+    def run(block: bool) -> list[list[int]]:
+        g = torch.Generator().manual_seed(3)
+        on = cfg.with_overrides(block_adjacent_repeats=block)
+        return generate(model, src, on, generator=g, prior=prior).tokens
+
+    assert _adjacent_repeats(run(False)) > 0  # the rule has something to block
+    blocked = run(True)
+    assert _adjacent_repeats(blocked) == 0
+    assert all(len(t) == 30 for t in blocked)  # the length rules still hold
+
+
+def test_block_adjacent_repeats_must_be_a_bool() -> None:
+    with pytest.raises(ValueError, match="block_adjacent_repeats"):
+        DecodingConfig(block_adjacent_repeats="yes")  # type: ignore[arg-type]
+
+
 def test_banned_ngram_tokens_by_hand() -> None:
     # hypothesis 1 2 3 1 2: the bigram prefix "2" was followed by 3 -> 3 banned for n=2;
     # for n=3 the prefix "1 2" was followed by 3 -> 3 banned.

@@ -4,6 +4,7 @@ bundle as the G2R teacher. Tiny random-weight models built here (tests/hf_fixtur
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -127,6 +128,21 @@ def test_decoding_options_map_onto_generate(bundles: dict[str, Path]) -> None:
     assert len(out[2][0].tokens) == 3  # min_length = max_length: exactly 3 tokens
     assert all(len(r.tokens) <= 6 for row in out for r in row)
     assert stages == ["tokenize", "generate"] * 3  # one group per distinct config
+
+
+@pytest.mark.parametrize("kind", ["causal", "seq2seq"])
+def test_block_adjacent_repeats_reaches_generate(bundles: dict[str, Path], kind: str) -> None:
+    """Our logits processor keeps transformers' generate from repeating a token back to back,
+    only within the reply (the prompt's last token may open it)."""
+    gen = load_generator(bundles[kind])
+    long = DecodingConfig(max_length=12, min_length=12)
+
+    def repeats(cfg: DecodingConfig) -> int:
+        out = gen.reply_each(CONTEXTS, [cfg] * len(CONTEXTS))
+        return sum(a == b for r in out for a, b in itertools.pairwise(r[0].tokens))
+
+    assert repeats(long) > 0  # random weights stutter without the rule
+    assert repeats(long.with_overrides(block_adjacent_repeats=True)) == 0
 
 
 def test_chat_template_prompt_alternates_back_from_the_user(bundles: dict[str, Path]) -> None:

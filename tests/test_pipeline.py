@@ -285,14 +285,20 @@ def test_cli_set_decoding_changes_the_default_decoding_and_refuses_a_bad_one(
             timeout=120,
         )
 
-    proc = run("anti_lm=0.5", "anti_lm_steps=2")
+    proc = run("anti_lm=0.5", "anti_lm_steps=2", "block_adjacent_repeats=true")
     assert proc.returncode == 0, proc.stderr
     after = GenerativeResponder.load(bundle)  # verifies every checksum
     assert after.bundle_id == before.bundle_id
     assert (after.decoding.anti_lm, after.decoding.anti_lm_steps) == (0.5, 2)
+    assert after.decoding.block_adjacent_repeats is True
     assert after.decoding.no_repeat_ngram_size == before.decoding.no_repeat_ngram_size
     manifest = (bundle / "manifest.json").read_text()
-    for bad in (("anti_lm=1.5",), ("no_such_field=1",), ("strategy=nucleus",)):
+    for bad in (
+        ("anti_lm=1.5",),
+        ("no_such_field=1",),
+        ("strategy=nucleus",),
+        ("block_adjacent_repeats=yes",),
+    ):
         proc = run(*bad)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
         assert (bundle / "manifest.json").read_text() == manifest

@@ -68,6 +68,11 @@ def is_word(token: str) -> bool:
     return any(ch.isalnum() for ch in token)
 
 
+def has_adjacent_repeat(tokens: Sequence[str]) -> bool:
+    """A word (not punctuation) right after itself: "about about", "a little little bit"."""
+    return any(a == b and is_word(a) for a, b in itertools.pairwise(tokens))
+
+
 def ends_a_sentence(tokens: Sequence[str]) -> bool:
     """The last token, after any closing quotes or brackets, is final punctuation."""
     end = len(tokens)
@@ -108,9 +113,7 @@ class TeacherReplyFilter:
             return "too_long"
         if self.require_final_punct and not ends_a_sentence(tokens):
             return "no_final_punct"
-        if self.adjacent_repeat and any(
-            a == b and is_word(a) for a, b in itertools.pairwise(tokens)
-        ):
+        if self.adjacent_repeat and has_adjacent_repeat(tokens):
             return "adjacent_repeat"
         words = [t for t in tokens if is_word(t)]
         n = self.repeated_ngram
