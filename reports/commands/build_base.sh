@@ -61,3 +61,10 @@ for name, x in r.items():
         print(f"{name} {key}: {diff:+.4f} vs bi-encoder, SE of the difference {se:.4f}, z {diff / se:+.2f}")
 print(f"validation SE at p = 0.22, n = 2000: {math.sqrt(0.22 * 0.78 / 2000):.4f}")
 PYEOF
+
+# Session 15 (build at 3b92a1b, retrievers without dropout): the two retrievers on the test split.
+mkdir -p artifacts-s15/base-ret
+ln -sfn ../../artifacts-base/retriever-biencoder artifacts-s15/base-ret/biencoder-s0
+ln -sfn ../../artifacts-base/retriever-g2r artifacts-s15/base-ret/g2rd-s0
+$PY -m benchmarks.retriever_seeds --bundles artifacts-s15/base-ret --baseline biencoder \
+    --out reports/retrievers_base_s15
