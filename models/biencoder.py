@@ -16,7 +16,9 @@ encoded separately into ``embed_dim``-sized vectors and scored by their dot prod
 * The context and response encoders have separate weights by default (Humeau et al.); with
   ``shared=True`` one encoder serves both (half the parameters).
 * Because the layers match the generator's encoder, :meth:`BiEncoder.init_from_generator` can
-  warm-start both encoders from a trained generator of the same shape.
+  warm-start both encoders from a trained generator of the same shape; from a wider one,
+  :meth:`BiEncoder.init_embeddings_from_generator` starts the token embeddings from a PCA
+  projection of the generator's.
 """
 
 from __future__ import annotations
@@ -182,6 +184,37 @@ class BiEncoder(nn.Module):
                 encoder, state_dict, skip=("proj.",), into="bi-encoder", prefix=f"{prefix}."
             )
         return copied
+
+    @torch.no_grad()
+    def init_embeddings_from_generator(self, state_dict: Mapping[str, Tensor]) -> list[str]:
+        """Start both encoders' token embeddings from a generator's ``embed.weight`` (V, D) with
+        D >= d_model: the rows projected on their top ``d_model`` principal directions (PCA by
+        SVD of the centred table), so that words the generator placed together start together,
+        then scaled to the fresh initialisation's std (d_model^-1/2; the padding row stays 0).
+        Layers stay random. Returns the parameter names set."""
+        table = state_dict.get("embed.weight")
+        d = self.cfg.d_model
+        if table is None or table.shape[0] != self.cfg.vocab_size or table.shape[1] < d:
+            shape = None if table is None else tuple(table.shape)
+            raise ValueError(
+                f"generator embeddings {shape} cannot start a bi-encoder of vocabulary "
+                f"{self.cfg.vocab_size} and d_model {d}"
+            )
+        x = table.float()
+        x = x - x[1:].mean(dim=0)  # the padding row (id 0) is not a word
+        _, _, v = torch.linalg.svd(x[1:], full_matrices=False)  # rows of v: principal directions
+        projected = x @ v[:d].T  # (V, d)
+        projected *= d**-0.5 / projected[1:].std()
+        projected[self.cfg.pad_id] = 0.0
+        names = []
+        for prefix, encoder in (
+            ("context_encoder", self.context_encoder),
+            ("response_encoder", self.response_encoder),
+        ):
+            if encoder is not None:
+                encoder.embed.weight.copy_(projected)
+                names.append(f"{prefix}.embed.weight")
+        return names
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

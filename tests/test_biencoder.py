@@ -120,3 +120,29 @@ def test_init_from_generator_copies_the_encoder_stack() -> None:
     )
     with pytest.raises(ValueError, match="shape mismatch"):
         _model(d_ff=64).init_from_generator(gen.state_dict())
+
+
+def test_init_embeddings_from_a_wider_generator_keeps_its_geometry() -> None:
+    # A generator table of d=32 whose rows lie in a 16-dimensional subspace: PCA to d_model=16
+    # keeps every pairwise distance up to one scale (the rotation is free), and nothing else moves.
+    g = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(32, 16, generator=g))[0]  # (32, 16) orthonormal columns
+    table = torch.randn(50, 16, generator=g) @ basis.T  # (50, 32), rank 16
+    table[0] = 0.0
+    model = _model()
+    layers_before = model.context_encoder.layers[0].attn.qkv_proj.weight.clone()  # type: ignore[union-attr]
+    names = model.init_embeddings_from_generator({"embed.weight": table})
+    assert names == ["context_encoder.embed.weight", "response_encoder.embed.weight"]
+    emb = model.context_encoder.embed.weight
+    assert emb.shape == (50, 16) and bool((emb[0] == 0).all())
+    assert emb[1:].std().item() == pytest.approx(16**-0.5, rel=1e-4)
+    words = table[1:]
+    ratio = torch.cdist(emb[1:], emb[1:]) / torch.cdist(words, words).clamp(min=1e-6)
+    off_diagonal = ratio[~torch.eye(49, dtype=torch.bool)]
+    torch.testing.assert_close(off_diagonal, off_diagonal.mean().expand_as(off_diagonal))
+    torch.testing.assert_close(
+        model.context_encoder.layers[0].attn.qkv_proj.weight,  # type: ignore[union-attr]
+        layers_before,
+    )
+    with pytest.raises(ValueError, match="cannot start a bi-encoder"):
+        model.init_embeddings_from_generator({"embed.weight": torch.zeros(50, 8)})

@@ -40,6 +40,7 @@ from training.methods.g2r.losses import (
     distillation_cross_entropy,
     hits_at_k,
     hits_candidates,
+    symmetric_contrastive_cross_entropy,
 )
 from training.methods.g2r.teachers import BundleTeacher, teacher_scores
 
@@ -66,6 +67,23 @@ def test_contrastive_cross_entropy_matches_eq2_by_hand() -> None:
     assert expected == pytest.approx(0.680103, abs=1e-6)
     assert contrastive_cross_entropy(SCORES, POSITIVE, NEGATIVE).item() == pytest.approx(expected)
     assert RetrievalCrossEntropyLoss()(SCORES, POSITIVE, NEGATIVE).item() == pytest.approx(expected)
+
+
+def test_symmetric_cross_entropy_adds_the_response_to_context_direction_by_hand() -> None:
+    # Transposed, each response column picks its context. Column 0: positive context 0 (2),
+    # negative context 1 (0): log(1 + e^-2) = 0.126928. Column 1 is a positive of both contexts
+    # and has no negative: 0 for each of its two pairs. Column 2 is no one's positive.
+    # Backward mean over the 3 pairs = 0.042309; with the forward 0.680103: (sum) / 2 = 0.361206
+    backward = math.log(1 + math.exp(-2)) / 3
+    assert contrastive_cross_entropy(SCORES.T, POSITIVE.T, NEGATIVE.T).item() == pytest.approx(
+        backward
+    )
+    both = symmetric_contrastive_cross_entropy(SCORES, POSITIVE, NEGATIVE).item()
+    assert both == pytest.approx(0.361206, abs=1e-6)
+    loss, logs = G2RDistillationLoss(alpha=1.0, symmetric=True)(
+        SCORES, POSITIVE, NEGATIVE, TEACHER
+    )
+    assert loss.item() == pytest.approx(both) and set(logs) == {"ce"}
 
 
 def test_distillation_cross_entropy_matches_eq4_by_hand() -> None:

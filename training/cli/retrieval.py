@@ -82,8 +82,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--init-from",
         default="auto",
-        help="generator bundle to warm-start the encoders from; 'none' = random init; 'auto' "
-        "(default) = the teacher bundle when its encoder has the preset's shape",
+        help="generator bundle to warm-start the encoders from (its whole encoder when the "
+        "shapes match, else its token embeddings projected by PCA); 'none' = random init; "
+        "'auto' (default) = the teacher bundle when its encoder has the preset's shape",
     )
     p.add_argument(
         "--blocklist",

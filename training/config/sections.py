@@ -72,6 +72,8 @@ class RetrieverPreset:
     alpha: float = 0.9  # eq. 5 weight of L_CE against L_KD (paper: 0.9)
     temperature: float = 1.0  # eq. 4 (paper: 1)
     teacher_score: str = "ll"  # G(c, r): "ll" (eq. 3) or "mi" (eq. 6)
+    # eq. 2 in both directions (responses also pick their context; CLIP's loss, not G2R's)
+    symmetric_loss: bool = False
     val_examples: int = 0  # validation pairs for Hits@1/K and Hits@5/K (0 = all)
     hits_k: int = 100  # K: the gold plus K - 1 random responses of the split
     response_min_tokens: int = 1  # response-set length bounds (whitespace tokens, inclusive)

@@ -117,10 +117,15 @@ def train_retriever(
     model = BiEncoder(replace(preset.model, vocab_size=tokenizer.vocab_size))
     warm = None
     if init_from is not None:
+        # What fits: the whole encoder from a same-shaped generator, else its embeddings by PCA.
         state = load_state_dict(init_from, verify_bundle(init_from))
-        model.init_from_generator(state)
-        warm = str(init_from)
-        logger.info("bi-encoder warm-started from the generator %s", init_from)
+        if warm_start_matches(model.cfg, init_from, tokenizer.vocab_size):
+            model.init_from_generator(state)
+            warm = str(init_from)
+        else:
+            model.init_embeddings_from_generator(state)
+            warm = f"{init_from} (token embeddings, PCA to d_model={model.cfg.d_model})"
+        logger.info("bi-encoder warm-started from the generator %s", warm)
     cfg = replace(preset.train, seed=seed)
     lengths = trainset.context_lengths()
     alpha = preset.alpha if method == "g2r-dm" else 1.0
@@ -143,7 +148,9 @@ def train_retriever(
     )
     trainer = Trainer(
         model,
-        RetrievalObjective(G2RDistillationLoss(alpha, preset.temperature)),
+        RetrievalObjective(
+            G2RDistillationLoss(alpha, preset.temperature, symmetric=preset.symmetric_loss)
+        ),
         cfg,
         run_dir=run_dir,
         make_epoch=lambda epoch: bucketed_batches(
@@ -167,6 +174,7 @@ def train_retriever(
         "teacher_score": score if method == "g2r-dm" else None,
         "alpha": alpha,
         "temperature": preset.temperature,
+        "symmetric_loss": preset.symmetric_loss,
         "warm_start": warm,
         "steps": st.step,
         "best_step": st.best_step,

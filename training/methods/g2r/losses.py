@@ -57,21 +57,40 @@ class RetrievalCrossEntropyLoss(nn.Module):
         return contrastive_cross_entropy(scores, positive, negative)
 
 
+def symmetric_contrastive_cross_entropy(
+    scores: Tensor, positive: Tensor, negative: Tensor
+) -> Tensor:
+    """Eq. 2 in both directions, averaged: each context picks its positive among the responses
+    (eq. 2 as written) and each positive response picks its context among the batch's contexts
+    (eq. 2 on the transposed scores). The second direction is not in G2R; it is CLIP's
+    symmetric loss (Radford et al. 2021), free here since both use one (B, M) score matrix.
+    Random-negative columns are no one's positive, so they only ever act as negatives."""
+    forward = contrastive_cross_entropy(scores, positive, negative)
+    backward = contrastive_cross_entropy(scores.T, positive.T, negative.T)
+    return (forward + backward) / 2
+
+
 class G2RDistillationLoss(nn.Module):
     """Model-level G2R: alpha * L_CE (eq. 2) + (1 - alpha) * L_KD (eq. 4), i.e. eq. 5.
 
     With ``alpha = 1`` this is the data-level (and plain bi-encoder) objective and L_KD is skipped.
+    ``symmetric``: L_CE is :func:`symmetric_contrastive_cross_entropy` (both directions).
     """
 
-    def __init__(self, alpha: float = 0.9, temperature: float = 1.0) -> None:
+    def __init__(
+        self, alpha: float = 0.9, temperature: float = 1.0, symmetric: bool = False
+    ) -> None:
         super().__init__()
         assert 0.0 <= alpha <= 1.0 and temperature > 0, "need 0 <= alpha <= 1 and T > 0"
-        self.alpha, self.temperature = alpha, temperature
+        self.alpha, self.temperature, self.symmetric = alpha, temperature, symmetric
 
     def forward(
         self, scores: Tensor, positive: Tensor, negative: Tensor, teacher: Tensor
     ) -> tuple[Tensor, dict[str, float]]:
-        ce = contrastive_cross_entropy(scores, positive, negative)
+        ce_loss = (
+            symmetric_contrastive_cross_entropy if self.symmetric else contrastive_cross_entropy
+        )
+        ce = ce_loss(scores, positive, negative)
         if self.alpha == 1.0:
             return ce, {"ce": ce.item()}
         kd = distillation_cross_entropy(scores, teacher, positive, negative, self.temperature)
