@@ -681,3 +681,22 @@ def test_train_retriever_cli_loads_pairs_at_the_retrievers_context_length(
 
     retriever = get_preset("small").retriever
     assert retriever is not None and seen == [retriever.inputs.max_context_turns] == [3]
+
+
+def test_a_narrower_biencoder_starts_from_the_generators_embeddings(
+    tiny_generator: tuple[Path, Path], dailydialog_dir: Path
+) -> None:
+    """`--init-from auto` with a bi-encoder narrower than the teacher (small and base): the
+    layers cannot be copied, so the token embeddings start from the generator's by PCA."""
+    base, generator = tiny_generator
+    out = base / "artifacts" / "retriever-narrow"
+    argv = [
+        "train-retriever", "--method", "biencoder", "--teacher", str(generator),
+        "--preset", "tiny", "--data", str(dailydialog_dir), "--device", "cpu",
+        "--runs", str(base / "runs-narrow"), "--out", str(out), "--max-steps", "2",
+        "--set", "retriever.model.d_model=16", "--set", "retriever.model.d_ff=32",
+    ]  # fmt: skip
+    assert _cli(argv) == 0
+    manifest = verify_bundle(out)
+    assert manifest.model_config["biencoder"]["d_model"] == 16
+    assert manifest.training["warm_start"] == f"{generator} (token embeddings, PCA to d_model=16)"

@@ -96,6 +96,8 @@ def test_build_tiny_writes_a_g2r_retriever_that_answers(tiny_build: tuple[Path, 
     base, _ = tiny_build
     manifest = verify_bundle(base / "artifacts" / G2R_RETRIEVER)
     assert manifest.kind == "retriever" and manifest.training["method"] == "g2r-dm"
+    # tiny's bi-encoder has the tiny generator's encoder shape: the whole encoder is copied
+    assert manifest.training["warm_start"] == str(base / "artifacts" / STANDARD_GENERATOR)
     responder = RetrievalResponder.load(base / "artifacts" / G2R_RETRIEVER)
     (candidates,) = responder.respond([["hello , how are you ?"]], top_k=3)
     assert len(candidates) == 3 and all(isinstance(t, str) and t for t, _ in candidates)

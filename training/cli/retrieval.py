@@ -84,7 +84,7 @@ def add_parsers(sub: Any) -> None:
         default="auto",
         help="generator bundle to warm-start the encoders from (its whole encoder when the "
         "shapes match, else its token embeddings projected by PCA); 'none' = random init; "
-        "'auto' (default) = the teacher bundle when its encoder has the preset's shape",
+        "'auto' (default) = the teacher bundle when the preset warm-starts and it fits",
     )
     p.add_argument(
         "--blocklist",
@@ -168,7 +168,7 @@ def _augment(args: argparse.Namespace, ctx: Any) -> None:
 def _train_retriever(args: argparse.Namespace, ctx: Any) -> None:
     from models.bundle import read_manifest
     from models.tokenizer import DialogueTokenizer
-    from training.methods.g2r.job import DEFAULT_BLOCKLIST, build_retriever, warm_start_matches
+    from training.methods.g2r.job import DEFAULT_BLOCKLIST, build_retriever, warm_start_fits
     from training.pipeline.inputs import ensure_tokenizer, prepare_splits
 
     preset = _preset(args)
@@ -193,11 +193,11 @@ def _train_retriever(args: argparse.Namespace, ctx: Any) -> None:
         tokenizer = ensure_tokenizer(preset, splits, tok_path, ctx)
     init_from = _optional_path(args.init_from, None)
     if args.init_from == "auto" and teacher_bundle is not None and rp.warm_start:
-        if warm_start_matches(rp.model, teacher_bundle, tokenizer.vocab_size):
+        if warm_start_fits(rp.model, teacher_bundle, tokenizer.vocab_size):
             init_from = teacher_bundle
         else:
             shape = read_manifest(teacher_bundle).model_config.get("seq2seq", {})
-            logger.info("no warm start: the teacher's encoder %s differs from the preset's", shape)
+            logger.info("no warm start: the teacher %s cannot start the preset's encoders", shape)
     teacher_filter = _teacher_filter(args, rp)
     name = args.name or args.out.name
     manifest = build_retriever(

@@ -60,7 +60,8 @@ PRESET = Preset(
         random_negatives=64,
         val_examples=2000,
         response_max_tokens=40,
-        warm_start=False,
+        # the standard generator's token embeddings by PCA, as small (session 16)
+        warm_start=True,
         teacher_filter=TeacherReplyFilter(),
         # Data-level G2R, as small: at equal budgets on this build's shards, test Hits@1/100
         # G2R-D 0.2299 vs the bi-encoder's 0.2221, G2R-DM 0.2139 (eq. 3 LL) and 0.2105 (eq. 6 MI)

@@ -79,7 +79,10 @@ class RetrieverPreset:
     response_min_tokens: int = 1  # response-set length bounds (whitespace tokens, inclusive)
     response_max_tokens: int = 60
     index: IndexConfig = field(default_factory=IndexConfig)
-    warm_start: bool = True  # copy a same-shaped generator's encoder into both encoders
+    # start both encoders from a generator of ours (`build`: the standard one; `train-retriever
+    # --init-from auto`: the teacher bundle): its whole encoder when the shapes match, else its
+    # token embeddings projected by PCA (models/biencoder.py)
+    warm_start: bool = True
     # the quality bar teacher replies pass to enter D^G and R^G (None = every reply enters)
     teacher_filter: TeacherReplyFilter | None = None
     # what `build` trains: "g2r-dm" (data + model level, eq. 5) or "g2r-d" (data level only)

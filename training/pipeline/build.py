@@ -242,6 +242,8 @@ def build(
                 data_desc=data_desc,
                 augmentation_dir=paths.run_dir(preset, f"g2r-augment-{teacher.name}"),
                 teacher=teacher,
+                # the standard generator's encoder, or its token embeddings (RetrieverPreset)
+                init_from=standard if preset.retriever.warm_start else None,
                 resume=resume and RETRIEVER not in redo_set,
                 seed=seed,
             )

@@ -257,6 +257,17 @@ def warm_start_matches(cfg: BiEncoderConfig, bundle_dir: Path, vocab_size: int) 
     ) and g["n_encoder_layers"] >= cfg.n_layers
 
 
+def warm_start_fits(cfg: BiEncoderConfig, bundle_dir: Path, vocab_size: int) -> bool:
+    """True when ``bundle_dir`` is a generator that can start this bi-encoder at all: its whole
+    encoder (:func:`warm_start_matches`) or its token embeddings (same vocabulary, at least as
+    wide: :meth:`BiEncoder.init_embeddings_from_generator`)."""
+    manifest = read_manifest(bundle_dir)
+    if manifest.kind != "generator" or "seq2seq" not in manifest.model_config:
+        return False
+    g = manifest.model_config["seq2seq"]
+    return g["vocab_size"] == vocab_size and g["d_model"] >= cfg.d_model
+
+
 def build_retriever(
     *,
     method: Method,
