@@ -68,3 +68,19 @@ ln -sfn ../../artifacts-base/retriever-biencoder artifacts-s15/base-ret/biencode
 ln -sfn ../../artifacts-base/retriever-g2r artifacts-s15/base-ret/g2rd-s0
 $PY -m benchmarks.retriever_seeds --bundles artifacts-s15/base-ret --baseline biencoder \
     --out reports/retrievers_base_s15
+
+# Session 16 (88603e1): the retriever stage again, both retrievers starting from the standard
+# generator's token embeddings (PCA, RetrieverPreset.warm_start); the generators are kept. The
+# session-15 retrievers were copied to artifacts-s15/base-ret-s15 first.
+mkdir -p artifacts-s15/base-ret-s15
+[ -d artifacts-s15/base-ret-s15/retriever-g2r ] || \
+  cp -a artifacts-base/retriever-biencoder artifacts-base/retriever-g2r artifacts-s15/base-ret-s15/
+/usr/bin/time -v $PY -m training build --preset base --data ../shared/data/dailydialog \
+    --out artifacts-base --runs runs-base --redo retriever-g2r
+mkdir -p artifacts-s16/base-ret
+ln -sfn ../../artifacts-base/retriever-biencoder artifacts-s16/base-ret/biencoder-s0
+ln -sfn ../../artifacts-base/retriever-g2r artifacts-s16/base-ret/g2rd-s0
+ln -sfn ../../artifacts-s15/base-ret-s15/retriever-biencoder artifacts-s16/base-ret/biencoder15-s0
+ln -sfn ../../artifacts-s15/base-ret-s15/retriever-g2r artifacts-s16/base-ret/g2rd15-s0
+$PY -m benchmarks.retriever_seeds --bundles artifacts-s16/base-ret --baseline biencoder \
+    --out reports/retrievers_base_s16
