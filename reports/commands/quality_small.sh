@@ -37,3 +37,13 @@ $PY -m benchmarks.context_turns --evals runs-exp --runs runs-exp/small --out rep
 /usr/bin/time -v $PY -m training build --preset small --data ../shared/data/dailydialog --out artifacts-s11 --runs runs-s11
 mv artifacts artifacts-s10 && mv runs runs-s10 && mv artifacts-s11 artifacts && mv runs-s11 runs
 OMP_NUM_THREADS=2 $PY -m benchmarks.quality_report --artifacts artifacts --out reports/quality_small
+
+# Session 16 (0c9e68a): small's retriever again, warm-started from the standard generator's token
+# embeddings and trained with the symmetric eq. 2; the generators of session 14 kept. The
+# session-14 retriever was copied to artifacts-s16/small-ret-s14 first.
+mkdir -p artifacts-s16/small-ret-s14
+[ -d artifacts-s16/small-ret-s14/retriever-g2r ] || \
+  cp -a artifacts/retriever-g2r artifacts/serving.json artifacts-s16/small-ret-s14/
+/usr/bin/time -v $PY -m training build --preset small --data ../shared/data/dailydialog --out artifacts \
+    --runs runs --redo retriever-g2r
+OMP_NUM_THREADS=2 $PY -m benchmarks.quality_report --artifacts artifacts --out reports/quality_small
