@@ -77,10 +77,26 @@ mkdir -p artifacts-s15/base-ret-s15
   cp -a artifacts-base/retriever-biencoder artifacts-base/retriever-g2r artifacts-s15/base-ret-s15/
 /usr/bin/time -v $PY -m training build --preset base --data ../shared/data/dailydialog \
     --out artifacts-base --runs runs-base --redo retriever-g2r
-mkdir -p artifacts-s16/base-ret
-ln -sfn ../../artifacts-base/retriever-biencoder artifacts-s16/base-ret/biencoder-s0
-ln -sfn ../../artifacts-base/retriever-g2r artifacts-s16/base-ret/g2rd-s0
+# (kept in artifacts-s16/base-ret-warm before the symmetric-loss stage below replaced them)
+mkdir -p artifacts-s16/base-ret artifacts-s16/base-ret-warm
+[ -d artifacts-s16/base-ret-warm/retriever-g2r ] || \
+  cp -a artifacts-base/retriever-biencoder artifacts-base/retriever-g2r artifacts-s16/base-ret-warm/
+ln -sfn ../base-ret-warm/retriever-biencoder artifacts-s16/base-ret/biencoder-s0
+ln -sfn ../base-ret-warm/retriever-g2r artifacts-s16/base-ret/g2rd-s0
 ln -sfn ../../artifacts-s15/base-ret-s15/retriever-biencoder artifacts-s16/base-ret/biencoder15-s0
 ln -sfn ../../artifacts-s15/base-ret-s15/retriever-g2r artifacts-s16/base-ret/g2rd15-s0
 $PY -m benchmarks.retriever_seeds --bundles artifacts-s16/base-ret --baseline biencoder \
     --out reports/retrievers_base_s16
+
+# Session 16, later (after reports/retriever_symmetric_base.md: the bi-encoder with the symmetric
+# eq. 2 reached 0.3017 dense): the retriever stage once more with RetrieverPreset.symmetric_loss
+# on in base, then both retrievers on the test split against the warm-start-only ones.
+/usr/bin/time -v $PY -m training build --preset base --data ../shared/data/dailydialog \
+    --out artifacts-base --runs runs-base --redo retriever-g2r
+mkdir -p artifacts-s16/base-ret-sym
+ln -sfn ../../artifacts-base/retriever-biencoder artifacts-s16/base-ret-sym/biencodersym-s0
+ln -sfn ../../artifacts-base/retriever-g2r artifacts-s16/base-ret-sym/g2rdsym-s0
+ln -sfn ../base-ret-warm/retriever-biencoder artifacts-s16/base-ret-sym/biencoder-s0
+ln -sfn ../base-ret-warm/retriever-g2r artifacts-s16/base-ret-sym/g2rd-s0
+$PY -m benchmarks.retriever_seeds --bundles artifacts-s16/base-ret-sym --baseline biencoder \
+    --out reports/retrievers_base_s16_sym

@@ -86,7 +86,7 @@ PRESET = Preset(
         random_negatives=16,
         # eq. 2 in both directions (CLIP's loss, not G2R's), on top of the warm start: three seeds
         # each higher, served test Hits@1/100 0.3103 vs 0.3030 (z +1.43), dense 0.2679 vs 0.2566
-        # (reports/retriever_symmetric_seeds_small.md), at no cost per step. `base` keeps G2R's eq. 2.
+        # (reports/retriever_symmetric_seeds_small.md), at no cost per step. `paper` keeps G2R's eq. 2.
         symmetric_loss=True,
         val_examples=1000,
         response_max_tokens=40,
