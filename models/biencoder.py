@@ -201,10 +201,12 @@ class BiEncoder(nn.Module):
                 f"{self.cfg.vocab_size} and d_model {d}"
             )
         x = table.float()
-        x = x - x[1:].mean(dim=0)  # the padding row (id 0) is not a word
-        _, _, v = torch.linalg.svd(x[1:], full_matrices=False)  # rows of v: principal directions
+        words = torch.ones(x.shape[0], dtype=torch.bool)
+        words[self.cfg.pad_id] = False  # the padding row is not a word
+        x = x - x[words].mean(dim=0)
+        _, _, v = torch.linalg.svd(x[words], full_matrices=False)  # rows of v: principal directions
         projected = x @ v[:d].T  # (V, d)
-        projected *= d**-0.5 / projected[1:].std()
+        projected *= d**-0.5 / projected[words].std()
         projected[self.cfg.pad_id] = 0.0
         names = []
         for prefix, encoder in (
