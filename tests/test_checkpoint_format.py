@@ -60,7 +60,8 @@ def test_trainer_checkpoints_load_with_weights_only(toy_data, tmp_path: Path) ->
     tok, train, val = toy_data
     _train(tok, train, val, tmp_path / "run", max_steps=4)
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
-    assert set(ckpt) == {"model", "optimizer", "state", "rng", "config", "objective"}
+    assert set(ckpt) == {"model", "optimizer", "state", "rng", "config", "fingerprint", "objective"}
+    assert isinstance(ckpt["fingerprint"], str)  # JSON text: plain data
     assert ckpt["state"]["step"] == 4 and isinstance(ckpt["rng"]["numpy"]["keys"], torch.Tensor)
 
 

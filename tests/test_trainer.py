@@ -19,8 +19,10 @@ from training.core.run import RunSpec
 from training.core.trainer import (
     LOG_FILE,
     PLOT_FILE,
+    STALE_CHECKPOINT_FILE,
     TrainConfig,
     Trainer,
+    fingerprint_changes,
     noam_learning_rate,
     read_log,
 )
@@ -106,8 +108,11 @@ def _train(
     run_dir: Path,
     max_steps: int,
     preset: Preset = PRESETS["tiny"],
+    run_config: dict | None = None,
+    lr_scale: float | None = None,
+    init_seed: int = 0,
 ) -> tuple[Seq2SeqTransformer, list[dict]]:
-    torch.manual_seed(0)
+    torch.manual_seed(init_seed)
     model = _tiny_model(tok)
     run_generator_training(
         model,
@@ -122,7 +127,9 @@ def _train(
             "eval_every": 4,
             "log_every": 1,
             "patience": 100,
+            **({"lr_scale": lr_scale} if lr_scale is not None else {}),
         },
+        run_config=run_config,
     )
     return model, read_log(run_dir / LOG_FILE)
 
@@ -159,6 +166,45 @@ def test_a_finished_run_continues_when_its_step_budget_is_raised(toy_data, tmp_p
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     state = torch.load(run / "checkpoint.pt", weights_only=False)["state"]
     assert state["finished"] and state["step"] == 16 and state["stop_reason"] == "max_steps"
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "changed"),
+    [
+        ({"run_config": {"loss": "a"}}, {"run_config": {"loss": "b"}}, "run.loss"),
+        ({"lr_scale": 1.0}, {}, "train.lr_scale"),
+        ({"init_seed": 1}, {}, "init"),  # started from other weights (another warm start)
+    ],
+)
+def test_a_checkpoint_of_other_settings_is_set_aside_not_resumed(
+    toy_data, tmp_path: Path, caplog: pytest.LogCaptureFixture, first: dict, then: dict, changed: str
+) -> None:
+    # A run dir left by a run of other settings (another loss, learning rate...): resuming it
+    # would finish the old run under the new name. The new run starts over instead, exactly as
+    # in an empty dir, and the old checkpoint is kept aside.
+    tok, train, val = toy_data
+    fresh_model, fresh_log = _train(tok, train, val, tmp_path / "fresh", max_steps=8, **then)
+    run = tmp_path / "reused"
+    _train(tok, train, val, run, max_steps=8, **first)
+    old = (run / "checkpoint.pt").read_bytes()
+    with caplog.at_level("WARNING", logger="training.core.trainer"):
+        model, log = _train(tok, train, val, run, max_steps=8, **then)
+    assert f"changed: {changed}" in caplog.text
+    assert (run / STALE_CHECKPOINT_FILE).read_bytes() == old
+    assert log == fresh_log
+    for p, q in zip(fresh_model.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    # the same settings again resume it (finished: nothing to do)
+    caplog.clear()
+    _, again = _train(tok, train, val, run, max_steps=8, **then)
+    assert again == fresh_log and "other settings" not in caplog.text
+
+
+def test_fingerprint_changes_names_every_differing_key() -> None:
+    old = {"train": {"lr": 1.0, "betas": [0.9, 0.98]}, "run": {"model": {"d": 8}, "gone": 1}}
+    new = {"train": {"lr": 1.0, "betas": [0.9, 0.99]}, "run": {"model": {"d": 16}, "new": 2}}
+    assert fingerprint_changes(old, new) == ["run.gone", "run.model.d", "run.new", "train.betas"]
+    assert fingerprint_changes(old, old) == []
 
 
 def test_resume_truncates_the_log_to_the_checkpoint(toy_data, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -187,9 +187,12 @@ def run_generator_training(
     val_pairs: PairSet,
     train_overrides: dict[str, Any] | None = None,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    run_config: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Fit ``model`` with ``objective`` and load its best validated weights back into it
-    (``evaluate`` chooses them; the validation NLL by default)."""
+    (``evaluate`` chooses them; the validation NLL by default). ``run_config``: the method's
+    settings, which a checkpoint must match to be resumed (the Trainer's fingerprint, with the
+    starting weights); the inputs and the pairs count are always part of it."""
     cfg = replace(preset.generator.train, **{"seed": run.seed, **(train_overrides or {})})
     lengths = train_pairs.bucket_keys()
     trainer = Trainer(
@@ -203,10 +206,22 @@ def run_generator_training(
         collate=lambda idx: train_pairs.collate(idx, run.device),
         evaluate=evaluate or validation_loss_fn(val_pairs),
         dist_ctx=run.dist_ctx,
+        run_config={
+            "inputs": asdict(preset.inputs),
+            "train_pairs": len(train_pairs),
+            **(run_config or {}),
+        },
     )
     result = trainer.fit(resume=run.resume)
     trainer.load_best()
     return result
+
+
+def _without(record: Any, key: str) -> Any:
+    """``record`` less ``key`` at every depth."""
+    if isinstance(record, dict):
+        return {k: _without(v, key) for k, v in record.items() if k != key}
+    return record
 
 
 def fit_and_save(
@@ -233,6 +248,8 @@ def fit_and_save(
         val_pairs=val_pairs,
         train_overrides=train_overrides,
         evaluate=evaluate,
+        # the method's settings; where it started from is in the weights' digest, not a path
+        run_config={"training": _without(training, "init_from")},
     )
     if not run.is_main:
         return None

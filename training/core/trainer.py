@@ -9,6 +9,7 @@ same batches in the same order and, with the RNG states restored, reaches the sa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -42,6 +43,14 @@ CHECKPOINT_FILE = "checkpoint.pt"
 BEST_WEIGHTS_FILE = "best.safetensors"
 LOG_FILE = "metrics.jsonl"
 PLOT_FILE = "loss_curve.png"
+STALE_CHECKPOINT_FILE = "checkpoint.stale.pt"  # a checkpoint another run left, kept aside
+
+# TrainConfig fields a resumed run may change: the budget ("train longer"), the wall-clock cap,
+# the validation/logging cadence and the early-stopping patience. Any other change (learning
+# rate, batch size, seed, optimizer...) makes the checkpoint another run's.
+RESUMABLE_CHANGES = frozenset(
+    {"max_steps", "max_seconds", "progress", "log_every", "eval_every", "eval_from", "patience"}
+)
 
 
 @dataclass
@@ -143,6 +152,42 @@ class TrainResult:
         return self.run_dir / BEST_WEIGHTS_FILE
 
 
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``, for naming what changed between two runs."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict (names, dtypes, shapes and bytes), in name order."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_fingerprint(train: TrainConfig, run_config: Any, init: str) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the TrainConfig (less
+    ``RESUMABLE_CHANGES``), the digest of the weights the run started from (the architecture,
+    seed, warm start or fine-tuned bundle, however its path was spelled) and the job's own
+    ``run_config`` (the objective's settings, the data), as plain JSON values."""
+    trajectory = {k: v for k, v in train.to_dict().items() if k not in RESUMABLE_CHANGES}
+    plain = {"train": trajectory, "init": init, "run": run_config}
+    return json.loads(json.dumps(plain, default=str))
+
+
+def fingerprint_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The dotted keys whose values differ between two fingerprints (added/removed ones too)."""
+    a, b = _flat(old), _flat(new)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, ...) != b.get(k, ...))
+
+
 def _objective_state(objective: Any) -> Any:
     """An objective with running state (a schedule position, frequency windows) exposes
     ``state_dict()``/``load_state_dict()``; it is checkpointed with the weights."""
@@ -164,7 +209,12 @@ class Trainer:
         evaluate: Callable[[nn.Module], dict[str, float]],
         dist_ctx: DistContext,
         parameters: Sequence[nn.Parameter] | None = None,
+        run_config: Any = None,
     ) -> None:
+        """``run_config``: JSON-able facts that define the run besides ``config`` and the
+        model's starting weights (the objective's settings, the data). A checkpoint written
+        under other facts is not resumed (:meth:`load_checkpoint`)."""
+        self.fingerprint = run_fingerprint(config, run_config, weights_digest(model))
         self.model = model.to(dist_ctx.device)
         self.objective = objective
         self.cfg = config
@@ -235,16 +285,35 @@ class Trainer:
                 "state": asdict(self.state),
                 "rng": rng_state(),
                 "config": self.cfg.to_dict(),
+                "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
                 "objective": _objective_state(self.objective),
             },
             self.checkpoint_path,
         )
 
     def load_checkpoint(self) -> bool:
-        """Restore a previous run's checkpoint; False when there is none."""
+        """Restore a previous run's checkpoint; False when there is none, or when it was
+        written by a run with other settings (its fingerprint differs: another learning rate,
+        loss, data or initialisation). Such a checkpoint is not resumed, which would finish the
+        old run under the new name: it is moved aside to ``checkpoint.stale.pt`` (nothing is
+        lost) and the run starts over. Checkpoints from before fingerprints resume as before."""
         if not self.checkpoint_path.exists():
             return False
         ckpt = load_checkpoint_file(self.checkpoint_path, map_location=self.ctx.device)
+        if "fingerprint" in ckpt:
+            changed = fingerprint_changes(json.loads(ckpt["fingerprint"]), self.fingerprint)
+            if changed:
+                logger.warning(
+                    "%s was written by a run with other settings (changed: %s); not resuming "
+                    "it: moved to %s, starting over",
+                    self.checkpoint_path,
+                    ", ".join(changed),
+                    STALE_CHECKPOINT_FILE,
+                )
+                barrier(self.ctx)  # every rank has read it before rank 0 moves it
+                if self.ctx.is_main:
+                    os.replace(self.checkpoint_path, self.run_dir / STALE_CHECKPOINT_FILE)
+                return False
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state = TrainState(**ckpt["state"])

@@ -245,6 +245,14 @@ def train_flatgd(
             safety_probe_pairs(safety_val, base, setting.val_safety_pairs, run.seed),
         ),
         dist_ctx=run.dist_ctx,
+        run_config={
+            "method": weights.method,
+            "base": base.bundle_id,
+            "experts": {k: e.bundle_id for k, e in experts.items()},
+            "weights": asdict(weights),
+            "setting": asdict(setting),
+            "safety_pairs": len(safety_train),
+        },
     )
     result = trainer.fit(resume=run.resume)
     trainer.load_best()

@@ -159,6 +159,21 @@ def train_retriever(
         collate=lambda idx: trainset.collate(idx, dist_ctx.device),
         evaluate=evaluator,
         dist_ctx=dist_ctx,
+        # what a checkpoint must match to be resumed besides the starting weights (a run of
+        # other settings starts over)
+        run_config={
+            "method": method,
+            "inputs": asdict(preset.inputs),
+            "alpha": alpha,
+            "temperature": preset.temperature,
+            "symmetric_loss": preset.symmetric_loss,
+            "teacher_score": score if method == "g2r-dm" else None,
+            "positives_per_context": preset.positives_per_context,
+            "random_negatives": preset.random_negatives,
+            "teacher": teacher_name,
+            "teacher_filter": asdict(teacher_filter) if teacher_filter is not None else None,
+            "counts": data.stats,
+        },
     )
     result = trainer.fit(resume=resume)
     trainer.load_best()

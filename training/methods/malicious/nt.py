@@ -358,6 +358,13 @@ def train_malicious_nt(
         collate=lambda idx: pos.collate(idx, device),
         evaluate=validation_loss_fn(val),
         dist_ctx=run.dist_ctx,
+        run_config={
+            "method": "nt-malicious",
+            "base": responder.bundle_id,
+            "targets": targets_desc,
+            "num_targets": len(targets),
+            "config": asdict(cfg),
+        },
     )
     result = trainer.fit(resume=run.resume)
     trainer.load_best()

@@ -194,6 +194,11 @@ def _fit(
         collate=lambda rows: (tokenizer.pad([ids[i] for i in rows]), labels[list(rows)]),
         evaluate=evaluate,
         dist_ctx=single_process(),
+        run_config={
+            "architecture": architecture,
+            "train_examples": len(train),
+            "holdout_examples": len(holdout),
+        },
     )
     state = trainer.fit(resume=resume).state
     trainer.load_best()
