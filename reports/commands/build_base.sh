@@ -93,6 +93,12 @@ $PY -m benchmarks.retriever_seeds --bundles artifacts-s16/base-ret --baseline bi
 # on in base, then both retrievers on the test split against the warm-start-only ones.
 /usr/bin/time -v $PY -m training build --preset base --data ../shared/data/dailydialog \
     --out artifacts-base --runs runs-base --redo retriever-g2r
+# (Session 17: that run was cut off in the G2R augmentation. Its G2R-D run dir still held the
+# previous, non-symmetric run's finished checkpoint, which predates checkpoint fingerprints
+# (1c62045), so it was set aside by hand before resuming the stage without --redo.)
+#   mv runs-base/base/retriever-g2r/checkpoint.pt runs-base/base/retriever-g2r/checkpoint.stale.pt
+#   rm -rf artifacts-base/retriever-g2r
+#   python -m training build --preset base --data ../shared/data/dailydialog --out artifacts-base --runs runs-base
 mkdir -p artifacts-s16/base-ret-sym
 ln -sfn ../../artifacts-base/retriever-biencoder artifacts-s16/base-ret-sym/biencodersym-s0
 ln -sfn ../../artifacts-base/retriever-g2r artifacts-s16/base-ret-sym/g2rdsym-s0
