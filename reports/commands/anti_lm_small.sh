@@ -26,3 +26,9 @@ for g in artifacts-al/generator-*; do
   $PY -m training set-decoding --bundle "$g" --set anti_lm=0.55 --set anti_lm_steps=3
 done
 OMP_NUM_THREADS=2 $PY -m benchmarks.quality_report --artifacts artifacts-al --out reports/quality_small
+
+# Session 17: step 1 again on the NT bundle the small build serves now (session 14's,
+# generator-nt@d79b5ae5): the rule would pick lambda 0.25 on 5 tokens; small keeps 0.55 / 3
+# (training/config/small.py says why).
+$PY -m benchmarks.anti_lm --bundle artifacts/generator-nt --split validation --max-examples 1000 \
+    --weights 0.25,0.4,0.55,0.7,0.8 --steps 1,2,3,5 --out reports/anti_lm_small_val_s17

@@ -136,7 +136,11 @@ PRESET = Preset(
     # MMI-antiLM (models/decoding.py) on the first 3 tokens at lambda 0.55: on 1,000 validation
     # contexts the served NT model's greedy Dist-2 1.54x, BLEU-4 1.14x, max-ratio 0.54x plain
     # greedy's, its replies as likely under the model (log p/token -0.03); the most diverse setting
-    # within those bounds (reports/anti_lm_small_val.md). base and paper keep plain greedy, as
+    # within those bounds (reports/anti_lm_small_val.md). Re-run on the session-14 NT bundle now
+    # served, the same rule would pick lambda 0.25 on 5 tokens (Dist-2 1.23x): 0.55 / 3 gives
+    # it Dist-2 1.49x and max-ratio 0.53x but BLEU-4 0.92x and log p/token -0.11, outside those
+    # bounds (reports/anti_lm_small_val_s17.md); kept for the less generic replies that small
+    # serves, the gap stated. base and paper keep plain greedy, as
     # the papers decode. No token twice in a row: anti-LM made 5.5% of the served model's test
     # replies stutter ("about about about a few days ."; references: 0.1%); blocking them changed
     # Dist-2 and BLEU-4 by < 2% and raised the replies' log p/token
