@@ -106,3 +106,12 @@ ln -sfn ../base-ret-warm/retriever-biencoder artifacts-s16/base-ret-sym/biencode
 ln -sfn ../base-ret-warm/retriever-g2r artifacts-s16/base-ret-sym/g2rd-s0
 $PY -m benchmarks.retriever_seeds --bundles artifacts-s16/base-ret-sym --baseline biencoder \
     --out reports/retrievers_base_s16_sym
+
+# Session 17, last: base's retrievers get 3,000 updates (reports/retrievers_base_3000.md). The
+# build's two retriever bundles were removed and the stage resumed: both runs continue from their
+# 2,500-update checkpoints (the same weights as a 3,000-update budget from the start). From here
+# artifacts-base holds the 3,000-update retrievers; the symlinks above that point into it now
+# read those.
+#   rm -rf artifacts-base/retriever-biencoder artifacts-base/retriever-g2r
+/usr/bin/time -v $PY -m training build --preset base --data ../shared/data/dailydialog \
+    --out artifacts-base --runs runs-base

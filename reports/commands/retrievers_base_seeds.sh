@@ -21,7 +21,11 @@ for seed in 1 2; do
   ln -sfn ../biencoder-s$seed $OUT/cmp/biencoder-s$seed
   ln -sfn ../g2rd-s$seed $OUT/cmp/g2rd-s$seed
 done
-ln -sfn ../../../artifacts-base/retriever-biencoder $OUT/cmp/biencoder-s0
-ln -sfn ../../../artifacts-base/retriever-g2r $OUT/cmp/g2rd-s0
+# seed 0 at 2,500 updates: the build's pair as it was then (artifacts-base has held 3,000-update
+# retrievers since; reports/retrievers_base_3000.md). The bi-encoder's weights are those of
+# retriever_symmetric_base.sh's run (equal sha256); G2R-D's 3,000-update continuation kept its
+# step-2,500 weights (same bundle id, d51f5094).
+ln -sfn ../../../artifacts-s16/base-sym/biencodersym-s0 $OUT/cmp/biencoder-s0
+ln -sfn ../../base-3000/g2rd-s0 $OUT/cmp/g2rd-s0
 $PY -m benchmarks.retriever_seeds --bundles $OUT/cmp --baseline biencoder \
     --out reports/retrievers_base_seeds

@@ -1,0 +1,238 @@
+"""Where a retriever's batch-1 time goes as served: tokenize, encode, search (HNSW + re-rank).
+
+The quality report times the whole served path (``RetrievalResponder.respond``) against greedy
+generation; this one splits it by the responder's own stage observer and, for the search stage,
+times the HNSW top-K the re-ranker starts from at several efSearch values, with what a smaller
+efSearch costs in agreement: the share of contexts whose *served* top-1 reply stays the one the
+bundle's efSearch gives, and the recall of its K candidates. Every row runs in interleaved rounds
+over the same seeded test contexts (machine load hits all alike); speed-ups are against the
+served path of the same run.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.retrieval_stages \\
+        --bundle artifacts-base/retriever-biencoder --out reports/retrieval_stages_base
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks import write_report
+from benchmarks.latency import machine_description, recall_at_k, set_threads
+from benchmarks.quality_report import seeded_indices
+from benchmarks.retrieval import DEFAULT_DATA
+from models.retriever import RetrievalResponder
+from training.core.data import load_dailydialog
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("tokenize", "encode", "search")
+
+
+def stage_times(
+    responder: RetrievalResponder, contexts: Sequence[Sequence[str]], rounds: int
+) -> dict[str, dict[str, float]]:
+    """Mean and p50 ms of each served stage and of the whole ``respond`` call (top-1)."""
+    seconds: dict[str, list[float]] = defaultdict(list)
+
+    def observe(stage: str, s: float) -> None:
+        seconds[stage].append(s)
+
+    for context in contexts[:3]:  # warm-up
+        responder.respond([context], 1)
+    for _ in range(rounds):
+        for context in contexts:
+            start = time.perf_counter()
+            responder.respond([context], 1, on_stage=observe)
+            seconds["total"].append(time.perf_counter() - start)
+    return {k: _summary(v) for k, v in seconds.items()}
+
+
+def _summary(seconds: Sequence[float]) -> dict[str, float]:
+    ms = [1e3 * s for s in seconds]
+    return {"mean_ms": statistics.fmean(ms), "p50_ms": statistics.median(ms)}
+
+
+def timed(fn: Callable[[Any], Any], items: Sequence[Any], rounds: int) -> dict[str, float]:
+    for item in items[:3]:
+        fn(item)
+    seconds = []
+    for _ in range(rounds):
+        for item in items:
+            start = time.perf_counter()
+            fn(item)
+            seconds.append(time.perf_counter() - start)
+    return _summary(seconds)
+
+
+def ef_sweep(
+    responder: RetrievalResponder,
+    contexts: Sequence[Sequence[str]],
+    agreement_contexts: Sequence[Sequence[str]],
+    efs: Sequence[int],
+    rounds: int,
+) -> list[dict[str, Any]]:
+    """Per efSearch: HNSW top-K time (K = the re-ranker's candidates, or 1 without one), the
+    served top-1 agreement with the bundle's efSearch and the candidates' recall@K."""
+    reranker = responder.reranker
+    k = reranker.candidates if reranker is not None and reranker.weight > 0 else 1
+    bundle_ef = responder.index.config.ef_search
+    embeddings = [responder.embed(responder.encode_contexts([c])) for c in contexts]
+    agree_emb = responder.embed(responder.encode_contexts(agreement_contexts))
+
+    def served_top1() -> list[str]:
+        hits = responder.search(agree_emb, 1, agreement_contexts)
+        return [h[0][0] if h else "" for h in hits]
+
+    responder.index.set_ef_search(bundle_ef)
+    reference_ids = responder.index.search(agree_emb, k)[1]
+    reference_top1 = served_top1()
+    rows = []
+    try:
+        for ef in efs:
+            responder.index.set_ef_search(ef)
+            ids = responder.index.search(agree_emb, k)[1]
+            top1 = served_top1()
+            rows.append(
+                {
+                    "ef_search": ef,
+                    "k": k,
+                    "hnsw": timed(lambda e: responder.index.search(e, k), embeddings, rounds),
+                    "served_top1_agreement": float(
+                        np.mean([a == b for a, b in zip(top1, reference_top1, strict=True)])
+                    ),
+                    "candidate_recall": recall_at_k(ids, reference_ids),
+                }
+            )
+    finally:
+        responder.index.set_ef_search(bundle_ef)
+    return rows
+
+
+def to_markdown(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    served = r["stages"]["total"]["mean_ms"]
+    lines = [
+        f"# Retrieval stages at batch 1: {r['bundle']}",
+        "",
+        f"Command: `{r['command']}`  ",
+        f"Machine: {m['machine']}, {m['cpu_count']} CPU cores; torch {m['torch']} and FAISS "
+        f"{m['faiss']} with {m['threads']} thread(s); load average before {r['load_before']}, "
+        f"after {r['load_after']}.  ",
+        f"{r['n_contexts']} seeded test contexts ({r['context_turns']} turns each at most), "
+        f"{r['rounds']} interleaved rounds; agreement over {r['n_agreement']} test contexts.",
+        "",
+        "## The served path (`respond`, top-1), by stage",
+        "",
+        "| stage | mean ms | p50 ms | share of the served mean |",
+        "|---|---:|---:|---:|",
+    ]
+    for stage in (*STAGES, "total"):
+        s = r["stages"][stage]
+        lines.append(
+            f"| {stage} | {s['mean_ms']:.3f} | {s['p50_ms']:.3f} | {s['mean_ms'] / served:.2f} |"
+        )
+    lines += [
+        "",
+        "Parts timed alone, the same contexts:",
+        "",
+        "| part | mean ms | p50 ms | x faster than the served path (mean) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, s in r["parts"].items():
+        lines.append(
+            f"| {name} | {s['mean_ms']:.3f} | {s['p50_ms']:.3f} | {served / s['mean_ms']:.2f}x |"
+        )
+    lines += [
+        "",
+        "## efSearch of the HNSW search the re-ranker starts from",
+        "",
+        f"The bundle searches at efSearch {r['bundle_ef_search']}; agreement is against it.",
+        "",
+        "| efSearch | K | HNSW top-K mean ms | p50 ms | served top-1 agreement | "
+        "candidate recall@K |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in r["ef_sweep"]:
+        h = row["hnsw"]
+        lines.append(
+            f"| {row['ef_search']} | {row['k']} | {h['mean_ms']:.3f} | {h['p50_ms']:.3f} | "
+            f"{row['served_top1_agreement']:.4f} | {row['candidate_recall']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundle", type=Path, required=True, help="retriever bundle")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--queries", type=int, default=200, help="timed test contexts")
+    p.add_argument("--agreement", type=int, default=2000, help="contexts for the agreement")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--ef", default="256,128,100", help="efSearch values to sweep")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    set_threads(args.threads)
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    responder = RetrievalResponder.load(args.bundle, device="cpu")
+    turns = responder.inputs.max_context_turns
+    test = load_dailydialog(args.data, "test", turns)
+    contexts = [test[i].context for i in seeded_indices(len(test), args.queries)]
+    agreement = [test[i].context for i in seeded_indices(len(test), args.agreement, seed=1)]
+    stages = stage_times(responder, contexts, args.rounds)
+
+    def dense_top1(context: Sequence[str]) -> Any:
+        return responder.index.search(responder.embed(responder.encode_contexts([context])), 1)
+
+    ids = [responder.encode_contexts([c]) for c in contexts]
+    with torch.inference_mode():
+        parts = {
+            "dense path (tokenize + encode + HNSW top-1, no re-rank)": timed(
+                dense_top1, contexts, args.rounds
+            ),
+            "context encoder forward alone": timed(
+                responder.model.encode_contexts, ids, args.rounds
+            ),
+        }
+    sweep = ef_sweep(
+        responder, contexts, agreement, [int(x) for x in args.ef.split(",")], args.rounds
+    )
+    results = {
+        "command": "python -m benchmarks.retrieval_stages "
+        + shlex.join(sys.argv[1:] if argv is None else argv),
+        "bundle": responder.bundle_id,
+        "machine": machine_description(args.threads),
+        "load_before": load_before,
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "n_contexts": len(contexts),
+        "n_agreement": len(agreement),
+        "context_turns": turns,
+        "rounds": args.rounds,
+        "bundle_ef_search": responder.index.config.ef_search,
+        "stages": stages,
+        "parts": parts,
+        "ef_sweep": sweep,
+    }
+    markdown = to_markdown(results)
+    print(markdown)
+    write_report(args.out, results, markdown)
+
+
+if __name__ == "__main__":
+    main()
