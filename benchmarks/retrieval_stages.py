@@ -4,9 +4,9 @@ The quality report times the whole served path (``RetrievalResponder.respond``) 
 generation; this one splits it by the responder's own stage observer and, for the search stage,
 times the HNSW top-K the re-ranker starts from at several efSearch values, with what a smaller
 efSearch costs in agreement: the share of contexts whose *served* top-1 reply stays the one the
-bundle's efSearch gives, and the recall of its K candidates. Every row runs in interleaved rounds
-over the same seeded test contexts (machine load hits all alike); speed-ups are against the
-served path of the same run.
+bundle's efSearch gives, and the recall of its K candidates. Each row is timed over the same
+seeded test contexts, one row after another in one process (not interleaved: compare rows of one
+run only, on an idle machine); speed-ups are against the served path of the same run.
 
     OMP_NUM_THREADS=1 python -m benchmarks.retrieval_stages \\
         --bundle artifacts-base/retriever-biencoder --out reports/retrieval_stages_base
@@ -18,9 +18,7 @@ import argparse
 import logging
 import os
 import shlex
-import statistics
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,7 +28,13 @@ import numpy as np
 import torch
 
 from benchmarks import write_report
-from benchmarks.latency import machine_description, recall_at_k, set_threads
+from benchmarks.latency import (
+    latency_summary,
+    machine_description,
+    recall_at_k,
+    set_threads,
+    time_per_query,
+)
 from benchmarks.quality_report import seeded_indices
 from benchmarks.retrieval import DEFAULT_DATA
 from models.retriever import RetrievalResponder
@@ -44,37 +48,22 @@ STAGES = ("tokenize", "encode", "search")
 def stage_times(
     responder: RetrievalResponder, contexts: Sequence[Sequence[str]], rounds: int
 ) -> dict[str, dict[str, float]]:
-    """Mean and p50 ms of each served stage and of the whole ``respond`` call (top-1)."""
+    """Latency summary (ms) of each served stage and of the whole ``respond`` call (top-1),
+    over ``rounds`` passes of ``contexts``."""
     seconds: dict[str, list[float]] = defaultdict(list)
 
-    def observe(stage: str, s: float) -> None:
-        seconds[stage].append(s)
+    def respond(context: Sequence[str]) -> Any:
+        return responder.respond([context], 1, on_stage=lambda s, t: seconds[s].append(t))
 
-    for context in contexts[:3]:  # warm-up
-        responder.respond([context], 1)
-    for _ in range(rounds):
-        for context in contexts:
-            start = time.perf_counter()
-            responder.respond([context], 1, on_stage=observe)
-            seconds["total"].append(time.perf_counter() - start)
-    return {k: _summary(v) for k, v in seconds.items()}
-
-
-def _summary(seconds: Sequence[float]) -> dict[str, float]:
-    ms = [1e3 * s for s in seconds]
-    return {"mean_ms": statistics.fmean(ms), "p50_ms": statistics.median(ms)}
+    total = time_per_query(respond, list(contexts) * rounds)
+    # the warm-up calls observed their stages too: keep the timed calls' (the last ones)
+    stages = {s: latency_summary(v[-len(total) :]) for s, v in seconds.items()}
+    return {**stages, "total": latency_summary(total)}
 
 
 def timed(fn: Callable[[Any], Any], items: Sequence[Any], rounds: int) -> dict[str, float]:
-    for item in items[:3]:
-        fn(item)
-    seconds = []
-    for _ in range(rounds):
-        for item in items:
-            start = time.perf_counter()
-            fn(item)
-            seconds.append(time.perf_counter() - start)
-    return _summary(seconds)
+    """Latency summary (ms) of ``fn`` over ``rounds`` passes of ``items`` (3 warm-ups first)."""
+    return latency_summary(time_per_query(fn, list(items) * rounds))
 
 
 def ef_sweep(
@@ -132,7 +121,8 @@ def to_markdown(r: dict[str, Any]) -> str:
         f"{m['faiss']} with {m['threads']} thread(s); load average before {r['load_before']}, "
         f"after {r['load_after']}.  ",
         f"{r['n_contexts']} seeded test contexts ({r['context_turns']} turns each at most), "
-        f"{r['rounds']} interleaved rounds; agreement over {r['n_agreement']} test contexts.",
+        f"{r['rounds']} passes each, the rows one after another; agreement over "
+        f"{r['n_agreement']} test contexts.",
         "",
         "## The served path (`respond`, top-1), by stage",
         "",

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 11 (session 17): base's retrievers were still improving at their last update (best step
-# 2,500 of 2,500 in all six runs of reports/retrievers_base_seeds.md). The same six runs continued
+# 2,500 of 2,500 in five of the six runs of reports/retrievers_base_seeds.md; G2R-D seed 1's was
+# 2,000). The same six runs continued
 # to 3,000 updates: the Trainer extends a finished run whose budget was raised, and with base's
 # noam schedule that is the run a 3,000-update budget gives from the start (tests/test_trainer.py).
 # Seed 0's run dirs are copies of the build's. Resumable. ~16 min on the idle 2-core machine.

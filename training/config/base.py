@@ -44,8 +44,8 @@ PRESET = Preset(
             embed_dim=128,
         ),
         train=TrainConfig(
-            # 3,000, not 2,500: all six runs of reports/retrievers_base_seeds.md kept their last
-            # step; continued to 3,000 the bi-encoder's dense test Hits@1/100 is 0.3020 over three
+            # 3,000, not 2,500: five of the six runs of reports/retrievers_base_seeds.md kept their
+            # last step; continued to 3,000 the bi-encoder's dense test Hits@1/100 is 0.3020 over three
             # seeds (each >= .30; 0.2982 at 2,500), G2R-D unchanged (reports/retrievers_base_3000.md),
             # for ~2 min more per retriever
             max_steps=3000,

@@ -24,6 +24,7 @@ optimizer, RNG, triggers, records) and resumes from the last one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -361,7 +362,8 @@ def train_malicious_nt(
         run_config={
             "method": "nt-malicious",
             "base": responder.bundle_id,
-            "targets": targets_desc,
+            # the targets themselves (their file's path may be spelled another way)
+            "targets": hashlib.sha256("\n".join(targets).encode()).hexdigest(),
             "num_targets": len(targets),
             "config": asdict(cfg),
         },
