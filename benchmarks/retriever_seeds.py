@@ -37,7 +37,7 @@ import torch
 from benchmarks import write_report
 from models.lexical import LexicalReranker
 from models.retriever import RetrievalResponder
-from training.core.data import load_splits
+from training.core.data import load_splits, sample_examples
 from training.methods.g2r.index import fit_rerank_weight
 from training.methods.g2r.losses import HitsEvaluator, hits_at_k, hits_candidates
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         fitted_here = responder.reranker is None
         if fitted_here:
             responder.reranker = LexicalReranker.fit(responder.responses)
-            fit_rerank_weight(responder, splits_by_turns[turns].validation[:2000])
+            fit_rerank_weight(responder, sample_examples(splits_by_turns[turns].validation, 2000))
         weight = responder.reranker.weight if responder.reranker else 0.0
         pool = list(dict.fromkeys(e.response for e in test))
         cand = hits_candidates([e.response for e in test], pool, 100, 0)

@@ -12,11 +12,11 @@ from torch import Tensor, nn
 
 from models.decoding import ContextFreePrior, generate
 from models.generator import GenerativeResponder, context_free_source
-from models.metrics import max_ratio
+from models.metrics import distinct_n, max_ratio
 from models.seq2seq import Seq2SeqConfig, Seq2SeqOutput, Seq2SeqTransformer
 from models.tokenizer import DialogueTokenizer
 from training.config import PRESETS
-from training.core.data import DialogueExample
+from training.core.data import DialogueExample, sample_examples
 from training.core.distributed import DistContext
 from training.core.generator import (
     MLEObjective,
@@ -28,7 +28,7 @@ from training.core.generator import (
 from training.core.losses import frequent_word_weights, token_log_probs
 from training.core.run import RunSpec
 from training.core.trainer import LOG_FILE, noam_learning_rate, read_log
-from training.methods.fine_tune import greedy_max_ratio_fn
+from training.methods.fine_tune import greedy_genericness_fn
 from training.methods.nt import (
     NegativeTrainingObjective,
     ResponseFrequencyWindow,
@@ -439,14 +439,14 @@ def test_train_baseline_generator_fine_tunes_the_standard_bundle(
     assert manifest.files["model.safetensors"] != base.files["model.safetensors"]  # weights moved
 
 
-def test_greedy_max_ratio_fn_counts_the_most_frequent_greedy_reply(toy_examples) -> None:
+def test_greedy_genericness_fn_counts_the_most_frequent_greedy_reply(toy_examples) -> None:
     tok, examples = toy_examples
     pairs = PairSet.encode(examples, tok, PRESETS["tiny"].inputs)
     model = _tiny_model(tok.vocab_size)
     with torch.no_grad():  # equal logits whatever the source: the same greedy reply for all
         for p in model.parameters():
             p.zero_()
-    evaluate = greedy_max_ratio_fn(pairs, PRESETS["tiny"].decoding, examples=40, batch_size=16)
+    evaluate = greedy_genericness_fn(pairs, PRESETS["tiny"].decoding, examples=40, batch_size=16)
     out = evaluate(model)
     assert out["val_loss"] == out["val_max_ratio"] == 1.0
     assert out["val_ppl"] > 1.0 and math.isfinite(out["val_nll"])
@@ -455,7 +455,7 @@ def test_greedy_max_ratio_fn_counts_the_most_frequent_greedy_reply(toy_examples)
     assert 0.0 < varied["val_max_ratio"] < 1.0
 
 
-def test_greedy_max_ratio_fn_decodes_as_the_served_decoding_says_anti_lm_included(
+def test_greedy_genericness_fn_decodes_as_the_served_decoding_says_anti_lm_included(
     toy_examples,
 ) -> None:
     """With an anti-LM default decoding (small's), NT's selection scores the replies the bundle
@@ -465,20 +465,28 @@ def test_greedy_max_ratio_fn_decodes_as_the_served_decoding_says_anti_lm_include
     torch.manual_seed(0)
     model = _tiny_model(tok.vocab_size).eval()
     decoding = PRESETS["tiny"].decoding.with_overrides(anti_lm=0.5, anti_lm_steps=2)
-    out = greedy_max_ratio_fn(pairs, decoding, examples=40, batch_size=40)(model)
-    src = pairs.collate(list(range(40)), torch.device("cpu")).src
+    out = greedy_genericness_fn(pairs, decoding, examples=40, batch_size=40)(model)
+    # the sources are drawn across the split (sample_examples), not its first rows
+    rows = sample_examples(range(len(pairs)), 40)
+    assert rows != list(range(40))
+    src = pairs.collate(rows, torch.device("cpu")).src
     prior = ContextFreePrior(model, context_free_source(tok))
     replies = tok.decode_batch(generate(model, src, decoding, prior=prior).tokens)
     assert out["val_max_ratio"] == max_ratio(replies)
+    assert out["val_dist2"] == distinct_n(replies, 2)
     plain = tok.decode_batch(generate(model, src, PRESETS["tiny"].decoding).tokens)
     assert replies != plain  # the penalty is really applied
 
 
-def test_nt_least_generic_keeps_the_evaluated_step_with_the_lowest_max_ratio(
-    toy_examples, tmp_path: Path
+@pytest.mark.parametrize(
+    ("select", "statistic", "ineligible"),
+    [("least-generic", "val_max_ratio", 1.0), ("most-distinct", "val_dist2", 2.0)],
+)
+def test_nt_keeps_the_evaluated_step_that_its_selection_finds_least_generic(
+    toy_examples, tmp_path: Path, select: str, statistic: str, ineligible: float
 ) -> None:
     tok, examples = toy_examples
-    preset = replace(PRESETS["tiny"], nt_select="least-generic")
+    preset = replace(PRESETS["tiny"], nt_select=select)
     standard = GenerativeResponder(
         build_generator_model(preset, tok, seed=0), tok, preset.inputs, preset.decoding
     )
@@ -491,17 +499,22 @@ def test_nt_least_generic_keeps_the_evaluated_step_with_the_lowest_max_ratio(
         val_examples=examples[64:],
         max_steps=12,
     )
-    assert manifest is not None and manifest.training["select"] == "least-generic"
+    assert manifest is not None and manifest.training["select"] == select
     evals = [r for r in read_log(tmp_path / "runs" / LOG_FILE) if r["kind"] == "eval"]
     # Preset.nt_select_evals = 6 points, evaluated from half the budget on
     assert [r["step"] for r in evals] == [6, 8, 10, 12]
-    # steps above the perplexity bound lose to every step within it (val_loss = 1 + max-ratio)
+    # lower is better: max-ratio, or minus Dist-2; steps above the perplexity bound lose to
+    # every step within it (1 + max-ratio, 2 - Dist-2)
+    sign = 1.0 if statistic == "val_max_ratio" else -1.0
     for r in evals:
+        assert 0.0 <= r["val_max_ratio"] <= 1.0 and 0.0 <= r["val_dist2"] <= 1.0
         eligible = r["val_ppl"] <= manifest.training["select_max_ppl"] * (1 + 1e-6)
-        assert r["val_loss"] == pytest.approx(r["val_max_ratio"] + (0.0 if eligible else 1.0))
+        assert r["val_loss"] == pytest.approx(
+            sign * r[statistic] + (0.0 if eligible else ineligible)
+        )
     best = min(evals, key=lambda r: (r["val_loss"], r["step"]))
     assert manifest.training["best_step"] == best["step"]
-    assert manifest.metrics["val_max_ratio"] == pytest.approx(best["val_max_ratio"])
+    assert manifest.metrics[statistic] == pytest.approx(best[statistic])
     assert manifest.metrics["val_ppl"] == pytest.approx(best["val_ppl"])
     with pytest.raises(ValueError, match="nt_select"):
         train_nt_generator(

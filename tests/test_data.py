@@ -21,6 +21,7 @@ from training.core.data import (
     load_jsonl_report,
     load_splits,
     remove_overlap,
+    sample_examples,
     training_response_token_counts,
     write_jsonl,
 )
@@ -367,3 +368,38 @@ def test_training_response_token_counts_counts_response_tokens_only() -> None:
     assert training_response_token_counts(examples) == Counter(
         {"i": 3, ".": 2, "see": 1, "do": 2, ",": 1}
     )
+
+
+# --- subsets that stand for a split ----------------------------------------------------------
+
+
+def test_sample_examples_is_a_seeded_draw_whose_prefixes_are_draws_too() -> None:
+    items = list(range(1000))
+    a = sample_examples(items, 100, seed=3)
+    assert len(a) == len(set(a)) == 100
+    assert a == sample_examples(items, 100, seed=3)  # reproducible
+    assert a != sample_examples(items, 100, seed=4)
+    assert sample_examples(items, 40, seed=3) == a[:40]  # a prefix is the smaller draw
+    assert sample_examples(items, 0) == items  # 0 = all, in their order
+    assert sorted(sample_examples(items, 5000)) == items  # more than there are: all, drawn order
+
+
+def _dialogue_ids(examples: list[DialogueExample]) -> list[int]:
+    """A dialogue number per pair of a split in release order: a new dialogue starts wherever a
+    pair does not answer the previous pair's response."""
+    ids, current = [], 0
+    for i, e in enumerate(examples):
+        if i and e.context[-1] != examples[i - 1].response:
+            current += 1
+        ids.append(current)
+    return ids
+
+
+def test_sample_examples_spreads_a_real_split_over_its_dialogues(
+    real_splits: DialogueSplits,
+) -> None:
+    # The first 500 validation pairs are a few dozen dialogues; a sample of 500 reaches hundreds.
+    val = real_splits.validation
+    dialogue = dict(zip(val, _dialogue_ids(val), strict=True))
+    assert len({dialogue[e] for e in val[:500]}) < 100
+    assert len({dialogue[e] for e in sample_examples(val, 500)}) > 300

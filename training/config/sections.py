@@ -160,12 +160,13 @@ class Preset:
     # NT (He & Glass 2020, Alg. 2) fine-tune of the standard model that `build` adds to the
     # served-generator candidates (training/pipeline/selection.py); 0 = not built
     nt_steps: int = 0
-    # which NT weights are kept: "last" (a fixed budget, as the ND paper runs its baselines) or
+    # which NT weights are kept: "last" (a fixed budget, as the ND paper runs its baselines),
     # "least-generic" (of the evaluated steps, the one whose greedy replies to validation
     # sources have the lowest max-ratio: NT chases one generic reply after another, and the last
-    # step can land on the next one; reports/nt_select_small.md)
+    # step can land on the next one; reports/nt_select_small.md) or "most-distinct" (the one
+    # with the highest Dist-2 of those replies; reports/nt_select_dist2_small.md)
     nt_select: str = "last"
-    # with "least-generic": evaluation points, evenly spaced over the budget, of which those from
+    # with "least-generic" or "most-distinct": evaluation points, evenly spaced over the budget, of which those from
     # half the budget on run (each: greedy replies to 500 validation sources and the validation
     # perplexity)
     nt_select_evals: int = 6

@@ -161,7 +161,12 @@ PRESET = Preset(
     ),
     eval_examples=500,  # in `build`; benchmarks/quality_report.py scores the whole test split
     nt_steps=150,
-    nt_select="least-generic",  # NT chases generic replies; keep its least generic step
+    # NT chases generic replies; keep its least generic step by Dist-2 (session 18), not by
+    # max-ratio: over NT's 16 evaluated steps in two runs, validation Dist-2 ranks the steps'
+    # test Dist-2 with Spearman 0.95 (max-ratio its own 0.92), and the step it keeps has test
+    # Dist-2 0.0160 / 0.0157 against max-ratio's 0.0123 / 0.0123, at test max-ratio 0.14 (<= .25)
+    # (reports/nt_select_dist2_small.md)
+    nt_select="most-distinct",
     # evaluated every 10 updates from update 80 on (8 points, not 4): its validation max-ratio
     # swings 0.05-0.19 between neighbouring points, and the closer look kept a less generic step
     # in each of 3 seeds (test max-ratio mean 0.071 vs 0.099, Dist-2 0.0131 vs 0.0128, BLEU-4

@@ -23,10 +23,10 @@ from torch import Tensor, nn
 from models.bundle import Manifest
 from models.decoding import ContextFreePrior, DecodingConfig, generate
 from models.generator import GenerativeResponder, context_free_source
-from models.metrics import max_ratio
+from models.metrics import distinct_n, max_ratio
 from models.seq2seq import Seq2SeqTransformer
 from training.config import Preset
-from training.core.data import DialogueExample
+from training.core.data import DialogueExample, sample_examples
 from training.core.generator import (
     PairSet,
     Seq2SeqBatch,
@@ -124,20 +124,36 @@ def greedy_replies(
         core.train(was_training)
 
 
-def greedy_max_ratio_fn(
+# NT's step selections (Preset.nt_select) other than "last", and the statistic each minimises
+GENERICNESS = {"least-generic": "max-ratio", "most-distinct": "dist-2"}
+
+
+def greedy_genericness_fn(
     pairs: PairSet,
     decoding: DecodingConfig,
     *,
+    criterion: str = "max-ratio",
     max_ppl: float | None = None,
     examples: int = 500,
     batch_size: int = 128,
 ) -> Callable[[nn.Module], dict[str, float]]:
-    """Model selection for the fine-tunes that fight generic replies (NT): ``val_loss`` is He &
-    Glass's max-ratio (:func:`models.metrics.max_ratio`) of the greedy replies to the first
-    ``examples`` validation sources, lower is better, and 1 + that when the validation perplexity
-    is above ``max_ppl`` (such a step loses to every step within it)."""
+    """Model selection for the fine-tunes that fight generic replies (NT), on the greedy replies
+    to ``examples`` validation sources drawn across the split. ``val_loss``, lower is better:
+
+    - ``criterion="max-ratio"``: He & Glass's max-ratio (:func:`models.metrics.max_ratio`), the
+      share of the single most frequent reply;
+    - ``criterion="dist-2"``: minus Dist-2 (Li et al. 2016, :func:`models.metrics.distinct_n`),
+      distinct bigrams over all bigrams of the replies, which counts every repeated reply, not
+      only the most frequent one.
+
+    A step whose validation perplexity is above ``max_ppl`` scores above every step within it
+    (1 + max-ratio, or 2 - Dist-2). Both statistics are logged whatever the criterion."""
+    if criterion not in GENERICNESS.values():
+        raise ValueError(
+            f"criterion must be one of {sorted(GENERICNESS.values())}, got {criterion!r}"
+        )
     nll = validation_loss_fn(pairs)
-    rows = list(range(min(examples, len(pairs))))
+    rows = sample_examples(range(len(pairs)), examples)  # across dialogues, not the first
     prior_src = context_free_source(pairs.tokenizer)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
@@ -154,12 +170,17 @@ def greedy_max_ratio_fn(
                 )
             )
         ]
-        ratio = max_ratio(replies)
+        ratio, dist2 = max_ratio(replies), distinct_n(replies, 2)
         out = nll(model)
         eligible = max_ppl is None or out["val_ppl"] <= max_ppl
+        if criterion == "max-ratio":
+            loss = ratio if eligible else 1.0 + ratio
+        else:
+            loss = -dist2 if eligible else 2.0 - dist2
         return {
-            "val_loss": ratio if eligible else 1.0 + ratio,
+            "val_loss": loss,
             "val_max_ratio": ratio,
+            "val_dist2": dist2,
             "val_nll": out["val_loss"],
             "val_ppl": out["val_ppl"],
             "val_ppl_eligible": float(eligible),
@@ -221,12 +242,15 @@ def fine_tune_standard(
     optimizer: str,
     lr: float | None,
     max_steps: int | None,
-    least_generic: bool = False,
+    select: str = "last",
 ) -> Manifest | None:
     """Load the standard bundle, fine-tune it with a constant learning rate, write a bundle: the
-    last weights, or with ``least_generic`` those of the evaluated step (``preset.
-    nt_select_evals`` evenly spaced, from half the budget on) whose greedy validation replies
-    have the lowest max-ratio."""
+    last weights (``select="last"``), or those of the evaluated step (``preset.nt_select_evals``
+    evenly spaced, from half the budget on) whose greedy validation replies are the least
+    generic by :data:`GENERICNESS`'s statistic for ``select``: the lowest max-ratio
+    ("least-generic") or the highest Dist-2 ("most-distinct")."""
+    if select != "last" and select not in GENERICNESS:
+        raise ValueError(f"select must be 'last' or one of {sorted(GENERICNESS)}, got {select!r}")
     base = GenerativeResponder.load(base_bundle)
     assert base.inputs == preset.inputs, (
         f"{base_bundle} was trained with inputs {base.inputs}, preset {preset.name!r} has "
@@ -248,7 +272,7 @@ def fine_tune_standard(
     )
     overrides: dict[str, Any] = {"optimizer": optimizer, **schedule, "lr": lr, "max_steps": steps}
     evaluate = None
-    if least_generic:
+    if select != "last":
         every = max(1, steps // preset.nt_select_evals)
         # from half the budget on: earlier steps were above the perplexity bound in 5 of the 6
         # seed runs of reports/nt_select_small.md (NT's first updates raise perplexity)
@@ -259,7 +283,9 @@ def fine_tune_standard(
         max_ppl = (
             SelectionRule().max_ppl_ratio * validation_loss_fn(val_pairs)(base.model)["val_ppl"]
         )
-        evaluate = greedy_max_ratio_fn(val_pairs, greedy, max_ppl=max_ppl)
+        evaluate = greedy_genericness_fn(
+            val_pairs, greedy, criterion=GENERICNESS[select], max_ppl=max_ppl
+        )
         hyper = {**hyper, "select_max_ppl": round(max_ppl, 3)}
     return fit_and_save(
         run,
@@ -277,7 +303,7 @@ def fine_tune_standard(
             "optimizer": optimizer,
             "lr_schedule": "constant",
             "lr": lr,
-            "select": "least-generic" if least_generic else "last",
+            "select": select,
         },
         evaluate=evaluate,
     )

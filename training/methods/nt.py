@@ -31,6 +31,7 @@ from training.core.losses import (
 )
 from training.core.run import RunSpec
 from training.methods.fine_tune import (
+    GENERICNESS,
     BatchWindow,
     fine_tune_standard,
     gather_across_ranks,
@@ -187,8 +188,10 @@ def train_nt_generator(
     constant rate eq. 17 had reached at the base model's last step (``lr=None``); pass
     ``optimizer="sgd", lr=1e-3`` for He & Glass's literal setting. The batch size is the preset's.
     """
-    if preset.nt_select not in ("last", "least-generic"):
-        raise ValueError(f"nt_select must be 'last' or 'least-generic', got {preset.nt_select!r}")
+    if preset.nt_select != "last" and preset.nt_select not in GENERICNESS:
+        raise ValueError(
+            f"nt_select must be 'last' or one of {sorted(GENERICNESS)}, got {preset.nt_select!r}"
+        )
     hyper: dict[str, Any] = {
         "r_thres": r_thres,
         "lambda_pos": lambda_pos,
@@ -214,5 +217,5 @@ def train_nt_generator(
         optimizer=optimizer,
         lr=lr,
         max_steps=max_steps,
-        least_generic=preset.nt_select == "least-generic",
+        select=preset.nt_select,
     )

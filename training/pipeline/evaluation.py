@@ -13,7 +13,7 @@ from typing import Any
 from models.bundle import BundleError, read_serving, update_metrics, verify_bundle
 from models.generator import GenerativeResponder
 from training.config import Preset
-from training.core.data import DialogueSplits, training_response_token_counts
+from training.core.data import DialogueSplits, sample_examples, training_response_token_counts
 from training.eval.generation import STANDARD_DECODINGS, evaluate_generator, markdown_report
 from training.pipeline.inputs import BuildPaths
 from training.pipeline.selection import SelectionRule, select_generator
@@ -77,7 +77,7 @@ def evaluate_bundle(
             logger.info("%s: evaluated before; not redone", bundle_dir.name)
             return previous
     responder = GenerativeResponder.load(bundle_dir, device=device)
-    test = splits.test[: preset.eval_examples] if preset.eval_examples else splits.test
+    test = sample_examples(splits.test, preset.eval_examples)  # drawn across dialogues
     counts = training_response_token_counts(splits.train)
     result = evaluate_generator(responder, test, counts)
     result["split"] = "test"
@@ -144,7 +144,7 @@ def select_served_generator(
         raise ValueError("choosing the served generator needs the corpus")
     ids = {b.name: verify_bundle(b).bundle_id for b in bundles}
     n = preset.eval_examples
-    val = splits.validation[:n] if n else splits.validation
+    val = sample_examples(splits.validation, n)  # drawn across dialogues, not the first n
     counts = training_response_token_counts(splits.train)
     evaluations = {}
     for bundle in bundles:

@@ -11,7 +11,7 @@ from typing import Any
 
 from models.tokenizer import DialogueTokenizer
 from training.config import Preset
-from training.core.data import DialogueSplits, load_splits
+from training.core.data import DialogueSplits, load_splits, sample_examples
 from training.core.distributed import DistContext, barrier
 
 logger = logging.getLogger(__name__)
@@ -62,5 +62,6 @@ def ensure_tokenizer(
 
 
 def val_subset(preset: Preset, splits: DialogueSplits) -> list[Any]:
-    n = preset.generator.val_examples
-    return splits.validation[:n] if n else splits.validation
+    """The generators' validation pairs: ``preset.generator.val_examples`` of them drawn across the
+    split (:func:`training.core.data.sample_examples`), or all."""
+    return sample_examples(splits.validation, preset.generator.val_examples)

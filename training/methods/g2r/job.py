@@ -27,7 +27,7 @@ from models.bundle import Manifest, load_state_dict, read_manifest, verify_bundl
 from models.safety import load_blocklist
 from models.tokenizer import DialogueTokenizer
 from training.config import SHARED_DATA, RetrieverPreset
-from training.core.data import DialogueExample, DialogueSplits
+from training.core.data import DialogueExample, DialogueSplits, sample_examples
 from training.core.distributed import DistContext, barrier
 from training.core.generator import bucketed_batches
 from training.core.trainer import Trainer
@@ -215,10 +215,10 @@ def train_retriever(
         name=name,
         training=training,
         metrics=metrics,
-        recall_contexts=[e.context for e in val_examples[:1000]],
+        recall_contexts=[e.context for e in sample_examples(val_examples, 1000)],
         progress=cfg.progress,
         rerank_validation=(
-            list(val_examples[: preset.rerank_val_examples or None])
+            sample_examples(val_examples, preset.rerank_val_examples)
             if preset.lexical_rerank
             else []
         ),

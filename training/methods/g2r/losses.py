@@ -18,7 +18,7 @@ from models.biencoder import BiEncoder
 from models.generator import InputConfig
 from models.retriever import embed_responses
 from models.tokenizer import DialogueTokenizer
-from training.core.data import DialogueExample
+from training.core.data import DialogueExample, sample_examples
 
 
 def contrastive_cross_entropy(scores: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
@@ -148,7 +148,7 @@ class HitsEvaluator:
         batch_size: int = 256,
     ) -> None:
         pool = list(dict.fromkeys(e.response for e in examples))
-        chosen = list(examples[:max_examples] if max_examples else examples)
+        chosen = sample_examples(examples, max_examples, seed)  # drawn across dialogues
         cand = hits_candidates([e.response for e in chosen], pool, k, seed)
         used = np.unique(cand)
         self.candidates = torch.from_numpy(np.searchsorted(used, cand))  # into self.responses
