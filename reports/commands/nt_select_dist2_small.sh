@@ -12,3 +12,13 @@ OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.nt_selection --base artifacts/g
 # The markdown re-written from the JSON after its header's wording was corrected (no decoding):
 .venv/bin/python -m benchmarks.nt_selection --base artifacts/generator-standard --work runs-exp/s18-nt-selection \
     --out reports/nt_select_dist2_small --render
+# The same at 2 threads, r_thres 0.01 only: the trajectory `build` trains (it runs on both cores;
+# a 1-thread run takes another path through NT's updates), checked by the build's own eval log.
+OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.nt_selection --base artifacts/generator-standard \
+    --preset small --r-thres 0.01 --work runs-exp/s18-nt-selection-2t --threads 2 \
+    --out reports/nt_select_dist2_small_2t
+# ... and the same steps scored on all 1,000 validation pairs the generators hold (small's
+# nt_select_examples since session 18; the NT run above is reused, only the scoring is redone)
+OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.nt_selection --base artifacts/generator-standard \
+    --preset small --r-thres 0.01 --work runs-exp/s18-nt-selection-2t --threads 2 --val-examples 1000 \
+    --out reports/nt_select_dist2_small_2t_1000

@@ -47,3 +47,13 @@ mkdir -p artifacts-s16/small-ret-s14
 /usr/bin/time -v $PY -m training build --preset small --data ../shared/data/dailydialog --out artifacts \
     --runs runs --redo retriever-g2r
 OMP_NUM_THREADS=2 $PY -m benchmarks.quality_report --artifacts artifacts --out reports/quality_small
+
+# Session 18 (28eea7c: validation/test subsets drawn across dialogues, NT kept by validation
+# Dist-2): the whole build timed again from empty folders, the G2R augmentation of the base
+# experiment paused (SIGSTOP) for its duration, then swapped in (session 14-16's folders kept as
+# artifacts-s14/runs-s14). Every model.safetensors came out byte-identical to the served ones.
+/usr/bin/time -v $PY -m training build --preset small --data ../shared/data/dailydialog --out artifacts-s18 --runs runs-s18
+for b in generator-standard generator-nd generator-nt generator-negative-teacher retriever-g2r safety-classifier; do
+  cmp artifacts/$b/model.safetensors artifacts-s18/$b/model.safetensors
+done
+mv artifacts artifacts-s14 && mv runs runs-s14 && mv artifacts-s18 artifacts && mv runs-s18 runs

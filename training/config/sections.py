@@ -170,6 +170,9 @@ class Preset:
     # half the budget on run (each: greedy replies to 500 validation sources and the validation
     # perplexity)
     nt_select_evals: int = 6
+    # validation sources each of those evaluations decodes greedily (drawn across the split; at
+    # most the generators' val_examples)
+    nt_select_examples: int = 500
     # the DiaSafety classifier (train-safety-classifier, build's safety stage)
     safety: SafetyPreset | None = None
     # He & Glass's trigger search and Algorithm 1 (the malicious-* commands)

@@ -167,6 +167,11 @@ PRESET = Preset(
     # Dist-2 0.0160 / 0.0157 against max-ratio's 0.0123 / 0.0123, at test max-ratio 0.14 (<= .25)
     # (reports/nt_select_dist2_small.md)
     nt_select="most-distinct",
+    # on all 1,000 validation pairs the generators hold, not 500: on the build's own NT run the
+    # three best steps were 0.0963 / 0.0967 / 0.0972 apart in validation Dist-2 on 500 (a spread
+    # below the sample's noise; their test Dist-2 0.0151 / 0.0154 / 0.0144), and each evaluation
+    # decodes 1,000 in ~2.5 s at 2 threads (reports/nt_select_dist2_small_2t*.md)
+    nt_select_examples=1000,
     # evaluated every 10 updates from update 80 on (8 points, not 4): its validation max-ratio
     # swings 0.05-0.19 between neighbouring points, and the closer look kept a less generic step
     # in each of 3 seeds (test max-ratio mean 0.071 vs 0.099, Dist-2 0.0131 vs 0.0128, BLEU-4

@@ -284,7 +284,11 @@ def fine_tune_standard(
             SelectionRule().max_ppl_ratio * validation_loss_fn(val_pairs)(base.model)["val_ppl"]
         )
         evaluate = greedy_genericness_fn(
-            val_pairs, greedy, criterion=GENERICNESS[select], max_ppl=max_ppl
+            val_pairs,
+            greedy,
+            criterion=GENERICNESS[select],
+            max_ppl=max_ppl,
+            examples=preset.nt_select_examples,
         )
         hyper = {**hyper, "select_max_ppl": round(max_ppl, 3)}
     return fit_and_save(
