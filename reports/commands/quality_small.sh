@@ -48,12 +48,16 @@ mkdir -p artifacts-s16/small-ret-s14
     --runs runs --redo retriever-g2r
 OMP_NUM_THREADS=2 $PY -m benchmarks.quality_report --artifacts artifacts --out reports/quality_small
 
-# Session 18 (28eea7c: validation/test subsets drawn across dialogues, NT kept by validation
-# Dist-2): the whole build timed again from empty folders, the G2R augmentation of the base
-# experiment paused (SIGSTOP) for its duration, then swapped in (session 14-16's folders kept as
-# artifacts-s14/runs-s14). Every model.safetensors came out byte-identical to the served ones.
+# Session 18: the whole build timed twice from empty folders, the G2R augmentation of the base
+# experiment paused (SIGSTOP) meanwhile. At a3f1b82 (subsets drawn across the split, NT kept by
+# validation Dist-2 on 500 pairs) every model.safetensors came out byte-identical to the served ones:
 /usr/bin/time -v $PY -m training build --preset small --data ../shared/data/dailydialog --out artifacts-s18 --runs runs-s18
 for b in generator-standard generator-nd generator-nt generator-negative-teacher retriever-g2r safety-classifier; do
   cmp artifacts/$b/model.safetensors artifacts-s18/$b/model.safetensors
 done
-mv artifacts artifacts-s14 && mv runs runs-s14 && mv artifacts-s18 artifacts && mv runs-s18 runs
+rm -rf artifacts-s18 runs-s18
+# at 9525440 (NT's evaluations on all 1,000 validation pairs): a new NT model and retriever,
+# swapped in (session 14-16's folders kept as artifacts-s14/runs-s14), and the report on them
+/usr/bin/time -v $PY -m training build --preset small --data ../shared/data/dailydialog --out artifacts-s18b --runs runs-s18b
+mv artifacts artifacts-s14 && mv runs runs-s14 && mv artifacts-s18b artifacts && mv runs-s18b runs
+OMP_NUM_THREADS=2 /usr/bin/time -v $PY -m benchmarks.quality_report --artifacts artifacts --out reports/quality_small
