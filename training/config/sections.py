@@ -166,9 +166,9 @@ class Preset:
     # step can land on the next one; reports/nt_select_small.md) or "most-distinct" (the one
     # with the highest Dist-2 of those replies; reports/nt_select_dist2_small.md)
     nt_select: str = "last"
-    # with "least-generic" or "most-distinct": evaluation points, evenly spaced over the budget, of which those from
-    # half the budget on run (each: greedy replies to 500 validation sources and the validation
-    # perplexity)
+    # with "least-generic" or "most-distinct": evaluation points, evenly spaced over the budget,
+    # of which those from half the budget on run (each: greedy replies to nt_select_examples
+    # validation sources and the validation perplexity)
     nt_select_evals: int = 6
     # validation sources each of those evaluations decodes greedily (drawn across the split; at
     # most the generators' val_examples)
