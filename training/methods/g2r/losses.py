@@ -148,7 +148,8 @@ class HitsEvaluator:
         batch_size: int = 256,
     ) -> None:
         pool = list(dict.fromkeys(e.response for e in examples))
-        chosen = sample_examples(examples, max_examples, seed)  # drawn across dialogues
+        # drawn across dialogues, the same pairs whatever the seed (which draws the negatives)
+        chosen = sample_examples(examples, max_examples)
         cand = hits_candidates([e.response for e in chosen], pool, k, seed)
         used = np.unique(cand)
         self.candidates = torch.from_numpy(np.searchsorted(used, cand))  # into self.responses
