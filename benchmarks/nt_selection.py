@@ -123,8 +123,7 @@ def score_snapshots(
     rows = []
     for line in (snapshots / "evals.jsonl").read_text().splitlines():
         logged = json.loads(line)
-        responder.model.load_state_dict(torch.load(snapshots / f"eval-{logged['eval']}.pt"))
-        responder._prior = None  # the anti-LM prior caches the pass of the weights it saw
+        responder.replace_weights(torch.load(snapshots / f"eval-{logged['eval']}.pt"))
         row: dict[str, Any] = {
             "r_thres": r_thres,
             "eval": logged["eval"],

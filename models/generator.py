@@ -12,7 +12,7 @@ OpenAI-compatible endpoint: models/remote_generator.py) keep the same serving su
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -113,10 +113,18 @@ class GenerativeResponder(Responder):
         """Right-padded source ids (B, S) from the last ``max_context_turns`` turns of each context."""
         return encode_contexts(self.tokenizer, self.inputs, contexts, self.device)
 
+    def replace_weights(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load other weights into this responder's model (same architecture) and drop the
+        anti-LM prior memoised from the old ones. ``model.load_state_dict`` alone would leave that
+        prior in place and decode with the old weights' penalty."""
+        self.model.load_state_dict(state_dict)
+        self._prior = None
+
     @property
     def prior(self) -> ContextFreePrior:
         """The context-free prior of anti-LM decoding (``DecodingConfig.anti_lm``), built on
-        first use; its memo assumes this responder's weights stay as loaded."""
+        first use; its memo assumes this responder's weights stay as loaded
+        (:meth:`replace_weights` drops it)."""
         if self._prior is None:
             self._prior = ContextFreePrior(
                 self.model, context_free_source(self.tokenizer, self.device)

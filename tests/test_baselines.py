@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -476,6 +477,27 @@ def test_greedy_genericness_fn_decodes_as_the_served_decoding_says_anti_lm_inclu
     assert out["val_dist2"] == distinct_n(replies, 2)
     plain = tok.decode_batch(generate(model, src, PRESETS["tiny"].decoding).tokens)
     assert replies != plain  # the penalty is really applied
+
+
+def test_replace_weights_drops_the_anti_lm_prior_of_the_old_weights(toy_examples) -> None:
+    tok, examples = toy_examples
+    inputs = PRESETS["tiny"].inputs
+    decoding = PRESETS["tiny"].decoding.with_overrides(anti_lm=0.5, anti_lm_steps=2)
+    other = _tiny_model(tok.vocab_size)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p))
+    contexts = [list(e.context) for e in examples[:40]]
+    want = GenerativeResponder(copy.deepcopy(other), tok, inputs, decoding).respond(contexts)
+    swapped = GenerativeResponder(_tiny_model(tok.vocab_size), tok, inputs, decoding)
+    stale = GenerativeResponder(_tiny_model(tok.vocab_size), tok, inputs, decoding)
+    for responder in (swapped, stale):
+        responder.respond(contexts)  # the prior of the first weights is memoised here
+    swapped.replace_weights(other.state_dict())
+    stale.model.load_state_dict(other.state_dict())
+    assert swapped.respond(contexts) == want
+    assert stale.respond(contexts) != want  # what replace_weights is for
 
 
 @pytest.mark.parametrize(
