@@ -39,13 +39,13 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from benchmarks import write_report
+from benchmarks.anti_lm import decode
 from benchmarks.latency import machine_description, set_threads
 from models.generator import GenerativeResponder
 from models.metrics import distinct_n, max_ratio
 from training.config import DAILYDIALOG, PRESETS
-from training.core.data import DialogueExample, sample_examples
+from training.core.data import DialogueExample, dialogue_ids, sample_examples
 from training.core.run import RunSpec
-from training.eval.generation import decode_batches
 from training.eval.tables import markdown_table
 from training.methods import fine_tune
 from training.methods.nt import train_nt_generator
@@ -109,10 +109,7 @@ def train_with_snapshots(
 def _figures(
     responder: GenerativeResponder, examples: Sequence[DialogueExample]
 ) -> dict[str, float]:
-    replies = [""] * len(examples)
-    for idx, _, texts in decode_batches(responder, examples, responder.decoding, desc="decode"):
-        for i, text in zip(idx, texts, strict=True):
-            replies[i] = text
+    replies, _, _ = decode(responder, examples, responder.decoding, desc="decode")
     return {"max-ratio": max_ratio(replies), "dist-2": distinct_n(replies, 2)}
 
 
@@ -223,12 +220,9 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def _dialogues(split: Sequence[DialogueExample], subset: Sequence[DialogueExample]) -> int:
-    """Dialogues ``subset`` reaches: a new dialogue starts where a pair does not answer the last."""
-    ids, current = {}, 0
-    for i, e in enumerate(split):
-        current += bool(i) and e.context[-1] != split[i - 1].response
-        ids[e] = current
-    return len({ids[e] for e in subset})
+    """How many of ``split``'s dialogues ``subset`` reaches."""
+    number = dict(zip(split, dialogue_ids(split), strict=True))
+    return len({number[e] for e in subset})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from training.core.data import (
     DialogueSplits,
     LoadResult,
     deduplicate,
+    dialogue_ids,
     load_dailydialog,
     load_jsonl,
     load_jsonl_report,
@@ -384,22 +385,22 @@ def test_sample_examples_is_a_seeded_draw_whose_prefixes_are_draws_too() -> None
     assert sorted(sample_examples(items, 5000)) == items  # more than there are: all, drawn order
 
 
-def _dialogue_ids(examples: list[DialogueExample]) -> list[int]:
-    """A dialogue number per pair of a split in release order: a new dialogue starts wherever a
-    pair does not answer the previous pair's response."""
-    ids, current = [], 0
-    for i, e in enumerate(examples):
-        if i and e.context[-1] != examples[i - 1].response:
-            current += 1
-        ids.append(current)
-    return ids
-
-
 def test_sample_examples_spreads_a_real_split_over_its_dialogues(
     real_splits: DialogueSplits,
 ) -> None:
     # The first 500 validation pairs are a few dozen dialogues; a sample of 500 reaches hundreds.
     val = real_splits.validation
-    dialogue = dict(zip(val, _dialogue_ids(val), strict=True))
+    dialogue = dict(zip(val, dialogue_ids(val), strict=True))
     assert len({dialogue[e] for e in val[:500]}) < 100
     assert len({dialogue[e] for e in sample_examples(val, 500)}) > 300
+
+
+def test_dialogue_ids_start_a_dialogue_where_a_pair_does_not_answer_the_last() -> None:
+    pairs = [
+        DialogueExample(("hi",), "hello"),
+        DialogueExample(("hello",), "how are you ?"),
+        DialogueExample(("what time is it ?",), "noon ."),  # a new dialogue
+        DialogueExample(("noon .",), "thanks ."),
+    ]
+    assert dialogue_ids(pairs) == [0, 0, 1, 1]
+    assert dialogue_ids([]) == []

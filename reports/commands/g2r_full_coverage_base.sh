@@ -15,7 +15,7 @@ $PY -m training --threads 2 augment --preset base --teacher artifacts-base/gener
     --runs $RUNS --out $SHARDS
 mkdir -p $OUT
 # Session 18 trained seed 0 only (22 min): it fell 0.045 below G2R-D at 3,000 contexts (dense), a
-# gap of ~7 binomial SEs, so seeds 1-2 were not spent; `for seed in 0 1 2` runs them. The 3,000-
+# gap of 5.3 binomial SEs of the difference, so seeds 1-2 were not spent; `for seed in 0 1 2` runs them. The 3,000-
 # context G2R-D seeds of reports/retrievers_base_3000.md join the table as g2rd3k.
 for seed in 0 1 2; do
   [ -e $OUT/biencoder-s$seed ] || ln -s ../../artifacts-s17/base-3000/biencoder-s$seed $OUT/biencoder-s$seed

@@ -169,8 +169,9 @@ PRESET = Preset(
     nt_select="most-distinct",
     # on all 1,000 validation pairs the generators hold, not 500: on the build's own NT run the
     # three best steps were 0.0963 / 0.0967 / 0.0972 apart in validation Dist-2 on 500 (a spread
-    # below the sample's noise; their test Dist-2 0.0151 / 0.0154 / 0.0144), and each evaluation
-    # decodes 1,000 in ~2.5 s at 2 threads (reports/nt_select_dist2_small_2t*.md)
+    # below the sample's noise; their test Dist-2 0.0151 / 0.0154 / 0.0144,
+    # reports/nt_select_dist2_small_2t*.md), for 20 s more of the NT stage (1:26 -> 1:46 in the
+    # two session-18 builds, reports/build_small.md)
     nt_select_examples=1000,
     # evaluated every 10 updates from update 80 on (8 points, not 4): its validation max-ratio
     # swings 0.05-0.19 between neighbouring points, and the closer look kept a less generic step

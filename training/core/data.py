@@ -32,6 +32,7 @@ __all__ = [
     "DialogueSplits",
     "LoadResult",
     "deduplicate",
+    "dialogue_ids",
     "load_dailydialog",
     "load_jsonl",
     "load_jsonl_report",
@@ -286,16 +287,24 @@ def remove_overlap(
 T = TypeVar("T")
 
 
+def dialogue_ids(examples: Sequence[DialogueExample]) -> list[int]:
+    """A dialogue number per pair of a split in its release order: a new dialogue starts wherever
+    a pair does not answer the previous pair's response."""
+    ids: list[int] = []
+    for i, e in enumerate(examples):
+        new = i > 0 and e.context[-1] != examples[i - 1].response
+        ids.append((ids[-1] + new) if ids else 0)
+    return ids
+
+
 def sample_examples(examples: Sequence[T], n: int, seed: int = 0) -> list[T]:
     """``n`` of ``examples`` drawn uniformly without replacement with ``seed``, in the drawn
     order, so that every prefix of the result is a uniform sample too; all of them, in their own
     order, when ``n`` is 0.
 
     Use it, not ``examples[:n]``, wherever a subset stands for a split: a split's pairs come
-    dialogue by dialogue, and DailyDialog's first 500 validation pairs are 79 of its 929
-    dialogues (500 drawn ones: ~370). Over NT's evaluated steps, validation max-ratio on the first
-    500 pairs ranks the steps' test max-ratio with Spearman 0.82, on 500 drawn ones 0.92
-    (Dist-2: 0.86 and 0.95; reports/nt_select_dist2_small.md)."""
+    dialogue by dialogue (:func:`dialogue_ids`), and DailyDialog's first 500 validation pairs are
+    79 of its 929 dialogues, 500 drawn ones 373 (reports/nt_select_dist2_small.md)."""
     if n <= 0:
         return list(examples)
     order = np.random.default_rng(seed).permutation(len(examples))[:n]

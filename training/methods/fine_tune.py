@@ -249,8 +249,6 @@ def fine_tune_standard(
     evenly spaced, from half the budget on) whose greedy validation replies are the least
     generic by :data:`GENERICNESS`'s statistic for ``select``: the lowest max-ratio
     ("least-generic") or the highest Dist-2 ("most-distinct")."""
-    if select != "last" and select not in GENERICNESS:
-        raise ValueError(f"select must be 'last' or one of {sorted(GENERICNESS)}, got {select!r}")
     base = GenerativeResponder.load(base_bundle)
     assert base.inputs == preset.inputs, (
         f"{base_bundle} was trained with inputs {base.inputs}, preset {preset.name!r} has "
