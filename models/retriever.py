@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -122,6 +123,10 @@ class RetrievalResponder(Responder):
         if index.ntotal != len(responses):
             raise ValueError(f"index holds {index.ntotal} vectors for {len(responses)} responses")
         self.reranker = reranker  # hybrid dense + TF-IDF re-ranking (models/lexical.py), or None
+        # TorchScript trace of the context encoder for one unpadded context on the CPU (the
+        # batch-1 serving path; :meth:`trace_context_encoder`), with the dtype it was traced in
+        self._traced: torch.jit.ScriptModule | None = None
+        self._traced_dtype: torch.dtype | None = None
         self._vectors: np.ndarray | None = None  # the index's raw vectors, for re-ranking
         self._ids_by_text: dict[str, list[int]] | None = None  # response ids of each text
         if reranker is not None:  # at load, not on the first request
@@ -184,6 +189,66 @@ class RetrievalResponder(Responder):
         tokenizer = load_tokenizer(bundle_dir)
         return cls(model, tokenizer, inputs, index, texts, sources, manifest, reranker)
 
+    @classmethod
+    def load(
+        cls, bundle_dir: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> RetrievalResponder:
+        """:meth:`Responder.load`, then the batch-1 fast path where it applies (CPU)."""
+        responder = super().load(bundle_dir, device, dtype)
+        responder.trace_context_encoder()
+        return responder
+
+    def trace_context_encoder(self) -> bool:
+        """Serve a single context through a TorchScript trace of the context encoder.
+
+        At batch 1 the context encoder's time is mostly Python and dispatch overhead around small
+        matmuls; a trace (``torch.jit.trace``, not frozen, so it shares the module's parameters
+        and sees weights loaded in place) runs the same ops without the module calls
+        (reports/retrieval_stages_base.md). It is recorded for one unpadded row, so
+        :meth:`embed` uses it only for exactly that: one context, no padding, on the CPU, in eval
+        mode, in the dtype traced; anything else takes the module. The trace must match the
+        module on several lengths (allclose) or it is not used. Returns whether it is on."""
+        self._traced = self._traced_dtype = None
+        if self.device.type != "cpu" or self.model.training:
+            return False
+        encoder = self.model.context_encoder
+        lengths = sorted({1, 7, self.inputs.max_source_len})
+        # ids 5.. are ordinary pieces (0-4: pad, bos, eos, unk, sep); a cls token adds one
+        pieces = max(self.model.cfg.vocab_size - 5, 1)
+        probes = [torch.arange(n).remainder(pieces)[None] + 5 for n in lengths]
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                # the trace records the no-padding branch and the position assert as constants:
+                # exactly the case embed() restricts it to
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                traced = torch.jit.trace(encoder, probes[0], check_trace=False)
+                ok = all(
+                    torch.allclose(traced(x), encoder(x), rtol=1e-4, atol=1e-5) for x in probes
+                )
+        except Exception as exc:  # a failed trace only means the module serves
+            logger.warning("context encoder not traced (the module serves): %s", exc)
+            return False
+        if not ok:
+            logger.warning("context encoder trace disagrees with the module: not used")
+            return False
+        self._traced, self._traced_dtype = traced, next(encoder.parameters()).dtype
+        return True
+
+    def _context_encoder_for(self, context_ids: Tensor) -> Any:
+        """The trace for one unpadded CPU row it was recorded for, else the module's method."""
+        traced = self._traced
+        if (
+            traced is not None
+            and context_ids.size(0) == 1
+            and context_ids.size(1) <= self.inputs.max_source_len
+            and context_ids.device.type == "cpu"
+            and not self.model.training
+            and next(self.model.context_encoder.parameters()).dtype == self._traced_dtype
+            and bool(context_ids.ne(self.model.cfg.pad_id).all())
+        ):
+            return traced
+        return self.model.encode_contexts
+
     # --- the three serving stages: tokenize -> encode -> search ---------------------------------
 
     def encode_contexts(self, contexts: Sequence[Sequence[str]]) -> Tensor:
@@ -192,8 +257,9 @@ class RetrievalResponder(Responder):
 
     @torch.inference_mode()
     def embed(self, context_ids: Tensor) -> np.ndarray:
-        """Context embeddings (B, embed_dim), float32 on the CPU (what FAISS searches with)."""
-        return as_float32(self.model.encode_contexts(context_ids))
+        """Context embeddings (B, embed_dim), float32 on the CPU (what FAISS searches with); one
+        context at a time goes through the traced encoder where it is on."""
+        return as_float32(self._context_encoder_for(context_ids)(context_ids))
 
     def search(
         self,

@@ -190,6 +190,40 @@ def test_load_and_respond_returns_top_k_texts_with_scores(bundle: Path) -> None:
     assert len(loaded.respond([["hi"]], top_k=100)[0]) == len(RESPONSES)
 
 
+def test_a_loaded_retriever_embeds_one_context_through_a_trace_that_follows_its_module(
+    bundle: Path,
+) -> None:
+    loaded = RetrievalResponder.load(bundle)
+    assert loaded._traced is not None  # on for a CPU float32 load
+    contexts = [["Hello, how are you?"], ["what time is it ?", "it's ten ."]]
+    one = loaded.encode_contexts(contexts[:1])
+    both = loaded.encode_contexts(contexts)  # the first row right-padded
+    assert loaded._context_encoder_for(one) is loaded._traced
+    assert loaded._context_encoder_for(both) is not loaded._traced  # two rows, padding
+    assert loaded._context_encoder_for(both[:1]) is not loaded._traced  # a padded row
+    with torch.inference_mode():
+        module = loaded.model.encode_contexts(one).numpy()
+    np.testing.assert_allclose(loaded.embed(one), module, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loaded.embed(both)[:1], module, rtol=1e-4, atol=1e-5)
+    # it shares the module's parameters: weights loaded in place are what it computes with
+    state = {k: v * 1.5 for k, v in loaded.model.state_dict().items()}
+    loaded.model.load_state_dict(state)
+    with torch.inference_mode():
+        moved = loaded.model.encode_contexts(one).numpy()
+    assert not np.allclose(moved, module)
+    np.testing.assert_allclose(loaded.embed(one), moved, rtol=1e-5, atol=1e-6)
+    # training mode or another dtype: the module serves
+    loaded.model.train()
+    assert loaded._context_encoder_for(one) is not loaded._traced
+    loaded.model.eval().double()
+    assert loaded._context_encoder_for(one) is not loaded._traced
+    # and a responder built in training (not loaded) has no trace
+    direct = RetrievalResponder(
+        loaded.model.float(), loaded.tokenizer, loaded.inputs, loaded.index, RESPONSES
+    )
+    assert direct._context_encoder_for(one) is not direct._traced
+
+
 def test_bundle_whose_index_count_disagrees_refuses_to_load(
     responder: RetrievalResponder, bundle: Path, tmp_path: Path
 ) -> None:
