@@ -29,9 +29,12 @@ def encode_contexts(
     inputs: InputConfig,
     contexts: Sequence[Sequence[str]],
     device: torch.device | str = "cpu",
+    *,
+    normalized: bool = False,
 ) -> Tensor:
     """Right-padded source ids (B, S) from the last ``max_context_turns`` turns of each context
-    (turns oldest first), the last ``max_source_len`` pieces kept."""
+    (turns oldest first), the last ``max_source_len`` pieces kept; ``normalized``: the turns are
+    :func:`~models.text.normalize_text`'s output already."""
     turns = [list(c)[-inputs.max_context_turns :] for c in contexts]
-    ids = tokenizer.encode_contexts(turns, inputs.max_source_len)
+    ids = tokenizer.encode_contexts(turns, inputs.max_source_len, normalized=normalized)
     return tokenizer.pad(ids, device)

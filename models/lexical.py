@@ -43,6 +43,27 @@ class TermWeights:
     weights: np.ndarray  # float64
 
 
+@dataclass(frozen=True)
+class ContextTerms:
+    """A context's TF-IDF rows over the vocabulary columns its turns hold, as one small dense
+    matrix: row 0 is the query (the turns joined: its term counts are the sum of theirs), row
+    1 + i is turn i; each row L2-normalised. One gather of a candidate's terms scores it against
+    every row at once (:meth:`LexicalReranker.candidate_scores`)."""
+
+    cols: np.ndarray  # int64, ascending: every column any turn holds (so all of the query's)
+    weights: np.ndarray  # float64 (1 + turns, cols.size)
+
+    @property
+    def query(self) -> TermWeights:
+        """The query's row (every column: a turn's terms are the query's)."""
+        return TermWeights(self.cols, self.weights[0])
+
+    def turn(self, i: int) -> TermWeights:
+        """Turn ``i``'s row, its own columns only."""
+        held = self.weights[1 + i] > 0
+        return TermWeights(self.cols[held], self.weights[1 + i][held])
+
+
 def _gather_rows(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The stored entries of CSR rows ``rows`` as flat arrays (position in ``rows``, column,
     value), in row order: ``m[rows]`` without scipy's per-call validation, which cost more than
@@ -53,14 +74,6 @@ def _gather_rows(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.nda
     first = np.repeat(np.cumsum(lengths) - lengths, lengths)
     pos = np.repeat(starts, lengths) + (np.arange(int(lengths.sum())) - first)
     return owner, m.indices[pos], m.data[pos]
-
-
-def _weights_at(row: TermWeights, cols: np.ndarray) -> np.ndarray:
-    """``row``'s weight at each of ``cols`` (0 where the row does not hold the column)."""
-    if row.cols.size == 0:
-        return np.zeros(cols.size)
-    at = np.minimum(np.searchsorted(row.cols, cols), row.cols.size - 1)
-    return np.where(row.cols[at] == cols, row.weights[at], 0.0)
 
 
 def lexical_tokens(text: str) -> list[str]:
@@ -76,8 +89,11 @@ def context_text(context: Sequence[str], turns: int) -> str:
 def zscore(x: np.ndarray) -> np.ndarray:
     """Standardise each row (scores of one context's candidates); a constant row becomes 0."""
     x = np.asarray(x, dtype=np.float64)
-    std = x.std(axis=-1, keepdims=True)
-    return (x - x.mean(axis=-1, keepdims=True)) / np.where(std > 0, std, 1.0)
+    # np.std's own arithmetic (deviations, their mean square, its root) without its per-call
+    # checks, which cost more than the sums on one context's ~200 candidates
+    d = x - x.mean(axis=-1, keepdims=True)
+    std = np.sqrt((d * d).mean(axis=-1, keepdims=True))
+    return d / np.where(std > 0, std, 1.0)
 
 
 def mix_scores(dense: np.ndarray, lexical: np.ndarray, weight: float) -> np.ndarray:
@@ -155,15 +171,28 @@ class LexicalReranker:
         which at batch 1 cost more than the rest of a retrieval."""
         return self._row(self._counts(text))
 
-    def context_terms(self, turns: Sequence[str]) -> tuple[TermWeights, list[TermWeights]]:
-        """The TF-IDF row of the ``turns`` joined by a space (the query) and of each turn, each
-        turn tokenised once: the query's term counts are the sum of the turns' counts."""
-        counts = [self._counts(t) for t in turns]
-        total: dict[int, int] = {}
-        for c in counts:
-            for col, n in c.items():
-                total[col] = total.get(col, 0) + n
-        return self._row(total), [self._row(c) for c in counts]
+    def context_terms(self, turns: Sequence[str]) -> ContextTerms:
+        """The TF-IDF rows of the ``turns`` joined by a space (the query) and of each turn (each
+        equal to :meth:`terms` of that text; a test holds them so), each turn tokenised once."""
+        vocab = self.vectorizer.vocabulary_
+        owners: list[int] = []
+        found: list[int] = []
+        for i, text in enumerate(turns, start=1):
+            for token in lexical_tokens(text):
+                col = vocab.get(token)
+                if col is not None:
+                    owners.append(i)
+                    found.append(col)
+        rows = 1 + len(turns)
+        if not found:
+            return ContextTerms(np.zeros(0, dtype=np.int64), np.zeros((rows, 0)))
+        cols, where = np.unique(np.asarray(found, dtype=np.int64), return_inverse=True)
+        flat = np.asarray(owners, dtype=np.int64) * cols.size + where
+        counts = np.bincount(flat, minlength=rows * cols.size).reshape(rows, cols.size)
+        counts[0] = counts[1:].sum(axis=0)
+        weights = counts * self.idf[cols]
+        norms = np.sqrt((weights**2).sum(axis=1, keepdims=True))
+        return ContextTerms(cols, weights / np.where(norms > 0, norms, 1.0))
 
     def _counts(self, text: str) -> dict[int, int]:
         vocab = self.vectorizer.vocabulary_
@@ -209,25 +238,29 @@ class LexicalReranker:
         self._rare = df <= max(1, MAX_CANDIDATE_DF * len(responses))
 
     def candidate_scores(
-        self, query: TermWeights, turns: Sequence[TermWeights], ids: np.ndarray
+        self, context: ContextTerms, ids: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """For response ids ``ids`` of one context: their TF-IDF cosine with the context's
-        ``query`` (the lexical half of the hybrid score), and whether each is an *echo*, a
-        candidate whose cosine with one of the context's ``turns`` is at least ``ECHO_COSINE``
-        (it restates the conversation instead of answering it). The candidates' rows are
-        gathered once for both (:meth:`terms` builds the query and turn rows)."""
+        """For response ids ``ids`` of one context: their TF-IDF cosine with the context's query
+        (the lexical half of the hybrid score), and whether each is an *echo*, a candidate whose
+        cosine with one of the context's turns is at least ``ECHO_COSINE`` (it restates the
+        conversation instead of answering it). The candidates' rows are gathered once and scored
+        against every row of ``context`` (:meth:`context_terms`) in one pass."""
         if self._responses is None:
             raise RuntimeError("index_responses() first")
-        if ids.size == 0:
-            return np.zeros(0), np.zeros(0, dtype=bool)
+        rows = context.weights.shape[0]
+        if ids.size == 0 or context.cols.size == 0:
+            return np.zeros(ids.size), np.zeros(ids.size, dtype=bool)
         owner, cols, vals = _gather_rows(self._responses, ids)
-        # each candidate entry's weight in the query and in each turn (0 where the row lacks
-        # the term): a lookup in the rows' sorted columns, not a vocabulary-wide dense row
-        cos = [
-            np.bincount(owner, weights=_weights_at(t, cols) * vals, minlength=ids.size)
-            for t in (query, *turns)
-        ]
-        echo = np.max(cos[1:], axis=0) >= ECHO_COSINE if turns else np.zeros(ids.size, bool)
+        # each gathered entry's column among the context's (a lookup in its sorted columns);
+        # entries of columns the context lacks contribute 0 and are dropped
+        at = np.minimum(np.searchsorted(context.cols, cols), context.cols.size - 1)
+        held = context.cols[at] == cols
+        owner, at, vals = owner[held], at[held], vals[held]
+        flat = owner + ids.size * np.arange(rows)[:, None]  # (rows, entries): row-major cells
+        cos = np.bincount(
+            flat.ravel(), weights=(context.weights[:, at] * vals).ravel(), minlength=rows * ids.size
+        ).reshape(rows, ids.size)
+        echo = cos[1:].max(axis=0) >= ECHO_COSINE if rows > 1 else np.zeros(ids.size, bool)
         return cos[0], np.asarray(echo)
 
     def lexical_candidates(self, query: TermWeights, k: int) -> np.ndarray:
@@ -247,6 +280,10 @@ class LexicalReranker:
             return np.zeros(0, dtype=np.int64)
         unique, where = np.unique(ids, return_inverse=True)
         scores = np.bincount(where, weights=vals * weights[owner])
+        if unique.size > k:  # sort only those at or above the k-th best score (ties included)
+            kth = np.partition(scores, unique.size - k)[unique.size - k]
+            keep = scores >= kth
+            unique, scores = unique[keep], scores[keep]
         return unique[np.lexsort((unique, -scores))[:k]].astype(np.int64)
 
     def mix(self, dense: np.ndarray, lexical: np.ndarray) -> np.ndarray:

@@ -251,9 +251,14 @@ class RetrievalResponder(Responder):
 
     # --- the three serving stages: tokenize -> encode -> search ---------------------------------
 
-    def encode_contexts(self, contexts: Sequence[Sequence[str]]) -> Tensor:
-        """Right-padded context ids (B, S) from the last ``max_context_turns`` turns of each."""
-        return encode_contexts(self.tokenizer, self.inputs, contexts, self.device)
+    def encode_contexts(
+        self, contexts: Sequence[Sequence[str]], *, normalized: bool = False
+    ) -> Tensor:
+        """Right-padded context ids (B, S) from the last ``max_context_turns`` turns of each
+        (``normalized``: the turns are :func:`normalize_text`'s output already)."""
+        return encode_contexts(
+            self.tokenizer, self.inputs, contexts, self.device, normalized=normalized
+        )
 
     @torch.inference_mode()
     def embed(self, context_ids: Tensor) -> np.ndarray:
@@ -266,8 +271,11 @@ class RetrievalResponder(Responder):
         embeddings: np.ndarray,
         top_k: int = 1,
         contexts: Sequence[Sequence[str]] | None = None,
+        *,
+        normalized: bool = False,
     ) -> list[list[tuple[str, float]]]:
-        """The ``top_k`` responses and their scores for each context embedding, best first.
+        """The ``top_k`` responses and their scores for each context embedding, best first
+        (``normalized``: the ``contexts``' turns are :func:`normalize_text`'s output already).
 
         Scores are R(c, r) = <e_c, e_r>. With a re-ranker and the ``contexts`` the embeddings
         came from, the candidates are the index's best ``reranker.candidates`` together with the
@@ -290,18 +298,18 @@ class RetrievalResponder(Responder):
         if self._ids_by_text is None:
             self._ids_by_text = ids_by_text(self.responses)
         for row, context in enumerate(contexts):
-            turns = [normalize_text(t) for t in context]
+            turns = list(context) if normalized else [normalize_text(t) for t in context]
             # the query is the last turns joined (= context_text(context, last)); each turn's
             # row too, for the near-echo test below
-            query, recent = reranker.context_terms(turns[-last:])
-            lexical_ids = reranker.lexical_candidates(query, reranker.candidates)
+            terms = reranker.context_terms(turns[-last:])
+            lexical_ids = reranker.lexical_candidates(terms.query, reranker.candidates)
             cand = np.unique(np.concatenate([dense_ids[row][dense_ids[row] >= 0], lexical_ids]))
             # no reply that repeats a turn of the context word for word
             repeats = [i for t in turns for i in self._ids_by_text.get(t, ())]
             if repeats:
                 cand = cand[~np.isin(cand, repeats)]
             # near-echoes too: a reply that restates one of the recent turns
-            lexical, echo = reranker.candidate_scores(query, recent, cand)
+            lexical, echo = reranker.candidate_scores(terms, cand)
             cand, lexical = cand[~echo], lexical[~echo]
             if cand.size == 0:
                 out.append([])
@@ -325,11 +333,14 @@ class RetrievalResponder(Responder):
         if not contexts:
             return []
         started = time.perf_counter()
-        ids = self.encode_contexts(contexts)
+        reranks = self.reranker is not None and self.reranker.weight > 0
+        # with a re-ranker (which reads every turn) normalised once, for it and the tokenizer
+        turns = [[normalize_text(t) for t in c] for c in contexts] if reranks else contexts
+        ids = self.encode_contexts(turns, normalized=reranks)
         started = observe(on_stage, "tokenize", started)
         embeddings = self.embed(ids)
         started = observe(on_stage, "encode", started)
-        hits = self.search(embeddings, top_k, contexts)
+        hits = self.search(embeddings, top_k, turns, normalized=reranks)
         observe(on_stage, "search", started)
         return hits
 

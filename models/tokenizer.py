@@ -85,8 +85,9 @@ class DialogueTokenizer:
 
     # --- encoding ----------------------------------------------------------------------------
 
-    def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
-        """Piece ids of each text after normalisation (no special tokens).
+    def encode_texts(self, texts: Sequence[str], *, normalized: bool = False) -> list[list[int]]:
+        """Piece ids of each text after normalisation (no special tokens); ``normalized`` says
+        the texts are :func:`normalize_text`'s output already (it is idempotent: only time).
 
         Each distinct text is normalised and encoded once: a corpus's 3-turn contexts hold every
         utterance up to three times (the 3-turn contexts and responses of DailyDialog's train
@@ -94,7 +95,7 @@ class DialogueTokenizer:
         if not texts:
             return []
         unique = list(dict.fromkeys(texts))
-        normalised = [normalize_text(t) for t in unique]
+        normalised = unique if normalized else [normalize_text(t) for t in unique]
         if len(normalised) <= SEQUENTIAL_TEXTS:
             ids = [self._tok.encode(t, add_special_tokens=False).ids for t in normalised]
         else:
@@ -104,10 +105,13 @@ class DialogueTokenizer:
         by_text = dict(zip(unique, ids, strict=True))
         return [list(by_text[t]) for t in texts]  # a list of its own per text, as before
 
-    def encode_contexts(self, contexts: Sequence[Sequence[str]], max_len: int) -> list[list[int]]:
-        """Each context's turns joined by ``<sep>``, keeping the last ``max_len`` ids."""
+    def encode_contexts(
+        self, contexts: Sequence[Sequence[str]], max_len: int, *, normalized: bool = False
+    ) -> list[list[int]]:
+        """Each context's turns joined by ``<sep>``, keeping the last ``max_len`` ids
+        (``normalized``: as in :meth:`encode_texts`)."""
         flat = [turn for turns in contexts for turn in turns]
-        pieces = iter(self.encode_texts(flat))
+        pieces = iter(self.encode_texts(flat, normalized=normalized))
         out: list[list[int]] = []
         for turns in contexts:
             ids: list[int] = []

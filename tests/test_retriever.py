@@ -461,17 +461,25 @@ def test_lexical_scores_of_gathered_rows_equal_the_sparse_products() -> None:
     lex.index_responses(texts)
     docs = lex.vectors(texts)
     context = ["good morning , what time is it ?", "it is nine , time for the museum ."]
-    query, turns = lex.context_terms(context)
+    terms = lex.context_terms(context)
+    query = terms.query
     joined = lex.terms(" ".join(context))
     np.testing.assert_array_equal(query.cols, joined.cols)
     np.testing.assert_allclose(query.weights, joined.weights, rtol=1e-12)
-    for t, text in zip(turns, context, strict=True):
-        np.testing.assert_allclose(t.weights, lex.terms(text).weights, rtol=1e-12)
-    ids = np.array([len(texts) - 1, 3, 0, 205, 201, 7])  # "!!!" has no terms: cosine 0
-    lexical, echo = lex.candidate_scores(query, turns, ids)
+    for i, text in enumerate(context):
+        own = lex.terms(text)
+        np.testing.assert_array_equal(terms.turn(i).cols, own.cols)
+        np.testing.assert_allclose(terms.turn(i).weights, own.weights, rtol=1e-12)
+    # "!!!" has no terms (cosine 0); 206, "what time is it now ?", restates the first turn
+    ids = np.array([len(texts) - 1, 3, 0, 205, 201, 7, 206])
+    lexical, echo = lex.candidate_scores(terms, ids)
     expect = (docs[ids] @ lex.query_vectors([" ".join(context), *context]).T).toarray()
     np.testing.assert_allclose(lexical, expect[:, 0], rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(echo, expect[:, 1:].max(axis=1) >= 0.7)
+    assert echo.any() and not echo.all()
+    none = lex.context_terms(["!!!", "xyzzy"])  # no known term in any turn
+    assert none.cols.size == 0 and none.weights.shape == (3, 0)
+    np.testing.assert_array_equal(lex.candidate_scores(none, ids)[0], np.zeros(ids.size))
     # lexical candidates: every response sharing a rare term, ranked by the rare terms' cosine
     found = lex.lexical_candidates(query, 1000)
     q = lex.query_vectors([" ".join(context)]).toarray()[0]
