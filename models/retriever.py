@@ -18,7 +18,8 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
@@ -233,6 +234,15 @@ class RetrievalResponder(Responder):
             return False
         self._traced, self._traced_dtype = traced, next(encoder.parameters()).dtype
         return True
+
+    @contextmanager
+    def untraced(self) -> Iterator[None]:
+        """Within the block one context goes through the module too (benchmarks compare)."""
+        traced, self._traced = self._traced, None
+        try:
+            yield
+        finally:
+            self._traced = traced
 
     def _context_encoder_for(self, context_ids: Tensor) -> Any:
         """The trace for one unpadded CPU row it was recorded for, else the module's method."""

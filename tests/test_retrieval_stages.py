@@ -20,6 +20,7 @@ def test_stage_report_splits_the_served_path_and_sweeps_ef(tmp_path: Path) -> No
         [
             "--bundle", str(bundle), "--queries", "8", "--agreement", "40", "--rounds", "1",
             "--ef", f"{bundle_ef},4", "--out", str(out),
+            "--generator", str(bundles / "generator-nd"),
         ]
     )  # fmt: skip
     r = json.loads(out.with_suffix(".json").read_text())
@@ -31,4 +32,15 @@ def test_stage_report_splits_the_served_path_and_sweeps_ef(tmp_path: Path) -> No
     assert same["served_top1_agreement"] == 1.0 and same["candidate_recall"] == 1.0
     assert 0.0 <= small["served_top1_agreement"] <= 1.0 and small["candidate_recall"] <= 1.0
     assert r["n_agreement"] == 40 and r["bundle_ef_search"] == bundle_ef
-    assert "## efSearch" in out.with_suffix(".md").read_text()
+    md = out.with_suffix(".md").read_text()
+    assert "## efSearch" in md and "## Against greedy generation" in md
+    rows = r["against_generation"]
+    assert list(rows) == [
+        "greedy generation (the generator bundle)",
+        "retrieval as served (re-ranked top-1)",
+        "as served, the context encoder as a module (no trace)",
+        "as served at efSearch 4",
+        "dense path alone (tokenize + encode + HNSW top-1)",
+    ]
+    assert all(row["n"] == 8 for row in rows.values())  # every row timed on every context
+    assert r["generator"].startswith("generator-nd@")
