@@ -186,9 +186,13 @@ class LexicalReranker:
         rows = 1 + len(turns)
         if not found:
             return ContextTerms(np.zeros(0, dtype=np.int64), np.zeros((rows, 0)))
-        cols, where = np.unique(np.asarray(found, dtype=np.int64), return_inverse=True)
-        flat = np.asarray(owners, dtype=np.int64) * cols.size + where
-        counts = np.bincount(flat, minlength=rows * cols.size).reshape(rows, cols.size)
+        # a context holds tens of terms: sorting them in Python beats np.unique's overhead
+        unique = sorted(set(found))
+        where = {col: j for j, col in enumerate(unique)}
+        n = len(unique)
+        flat = [owner * n + where[col] for owner, col in zip(owners, found, strict=True)]
+        cols = np.asarray(unique, dtype=np.int64)
+        counts = np.bincount(flat, minlength=rows * n).reshape(rows, n)
         counts[0] = counts[1:].sum(axis=0)
         weights = counts * self.idf[cols]
         norms = np.sqrt((weights**2).sum(axis=1, keepdims=True))
