@@ -435,11 +435,11 @@ def _poisoned(backend: Backend, marker: str, seen: list[int]) -> None:
     responder = backend.responder
     encode = responder.encode_contexts
 
-    def poisoned_encode(contexts: list[list[str]]) -> Any:
+    def poisoned_encode(contexts: list[list[str]], **kwargs: Any) -> Any:
         seen.append(len(contexts))
         if any(marker in turn for context in contexts for turn in context):
             raise UnicodeEncodeError("utf-8", marker, 0, 1, "surrogates not allowed")
-        return encode(contexts)
+        return encode(contexts, **kwargs)
 
     responder.encode_contexts = poisoned_encode
 
