@@ -80,3 +80,23 @@ def set_threads(threads: int) -> None:
 
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
+
+
+def time_interleaved(
+    rows: dict[str, Callable[[Q], Any]], queries: Sequence[Q], rounds: int, *, warmup: int = 3
+) -> dict[str, list[float]]:
+    """Seconds per call of every row on every query, timed *interleaved*: for each query each row
+    runs once, the order reversed on alternate passes, so that a shared VM's slow minute slows
+    every row alike (``warmup`` untimed queries first)."""
+    seconds: dict[str, list[float]] = {name: [] for name in rows}
+    order = list(rows.items())
+    for q in queries[:warmup]:
+        for _, fn in order:
+            fn(q)
+    for p in range(rounds):
+        for q in queries:
+            for name, fn in order if p % 2 == 0 else order[::-1]:
+                start = time.perf_counter()
+                fn(q)
+                seconds[name].append(time.perf_counter() - start)
+    return seconds

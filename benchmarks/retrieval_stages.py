@@ -25,7 +25,6 @@ import logging
 import os
 import shlex
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ from benchmarks.latency import (
     machine_description,
     recall_at_k,
     set_threads,
+    time_interleaved,
     time_per_query,
 )
 from benchmarks.quality_report import greedy, seeded_indices
@@ -157,18 +157,8 @@ def against_generation(
         **{f"as served at efSearch {ef}": served(ef) for ef in efs if ef != bundle_ef},
         "dense path alone (tokenize + encode + HNSW top-1)": dense,
     }
-    seconds: dict[str, list[float]] = {name: [] for name in rows}
     try:
-        for context in contexts[:3]:  # warm-ups
-            for fn in rows.values():
-                fn(context)
-        order = list(rows.items())
-        for p in range(rounds):
-            for context in contexts:
-                for name, fn in order if p % 2 == 0 else order[::-1]:
-                    start = time.perf_counter()
-                    fn(context)
-                    seconds[name].append(time.perf_counter() - start)
+        seconds = time_interleaved(rows, contexts, rounds)
     finally:
         responder.index.set_ef_search(bundle_ef)
     return {name: latency_summary(v) for name, v in seconds.items()}

@@ -28,7 +28,6 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -37,7 +36,12 @@ from typing import Any
 import numpy as np
 
 from benchmarks import write_report
-from benchmarks.latency import latency_summary, machine_description, set_threads
+from benchmarks.latency import (
+    latency_summary,
+    machine_description,
+    set_threads,
+    time_interleaved,
+)
 from benchmarks.quality_report import seeded_indices
 from benchmarks.retrieval import DEFAULT_DATA
 from models.lexical import LEXICAL_FILE
@@ -69,24 +73,6 @@ def baseline_responder(src: Path, bundle: Path) -> Any:
     return responder
 
 
-def interleaved(
-    responders: dict[str, Any], contexts: Sequence[Sequence[str]], rounds: int
-) -> dict[str, list[float]]:
-    """Seconds of ``respond([c], 1)`` per responder, every responder once per context in turn."""
-    seconds: dict[str, list[float]] = {name: [] for name in responders}
-    order = list(responders.items())
-    for context in contexts[:3]:  # warm-ups
-        for _, r in order:
-            r.respond([context], 1)
-    for p in range(rounds):
-        for context in contexts:
-            for name, r in order if p % 2 == 0 else order[::-1]:
-                start = time.perf_counter()
-                r.respond([context], 1)
-                seconds[name].append(time.perf_counter() - start)
-    return seconds
-
-
 def agreement(a: Any, b: Any, contexts: Sequence[Sequence[str]]) -> dict[str, float]:
     """Share of contexts with the same top-3 texts, and the largest score difference."""
     same, worst = 0, 0.0
@@ -99,19 +85,16 @@ def agreement(a: Any, b: Any, contexts: Sequence[Sequence[str]]) -> dict[str, fl
 
 def git_head(src: Path) -> str:
     """The checkout's short commit, "+changes" when its tracked files differ from it."""
+
+    def git(*args: str) -> str:
+        run = subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True)
+        if run.returncode:
+            raise subprocess.CalledProcessError(run.returncode, args)
+        return run.stdout.strip()
+
     try:
-        head = subprocess.run(
-            ["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+changes" if dirty else "")
@@ -170,7 +153,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     test = load_dailydialog(args.data, "test", current.inputs.max_context_turns)
     contexts = [test[i].context for i in seeded_indices(len(test), args.queries)]
     others = [test[i].context for i in seeded_indices(len(test), args.agreement, seed=1)]
-    seconds = interleaved({"baseline": baseline, "current": current}, contexts, args.rounds)
+    seconds = time_interleaved(
+        {
+            name: (lambda c, r=r: r.respond([c], 1))
+            for name, r in (("baseline", baseline), ("current", current))
+        },
+        contexts,
+        args.rounds,
+    )
     diff = np.asarray(seconds["baseline"]) - np.asarray(seconds["current"])
     results = {
         "command": "python -m benchmarks.served_path_ab "
