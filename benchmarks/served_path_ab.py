@@ -28,7 +28,7 @@ import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -153,11 +153,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     test = load_dailydialog(args.data, "test", current.inputs.max_context_turns)
     contexts = [test[i].context for i in seeded_indices(len(test), args.queries)]
     others = [test[i].context for i in seeded_indices(len(test), args.agreement, seed=1)]
+
+    def served(r: Any) -> Callable[[Sequence[str]], Any]:
+        return lambda context: r.respond([context], 1)
+
     seconds = time_interleaved(
-        {
-            name: (lambda c, r=r: r.respond([c], 1))
-            for name, r in (("baseline", baseline), ("current", current))
-        },
+        {"baseline": served(baseline), "current": served(current)},
         contexts,
         args.rounds,
     )
