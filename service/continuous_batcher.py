@@ -368,9 +368,17 @@ class ContinuousBatcher(Generic[Request, Result]):
                     continue
                 job.settle(result)
             return
-        for key, result in ended:
-            if key in self._running:
-                self._running.pop(key).settle(result)
+        finished = [
+            (self._running.pop(key), result) for key, result in ended if key in self._running
+        ]
+        if not self._running:
+            # idle from here: say so before answering, or a request submitted in reply to the
+            # last answer could be taken by the preparing thread (a lone request is the
+            # stepping thread's own, never handed between threads)
+            with self._wake:
+                self._decoding = bool(self._ready)
+        for job, result in finished:
+            job.settle(result)
 
     def _fail_running(self) -> None:
         jobs = list(self._running.values())

@@ -442,3 +442,32 @@ def test_continuous_prepares_queued_requests_on_a_second_thread_while_busy() -> 
     # prepared together, then (0 refused the batch) each alone
     batches = [sorted(batch) for batch, _ in runner.prepared]
     assert batches[:3] == [[3], [4], [5]] and [6, 7] in batches  # 6 and 7 in one call
+
+
+def test_continuous_a_request_sent_in_reply_to_the_last_answer_stays_on_the_stepping_thread() -> (
+    None
+):
+    """The stepping thread says it is idle before it answers its last running request, so a
+    request submitted the moment that answer arrives is not taken by the preparing thread, even
+    when the stepping thread is slow to come round its loop again (the race CI once hit)."""
+    runner = Prepared()
+
+    class SlowToComeRound(ContinuousBatcher[int, int]):
+        def _step(self) -> None:
+            super()._step()
+            time.sleep(0.05)  # answered; not yet back at the top of the loop
+
+    async def scenario() -> list[int]:
+        batcher = SlowToComeRound(
+            "toy", runner, BatchLimits(8, 0.0, 16), ServiceMetrics(), _alone, prepare_ahead=True
+        )
+        await batcher.start()
+        deadline = time.monotonic() + 10
+        try:
+            return [await batcher.submit(n, deadline) for n in (2, 1, 3)]
+        finally:
+            await batcher.stop()
+
+    assert _run(scenario) == [102, 101, 103]
+    assert runner.admitted == [(2, None), (1, None), (3, None)]
+    assert runner.prepared == []
