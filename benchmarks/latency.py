@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -83,19 +84,28 @@ def set_threads(threads: int) -> None:
 
 
 def time_interleaved(
-    rows: dict[str, Callable[[Q], Any]], queries: Sequence[Q], rounds: int, *, warmup: int = 3
+    rows: dict[str, Callable[[Q], Any]],
+    queries: Sequence[Q],
+    rounds: int,
+    *,
+    warmup: int = 3,
+    seed: int = 0,
 ) -> dict[str, list[float]]:
     """Seconds per call of every row on every query, timed *interleaved*: for each query each row
-    runs once, the order reversed on alternate passes, so that a shared VM's slow minute slows
-    every row alike (``warmup`` untimed queries first)."""
+    runs once, so that a shared VM's slow minute slows every row alike, in an order shuffled per
+    query (seeded), so that every row runs first, last and after every other row about equally
+    often: a row that runs right after a heavy one (generation evicting the caches) would
+    otherwise pay for it alone (``warmup`` untimed queries first)."""
     seconds: dict[str, list[float]] = {name: [] for name in rows}
     order = list(rows.items())
+    rng = random.Random(seed)
     for q in queries[:warmup]:
         for _, fn in order:
             fn(q)
-    for p in range(rounds):
+    for _ in range(rounds):
         for q in queries:
-            for name, fn in order if p % 2 == 0 else order[::-1]:
+            rng.shuffle(order)
+            for name, fn in order:
                 start = time.perf_counter()
                 fn(q)
                 seconds[name].append(time.perf_counter() - start)

@@ -6,8 +6,8 @@ bundle and machine and serves the same replies. This loads ``models/retriever.py
 commit before the change) as modules of their own beside the current ones, builds both responders
 on one bundle (the old one with the old re-ranker), then
 
-* times ``respond([context], 1)`` of both, context by context, the order reversed on alternate
-  passes (a shared VM's slow minute slows both alike), and reports the mean of the per-request
+* times ``respond([context], 1)`` of both, context by context, in an order shuffled per context
+  (seeded; a shared VM's slow minute slows both alike), and reports the mean of the per-request
   differences with its standard error;
 * compares their top-3 replies and scores on ``--agreement`` test contexts.
 
@@ -111,7 +111,7 @@ def to_markdown(r: dict[str, Any]) -> str:
         f"{m['faiss']} with {m['threads']} thread(s); load average before {r['load_before']}, "
         f"after {r['load_after']}.  ",
         f"Bundle {r['bundle']}; {r['n_contexts']} seeded test contexts x {r['rounds']} passes, "
-        "both responders once per context, the order reversed on alternate passes.",
+        "both responders once per context, in an order shuffled per context (seeded).",
         "",
         "| code | mean ms | p50 ms | p90 ms | x faster than the baseline (mean) |",
         "|---|---:|---:|---:|---:|",

@@ -24,7 +24,7 @@ encoded separately into ``embed_dim``-sized vectors and scored by their dot prod
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -58,6 +58,10 @@ class BiEncoderConfig:
     embed_dim: int = 256  # size of the context/response embeddings (what the index stores)
     pooling: Pooling = "mean"  # "mean" over non-pad tokens or the state of a prepended "cls" token
     shared: bool = False  # one encoder for contexts and responses instead of two
+    # layers of the context encoder; 0 = n_layers. Fewer make the one encoder a request runs
+    # cheaper while the index (response embeddings) stays: a shallow context encoder distilled
+    # from a trained one (training/methods/g2r/context_distill.py; KALE, Campos et al. 2023)
+    context_layers: int = 0
     pad_id: int = 0
     cls_id: int = 1  # BOS doubles as the [CLS] token when pooling == "cls"
 
@@ -67,6 +71,17 @@ class BiEncoderConfig:
         )
         assert self.pooling in ("mean", "cls"), f"unknown pooling {self.pooling!r}"
         assert self.embed_dim > 0, f"embed_dim must be positive, got {self.embed_dim}"
+        assert self.context_layers >= 0, f"context_layers must be >= 0, got {self.context_layers}"
+        assert not (self.shared and self.context_layers not in (0, self.n_layers)), (
+            "a shared encoder has one depth: context_layers must be 0 or n_layers"
+        )
+
+    @property
+    def context_config(self) -> BiEncoderConfig:
+        """The context encoder's shape: this one with ``n_layers = context_layers`` when set."""
+        if self.context_layers in (0, self.n_layers):
+            return self
+        return replace(self, n_layers=self.context_layers, context_layers=0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,7 +155,7 @@ class BiEncoder(nn.Module):
     def __init__(self, cfg: BiEncoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.context_encoder = TextEncoder(cfg)
+        self.context_encoder = TextEncoder(cfg.context_config)
         # Shared weights: no second module, so the state dict holds each tensor once.
         self.response_encoder: TextEncoder | None = None if cfg.shared else TextEncoder(cfg)
         # The generator's initialisation (models/seq2seq.py), so warm starts and fresh runs match.

@@ -3,6 +3,7 @@
 augment          data-level G2R: m teacher replies per training context, as resumable JSONL shards
 train-retriever  a bi-encoder retriever (--method biencoder | g2r-d | g2r-dm) and its bundle
 build-index      re-embed a retriever bundle's responses and write a fresh index.faiss
+distill-context  a retriever with a shallower context encoder, distilled from a trained one
 
 Each command registers its function with ``set_defaults(run=...)`` (see training/cli/__init__.py).
 """
@@ -16,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from training.cli.common import add_common, distributed, preset_from_args
+from training.cli.common import add_common, distributed, preset_from_args, print_manifest, run_spec
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,20 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--out", type=Path, help="write the bundle here instead of in place")
     p.set_defaults(run=_build_index)
 
+    p = sub.add_parser(
+        "distill-context",
+        help="distil a retriever bundle into one with a shallower context encoder (same index)",
+    )
+    add_common(p, runs=True, inputs=False)
+    p.add_argument("--bundle", type=Path, required=True, help="the teacher retriever bundle")
+    p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    p.add_argument("--name", help="bundle name (default: the --out directory name)")
+    p.add_argument("--layers", type=int, help="context-encoder layers to keep (default 1)")
+    p.add_argument("--epochs", type=float, help="passes over the training pairs (default 8)")
+    p.add_argument("--alpha", type=float, help="weight of L_CE against L_KD (default 0.5)")
+    p.add_argument("--max-train-examples", type=int, default=0, help="cap the pairs (0 = all)")
+    p.set_defaults(run=distributed(_distill_context))
+
 
 def _build_index(args: argparse.Namespace) -> int:
     from training.methods.g2r.index import rebuild_index
@@ -124,6 +139,27 @@ def _build_index(args: argparse.Namespace) -> int:
     manifest = rebuild_index(args.bundle, out_dir=args.out, ef_search=args.ef_search)
     print(json.dumps({"bundle": str(args.out or args.bundle), **manifest.metrics}, indent=2))
     return 0
+
+
+def _distill_context(args: argparse.Namespace, ctx: Any) -> None:
+    from models.bundle import read_manifest
+    from models.generator import InputConfig
+    from training.config import get_preset
+    from training.methods.g2r.context_distill import ContextDistillConfig, distill_context_encoder
+    from training.pipeline.inputs import prepare_splits
+
+    config = ContextDistillConfig()
+    chosen = {"layers": args.layers, "epochs": args.epochs, "alpha": args.alpha}
+    config = replace(config, **{k: v for k, v in chosen.items() if v is not None})
+    inputs = InputConfig(**read_manifest(args.bundle).model_config["inputs"])
+    # the teacher's own context turns, whatever the preset's
+    preset = replace(get_preset(args.preset), inputs=inputs)
+    if args.max_train_examples:
+        preset = replace(preset, max_train_examples=args.max_train_examples)
+    splits = prepare_splits(preset, args.data)
+    run = run_spec(args, ctx, runs_subdir=preset.run_name, data_desc=str(args.data))
+    manifest = distill_context_encoder(run, args.bundle, splits.train, splits.validation, config)
+    print_manifest(manifest)
 
 
 def _augmentation_dir(args: argparse.Namespace, preset: Any, explicit: Path | None) -> Path:

@@ -1,0 +1,56 @@
+"""The shallow context encoder distilled from a trained retriever (training/methods/g2r/context_distill.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.biencoder import BiEncoder, BiEncoderConfig
+from training.methods.g2r.context_distill import (
+    ContextDistillObjective,
+    DistillBatch,
+    student_of,
+)
+
+CFG = BiEncoderConfig(
+    vocab_size=50, d_model=16, n_heads=2, d_ff=32, n_layers=2, embed_dim=8, dropout=0.0
+)
+
+
+def test_student_keeps_the_first_layers_and_the_whole_frozen_response_side() -> None:
+    teacher = BiEncoder(CFG).eval()
+    student = student_of(teacher, 1)
+    assert student.cfg.context_layers == 1 and len(student.context_encoder.layers) == 1
+    assert student.response_encoder is not None and len(student.response_encoder.layers) == 2
+    t, s = teacher.state_dict(), student.state_dict()
+    assert "context_encoder.layers.1.norm1.weight" not in s
+    assert all(torch.equal(v, t[k]) for k, v in s.items())
+    assert not any(p.requires_grad for p in student.response_encoder.parameters())
+    assert BiEncoderConfig.from_dict(student.cfg.to_dict()) == student.cfg
+    with pytest.raises(ValueError):
+        student_of(teacher, 2)
+
+
+def test_a_shared_teacher_is_split_into_a_cut_context_side_and_a_whole_response_side() -> None:
+    from dataclasses import replace
+
+    teacher = BiEncoder(replace(CFG, shared=True)).eval()
+    student = student_of(teacher, 1).eval()
+    ids = torch.tensor([[3, 4, 5]])
+    assert torch.allclose(student.encode_responses(ids), teacher.encode_responses(ids), atol=1e-5)
+
+
+def test_objective_is_ce_at_alpha_one_and_adds_the_teacher_cross_entropy() -> None:
+    model = BiEncoder(CFG).eval()
+    ids = torch.tensor([[3, 4, 5], [6, 7, 0]])
+    responses = torch.randn(3, 8)
+    teacher = torch.randn(2, 8)
+    batch = DistillBatch(ids, responses, teacher, torch.tensor([2, 0]))
+    scores = model.encode_contexts(ids).float() @ responses.T
+    ce = torch.nn.functional.cross_entropy(scores, batch.gold)
+    p = (teacher @ responses.T).softmax(dim=1)
+    kd = -(p * scores.log_softmax(dim=1)).sum(dim=1).mean()
+    loss, logs = ContextDistillObjective(1.0, 1.0)(model, batch)
+    assert torch.allclose(loss, ce)
+    loss, logs = ContextDistillObjective(0.5, 1.0)(model, batch)
+    assert torch.allclose(loss, 0.5 * ce + 0.5 * kd) and logs["kd"] == pytest.approx(kd.item())
