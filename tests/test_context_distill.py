@@ -54,3 +54,15 @@ def test_objective_is_ce_at_alpha_one_and_adds_the_teacher_cross_entropy() -> No
     assert torch.allclose(loss, ce)
     loss, logs = ContextDistillObjective(0.5, 1.0)(model, batch)
     assert torch.allclose(loss, 0.5 * ce + 0.5 * kd) and logs["kd"] == pytest.approx(kd.item())
+
+
+def test_context_embeddings_come_back_in_input_order_whatever_the_length_sort() -> None:
+    from models.tokenizer import DialogueTokenizer
+    from training.methods.g2r.index import embed_context_ids
+
+    words = ["hi", "how", "are", "you", "fine", "thanks", "what", "time", "is", "it", "?", "."]
+    tok = DialogueTokenizer.train([" ".join(words)] * 5 + words, vocab_size=50, min_frequency=1)
+    model = BiEncoder(CFG).eval()
+    ids = tok.encode_contexts([["how are you ?"], ["hi"], ["what time is it ?", "fine ."]], 16)
+    one_by_one = torch.cat([model.encode_contexts(tok.pad([row])) for row in ids]).detach()
+    assert torch.allclose(embed_context_ids(model, tok, ids), one_by_one, atol=1e-5)

@@ -141,6 +141,11 @@ class TrainState:
     elapsed_s: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
 
+    @property
+    def best_record(self) -> dict[str, float]:
+        """The validation record of the kept (best) step; empty when none was validated."""
+        return next((h for h in self.history if h["step"] == self.best_step), {})
+
 
 @dataclass
 class TrainResult:

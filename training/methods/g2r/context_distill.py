@@ -46,9 +46,8 @@ from training.core.data import DialogueExample, sample_examples
 from training.core.generator import bucketed_batches
 from training.core.run import RunSpec
 from training.core.trainer import TrainConfig, Trainer
-from training.methods.g2r.index import index_and_save
+from training.methods.g2r.index import embed_context_ids, index_and_save
 from training.methods.g2r.losses import HitsEvaluator
-from training.methods.g2r.teachers import batch_ranges
 
 logger = logging.getLogger(__name__)
 
@@ -117,17 +116,6 @@ def student_of(teacher: BiEncoder, layers: int) -> BiEncoder:
     return student
 
 
-@torch.no_grad()
-def _teacher_contexts(model: BiEncoder, ids: Sequence[list[int]], pad: Any) -> Tensor:
-    """The teacher's context embeddings, in length-sorted batches of 256 (rows in input order)."""
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out = torch.empty(len(ids), model.cfg.embed_dim)
-    for r in batch_ranges(len(order), 256):
-        rows = order[r.start : r.stop]
-        out[rows] = model.encode_contexts(pad([ids[i] for i in rows])).float().cpu()
-    return out
-
-
 def distill_context_encoder(
     run: RunSpec,
     teacher_dir: Path,
@@ -152,7 +140,7 @@ def distill_context_encoder(
     responses = torch.from_numpy(
         np.concatenate(list(embed_responses(teacher, tokenizer, texts, inputs)))
     )
-    targets = _teacher_contexts(teacher, context_ids, tokenizer.pad)
+    targets = embed_context_ids(teacher, tokenizer, context_ids)
 
     torch.manual_seed(run.seed)
     model = student_of(teacher, config.layers)
@@ -217,7 +205,7 @@ def distill_context_encoder(
     if not run.is_main:
         return None
     st = result.state
-    best = next((h for h in st.history if h["step"] == st.best_step), {})
+    best = st.best_record
     teacher_manifest = responder.manifest
     assert teacher_manifest is not None  # loaded from a bundle
     training = run.facts(

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from models.biencoder import BiEncoder, BiEncoderConfig
 from models.bundle import INDEX_FILE, Manifest, load_state_dict, read_manifest
@@ -50,6 +51,20 @@ def index_recall(
     return float(np.sum(hits) / exact.size)
 
 
+def embed_context_ids(
+    model: BiEncoder, tokenizer: DialogueTokenizer, ids: Sequence[list[int]]
+) -> Tensor:
+    """Context embeddings (N, embed_dim) of tokenised contexts, in length-sorted batches of 256
+    (less padding), rows in input order."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = torch.empty(len(ids), model.cfg.embed_dim)
+    with torch.no_grad():
+        for r in batch_ranges(len(order), 256):
+            rows = order[r.start : r.stop]
+            out[rows] = model.encode_contexts(tokenizer.pad([ids[i] for i in rows])).float().cpu()
+    return out
+
+
 def _embed_contexts(
     model: BiEncoder,
     tokenizer: DialogueTokenizer,
@@ -59,12 +74,7 @@ def _embed_contexts(
     ids = tokenizer.encode_contexts(
         [list(c)[-inputs.max_context_turns :] for c in contexts], inputs.max_source_len
     )
-    with torch.no_grad():
-        out = [
-            model.encode_contexts(tokenizer.pad(ids[r.start : r.stop])).float()
-            for r in batch_ranges(len(ids), 256)
-        ]
-    return torch.cat(out).numpy() if out else np.zeros((0, model.cfg.embed_dim), np.float32)
+    return embed_context_ids(model, tokenizer, ids).numpy()
 
 
 def fit_rerank_weight(

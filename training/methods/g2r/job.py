@@ -180,7 +180,7 @@ def train_retriever(
     if not dist_ctx.is_main:
         return None
     st = result.state
-    best = next((h for h in st.history if h["step"] == st.best_step), {})
+    best = st.best_record
     training = {
         "data": data_desc,
         "preset": preset.name,
