@@ -9,9 +9,9 @@ seeded test contexts, one row after another in one process (not interleaved: com
 run only, on an idle machine); speed-ups are against the served path of the same run.
 
 With ``--generator`` it also times, *interleaved* context by context, greedy generation against
-the served retrieval and its variants (the context encoder untraced, other efSearch values, the
-dense path alone): the G2R paper's speed-up claim, measured so that a noisy neighbour on a
-shared VM slows every row alike.
+the served retrieval and its variants (the context encoder untraced, in float32 where int8
+serves, other efSearch values, the dense path alone at each efSearch): the G2R paper's speed-up
+claim, measured so that a noisy neighbour on a shared VM slows every row alike.
 
     OMP_NUM_THREADS=1 python -m benchmarks.retrieval_stages \\
         --bundle artifacts-base/retriever-biencoder --generator artifacts-base/generator-nt \\
@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 STAGES = ("tokenize", "encode", "search")
 GENERATION_ROW = "greedy generation (the generator bundle)"
 SERVED_ROW = "retrieval as served (re-ranked top-1)"
+FLOAT32_ROW = "as served, the float32 context encoder (RETRIEVAL_INT8=off)"
+DENSE_ROW = "dense path alone (tokenize + encode + HNSW top-1)"
 
 
 def stage_times(
@@ -126,13 +128,16 @@ def against_generation(
     contexts: Sequence[Sequence[str]],
     efs: Sequence[int],
     rounds: int,
+    float32: RetrievalResponder | None = None,
 ) -> dict[str, dict[str, float]]:
     """Batch-1 latency summaries (ms) of greedy generation (the KV cache, the bundle's rules:
     the quality report's protocol) and of the retriever as served and in variants, timed
     *interleaved*: for each context every row runs once, in an order that alternates between
     passes, so that a slower minute of a shared machine slows every row alike. Variants: the
-    context encoder as a module (no trace), the bundle at each other efSearch of ``efs``, and the
-    dense path alone (tokenize + encode + HNSW top-1)."""
+    context encoder as a module (no trace), ``float32`` (the same bundle loaded with a float32
+    context encoder, when the served one is int8), the bundle at each other efSearch of ``efs``,
+    and the dense path alone (tokenize + encode + HNSW top-1, G2R's own retrieval, which has no
+    re-ranker) at each efSearch."""
     decoding = greedy(generator)
     bundle_ef = responder.index.config.ef_search
 
@@ -146,16 +151,23 @@ def against_generation(
 
         return run
 
-    def dense(context: Sequence[str]) -> Any:
-        responder.index.set_ef_search(bundle_ef)
-        return responder.index.search(responder.embed(responder.encode_contexts([context])), 1)
+    def dense(ef: int) -> Callable[[Sequence[str]], Any]:
+        def run(context: Sequence[str]) -> Any:
+            responder.index.set_ef_search(ef)
+            return responder.index.search(responder.embed(responder.encode_contexts([context])), 1)
+
+        return run
+
+    other_efs = [ef for ef in efs if ef != bundle_ef]
 
     rows: dict[str, Callable[[Sequence[str]], Any]] = {
         GENERATION_ROW: lambda c: generator.respond([c], decoding),
         SERVED_ROW: served(bundle_ef),
         "as served, the context encoder as a module (no trace)": served(bundle_ef, traced=False),
-        **{f"as served at efSearch {ef}": served(ef) for ef in efs if ef != bundle_ef},
-        "dense path alone (tokenize + encode + HNSW top-1)": dense,
+        **({} if float32 is None else {FLOAT32_ROW: lambda c: float32.respond([c], 1)}),
+        **{f"as served at efSearch {ef}": served(ef) for ef in other_efs},
+        DENSE_ROW: dense(bundle_ef),
+        **{f"dense path alone at efSearch {ef}": dense(ef) for ef in other_efs},
     }
     try:
         seconds = time_interleaved(rows, contexts, rounds)
@@ -288,7 +300,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.generator is not None:
         generator = GenerativeResponder.load(args.generator, device="cpu")
         efs = [int(x) for x in args.ef.split(",")]
-        against = against_generation(responder, generator, contexts, efs, args.rounds)
+        float32 = (
+            RetrievalResponder.load(args.bundle, device="cpu", int8=False)
+            if responder.int8
+            else None
+        )
+        against = against_generation(
+            responder, generator, contexts, efs, args.rounds, float32=float32
+        )
     results = {
         "command": "python -m benchmarks.retrieval_stages "
         + shlex.join(sys.argv[1:] if argv is None else argv),

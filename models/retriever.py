@@ -14,6 +14,7 @@ models/lexical.py) the index's best candidates are re-ranked by bi-encoder + TF-
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -60,6 +61,8 @@ __all__ = [  # the index and InputConfig live in models/index.py and models/inpu
 logger = logging.getLogger(__name__)
 
 RESPONSE_SOURCES = ("corpus", "teacher")
+# the least cosine an int8 context encoder's embeddings may have to float32's on the probes
+INT8_MIN_COSINE = 0.99
 
 
 def read_responses(bundle_dir: Path) -> tuple[list[str], list[str]]:
@@ -128,6 +131,9 @@ class RetrievalResponder(Responder):
         # batch-1 serving path; :meth:`trace_context_encoder`), with the dtype it was traced in
         self._traced: torch.jit.ScriptModule | None = None
         self._traced_dtype: torch.dtype | None = None
+        # an int8 copy of the context encoder that serves contexts on the CPU in place of the
+        # model's (:meth:`quantize_context_encoder`); None = the model's own
+        self._int8_encoder: torch.nn.Module | None = None
         self._vectors: np.ndarray | None = None  # the index's raw vectors, for re-ranking
         self._ids_by_text: dict[str, list[int]] | None = None  # response ids of each text
         if reranker is not None:  # at load, not on the first request
@@ -192,12 +198,98 @@ class RetrievalResponder(Responder):
 
     @classmethod
     def load(
-        cls, bundle_dir: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+        cls,
+        bundle_dir: Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        *,
+        int8: bool | None = None,
     ) -> RetrievalResponder:
-        """:meth:`Responder.load`, then the batch-1 fast path where it applies (CPU)."""
+        """:meth:`Responder.load`, then the CPU fast paths where they apply: the int8 context
+        encoder (``int8``: None = on where it applies, a float32 model on the CPU; False = off;
+        True = required, a ValueError where it cannot be) and its batch-1 trace."""
         responder = super().load(bundle_dir, device, dtype)
-        responder.trace_context_encoder()
+        if int8 is False:
+            responder.trace_context_encoder()
+        elif not responder.quantize_context_encoder() and int8:
+            raise ValueError(
+                f"{bundle_dir}: an int8 context encoder needs a float32 model on the CPU "
+                f"(got {next(responder.model.parameters()).dtype} on {responder.device})"
+            )
         return responder
+
+    @property
+    def int8(self) -> bool:
+        """Whether contexts are encoded by the int8 copy of the context encoder."""
+        return self._int8_encoder is not None
+
+    def quantize_context_encoder(self, min_cosine: float = INT8_MIN_COSINE) -> bool:
+        """Encode contexts with an int8 copy of the context encoder (CPU, float32 models only).
+
+        PyTorch's dynamic quantization (``torch.ao.quantization.quantize_dynamic``): every
+        ``nn.Linear`` of the context encoder holds int8 weights, one scale per output channel,
+        and quantizes its input per call; embeddings, LayerNorm and attention's softmax stay in
+        float32. The response side, and so the index, is untouched. Why: at batch 1 the context
+        encoder is the one Transformer a retrieval request runs, and its matmuls are where the
+        time goes; in int8 they ran 2.3x faster on this CPU at the same test Hits@1/100 within
+        0.003 (reports/retrieval_int8_base.md). The copy must give embeddings within
+        ``min_cosine`` of the float32 encoder's on probe inputs, or it is not used. Returns
+        whether it is on; the model itself stays float32 (evaluations and training use it).
+        Either way the batch-1 trace is made again, of the encoder that now serves."""
+        on = self._quantize_context_encoder(min_cosine)
+        self.trace_context_encoder()
+        return on
+
+    def _quantize_context_encoder(self, min_cosine: float) -> bool:
+        self._int8_encoder = None
+        encoder = self.model.context_encoder
+        if (
+            self.device.type != "cpu"
+            or self.model.training
+            or next(encoder.parameters()).dtype != torch.float32
+        ):
+            return False
+        probes = self._probe_ids()
+        try:
+            with warnings.catch_warnings():  # torch.ao's notice that torchao is its successor
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", UserWarning)
+                quantized = torch.ao.quantization.quantize_dynamic(
+                    copy.deepcopy(encoder),
+                    {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig},
+                    dtype=torch.qint8,
+                )
+            with torch.no_grad():
+                worst = min(
+                    float(torch.nn.functional.cosine_similarity(quantized(x), encoder(x)).min())
+                    for x in probes
+                )
+        except Exception as exc:  # no quantized engine on this build: float32 serves
+            logger.warning("context encoder not quantized (float32 serves): %s", exc)
+            return False
+        if worst < min_cosine:
+            logger.warning(
+                "int8 context encoder off: cosine %.4f to float32 on probes < %.4f",
+                worst,
+                min_cosine,
+            )
+            return False
+        self._int8_encoder = quantized.eval()
+        return True
+
+    def _probe_ids(self) -> list[Tensor]:
+        """Unpadded id rows of a few lengths up to ``max_source_len``, to check a fast path."""
+        lengths = sorted({1, 7, self.inputs.max_source_len})
+        # ids 5.. are ordinary pieces (0-4: pad, bos, eos, unk, sep); a cls token adds one
+        pieces = max(self.model.cfg.vocab_size - 5, 1)
+        return [torch.arange(n).remainder(pieces)[None] + 5 for n in lengths]
+
+    def _context_encoder(self) -> torch.nn.Module:
+        """The module that encodes contexts as served: the int8 copy where on (and the model is
+        in eval mode: a model being trained again is served as it is), else the model's."""
+        if self._int8_encoder is not None and not self.model.training:
+            return self._int8_encoder
+        return self.model.context_encoder
 
     def trace_context_encoder(self) -> bool:
         """Serve a single context through a TorchScript trace of the context encoder.
@@ -207,16 +299,14 @@ class RetrievalResponder(Responder):
         and sees weights loaded in place) runs the same ops without the module calls
         (reports/retrieval_stages_base.md). It is recorded for one unpadded row, so
         :meth:`embed` uses it only for exactly that: one context, no padding, on the CPU, in eval
-        mode, in the dtype traced; anything else takes the module. The trace must match the
-        module on several lengths (allclose) or it is not used. Returns whether it is on."""
+        mode, in the dtype traced; anything else takes the module. It traces the module that
+        serves (the int8 copy where on) and must match it on several lengths (allclose) or it
+        is not used. Returns whether it is on."""
         self._traced = self._traced_dtype = None
         if self.device.type != "cpu" or self.model.training:
             return False
-        encoder = self.model.context_encoder
-        lengths = sorted({1, 7, self.inputs.max_source_len})
-        # ids 5.. are ordinary pieces (0-4: pad, bos, eos, unk, sep); a cls token adds one
-        pieces = max(self.model.cfg.vocab_size - 5, 1)
-        probes = [torch.arange(n).remainder(pieces)[None] + 5 for n in lengths]
+        encoder = self._context_encoder()  # the int8 copy where it is on
+        probes = self._probe_ids()
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 # the trace records the no-padding branch and the position assert as constants:
@@ -232,7 +322,8 @@ class RetrievalResponder(Responder):
         if not ok:
             logger.warning("context encoder trace disagrees with the module: not used")
             return False
-        self._traced, self._traced_dtype = traced, next(encoder.parameters()).dtype
+        self._traced = traced
+        self._traced_dtype = next(self.model.context_encoder.parameters()).dtype
         return True
 
     @contextmanager
@@ -257,7 +348,7 @@ class RetrievalResponder(Responder):
             and bool(context_ids.ne(self.model.cfg.pad_id).all())
         ):
             return traced
-        return self.model.encode_contexts
+        return self._context_encoder()
 
     # --- the three serving stages: tokenize -> encode -> search ---------------------------------
 
@@ -273,7 +364,15 @@ class RetrievalResponder(Responder):
     @torch.inference_mode()
     def embed(self, context_ids: Tensor) -> np.ndarray:
         """Context embeddings (B, embed_dim), float32 on the CPU (what FAISS searches with); one
-        context at a time goes through the traced encoder where it is on."""
+        context at a time goes through the traced encoder where it is on.
+
+        The int8 encoder takes the contexts one by one, unpadded: it quantizes each input with
+        one scale over the whole tensor, so in a batch a context's embedding would depend on
+        the other contexts (and their padding) beside it, and a reply on who else was asking."""
+        if context_ids.size(0) > 1 and self._context_encoder() is self._int8_encoder:
+            lengths = context_ids.ne(self.model.cfg.pad_id).sum(dim=1).clamp(min=1).tolist()
+            rows = [context_ids[i : i + 1, :n] for i, n in enumerate(lengths)]
+            return np.concatenate([self.embed(row) for row in rows])
         return as_float32(self._context_encoder_for(context_ids)(context_ids))
 
     def search(

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from service.app import create_app
-from service.device import resolve_device, serving_dtype
+from service.device import resolve_device, retrieval_int8, serving_dtype
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,9 @@ def main() -> None:
     except ValidationError as exc:  # one clear message, not a traceback; inputs are not echoed
         raise SystemExit(f"refusing to start: {exc}") from None
     try:  # a device or dtype this machine cannot run: one line too, before any model loads
-        serving_dtype(resolve_device(settings.device), settings.dtype)
+        device = resolve_device(settings.device)
+        serving_dtype(device, settings.dtype)
+        retrieval_int8(device, settings.dtype, settings.retrieval_int8)
     except (RuntimeError, ValueError) as exc:
         raise SystemExit(f"refusing to start: {exc}") from None
     _configure_logging(settings)

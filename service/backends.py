@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, Self, cast
@@ -75,15 +75,18 @@ class Backend(ABC):
         metrics: ServiceMetrics,
         limits: BatchLimits,
         safety: SafetyFilter | None = None,
+        load_options: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> Self:
-        """Load (and fully verify) the bundle onto ``device``; ``options`` go to the backend."""
+        """Load (and fully verify) the bundle onto ``device``; ``load_options`` go to the
+        responder's ``load`` (e.g. the retriever's ``int8``), ``options`` to the backend."""
         if cls.responder_class is GenerativeResponder:
             # a generator of any architecture (ours, Hugging Face, a remote endpoint): the
             # manifest says which class loads it (models/generator.py, load_generator)
             responder: Any = load_generator(bundle_dir, device, dtype)
         else:
-            responder = cls.responder_class.load(bundle_dir, device, dtype)
+            load = cls.responder_class.load
+            responder = load(bundle_dir, device, dtype, **(load_options or {}))
         try:
             return cls(responder, bundle_dir, metrics, limits, safety, **options)
         except BaseException:

@@ -16,7 +16,7 @@ from models.bundle import SERVING_FILE, BundleError, Manifest, find_bundles, rea
 from service.arms import Arm, Serving, default_fallback
 from service.backends import Backend, GenerativeBackend, RetrievalBackend
 from service.batching import BatchLimits
-from service.device import resolve_device, serving_dtype
+from service.device import resolve_device, retrieval_int8, serving_dtype
 from service.errors import InvalidOptions
 from service.metrics import ServiceMetrics
 from service.safety import load_safety_filter
@@ -275,6 +275,9 @@ def load_serving(settings: Settings, metrics: ServiceMetrics) -> Serving:
                         limits,
                         max_candidates=settings.max_candidates,
                         safety=safety,
+                        load_options={
+                            "int8": retrieval_int8(device, settings.dtype, settings.retrieval_int8)
+                        },
                     )
                 logger.info("loaded %s bundle %s on %s", kind, backend.model_id, device)
                 loaded[key] = backend

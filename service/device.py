@@ -41,6 +41,22 @@ def serving_dtype(
     return DTYPES[name]
 
 
+def retrieval_int8(device: torch.device, dtype_name: str, setting: str = "auto") -> bool | None:
+    """``DIALOGUE_RETRIEVAL_INT8`` as :meth:`RetrievalResponder.load`'s ``int8``: None (auto:
+    where it applies), False (off) or True (on; a ValueError unless the retriever runs in
+    float32 on a CPU, where the int8 encoder applies)."""
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"unknown DIALOGUE_RETRIEVAL_INT8 {setting!r} (expected auto, on, off)")
+    if setting == "on" and (
+        device.type != "cpu" or serving_dtype(device, dtype_name, "retrieval") != torch.float32
+    ):
+        raise ValueError(
+            "DIALOGUE_RETRIEVAL_INT8=on needs a float32 retriever on a CPU "
+            f"(device {device.type}, DIALOGUE_DTYPE={dtype_name})"
+        )
+    return {"auto": None, "on": True, "off": False}[setting]
+
+
 def set_threads(threads: int) -> None:
     """Intra-op threads of this process (``torch.set_num_threads``): threads started from now on
     (the backends' model-call threads) use ``threads``; call it before they start.

@@ -39,8 +39,10 @@ def test_stage_report_splits_the_served_path_and_sweeps_ef(tmp_path: Path) -> No
         "greedy generation (the generator bundle)",
         "retrieval as served (re-ranked top-1)",
         "as served, the context encoder as a module (no trace)",
+        "as served, the float32 context encoder (RETRIEVAL_INT8=off)",  # int8 serves on a CPU
         "as served at efSearch 4",
         "dense path alone (tokenize + encode + HNSW top-1)",
+        "dense path alone at efSearch 4",
     ]
     assert all(row["n"] == 8 for row in rows.values())  # every row timed on every context
     assert r["generator"].startswith("generator-nd@")

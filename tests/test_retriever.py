@@ -193,7 +193,7 @@ def test_load_and_respond_returns_top_k_texts_with_scores(bundle: Path) -> None:
 def test_a_loaded_retriever_embeds_one_context_through_a_trace_that_follows_its_module(
     bundle: Path,
 ) -> None:
-    loaded = RetrievalResponder.load(bundle)
+    loaded = RetrievalResponder.load(bundle, int8=False)  # the float32 trace (int8: below)
     assert loaded._traced is not None  # on for a CPU float32 load
     contexts = [["Hello, how are you?"], ["what time is it ?", "it's ten ."]]
     one = loaded.encode_contexts(contexts[:1])
@@ -222,6 +222,46 @@ def test_a_loaded_retriever_embeds_one_context_through_a_trace_that_follows_its_
         loaded.model.float(), loaded.tokenizer, loaded.inputs, loaded.index, RESPONSES
     )
     assert direct._context_encoder_for(one) is not direct._traced
+
+
+def test_a_cpu_load_encodes_contexts_in_int8_one_by_one_close_to_float32(bundle: Path) -> None:
+    loaded = RetrievalResponder.load(bundle)
+    assert loaded.int8 and loaded._traced is not None  # on by default for a CPU float32 load
+    contexts = [["Hello, how are you?"], ["what time is it ?", "it's ten ."], ["hi"]]
+    both = loaded.encode_contexts(contexts)  # rows right-padded to the longest
+    with torch.inference_mode():
+        float32 = loaded.model.encode_contexts(both).numpy()  # the model itself stays float32
+    int8 = loaded.embed(both)
+    cosine = (
+        (int8 * float32).sum(1) / np.linalg.norm(int8, axis=1) / np.linalg.norm(float32, axis=1)
+    )
+    assert cosine.min() > 0.99 and not np.allclose(int8, float32, rtol=1e-5, atol=1e-6)
+    # a context's embedding does not depend on the batch it came in (nor on its padding)
+    for i, context in enumerate(contexts):
+        alone = loaded.embed(loaded.encode_contexts([context]))
+        np.testing.assert_array_equal(int8[i : i + 1], alone)
+    np.testing.assert_allclose(
+        RetrievalResponder.load(bundle, int8=False).embed(both), float32, rtol=1e-4, atol=1e-5
+    )
+    # a model set training again is served as it is
+    loaded.model.train()
+    assert loaded._context_encoder_for(both) is loaded.model.context_encoder
+    loaded.model.eval()
+    # off when asked, or for another dtype; asked for where it cannot be: an error
+    assert not RetrievalResponder.load(bundle, int8=False).int8
+    assert not RetrievalResponder.load(bundle, dtype=torch.bfloat16).int8
+    with pytest.raises(ValueError, match="int8 context encoder needs a float32 model"):
+        RetrievalResponder.load(bundle, dtype=torch.bfloat16, int8=True)
+
+
+def test_an_int8_encoder_far_from_float32_is_not_used(bundle: Path) -> None:
+    loaded = RetrievalResponder.load(bundle, int8=False)
+    assert not loaded.quantize_context_encoder(min_cosine=1.01)  # no copy can pass that bar
+    assert not loaded.int8
+    assert loaded.quantize_context_encoder() and loaded.int8
+    assert loaded._traced is not None  # traced again, in int8
+    one = loaded.encode_contexts([["hi"]])
+    np.testing.assert_array_equal(loaded.embed(one), loaded.embed(one.expand(2, -1))[:1])
 
 
 def test_bundle_whose_index_count_disagrees_refuses_to_load(
@@ -368,7 +408,7 @@ def test_reranker_round_trips_through_the_bundle_and_a_bad_one_names_its_file(
 ) -> None:
     with_lex = _with_reranker(responder, weight=0.3)
     with_lex.save(tmp_path / "r", name="retriever-lex", training={}, metrics={})
-    loaded = RetrievalResponder.load(tmp_path / "r")
+    loaded = RetrievalResponder.load(tmp_path / "r", int8=False)  # as with_lex encodes
     assert loaded.reranker is not None and loaded.reranker.weight == 0.3
     assert loaded.reranker.vocabulary == with_lex.reranker.vocabulary  # type: ignore[union-attr]
     context = [["good morning !"]]

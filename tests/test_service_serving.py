@@ -587,6 +587,32 @@ def test_the_dtype_setting_decides_what_the_models_run_in(models_dir: Path) -> N
                 assert resp.json()["response"].strip()
 
 
+def test_the_retrieval_int8_setting_decides_the_context_encoder(models_dir: Path) -> None:
+    import torch
+
+    from service.device import retrieval_int8
+
+    for setting, dtype, int8 in (
+        ("auto", "auto", True),
+        ("off", "auto", False),
+        ("auto", "bfloat16", False),
+    ):
+        app, client = _serve(models_dir, retrieval_int8=setting, dtype=dtype)
+        with client:
+            assert _backend(app, "retrieval").responder.int8 is int8
+            resp = client.post(
+                "/respond", json={"context": ["hello there"], "backend": "retrieval"}
+            )
+            assert resp.status_code == 200, resp.text
+    cpu = torch.device("cpu")
+    assert retrieval_int8(cpu, "float32", "on") is True
+    for device, dtype in ((cpu, "bfloat16"), (torch.device("cuda"), "float32")):
+        with pytest.raises(
+            ValueError, match="RETRIEVAL_INT8=on needs a float32 retriever on a CPU"
+        ):
+            retrieval_int8(device, dtype, "on")
+
+
 def test_a_dtype_the_device_cannot_run_refuses_to_start_in_one_line(tmp_path: Path) -> None:
     import os
     import subprocess
