@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -66,3 +68,45 @@ def test_context_embeddings_come_back_in_input_order_whatever_the_length_sort() 
     ids = tok.encode_contexts([["how are you ?"], ["hi"], ["what time is it ?", "fine ."]], 16)
     one_by_one = torch.cat([model.encode_contexts(tok.pad([row])) for row in ids]).detach()
     assert torch.allclose(embed_context_ids(model, tok, ids), one_by_one, atol=1e-5)
+
+
+def test_distill_context_command_end_to_end_on_a_tiny_two_layer_retriever(
+    tmp_path: Path, dailydialog_dir: Path
+) -> None:
+    """`train-retriever` a 2-layer bi-encoder, then `distill-context` it to one context layer: the
+    bundle verifies, says what it was distilled from, keeps the teacher's response side and so
+    its index, and serves."""
+    import numpy as np
+
+    from models.bundle import verify_bundle
+    from models.retriever import RetrievalResponder
+    from training.cli import parse_args
+
+    def cli(argv: list[str]) -> int:
+        args = parse_args(argv)
+        return int(args.run(args))
+
+    common = ["--preset", "tiny", "--data", str(dailydialog_dir), "--device", "cpu"]
+    runs = ["--runs", str(tmp_path / "runs")]
+    teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "fast"
+    two_layers = ["--set", "retriever.model.n_layers=2"]
+    train = ["train-retriever", "--method", "biencoder", "--out", str(teacher_dir), *two_layers]
+    assert cli([*train, *common, *runs]) == 0
+    distill = ["distill-context", "--bundle", str(teacher_dir), "--out", str(student_dir)]
+    assert cli([*distill, "--epochs", "1", "--max-train-examples", "512", *common, *runs]) == 0
+    manifest = verify_bundle(student_dir)
+    assert manifest.kind == "retriever" and manifest.training["method"] == "context-distill"
+    assert manifest.training["teacher"] == RetrievalResponder.load(teacher_dir).bundle_id
+    assert manifest.model_config["biencoder"]["context_layers"] == 1
+    assert {"hits@1", "served_hits@1", "index_recall@1"} <= set(manifest.metrics)
+    teacher = RetrievalResponder.load(teacher_dir, int8=False)
+    student = RetrievalResponder.load(student_dir, int8=False)
+    assert len(student.model.context_encoder.layers) == 1
+    assert len(teacher.model.context_encoder.layers) == 2
+    t_state, s_state = teacher.model.state_dict(), student.model.state_dict()
+    response_side = [k for k in t_state if k.startswith("response_encoder.")]
+    assert response_side and all(torch.equal(t_state[k], s_state[k]) for k in response_side)
+    assert student.responses == teacher.responses
+    np.testing.assert_allclose(student.index.vectors(), teacher.index.vectors(), atol=1e-5)
+    (row,) = student.respond([["hello , how are you ?"]], top_k=3)
+    assert len(row) == 3 and all(text in student.responses for text, _ in row)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -188,3 +189,30 @@ def test_nd_random_targets_push_down_negative_replies(pair) -> None:
     loss, logs = objective(student, batch)
     loss.backward()
     assert set(logs) == {"alpha", "mle", "nd_pred"} and logs["nd_pred"] > 0
+
+
+def test_normalized_hidden_states_ignore_scale_plain_ones_do_not(pair) -> None:
+    """L_hid on layer-normalised states (NDLossConfig.normalize_hidden): a student whose hidden
+    states are the teacher's times 3 is as close as the teacher itself (MRSE 1 per layer), while
+    the plain L_hid calls it far; the gradient still reaches the student."""
+    from training.methods.nd.losses import NegativeDistillationLoss
+
+    student, teacher, batch = pair
+    teacher.eval()
+    with torch.no_grad():
+        out = teacher(batch.src, batch.tgt_in, return_internals=True)
+    scaled = type(out)(
+        logits=out.logits, hidden_states=[3 * h for h in out.hidden_states], self_attn_logits=[]
+    )
+    hid_only = NDLossConfig(use_pred=False, use_att=False)
+    normed = NegativeDistillationLoss(replace(hid_only, normalize_hidden=True), pad_id=0)
+    plain = NegativeDistillationLoss(hid_only, pad_id=0)
+    n_layers = len(out.hidden_states)
+    assert normed(scaled, out, batch.tgt_in)[1]["hid"].item() == pytest.approx(n_layers, rel=1e-4)
+    assert plain(scaled, out, batch.tgt_in)[1]["hid"].item() < 0.5 * n_layers
+    objective = NDObjective(
+        teacher, pad_id=0, gamma=1.0, loss=replace(hid_only, normalize_hidden=True)
+    )
+    loss, _ = objective(student, batch)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())

@@ -38,6 +38,8 @@ ND_ABLATIONS: dict[str, tuple[dict[str, Any], bool]] = {
     "fixed-alpha": ({}, True),
     "hard-targets": ({"targets": "hard"}, False),
     "random-targets": ({"targets": "random"}, False),
+    # not the paper's: L_hid on layer-normalised states (NDLossConfig.normalize_hidden)
+    "norm-hid": ({"normalize_hidden": True}, False),
 }
 
 
@@ -114,7 +116,7 @@ def add_parsers(sub: Any) -> None:
         "--ablation",
         choices=sorted(ND_ABLATIONS),
         default="none",
-        help="nd: the ND paper's ablations",
+        help="nd: the ND paper's ablations, or norm-hid (L_hid on layer-normalised states)",
     )
     p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: train one)")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to write")

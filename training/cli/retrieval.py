@@ -148,7 +148,9 @@ def _distill_context(args: argparse.Namespace, ctx: Any) -> None:
     from training.methods.g2r.context_distill import ContextDistillConfig, distill_context_encoder
     from training.pipeline.inputs import prepare_splits
 
-    config = ContextDistillConfig()
+    rp = get_preset(args.preset).retriever
+    # the preset's validation budget (tiny: seconds; base: the whole split)
+    config = ContextDistillConfig(val_examples=rp.val_examples if rp else 0)
     chosen = {"layers": args.layers, "epochs": args.epochs, "alpha": args.alpha}
     config = replace(config, **{k: v for k, v in chosen.items() if v is not None})
     inputs = InputConfig(**read_manifest(args.bundle).model_config["inputs"])
@@ -158,7 +160,14 @@ def _distill_context(args: argparse.Namespace, ctx: Any) -> None:
         preset = replace(preset, max_train_examples=args.max_train_examples)
     splits = prepare_splits(preset, args.data)
     run = run_spec(args, ctx, runs_subdir=preset.run_name, data_desc=str(args.data))
-    manifest = distill_context_encoder(run, args.bundle, splits.train, splits.validation, config)
+    manifest = distill_context_encoder(
+        run,
+        args.bundle,
+        splits.train,
+        splits.validation,
+        config,
+        rerank_val_examples=rp.rerank_val_examples if rp else 0,
+    )
     print_manifest(manifest)
 
 

@@ -123,11 +123,13 @@ def distill_context_encoder(
     val_examples: Sequence[DialogueExample],
     config: ContextDistillConfig = ContextDistillConfig(),
     *,
+    rerank_val_examples: int = 0,
     progress: bool = True,
 ) -> Manifest | None:
     """Distil ``teacher_dir``'s retriever into one with a ``config.layers``-layer context encoder
-    and write its bundle to ``run.out_dir`` (None on non-main ranks)."""
-    responder = RetrievalResponder.load(teacher_dir, device="cpu")
+    and write its bundle to ``run.out_dir`` (None on non-main ranks); its re-ranking weight is
+    refitted on ``rerank_val_examples`` validation pairs (0 = all)."""
+    responder = RetrievalResponder.load(teacher_dir, device="cpu", int8=False)  # its own model
     teacher, tokenizer, inputs = responder.model.eval(), responder.tokenizer, responder.inputs
     turns = inputs.max_context_turns
     context_ids = tokenizer.encode_contexts(
@@ -236,7 +238,11 @@ def distill_context_encoder(
         metrics=metrics,
         recall_contexts=[e.context for e in sample_examples(val_examples, 1000)],
         progress=progress,
-        rerank_validation=list(val_examples) if responder.reranker is not None else [],
+        rerank_validation=(
+            sample_examples(val_examples, rerank_val_examples)
+            if responder.reranker is not None
+            else []
+        ),
         hits_k=config.hits_k,
         seed=run.seed,
     )

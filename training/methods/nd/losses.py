@@ -75,6 +75,11 @@ class NDLossConfig:
     use_att: bool = True
     temperature: float = 1.0  # t of eq. 7 (paper: 1)
     targets: str = "soft"  # soft (eq. 6) | hard (one-hot teacher argmax) | random (a D_N reply)
+    # L_hid (eq. 9) between layer-normalised hidden states (no affine), the analogue of the
+    # paper's post-LN layers in our pre-LN decoder: there a layer's output is bounded, here the
+    # residual stream can move away from the teacher's by scale alone, which saturated
+    # exp(-(a - b)^2) within ~150 updates (reports/negative_distillation.md, point 3)
+    normalize_hidden: bool = False
 
 
 class NegativeDistillationLoss(nn.Module):
@@ -106,7 +111,7 @@ class NegativeDistillationLoss(nn.Module):
             m = valid[..., None]  # (B, T, 1)
             parts["hid"] = sum(
                 (
-                    mrse(h_t, h_s, m)
+                    mrse(self._hidden(h_t), self._hidden(h_s), m)
                     for h_t, h_s in zip(teacher.hidden_states, student.hidden_states, strict=True)
                 ),
                 zero,
@@ -126,6 +131,10 @@ class NegativeDistillationLoss(nn.Module):
             )
         total = sum(parts.values(), zero)
         return total, parts
+
+    def _hidden(self, h: Tensor) -> Tensor:
+        """A decoder layer's output as L_hid compares it (layer-normalised where configured)."""
+        return F.layer_norm(h.float(), h.shape[-1:]) if self.cfg.normalize_hidden else h
 
 
 class NDObjective:
