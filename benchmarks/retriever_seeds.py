@@ -6,7 +6,8 @@ Reads every bundle directory under ``--bundles`` named ``<method>-s<seed>`` (as 
 with the protocol of the other retrieval reports (K = 100: the gold and 99 random test responses,
 seed 0; ``training.methods.g2r.losses.HitsEvaluator``).
 
-Each bundle is scored twice: ``dense`` (the bi-encoder alone) and ``served`` (with the bundle's
+Each bundle is scored twice: ``dense`` (the float32 bi-encoder alone) and ``served`` (the bundle
+loaded as the service loads it, so with the int8 context encoder on a CPU, and its
 TF-IDF re-ranker, models/lexical.py; a bundle built before re-ranking existed gets one fitted
 here exactly as the build fits it: the weight chosen on 2,000 validation pairs,
 ``training.methods.g2r.index.fit_rerank_weight``). Comparisons use the served scores.
