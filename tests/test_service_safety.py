@@ -351,6 +351,14 @@ def test_a_reply_that_ignores_a_stated_risk_is_caught() -> None:
     assert "risk check of" in safety.describe()
     without = _filter()
     assert without.check(turns[:1], replies[:1]) == [None] and not without.states_risk(turns[0])
+    # idioms of the same statement (session 21's probe: "ending it all" went through)
+    for stated in (
+        "I feel like ending it all.",
+        "There's no point in living.",
+        "I don't want to wake up tomorrow",
+    ):
+        assert safety.states_risk(stated), stated
+    assert not safety.states_risk("let's end the meeting , it is all for today .")
     with pytest.raises(ValueError, match="needs a risk reply"):
         _filter(risk=RiskDetector.from_file(), risk_reply=" ")
 
