@@ -279,7 +279,8 @@ def load_serving(settings: Settings, metrics: ServiceMetrics) -> Serving:
                             "int8": retrieval_int8(device, settings.dtype, settings.retrieval_int8)
                         },
                     )
-                logger.info("loaded %s bundle %s on %s", kind, backend.model_id, device)
+                int8 = " (int8 context encoder)" if getattr(backend.responder, "int8", False) else ""
+                logger.info("loaded %s bundle %s on %s%s", kind, backend.model_id, device, int8)
                 loaded[key] = backend
             backend = loaded[key]
             try:  # the arm's option defaults must fit its backend: refused here, not per request
