@@ -10,8 +10,8 @@ default, which quantizes the context encoder's linear layers where it applies,
 - the share of test contexts whose served top-1 reply from the whole index is the same in int8 as
   in float32;
 - batch-1 time, *interleaved* context by context over every bundle and precision (one process,
-  rows in an order shuffled per context): the context encoder alone (as ``embed`` runs it, the
-  trace) and the whole served path (``respond``, top-1). Ratios are against the first bundle's
+  rows in an order shuffled per context): the context encoder's forward alone (as ``embed`` runs
+  it, the trace), tokenize + embed, and the whole served path (``respond``, top-1). Ratios are against the first bundle's
   float32 served path, measured in the same run.
 
     OMP_NUM_THREADS=1 python -m benchmarks.retrieval_int8 \\
@@ -110,9 +110,22 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
         def encoder(context: Sequence[str], r: RetrievalResponder = responder) -> Any:
             return r.embed(r.encode_contexts([context]))
 
+        ids = {tuple(c): responder.encode_contexts([c]) for c in contexts}
+
+        def forward(
+            context: Sequence[str],
+            r: RetrievalResponder = responder,
+            ids: dict[tuple[str, ...], Any] = ids,
+        ) -> Any:
+            x = ids[tuple(context)]
+            return r._context_encoder_for(x)(x)
+
         def served(context: Sequence[str], r: RetrievalResponder = responder) -> Any:
             return r.respond([context], 1)
 
+        timed_rows[f"{label} {precision}: context encoder forward alone (as served: trace)"] = (
+            forward
+        )
         timed_rows[f"{label} {precision}: context encoder (tokenize + embed)"] = encoder
         timed_rows[f"{label} {precision}: served path (respond, top-1)"] = served
     with torch.inference_mode():

@@ -231,8 +231,8 @@ class RetrievalResponder(Responder):
         and quantizes its input per call; embeddings, LayerNorm and attention's softmax stay in
         float32. The response side, and so the index, is untouched. Why: at batch 1 the context
         encoder is the one Transformer a retrieval request runs, and its matmuls are where the
-        time goes; in int8 they ran 2.3x faster on this CPU at the same test Hits@1/100 within
-        0.003 (reports/retrieval_int8_base.md). The copy must give embeddings within
+        time goes; in int8 the base bi-encoder's forward ran 2.06x faster on this CPU at the same
+        test Hits@1/100 within 0.001 (reports/retrieval_int8_base.md). The copy must give embeddings within
         ``min_cosine`` of the float32 encoder's on probe inputs, or it is not used. Returns
         whether it is on; the model itself stays float32 (evaluations and training use it).
         Either way the batch-1 trace is made again, of the encoder that now serves."""

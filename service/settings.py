@@ -78,8 +78,8 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # the retriever's context encoder in int8 (dynamic quantization, models/retriever.py:
     # quantize_context_encoder); auto = where it applies (a float32 retriever on the CPU), on =
-    # required there (a start-up error elsewhere), off = float32. Its linear layers ran 2.3x
-    # faster at batch 1 at the same test Hits@1/100 (reports/retrieval_int8_base.md)
+    # required there (a start-up error elsewhere), off = float32. Base's bi-encoder: its forward
+    # 2.06x faster at batch 1 at the same test Hits@1/100 (reports/retrieval_int8_base.md)
     retrieval_int8: Literal["auto", "on", "off"] = "auto"
     # torch intra-op threads of the service process (torch.set_num_threads). 1 by default: with
     # 2 or more, OpenMP workers spin-wait between parallel regions, and when another process
