@@ -232,10 +232,12 @@ class RetrievalResponder(Responder):
         float32. The response side, and so the index, is untouched. Why: at batch 1 the context
         encoder is the one Transformer a retrieval request runs, and its matmuls are where the
         time goes; in int8 the base bi-encoder's forward ran 2.06x faster on this CPU at the same
-        test Hits@1/100 within 0.001 (reports/retrieval_int8_base.md). The copy must give embeddings within
-        ``min_cosine`` of the float32 encoder's on probe inputs, or it is not used. Returns
-        whether it is on; the model itself stays float32 (evaluations and training use it).
-        Either way the batch-1 trace is made again, of the encoder that now serves."""
+        test Hits@1/100 within 0.001 (reports/retrieval_int8_base.md). The copy must give
+        embeddings within ``min_cosine`` of the float32 encoder's on probe inputs, or it is not
+        used. Returns whether it is on; the model itself stays float32 (evaluations and training
+        use it). The copy is made now: weights loaded into the model later reach it only by
+        calling this again. Either way the batch-1 trace is made again, of the encoder that now
+        serves."""
         on = self._quantize_context_encoder(min_cosine)
         self.trace_context_encoder()
         return on
@@ -296,8 +298,8 @@ class RetrievalResponder(Responder):
 
         At batch 1 the context encoder's time is mostly Python and dispatch overhead around small
         matmuls; a trace (``torch.jit.trace``, not frozen, so it shares the module's parameters
-        and sees weights loaded in place) runs the same ops without the module calls
-        (reports/retrieval_stages_base.md). It is recorded for one unpadded row, so
+        and sees weights loaded in place; not so the int8 copy's) runs the same ops without the
+        module calls (reports/retrieval_stages_base.md). It is recorded for one unpadded row, so
         :meth:`embed` uses it only for exactly that: one context, no padding, on the CPU, in eval
         mode, in the dtype traced; anything else takes the module. It traces the module that
         serves (the int8 copy where on) and must match it on several lengths (allclose) or it
