@@ -23,3 +23,8 @@ ln -sfn ../../artifacts-base/retriever-biencoder artifacts-s21/cmp/biencoder-s0
 ln -sfn ../../artifacts-base/retriever-fast artifacts-s21/cmp/fast-s0
 $PY -m benchmarks.retriever_seeds --bundles artifacts-s21/cmp --baseline biencoder \
     --out reports/retriever_fast_base
+
+# The same comparison on the small preset (what `make run` builds and serves), after a fresh
+# `make build` on the idle machine (its wall time from /usr/bin/time in the session-21 note).
+OMP_NUM_THREADS=1 $PY -m benchmarks.retrieval_int8 \
+    --retriever g2r=artifacts/retriever-g2r --out reports/retrieval_int8_small
