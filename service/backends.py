@@ -42,6 +42,9 @@ __all__ = ["Answer", "Backend", "BatchLimits", "GenerativeBackend", "RetrievalBa
 
 logger = logging.getLogger(__name__)
 
+# what a backend answers once before it serves (Backend.warm_up)
+WARM_UP_CONTEXT = ["hello , how are you ?"]
+
 _DECODING_OPTIONS = (
     "strategy",
     "max_length",
@@ -129,6 +132,29 @@ class Backend(ABC):
     def executor(self) -> ThreadPoolExecutor | None:
         """The thread the model calls run in (while started)."""
         return self.batcher.executor
+
+    # --- warm-up -----------------------------------------------------------------------------
+
+    def warm_up(self) -> float | None:
+        """Answer :data:`WARM_UP_CONTEXT` once, and run the output filter's classifier once,
+        before the backend serves, outside the metrics and the batcher. A model's first call pays
+        one-off costs (allocations, kernel choices, a trace's first runs): without this the
+        first user of a fresh replica, or of a reloaded bundle, pays them. Skipped for a remote
+        generator (no network call at start-up). Returns the seconds it took, or None when
+        skipped or failed (a failure is logged; the backend serves anyway: its bundle verified)."""
+        if getattr(self.responder, "architecture", None) == "remote-openai":
+            return None
+        started = time.perf_counter()
+        try:
+            responder: Any = self.responder  # both kinds answer respond(contexts) by default
+            responder.respond([WARM_UP_CONTEXT])
+            classifier = self.safety.classifier if self.safety is not None else None
+            if classifier is not None:
+                classifier.unsafe_probability([WARM_UP_CONTEXT[-1]], ["i am fine , thanks ."])
+        except Exception:
+            logger.warning("warming up the %s backend failed", self.name, exc_info=True)
+            return None
+        return time.perf_counter() - started
 
     # --- what subclasses provide -------------------------------------------------------------
 

@@ -279,8 +279,18 @@ def load_serving(settings: Settings, metrics: ServiceMetrics) -> Serving:
                             "int8": retrieval_int8(device, settings.dtype, settings.retrieval_int8)
                         },
                     )
-                int8 = " (int8 context encoder)" if getattr(backend.responder, "int8", False) else ""
-                logger.info("loaded %s bundle %s on %s%s", kind, backend.model_id, device, int8)
+                int8 = (
+                    " (int8 context encoder)" if getattr(backend.responder, "int8", False) else ""
+                )
+                warm = backend.warm_up()
+                logger.info(
+                    "loaded %s bundle %s on %s%s%s",
+                    kind,
+                    backend.model_id,
+                    device,
+                    int8,
+                    "" if warm is None else f", warmed up in {warm * 1000:.0f} ms",
+                )
                 loaded[key] = backend
             backend = loaded[key]
             try:  # the arm's option defaults must fit its backend: refused here, not per request

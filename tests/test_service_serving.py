@@ -632,3 +632,52 @@ def test_a_dtype_the_device_cannot_run_refuses_to_start_in_one_line(tmp_path: Pa
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("refusing to start: DIALOGUE_DTYPE")
+
+
+def test_backends_answer_once_before_serving_outside_the_metrics(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each local backend makes one model call at start-up (Backend.warm_up), which no metric
+    counts; a warm-up that fails is logged and the backend serves anyway."""
+    from models.generator import GenerativeResponder
+    from models.retriever import RetrievalResponder
+
+    calls: list[str] = []
+    for cls in (GenerativeResponder, RetrievalResponder):
+        original = cls.respond
+
+        def spy(self: Any, contexts: Any, *args: Any, _o: Any = original, **kw: Any) -> Any:
+            calls.append(type(self).__name__)
+            return _o(self, contexts, *args, **kw)
+
+        monkeypatch.setattr(cls, "respond", spy)
+    caplog.set_level("INFO", logger="service.bundles")
+    app, client = _serve(models_dir)
+    with client:
+        assert sorted(calls) == ["GenerativeResponder", "RetrievalResponder"]  # before any request
+        assert "warmed up in" in caplog.text
+        samples = _metrics(client)
+        counted = [
+            (name, labels)
+            for (name, labels), value in samples.items()
+            if name.startswith(
+                (
+                    "dialogue_stage_duration_seconds_count",
+                    "dialogue_requests_total",
+                    "dialogue_generated_tokens_total",
+                    "dialogue_batch_size_count",
+                )
+            )
+            and value > 0
+        ]
+        assert counted == []
+
+    # a responder that fails its warm-up still serves
+    def broken(self: Any, contexts: Any, *args: Any, **kw: Any) -> Any:
+        raise RuntimeError("warm-up fault")
+
+    monkeypatch.setattr(RetrievalResponder, "respond", broken)
+    app, client = _serve(models_dir)
+    with client:
+        assert "warming up the retrieval backend failed" in caplog.text
+        assert _backend(app, "retrieval") is not None
