@@ -319,8 +319,11 @@ class SafetyClassifier(Responder):
         """P(unsafe) of each (context, response) pair; batched, without gradients."""
         if len(contexts) != len(responses):
             raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
+        # eval mode for the call, switched only when needed: a switch walks every module, twice
+        # per call, and the served filter calls this for every reply
         was_training = self.model.training
-        self.model.eval()
+        if was_training:
+            self.model.eval()
         out: list[float] = []
         try:
             with torch.inference_mode():
@@ -330,7 +333,8 @@ class SafetyClassifier(Responder):
                     )
                     out.extend(torch.sigmoid(self.model(ids).float()).tolist())
         finally:
-            self.model.train(was_training)
+            if was_training:
+                self.model.train()
         return out
 
     def is_unsafe(
