@@ -27,6 +27,7 @@ The function is idempotent: ``normalize_text(normalize_text(x)) == normalize_tex
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -107,6 +108,9 @@ def _split_punctuation(match: re.Match[str]) -> str:
     return f" {match.group()} "
 
 
+# cached: a request normalises the same turn and reply in several places (the retriever, the
+# risk check, the blocklist, the classifier), and a retriever's replies recur across requests
+@functools.lru_cache(maxsize=4096)
 def normalize_text(text: str) -> str:
     """Normalise one utterance to DailyDialog's tokenised lower-case style (rules in the module doc)."""
     # Translate before NFKC too: NFKC turns "´" into a space plus a combining accent and "″" into "′′".
