@@ -28,3 +28,10 @@ $PY -m benchmarks.retriever_seeds --bundles artifacts-s21/cmp --baseline biencod
 # `make build` on the idle machine (its wall time from /usr/bin/time in the session-21 note).
 OMP_NUM_THREADS=1 $PY -m benchmarks.retrieval_int8 \
     --retriever g2r=artifacts/retriever-g2r --out reports/retrieval_int8_small
+
+# The service under load with RETRIEVAL_INT8=off against auto (int8), small's retriever: one server
+# at a time, alternating over 4 rounds, closed-loop load at concurrency 1 and 8 (batching on,
+# safety filter off: the peer benchmark's server).
+OMP_NUM_THREADS=1 $PY -m benchmarks.server_ab --backend retrieval --rounds 4 --concurrency 1,8 \
+    --variant float32:RETRIEVAL_INT8=off --variant int8:RETRIEVAL_INT8=auto --models-dir artifacts \
+    --out reports/retrieval_int8_server_ab_small
