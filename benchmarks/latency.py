@@ -18,13 +18,24 @@ import numpy as np
 Q = TypeVar("Q")
 
 
+def fresh_request() -> None:
+    """Empty the text-normalisation cache (models/text.py, ``normalize_text``) before a timed
+    call, so that each call is timed as a request whose text was never seen: passes over the
+    same contexts, and the rows of an interleaved table, would otherwise find it cached."""
+    from models.text import normalize_text
+
+    normalize_text.cache_clear()
+
+
 def time_per_query(fn: Callable[[Q], Any], queries: Sequence[Q], *, warmup: int = 3) -> list[float]:
-    """Seconds per call of ``fn(q)`` for every query, after ``warmup`` untimed calls."""
+    """Seconds per call of ``fn(q)`` for every query, after ``warmup`` untimed calls; each call
+    a fresh request (:func:`fresh_request`)."""
     assert queries, "need at least one query"
     for i in range(warmup):
         fn(queries[i % len(queries)])
     times = []
     for q in queries:
+        fresh_request()
         start = time.perf_counter()
         fn(q)
         times.append(time.perf_counter() - start)
@@ -95,7 +106,8 @@ def time_interleaved(
     runs once, so that a shared VM's slow minute slows every row alike, in an order shuffled per
     query (seeded), so that every row runs first, last and after every other row about equally
     often: a row that runs right after a heavy one (generation evicting the caches) would
-    otherwise pay for it alone (``warmup`` untimed queries first)."""
+    otherwise pay for it alone (``warmup`` untimed queries first). Each call is a fresh request
+    (:func:`fresh_request`)."""
     seconds: dict[str, list[float]] = {name: [] for name in rows}
     order = list(rows.items())
     rng = random.Random(seed)
@@ -106,6 +118,7 @@ def time_interleaved(
         for q in queries:
             rng.shuffle(order)
             for name, fn in order:
+                fresh_request()
                 start = time.perf_counter()
                 fn(q)
                 seconds[name].append(time.perf_counter() - start)

@@ -94,3 +94,17 @@ def test_teacher_shard_stats_by_hand(tmp_path: Path) -> None:
     assert stats["teacher_prob_on_gold"] == pytest.approx((0.25 + 1.0) / 2)
     assert stats["gold_words"] == pytest.approx(3.0)
     assert stats["teacher_reply_words"] == pytest.approx(1.0)
+
+
+def test_timed_calls_start_with_an_empty_normalisation_cache() -> None:
+    """Repeated passes over the same contexts time fresh requests, not cached text."""
+    from benchmarks.latency import time_interleaved, time_per_query
+    from models.text import normalize_text
+
+    texts = ["Hello there, how are you?"] * 3
+    time_per_query(normalize_text, texts, warmup=1)
+    assert normalize_text.cache_info().hits == 0
+    time_interleaved({"a": normalize_text, "b": normalize_text}, texts, 2, warmup=1)
+    assert normalize_text.cache_info().hits == 0
+    normalize_text(texts[0])  # and the cache does work between calls
+    assert normalize_text.cache_info().hits == 1
