@@ -1,0 +1,386 @@
+"""Can a bi-encoder learn what the generator adds to its ranking? Model-level G2R over its own candidates.
+
+``benchmarks/g2r_teacher_signal.py`` measures that the generator's eq. 6 score, added to the
+served ranking of a trained bi-encoder, ranks the gold first more often. This benchmark asks
+whether distillation carries that into the bi-encoder, so that serving does not pay for the
+generator. From a trained retriever bundle:
+
+1. For ``--contexts`` training contexts (and ``--val`` validation ones), candidates are the gold
+   and the bi-encoder's top ``--k`` of 99 random responses of its set (``--candidates random``:
+   the test protocol's difficulty, where the measured signal lives), or its top ``--k`` of the
+   whole index (``--candidates index``: the hardest negatives); the generator scores each pair
+   with eq. 6 (G_MI).
+2. The teacher's distribution over a context's candidates is softmax(s_0 + beta * G_MI), s_0 the
+   starting bi-encoder's score: the hybrid ranking, beta chosen where it ranks the gold first
+   most often on the validation candidates.
+3. Two continuations of the bundle's model for ``--steps`` updates on the same batches and the
+   same learning rates (Noam continued past the bundle's steps): *control*, eq. 2 as the
+   bundle was trained; *kd*, eq. 2 plus ``--kd-weight`` x the eq. 4 cross-entropy of the
+   student's softmax over 32 contexts' candidates against the teacher's distribution (G2R's
+   L_KD, over these candidates instead of the teacher's own sampled replies).
+4. Test Hits@1/100, dense and as served (the bundle's TF-IDF re-ranker), for the bundle, the
+   control and the kd model (whole test split; K = 100, seed 0, as every retrieval report).
+
+    OMP_NUM_THREADS=2 python -m benchmarks.g2r_hard_kd --retriever artifacts-base/retriever-biencoder \\
+        --teacher artifacts-base/generator-standard --preset base --out reports/g2r_hard_kd_base
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks import write_report
+from benchmarks.g2r_teacher_signal import MIScorer
+from benchmarks.latency import machine_description, set_threads
+from models.biencoder import BiEncoder
+from models.retriever import RetrievalResponder
+from models.safety import load_blocklist
+from training.config import DAILYDIALOG, get_retriever_preset
+from training.core.data import DialogueExample, load_splits, sample_examples
+from training.core.generator import bucketed_batches
+from training.methods.g2r.batches import RetrievalTrainSet
+from training.methods.g2r.data import ResponseFilter, build_retrieval_data
+from training.methods.g2r.job import DEFAULT_BLOCKLIST
+from training.methods.g2r.losses import (
+    G2RDistillationLoss,
+    HitsEvaluator,
+    hits_at_k,
+    hits_candidates,
+)
+from training.methods.g2r.teachers import BundleTeacher
+
+BETAS = (0.0, 5.0, 10.0, 20.0, 30.0, 40.0, 60.0, 80.0)
+KD_CONTEXTS = 32  # contexts per update whose candidates enter L_KD
+
+
+def candidate_sets(
+    responder: RetrievalResponder,
+    examples: Sequence[DialogueExample],
+    k: int,
+    mode: str,
+    seed: int,
+) -> list[list[str]]:
+    """Per example: the gold, then the bi-encoder's top ``k`` (of 99 random responses of its set,
+    or of the whole index), no text twice."""
+    rng = np.random.default_rng(seed)
+    vectors = responder.index.vectors() if mode == "random" else None
+    out: list[list[str]] = []
+    texts = responder.responses
+    with torch.inference_mode(), responder.untraced():
+        for s in range(0, len(examples), 256):
+            chunk = examples[s : s + 256]
+            emb = responder.embed(responder.encode_contexts([e.context for e in chunk]))
+            if vectors is None:
+                _, hits = responder.index.search(emb, k + 4)
+                rows = [[i for i in row if i >= 0] for row in hits.tolist()]
+            else:
+                rows = []
+                for q in emb:
+                    ids = rng.choice(len(texts), min(99 + 8, len(texts)), replace=False).tolist()
+                    top = np.argsort(-(vectors[ids] @ q), kind="stable")
+                    rows.append([ids[j] for j in top])
+            for e, row in zip(chunk, rows, strict=True):
+                cands = [e.response]
+                for i in row:
+                    if texts[i] not in cands:
+                        cands.append(texts[i])
+                    if len(cands) == k + 1:
+                        break
+                out.append(cands)
+    return out
+
+
+class CandidateSet:
+    """Tokenised contexts and candidate lists, with the teacher's G_MI of each pair."""
+
+    def __init__(
+        self,
+        responder: RetrievalResponder,
+        examples: Sequence[DialogueExample],
+        cands: Sequence[Sequence[str]],
+        mi: np.ndarray,
+    ) -> None:
+        tok, inputs = responder.tokenizer, responder.inputs
+        keep = [i for i, c in enumerate(cands) if len(c) == len(cands[0])]
+        self.contexts = tok.encode_contexts(
+            [list(examples[i].context)[-inputs.max_context_turns :] for i in keep],
+            inputs.max_source_len,
+        )
+        self.responses = [
+            [r or [tok.unk_id] for r in tok.encode_responses(cands[i], inputs.max_target_len)]
+            for i in keep
+        ]
+        self.mi = torch.from_numpy(mi[keep]).float()
+        self.tokenizer = tok
+
+    def __len__(self) -> int:
+        return len(self.contexts)
+
+    def student_scores(self, model: BiEncoder, rows: Sequence[int]) -> torch.Tensor:
+        """(len(rows), k + 1) dot-product scores of each context's candidates."""
+        tok = self.tokenizer
+        c = model.encode_contexts(tok.pad([self.contexts[i] for i in rows], "cpu")).float()
+        flat = [r for i in rows for r in self.responses[i]]
+        r = model.encode_responses(tok.pad(flat, "cpu")).float().view(len(rows), -1, c.size(1))
+        return (c[:, None, :] * r).sum(-1)
+
+    @torch.inference_mode()
+    def all_scores(self, model: BiEncoder) -> torch.Tensor:
+        was = model.training
+        model.eval()
+        out = torch.cat(
+            [
+                self.student_scores(model, range(s, min(s + 256, len(self))))
+                for s in range(0, len(self), 256)
+            ]
+        )
+        model.train(was)
+        return out
+
+
+def continue_training(
+    model: BiEncoder,
+    trainset: RetrievalTrainSet,
+    preset: Any,
+    steps: int,
+    start_step: int,
+    *,
+    kd: CandidateSet | None,
+    teacher_probs: torch.Tensor | None,
+    kd_weight: float,
+    seed: int,
+) -> list[dict[str, float]]:
+    """``steps`` updates of eq. 2 (plus ``kd_weight`` x L_KD over ``kd``'s candidates)."""
+    cfg = preset.train
+    loss_fn = G2RDistillationLoss(1.0, 1.0, symmetric=preset.symmetric_loss)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=0.0, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0
+    )
+    lengths = trainset.context_lengths()
+    batches = [
+        b
+        for epoch in range(1, 100)
+        for b in bucketed_batches(lengths, cfg.batch_size, seed=seed, epoch=epoch)
+    ][:steps]
+    rng = np.random.default_rng(seed + 1)
+    logs: list[dict[str, float]] = []
+    model.train()
+    for step, indices in enumerate(batches, start=1):
+        s = start_step + step  # eq. 17 (Noam) continued from where the bundle's run ended
+        lr = cfg.lr_scale * cfg.lr_dim**-0.5 * min(s**-0.5, s * cfg.warmup_steps**-1.5)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batch = trainset.collate(indices)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            c, r = model(batch.context_ids, batch.response_ids)
+        loss, log = loss_fn(
+            BiEncoder.score(c.float(), r.float()), batch.positive, batch.negative, batch.teacher
+        )
+        if kd is not None and teacher_probs is not None:
+            rows = rng.choice(len(kd), KD_CONTEXTS, replace=False).tolist()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                student = kd.student_scores(model, rows)
+            l_kd = -(teacher_probs[rows] * student.float().log_softmax(dim=1)).sum(dim=1).mean()
+            loss = loss + kd_weight * l_kd
+            log["kd"] = l_kd.item()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)  # as the Trainer
+        opt.step()
+        if step % 100 == 0 or step == len(batches):
+            logs.append({"step": step, **{k: round(v, 4) for k, v in log.items()}})
+            print(logs[-1], flush=True)
+    model.eval()
+    return logs
+
+
+def test_hits(responder: RetrievalResponder, test: Sequence[DialogueExample]) -> dict[str, float]:
+    """Dense and served Hits@1/100 of ``responder``'s current model on the test split."""
+    with torch.inference_mode():
+        dense = HitsEvaluator(test, responder.tokenizer, responder.inputs, k=100, seed=0)(
+            responder.model
+        )
+    pool = list(dict.fromkeys(e.response for e in test))
+    cand = hits_candidates([e.response for e in test], pool, 100, 0)
+    with responder.untraced():
+        served = hits_at_k(
+            torch.from_numpy(responder.candidate_scores([e.context for e in test], pool, cand))
+        )
+    return {"dense_hits@1": dense["hits@1"], "served_hits@1": served["hits@1"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--retriever", type=Path, required=True)
+    ap.add_argument("--teacher", type=Path, required=True)
+    ap.add_argument(
+        "--preset", default="base", help="the retriever preset the bundle was trained with"
+    )
+    ap.add_argument("--data", type=Path, default=DAILYDIALOG)
+    ap.add_argument("--contexts", type=int, default=12000)
+    ap.add_argument("--val", type=int, default=1000)
+    ap.add_argument("--candidates", choices=("random", "index"), default="random")
+    ap.add_argument("--k", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--kd-weight", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    set_threads(args.threads)
+    machine = machine_description(args.threads)
+    started = time.perf_counter()
+    preset = get_retriever_preset(args.preset)
+    responder = RetrievalResponder.load(args.retriever, device="cpu", int8=False)
+    assert responder.manifest is not None
+    start_step = int(responder.manifest.training.get("steps") or preset.train.max_steps)
+    splits = load_splits(args.data, max_context_turns=responder.inputs.max_context_turns)
+    train = sample_examples(splits.train, args.contexts, seed=args.seed)
+    val = sample_examples(splits.validation, args.val, seed=args.seed + 1)
+    scorer = MIScorer(BundleTeacher.load(args.teacher))
+    sets = {}
+    for name, examples, seed in (("val", val, args.seed + 1), ("train", train, args.seed)):
+        cands = candidate_sets(responder, examples, args.k, args.candidates, seed)
+        contexts = [e.context for e, c in zip(examples, cands, strict=True) for _ in c]
+        _, mi = scorer.score(contexts, [r for c in cands for r in c])
+        width = max(len(c) for c in cands)
+        padded = np.full((len(cands), width), np.nan)
+        at = 0
+        for i, c in enumerate(cands):
+            padded[i, : len(c)] = mi[at : at + len(c)]
+            at += len(c)
+        sets[name] = CandidateSet(responder, examples, cands, padded)
+    scoring_s = time.perf_counter() - started
+
+    start = copy.deepcopy(responder.model.state_dict())
+    s0_val = sets["val"].all_scores(responder.model)
+    gold_first = {
+        b: float(((s0_val + b * sets["val"].mi).argmax(dim=1) == 0).float().mean()) for b in BETAS
+    }
+    beta = max(BETAS, key=lambda b: (gold_first[b], -b))
+    s0_train = sets["train"].all_scores(responder.model)
+    teacher_probs = (s0_train + beta * sets["train"].mi).softmax(dim=1)
+
+    test = list(splits.test)
+    rows: dict[str, Any] = {"bundle": test_hits(responder, test)}
+    blocked = tuple(load_blocklist(DEFAULT_BLOCKLIST))
+    data = build_retrieval_data(
+        splits.train,
+        None,
+        ResponseFilter(preset.response_min_tokens, preset.response_max_tokens, blocked),
+    )
+    trainset = RetrievalTrainSet(
+        data,
+        responder.tokenizer,
+        responder.inputs,
+        positives_per_context=preset.positives_per_context,
+        random_negatives=preset.random_negatives,
+        seed=args.seed,
+    )
+    logs = {}
+    for arm in ("control", "kd"):
+        responder.model.load_state_dict(start)
+        t0 = time.perf_counter()
+        logs[arm] = continue_training(
+            responder.model,
+            trainset,
+            preset,
+            args.steps,
+            start_step,
+            kd=sets["train"] if arm == "kd" else None,
+            teacher_probs=teacher_probs if arm == "kd" else None,
+            kd_weight=args.kd_weight,
+            seed=args.seed,
+        )
+        rows[arm] = {**test_hits(responder, test), "train_s": round(time.perf_counter() - t0, 1)}
+    n = len(test)
+    results = {
+        "command": "python -m benchmarks.g2r_hard_kd " + shlex.join(argv or sys.argv[1:]),
+        "machine": machine,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "retriever": responder.bundle_id,
+        "teacher": scorer.teacher.name,
+        "candidates": args.candidates,
+        "k": args.k,
+        "contexts": len(sets["train"]),
+        "val_contexts": len(sets["val"]),
+        "scoring_s": round(scoring_s, 1),
+        "val_gold_first_by_beta": {str(b): v for b, v in gold_first.items()},
+        "beta": beta,
+        "train_gold_first": {
+            "student": float((s0_train.argmax(1) == 0).float().mean()),
+            "teacher": float((teacher_probs.argmax(1) == 0).float().mean()),
+        },
+        "steps": args.steps,
+        "kd_weight": args.kd_weight,
+        "test_contexts": n,
+        "rows": rows,
+        "se": {k: math.sqrt(v * (1 - v) / n) for k, v in rows["control"].items() if "hits" in k},
+        "logs": logs,
+    }
+    write_report(args.out, results, markdown(results))
+    print(markdown(results))
+    return 0
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [
+        "# Model-level G2R over the bi-encoder's own candidates, against the same continuation without it",
+        "",
+        f"Command: `{r['command']}`  ",
+        f"Machine: {m['machine']}, {m['cpu_count']} CPU cores, torch {m['torch']} with "
+        f"{m['threads']} thread(s); load average at start {m['load_average_at_start']}, at end "
+        f"{r['load_average_at_end']}. Retriever `{r['retriever']}`, teacher `{r['teacher']}`.",
+        "",
+        f"Candidates: the gold and the bi-encoder's top {r['k']} of "
+        + ("99 random responses of its set" if r["candidates"] == "random" else "its whole index")
+        + f", for {r['contexts']} training and {r['val_contexts']} validation contexts, scored by "
+        f"the teacher (eq. 6) in {r['scoring_s']} s. beta (teacher = softmax(s_0 + beta G_MI)) "
+        f"chosen on validation: **{r['beta']}**; the gold first among the candidates:",
+        "",
+        "| beta | validation |",
+        "|---:|---:|",
+    ]
+    lines += [f"| {b} | {v:.4f} |" for b, v in r["val_gold_first_by_beta"].items()]
+    tg = r["train_gold_first"]
+    lines += [
+        "",
+        f"On the training candidates the gold is first for the student in {tg['student']:.3f} of "
+        f"contexts and for the teacher in {tg['teacher']:.3f}.",
+        "",
+        f"## Test Hits@1/100 ({r['test_contexts']} contexts; {r['steps']} more updates, "
+        f"L_KD weight {r['kd_weight']})",
+        "",
+        "| model | dense | as served | training s |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, row in r["rows"].items():
+        lines.append(
+            f"| {name} | {row['dense_hits@1']:.4f} | {row['served_hits@1']:.4f} | "
+            f"{row.get('train_s', '')} |"
+        )
+    c, k = r["rows"]["control"], r["rows"]["kd"]
+    lines += [
+        "",
+        f"kd against control: dense {k['dense_hits@1'] - c['dense_hits@1']:+.4f}, served "
+        f"{k['served_hits@1'] - c['served_hits@1']:+.4f} (binomial SE of one model "
+        f"{r['se']['served_hits@1']:.4f}).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Issue 11 (session 22): is G2R-D level with the bi-encoder because the teacher knows nothing the
+# bi-encoder does not? First, the base generator (the standard MLE model) as a ranker alone and
+# re-scoring the served bi-encoder's top 3 with eq. 6 (beta chosen on validation), with the cost
+# of doing that at batch 1; then whether model-level distillation (eq. 4 over the bi-encoder's own
+# candidates, the teacher = the hybrid ranking) carries that into the bi-encoder, against the same
+# continuation without it. Idle machine, 2 threads; ~5 and ~16 minutes.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=.venv/bin/python
+OMP_NUM_THREADS=2 $PY -m benchmarks.g2r_teacher_signal --retriever artifacts-base/retriever-biencoder \
+    --generator artifacts-base/generator-standard --out reports/g2r_teacher_signal_base
+OMP_NUM_THREADS=2 $PY -m benchmarks.g2r_hard_kd --retriever artifacts-base/retriever-biencoder \
+    --teacher artifacts-base/generator-standard --preset base --out reports/g2r_hard_kd_base

@@ -1,0 +1,68 @@
+"""benchmarks/g2r_teacher_signal.py and benchmarks/g2r_hard_kd.py on tiny bundles and the real
+DailyDialog splits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from service_fixtures import build_tiny_bundles
+
+from benchmarks import g2r_hard_kd, g2r_teacher_signal
+from benchmarks.g2r_teacher_signal import reranked_gold_first
+
+
+def test_reranking_the_top_columns_moves_only_them() -> None:
+    served = np.array([[1.0, 3.0, 2.0, 0.0], [5.0, 1.0, 0.0, 4.0]])
+    cols = np.argsort(-served, axis=1)[:, :2]  # row 0: [1, 2]; row 1: [0, 3]
+    mi = np.array([[0.0, 0.0], [0.0, 2.0]])
+    assert reranked_gold_first(served, cols, mi, 0.0).tolist() == [False, True]
+    # beta 1: row 1's second candidate (4 + 2) passes the gold (5 + 0)
+    assert reranked_gold_first(served, cols, mi, 1.0).tolist() == [False, False]
+    # a gold outside the top columns is never first, however the teacher scores
+    assert not reranked_gold_first(served, cols, np.full((2, 2), -9.0), 1.0)[0]
+
+
+def test_teacher_signal_report(tmp_path: Path, dailydialog_dir: Path) -> None:
+    bundles = build_tiny_bundles(tmp_path / "bundles")
+    out = tmp_path / "signal"
+    g2r_teacher_signal.main(
+        [
+            "--retriever", str(bundles / "retriever-g2r"), "--generator",
+            str(bundles / "generator-nd"), "--data", str(dailydialog_dir), "--val", "40",
+            "--alone", "3", "--timed", "3", "--threads", "1", "--out", str(out),
+        ]
+    )  # fmt: skip
+    r = json.loads(out.with_suffix(".json").read_text())
+    rr = r["rerank"]
+    assert rr["beta"] in g2r_teacher_signal.BETAS
+    assert rr["test_hits@1_by_beta"]["0.0"] == rr["test_hits@1_served"]
+    assert rr["wins"] - rr["losses"] == round(
+        (rr["test_hits@1_reranked"] - rr["test_hits@1_served"]) * rr["test_contexts"]
+    )
+    assert r["alone"]["contexts"] == 3
+    assert set(r["latency"]) == {
+        "retrieval as served (top-k)", "teacher score of the top-k (eq. 6)", "greedy generation",
+    }  # fmt: skip
+    assert "re-scoring the served top 3" in out.with_suffix(".md").read_text()
+
+
+def test_hard_kd_report_trains_both_arms_from_the_same_start(
+    tmp_path: Path, dailydialog_dir: Path
+) -> None:
+    bundles = build_tiny_bundles(tmp_path / "bundles")
+    out = tmp_path / "kd"
+    g2r_hard_kd.main(
+        [
+            "--retriever", str(bundles / "retriever-g2r"), "--teacher", str(bundles / "generator-nd"),
+            "--preset", "tiny", "--data", str(dailydialog_dir), "--contexts", "64", "--val", "32",
+            "--steps", "2", "--threads", "1", "--out", str(out),
+        ]
+    )  # fmt: skip
+    r = json.loads(out.with_suffix(".json").read_text())
+    assert set(r["rows"]) == {"bundle", "control", "kd"}
+    assert r["beta"] in g2r_hard_kd.BETAS
+    assert "kd" in r["logs"]["kd"][-1] and "kd" not in r["logs"]["control"][-1]
+    for row in r["rows"].values():
+        assert 0.0 <= row["dense_hits@1"] <= 1.0 and 0.0 <= row["served_hits@1"] <= 1.0
