@@ -150,6 +150,24 @@ class CandidateSet:
         return out
 
 
+def teacher_distribution(
+    s0: torch.Tensor, mi: torch.Tensor, beta: float, target: str
+) -> torch.Tensor:
+    """The teacher's distribution over each row's candidates (column 0 the gold).
+
+    ``hybrid``: softmax(s_0 + beta * G_MI). ``negatives``: the gold keeps the starting student's
+    probability softmax(s_0)[0] and the rest of the mass goes to the other candidates by
+    softmax(s_0 + beta * G_MI) over them alone, so the teacher reorders the negatives without
+    moving the gold (on training contexts the student ranks its memorised gold first more often
+    than the hybrid teacher does)."""
+    hybrid = (s0 + beta * mi).softmax(dim=1)
+    if target == "hybrid":
+        return hybrid
+    gold = s0.softmax(dim=1)[:, :1]
+    rest = (s0 + beta * mi)[:, 1:].softmax(dim=1)
+    return torch.cat([gold, (1 - gold) * rest], dim=1)
+
+
 def continue_training(
     model: BiEncoder,
     trainset: RetrievalTrainSet,
@@ -235,6 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--kd-weight", type=float, default=1.0)
+    ap.add_argument(
+        "--kd-target",
+        choices=("hybrid", "negatives"),
+        default="hybrid",
+        help="hybrid: the teacher's whole distribution; negatives: the gold keeps the starting "
+        "student's probability and the teacher orders only the rest",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--out", type=Path)
@@ -271,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     beta = max(BETAS, key=lambda b: (gold_first[b], -b))
     s0_train = sets["train"].all_scores(responder.model)
-    teacher_probs = (s0_train + beta * sets["train"].mi).softmax(dim=1)
+    teacher_probs = teacher_distribution(s0_train, sets["train"].mi, beta, args.kd_target)
 
     test = list(splits.test)
     rows: dict[str, Any] = {"bundle": test_hits(responder, test)}
@@ -325,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "steps": args.steps,
         "kd_weight": args.kd_weight,
+        "kd_target": args.kd_target,
         "test_contexts": n,
         "rows": rows,
         "se": {k: math.sqrt(v * (1 - v) / n) for k, v in rows["control"].items() if "hits" in k},
@@ -362,7 +388,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"contexts and for the teacher in {tg['teacher']:.3f}.",
         "",
         f"## Test Hits@1/100 ({r['test_contexts']} contexts; {r['steps']} more updates, "
-        f"L_KD weight {r['kd_weight']})",
+        f"L_KD weight {r['kd_weight']}, target {r.get('kd_target', 'hybrid')})",
         "",
         "| model | dense | as served | training s |",
         "|---|---:|---:|---:|",

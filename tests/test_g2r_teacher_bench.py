@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from service_fixtures import build_tiny_bundles
 
 from benchmarks import g2r_hard_kd, g2r_teacher_signal
@@ -66,3 +67,19 @@ def test_hard_kd_report_trains_both_arms_from_the_same_start(
     assert "kd" in r["logs"]["kd"][-1] and "kd" not in r["logs"]["control"][-1]
     for row in r["rows"].values():
         assert 0.0 <= row["dense_hits@1"] <= 1.0 and 0.0 <= row["served_hits@1"] <= 1.0
+
+
+def test_negatives_target_keeps_the_gold_probability_of_the_start() -> None:
+    s0 = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.5, 1.0]])
+    mi = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, 0.0]])
+    hybrid = g2r_hard_kd.teacher_distribution(s0, mi, 2.0, "hybrid")
+    neg = g2r_hard_kd.teacher_distribution(s0, mi, 2.0, "negatives")
+    assert torch.allclose(hybrid, (s0 + 2.0 * mi).softmax(dim=1))
+    assert torch.allclose(neg.sum(dim=1), torch.ones(2))
+    assert torch.allclose(neg[:, 0], s0.softmax(dim=1)[:, 0])
+    # the negatives keep the hybrid's order and ratios among themselves
+    assert torch.allclose(
+        neg[:, 1:] / neg[:, 1:].sum(1, keepdim=True),
+        hybrid[:, 1:] / hybrid[:, 1:].sum(1, keepdim=True),
+    )
+    assert neg[0, 2] > neg[0, 1]  # the teacher's preference, not the student's

@@ -16,3 +16,7 @@ OMP_NUM_THREADS=2 $PY -m benchmarks.g2r_hard_kd --retriever artifacts-base/retri
 OMP_NUM_THREADS=2 $PY -m benchmarks.g2r_hard_kd --retriever artifacts-base/retriever-biencoder \
     --teacher artifacts-base/generator-standard --preset base --candidates index --k 8 \
     --contexts 8000 --out reports/g2r_hard_kd_index_base
+# the teacher reorders only the negatives; the gold keeps the starting student's probability
+OMP_NUM_THREADS=2 $PY -m benchmarks.g2r_hard_kd --retriever artifacts-base/retriever-biencoder \
+    --teacher artifacts-base/generator-standard --preset base --kd-target negatives \
+    --out reports/g2r_hard_kd_negatives_base
