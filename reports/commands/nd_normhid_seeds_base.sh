@@ -27,3 +27,6 @@ OMP_NUM_THREADS=2 $PY -m training compare \
   --bundle nd-normhid-s2=$O/base-nd-ft-normhid-s2 \
   --bundle mle-ft-s0=$O/base-mle-ft-s0 --bundle mle-ft-s1=$O/base-mle-ft-s1 \
   --out reports/nd_normhid_seeds_base
+# the seed means of that report, against the control (session 22)
+$PY -m benchmarks.seed_groups --report reports/nd_normhid_seeds_base.json --baseline mle-ft \
+  --out reports/nd_normhid_seeds_base_groups
