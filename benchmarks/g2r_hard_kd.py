@@ -45,6 +45,7 @@ from benchmarks import write_report
 from benchmarks.g2r_teacher_signal import MIScorer
 from benchmarks.latency import machine_description, set_threads
 from models.biencoder import BiEncoder
+from models.lexical import mix_scores
 from models.retriever import RetrievalResponder
 from models.safety import load_blocklist
 from training.config import DAILYDIALOG, get_retriever_preset
@@ -55,8 +56,6 @@ from training.methods.g2r.data import ResponseFilter, build_retrieval_data
 from training.methods.g2r.job import DEFAULT_BLOCKLIST
 from training.methods.g2r.losses import (
     G2RDistillationLoss,
-    HitsEvaluator,
-    hits_at_k,
     hits_candidates,
 )
 from training.methods.g2r.teachers import BundleTeacher
@@ -224,19 +223,31 @@ def continue_training(
     return logs
 
 
-def test_hits(responder: RetrievalResponder, test: Sequence[DialogueExample]) -> dict[str, float]:
-    """Dense and served Hits@1/100 of ``responder``'s current model on the test split."""
-    with torch.inference_mode():
-        dense = HitsEvaluator(test, responder.tokenizer, responder.inputs, k=100, seed=0)(
-            responder.model
-        )
+def test_hits(
+    responder: RetrievalResponder, test: Sequence[DialogueExample]
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Dense and served Hits@1/100 of ``responder``'s current model on the test split (the
+    protocol of every retrieval report), and per context whether the gold came first."""
     pool = list(dict.fromkeys(e.response for e in test))
     cand = hits_candidates([e.response for e in test], pool, 100, 0)
     with responder.untraced():
-        served = hits_at_k(
-            torch.from_numpy(responder.candidate_scores([e.context for e in test], pool, cand))
-        )
-    return {"dense_hits@1": dense["hits@1"], "served_hits@1": served["hits@1"]}
+        dense, lexical = responder.candidate_score_parts([e.context for e in test], pool, cand)
+    served = dense
+    if lexical is not None and responder.reranker is not None:
+        served = mix_scores(dense, lexical, responder.reranker.weight)
+    flags = {
+        name: (np.asarray(x)[:, 1:] >= np.asarray(x)[:, :1]).sum(axis=1) == 0
+        for name, x in (("dense", dense), ("served", served))
+    }
+    return {f"{k}_hits@1": float(v.mean()) for k, v in flags.items()}, flags
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """``b`` against ``a`` on the same contexts: the contexts only ``b`` gets right (wins), only
+    ``a`` (losses), and McNemar's z = (wins - losses) / sqrt(wins + losses)."""
+    wins, losses = int((b & ~a).sum()), int((a & ~b).sum())
+    z = (wins - losses) / math.sqrt(wins + losses) if wins + losses else 0.0
+    return {"wins": wins, "losses": losses, "z": z}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,7 +271,19 @@ def main(argv: list[str] | None = None) -> int:
         help="hybrid: the teacher's whole distribution; negatives: the gold keeps the starting "
         "student's probability and the teacher orders only the rest",
     )
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the continuation's batches and KD draws")
+    ap.add_argument(
+        "--sample-seed", type=int, default=0, help="which training and validation contexts"
+    )
+    ap.add_argument(
+        "--arms",
+        default="control,kd",
+        help="control, kd (the teacher at the validation beta), self (the same L_KD with beta 0:"
+        " distillation from the starting student alone, isolating the teacher's part)",
+    )
+    ap.add_argument(
+        "--scores", type=Path, help="a file keeping the scored candidates (reused when it matches)"
+    )
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
@@ -272,22 +295,45 @@ def main(argv: list[str] | None = None) -> int:
     assert responder.manifest is not None
     start_step = int(responder.manifest.training.get("steps") or preset.train.max_steps)
     splits = load_splits(args.data, max_context_turns=responder.inputs.max_context_turns)
-    train = sample_examples(splits.train, args.contexts, seed=args.seed)
-    val = sample_examples(splits.validation, args.val, seed=args.seed + 1)
+    seed0 = args.sample_seed
+    train = sample_examples(splits.train, args.contexts, seed=seed0)
+    val = sample_examples(splits.validation, args.val, seed=seed0 + 1)
     scorer = MIScorer(BundleTeacher.load(args.teacher))
-    sets = {}
-    for name, examples, seed in (("val", val, args.seed + 1), ("train", train, args.seed)):
-        cands = candidate_sets(responder, examples, args.k, args.candidates, seed)
-        contexts = [e.context for e, c in zip(examples, cands, strict=True) for _ in c]
-        _, mi = scorer.score(contexts, [r for c in cands for r in c])
-        width = max(len(c) for c in cands)
-        padded = np.full((len(cands), width), np.nan)
-        at = 0
-        for i, c in enumerate(cands):
-            padded[i, : len(c)] = mi[at : at + len(c)]
-            at += len(c)
-        sets[name] = CandidateSet(responder, examples, cands, padded)
-    scoring_s = time.perf_counter() - started
+    key = {
+        "retriever": responder.bundle_id,
+        "teacher": scorer.teacher.name,
+        "candidates": args.candidates,
+        "k": args.k,
+        "contexts": args.contexts,
+        "val": args.val,
+        "sample_seed": seed0,
+    }
+    cached = (
+        torch.load(args.scores, weights_only=False)
+        if args.scores and args.scores.is_file()
+        else None
+    )
+    if cached is None or cached["key"] != key:
+        cached = {"key": key, "sets": {}}
+        for name, examples, seed in (("val", val, seed0 + 1), ("train", train, seed0)):
+            cands = candidate_sets(responder, examples, args.k, args.candidates, seed)
+            contexts = [e.context for e, c in zip(examples, cands, strict=True) for _ in c]
+            _, mi = scorer.score(contexts, [r for c in cands for r in c])
+            width = max(len(c) for c in cands)
+            padded = np.full((len(cands), width), np.nan)
+            at = 0
+            for i, c in enumerate(cands):
+                padded[i, : len(c)] = mi[at : at + len(c)]
+                at += len(c)
+            cached["sets"][name] = (cands, padded)
+        cached["scoring_s"] = round(time.perf_counter() - started, 1)
+        if args.scores:
+            torch.save(cached, args.scores)
+    sets = {
+        name: CandidateSet(responder, examples, *cached["sets"][name])
+        for name, examples in (("val", val), ("train", train))
+    }
+    scoring_s = cached["scoring_s"]
 
     start = copy.deepcopy(responder.model.state_dict())
     s0_val = sets["val"].all_scores(responder.model)
@@ -297,9 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     beta = max(BETAS, key=lambda b: (gold_first[b], -b))
     s0_train = sets["train"].all_scores(responder.model)
     teacher_probs = teacher_distribution(s0_train, sets["train"].mi, beta, args.kd_target)
+    # the same L_KD without the generator: the teacher is the starting student alone (beta 0)
+    self_probs = teacher_distribution(s0_train, sets["train"].mi, 0.0, args.kd_target)
 
     test = list(splits.test)
-    rows: dict[str, Any] = {"bundle": test_hits(responder, test)}
+    rows: dict[str, Any] = {}
+    flags: dict[str, dict[str, np.ndarray]] = {}
+    rows["bundle"], flags["bundle"] = test_hits(responder, test)
     blocked = tuple(load_blocklist(DEFAULT_BLOCKLIST))
     data = build_retrieval_data(
         splits.train,
@@ -315,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
     )
     logs = {}
-    for arm in ("control", "kd"):
+    arms = args.arms.split(",")
+    targets = {"control": None, "kd": teacher_probs, "self": self_probs}
+    for arm in arms:
         responder.model.load_state_dict(start)
         t0 = time.perf_counter()
         logs[arm] = continue_training(
@@ -324,12 +376,19 @@ def main(argv: list[str] | None = None) -> int:
             preset,
             args.steps,
             start_step,
-            kd=sets["train"] if arm == "kd" else None,
-            teacher_probs=teacher_probs if arm == "kd" else None,
+            kd=sets["train"] if targets[arm] is not None else None,
+            teacher_probs=targets[arm],
             kd_weight=args.kd_weight,
             seed=args.seed,
         )
-        rows[arm] = {**test_hits(responder, test), "train_s": round(time.perf_counter() - t0, 1)}
+        hits, flags[arm] = test_hits(responder, test)
+        rows[arm] = {**hits, "train_s": round(time.perf_counter() - t0, 1)}
+    against = "control" if "control" in arms else "bundle"
+    pairs = {
+        arm: {part: paired(flags[against][part], flags[arm][part]) for part in ("dense", "served")}
+        for arm in rows
+        if arm != against
+    }
     n = len(test)
     results = {
         "command": "python -m benchmarks.g2r_hard_kd " + shlex.join(argv or sys.argv[1:]),
@@ -352,8 +411,12 @@ def main(argv: list[str] | None = None) -> int:
         "kd_weight": args.kd_weight,
         "kd_target": args.kd_target,
         "test_contexts": n,
+        "seed": args.seed,
+        "sample_seed": seed0,
         "rows": rows,
-        "se": {k: math.sqrt(v * (1 - v) / n) for k, v in rows["control"].items() if "hits" in k},
+        "against": against,
+        "paired": pairs,
+        "se": {k: math.sqrt(v * (1 - v) / n) for k, v in rows[against].items() if "hits" in k},
         "logs": logs,
     }
     write_report(args.out, results, markdown(results))
@@ -398,13 +461,26 @@ def markdown(r: dict[str, Any]) -> str:
             f"| {name} | {row['dense_hits@1']:.4f} | {row['served_hits@1']:.4f} | "
             f"{row.get('train_s', '')} |"
         )
-    c, k = r["rows"]["control"], r["rows"]["kd"]
+    base = r.get("against", "control")
     lines += [
         "",
-        f"kd against control: dense {k['dense_hits@1'] - c['dense_hits@1']:+.4f}, served "
-        f"{k['served_hits@1'] - c['served_hits@1']:+.4f} (binomial SE of one model "
-        f"{r['se']['served_hits@1']:.4f}).",
+        f"Against {base}, the same test contexts (McNemar: contexts only this model gets right / "
+        f"only {base}; binomial SE of one model's served Hits@1 {r['se']['served_hits@1']:.4f}):",
+        "",
+        "| model | dense diff | wins / losses | z | served diff | wins / losses | z |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    for name, p in r.get("paired", {}).items():
+        row, ref = r["rows"][name], r["rows"][base]
+        cells = []
+        for part in ("dense", "served"):
+            diff = row[f"{part}_hits@1"] - ref[f"{part}_hits@1"]
+            cells += [
+                f"{diff:+.4f}",
+                f"{p[part]['wins']} / {p[part]['losses']}",
+                f"{p[part]['z']:.2f}",
+            ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

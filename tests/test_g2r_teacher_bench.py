@@ -58,11 +58,17 @@ def test_hard_kd_report_trains_both_arms_from_the_same_start(
         [
             "--retriever", str(bundles / "retriever-g2r"), "--teacher", str(bundles / "generator-nd"),
             "--preset", "tiny", "--data", str(dailydialog_dir), "--contexts", "64", "--val", "32",
-            "--steps", "2", "--threads", "1", "--out", str(out),
+            "--steps", "2", "--threads", "1", "--arms", "control,kd,self",
+            "--scores", str(tmp_path / "scores.pt"), "--out", str(out),
         ]
     )  # fmt: skip
     r = json.loads(out.with_suffix(".json").read_text())
-    assert set(r["rows"]) == {"bundle", "control", "kd"}
+    assert set(r["rows"]) == {"bundle", "control", "kd", "self"}
+    assert set(r["paired"]) == {"bundle", "kd", "self"} and r["against"] == "control"
+    p = r["paired"]["kd"]["served"]
+    diff = r["rows"]["kd"]["served_hits@1"] - r["rows"]["control"]["served_hits@1"]
+    assert p["wins"] - p["losses"] == round(diff * r["test_contexts"])
+    assert (tmp_path / "scores.pt").is_file()
     assert r["beta"] in g2r_hard_kd.BETAS
     assert "kd" in r["logs"]["kd"][-1] and "kd" not in r["logs"]["control"][-1]
     for row in r["rows"].values():

@@ -16,7 +16,14 @@ OMP_NUM_THREADS=2 $PY -m benchmarks.g2r_hard_kd --retriever artifacts-base/retri
 OMP_NUM_THREADS=2 $PY -m benchmarks.g2r_hard_kd --retriever artifacts-base/retriever-biencoder \
     --teacher artifacts-base/generator-standard --preset base --candidates index --k 8 \
     --contexts 8000 --out reports/g2r_hard_kd_index_base
-# the teacher reorders only the negatives; the gold keeps the starting student's probability
-OMP_NUM_THREADS=2 $PY -m benchmarks.g2r_hard_kd --retriever artifacts-base/retriever-biencoder \
-    --teacher artifacts-base/generator-standard --preset base --kd-target negatives \
-    --out reports/g2r_hard_kd_negatives_base
+# the teacher reorders only the negatives; the gold keeps the starting student's probability.
+# Three seeds of the continuation (batches and KD draws; the scored contexts stay those of
+# sample seed 0, kept in runs-exp/g2r_hard_kd_scores.pt), each with the same L_KD at beta 0
+# (`self`: the starting student as its own teacher) to tell the generator's part from
+# self-distillation's. ~19 minutes for the first seed (the scoring), ~15 for each other.
+for seed in 0 1 2; do
+  OMP_NUM_THREADS=2 $PY -m benchmarks.g2r_hard_kd --retriever artifacts-base/retriever-biencoder \
+      --teacher artifacts-base/generator-standard --preset base --kd-target negatives \
+      --arms control,kd,self --seed $seed --scores runs-exp/g2r_hard_kd_scores.pt \
+      --out reports/g2r_hard_kd_negatives_base_s$seed
+done
