@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from service_fixtures import build_tiny_bundles
 
-from benchmarks import g2r_hard_kd, g2r_teacher_signal
+from benchmarks import g2r_hard_kd, g2r_hard_kd_seeds, g2r_teacher_signal
 from benchmarks.g2r_teacher_signal import reranked_gold_first
 
 
@@ -89,3 +90,26 @@ def test_negatives_target_keeps_the_gold_probability_of_the_start() -> None:
         hybrid[:, 1:] / hybrid[:, 1:].sum(1, keepdim=True),
     )
     assert neg[0, 2] > neg[0, 1]  # the teacher's preference, not the student's
+
+
+def test_seed_summary_differences_against_the_control(tmp_path: Path) -> None:
+    def report(seed: int, control: float, kd: float) -> dict[str, object]:
+        rows = {
+            "control": {"dense_hits@1": control, "served_hits@1": control},
+            "kd": {"dense_hits@1": kd, "served_hits@1": kd},
+        }
+        z = {"dense": {"z": 1.0}, "served": {"z": 2.0}}
+        return {"seed": seed, "against": "control", "rows": rows, "paired": {"kd": z}}
+
+    paths = []
+    for seed, (c, k) in enumerate([(0.30, 0.31), (0.30, 0.32), (0.31, 0.33)]):
+        paths.append(tmp_path / f"s{seed}.json")
+        paths[-1].write_text(json.dumps(report(seed, c, k)))
+    out = tmp_path / "seeds"
+    g2r_hard_kd_seeds.main([*map(str, paths), "--out", str(out)])
+    r = json.loads(out.with_suffix(".json").read_text())
+    kd = r["arms"]["kd"]["served"]
+    assert kd["diffs"] == pytest.approx([0.01, 0.02, 0.02])
+    assert kd["diff_mean"] == pytest.approx(0.05 / 3)
+    assert kd["t"] == pytest.approx(kd["diff_mean"] / (kd["diff_sd"] / 3**0.5))
+    assert "diffs" not in r["arms"]["control"]["served"]

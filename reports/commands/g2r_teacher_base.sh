@@ -27,3 +27,6 @@ for seed in 0 1 2; do
       --arms control,kd,self --seed $seed --scores runs-exp/g2r_hard_kd_scores.pt \
       --out reports/g2r_hard_kd_negatives_base_s$seed
 done
+$PY -m benchmarks.g2r_hard_kd_seeds reports/g2r_hard_kd_negatives_base_s0.json \
+    reports/g2r_hard_kd_negatives_base_s1.json reports/g2r_hard_kd_negatives_base_s2.json \
+    --out reports/g2r_hard_kd_negatives_base_seeds

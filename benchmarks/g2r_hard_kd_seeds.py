@@ -1,0 +1,111 @@
+"""Several seeds of ``benchmarks/g2r_hard_kd.py``: each arm's test Hits@1/100 over the seeds and
+its difference from the control, seed by seed.
+
+Each report's arms share their starting weights and batches within the seed, so the per-seed
+difference from the control is the measurement; over the seeds this prints its mean, its sample
+sd, and t = mean / (sd / sqrt(seeds)), beside each seed's McNemar z on the test contexts.
+
+    python -m benchmarks.g2r_hard_kd_seeds reports/g2r_hard_kd_negatives_base_s0.json \\
+        reports/g2r_hard_kd_negatives_base_s1.json --out reports/g2r_hard_kd_negatives_base_seeds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks import write_report
+
+PARTS = ("dense", "served")
+
+
+def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per arm and part: the per-seed Hits@1, their mean and sd, and the per-seed differences
+    from each report's reference arm (``against``) with their mean, sd, t and McNemar z's."""
+    against = {r.get("against", "control") for r in reports}
+    if len(against) != 1:
+        raise ValueError(f"the reports compare against different arms: {sorted(against)}")
+    ref = against.pop()
+    arms = [a for a in reports[0]["rows"] if all(a in r["rows"] for r in reports)]
+    out: dict[str, Any] = {"against": ref, "seeds": [r.get("seed") for r in reports], "arms": {}}
+    for arm in arms:
+        row: dict[str, Any] = {}
+        for part in PARTS:
+            key = f"{part}_hits@1"
+            values = [r["rows"][arm][key] for r in reports]
+            cell: dict[str, Any] = {"values": values, "mean": statistics.fmean(values)}
+            cell["sd"] = statistics.stdev(values) if len(values) > 1 else math.nan
+            if arm != ref:
+                diffs = [r["rows"][arm][key] - r["rows"][ref][key] for r in reports]
+                sd = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
+                mean = statistics.fmean(diffs)
+                cell["diffs"] = diffs
+                cell["diff_mean"] = mean
+                cell["diff_sd"] = sd
+                cell["t"] = mean / (sd / math.sqrt(len(diffs))) if sd and sd == sd else math.nan
+                cell["mcnemar_z"] = [r["paired"][arm][part]["z"] for r in reports]
+            row[part] = cell
+        out["arms"][arm] = row
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("reports", type=Path, nargs="+", help="g2r_hard_kd JSON reports, one per seed")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    reports = [json.loads(p.read_text()) for p in args.reports]
+    results = {
+        "command": "python -m benchmarks.g2r_hard_kd_seeds " + shlex.join(argv or sys.argv[1:]),
+        "reports": [str(p) for p in args.reports],
+        **summarize(reports),
+    }
+    text = markdown(results)
+    write_report(args.out, results, text)
+    print(text)
+    return 0
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lines = [
+        "# Model-level G2R over the bi-encoder's candidates, over seeds",
+        "",
+        f"Command: `{r['command']}`",
+        "",
+        f"Test Hits@1/100 per seed (seeds {r['seeds']}), and each arm's difference from "
+        f"`{r['against']}` in the same seed: mean, sample sd, t = mean / (sd / sqrt(seeds)), and "
+        "each seed's McNemar z on the same test contexts.",
+    ]
+    for part in PARTS:
+        lines += [
+            "",
+            f"## {part}",
+            "",
+            "| arm | per seed | mean (sd) | diff per seed | diff mean (sd) | t | McNemar z per seed |",
+            "|---|---|---:|---|---:|---:|---|",
+        ]
+        for arm, row in r["arms"].items():
+            c = row[part]
+            values = " / ".join(f"{v:.4f}" for v in c["values"])
+            cells = [arm, values, f"{c['mean']:.4f} ({c['sd']:.4f})"]
+            if "diffs" in c:
+                cells += [
+                    " / ".join(f"{d:+.4f}" for d in c["diffs"]),
+                    f"{c['diff_mean']:+.4f} ({c['diff_sd']:.4f})",
+                    f"{c['t']:.2f}",
+                    " / ".join(f"{z:.2f}" for z in c["mcnemar_z"]),
+                ]
+            else:
+                cells += ["", "", "", ""]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
