@@ -6,7 +6,11 @@ difference from the control is the measurement; over the seeds this prints its m
 sd, and t = mean / (sd / sqrt(seeds)), beside each seed's McNemar z on the test contexts.
 
     python -m benchmarks.g2r_hard_kd_seeds reports/g2r_hard_kd_negatives_base_s0.json \\
-        reports/g2r_hard_kd_negatives_base_s1.json --out reports/g2r_hard_kd_negatives_base_seeds
+        reports/g2r_hard_kd_negatives_base_s1.json --pair kd:self \\
+        --out reports/g2r_hard_kd_negatives_base_seeds
+
+``--pair A:B`` adds arm A's per-seed difference from arm B (e.g. ``kd:self``: the generator's
+share of the gain, with self-distillation's taken out), with its mean, sd and t.
 """
 
 from __future__ import annotations
@@ -55,9 +59,28 @@ def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def pair_diffs(reports: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
+    """Arm ``a`` minus arm ``b`` per seed and part, with the mean, sample sd and t."""
+    missing = [arm for arm in (a, b) if any(arm not in r["rows"] for r in reports)]
+    if missing:
+        raise ValueError(f"arm(s) {missing} not in every report")
+    out: dict[str, Any] = {}
+    for part in PARTS:
+        key = f"{part}_hits@1"
+        diffs = [r["rows"][a][key] - r["rows"][b][key] for r in reports]
+        mean = statistics.fmean(diffs)
+        sd = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
+        t = mean / (sd / math.sqrt(len(diffs))) if sd and sd == sd else math.nan
+        out[part] = {"diffs": diffs, "mean": mean, "sd": sd, "t": t}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("reports", type=Path, nargs="+", help="g2r_hard_kd JSON reports, one per seed")
+    ap.add_argument(
+        "--pair", action="append", default=[], metavar="A:B", help="arm A minus arm B per seed"
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     reports = [json.loads(p.read_text()) for p in args.reports]
@@ -66,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         "reports": [str(p) for p in args.reports],
         **summarize(reports),
     }
+    pairs = {}
+    for spec in args.pair:
+        a, sep, b = spec.partition(":")
+        if not sep or not a or not b:
+            ap.error(f"--pair takes A:B, got {spec!r}")
+        pairs[f"{a}:{b}"] = pair_diffs(reports, a, b)
+    results["pairs"] = pairs
     text = markdown(results)
     write_report(args.out, results, text)
     print(text)
@@ -104,6 +134,18 @@ def markdown(r: dict[str, Any]) -> str:
             else:
                 cells += ["", "", "", ""]
             lines.append("| " + " | ".join(cells) + " |")
+    for name, pair in r.get("pairs", {}).items():
+        a, b = name.split(":")
+        lines += [
+            "",
+            f"## {a} minus {b}, per seed",
+            "",
+            "| part | diff per seed | mean (sd) | t |",
+            "|---|---|---:|---:|",
+        ]
+        for part, c in pair.items():
+            diffs = " / ".join(f"{d:+.4f}" for d in c["diffs"])
+            lines.append(f"| {part} | {diffs} | {c['mean']:+.4f} ({c['sd']:.4f}) | {c['t']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -28,5 +28,5 @@ for seed in 0 1 2; do
       --out reports/g2r_hard_kd_negatives_base_s$seed
 done
 $PY -m benchmarks.g2r_hard_kd_seeds reports/g2r_hard_kd_negatives_base_s0.json \
-    reports/g2r_hard_kd_negatives_base_s1.json reports/g2r_hard_kd_negatives_base_s2.json \
+    reports/g2r_hard_kd_negatives_base_s1.json reports/g2r_hard_kd_negatives_base_s2.json --pair kd:self \
     --out reports/g2r_hard_kd_negatives_base_seeds
