@@ -415,7 +415,12 @@ def test_torchrun_two_gloo_processes_train_one_bundle(
         ("nd", ["--ablation", "no-att", "--nd-lambda", "2", "--nd-gamma-fraction", "0.25"]),
         ("nt", []),
         ("ul", []),
-        ("mle", ["--subset", "negative"]),
+        # D_N by clustered entropy (the preset's nd.entropy, changed here), as the build makes it
+        (
+            "mle",
+            ["--subset", "negative", "--set", "nd.entropy.method=avg-embedding"]
+            + ["--set", "nd.entropy.clusters=8", "--set", "nd.entropy.dim=8"],
+        ),
     ],
 )
 def test_cli_train_generator_methods(
@@ -460,6 +465,11 @@ def test_cli_train_generator_methods(
     assert manifest.training["method"] == method and manifest.training["steps"] == 4
     if method in ("nt", "ul"):
         assert manifest.training["base"] == verify_bundle(artifacts / STANDARD_GENERATOR).bundle_id
+    if method == "mle":  # D_N by the preset's entropy, its statistics beside the run
+        [path] = (tmp_path / "runs").glob(f"tiny+*/{out.name}/negative_set.json")
+        report = json.loads(path.read_text())
+        assert report["entropy"].startswith("avg-embedding (k-means 8 response")
+        assert 0 < report["negative_pairs"] < report["train_pairs"]
     if method == "nd":
         nd = manifest.training["nd"]
         assert nd["use_att"] is False

@@ -232,7 +232,12 @@ def _train_generator(args: argparse.Namespace, ctx: Any) -> None:
     if args.method == "mle":
         train_examples = splits.train
         if args.subset == "negative":
-            train_examples = negative_set(splits.train, fraction, seed=args.seed).examples
+            # D_N as the build makes it: H_src by the preset's entropy (identity or clustered),
+            # its statistics beside the run (the build's negative_set.json)
+            dn = negative_set(splits.train, fraction, seed=args.seed, entropy=preset.nd.entropy)
+            if ctx.is_main:
+                dn.write_report(len(splits.train), run.run_dir / "negative_set.json")
+            train_examples = dn.examples
         tok_path = args.tokenizer or args.runs / preset.run_name / "tokenizer.json"
         tokenizer = ensure_tokenizer(preset, splits, tok_path, ctx)
         manifest = train_mle_generator(
@@ -241,7 +246,9 @@ def _train_generator(args: argparse.Namespace, ctx: Any) -> None:
     elif args.method == "nd":
         teacher = args.teacher or artifacts / NEGATIVE_TEACHER
         changes, fixed_alpha = ND_ABLATIONS[args.ablation]
-        dn = negative_set(splits.train, fraction, seed=args.seed).examples
+        dn = negative_set(
+            splits.train, fraction, seed=args.seed, entropy=preset.nd.entropy
+        ).examples
         manifest = train_nd_student(
             run,
             tokenizer=GenerativeResponder.load(teacher).tokenizer,
