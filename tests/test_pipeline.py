@@ -418,8 +418,10 @@ def test_torchrun_two_gloo_processes_train_one_bundle(
         # D_N by clustered entropy (the preset's nd.entropy, changed here), as the build makes it
         (
             "mle",
-            ["--subset", "negative", "--set", "nd.entropy.method=avg-embedding"]
-            + ["--set", "nd.entropy.clusters=8", "--set", "nd.entropy.dim=8"],
+            [
+                *("--subset", "negative", "--set", "nd.entropy.method=avg-embedding"),
+                *("--set", "nd.entropy.clusters=8", "--set", "nd.entropy.dim=8"),
+            ],
         ),
     ],
 )
