@@ -246,7 +246,7 @@ def _train_generator(args: argparse.Namespace, ctx: Any) -> None:
     elif args.method == "nd":
         teacher = args.teacher or artifacts / NEGATIVE_TEACHER
         changes, fixed_alpha = ND_ABLATIONS[args.ablation]
-        dn = negative_set(
+        dn_examples = negative_set(
             splits.train, fraction, seed=args.seed, entropy=preset.nd.entropy
         ).examples
         manifest = train_nd_student(
@@ -256,7 +256,7 @@ def _train_generator(args: argparse.Namespace, ctx: Any) -> None:
             train_examples=splits.train,
             loss=replace(NDLossConfig(temperature=preset.nd.temperature), **changes),
             fixed_alpha=fixed_alpha,
-            negative_examples=dn,
+            negative_examples=dn_examples,
             init_from=args.init_from,
             lam=args.nd_lambda,
             **common,
