@@ -517,6 +517,35 @@ def test_cli_compare_writes_one_table(
     # the baseline's own ratios are 1 (or n/a where a tiny model's metric is 0)
     assert re.search(r"\| standard \| ((1\.00x|n/a) \| ){7}", md) and "Sample replies" in md
 
+    # --decodings: greedy alone (a timed run skips beam search); an unknown one is refused
+    argv = [sys.executable, "-m", "training", "compare", "--data", str(dailydialog_dir)]
+    argv += [
+        "--max-examples",
+        "4",
+        "--samples",
+        "1",
+        "--bundle",
+        f"nd={base / 'artifacts' / ND_STUDENT}",
+    ]
+    greedy = subprocess.run(
+        [*argv, "--decodings", "greedy", "--out", str(tmp_path / "greedy")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert greedy.returncode == 0, greedy.stderr[-3000:]
+    only = json.loads((tmp_path / "greedy.json").read_text())["nd"]
+    assert "greedy" in only and "beam5" not in only
+    bad = subprocess.run(
+        [*argv, "--decodings", "nucleus", "--out", str(tmp_path / "bad")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode != 0 and "--decodings: unknown ['nucleus']" in bad.stderr
+
 
 def test_cli_reply_prints_generator_and_retriever_replies(tiny_build: tuple[Path, dict]) -> None:
     base, _ = tiny_build

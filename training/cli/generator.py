@@ -148,6 +148,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--max-examples", type=int, default=0, help="0 = the whole split")
     p.add_argument("--samples", type=int, default=20)
+    p.add_argument(
+        "--decodings", default="greedy,beam5", help="comma-separated: greedy, beam5 (default both)"
+    )
     p.add_argument("--title", default="Generator comparison")
     p.add_argument("--out", type=Path, required=True, help="writes <out>.json and <out>.md")
     p.set_defaults(run=_compare)
@@ -273,7 +276,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from models.generator import GenerativeResponder
     from training.core.data import load_splits, training_response_token_counts
     from training.core.distributed import resolve_device
-    from training.eval.generation import STANDARD_DECODINGS, evaluate_generator, markdown_report
+    from training.eval.generation import evaluate_generator, markdown_report
 
     manifest = verify_bundle(args.bundle)
     responder = GenerativeResponder.load(args.bundle, device=resolve_device(args.device))
@@ -281,17 +284,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     examples = splits.test if args.split == "test" else splits.validation
     if args.max_examples:
         examples = examples[: args.max_examples]
-    wanted = [d.strip() for d in args.decodings.split(",") if d.strip()]
-    unknown = sorted(set(wanted) - set(STANDARD_DECODINGS))
-    if unknown or not wanted:
-        raise ValueError(
-            f"--decodings: unknown {unknown}; choose from {sorted(STANDARD_DECODINGS)}"
-        )
     result = evaluate_generator(
         responder,
         examples,
         training_response_token_counts(splits.train),
-        decodings={d: STANDARD_DECODINGS[d] for d in wanted},
+        decodings=_decodings(args.decodings),
         n_samples=args.samples,
     )
     result.update(split=args.split, preset=manifest.training.get("preset"), data=str(args.data))
@@ -330,6 +327,19 @@ def _set_decoding(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decodings(spec: str) -> dict[str, Any]:
+    """``--decodings greedy,beam5`` -> those of ``STANDARD_DECODINGS``, in the order given."""
+    from training.eval.generation import STANDARD_DECODINGS
+
+    wanted = [d.strip() for d in spec.split(",") if d.strip()]
+    unknown = sorted(set(wanted) - set(STANDARD_DECODINGS))
+    if unknown or not wanted:
+        raise ValueError(
+            f"--decodings: unknown {unknown}; choose from {sorted(STANDARD_DECODINGS)}"
+        )
+    return {d: STANDARD_DECODINGS[d] for d in wanted}
+
+
 def _compare(args: argparse.Namespace) -> int:
     from models.generator import GenerativeResponder
     from training.core.data import load_splits
@@ -348,6 +358,7 @@ def _compare(args: argparse.Namespace) -> int:
         examples=examples,
         device=str(resolve_device(args.device)),
         n_samples=args.samples,
+        decodings=_decodings(args.decodings),
     )
     write_comparison(results, args.out, title=args.title, command=command_text())
     print(args.out.with_suffix(".md").read_text())

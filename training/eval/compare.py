@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from models.decoding import DecodingConfig
 from models.generator import GenerativeResponder
 from training.core.data import DialogueExample, training_response_token_counts
 from training.eval.generation import evaluate_generator, markdown_table
@@ -29,14 +30,18 @@ def compare_generators(
     examples: list[DialogueExample],
     device: str = "cpu",
     n_samples: int = 20,
+    decodings: Mapping[str, DecodingConfig] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate each labelled bundle; returns {label: evaluation} plus the shared samples."""
+    """Evaluate each labelled bundle (``decodings``: default greedy and beam 5); returns
+    {label: evaluation} plus the shared samples."""
     counts = training_response_token_counts(train)
     results: dict[str, Any] = {}
     for label, path in bundles.items():
         started = time.perf_counter()
         responder = GenerativeResponder.load(path, device=device)
-        result = evaluate_generator(responder, examples, counts, n_samples=n_samples)
+        result = evaluate_generator(
+            responder, examples, counts, decodings=decodings, n_samples=n_samples
+        )
         result["training"] = responder.manifest.training if responder.manifest else {}
         result["eval_wall_s"] = time.perf_counter() - started
         results[label] = result
