@@ -21,6 +21,13 @@ generator. From a trained retriever bundle:
 4. Test Hits@1/100, dense and as served (the bundle's TF-IDF re-ranker), for the bundle, the
    control and the kd model (whole test split; K = 100, seed 0, as every retrieval report).
 
+``--kd-contexts final`` distils over contexts the bi-encoder never trained on instead: the last
+turns of each training dialogue (its final utterance is a gold response in training but never
+part of a context), with no gold among the candidates, only the bi-encoder's top ``--k``. On
+training contexts the student ranks its memorised golds first more often than the hybrid teacher
+(reports/g2r_hard_kd_base.md), which is where that teacher's ranking un-teaches; on unseen
+contexts it does not know the answer, the case where consulting the generator was measured to help.
+
     OMP_NUM_THREADS=2 python -m benchmarks.g2r_hard_kd --retriever artifacts-base/retriever-biencoder \\
         --teacher artifacts-base/generator-standard --preset base --out reports/g2r_hard_kd_base
 """
@@ -49,7 +56,12 @@ from models.lexical import mix_scores
 from models.retriever import RetrievalResponder
 from models.safety import load_blocklist
 from training.config import DAILYDIALOG, get_retriever_preset
-from training.core.data import DialogueExample, load_splits, sample_examples
+from training.core.data import (
+    DialogueExample,
+    load_splits,
+    normalized_dialogues,
+    sample_examples,
+)
 from training.core.generator import bucketed_batches
 from training.methods.g2r.batches import RetrievalTrainSet
 from training.methods.g2r.data import ResponseFilter, build_retrieval_data
@@ -70,9 +82,10 @@ def candidate_sets(
     k: int,
     mode: str,
     seed: int,
+    gold: bool = True,
 ) -> list[list[str]]:
-    """Per example: the gold, then the bi-encoder's top ``k`` (of 99 random responses of its set,
-    or of the whole index), no text twice."""
+    """Per example: the gold (unless not ``gold``), then the bi-encoder's top ``k`` (of 99 random
+    responses of its set, or of the whole index), no text twice."""
     rng = np.random.default_rng(seed)
     vectors = responder.index.vectors() if mode == "random" else None
     out: list[list[str]] = []
@@ -91,13 +104,31 @@ def candidate_sets(
                     top = np.argsort(-(vectors[ids] @ q), kind="stable")
                     rows.append([ids[j] for j in top])
             for e, row in zip(chunk, rows, strict=True):
-                cands = [e.response]
+                cands = [e.response] if gold else []
                 for i in row:
                     if texts[i] not in cands:
                         cands.append(texts[i])
-                    if len(cands) == k + 1:
+                    if len(cands) == k + gold:
                         break
                 out.append(cands)
+    return out
+
+
+def final_contexts(
+    data_dir: Path, turns: int, exclude: Sequence[DialogueExample]
+) -> list[DialogueExample]:
+    """The last ``turns`` turns of each training dialogue as a context with no response: text
+    the bi-encoder read only as replies, never as a context. Distinct, and none that is the
+    context of an ``exclude`` example (give every split's: a dialogue's ending can recur as
+    the middle of another, or as a validation or test context)."""
+    held = {tuple(e.context) for e in exclude}
+    seen: set[tuple[str, ...]] = set()
+    out = []
+    for dialogue in normalized_dialogues(Path(data_dir) / "train" / "dialogues_train.txt"):
+        context = tuple(dialogue[-turns:])
+        if len(dialogue) >= 2 and context not in held and context not in seen:
+            seen.add(context)
+            out.append(DialogueExample(context=context, response=""))
     return out
 
 
@@ -271,6 +302,13 @@ def main(argv: list[str] | None = None) -> int:
         help="hybrid: the teacher's whole distribution; negatives: the gold keeps the starting "
         "student's probability and the teacher orders only the rest",
     )
+    ap.add_argument(
+        "--kd-contexts",
+        choices=("train", "final"),
+        default="train",
+        help="train: training contexts with their gold among the candidates; final: each "
+        "training dialogue's last turns (never a training context), candidates without a gold",
+    )
     ap.add_argument("--seed", type=int, default=0, help="the continuation's batches and KD draws")
     ap.add_argument(
         "--sample-seed", type=int, default=0, help="which training and validation contexts"
@@ -287,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    if args.kd_contexts == "final" and args.kd_target != "hybrid":
+        ap.error("--kd-contexts final has no gold to keep: --kd-target hybrid")
     set_threads(args.threads)
     machine = machine_description(args.threads)
     started = time.perf_counter()
@@ -296,8 +336,16 @@ def main(argv: list[str] | None = None) -> int:
     start_step = int(responder.manifest.training.get("steps") or preset.train.max_steps)
     splits = load_splits(args.data, max_context_turns=responder.inputs.max_context_turns)
     seed0 = args.sample_seed
-    train = sample_examples(splits.train, args.contexts, seed=seed0)
     val = sample_examples(splits.validation, args.val, seed=seed0 + 1)
+    if args.kd_contexts == "final":
+        unseen = final_contexts(
+            args.data,
+            responder.inputs.max_context_turns,
+            [*splits.train, *splits.validation, *splits.test],
+        )
+        train = sample_examples(unseen, args.contexts, seed=seed0)
+    else:
+        train = sample_examples(splits.train, args.contexts, seed=seed0)
     scorer = MIScorer(BundleTeacher.load(args.teacher))
     key = {
         "retriever": responder.bundle_id,
@@ -307,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         "contexts": args.contexts,
         "val": args.val,
         "sample_seed": seed0,
+        **({"kd_contexts": args.kd_contexts} if args.kd_contexts != "train" else {}),
     }
     cached = (
         torch.load(args.scores, weights_only=False)
@@ -316,7 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     if cached is None or cached["key"] != key:
         cached = {"key": key, "sets": {}}
         for name, examples, seed in (("val", val, seed0 + 1), ("train", train, seed0)):
-            cands = candidate_sets(responder, examples, args.k, args.candidates, seed)
+            with_gold = name == "val" or args.kd_contexts == "train"
+            cands = candidate_sets(
+                responder, examples, args.k, args.candidates, seed, gold=with_gold
+            )
             contexts = [e.context for e, c in zip(examples, cands, strict=True) for _ in c]
             _, mi = scorer.score(contexts, [r for c in cands for r in c])
             width = max(len(c) for c in cands)
@@ -403,10 +455,18 @@ def main(argv: list[str] | None = None) -> int:
         "scoring_s": round(scoring_s, 1),
         "val_gold_first_by_beta": {str(b): v for b, v in gold_first.items()},
         "beta": beta,
+        "kd_contexts": args.kd_contexts,
+        # with a gold in column 0: how often student and teacher rank it first
         "train_gold_first": {
             "student": float((s0_train.argmax(1) == 0).float().mean()),
             "teacher": float((teacher_probs.argmax(1) == 0).float().mean()),
-        },
+        }
+        if args.kd_contexts == "train"
+        else None,
+        # how often the teacher's first choice is the starting student's
+        "train_teacher_agrees": float(
+            (teacher_probs.argmax(1) == s0_train.argmax(1)).float().mean()
+        ),
         "steps": args.steps,
         "kd_weight": args.kd_weight,
         "kd_target": args.kd_target,
@@ -436,19 +496,39 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"Candidates: the gold and the bi-encoder's top {r['k']} of "
         + ("99 random responses of its set" if r["candidates"] == "random" else "its whole index")
-        + f", for {r['contexts']} training and {r['val_contexts']} validation contexts, scored by "
-        f"the teacher (eq. 6) in {r['scoring_s']} s. beta (teacher = softmax(s_0 + beta G_MI)) "
-        f"chosen on validation: **{r['beta']}**; the gold first among the candidates:",
+        + (
+            f", for {r['contexts']} training and "
+            if r.get("kd_contexts", "train") == "train"
+            else f" for {r['val_contexts']} validation contexts; for the {r['contexts']} "
+            "distillation contexts (the last turns of training dialogues, never a training "
+            "context) the top ones alone, no gold; "
+        )
+        + (
+            f"{r['val_contexts']} validation contexts, "
+            if r.get("kd_contexts", "train") == "train"
+            else ""
+        )
+        + f"scored by the teacher (eq. 6) in {r['scoring_s']} s. beta (teacher = softmax(s_0 + "
+        f"beta G_MI)) chosen on validation: **{r['beta']}**; the gold first among the candidates:",
         "",
         "| beta | validation |",
         "|---:|---:|",
     ]
     lines += [f"| {b} | {v:.4f} |" for b, v in r["val_gold_first_by_beta"].items()]
     tg = r["train_gold_first"]
+    if tg is not None:
+        lines += [
+            "",
+            f"On the training candidates the gold is first for the student in {tg['student']:.3f}"
+            f" of contexts and for the teacher in {tg['teacher']:.3f}.",
+        ]
+    if "train_teacher_agrees" in r:
+        lines += [
+            "",
+            "The teacher's first choice is the starting student's in "
+            f"{r['train_teacher_agrees']:.3f} of the distillation contexts.",
+        ]
     lines += [
-        "",
-        f"On the training candidates the gold is first for the student in {tg['student']:.3f} of "
-        f"contexts and for the teacher in {tg['teacher']:.3f}.",
         "",
         f"## Test Hits@1/100 ({r['test_contexts']} contexts; {r['steps']} more updates, "
         f"L_KD weight {r['kd_weight']}, target {r.get('kd_target', 'hybrid')})",

@@ -76,6 +76,48 @@ def test_hard_kd_report_trains_both_arms_from_the_same_start(
         assert 0.0 <= row["dense_hits@1"] <= 1.0 and 0.0 <= row["served_hits@1"] <= 1.0
 
 
+def test_final_contexts_are_never_training_contexts(dailydialog_dir: Path) -> None:
+    from training.core.data import load_splits
+
+    splits = load_splits(dailydialog_dir, max_context_turns=3)
+    trained = {e.context for e in splits.train}
+    some = g2r_hard_kd.final_contexts(dailydialog_dir, 3, splits.test)
+    assert any(e.context in trained for e in some)  # endings that recur mid-dialogue elsewhere
+    finals = g2r_hard_kd.final_contexts(dailydialog_dir, 3, [*splits.train, *splits.test])
+    assert len(finals) > 5000 and all(e.response == "" for e in finals)
+    assert not any(e.context in trained for e in finals)  # unseen as contexts by the student
+    assert len({e.context for e in finals}) == len(finals)
+    # the last turn was a gold response in training (the student saw it as a reply only)
+    responses = {e.response for e in splits.train}
+    assert np.mean([e.context[-1] in responses for e in finals]) > 0.9
+    excluded = g2r_hard_kd.final_contexts(dailydialog_dir, 3, [*splits.train, *finals[:10]])
+    assert not {e.context for e in finals[:10]} & {e.context for e in excluded}
+
+
+def test_hard_kd_over_unseen_contexts_has_no_gold_column(
+    tmp_path: Path, dailydialog_dir: Path
+) -> None:
+    bundles = build_tiny_bundles(tmp_path / "bundles")
+    out = tmp_path / "kd-final"
+    argv = [
+        "--retriever", str(bundles / "retriever-g2r"), "--teacher", str(bundles / "generator-nd"),
+        "--preset", "tiny", "--data", str(dailydialog_dir), "--contexts", "48", "--val", "24",
+        "--k", "3", "--steps", "2", "--threads", "1", "--arms", "control,kd",
+        "--kd-contexts", "final", "--scores", str(tmp_path / "scores.pt"), "--out", str(out),
+    ]  # fmt: skip
+    g2r_hard_kd.main(argv)
+    r = json.loads(out.with_suffix(".json").read_text())
+    assert r["kd_contexts"] == "final" and r["train_gold_first"] is None
+    assert 0.0 <= r["train_teacher_agrees"] <= 1.0
+    cached = torch.load(tmp_path / "scores.pt", weights_only=False)
+    train_cands, _ = cached["sets"]["train"]
+    val_cands, _ = cached["sets"]["val"]
+    assert {len(c) for c in train_cands} == {3} and {len(c) for c in val_cands} == {4}
+    assert "never a training context" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):  # no gold to keep
+        g2r_hard_kd.main([*argv, "--kd-target", "negatives"])
+
+
 def test_negatives_target_keeps_the_gold_probability_of_the_start() -> None:
     s0 = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.5, 1.0]])
     mi = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, 0.0]])

@@ -107,7 +107,7 @@ def _normalizer_version() -> bytes:
     return hashlib.sha256(Path(text_module.__file__ or "").read_bytes()).digest()
 
 
-def _normalized_dialogues(path: Path) -> list[list[str]]:
+def normalized_dialogues(path: Path) -> list[list[str]]:
     """Every line of a DailyDialog file as its normalised utterances (empty ones dropped).
 
     Normalising the release is most of the time of reading it (~116k utterances, seconds); the
@@ -148,7 +148,7 @@ def _dailydialog_pairs(path: Path, max_context_turns: int) -> LoadResult:
     """Read one ``dialogues_<split>.txt``; a line with fewer than two utterances is skipped."""
     examples: list[DialogueExample] = []
     skipped = 0
-    for turns in _normalized_dialogues(path):
+    for turns in normalized_dialogues(path):
         if len(turns) < 2:
             skipped += 1
             continue
