@@ -30,3 +30,15 @@ done
 $PY -m benchmarks.g2r_hard_kd_seeds reports/g2r_hard_kd_negatives_base_s0.json \
     reports/g2r_hard_kd_negatives_base_s1.json reports/g2r_hard_kd_negatives_base_s2.json --pair kd:self \
     --out reports/g2r_hard_kd_negatives_base_seeds
+# session 23: the same distillation over contexts the bi-encoder never trained on (the last turns
+# of each training dialogue, 10,000 of them; candidates = its top 3 of 99 random, no gold),
+# where the hybrid teacher's ranking was measured to help; three seeds as above
+for seed in 0 1 2; do
+  [ -f reports/g2r_hard_kd_final_base_s$seed.json ] || OMP_NUM_THREADS=2 $PY -m benchmarks.g2r_hard_kd \
+      --retriever artifacts-base/retriever-biencoder --teacher artifacts-base/generator-standard \
+      --preset base --kd-contexts final --contexts 10000 --arms control,kd,self --seed $seed \
+      --scores runs-exp/g2r_hard_kd_final_scores.pt --out reports/g2r_hard_kd_final_base_s$seed
+done
+$PY -m benchmarks.g2r_hard_kd_seeds reports/g2r_hard_kd_final_base_s0.json \
+    reports/g2r_hard_kd_final_base_s1.json reports/g2r_hard_kd_final_base_s2.json --pair kd:self \
+    --out reports/g2r_hard_kd_final_base_seeds
