@@ -105,9 +105,12 @@ def test_hard_kd_over_unseen_contexts_has_no_gold_column(
         "--k", "3", "--steps", "2", "--threads", "1", "--arms", "control,kd",
         "--kd-contexts", "final", "--scores", str(tmp_path / "scores.pt"), "--out", str(out),
     ]  # fmt: skip
-    g2r_hard_kd.main(argv)
+    g2r_hard_kd.main([*argv, "--beta", "7.5"])
     r = json.loads(out.with_suffix(".json").read_text())
     assert r["kd_contexts"] == "final" and r["train_gold_first"] is None
+    # --beta: the given one is used, the validation choice still reported
+    assert r["beta"] == 7.5 and r["beta_chosen_on_validation"] in g2r_hard_kd.BETAS
+    assert "**7.5** as given" in out.with_suffix(".md").read_text()
     assert 0.0 <= r["train_teacher_agrees"] <= 1.0
     cached = torch.load(tmp_path / "scores.pt", weights_only=False)
     train_cands, _ = cached["sets"]["train"]

@@ -42,3 +42,9 @@ done
 $PY -m benchmarks.g2r_hard_kd_seeds reports/g2r_hard_kd_final_base_s0.json \
     reports/g2r_hard_kd_final_base_s1.json reports/g2r_hard_kd_final_base_s2.json --pair kd:self \
     --out reports/g2r_hard_kd_final_base_seeds
+# a sensitivity check of the teacher's weight (validation's criterion is flat from beta 10 to 80
+# within its SE): seed 0 at beta 10; its self arm repeats seed 0's exactly (deterministic)
+OMP_NUM_THREADS=2 $PY -m benchmarks.g2r_hard_kd --retriever artifacts-base/retriever-biencoder \
+    --teacher artifacts-base/generator-standard --preset base --kd-contexts final --contexts 10000 \
+    --arms kd,self --beta 10 --seed 0 --scores runs-exp/g2r_hard_kd_final_scores.pt \
+    --out reports/g2r_hard_kd_final_beta10_base_s0
