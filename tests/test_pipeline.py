@@ -413,6 +413,7 @@ def test_torchrun_two_gloo_processes_train_one_bundle(
     ("method", "extra"),
     [
         ("nd", ["--ablation", "no-att", "--nd-lambda", "2", "--nd-gamma-fraction", "0.25"]),
+        ("nd", ["--ablation", "random-targets"]),  # the one ablation that draws D_N
         ("nt", []),
         ("ul", []),
         # D_N by clustered entropy (the preset's nd.entropy, changed here), as the build makes it
@@ -472,10 +473,12 @@ def test_cli_train_generator_methods(
         report = json.loads(path.read_text())
         assert report["entropy"].startswith("avg-embedding (k-means 8 response")
         assert 0 < report["negative_pairs"] < report["train_pairs"]
-    if method == "nd":
+    if method == "nd" and "no-att" in extra:
         nd = manifest.training["nd"]
         assert nd["use_att"] is False
         assert nd["lambda"] == 2.0 and nd["gamma"] == 1.0  # 0.25 of --max-steps 4
+    if method == "nd" and "random-targets" in extra:
+        assert manifest.training["nd"]["targets"] == "random"
 
 
 def test_cli_compare_writes_one_table(

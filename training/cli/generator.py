@@ -249,9 +249,13 @@ def _train_generator(args: argparse.Namespace, ctx: Any) -> None:
     elif args.method == "nd":
         teacher = args.teacher or artifacts / NEGATIVE_TEACHER
         changes, fixed_alpha = ND_ABLATIONS[args.ablation]
-        dn_examples = negative_set(
-            splits.train, fraction, seed=args.seed, entropy=preset.nd.entropy
-        ).examples
+        # D_N only where the ablation draws random targets from it (clustered entropy costs a
+        # k-means over the responses)
+        dn_examples = (
+            negative_set(splits.train, fraction, seed=args.seed, entropy=preset.nd.entropy).examples
+            if changes.get("targets") == "random"
+            else None
+        )
         manifest = train_nd_student(
             run,
             tokenizer=GenerativeResponder.load(teacher).tokenizer,
