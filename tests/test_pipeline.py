@@ -530,23 +530,16 @@ def test_cli_compare_writes_one_table(
         "--bundle",
         f"nd={base / 'artifacts' / ND_STUDENT}",
     ]
-    greedy = subprocess.run(
-        [*argv, "--decodings", "greedy", "--out", str(tmp_path / "greedy")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+
+    def compare(decodings: str, name: str) -> subprocess.CompletedProcess[str]:
+        cmd = [*argv, "--decodings", decodings, "--out", str(tmp_path / name)]
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    greedy = compare("greedy", "greedy")
     assert greedy.returncode == 0, greedy.stderr[-3000:]
     only = json.loads((tmp_path / "greedy.json").read_text())["nd"]
     assert "greedy" in only and "beam5" not in only
-    bad = subprocess.run(
-        [*argv, "--decodings", "nucleus", "--out", str(tmp_path / "bad")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bad = compare("nucleus", "bad")
     assert bad.returncode != 0 and "--decodings: unknown ['nucleus']" in bad.stderr
 
 
