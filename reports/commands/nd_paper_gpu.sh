@@ -24,7 +24,8 @@
 #   mkdir -p .devdata && cp -r ../shared/data/dailydialog .devdata/
 #   .venv/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --implementation cp --platform manylinux_2_28_x86_64 -d .whl faiss-cpu==1.15.1
-# The device call (one command, ~9 min; the device's python3 has torch, tokenizers, safetensors,
+# The device call (one command, ~8 min of its 10-minute limit; a cut-off call resumes when run
+# again on the warm machine; the device's python3 has torch, tokenizers, safetensors,
 # scikit-learn, scipy, tqdm; faiss-cpu comes from .whl):
 #   run(command="PYTHONUNBUFFERED=1 bash reports/commands/nd_paper_gpu.sh",
 #       carry=[".whl", ".devdata"], timeout_s=600)
@@ -41,9 +42,9 @@ DATA=${DATA:-.devdata/dailydialog}
 WORK=${WORK:-runs-paper-gpu}
 OUT=${OUT:-reports}
 NAME=${NAME:-nd_paper_gpu}
-STD_S=${STD_S:-150}          # wall seconds of each training stage (the trainer's max_seconds)
-TEACHER_S=${TEACHER_S:-80}
-ND_S=${ND_S:-150}
+STD_S=${STD_S:-130}          # wall seconds of each training stage (the trainer's max_seconds)
+TEACHER_S=${TEACHER_S:-70}
+ND_S=${ND_S:-130}
 ND_COST=${ND_COST:-1.5}      # an ND update's time over an MLE update's (the teacher's forward)
 CLUSTERS=${CLUSTERS:-3000}   # k-means centres of the clustered H_src (EntropyConfig's default)
 EVAL_EXAMPLES=${EVAL_EXAMPLES:-0}  # test pairs scored (0 = the whole split)
