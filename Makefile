@@ -12,7 +12,7 @@ PRESET ?= small
 ARTIFACTS ?= $(if $(filter small,$(PRESET)),artifacts,artifacts-$(PRESET))
 RUNS ?= runs
 
-.PHONY: setup run reply build test test-slow test-live live-deps lint bench gpu-check compose-check clean FORCE
+.PHONY: setup run reply build test test-slow test-live live-deps lint bench gpu-check device-stage compose-check clean FORCE
 
 setup: $(VENV)/.installed
 
@@ -86,6 +86,17 @@ bench: setup
 # the GPU where installed; reports/gpu_check.{json,md}. Without CUDA it says so and exits 0.
 gpu-check: setup
 	$(PY) -m benchmarks.gpu_check --artifacts $(ARTIFACTS) --data $(DATA) --out reports/gpu_check
+
+# Before a call of a lent GPU machine (the device tool), which gets the checkout and nothing beside
+# it: DailyDialog into .devdata/ and a faiss-cpu wheel for its Python 3.12 into .whl/, both
+# git-ignored, for `carry`. Then, as reports/commands/nd_paper_gpu.sh says: run(command="bash
+# reports/commands/nd_paper_gpu.sh", carry=[".whl", ".devdata"], timeout_s=600).
+device-stage: setup
+	@grep -qxF '/.devdata/' .git/info/exclude 2>/dev/null || echo '/.devdata/' >> .git/info/exclude
+	rm -rf .devdata/dailydialog && mkdir -p .devdata && cp -r $(DATA) .devdata/dailydialog
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 -d .whl "faiss-cpu==$$($(PY) -c 'import faiss; print(faiss.__version__)')"
+	@du -sh .devdata .whl
 
 # Deployment configs (docker/, docker-compose.yml) parse and agree, alerting rules included;
 # promtool and `docker compose config` too where installed. The live Prometheus and chat-page

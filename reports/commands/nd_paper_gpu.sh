@@ -19,11 +19,9 @@
 # Everything it measured goes to $OUT (the device tool brings it back): the comparison, the
 # ratios, each stage's steps, steps/s, stop reason and best validation loss, and the log.
 #
-# Before the call, here (CPU side), once per checkout (both folders are git-ignored and carried):
-#   printf '/.whl/\n/.devdata/\n' >> .git/info/exclude
-#   mkdir -p .devdata && cp -r ../shared/data/dailydialog .devdata/
-#   .venv/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#       --implementation cp --platform manylinux_2_28_x86_64 -d .whl faiss-cpu==1.15.1
+# Before the call, here (CPU side), once per checkout: `make device-stage` copies DailyDialog into
+# .devdata/ and fetches a faiss-cpu wheel for the device's Python 3.12 into .whl/ (both git-ignored,
+# both carried; ~26 MB together of the 64 MB a call may send).
 # The device call (one command, ~8 min of its 10-minute limit; a cut-off call resumes when run
 # again on the warm machine; the device's python3 has torch, tokenizers, safetensors,
 # scikit-learn, scipy, tqdm; faiss-cpu comes from .whl):
