@@ -92,7 +92,6 @@ gpu-check: setup
 # git-ignored, for `carry`. Then, as reports/commands/nd_paper_gpu.sh says: run(command="bash
 # reports/commands/nd_paper_gpu.sh", carry=[".whl", ".devdata"], timeout_s=600).
 device-stage: setup
-	@grep -qxF '/.devdata/' .git/info/exclude 2>/dev/null || echo '/.devdata/' >> .git/info/exclude
 	rm -rf .devdata/dailydialog && mkdir -p .devdata && cp -r $(DATA) .devdata/dailydialog
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 -d .whl "faiss-cpu==$$($(PY) -c 'import faiss; print(faiss.__version__)')"

@@ -58,8 +58,8 @@ from models.safety import load_blocklist
 from training.config import DAILYDIALOG, get_retriever_preset
 from training.core.data import (
     DialogueExample,
+    dailydialog_dialogues,
     load_splits,
-    normalized_dialogues,
     sample_examples,
 )
 from training.core.generator import bucketed_batches
@@ -108,7 +108,7 @@ def candidate_sets(
                 for i in row:
                     if texts[i] not in cands:
                         cands.append(texts[i])
-                    if len(cands) == k + gold:
+                    if len(cands) == k + (1 if gold else 0):
                         break
                 out.append(cands)
     return out
@@ -124,7 +124,7 @@ def final_contexts(
     held = {tuple(e.context) for e in exclude}
     seen: set[tuple[str, ...]] = set()
     out = []
-    for dialogue in normalized_dialogues(Path(data_dir) / "train" / "dialogues_train.txt"):
+    for dialogue in dailydialog_dialogues(data_dir, "train"):
         context = tuple(dialogue[-turns:])
         if len(dialogue) >= 2 and context not in held and context not in seen:
             seen.add(context)
@@ -494,6 +494,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(r: dict[str, Any]) -> str:
     m = r["machine"]
+    pool = "99 random responses of its set" if r["candidates"] == "random" else "its whole index"
+    if r.get("kd_contexts", "train") == "train":
+        sets = f", for {r['contexts']} training and {r['val_contexts']} validation contexts,"
+    else:
+        sets = (
+            f" for {r['val_contexts']} validation contexts; for the {r['contexts']} distillation "
+            "contexts (the last turns of training dialogues, never a training context) the top "
+            "ones alone, no gold;"
+        )
+    chosen = r.get("beta_chosen_on_validation", r["beta"])
+    beta = (
+        f"chosen on validation: **{r['beta']}**"
+        if r["beta"] == chosen
+        else f"**{r['beta']}** as given (validation would choose {chosen})"
+    )
     lines = [
         "# Model-level G2R over the bi-encoder's own candidates, against the same continuation without it",
         "",
@@ -502,28 +517,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"{m['threads']} thread(s); load average at start {m['load_average_at_start']}, at end "
         f"{r['load_average_at_end']}. Retriever `{r['retriever']}`, teacher `{r['teacher']}`.",
         "",
-        f"Candidates: the gold and the bi-encoder's top {r['k']} of "
-        + ("99 random responses of its set" if r["candidates"] == "random" else "its whole index")
-        + (
-            f", for {r['contexts']} training and "
-            if r.get("kd_contexts", "train") == "train"
-            else f" for {r['val_contexts']} validation contexts; for the {r['contexts']} "
-            "distillation contexts (the last turns of training dialogues, never a training "
-            "context) the top ones alone, no gold; "
-        )
-        + (
-            f"{r['val_contexts']} validation contexts, "
-            if r.get("kd_contexts", "train") == "train"
-            else ""
-        )
-        + f"scored by the teacher (eq. 6) in {r['scoring_s']} s. beta (teacher = softmax(s_0 + "
-        + (
-            f"beta G_MI)) chosen on validation: **{r['beta']}**"
-            if r["beta"] == r.get("beta_chosen_on_validation", r["beta"])
-            else f"beta G_MI)) **{r['beta']}** as given (validation would choose "
-            f"{r['beta_chosen_on_validation']})"
-        )
-        + "; the gold first among the candidates:",
+        f"Candidates: the gold and the bi-encoder's top {r['k']} of {pool}{sets} scored by the "
+        f"teacher (eq. 6) in {r['scoring_s']} s. beta (teacher = softmax(s_0 + beta G_MI)) "
+        f"{beta}; the gold first among the candidates:",
         "",
         "| beta | validation |",
         "|---:|---:|",

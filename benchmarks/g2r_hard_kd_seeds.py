@@ -39,28 +39,32 @@ def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
     arms = [a for a in reports[0]["rows"] if all(a in r["rows"] for r in reports)]
     out: dict[str, Any] = {"against": ref, "seeds": [r.get("seed") for r in reports], "arms": {}}
     for arm in arms:
+        diffs = pair_diffs(reports, arm, ref) if arm != ref else None
         row: dict[str, Any] = {}
         for part in PARTS:
-            key = f"{part}_hits@1"
-            values = [r["rows"][arm][key] for r in reports]
-            cell: dict[str, Any] = {"values": values, "mean": statistics.fmean(values)}
-            cell["sd"] = statistics.stdev(values) if len(values) > 1 else math.nan
-            if arm != ref:
-                diffs = [r["rows"][arm][key] - r["rows"][ref][key] for r in reports]
-                sd = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
-                mean = statistics.fmean(diffs)
-                cell["diffs"] = diffs
-                cell["diff_mean"] = mean
-                cell["diff_sd"] = sd
-                cell["t"] = mean / (sd / math.sqrt(len(diffs))) if sd and sd == sd else math.nan
+            values = [r["rows"][arm][f"{part}_hits@1"] for r in reports]
+            stats = spread(values)
+            cell: dict[str, Any] = {"values": values, "mean": stats["mean"], "sd": stats["sd"]}
+            if diffs is not None:
+                d = diffs[part]
+                cell.update(diffs=d["values"], diff_mean=d["mean"], diff_sd=d["sd"], t=d["t"])
                 cell["mcnemar_z"] = [r["paired"][arm][part]["z"] for r in reports]
             row[part] = cell
         out["arms"][arm] = row
     return out
 
 
+def spread(values: list[float]) -> dict[str, float]:
+    """Mean, sample sd (NaN for one value) and t = mean / (sd / sqrt(n)) (NaN where sd is 0 or
+    NaN): for per-seed differences, the paired t over the seeds."""
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else math.nan
+    t = mean / (sd / math.sqrt(len(values))) if sd and sd == sd else math.nan
+    return {"mean": mean, "sd": sd, "t": t}
+
+
 def pair_diffs(reports: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
-    """Arm ``a`` minus arm ``b`` per seed and part, with the mean, sample sd and t."""
+    """Arm ``a`` minus arm ``b`` per seed and part (``values``), with their mean, sd and t."""
     missing = [arm for arm in (a, b) if any(arm not in r["rows"] for r in reports)]
     if missing:
         raise ValueError(f"arm(s) {missing} not in every report")
@@ -68,10 +72,7 @@ def pair_diffs(reports: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
     for part in PARTS:
         key = f"{part}_hits@1"
         diffs = [r["rows"][a][key] - r["rows"][b][key] for r in reports]
-        mean = statistics.fmean(diffs)
-        sd = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
-        t = mean / (sd / math.sqrt(len(diffs))) if sd and sd == sd else math.nan
-        out[part] = {"diffs": diffs, "mean": mean, "sd": sd, "t": t}
+        out[part] = {"values": diffs, **spread(diffs)}
     return out
 
 
@@ -144,7 +145,7 @@ def markdown(r: dict[str, Any]) -> str:
             "|---|---|---:|---:|",
         ]
         for part, c in pair.items():
-            diffs = " / ".join(f"{d:+.4f}" for d in c["diffs"])
+            diffs = " / ".join(f"{d:+.4f}" for d in c["values"])
             lines.append(f"| {part} | {diffs} | {c['mean']:+.4f} ({c['sd']:.4f}) | {c['t']:.2f} |")
     return "\n".join(lines) + "\n"
 

@@ -156,12 +156,14 @@ def test_seed_summary_differences_against_the_control(tmp_path: Path) -> None:
     kd = r["arms"]["kd"]["served"]
     assert kd["diffs"] == pytest.approx([0.01, 0.02, 0.02])
     assert kd["diff_mean"] == pytest.approx(0.05 / 3)
-    assert kd["t"] == pytest.approx(kd["diff_mean"] / (kd["diff_sd"] / 3**0.5))
-    assert "diffs" not in r["arms"]["control"]["served"]
+    # sd of (0.01, 0.02, 0.02) is 0.01 / sqrt(3), so t = (0.05 / 3) / (0.01 / 3) = 5
+    assert kd["diff_sd"] == pytest.approx(0.01 / 3**0.5)
+    assert kd["t"] == pytest.approx(5.0)
+    assert {"diffs", "t"}.isdisjoint(r["arms"]["control"]["served"])
     # --pair: one arm against another, per seed (here kd against control again, and the reverse)
     g2r_hard_kd_seeds.main([*map(str, paths), "--pair", "control:kd", "--out", str(out)])
     pair = json.loads(out.with_suffix(".json").read_text())["pairs"]["control:kd"]["served"]
-    assert pair["diffs"] == pytest.approx([-0.01, -0.02, -0.02])
+    assert pair["values"] == pytest.approx([-0.01, -0.02, -0.02])
     assert pair["mean"] == pytest.approx(-kd["diff_mean"])
     assert "control minus kd" in out.with_suffix(".md").read_text()
     with pytest.raises(ValueError, match="not in every report"):

@@ -540,7 +540,7 @@ def test_cli_compare_writes_one_table(
     only = json.loads((tmp_path / "greedy.json").read_text())["nd"]
     assert "greedy" in only and "beam5" not in only
     bad = compare("nucleus", "bad")
-    assert bad.returncode != 0 and "--decodings: unknown ['nucleus']" in bad.stderr
+    assert bad.returncode == 2 and "argument --decodings: unknown ['nucleus']" in bad.stderr
 
 
 def test_cli_reply_prints_generator_and_retriever_replies(tiny_build: tuple[Path, dict]) -> None:

@@ -29,7 +29,7 @@ for seed in 0 1 2; do
 done
 $PY -m benchmarks.g2r_hard_kd_seeds reports/g2r_hard_kd_negatives_base_s0.json \
     reports/g2r_hard_kd_negatives_base_s1.json reports/g2r_hard_kd_negatives_base_s2.json --pair kd:self \
-    --out reports/g2r_hard_kd_negatives_base_seeds
+    --pair kd:bundle --out reports/g2r_hard_kd_negatives_base_seeds
 # session 23: the same distillation over contexts the bi-encoder never trained on (the last turns
 # of each training dialogue, 10,000 of them; candidates = its top 3 of 99 random, no gold),
 # where the hybrid teacher's ranking was measured to help; three seeds as above
@@ -41,7 +41,7 @@ for seed in 0 1 2; do
 done
 $PY -m benchmarks.g2r_hard_kd_seeds reports/g2r_hard_kd_final_base_s0.json \
     reports/g2r_hard_kd_final_base_s1.json reports/g2r_hard_kd_final_base_s2.json --pair kd:self \
-    --out reports/g2r_hard_kd_final_base_seeds
+    --pair self:bundle --out reports/g2r_hard_kd_final_base_seeds
 # a sensitivity check of the teacher's weight (validation's criterion is flat from beta 10 to 80
 # within its SE): seed 0 at beta 10; its self arm repeats seed 0's exactly (deterministic)
 OMP_NUM_THREADS=2 $PY -m benchmarks.g2r_hard_kd --retriever artifacts-base/retriever-biencoder \

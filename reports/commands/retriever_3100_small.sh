@@ -21,3 +21,12 @@ ln -sfn ../ret-steps/g2r-d-2100cli artifacts-exp/ret-3100-cmp/g2r-d2100cli-s0
 ln -sfn ../ret-steps/g2r-d-3100 artifacts-exp/ret-3100-cmp/g2r-d3100-s0
 OMP_NUM_THREADS=2 $PY -m benchmarks.retriever_seeds --bundles artifacts-exp/ret-3100-cmp \
     --baseline g2r-d2100 --out reports/retriever_3100_small
+# the runs' facts from their manifests: weights digest (the 2,100 rerun's equals the build's) and
+# training wall time
+$PY -c '
+import json
+for name in ("g2r-d2100", "g2r-d2100cli", "g2r-d3100"):
+    m = json.load(open(f"artifacts-exp/ret-3100-cmp/{name}-s0/manifest.json"))
+    t = m["training"]
+    print(name, t["steps"], "updates,", t["wall_time_s"], "s, weights", m["files"]["model.safetensors"][:16])
+' | tee reports/retriever_3100_small_runs.txt

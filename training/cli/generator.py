@@ -133,9 +133,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--max-examples", type=int, default=0, help="0 = the whole split")
     p.add_argument("--samples", type=int, default=20)
-    p.add_argument(
-        "--decodings", default="greedy,beam5", help="comma-separated: greedy, beam5 (default both)"
-    )
+    add_decodings_option(p)
     p.add_argument("--out", type=Path, help="writes <out>.json and <out>.md")
     p.set_defaults(run=_evaluate)
 
@@ -148,9 +146,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--max-examples", type=int, default=0, help="0 = the whole split")
     p.add_argument("--samples", type=int, default=20)
-    p.add_argument(
-        "--decodings", default="greedy,beam5", help="comma-separated: greedy, beam5 (default both)"
-    )
+    add_decodings_option(p)
     p.add_argument("--title", default="Generator comparison")
     p.add_argument("--out", type=Path, required=True, help="writes <out>.json and <out>.md")
     p.set_defaults(run=_compare)
@@ -249,11 +245,11 @@ def _train_generator(args: argparse.Namespace, ctx: Any) -> None:
     elif args.method == "nd":
         teacher = args.teacher or artifacts / NEGATIVE_TEACHER
         changes, fixed_alpha = ND_ABLATIONS[args.ablation]
-        # D_N only where the ablation draws random targets from it (clustered entropy costs a
-        # k-means over the responses)
+        loss = replace(NDLossConfig(temperature=preset.nd.temperature), **changes)
+        # D_N only where the loss reads it (random targets): clustered entropy costs a k-means
         dn_examples = (
             negative_set(splits.train, fraction, seed=args.seed, entropy=preset.nd.entropy).examples
-            if changes.get("targets") == "random"
+            if loss.targets == "random"
             else None
         )
         manifest = train_nd_student(
@@ -261,7 +257,7 @@ def _train_generator(args: argparse.Namespace, ctx: Any) -> None:
             tokenizer=GenerativeResponder.load(teacher).tokenizer,
             teacher_bundle=teacher,
             train_examples=splits.train,
-            loss=replace(NDLossConfig(temperature=preset.nd.temperature), **changes),
+            loss=loss,
             fixed_alpha=fixed_alpha,
             negative_examples=dn_examples,
             init_from=args.init_from,
@@ -292,7 +288,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         responder,
         examples,
         training_response_token_counts(splits.train),
-        decodings=_decodings(args.decodings),
+        decodings=args.decodings,
         n_samples=args.samples,
     )
     result.update(split=args.split, preset=manifest.training.get("preset"), data=str(args.data))
@@ -331,17 +327,27 @@ def _set_decoding(args: argparse.Namespace) -> int:
     return 0
 
 
-def _decodings(spec: str) -> dict[str, Any]:
-    """``--decodings greedy,beam5`` -> those of ``STANDARD_DECODINGS``, in the order given."""
-    from training.eval.generation import STANDARD_DECODINGS
+def add_decodings_option(p: argparse.ArgumentParser) -> None:
+    """``--decodings greedy,beam5``: parsed into those of ``STANDARD_DECODINGS``, in the order
+    given; an unknown name is a usage error."""
 
-    wanted = [d.strip() for d in spec.split(",") if d.strip()]
-    unknown = sorted(set(wanted) - set(STANDARD_DECODINGS))
-    if unknown or not wanted:
-        raise ValueError(
-            f"--decodings: unknown {unknown}; choose from {sorted(STANDARD_DECODINGS)}"
-        )
-    return {d: STANDARD_DECODINGS[d] for d in wanted}
+    def parse(spec: str) -> dict[str, Any]:
+        from training.eval.generation import STANDARD_DECODINGS
+
+        wanted = [d.strip() for d in spec.split(",") if d.strip()]
+        unknown = sorted(set(wanted) - set(STANDARD_DECODINGS))
+        if unknown or not wanted:
+            raise argparse.ArgumentTypeError(
+                f"unknown {unknown}; choose from {sorted(STANDARD_DECODINGS)}"
+            )
+        return {d: STANDARD_DECODINGS[d] for d in wanted}
+
+    p.add_argument(
+        "--decodings",
+        type=parse,
+        default="greedy,beam5",
+        help="comma-separated: greedy, beam5 (default both)",
+    )
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -362,7 +368,7 @@ def _compare(args: argparse.Namespace) -> int:
         examples=examples,
         device=str(resolve_device(args.device)),
         n_samples=args.samples,
-        decodings=_decodings(args.decodings),
+        decodings=args.decodings,
     )
     write_comparison(results, args.out, title=args.title, command=command_text())
     print(args.out.with_suffix(".md").read_text())

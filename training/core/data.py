@@ -107,7 +107,7 @@ def _normalizer_version() -> bytes:
     return hashlib.sha256(Path(text_module.__file__ or "").read_bytes()).digest()
 
 
-def normalized_dialogues(path: Path) -> list[list[str]]:
+def _normalized_dialogues(path: Path) -> list[list[str]]:
     """Every line of a DailyDialog file as its normalised utterances (empty ones dropped).
 
     Normalising the release is most of the time of reading it (~116k utterances, seconds); the
@@ -148,7 +148,7 @@ def _dailydialog_pairs(path: Path, max_context_turns: int) -> LoadResult:
     """Read one ``dialogues_<split>.txt``; a line with fewer than two utterances is skipped."""
     examples: list[DialogueExample] = []
     skipped = 0
-    for turns in normalized_dialogues(path):
+    for turns in _normalized_dialogues(path):
         if len(turns) < 2:
             skipped += 1
             continue
@@ -160,14 +160,27 @@ def _dailydialog_pairs(path: Path, max_context_turns: int) -> LoadResult:
     return LoadResult(examples, skipped)
 
 
+def dailydialog_file(root: Path, split: Split) -> Path:
+    """``root/<split>/dialogues_<split>.txt``: one split of the DailyDialog release."""
+    return Path(root) / split / f"dialogues_{split}.txt"
+
+
 def load_dailydialog(root: Path, split: Split, max_context_turns: int = 1) -> list[DialogueExample]:
     """One example per utterance after the first of each dialogue in ``root/<split>/dialogues_<split>.txt``."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     _check_max_context_turns(max_context_turns)
-    return _dailydialog_pairs(
-        Path(root) / split / f"dialogues_{split}.txt", max_context_turns
-    ).examples
+    return _dailydialog_pairs(dailydialog_file(root, split), max_context_turns).examples
+
+
+def dailydialog_dialogues(data_dir: Path, split: Split) -> list[list[str]]:
+    """Whole dialogues of a split (normalised turns, oldest first), for what pairs cannot show,
+    such as how each dialogue ends; ``data_dir`` as :func:`load_splits` takes it (the release or
+    a folder holding it as ``dailydialog/``)."""
+    root = _dailydialog_root(Path(data_dir))
+    if root is None:
+        raise ValueError(f"{data_dir}: no DailyDialog release (train/dialogues_train.txt)")
+    return _normalized_dialogues(dailydialog_file(root, split))
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -321,7 +334,7 @@ def training_response_token_counts(examples: Iterable[DialogueExample]) -> Count
 
 def _dailydialog_root(data_dir: Path) -> Path | None:
     for root in (data_dir, data_dir / "dailydialog"):
-        if (root / "train" / "dialogues_train.txt").is_file():
+        if dailydialog_file(root, "train").is_file():
             return root
     return None
 
@@ -340,7 +353,7 @@ def _jsonl_files(data_dir: Path) -> dict[Split, Path] | None:
 def _read_raw_splits(data_dir: Path, max_context_turns: int) -> dict[Split, LoadResult]:
     """Load all three splits in whichever supported format ``data_dir`` holds."""
     if (root := _dailydialog_root(data_dir)) is not None:
-        files = {split: root / split / f"dialogues_{split}.txt" for split in SPLITS}
+        files = {split: dailydialog_file(root, split) for split in SPLITS}
         _require_files(data_dir, files)
         logger.info("loading DailyDialog release from %s", root)
         return {s: _dailydialog_pairs(p, max_context_turns) for s, p in files.items()}
