@@ -103,14 +103,18 @@ def compare_precisions(
     cfg = reference.decoding.with_overrides(strategy="greedy", num_return_sequences=1)
     src32 = reference.encode_contexts(contexts)
     src16 = half.encode_contexts(contexts)
-    full = generate(reference.model, src32, cfg).tokens
-    halved = generate(half.model, src16, cfg).tokens
+    # a bundle served with anti-LM decoding (DecodingConfig.anti_lm) brings its own prior
+    prior32 = reference.prior if cfg.anti_lm > 0 else None
+    prior16 = half.prior if cfg.anti_lm > 0 else None
+    full = generate(reference.model, src32, cfg, prior=prior32).tokens
+    halved = generate(half.model, src16, cfg, prior=prior16).tokens
     sources = [row[row.ne(half.model.cfg.pad_id)].tolist() for row in src16]
     continuous = decode_continuously(
         half.model,
         sources,
         [cfg] * len(sources),
         arrivals=[i % 8 for i in range(len(sources))],  # joining a running batch
+        prior=prior16,
     )
     differing = []
     for i, (a, b) in enumerate(zip(full, halved, strict=True)):
