@@ -88,13 +88,15 @@ gpu-check: setup
 	$(PY) -m benchmarks.gpu_check --artifacts $(ARTIFACTS) --data $(DATA) --out reports/gpu_check
 
 # Before a call of a lent GPU machine (the device tool), which gets the checkout and nothing beside
-# it: DailyDialog into .devdata/ and a faiss-cpu wheel for its Python 3.12 into .whl/, both
+# it: DailyDialog into .devdata/ and faiss-cpu and nltk wheels (its image has neither; session 24
+# lost a comparison to the missing nltk) for its Python 3.12 into .whl/, both
 # git-ignored, for `carry`. Then, as reports/commands/nd_paper_gpu.sh says: run(command="bash
 # reports/commands/nd_paper_gpu.sh", carry=[".whl", ".devdata"], timeout_s=600).
 device-stage: setup
 	rm -rf .devdata/dailydialog && mkdir -p .devdata && cp -r $(DATA) .devdata/dailydialog
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-	  --platform manylinux_2_28_x86_64 -d .whl "faiss-cpu==$$($(PY) -c 'import faiss; print(faiss.__version__)')"
+	  --platform manylinux_2_28_x86_64 -d .whl "faiss-cpu==$$($(PY) -c 'import faiss; print(faiss.__version__)')" \
+	  "nltk==$$($(PY) -c 'import nltk; print(nltk.__version__)')"
 	@du -sh .devdata .whl
 
 # Deployment configs (docker/, docker-compose.yml) parse and agree, alerting rules included;

@@ -21,7 +21,7 @@ def test_nd_paper_gpu_script_dry_run_on_the_cpu(dailydialog_dir: Path, tmp_path:
         "DATA": str(dailydialog_dir),
         "STD_S": "3",
         "TEACHER_S": "2",
-        "ND_S": "3",
+        "FT_S": "3",
         "CLUSTERS": "50",
         "EVAL_EXAMPLES": "100",
         "WORK": str(work),
@@ -32,30 +32,44 @@ def test_nd_paper_gpu_script_dry_run_on_the_cpu(dailydialog_dir: Path, tmp_path:
         ["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    # what the device call brings back: the comparison, the ratios, the stages, the log
+    # what the device call brings back: the comparison, the ratios (against Standard and against
+    # the lambda-0 control), every reply, the stages, the log
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(
-        f"nd_paper_gpu{s}"
-        for s in (".json", ".md", "_ratios.json", "_ratios.md", "_stages.json", "_log.txt")
+        [f"nd_paper_gpu{s}" for s in (".json", ".md", "_stages.json", "_log.txt")]
+        + [f"nd_paper_gpu_ratios{c}{e}" for c in ("", "_control") for e in (".json", ".md")]
+        + ["nd_paper_gpu_replies"]
+    )
+    labels = ["standard", "negative-teacher", "nd-ft", "mle-ft"]
+    assert sorted(p.name for p in (out / "nd_paper_gpu_replies").iterdir()) == sorted(
+        f"{label}.greedy.json.gz" for label in labels
     )
     compare = json.loads((out / "nd_paper_gpu.json").read_text())
-    assert list(compare) == ["standard", "negative-teacher", "nd"]
-    assert "greedy" in compare["nd"] and "beam5" not in compare["nd"]
-    assert compare["nd"]["training"]["method"] == "nd"
+    assert list(compare) == labels
+    assert "greedy" in compare["nd-ft"] and "beam5" not in compare["nd-ft"]
     stages = json.loads((out / "nd_paper_gpu_stages.json").read_text())
-    # each training stage stopped by its time budget, its sized update count or early stopping
-    for name in ("standard", "negative-teacher", "nd"):
+    # the from-scratch stages stopped by their time budget, their update count or early stopping
+    for name in ("standard", "negative-teacher"):
         reason = stages[name]["stop_reason"]
         assert stages[name]["steps"] > 0
         assert reason == "max_steps" or reason.startswith(("max_seconds", "early stop")), reason
-    # the ND student's updates were sized from Standard's measured rate
+    # the fine-tune and its control: both from Standard, the same update count sized from
+    # Standard's measured rate, differing only in lambda
     std = stages["standard"]
     expected = max(20, int(std["steps"] / std["wall_time_s"] * 3 / 1.5))
-    assert compare["nd"]["training"]["steps"] <= expected
+    nd, control = compare["nd-ft"]["training"], compare["mle-ft"]["training"]
+    assert nd["method"] == control["method"] == "nd"
+    assert nd["steps"] == control["steps"] <= expected
+    assert nd["nd"]["init_from"] == control["nd"]["init_from"] == str(work / "standard")
+    assert nd["nd"]["lambda"] > 0 and control["nd"]["lambda"] == 0
+    assert {k: v for k, v in nd["nd"].items() if k != "lambda"} == {
+        k: v for k, v in control["nd"].items() if k != "lambda"
+    }
     assert "avg-embedding (k-means 50" in stages["negative_set"]["entropy"]
-    assert "| nd | 1 |" in (out / "nd_paper_gpu_ratios.md").read_text()
+    assert "| nd-ft | 1 |" in (out / "nd_paper_gpu_ratios.md").read_text()
+    assert "| mle-ft | 1 |" in (out / "nd_paper_gpu_ratios_control.md").read_text()
     # a second run resumes: every stage's output exists, so no bundle is written again
-    written = {n: (work / n / "manifest.json").stat().st_mtime_ns for n in ("standard", "nd")}
+    written = {n: (work / n / "manifest.json").stat().st_mtime_ns for n in ("standard", "nd-ft")}
     again = subprocess.run(
         ["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600
     )

@@ -5,30 +5,44 @@
 # convergence is the next measurement, and this CPU cannot train it. A session whose task is lent
 # a device (its `status` says so) runs this once; nothing in CI depends on it.
 #
+# Session 24 ran the first version once (reports/nd_paper_gpu_s24.md, reports/nd_paper_gpu_s24_ft.md,
+# reports/commands/nd_paper_gpu_session24.sh):
+# the ND student trained from scratch for 646 updates collapsed (Dist-2 0.03x Standard), and ND
+# fine-tuned from Standard reached Dist-2 2.30x at BLEU-4 1.09x, but with no control: a plain MLE
+# continuation of an under-trained Standard also raises Dist-2 (at base it explained all of ND's
+# gain). This version runs that control beside the fine-tune; the scratch student is optional.
+#
 # What it does, each stage skipped when its output exists (a rerun on the warm machine resumes):
+#   0. checks that every module it needs imports (session 24 lost its comparison to a missing
+#      nltk after 7 minutes of training): faiss and nltk come from the carried .whl/;
 #   1. the BPE tokenizer (the `paper` preset: 16k pieces);
 #   2. Standard: MLE from scratch, the `paper` model (6+6, d=512, 8 heads, FFN 2048, batch 256),
 #      bf16 autocast, Noam warm-up shortened to fit (the paper's 128k updates do not), STD_S s;
 #   3. the negative teacher from scratch on D_N, H_src by clustered entropy (issue 11, item 5:
 #      by exact strings 87% of pairs tie at 0 and D_N is mostly a random draw), TEACHER_S s;
-#   4. the ND student from scratch (eq. 13, progressive alpha with gamma = 0.128 of its updates, as
-#      the paper's 25,600 of ~200k), its update count sized from Standard's measured steps/s so
-#      alpha's schedule fits ND_S s;
-#   5. all three on the whole DailyDialog test split (greedy), and ND/Standard ratios
-#      (benchmarks/seed_groups, baseline standard).
+#   4. nd-ft: the ND student (eq. 13, progressive alpha with gamma = 0.128 of its updates, as the
+#      paper's 25,600 of ~200k) started from Standard, FT_STEPS updates sized from Standard's
+#      measured steps/s so that they take about FT_S s;
+#   5. mle-ft: the control, the same command with lambda 0 (plain MLE, eq. 1: the same updates,
+#      batches and schedule from the same Standard), so ND's share is nd-ft against mle-ft;
+#   6. (SCRATCH=1) the ND student from scratch, ND_S s, as session 24 ran it;
+#   7. all of them on the whole DailyDialog test split (greedy), every reply saved
+#      (compare --save-replies), and ratios against Standard and against the control
+#      (benchmarks/seed_groups).
 # Everything it measured goes to $OUT (the device tool brings it back): the comparison, the
-# ratios, each stage's steps, steps/s, stop reason and best validation loss, and the log.
+# ratios, the replies, each stage's steps, steps/s, stop reason and best validation loss, the log.
 #
 # Before the call, here (CPU side), once per checkout: `make device-stage` copies DailyDialog into
-# .devdata/ and fetches a faiss-cpu wheel for the device's Python 3.12 into .whl/ (both git-ignored,
-# both carried; ~26 MB together of the 64 MB a call may send).
+# .devdata/ and fetches the faiss-cpu and nltk wheels for the device's Python 3.12 into .whl/
+# (both git-ignored, both carried; ~28 MB together of the 64 MB a call may send).
 # The device call (one command, ~8 min of its 10-minute limit; a cut-off call resumes when run
 # again on the warm machine; the device's python3 has torch, tokenizers, safetensors,
-# scikit-learn, scipy, tqdm; faiss-cpu comes from .whl):
+# scikit-learn, scipy, tqdm; faiss-cpu and nltk come from .whl):
 #   run(command="PYTHONUNBUFFERED=1 bash reports/commands/nd_paper_gpu.sh",
 #       carry=[".whl", ".devdata"], timeout_s=600)
+# (reports/commands/gpu_session.sh runs this, then benchmarks/gpu_check.py in the time left.)
 # A dry run of the same stages on this CPU at the tiny preset (tests/test_nd_paper_gpu.py):
-#   PRESET=tiny DEVICE=cpu STD_S=4 TEACHER_S=3 ND_S=4 CLUSTERS=50 EVAL_EXAMPLES=200 \
+#   PRESET=tiny DEVICE=cpu STD_S=4 TEACHER_S=3 FT_S=3 CLUSTERS=50 EVAL_EXAMPLES=200 \
 #       WORK=/tmp/ndgpu-work OUT=/tmp/ndgpu bash reports/commands/nd_paper_gpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -40,8 +54,10 @@ DATA=${DATA:-.devdata/dailydialog}
 WORK=${WORK:-runs-paper-gpu}
 OUT=${OUT:-reports}
 NAME=${NAME:-nd_paper_gpu}
-STD_S=${STD_S:-130}          # wall seconds of each training stage (the trainer's max_seconds)
-TEACHER_S=${TEACHER_S:-70}
+STD_S=${STD_S:-150}          # wall seconds of the from-scratch stages (the trainer's max_seconds)
+TEACHER_S=${TEACHER_S:-60}
+FT_S=${FT_S:-90}             # about this many seconds for each of nd-ft and mle-ft
+SCRATCH=${SCRATCH:-0}        # 1: also the ND student from scratch, ND_S s (session 24's arm)
 ND_S=${ND_S:-130}
 ND_COST=${ND_COST:-1.5}      # an ND update's time over an MLE update's (the teacher's forward)
 CLUSTERS=${CLUSTERS:-3000}   # k-means centres of the clustered H_src (EntropyConfig's default)
@@ -50,13 +66,19 @@ if [ -z "${PY:-}" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 
-# faiss is not in the device image: install the carried wheel (models.bundle imports it)
-if ! $PY -c "import faiss" 2>/dev/null; then
+# faiss and nltk are not in the device image: install the carried wheels (models.bundle imports
+# faiss; BLEU is nltk's)
+if ! $PY -c "import faiss, nltk" 2>/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
+# stage 0: everything the stages import, before any device time goes into training
+$PY -c "import faiss, nltk, safetensors, sklearn, tokenizers, torch, tqdm
+from nltk.translate.bleu_score import sentence_bleu
+import training.cli, benchmarks.seed_groups" || {
+  echo "nd_paper_gpu.sh: a module is missing (carry .whl from make device-stage)"; exit 3; }
 mkdir -p "$WORK" "$OUT"
 exec > >(tee -a "$OUT/${NAME}_log.txt") 2>&1
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
@@ -65,6 +87,9 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
 # the paper's schedule (warm-up 128k updates) cannot fit minutes: Noam with a short warm-up
 # (peak lr 1.1e-3 at 800 updates), validation every 250 updates, early stop after 4 without gain
 SCHEDULE="--set generator.train.warmup_steps=800 --set generator.train.lr_scale=0.7 \
+  --set generator.train.eval_every=250 --set generator.train.patience=4"
+# the fine-tunes from Standard (session 24's nd-ft): a short warm-up to a lower peak
+FT_SCHEDULE="--set generator.train.warmup_steps=100 --set generator.train.lr_scale=0.3 \
   --set generator.train.eval_every=250 --set generator.train.patience=4"
 TOK=$WORK/tokenizer.json
 
@@ -81,40 +106,70 @@ TOK=$WORK/tokenizer.json
   --set generator.train.max_seconds=$TEACHER_S --max-steps 100000 \
   --out $WORK/negative-teacher --name negative-teacher
 
-# the student's updates: what ND_S seconds hold at Standard's measured rate, an ND update costing
-# ND_COST MLE updates, so that gamma (0.128 of them, the paper's share) falls inside the run
-ND_STEPS=$($PY -c "
-import json, sys
+# updates that SECONDS hold at Standard's measured rate, an ND update costing ND_COST MLE updates
+steps_for() {
+  $PY -c "
+import json
 t = json.load(open('$WORK/standard/manifest.json'))['training']
-print(max(20, int(t['steps'] / t['wall_time_s'] * $ND_S / $ND_COST)))")
-echo "ND student: $ND_STEPS updates"
-[ -f $WORK/nd/manifest.json ] || $PY -m training train-generator --method nd \
-  --preset $PRESET --data $DATA --device $DEVICE --runs $WORK/runs $SCHEDULE \
-  --teacher $WORK/negative-teacher --nd-gamma-fraction 0.128 \
-  --set nd.entropy.method=avg-embedding --set nd.entropy.clusters=$CLUSTERS \
-  --set generator.train.max_seconds=$ND_S --max-steps $ND_STEPS --out $WORK/nd --name nd
+print(max(20, int(t['steps'] / t['wall_time_s'] * $1 / $ND_COST)))"
+}
+FT_STEPS=$(steps_for "$FT_S")
+echo "nd-ft and mle-ft: $FT_STEPS updates each"
+# nd-ft and its control differ only in lambda (0: plain MLE; the teacher is still run, so the
+# two cost the same); a fixed update count, not a time budget, so both see the same batches
+for arm in nd-ft mle-ft; do
+  LAMBDA=""
+  [ $arm = mle-ft ] && LAMBDA="--nd-lambda 0"
+  # shellcheck disable=SC2086
+  [ -f $WORK/$arm/manifest.json ] || $PY -m training train-generator --method nd \
+    --preset $PRESET --data $DATA --device $DEVICE --runs $WORK/runs $FT_SCHEDULE --set nd.entropy.method=avg-embedding --set nd.entropy.clusters=$CLUSTERS \
+    --teacher $WORK/negative-teacher --init-from $WORK/standard --nd-gamma-fraction 0.128 \
+    $LAMBDA --max-steps $FT_STEPS --out $WORK/$arm --name $arm
+done
+STAGES="standard negative-teacher nd-ft mle-ft"
 
-$PY -m training compare --data $DATA --device $DEVICE --decodings greedy \
-  --max-examples $EVAL_EXAMPLES \
-  --title "ND at the paper's model size ($PRESET preset, $DEVICE): Standard, negative teacher, ND student" \
-  --bundle standard=$WORK/standard --bundle negative-teacher=$WORK/negative-teacher \
-  --bundle nd=$WORK/nd --out "$OUT/$NAME"
+if [ "$SCRATCH" = 1 ]; then
+  ND_STEPS=$(steps_for "$ND_S")
+  echo "ND student from scratch: $ND_STEPS updates"
+  [ -f $WORK/nd/manifest.json ] || $PY -m training train-generator --method nd \
+    --preset $PRESET --data $DATA --device $DEVICE --runs $WORK/runs $SCHEDULE --set nd.entropy.method=avg-embedding --set nd.entropy.clusters=$CLUSTERS \
+    --teacher $WORK/negative-teacher --nd-gamma-fraction 0.128 \
+    --set generator.train.max_seconds=$ND_S --max-steps $ND_STEPS --out $WORK/nd --name nd
+  STAGES="$STAGES nd"
+fi
+
+TITLE="ND at the paper's model size ($PRESET preset, $DEVICE): Standard, negative teacher, ND fine-tuned from Standard and its lambda-0 control"
+if [ "$SCRATCH" = 1 ]; then
+  $PY -m training compare --data $DATA --device $DEVICE --decodings greedy \
+    --max-examples $EVAL_EXAMPLES --save-replies --title "$TITLE, ND from scratch" \
+    --bundle standard=$WORK/standard --bundle negative-teacher=$WORK/negative-teacher \
+    --bundle nd-ft=$WORK/nd-ft --bundle mle-ft=$WORK/mle-ft --bundle nd=$WORK/nd --out "$OUT/$NAME"
+else
+  $PY -m training compare --data $DATA --device $DEVICE --decodings greedy \
+    --max-examples $EVAL_EXAMPLES --save-replies --title "$TITLE" \
+    --bundle standard=$WORK/standard --bundle negative-teacher=$WORK/negative-teacher \
+    --bundle nd-ft=$WORK/nd-ft --bundle mle-ft=$WORK/mle-ft --out "$OUT/$NAME"
+fi
 $PY -m benchmarks.seed_groups --report "$OUT/$NAME.json" --baseline standard \
   --out "$OUT/${NAME}_ratios"
+$PY -m benchmarks.seed_groups --report "$OUT/$NAME.json" --baseline mle-ft \
+  --out "$OUT/${NAME}_ratios_control"
 
 # each stage's run: updates, rate, why it stopped, best validation loss, D_N's statistics
-$PY - "$WORK" "$OUT/${NAME}_stages.json" <<'EOF'
+# shellcheck disable=SC2086
+$PY - "$WORK" "$OUT/${NAME}_stages.json" $STAGES <<'EOF'
 import json, sys
 from pathlib import Path
-work, out = Path(sys.argv[1]), Path(sys.argv[2])
+work, out, names = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
 stages = {}
-for name in ("standard", "negative-teacher", "nd"):
+for name in names:
     m = json.loads((work / name / "manifest.json").read_text())
     t = m["training"]
     stages[name] = {
         "steps": t["steps"], "best_step": t.get("best_step"), "stop_reason": t.get("stop_reason"),
         "wall_time_s": t["wall_time_s"], "steps_per_s": t["steps"] / t["wall_time_s"],
         "train_pairs": t.get("train_pairs"), "val_loss": m["metrics"].get("val_loss"),
+        "nd": t.get("nd"),
     }
 for report in (work / "runs").glob("*/negative-teacher/negative_set.json"):
     dn = json.loads(report.read_text())

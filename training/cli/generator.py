@@ -149,6 +149,12 @@ def add_parsers(sub: Any) -> None:
     add_decodings_option(p)
     p.add_argument("--title", default="Generator comparison")
     p.add_argument("--out", type=Path, required=True, help="writes <out>.json and <out>.md")
+    p.add_argument(
+        "--save-replies",
+        action="store_true",
+        help="also every reply, <out>_replies/<label>.<decoding>.json.gz (for "
+        "benchmarks.rescore_replies)",
+    )
     p.set_defaults(run=_compare)
 
     p = sub.add_parser(
@@ -369,6 +375,7 @@ def _compare(args: argparse.Namespace) -> int:
         device=str(resolve_device(args.device)),
         n_samples=args.samples,
         decodings=args.decodings,
+        keep_replies=args.save_replies,
     )
     write_comparison(results, args.out, title=args.title, command=command_text())
     print(args.out.with_suffix(".md").read_text())

@@ -7,6 +7,7 @@ then metric, and ``<out>.md`` with the tables and the sample replies side by sid
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import time
@@ -31,16 +32,22 @@ def compare_generators(
     device: str = "cpu",
     n_samples: int = 20,
     decodings: Mapping[str, DecodingConfig] | None = None,
+    keep_replies: bool = False,
 ) -> dict[str, Any]:
     """Evaluate each labelled bundle (``decodings``: default greedy and beam 5); returns
-    {label: evaluation} plus the shared samples."""
+    {label: evaluation} plus the shared samples (``keep_replies``: and every reply)."""
     counts = training_response_token_counts(train)
     results: dict[str, Any] = {}
     for label, path in bundles.items():
         started = time.perf_counter()
         responder = GenerativeResponder.load(path, device=device)
         result = evaluate_generator(
-            responder, examples, counts, decodings=decodings, n_samples=n_samples
+            responder,
+            examples,
+            counts,
+            decodings=decodings,
+            n_samples=n_samples,
+            keep_replies=keep_replies,
         )
         result["training"] = responder.manifest.training if responder.manifest else {}
         result["eval_wall_s"] = time.perf_counter() - started
@@ -109,3 +116,30 @@ def write_comparison(results: Mapping[str, Any], out: Path, *, title: str, comma
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(comparison_json(results), indent=2))
     out.with_suffix(".md").write_text(comparison_markdown(results, title=title, command=command))
+    for label, r in results.items():
+        for decoding, hyps in r.get("replies", {}).items():
+            write_replies(replies_path(out, label, decoding), hyps, r["references"])
+
+
+def replies_path(out: Path, label: str, decoding: str) -> Path:
+    """Where ``compare --save-replies`` keeps one label's replies under one decoding."""
+    return out.parent / f"{out.name}_replies" / f"{label}.{decoding}.json.gz"
+
+
+def write_replies(path: Path, hyps: list[str], refs: list[str]) -> None:
+    """Every reply and its reference, in test-split order (gzip JSON {"hyps", "refs"})."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        json.dump({"hyps": hyps, "refs": refs}, f)
+
+
+def read_replies(path: Path) -> dict[str, list[str]]:
+    """A replies file as :func:`write_replies` writes it (plain JSON read too)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or set(data) != {"hyps", "refs"}:
+        raise ValueError(f"{path}: expected a JSON object with 'hyps' and 'refs'")
+    if len(data["hyps"]) != len(data["refs"]):
+        raise ValueError(f"{path}: {len(data['hyps'])} replies but {len(data['refs'])} references")
+    return data

@@ -88,8 +88,10 @@ def evaluate_generator(
     decodings: Mapping[str, DecodingConfig] | None = None,
     n_samples: int = 20,
     sample_seed: int = 0,
+    keep_replies: bool = False,
 ) -> dict[str, Any]:
-    """Perplexity plus response metrics per decoding setup, and ``n_samples`` sample replies."""
+    """Perplexity plus response metrics per decoding setup, and ``n_samples`` sample replies
+    (``keep_replies``: every reply too, under ``result["replies"][decoding]``)."""
     decodings = decodings or STANDARD_DECODINGS
     refs = [e.response for e in examples]
     pairs = PairSet.encode(examples, responder.tokenizer, responder.inputs)
@@ -100,6 +102,8 @@ def evaluate_generator(
         "perplexity": math.exp(nll / max(tokens, 1)),
         "decodings": {},
     }
+    if keep_replies:
+        result["references"] = refs
     picks = np.random.default_rng(sample_seed).choice(
         len(examples), size=min(n_samples, len(examples)), replace=False
     )
@@ -120,6 +124,8 @@ def evaluate_generator(
         metrics = response_metrics(hyps, refs, train_token_counts)
         metrics["decode_ms_per_example"] = 1000 * elapsed / max(len(examples), 1)
         result["decodings"][name] = metrics
+        if keep_replies:
+            result.setdefault("replies", {})[name] = hyps
         for sample, i in zip(samples, picks.tolist(), strict=True):
             sample[name] = hyps[i]
     result["samples"] = samples
