@@ -47,7 +47,7 @@ import torch
 from benchmarks import write_report
 from models.bundle import read_manifest
 from models.continuous import decode_continuously
-from models.decoding import DecodingConfig, generate
+from models.decoding import ContextFreePrior, DecodingConfig, anti_lm_scores, generate
 from models.generator import GenerativeResponder
 from models.seq2seq import Seq2SeqTransformer
 from training.config import DAILYDIALOG
@@ -84,11 +84,21 @@ def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
 
 
 @torch.inference_mode()
-def top2_margin(model: Seq2SeqTransformer, src: torch.Tensor, prefix: Sequence[int]) -> float:
-    """fp32 logit margin between the two best next tokens after ``prefix`` (one source)."""
+def top2_margin(
+    model: Seq2SeqTransformer,
+    src: torch.Tensor,
+    prefix: Sequence[int],
+    cfg: DecodingConfig | None = None,
+    prior: ContextFreePrior | None = None,
+) -> float:
+    """fp32 margin between the two best next tokens after ``prefix`` (one source), by the score
+    greedy decoding chooses with: the logits, less MMI-antiLM's penalty where ``cfg`` applies it
+    at this position (the log-softmax's normaliser cancels in a difference)."""
     tgt = torch.tensor([[model.cfg.bos_id, *prefix]], device=src.device)
-    logits = model(src, tgt).logits[0, -1].float()
-    top = logits.topk(2).values
+    scores = model(src, tgt).logits[0, -1].float().log_softmax(dim=-1)
+    if cfg is not None:
+        scores = anti_lm_scores(scores[None], [list(prefix)], [cfg], prior)[0]
+    top = scores.topk(2).values
     return float(top[0] - top[1])
 
 
@@ -121,7 +131,7 @@ def compare_precisions(
         at = first_difference(a, b)
         if at is None:
             continue
-        margin = top2_margin(reference.model, src32[i : i + 1], a[:at])
+        margin = top2_margin(reference.model, src32[i : i + 1], a[:at], cfg, prior32)
         differing.append({"context": i, "position": at, "fp32_top2_margin": margin})
     unexplained = [d for d in differing if d["fp32_top2_margin"] >= tie_margin]
     continuous_same = sum(g.tokens[0] == t for g, t in zip(continuous, halved, strict=True))

@@ -166,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         train_counts=training_response_token_counts(splits.train),
         tolerance=args.tolerance,
     )
-    command = "python -m benchmarks.rescore_replies " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.rescore_replies " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
     text = markdown(results, baseline=baseline, title=args.title, command=command)
     write_report(args.out, results, text)
     print(text)

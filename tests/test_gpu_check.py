@@ -37,6 +37,27 @@ def test_precision_check_runs_on_the_cpu(tmp_path: Path) -> None:
     assert check["ok"] and check["same_as_fp32"] == 3 and check["continuous_same_as_batch"] == 3
 
 
+def test_precision_check_on_an_anti_lm_bundle(tmp_path: Path) -> None:
+    """A bundle served with MMI-antiLM (small's) decodes with its prior in both precisions (the
+    check crashed on it before session 24), and a near tie is judged by the score greedy chose
+    with: the penalised one at the anti-LM positions, the plain logits after them."""
+    bundle = build_tiny_bundles(tmp_path, retriever=False) / "generator-nd"
+    responder = GenerativeResponder.load(bundle, "cpu", None)
+    responder.decoding = responder.decoding.with_overrides(anti_lm=0.5, anti_lm_steps=2)
+    contexts = [["hello , how are you ?"], ["what time is it ?"]]
+    check = gpu_check.compare_precisions(responder, responder, contexts, tie_margin=0.05)
+    assert check["ok"] and check["same_as_fp32"] == 2 and check["continuous_same_as_batch"] == 2
+    src = responder.encode_contexts(contexts[:1])
+    cfg = responder.decoding
+    plain = gpu_check.top2_margin(responder.model, src, [])
+    penalised = gpu_check.top2_margin(responder.model, src, [], cfg, responder.prior)
+    assert plain != pytest.approx(penalised)
+    after = [5, 6]  # position 2: past anti_lm_steps, so the plain logits' margin
+    assert gpu_check.top2_margin(responder.model, src, after, cfg, responder.prior) == (
+        pytest.approx(gpu_check.top2_margin(responder.model, src, after))
+    )
+
+
 @pytest.mark.gpu
 def test_the_gpu_check_passes_on_a_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if not torch.cuda.is_available():

@@ -53,9 +53,10 @@ def test_rescore_fills_bleu_and_checks_the_rest(
     report["nd"]["greedy"]["dist-2"] += 0.01
     (tmp_path / "cmp.json").write_text(json.dumps(report))
     assert rescore_replies.main([*args, "--out", str(out)]) == 1
-    assert "dist-2" in json.loads(out.with_suffix(".json").read_text())["rescored"]["labels"][
-        "nd"
-    ]["differing"]
+    assert (
+        "dist-2"
+        in json.loads(out.with_suffix(".json").read_text())["rescored"]["labels"]["nd"]["differing"]
+    )
 
 
 def test_replies_from_another_split_are_refused(
@@ -63,13 +64,21 @@ def test_replies_from_another_split_are_refused(
 ) -> None:
     refs, counts = split
     hyps = ["ok ."] * len(refs)
-    report = {"a": {"model": "a@0", "perplexity": 1.0, "greedy": response_metrics(hyps, refs, counts)}}
+    report = {
+        "a": {"model": "a@0", "perplexity": 1.0, "greedy": response_metrics(hyps, refs, counts)}
+    }
     (tmp_path / "cmp.json").write_text(json.dumps(report))
     path = tmp_path / "a.json.gz"
     write_replies(path, hyps, list(reversed(refs)))
     assert read_replies(path)["refs"][0] == refs[-1]
     with pytest.raises(ValueError, match="not the test split's"):
         rescore_replies.main(
-            ["--report", str(tmp_path / "cmp.json"), "--data", str(dailydialog_dir),
-             "--replies", f"a={path}"]
+            [
+                "--report",
+                str(tmp_path / "cmp.json"),
+                "--data",
+                str(dailydialog_dir),
+                "--replies",
+                f"a={path}",
+            ]
         )

@@ -61,3 +61,9 @@ rm -rf artifacts-s18 runs-s18
 /usr/bin/time -v $PY -m training build --preset small --data ../shared/data/dailydialog --out artifacts-s18b --runs runs-s18b
 mv artifacts artifacts-s14 && mv runs runs-s14 && mv artifacts-s18b artifacts && mv runs-s18b runs
 OMP_NUM_THREADS=2 /usr/bin/time -v $PY -m benchmarks.quality_report --artifacts artifacts --out reports/quality_small
+
+# session 24: the preset's retriever at 3,100 updates, the whole build timed from scratch
+# (reports/build_small.md, reports/build_small_s24.txt), then served in place of session 18's build
+/usr/bin/time -v $PY -m training build --preset small --data ../shared/data/dailydialog --out artifacts-s24 --runs runs-s24
+mv artifacts artifacts-s23 && mv runs runs-s23 && mv artifacts-s24 artifacts && mv runs-s24 runs
+OMP_NUM_THREADS=2 /usr/bin/time -v $PY -m benchmarks.quality_report --artifacts artifacts --out reports/quality_small
