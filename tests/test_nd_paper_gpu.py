@@ -40,36 +40,38 @@ def test_nd_paper_gpu_script_dry_run_on_the_cpu(dailydialog_dir: Path, tmp_path:
         + [f"nd_paper_gpu_ratios{c}{e}" for c in ("", "_control") for e in (".json", ".md")]
         + ["nd_paper_gpu_replies"]
     )
-    labels = ["standard", "negative-teacher", "nd-ft", "mle-ft"]
+    labels = ["standard", "negative-teacher", "nd-ft-s0", "mle-ft-s0", "nd-ft-s1", "mle-ft-s1"]
     assert sorted(p.name for p in (out / "nd_paper_gpu_replies").iterdir()) == sorted(
         f"{label}.greedy.json.gz" for label in labels
     )
     compare = json.loads((out / "nd_paper_gpu.json").read_text())
     assert list(compare) == labels
-    assert "greedy" in compare["nd-ft"] and "beam5" not in compare["nd-ft"]
+    assert "greedy" in compare["nd-ft-s0"] and "beam5" not in compare["nd-ft-s0"]
     stages = json.loads((out / "nd_paper_gpu_stages.json").read_text())
     # the from-scratch stages stopped by their time budget, their update count or early stopping
     for name in ("standard", "negative-teacher"):
         reason = stages[name]["stop_reason"]
         assert stages[name]["steps"] > 0
         assert reason == "max_steps" or reason.startswith(("max_seconds", "early stop")), reason
-    # the fine-tune and its control: both from Standard, the same update count sized from
-    # Standard's measured rate, differing only in lambda
+    # the fine-tunes and their controls: all from Standard, the same update count sized from
+    # Standard's measured rate; per seed, ND and control differ only in lambda
     std = stages["standard"]
     expected = max(20, int(std["steps"] / std["wall_time_s"] * 3 / 1.5))
-    nd, control = compare["nd-ft"]["training"], compare["mle-ft"]["training"]
-    assert nd["method"] == control["method"] == "nd"
-    assert nd["steps"] == control["steps"] <= expected
-    assert nd["nd"]["init_from"] == control["nd"]["init_from"] == str(work / "standard")
-    assert nd["nd"]["lambda"] > 0 and control["nd"]["lambda"] == 0
-    assert {k: v for k, v in nd["nd"].items() if k != "lambda"} == {
-        k: v for k, v in control["nd"].items() if k != "lambda"
-    }
+    for seed in (0, 1):
+        nd, control = compare[f"nd-ft-s{seed}"]["training"], compare[f"mle-ft-s{seed}"]["training"]
+        assert nd["method"] == control["method"] == "nd"
+        assert nd["seed"] == control["seed"] == seed
+        assert nd["steps"] == control["steps"] <= expected
+        assert nd["nd"]["init_from"] == control["nd"]["init_from"] == str(work / "standard")
+        assert nd["nd"]["lambda"] > 0 and control["nd"]["lambda"] == 0
+        assert {k: v for k, v in nd["nd"].items() if k != "lambda"} == {
+            k: v for k, v in control["nd"].items() if k != "lambda"
+        }
     assert "avg-embedding (k-means 50" in stages["negative_set"]["entropy"]
-    assert "| nd-ft | 1 |" in (out / "nd_paper_gpu_ratios.md").read_text()
-    assert "| mle-ft | 1 |" in (out / "nd_paper_gpu_ratios_control.md").read_text()
+    assert "| nd-ft | 2 |" in (out / "nd_paper_gpu_ratios.md").read_text()
+    assert "| mle-ft | 2 |" in (out / "nd_paper_gpu_ratios_control.md").read_text()
     # a second run resumes: every stage's output exists, so no bundle is written again
-    written = {n: (work / n / "manifest.json").stat().st_mtime_ns for n in ("standard", "nd-ft")}
+    written = {n: (work / n / "manifest.json").stat().st_mtime_ns for n in ("standard", "nd-ft-s1")}
     again = subprocess.run(
         ["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600
     )

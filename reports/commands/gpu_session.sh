@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One lent-GPU call that does both device jobs of a session, inside the call's 10-minute limit:
-#   1. reports/commands/nd_paper_gpu.sh: the ND claim at the paper's model size (~8 min);
+#   1. reports/commands/nd_paper_gpu.sh: the ND claim at the paper's model size (~8 min in
+#      session 24's version; the version with two seeds of the fine-tune and its control may
+#      need a second call, which leaves no time for the check);
 #   2. benchmarks/gpu_check.py with whatever time is left before DEADLINE_S (counted from this
 #      script's start): fp16 against fp32 greedy replies and continuous decoding on the carried
 #      small bundle, then 20-token generation speed of it and of a paper-sized model in fp16.

@@ -20,11 +20,13 @@
 #      bf16 autocast, Noam warm-up shortened to fit (the paper's 128k updates do not), STD_S s;
 #   3. the negative teacher from scratch on D_N, H_src by clustered entropy (issue 11, item 5:
 #      by exact strings 87% of pairs tie at 0 and D_N is mostly a random draw), TEACHER_S s;
-#   4. nd-ft: the ND student (eq. 13, progressive alpha with gamma = 0.128 of its updates, as the
-#      paper's 25,600 of ~200k) started from Standard, FT_STEPS updates sized from Standard's
-#      measured steps/s so that they take about FT_S s;
-#   5. mle-ft: the control, the same command with lambda 0 (plain MLE, eq. 1: the same updates,
-#      batches and schedule from the same Standard), so ND's share is nd-ft against mle-ft;
+#   4. nd-ft-s0, nd-ft-s1: the ND student (eq. 13, progressive alpha with gamma = 0.128 of its
+#      updates, as the paper's 25,600 of ~200k) started from Standard, seeds 0 and 1 (batch
+#      order), FT_STEPS updates each, sized from Standard's measured steps/s to take ~FT_S s;
+#   5. mle-ft-s0, mle-ft-s1: the control, the same commands with lambda 0 (plain MLE, eq. 1: the
+#      same updates, batches and schedule from the same Standard), so ND's share is nd-ft
+#      against mle-ft, seed by seed, beside the spread between seeds (at base that spread was
+#      as large as ND's effect);
 #   6. (SCRATCH=1) the ND student from scratch, ND_S s, as session 24 ran it;
 #   7. all of them on the whole DailyDialog test split (greedy), every reply saved
 #      (compare --save-replies), and ratios against Standard and against the control
@@ -35,12 +37,16 @@
 # Before the call, here (CPU side), once per checkout: `make device-stage` copies DailyDialog into
 # .devdata/ and fetches the faiss-cpu and nltk wheels for the device's Python 3.12 into .whl/
 # (both git-ignored, both carried; ~28 MB together of the 64 MB a call may send).
-# The device call (one command, ~8 min of its 10-minute limit; a cut-off call resumes when run
-# again on the warm machine; the device's python3 has torch, tokenizers, safetensors,
-# scikit-learn, scipy, tqdm; faiss-cpu and nltk come from .whl):
+# The device call, ~10-11 min by session 24's rates (training 140 + 50 + 4 x ~70 s, and ~25 s
+# of start-up per training stage, ~10 s a model for the comparison), so it may take two calls
+# of the 10-minute limit: when the first is cut off, make the same call again at once on the
+# warm machine (finished stages are skipped, a cut stage resumes from its last checkpoint); the
+# two fit the session's 15 device minutes. The device's python3 has torch, tokenizers,
+# safetensors, scikit-learn, scipy, tqdm; faiss-cpu and nltk come from .whl:
 #   run(command="PYTHONUNBUFFERED=1 bash reports/commands/nd_paper_gpu.sh",
 #       carry=[".whl", ".devdata"], timeout_s=600)
-# (reports/commands/gpu_session.sh runs this, then benchmarks/gpu_check.py in the time left.)
+# (reports/commands/gpu_session.sh runs this, then benchmarks/gpu_check.py if time is left;
+# session 24 committed a gpu_check, so a later session can run this script alone.)
 # A dry run of the same stages on this CPU at the tiny preset (tests/test_nd_paper_gpu.py):
 #   PRESET=tiny DEVICE=cpu STD_S=4 TEACHER_S=3 FT_S=3 CLUSTERS=50 EVAL_EXAMPLES=200 \
 #       WORK=/tmp/ndgpu-work OUT=/tmp/ndgpu bash reports/commands/nd_paper_gpu.sh
@@ -54,9 +60,9 @@ DATA=${DATA:-.devdata/dailydialog}
 WORK=${WORK:-runs-paper-gpu}
 OUT=${OUT:-reports}
 NAME=${NAME:-nd_paper_gpu}
-STD_S=${STD_S:-150}          # wall seconds of the from-scratch stages (the trainer's max_seconds)
-TEACHER_S=${TEACHER_S:-60}
-FT_S=${FT_S:-90}             # about this many seconds for each of nd-ft and mle-ft
+STD_S=${STD_S:-140}          # wall seconds of the from-scratch stages (the trainer's max_seconds)
+TEACHER_S=${TEACHER_S:-50}
+FT_S=${FT_S:-70}             # about this many seconds for each of the four fine-tunes
 SCRATCH=${SCRATCH:-0}        # 1: also the ND student from scratch, ND_S s (session 24's arm)
 ND_S=${ND_S:-130}
 ND_COST=${ND_COST:-1.5}      # an ND update's time over an MLE update's (the teacher's forward)
@@ -114,19 +120,22 @@ t = json.load(open('$WORK/standard/manifest.json'))['training']
 print(max(20, int(t['steps'] / t['wall_time_s'] * $1 / $ND_COST)))"
 }
 FT_STEPS=$(steps_for "$FT_S")
-echo "nd-ft and mle-ft: $FT_STEPS updates each"
+echo "nd-ft and mle-ft, seeds 0 and 1: $FT_STEPS updates each"
 # nd-ft and its control differ only in lambda (0: plain MLE; the teacher is still run, so the
 # two cost the same); a fixed update count, not a time budget, so both see the same batches
-for arm in nd-ft mle-ft; do
-  LAMBDA=""
-  [ $arm = mle-ft ] && LAMBDA="--nd-lambda 0"
-  # shellcheck disable=SC2086
-  [ -f $WORK/$arm/manifest.json ] || $PY -m training train-generator --method nd \
-    --preset $PRESET --data $DATA --device $DEVICE --runs $WORK/runs $FT_SCHEDULE --set nd.entropy.method=avg-embedding --set nd.entropy.clusters=$CLUSTERS \
-    --teacher $WORK/negative-teacher --init-from $WORK/standard --nd-gamma-fraction 0.128 \
-    $LAMBDA --max-steps $FT_STEPS --out $WORK/$arm --name $arm
+for seed in 0 1; do
+  for arm in nd-ft mle-ft; do
+    LAMBDA=""
+    [ $arm = mle-ft ] && LAMBDA="--nd-lambda 0"
+    # shellcheck disable=SC2086
+    [ -f $WORK/$arm-s$seed/manifest.json ] || $PY -m training train-generator --method nd \
+      --preset $PRESET --data $DATA --device $DEVICE --runs $WORK/runs $FT_SCHEDULE \
+      --set nd.entropy.method=avg-embedding --set nd.entropy.clusters=$CLUSTERS \
+      --teacher $WORK/negative-teacher --init-from $WORK/standard --nd-gamma-fraction 0.128 \
+      $LAMBDA --seed $seed --max-steps $FT_STEPS --out $WORK/$arm-s$seed --name $arm-s$seed
+  done
 done
-STAGES="standard negative-teacher nd-ft mle-ft"
+STAGES="standard negative-teacher nd-ft-s0 mle-ft-s0 nd-ft-s1 mle-ft-s1"
 
 if [ "$SCRATCH" = 1 ]; then
   ND_STEPS=$(steps_for "$ND_S")
@@ -143,12 +152,14 @@ if [ "$SCRATCH" = 1 ]; then
   $PY -m training compare --data $DATA --device $DEVICE --decodings greedy \
     --max-examples $EVAL_EXAMPLES --save-replies --title "$TITLE, ND from scratch" \
     --bundle standard=$WORK/standard --bundle negative-teacher=$WORK/negative-teacher \
-    --bundle nd-ft=$WORK/nd-ft --bundle mle-ft=$WORK/mle-ft --bundle nd=$WORK/nd --out "$OUT/$NAME"
+    --bundle nd-ft-s0=$WORK/nd-ft-s0 --bundle mle-ft-s0=$WORK/mle-ft-s0 \
+    --bundle nd-ft-s1=$WORK/nd-ft-s1 --bundle mle-ft-s1=$WORK/mle-ft-s1 --bundle nd=$WORK/nd --out "$OUT/$NAME"
 else
   $PY -m training compare --data $DATA --device $DEVICE --decodings greedy \
     --max-examples $EVAL_EXAMPLES --save-replies --title "$TITLE" \
     --bundle standard=$WORK/standard --bundle negative-teacher=$WORK/negative-teacher \
-    --bundle nd-ft=$WORK/nd-ft --bundle mle-ft=$WORK/mle-ft --out "$OUT/$NAME"
+    --bundle nd-ft-s0=$WORK/nd-ft-s0 --bundle mle-ft-s0=$WORK/mle-ft-s0 \
+    --bundle nd-ft-s1=$WORK/nd-ft-s1 --bundle mle-ft-s1=$WORK/mle-ft-s1 --out "$OUT/$NAME"
 fi
 $PY -m benchmarks.seed_groups --report "$OUT/$NAME.json" --baseline standard \
   --out "$OUT/${NAME}_ratios"
