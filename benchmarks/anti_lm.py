@@ -43,6 +43,7 @@ METRICS = (
     "lf",
     "max-ratio",
     "avg-len",
+    "unseen",
 )
 RATIOS = ("dist-2", "bleu-4", "max-ratio")
 # The choice rule: the most diverse setting (Dist-2) that keeps BLEU-4 within 5% of plain
@@ -62,7 +63,7 @@ def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if r["bleu-4"] >= MIN_BLEU_RATIO * base["bleu-4"]
         and r["log_p_per_token"] >= base["log_p_per_token"] - MAX_LOG_P_DROP
     ]
-    return max(eligible, key=lambda r: (r["dist-2"], -r["lambda"]))
+    return max(eligible, key=lambda r: (r["dist-2"], -r["lambda"], r["alpha"]))
 
 
 def _floats(text: str) -> list[float]:
@@ -97,22 +98,27 @@ def sweep(
     weights: Sequence[float],
     steps: Sequence[int],
     max_examples: int,
+    alphas: Sequence[float] = (0.0,),
 ) -> tuple[list[dict[str, Any]], int]:
-    """One row per setting (plain greedy first, then every (lambda > 0, gamma)) and the number
-    of contexts decoded."""
+    """One row per setting (plain greedy first, then every (lambda > 0, gamma, alpha)) and the
+    number of contexts decoded."""
     splits = load_splits(data, max_context_turns=responder.inputs.max_context_turns)
     examples = getattr(splits, split)
     if max_examples:
         examples = examples[:max_examples]
     counts = training_response_token_counts(splits.train)
     refs = [e.response for e in examples]
-    settings = [(0.0, 0)] + [(w, g) for w in weights if w > 0 for g in steps if g > 0]
+    settings = [(0.0, 0, 0.0)] + [
+        (w, g, a) for w in weights if w > 0 for g in steps if g > 0 for a in alphas
+    ]
     rows: list[dict[str, Any]] = []
-    for weight, gamma in settings:
-        config = greedy(responder).with_overrides(anti_lm=weight, anti_lm_steps=gamma or 1)
+    for weight, gamma, alpha in settings:
+        config = greedy(responder).with_overrides(
+            anti_lm=weight, anti_lm_steps=gamma or 1, anti_lm_plausibility=alpha
+        )
         started = time.perf_counter()
         hyps, log_p, n_tokens = decode(
-            responder, examples, config, f"lambda {weight} gamma {gamma}"
+            responder, examples, config, f"lambda {weight} gamma {gamma} alpha {alpha}"
         )
         elapsed = time.perf_counter() - started
         metrics = response_metrics(hyps, refs, counts)
@@ -121,6 +127,7 @@ def sweep(
             {
                 "lambda": weight,
                 "gamma": gamma,
+                "alpha": alpha,
                 **{k: metrics[k] for k in METRICS},
                 "top_reply": top,
                 "top_count": count,
@@ -146,6 +153,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         [
             "lambda",
             "gamma",
+            "alpha",
             *METRICS,
             "log p/token",
             "Dist-2 x",
@@ -159,6 +167,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             [
                 fmt(r["lambda"]),
                 str(r["gamma"]),
+                fmt(r["alpha"]),
                 *(fmt(r[k]) for k in METRICS),
                 fmt(r["log_p_per_token"]),
                 *(fmt(r[f"{k}_ratio"]) for k in RATIOS),
@@ -180,7 +189,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         + table
         + f"\n\nChosen by the rule (highest Dist-2 with BLEU-4 >= {MIN_BLEU_RATIO} x and log "
         f"p/token >= plain greedy's - {MAX_LOG_P_DROP}): **lambda {chosen['lambda']}, gamma "
-        f"{chosen['gamma']}** (Dist-2 {chosen['dist-2']:.4f}, "
+        f"{chosen['gamma']}, alpha {chosen['alpha']}** (Dist-2 {chosen['dist-2']:.4f}, "
         f"{chosen['dist-2_ratio']:.2f}x plain greedy's).\n"
     )
 
@@ -192,12 +201,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", choices=("validation", "test"), default="validation")
     parser.add_argument("--weights", type=_floats, default=[0.2, 0.35, 0.5])
     parser.add_argument("--steps", type=_ints, default=[1, 3])
+    parser.add_argument(
+        "--plausibility",
+        type=_floats,
+        default=[0.0],
+        help="alpha of the plausibility constraint (models/decoding.py), a list",
+    )
     parser.add_argument("--max-examples", type=int, default=0, help="0 = the whole split")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     load_before = list(os.getloadavg())
     responder = GenerativeResponder.load(args.bundle, device="cpu")
-    rows, n = sweep(responder, args.data, args.split, args.weights, args.steps, args.max_examples)
+    rows, n = sweep(
+        responder,
+        args.data,
+        args.split,
+        args.weights,
+        args.steps,
+        args.max_examples,
+        args.plausibility,
+    )
     meta = {
         "bundle": responder.bundle_id,
         "split": args.split,
@@ -210,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_after": list(os.getloadavg()),
     }
     best = choose(rows)
-    meta["chosen"] = {k: best[k] for k in ("lambda", "gamma", "dist-2", "dist-2_ratio")}
+    meta["chosen"] = {k: best[k] for k in ("lambda", "gamma", "alpha", "dist-2", "dist-2_ratio")}
     print(markdown(rows, meta))
     write_report(args.out, {"meta": meta, "rows": rows}, markdown(rows, meta))
     return 0

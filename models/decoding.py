@@ -19,6 +19,12 @@ check the cache and to measure what the cache buys). Options:
   ``log p(t_k | t_<k, S) - anti_lm * log U(t_k | t_<k)``, a penalty on what is likely whatever the
   context, the mark of a generic reply. U is the same model given a content-free source
   (:class:`ContextFreePrior`), so no second model is trained; the returned scores stay ``log p``.
+  ``anti_lm_plausibility`` (alpha) keeps the penalty's choice among plausible tokens: at those
+  positions a token is eligible only if ``p(t_k | t_<k, S) >= alpha * max_t p(t | t_<k, S)``, the
+  plausibility constraint of contrastive decoding (Li et al. 2023, "Contrastive Decoding",
+  eq. 2, V_head). Without it the penalty favours rare subword pieces the model barely considers,
+  which a small model then completes into non-words ("melyreeong is your duty's busy .";
+  reports/anti_lm_plausibility_small_val.md).
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ class DecodingConfig:
     use_cache: bool = True
     anti_lm: float = 0.0  # lambda of MMI-antiLM; 0 = off (module doc)
     anti_lm_steps: int = 1  # gamma: the first tokens the penalty applies to
+    anti_lm_plausibility: float = 0.0  # alpha: only tokens with p >= alpha * max p (module doc)
 
     def __post_init__(self) -> None:
         if self.strategy not in ("greedy", "sample", "beam"):
@@ -78,6 +85,8 @@ class DecodingConfig:
             raise ValueError("block_adjacent_repeats must be true or false")
         if not 0 <= self.anti_lm < 1 or self.anti_lm_steps < 0:
             raise ValueError("need 0 <= anti_lm < 1 and anti_lm_steps >= 0")
+        if not 0 <= self.anti_lm_plausibility < 1:
+            raise ValueError("need 0 <= anti_lm_plausibility < 1")
 
     def anti_lm_at(self, position: int) -> bool:
         """Whether the anti-LM penalty applies to the token at ``position`` (0 = the first)."""
@@ -145,7 +154,8 @@ def anti_lm_scores(
     """MMI-antiLM's choice scores for rows at position ``len(prefix)`` (Li et al. 2016, eq. 10
     with g(k) = 1 for k <= gamma): ``log p - lambda * log U`` for each row where its own config's
     penalty applies, else ``log p`` unchanged (rows of a continuous batch carry different
-    configs)."""
+    configs). Where a row's ``anti_lm_plausibility`` alpha > 0, tokens with
+    ``log p < log alpha + max log p`` get -inf (the plausibility constraint, module doc)."""
     rows = [r for r, prefix in enumerate(prefixes) if configs[r].anti_lm_at(len(prefix))]
     if not rows:
         return log_probs
@@ -155,7 +165,14 @@ def anti_lm_scores(
     weights = torch.tensor([configs[r].anti_lm for r in rows], device=log_probs.device)
     out = log_probs.clone()
     index = torch.tensor(rows, device=log_probs.device)
-    out[index] = log_probs[index] - weights[:, None] * penalty
+    chosen = log_probs[index]
+    scores = chosen - weights[:, None] * penalty
+    alphas = torch.tensor([configs[r].anti_lm_plausibility for r in rows], device=log_probs.device)
+    if bool((alphas > 0).any()):
+        # log 0 = -inf: a row with alpha 0 keeps every token
+        floor = chosen.max(dim=-1, keepdim=True).values + alphas.log()[:, None]
+        scores = scores.masked_fill(chosen < floor, float("-inf"))
+    out[index] = scores
     return out
 
 

@@ -183,12 +183,22 @@ def perplexity(total_nll: float, total_tokens: int) -> float:
     return math.exp(mean_nll) if mean_nll < 709.0 else math.inf
 
 
+def unseen_word_share(responses: Sequence[str], train_token_counts: Mapping[str, int]) -> float:
+    """Share of responses with at least one whitespace token that no training response contains:
+    a non-word ("melyreeong", "laundy") the subword model assembled, or a name it copied."""
+    if not responses:
+        return 0.0
+    unseen = sum(any(t not in train_token_counts for t in r.split()) for r in responses)
+    return unseen / len(responses)
+
+
 def response_metrics(
     hypotheses: Sequence[str],
     references: Sequence[str],
     train_token_counts: Mapping[str, int],
 ) -> dict[str, float]:
-    """The negative-distillation table (Li et al. 2022, Table 3) plus Ent-n, max-ratio and length."""
+    """The negative-distillation table (Li et al. 2022, Table 3) plus Ent-n, max-ratio, length and
+    the share of replies with a word unseen in training (:func:`unseen_word_share`)."""
     assert len(hypotheses) == len(references), (
         f"{len(hypotheses)} hypotheses but {len(references)} references"
     )
@@ -201,6 +211,7 @@ def response_metrics(
         "ent-3": ngram_entropy(hypotheses, 3),
         "max-ratio": max_ratio(hypotheses),
         "lf": low_frequency_ratio(hypotheses, train_token_counts),
+        "unseen": unseen_word_share(hypotheses, train_token_counts),
         "kl-1": kl_divergence(hypotheses, references, 1),
         "kl-2": kl_divergence(hypotheses, references, 2),
         "bleu-3": bleu(hypotheses, references, 3),

@@ -57,6 +57,7 @@ _DECODING_OPTIONS = (
     "block_adjacent_repeats",
     "anti_lm",
     "anti_lm_steps",
+    "anti_lm_plausibility",
 )
 
 Job = tuple[list[str], Hashable]  # one request: its context and its prepared parameters

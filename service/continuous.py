@@ -52,12 +52,31 @@ class _Decode:
     blocked: BlockReason | None = None
 
 
+# How a blocked reply's alternatives are sampled (reports/safety_alternatives_small.md: the
+# served small generator's filter blocks 452 of 5,676 validation greedy replies). Nucleus 0.9 at
+# temperature 1 with the bundle's anti-LM, as before session 24, served a reply with a non-word
+# ("appet umile's seemer .") for 75% of them: anti-LM's bonus flattens the sampling distribution
+# towards rare subword pieces. With the plausibility constraint (alpha 0.1) and temperature 0.5,
+# 1.3% (mean log p/token -2.24 against -5.46; greedy's -1.91), the fallback reply never needed,
+# Dist-2 0.42 over the served alternatives (a beam search's n-best: 0.08, its replies generic).
+ALTERNATIVES_TOP_P = 0.9
+ALTERNATIVES_TEMPERATURE = 0.5
+ALTERNATIVES_PLAUSIBILITY = 0.1
+
+
 def alternatives_config(config: DecodingConfig, k: int) -> DecodingConfig:
     """How a blocked reply's ``k`` alternatives are drawn: nucleus samples (Holtzman et al.
-    2020) that differ from the blocked reply and stay fluent; GenerativeBackend.infer draws
-    its request-level alternatives with it too."""
+    2020) that differ from the blocked reply and stay fluent: a cooled temperature and, where
+    the bundle decodes with anti-LM, its plausibility constraint (models/decoding.py; constants
+    above). GenerativeBackend.infer draws its request-level alternatives with it too."""
     return config.with_overrides(
-        strategy="sample", num_return_sequences=k, top_p=min(config.top_p, 0.9)
+        strategy="sample",
+        num_return_sequences=k,
+        top_p=min(config.top_p, ALTERNATIVES_TOP_P),
+        temperature=min(config.temperature, ALTERNATIVES_TEMPERATURE),
+        anti_lm_plausibility=max(config.anti_lm_plausibility, ALTERNATIVES_PLAUSIBILITY)
+        if config.anti_lm > 0
+        else config.anti_lm_plausibility,
     )
 
 

@@ -206,6 +206,14 @@ class ResponseOptions(_Strict):
         le=MAX_LENGTH_BOUND,
         description="generative: the first reply tokens the anti_lm penalty applies to",
     )
+    anti_lm_plausibility: JsonNumber = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="generative: at the anti_lm positions only tokens with p >= this x the "
+        "most likely token's p are eligible (0 = every token); our generators only",
+    )
     # retrieval
     num_candidates: JsonInt = Field(
         default=None,

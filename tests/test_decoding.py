@@ -316,6 +316,37 @@ def test_anti_lm_with_the_source_itself_as_prior_keeps_greedy(
         assert generate(model, one, anti, prior=same).tokens == generate(model, one, cfg).tokens
 
 
+def test_anti_lm_plausibility_keeps_the_choice_among_likely_tokens(
+    model: Seq2SeqTransformer, src: torch.Tensor
+) -> None:
+    """Contrastive decoding's plausibility constraint on the anti-LM positions: the first token
+    maximises log p - lambda log U over the tokens with p >= alpha x max p only; alpha 0 is the
+    unconstrained choice, and a sample never draws a token outside that set."""
+    prior = torch.tensor([[7, 9, 11]])
+    prior_model = ContextFreePrior(model, prior)
+    log_p = _first_tokens(model, src)
+    log_u = _first_tokens(model, prior)
+    mmi = log_p - 0.9 * log_u
+    for alpha in (0.0, 0.05, 0.5):
+        cfg = DecodingConfig(max_length=4, anti_lm=0.9, anti_lm_steps=1, anti_lm_plausibility=alpha)
+        eligible = log_p >= log_p.max(dim=-1, keepdim=True).values + math.log(max(alpha, 1e-30))
+        expected = mmi.masked_fill(~eligible, float("-inf")).argmax(dim=-1).tolist()
+        assert [t[0] for t in generate(model, src, cfg, prior=prior_model).tokens] == expected
+    unconstrained = mmi.argmax(dim=-1)
+    # on this model the constraint changes some first token, and alpha near 1 is greedy's choice
+    strict = DecodingConfig(max_length=4, anti_lm=0.9, anti_lm_steps=1, anti_lm_plausibility=0.5)
+    first = torch.tensor([t[0] for t in generate(model, src, strict, prior=prior_model).tokens])
+    assert (first != unconstrained).any()
+    sample = strict.with_overrides(strategy="sample", num_return_sequences=8)
+    g = torch.Generator().manual_seed(0)
+    drawn = generate(model, src, sample, prior=prior_model, generator=g).tokens
+    eligible = log_p >= log_p.max(dim=-1, keepdim=True).values + math.log(0.5)
+    for i, tokens in enumerate(drawn):
+        assert bool(eligible[i // 8, tokens[0]])
+    with pytest.raises(ValueError, match="anti_lm_plausibility"):
+        DecodingConfig(anti_lm_plausibility=1.0)
+
+
 def test_anti_lm_needs_a_prior_source_and_a_weight_below_one(
     model: Seq2SeqTransformer, src: torch.Tensor
 ) -> None:

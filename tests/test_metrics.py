@@ -269,7 +269,7 @@ def test_response_metrics_returns_exact_keys_and_values() -> None:
     train = token_counts(["i do n't know"] * 100 + ["sure"])
     got = response_metrics(hyps, refs, train)
     assert list(got) == [
-        "dist-1", "dist-2", "dist-3", "ent-1", "ent-2", "ent-3", "max-ratio", "lf",
+        "dist-1", "dist-2", "dist-3", "ent-1", "ent-2", "ent-3", "max-ratio", "lf", "unseen",
         "kl-1", "kl-2", "bleu-3", "bleu-4", "avg-len",
     ]  # fmt: skip
     # 12 tokens, distinct: i do n't know sure , why not = 8
@@ -278,6 +278,8 @@ def test_response_metrics_returns_exact_keys_and_values() -> None:
     assert got["max-ratio"] == pytest.approx(2 / 3)
     # train counts: i/do/n't/know 100 each, sure 1; low: sure , why not = 4 of 12 tokens
     assert got["lf"] == pytest.approx(4 / 12)
+    # ",", "why", "not" never occur in the training responses: 1 of the 3 replies
+    assert got["unseen"] == pytest.approx(1 / 3)
     assert got["avg-len"] == pytest.approx(4.0)
     assert got["kl-2"] == pytest.approx(kl_divergence(hyps, refs, 2))
     assert got["bleu-4"] == pytest.approx(bleu(hyps, refs, 4))
@@ -333,3 +335,13 @@ def test_rolling_stats_matches_recomputation_on_random_sequence(window: int) -> 
         assert stats.max_ratio() == pytest.approx(max_ratio(recent))
         assert stats.distinct_2() == pytest.approx(distinct_n(recent, 2))
     assert len(stats) == window
+
+
+def test_unseen_word_share_counts_replies_with_a_word_no_training_response_has() -> None:
+    from models.metrics import unseen_word_share
+
+    counts = {"i": 3, "am": 2, "fine": 1, ".": 5}
+    replies = ["i am fine .", "i am melyreeong .", "fine .", "laundy"]
+    assert unseen_word_share(replies, counts) == 0.5
+    assert unseen_word_share([], counts) == 0.0
+    assert response_metrics(replies, replies, counts)["unseen"] == 0.5

@@ -413,3 +413,22 @@ def _zzzz(models_dir: Path) -> Path:
     path = models_dir.parent / "zzzz-blocklist.txt"
     path.write_text("zzzz\n")
     return path
+
+
+def test_a_blocked_replys_alternatives_are_cooled_and_plausible() -> None:
+    """reports/safety_alternatives_small.md: nucleus samples at temperature 1 with anti-LM served
+    a non-word for 75% of blocked replies; the alternatives are drawn cooler and, where the
+    bundle decodes with anti-LM, among plausible tokens only."""
+    from models.decoding import DecodingConfig
+    from service.continuous import alternatives_config
+
+    served = DecodingConfig(anti_lm=0.55, anti_lm_steps=3)
+    alt = alternatives_config(served, 4)
+    assert (alt.strategy, alt.num_return_sequences, alt.top_p) == ("sample", 4, 0.9)
+    assert alt.temperature == 0.5 and alt.anti_lm_plausibility == 0.1
+    assert alt.anti_lm == 0.55  # the bundle's penalty is kept, inside the plausible set
+    # a cooler or stricter request stays as cool and strict; no anti-LM, no constraint
+    own = served.with_overrides(strategy="sample", temperature=0.3, anti_lm_plausibility=0.2)
+    assert alternatives_config(own, 2).temperature == 0.3
+    assert alternatives_config(own, 2).anti_lm_plausibility == 0.2
+    assert alternatives_config(DecodingConfig(), 2).anti_lm_plausibility == 0.0

@@ -518,6 +518,8 @@ def test_poison_request_fails_alone_and_its_batch_mates_get_200(
         ({"anti_lm": 0.96}, "anti_lm"),
         ({"anti_lm": -0.1}, "anti_lm"),
         ({"anti_lm_steps": 2000}, "anti_lm_steps"),
+        ({"anti_lm_plausibility": 1.0}, "anti_lm_plausibility"),
+        ({"anti_lm_plausibility": -0.1}, "anti_lm_plausibility"),
         ({"block_adjacent_repeats": 1}, "block_adjacent_repeats"),
         ({"block_adjacent_repeats": "true"}, "block_adjacent_repeats"),
     ],
@@ -542,6 +544,7 @@ def test_extreme_but_valid_options_decode(
         ResponseOptions(strategy=strategy, temperature=0.05, top_p=0.001, top_k=1000),  # type: ignore[arg-type]
         ResponseOptions(strategy=strategy, temperature=5.0, top_p=1.0, top_k=0, min_length=8),  # type: ignore[arg-type]
         ResponseOptions(strategy=strategy, anti_lm=0.95, anti_lm_steps=1024),  # type: ignore[arg-type]
+        ResponseOptions(strategy=strategy, anti_lm=0.5, anti_lm_plausibility=0.999),  # type: ignore[arg-type]
         ResponseOptions(strategy=strategy, block_adjacent_repeats=True, min_length=8),  # type: ignore[arg-type]
     ):
         config = backend.prepare(options)

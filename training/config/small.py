@@ -148,12 +148,18 @@ PRESET = Preset(
     # replies stutter ("about about about a few days ."; references: 0.1%); blocking them changed
     # Dist-2 and BLEU-4 by < 2% and raised the replies' log p/token
     # (reports/adjacent_repeats_small.md).
+    # The plausibility constraint (alpha 0.1, session 24): at the anti-LM positions only tokens
+    # with p >= 0.1 x the likeliest one's. For greedy it changes little (validation Dist-2 1.64x
+    # plain greedy's against 1.61x, BLEU-4 0.99x both: reports/anti_lm_plausibility_small_val.md);
+    # it is what keeps *sampled* replies from anti-LM's non-words (a client's strategy=sample,
+    # and the safety filter's alternatives: reports/safety_alternatives_small.md).
     decoding=DecodingConfig(
         max_length=32,
         no_repeat_ngram_size=3,
         block_adjacent_repeats=True,
         anti_lm=0.55,
         anti_lm_steps=3,
+        anti_lm_plausibility=0.1,
     ),
     # The teacher: the standard model fine-tuned on D_N (measurably more generic than it,
     # reports/quality_small.md), the student: the ND schedule as a fine-tune of the standard.

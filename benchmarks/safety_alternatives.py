@@ -1,0 +1,264 @@
+"""The safety filter's alternatives for a blocked generated reply: how they are drawn decides
+whether a user reads a fluent reply or a non-word.
+
+When the output filter blocks the generator's reply, the service draws ``SAFETY_CANDIDATES``
+nucleus samples for the context (``service.continuous.alternatives_config``) and serves the first
+safe one. Those samples inherit the bundle's decoding, MMI-antiLM included, and sampling from
+``softmax((log p - lambda log U) / T)`` flattens the distribution towards rare subword pieces
+(the anti-LM bonus of a piece grows with its rarity), which a small model then completes into
+non-words: issue 11's everyday probe got "melyreeong is your duty's busy . can you help ?" for
+"My dog died yesterday." (reports/everyday_probe_small.md).
+
+This decodes the served generator's greedy replies to the validation contexts, takes the ones
+the service's filter (built as the service builds it) blocks, and draws their alternatives under
+each policy, ``--seeds`` times:
+
+- ``before``: the service's draw before session 24 (nucleus 0.9, T 1, the bundle's anti-LM);
+- ``plausible``: the same with the anti-LM plausibility constraint (``anti_lm_plausibility``
+  alpha, models/decoding.py): at the anti-LM positions only tokens with p >= alpha x max p;
+  ``plausible-t0.7``, ``plausible-t0.5``: and a cooler temperature;
+- ``no-anti-lm``: nucleus samples of the model alone;
+- ``beam``: a beam search's n-best (width 8), the blocked reply dropped;
+- ``service``: what ``service.continuous.alternatives_config`` draws now.
+
+Per policy: the share of served alternatives with a word no training response contains
+(``unseen``), their mean log p per token under the model, the share replaced by the fallback
+reply because no alternative was safe, Dist-2 over the served alternatives, and the same
+figures over every drawn sample; ratios against ``before``, same run.
+
+    OMP_NUM_THREADS=2 python -m benchmarks.safety_alternatives --artifacts artifacts \\
+        --out reports/safety_alternatives_small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks import write_report
+from models.decoding import DecodingConfig
+from models.generator import GenerativeResponder
+from models.metrics import distinct_n, unseen_word_share
+from training.config import DAILYDIALOG
+from training.core.data import load_splits, training_response_token_counts
+from training.eval.generation import decode_all
+from training.eval.tables import markdown_table as table
+
+
+def policies(served: DecodingConfig, alpha: float) -> dict[str, DecodingConfig]:
+    """Each policy's decoding config; ``service`` is what the service draws now
+    (``alternatives_config``), ``beam`` the n-best of a beam search (the blocked greedy reply
+    dropped from it)."""
+    from service.continuous import alternatives_config
+
+    before = served.with_overrides(
+        strategy="sample", top_p=min(served.top_p, 0.9), anti_lm_plausibility=0.0
+    )
+    plausible = before.with_overrides(anti_lm_plausibility=alpha)
+    return {
+        "before": before,
+        "plausible": plausible,
+        "plausible-t0.7": plausible.with_overrides(temperature=0.7),
+        "plausible-t0.5": plausible.with_overrides(temperature=0.5),
+        "no-anti-lm": before.with_overrides(anti_lm=0.0),
+        "beam": served.with_overrides(strategy="beam", beam_size=8, anti_lm_plausibility=alpha),
+        "service": alternatives_config(served, 1),
+    }
+
+
+def draw(
+    responder: GenerativeResponder,
+    contexts: list[list[str]],
+    config: DecodingConfig,
+    k: int,
+    seed: int,
+    batch: int = 64,
+) -> list[list[tuple[str, float]]]:
+    """``k`` alternatives per context: (text, mean log p per token, EOS included); beam search
+    returns its k + 1 best and the caller drops the blocked reply."""
+    if config.strategy == "beam":
+        k += 1
+    config = config.with_overrides(num_return_sequences=k)
+    out: list[list[tuple[str, float]]] = []
+    g = torch.Generator().manual_seed(seed)
+    for start in range(0, len(contexts), batch):
+        gen = responder.generate(contexts[start : start + batch], config, generator=g)
+        texts = responder.tokenizer.decode_batch(gen.tokens)
+        # sample: the sum of log p; beam: sum log p / length ** length_penalty (EOS counted)
+        power = config.length_penalty if config.strategy == "beam" else 0.0
+        rows = [
+            (text, score * (len(tokens) + 1) ** power / (len(tokens) + 1))
+            for text, tokens, score in zip(texts, gen.tokens, gen.scores, strict=True)
+        ]
+        out += [rows[i : i + k] for i in range(0, len(rows), k)]
+    return out
+
+
+def settle(
+    safety: Any, turns: list[str], drawn: list[list[tuple[str, float]]]
+) -> list[tuple[str, float] | None]:
+    """The first safe, non-empty alternative per context (None: the fallback reply), as
+    ``SafetyFilter.settle`` picks it."""
+    flat = [alt for row in drawn for alt in row]
+    reasons = safety.check(
+        [t for t, row in zip(turns, drawn, strict=True) for _ in row], [text for text, _ in flat]
+    )
+    out: list[tuple[str, float] | None] = []
+    offset = 0
+    for row in drawn:
+        pick = None
+        for j in range(offset, offset + len(row)):
+            if reasons[j] is None and flat[j][0].strip():
+                pick = flat[j]
+                break
+        offset += len(row)
+        out.append(pick)
+    return out
+
+
+def figures(
+    chosen: list[tuple[str, float] | None],
+    drawn: list[list[tuple[str, float]]],
+    counts: dict[str, int],
+) -> dict[str, float]:
+    served = [c for c in chosen if c is not None]
+    every = [alt for row in drawn for alt in row]
+    texts = [t for t, _ in served]
+    return {
+        "served_unseen": unseen_word_share(texts, counts),
+        "served_log_p_per_token": statistics.fmean(lp for _, lp in served),
+        "fallback_share": 1 - len(served) / len(chosen),
+        "served_dist2": distinct_n(texts, 2),
+        "drawn_unseen": unseen_word_share([t for t, _ in every], counts),
+        "drawn_log_p_per_token": statistics.fmean(lp for _, lp in every),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    ap.add_argument("--data", type=Path, default=DAILYDIALOG)
+    ap.add_argument("--generator", help="default: the served one (serving.json)")
+    ap.add_argument("--alpha", type=float, default=0.1, help="the plausible policy's alpha")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    from service.metrics import ServiceMetrics
+    from service.safety import load_safety_filter
+    from service.settings import Settings
+
+    load_before = list(os.getloadavg())
+    name = args.generator or json.loads((args.artifacts / "serving.json").read_text())["generative"]
+    responder = GenerativeResponder.load(args.artifacts / name, device="cpu")
+    settings = Settings(_env_file=None, models_dir=args.artifacts)  # type: ignore[call-arg]
+    safety = load_safety_filter(
+        settings, ServiceMetrics(100), args.artifacts / settings.safety_bundle
+    )
+    splits = load_splits(args.data, max_context_turns=responder.inputs.max_context_turns)
+    examples = splits.validation
+    counts = training_response_token_counts(splits.train)
+    greedy = decode_all(responder, examples, responder.decoding, desc="served greedy")
+    turns = [e.context[-1] for e in examples]
+    reasons = safety.check(turns, greedy)
+    blocked = [i for i, why in enumerate(reasons) if why is not None and why != "risk"]
+    contexts = [list(examples[i].context) for i in blocked]
+    blocked_turns = [turns[i] for i in blocked]
+    results: dict[str, Any] = {
+        "generator": responder.bundle_id,
+        "validation_contexts": len(examples),
+        "blocked": len(blocked),
+        "blocked_greedy_unseen": unseen_word_share([greedy[i] for i in blocked], counts),
+        "candidates": settings.safety_candidates,
+        "alpha": args.alpha,
+        "policies": {},
+    }
+    for policy, config in policies(responder.decoding, args.alpha).items():
+        per_seed = []
+        samples: list[str] = []
+        for seed in range(args.seeds if config.strategy != "beam" else 1):
+            drawn = draw(responder, contexts, config, settings.safety_candidates, seed)
+            if config.strategy == "beam":  # its n-best holds the blocked reply itself
+                drawn = [
+                    [alt for alt in row if alt[0] != greedy[i]][: settings.safety_candidates]
+                    for i, row in zip(blocked, drawn, strict=True)
+                ]
+            chosen = settle(safety, blocked_turns, drawn)
+            per_seed.append(figures(chosen, drawn, counts))
+            if seed == 0:
+                samples = [c[0] if c else "(fallback)" for c in chosen[:12]]
+        mean = {k: statistics.fmean(s[k] for s in per_seed) for k in per_seed[0]}
+        results["policies"][policy] = {
+            "config": str(config),
+            "mean": mean,
+            "seeds": per_seed,
+            "samples": samples,
+        }
+    base = results["policies"]["before"]["mean"]
+    for p in results["policies"].values():
+        p["ratio"] = {k: (v / base[k] if base[k] else float("nan")) for k, v in p["mean"].items()}
+    results["samples_contexts"] = [" / ".join(c) for c in contexts[:12]]
+    results["load_before"], results["load_after"] = load_before, list(os.getloadavg())
+    command = "python -m benchmarks.safety_alternatives " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
+    text = markdown(results, command)
+    write_report(args.out, results, text)
+    print(text)
+    return 0
+
+
+def markdown(results: dict[str, Any], command: str) -> str:
+    keys = [
+        "served_unseen",
+        "served_log_p_per_token",
+        "fallback_share",
+        "served_dist2",
+        "drawn_unseen",
+        "drawn_log_p_per_token",
+    ]
+    rows = [
+        [name, *(f"{p['mean'][k]:.4f} ({p['ratio'][k]:.2f}x)" for k in keys)]
+        for name, p in results["policies"].items()
+    ]
+    sample_rows = [
+        [ctx, *(p["samples"][i] for p in results["policies"].values())]
+        for i, ctx in enumerate(results["samples_contexts"])
+    ]
+    return (
+        "\n".join(
+            [
+                "# The safety filter's alternatives to a blocked generated reply",
+                "",
+                f"Command: `{command}`  ",
+                f"Generator {results['generator']}; {results['validation_contexts']} validation "
+                f"contexts, of which the service's filter blocks {results['blocked']} greedy replies "
+                f"(those with an unseen word: {results['blocked_greedy_unseen']:.4f}); "
+                f"{results['candidates']} alternatives each, means over seeds (ratio to `before`, "
+                f"same run). Load average before {results['load_before']}, after "
+                f"{results['load_after']}.",
+                "",
+                table(["policy", *keys], rows),
+                "",
+                "## The first 12 blocked contexts, seed 0",
+                "",
+                table(
+                    ["context", *results["policies"]],
+                    sample_rows,
+                    align="l" * (1 + len(results["policies"])),
+                ),
+            ]
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""benchmarks/everyday_probe and benchmarks/safety_alternatives: the served path on everyday turns,
+and how the safety filter's alternatives are picked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from service_fixtures import build_tiny_bundles
+
+from benchmarks import everyday_probe, safety_alternatives
+
+
+def test_the_contexts_file_pairs_share_their_last_turn(tmp_path: Path) -> None:
+    contexts = everyday_probe.load_contexts()
+    assert len(contexts) == 34
+    assert sum(c["kind"] == "risk" for c in contexts) == 1
+    bad = {"contexts": [{"kind": "pair", "turns": ["a", "b"]}, {"kind": "pair", "turns": ["c"]}]}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="share their last turn"):
+        everyday_probe.load_contexts(tmp_path / "bad.json")
+
+
+def test_probe_runs_the_service_on_tiny_bundles(dailydialog_dir: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    build_tiny_bundles(models)
+    out = tmp_path / "probe"
+    argv = ["--artifacts", str(models), "--data", str(dailydialog_dir), "--out", str(out)]
+    assert everyday_probe.main([*argv, "--baseline", "generator-nd"]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    served = result["arms"]["generative (served)"]
+    assert served["replies"] == 33 and served["pairs"] == 3 and served["risk_statements"] == 1
+    assert 1 <= served["distinct"] <= 33 and 0 <= served["unseen_share"] <= 1
+    assert "teacher_written_share" in result["arms"]["retrieval (served)"]
+    assert all(len(r) == 34 for r in result["replies"].values())
+    # the baseline here is the served bundle itself: every ratio is 1
+    assert result["served_vs_baseline"]["distinct replies"] == 1.0
+
+
+class _Filter:
+    """Blocks every reply containing 'bad'."""
+
+    def check(self, turns: list[str], replies: list[str]) -> list[str | None]:
+        return ["classifier" if "bad" in r else None for r in replies]
+
+
+def test_alternatives_are_settled_as_the_service_settles_them() -> None:
+    drawn = [
+        [("bad one", -1.0), ("", -0.5), ("good", -2.0), ("also good", -0.1)],
+        [("bad", -1.0), ("bad too", -1.0)],
+    ]
+    chosen = safety_alternatives.settle(_Filter(), ["x", "y"], drawn)
+    # the first safe, non-empty alternative, not the likeliest; none safe: the fallback (None)
+    assert chosen == [("good", -2.0), None]
+    figures = safety_alternatives.figures(chosen, drawn, {"good": 1, "also": 1, "one": 1})
+    assert figures["fallback_share"] == 0.5
+    assert figures["served_unseen"] == 0.0 and figures["served_log_p_per_token"] == -2.0
+    # "bad", "too" and the empty reply's nothing: 3 of 6 drawn hold an unseen word
+    assert figures["drawn_unseen"] == pytest.approx(3 / 6)
