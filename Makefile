@@ -12,7 +12,7 @@ PRESET ?= small
 ARTIFACTS ?= $(if $(filter small,$(PRESET)),artifacts,artifacts-$(PRESET))
 RUNS ?= runs
 
-.PHONY: setup run reply build test test-slow test-live live-deps lint bench gpu-check device-stage compose-check clean FORCE
+.PHONY: setup run reply build test test-slow test-live live-deps lint bench probe gpu-check device-stage compose-check clean FORCE
 
 setup: $(VENV)/.installed
 
@@ -80,6 +80,11 @@ lint: setup
 bench: setup
 	$(VENV)/bin/pip install -q -e ".[bench]"
 	$(PY) -m benchmarks.decoding --out reports/decoding_benchmark
+
+# What a user sees: 34 everyday turns through the service built on $(ARTIFACTS), every reply side
+# by side with the figures (benchmarks/everyday_probe.py); printed, nothing written.
+probe: setup
+	$(PY) -m benchmarks.everyday_probe --artifacts $(ARTIFACTS) --data $(DATA)
 
 # On a GPU machine (CUDA torch: make setup TORCH_SPEC=...): fp16 greedy = fp32 on 100 test contexts,
 # continuous = batch decoding, 20-token speed of the small bundle and a paper-sized model, FAISS on
