@@ -31,3 +31,8 @@ $PY -m benchmarks.safety_alternatives --artifacts artifacts --data $D \
 # the served figures with alpha 0.1, and the everyday probe again
 /usr/bin/time -v $PY -m benchmarks.quality_report --artifacts artifacts --out reports/quality_small
 $PY -m benchmarks.everyday_probe --artifacts artifacts --data $D --out reports/everyday_probe_small
+
+# the same policies on base's served generator (plain greedy, no anti-LM: the plausibility rows
+# equal `before` there, and only the temperature acts)
+$PY -m benchmarks.safety_alternatives --artifacts artifacts-base --data $D \
+  --out reports/safety_alternatives_base
