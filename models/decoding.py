@@ -21,10 +21,11 @@ check the cache and to measure what the cache buys). Options:
   (:class:`ContextFreePrior`), so no second model is trained; the returned scores stay ``log p``.
   ``anti_lm_plausibility`` (alpha) keeps the penalty's choice among plausible tokens: at those
   positions a token is eligible only if ``p(t_k | t_<k, S) >= alpha * max_t p(t | t_<k, S)``, the
-  plausibility constraint of contrastive decoding (Li et al. 2023, "Contrastive Decoding",
-  eq. 2, V_head). Without it the penalty favours rare subword pieces the model barely considers,
-  which a small model then completes into non-words ("melyreeong is your duty's busy .";
-  reports/anti_lm_plausibility_small_val.md).
+  plausibility constraint of contrastive decoding (Li et al. 2023, "Contrastive Decoding: Open-
+  ended Text Generation as Optimization", its V_head). Greedy barely needs it, but sampling with
+  the penalty flattens the distribution towards rare subword pieces the model barely considers,
+  which a small model then completes into non-words ("appet umile's seemer .";
+  reports/safety_alternatives_small.md, reports/anti_lm_plausibility_small_val.md).
 """
 
 from __future__ import annotations

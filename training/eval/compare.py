@@ -127,7 +127,7 @@ def replies_path(out: Path, label: str, decoding: str) -> Path:
 
 
 def write_replies(path: Path, hyps: list[str], refs: list[str]) -> None:
-    """Every reply and its reference, in test-split order (gzip JSON {"hyps", "refs"})."""
+    """Every reply and its reference, in the split's order (gzip JSON {"hyps", "refs"})."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(path, "wt", encoding="utf-8") as f:
         json.dump({"hyps": hyps, "refs": refs}, f)
