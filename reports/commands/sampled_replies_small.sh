@@ -36,3 +36,5 @@ $PY -m benchmarks.everyday_probe --artifacts artifacts --data $D --out reports/e
 # equal `before` there, and only the temperature acts)
 $PY -m benchmarks.safety_alternatives --artifacts artifacts-base --data $D \
   --out reports/safety_alternatives_base
+# what a user of base's bundles sees, for comparison
+$PY -m benchmarks.everyday_probe --artifacts artifacts-base --data $D --out reports/everyday_probe_base
