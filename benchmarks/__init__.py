@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,3 +22,9 @@ def write_report(out: Path | None, results: Any, markdown: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown)
+
+
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """``python -m <module> <args>`` as the benchmark was run (``argv`` when main() was called
+    with one, else the process's own arguments), quoted so it can be pasted back."""
+    return f"python -m {module} " + shlex.join(sys.argv[1:] if argv is None else argv)

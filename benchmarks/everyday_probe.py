@@ -33,16 +33,15 @@ import argparse
 import json
 import os
 import platform
-import shlex
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks import write_report
-from models.metrics import unseen_word_share
+from benchmarks import command_line, write_report
+from models.metrics import has_unseen_word, unseen_word_share
+from models.retriever import read_responses
 from training.config import DAILYDIALOG
 from training.core.data import load_splits, training_response_token_counts
 from training.eval.tables import markdown_table as table
@@ -148,14 +147,17 @@ def summarise(
     return out
 
 
-def response_sources(artifacts: Path, retriever: str) -> dict[str, str]:
-    """A retriever bundle's response text -> its source (corpus or teacher)."""
-    out = {}
-    with (artifacts / retriever / "responses.jsonl").open() as f:
-        for line in f:
-            row = json.loads(line)
-            out[row["text"]] = row.get("source", "corpus")
-    return out
+def response_set(artifacts: Path, retriever: str, train_counts: dict[str, int]) -> dict[str, Any]:
+    """A retriever bundle's response text -> its source (corpus or teacher), and how many of its
+    teacher-written responses hold a word no training response has (they could be served)."""
+    texts, sources = read_responses(artifacts / retriever)
+    teacher = [t for t, s in zip(texts, sources, strict=True) if s == "teacher"]
+    return {
+        "sources": dict(zip(texts, sources, strict=True)),
+        "responses": len(texts),
+        "teacher_written": len(teacher),
+        "teacher_written_with_unseen_word": sum(has_unseen_word(t, train_counts) for t in teacher),
+    }
 
 
 def markdown(results: dict[str, Any], command: str) -> str:
@@ -186,6 +188,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
         for i, c in enumerate(contexts)
     ]
     m = results["machine"]
+    rs = results["response_set"]
     parts = [
         "# Everyday turns through the service",
         "",
@@ -210,6 +213,10 @@ def markdown(results: dict[str, Any], command: str) -> str:
             ],
             rows,
         ),
+        "",
+        f"The retriever's response set ({rs['bundle']}): {rs['responses']} responses, "
+        f"{rs['teacher_written']} written by the G2R teacher, "
+        f"{rs['teacher_written_with_unseen_word']} of those with a word no training response has.",
         "",
         f"Served generator against the baseline ({results['baseline']}), same run:",
         "",
@@ -240,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     served = ask(args.artifacts, contexts, ["generative", "retrieval"], None)
     baseline = ask(args.artifacts, contexts, ["generative"], args.baseline)["generative"]
     retriever = served["retrieval"][0]["model"].split("@")[0]
-    sources = response_sources(args.artifacts, retriever)
+    response_info = response_set(args.artifacts, retriever, train_counts)
+    sources = response_info.pop("sources")
     arms = {
         "generative (served)": summarise(
             served["generative"], contexts, generic, risk_reply, train_counts
@@ -256,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "arms": arms,
         "baseline": args.baseline,
+        "response_set": {"bundle": retriever, **response_info},
         "generic_n": args.generic,
         "served_vs_baseline": {
             "distinct replies": gen["distinct"] / base["distinct"],
@@ -277,9 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": torch.get_num_threads(),
         },
     }
-    command = "python -m benchmarks.everyday_probe " + shlex.join(
-        sys.argv[1:] if argv is None else argv
-    )
+    command = command_line("benchmarks.everyday_probe", argv)
     text = markdown(results, command)
     write_report(args.out, results, text)
     print(text)

@@ -24,27 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks import write_report
+from benchmarks import command_line, write_report
 from models.metrics import response_metrics
+from training.cli.common import label_path
 from training.config.sections import DAILYDIALOG
 from training.core.data import load_splits, training_response_token_counts
-from training.eval.compare import read_replies
+from training.eval.compare import RATIO_METRICS, ratio_text, read_replies
 from training.eval.generation import markdown_table
 from training.eval.tables import markdown_table as table
-
-RATIO_METRICS = ("dist-1", "dist-2", "dist-3", "bleu-3", "bleu-4", "max-ratio", "avg-len")
-
-
-def _label_path(spec: str) -> tuple[str, Path]:
-    label, sep, path = spec.partition("=")
-    if not sep or not label or not path:
-        raise argparse.ArgumentTypeError(f"expected LABEL=FILE, got {spec!r}")
-    return label, Path(path)
 
 
 def agreement(
@@ -96,8 +86,7 @@ def markdown(results: dict[str, Any], *, baseline: str, title: str, command: str
     rows = {label: results[label][decoding] for label in labels}
     base = rows[baseline]
     ratio_rows = [
-        [label, *(f"{rows[label][k] / base[k]:.2f}x" if base[k] else "n/a" for k in RATIO_METRICS)]
-        for label in labels
+        [label, *(ratio_text(rows[label][k], base[k]) for k in RATIO_METRICS)] for label in labels
     ]
     checks = results["rescored"]["labels"]
     check_rows = [
@@ -131,7 +120,7 @@ def markdown(results: dict[str, Any], *, baseline: str, title: str, command: str
         "## The original run's figures against the recomputation",
         "",
         table(
-            ["model", "its computed metrics agree", "recomputed here (NaN there)"],
+            ["model", "its computed metrics agree", "recomputed here (NaN or absent there)"],
             check_rows,
             align="lll",
         ),
@@ -143,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--report", type=Path, required=True, help="a `training compare` JSON")
     ap.add_argument(
-        "--replies", type=_label_path, action="append", required=True, metavar="LABEL=FILE"
+        "--replies", type=label_path, action="append", required=True, metavar="LABEL=FILE"
     )
     ap.add_argument("--decoding", default="greedy")
     ap.add_argument("--baseline", help="the label the ratios are against (default: the first)")
@@ -166,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         train_counts=training_response_token_counts(splits.train),
         tolerance=args.tolerance,
     )
-    command = "python -m benchmarks.rescore_replies " + shlex.join(
-        sys.argv[1:] if argv is None else argv
-    )
+    command = command_line("benchmarks.rescore_replies", argv)
     text = markdown(results, baseline=baseline, title=args.title, command=command)
     write_report(args.out, results, text)
     print(text)

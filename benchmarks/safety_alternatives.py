@@ -7,7 +7,7 @@ safe one. Those samples inherit the bundle's decoding, MMI-antiLM included, and 
 ``softmax((log p - lambda log U) / T)`` flattens the distribution towards rare subword pieces
 (the anti-LM bonus of a piece grows with its rarity), which a small model then completes into
 non-words: issue 11's everyday probe got "melyreeong is your duty's busy . can you help ?" for
-"My dog died yesterday." (reports/everyday_probe_small.md).
+"My dog died yesterday." (reports/everyday_probe_small_s24_before.md).
 
 This decodes the served generator's greedy replies to the validation contexts, takes the ones
 the service's filter (built as the service builds it) blocks, and draws their alternatives under
@@ -22,7 +22,9 @@ each policy, ``--seeds`` times:
 - ``service``: what ``service.continuous.alternatives_config`` draws now.
 
 Per policy: the share of served alternatives with a word no training response contains
-(``unseen``), their mean log p per token under the model, the share replaced by the fallback
+(``unseen``), their mean log p per token under the model (G2R's eq. 3 scorer, ``BundleTeacher``,
+the same for every policy: a sampler's or a beam's own scores are not), the share replaced by the
+fallback
 reply because no alternative was safe, Dist-2 over the served alternatives, and the same
 figures over every drawn sample; ratios against ``before``, same run.
 
@@ -35,30 +37,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks import write_report
+from benchmarks import command_line, write_report
 from models.decoding import DecodingConfig
-from models.generator import GenerativeResponder
+from models.generator import GenerativeResponder, Reply
 from models.metrics import distinct_n, unseen_word_share
+from service.answer import Answer
+from service.continuous import alternatives_config
+from service.metrics import ServiceMetrics
+from service.safety import SafetyFilter, load_safety_filter
+from service.settings import Settings
 from training.config import DAILYDIALOG
 from training.core.data import load_splits, training_response_token_counts
 from training.eval.generation import decode_all
 from training.eval.tables import markdown_table as table
+from training.methods.g2r.teachers import BundleTeacher
 
 
 def policies(served: DecodingConfig, alpha: float) -> dict[str, DecodingConfig]:
     """Each policy's decoding config; ``service`` is what the service draws now
     (``alternatives_config``), ``beam`` the n-best of a beam search (the blocked greedy reply
     dropped from it)."""
-    from service.continuous import alternatives_config
-
     before = served.with_overrides(
         strategy="sample", top_p=min(served.top_p, 0.9), anti_lm_plausibility=0.0
     )
@@ -81,64 +85,51 @@ def draw(
     k: int,
     seed: int,
     batch: int = 64,
-) -> list[list[tuple[str, float]]]:
-    """``k`` alternatives per context: (text, mean log p per token, EOS included); beam search
-    returns its k + 1 best and the caller drops the blocked reply."""
+) -> list[list[Reply]]:
+    """``k`` alternatives per context (a beam search: its ``k + 1`` best, the caller drops the
+    blocked reply from them)."""
     if config.strategy == "beam":
         k += 1
     config = config.with_overrides(num_return_sequences=k)
-    out: list[list[tuple[str, float]]] = []
+    out: list[list[Reply]] = []
     g = torch.Generator().manual_seed(seed)
     for start in range(0, len(contexts), batch):
         gen = responder.generate(contexts[start : start + batch], config, generator=g)
         texts = responder.tokenizer.decode_batch(gen.tokens)
-        # sample: the sum of log p; beam: sum log p / length ** length_penalty (EOS counted)
-        power = config.length_penalty if config.strategy == "beam" else 0.0
-        rows = [
-            (text, score * (len(tokens) + 1) ** power / (len(tokens) + 1))
-            for text, tokens, score in zip(texts, gen.tokens, gen.scores, strict=True)
-        ]
+        rows = [Reply(text, tokens) for text, tokens in zip(texts, gen.tokens, strict=True)]
         out += [rows[i : i + k] for i in range(0, len(rows), k)]
     return out
 
 
-def settle(
-    safety: Any, turns: list[str], drawn: list[list[tuple[str, float]]]
-) -> list[tuple[str, float] | None]:
-    """The first safe, non-empty alternative per context (None: the fallback reply), as
-    ``SafetyFilter.settle`` picks it."""
-    flat = [alt for row in drawn for alt in row]
-    reasons = safety.check(
-        [t for t, row in zip(turns, drawn, strict=True) for _ in row], [text for text, _ in flat]
-    )
-    out: list[tuple[str, float] | None] = []
-    offset = 0
-    for row in drawn:
-        pick = None
-        for j in range(offset, offset + len(row)):
-            if reasons[j] is None and flat[j][0].strip():
-                pick = flat[j]
-                break
-        offset += len(row)
-        out.append(pick)
-    return out
+def settle(safety: SafetyFilter, turns: list[str], drawn: list[list[Reply]]) -> list[str | None]:
+    """The alternative the service serves for each blocked reply (None: the fallback reply),
+    picked by ``SafetyFilter.settle`` itself."""
+    answers = [Answer(text="") for _ in drawn]
+    safety.settle(turns, answers, ["classifier"] * len(drawn), drawn)
+    return [a.text if a.block and a.block.action == "reranked" else None for a in answers]
 
 
 def figures(
-    chosen: list[tuple[str, float] | None],
-    drawn: list[list[tuple[str, float]]],
+    chosen: list[str | None],
+    drawn: list[list[Reply]],
+    contexts: list[list[str]],
+    scorer: BundleTeacher,
     counts: dict[str, int],
 ) -> dict[str, float]:
-    served = [c for c in chosen if c is not None]
-    every = [alt for row in drawn for alt in row]
-    texts = [t for t, _ in served]
+    """The served alternatives' and every drawn one's figures; log p per token (EOS included)
+    is the model's own likelihood of the text (G2R's eq. 3 scorer), whatever drew it."""
+    served = [(c, text) for c, text in zip(contexts, chosen, strict=True) if text is not None]
+    every = [(c, r.text) for c, row in zip(contexts, drawn, strict=True) for r in row]
+    served_lp = scorer.score([c for c, _ in served], [t for _, t in served])[0]
+    every_lp = scorer.score([c for c, _ in every], [t for _, t in every])[0]
+    texts = [t for _, t in served]
     return {
         "served_unseen": unseen_word_share(texts, counts),
-        "served_log_p_per_token": statistics.fmean(lp for _, lp in served),
+        "served_log_p_per_token": statistics.fmean(served_lp),
         "fallback_share": 1 - len(served) / len(chosen),
         "served_dist2": distinct_n(texts, 2),
-        "drawn_unseen": unseen_word_share([t for t, _ in every], counts),
-        "drawn_log_p_per_token": statistics.fmean(lp for _, lp in every),
+        "drawn_unseen": unseen_word_share([t for _, t in every], counts),
+        "drawn_log_p_per_token": statistics.fmean(every_lp),
     }
 
 
@@ -151,10 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    from service.metrics import ServiceMetrics
-    from service.safety import load_safety_filter
-    from service.settings import Settings
-
     load_before = list(os.getloadavg())
     name = args.generator or json.loads((args.artifacts / "serving.json").read_text())["generative"]
     responder = GenerativeResponder.load(args.artifacts / name, device="cpu")
@@ -165,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     splits = load_splits(args.data, max_context_turns=responder.inputs.max_context_turns)
     examples = splits.validation
     counts = training_response_token_counts(splits.train)
+    scorer = BundleTeacher(responder)
     greedy = decode_all(responder, examples, responder.decoding, desc="served greedy")
     turns = [e.context[-1] for e in examples]
     reasons = safety.check(turns, greedy)
@@ -176,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         "validation_contexts": len(examples),
         "blocked": len(blocked),
         "blocked_greedy_unseen": unseen_word_share([greedy[i] for i in blocked], counts),
+        "blocked_greedy_log_p_per_token": statistics.fmean(
+            scorer.score(contexts, [greedy[i] for i in blocked])[0]
+        ),
         "candidates": settings.safety_candidates,
         "alpha": args.alpha,
         "policies": {},
@@ -187,13 +178,13 @@ def main(argv: list[str] | None = None) -> int:
             drawn = draw(responder, contexts, config, settings.safety_candidates, seed)
             if config.strategy == "beam":  # its n-best holds the blocked reply itself
                 drawn = [
-                    [alt for alt in row if alt[0] != greedy[i]][: settings.safety_candidates]
+                    [r for r in row if r.text != greedy[i]][: settings.safety_candidates]
                     for i, row in zip(blocked, drawn, strict=True)
                 ]
             chosen = settle(safety, blocked_turns, drawn)
-            per_seed.append(figures(chosen, drawn, counts))
+            per_seed.append(figures(chosen, drawn, contexts, scorer, counts))
             if seed == 0:
-                samples = [c[0] if c else "(fallback)" for c in chosen[:12]]
+                samples = [c if c is not None else "(fallback)" for c in chosen[:12]]
         mean = {k: statistics.fmean(s[k] for s in per_seed) for k in per_seed[0]}
         results["policies"][policy] = {
             "config": str(config),
@@ -206,9 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         p["ratio"] = {k: (v / base[k] if base[k] else float("nan")) for k, v in p["mean"].items()}
     results["samples_contexts"] = [" / ".join(c) for c in contexts[:12]]
     results["load_before"], results["load_after"] = load_before, list(os.getloadavg())
-    command = "python -m benchmarks.safety_alternatives " + shlex.join(
-        sys.argv[1:] if argv is None else argv
-    )
+    command = command_line("benchmarks.safety_alternatives", argv)
     text = markdown(results, command)
     write_report(args.out, results, text)
     print(text)
@@ -240,7 +229,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
                 f"Command: `{command}`  ",
                 f"Generator {results['generator']}; {results['validation_contexts']} validation "
                 f"contexts, of which the service's filter blocks {results['blocked']} greedy replies "
-                f"(those with an unseen word: {results['blocked_greedy_unseen']:.4f}); "
+                f"(those with an unseen word: {results['blocked_greedy_unseen']:.4f}, their log p per "
+                f"token {results['blocked_greedy_log_p_per_token']:.4f}); "
                 f"{results['candidates']} alternatives each, means over seeds (ratio to `before`, "
                 f"same run). Load average before {results['load_before']}, after "
                 f"{results['load_after']}.",

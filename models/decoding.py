@@ -168,10 +168,11 @@ def anti_lm_scores(
     index = torch.tensor(rows, device=log_probs.device)
     chosen = log_probs[index]
     scores = chosen - weights[:, None] * penalty
-    alphas = torch.tensor([configs[r].anti_lm_plausibility for r in rows], device=log_probs.device)
-    if bool((alphas > 0).any()):
+    alphas = [configs[r].anti_lm_plausibility for r in rows]
+    if any(a > 0 for a in alphas):
         # log 0 = -inf: a row with alpha 0 keeps every token
-        floor = chosen.max(dim=-1, keepdim=True).values + alphas.log()[:, None]
+        log_alpha = torch.tensor(alphas, device=log_probs.device).log()
+        floor = chosen.max(dim=-1, keepdim=True).values + log_alpha[:, None]
         scores = scores.masked_fill(chosen < floor, float("-inf"))
     out[index] = scores
     return out

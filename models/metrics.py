@@ -183,13 +183,17 @@ def perplexity(total_nll: float, total_tokens: int) -> float:
     return math.exp(mean_nll) if mean_nll < 709.0 else math.inf
 
 
+def has_unseen_word(response: str, train_token_counts: Mapping[str, int]) -> bool:
+    """Whether a whitespace token of ``response`` occurs in no training response: a non-word
+    ("melyreeong", "laundy") the subword model assembled, or a name it copied."""
+    return any(t not in train_token_counts for t in response.split())
+
+
 def unseen_word_share(responses: Sequence[str], train_token_counts: Mapping[str, int]) -> float:
-    """Share of responses with at least one whitespace token that no training response contains:
-    a non-word ("melyreeong", "laundy") the subword model assembled, or a name it copied."""
+    """Share of responses with a word no training response contains (:func:`has_unseen_word`)."""
     if not responses:
         return 0.0
-    unseen = sum(any(t not in train_token_counts for t in r.split()) for r in responses)
-    return unseen / len(responses)
+    return sum(has_unseen_word(r, train_token_counts) for r in responses) / len(responses)
 
 
 def response_metrics(

@@ -57,8 +57,9 @@ class _Decode:
 # temperature 1 with the bundle's anti-LM, as before session 24, served a reply with a non-word
 # ("appet umile's seemer .") for 75% of them: anti-LM's bonus flattens the sampling distribution
 # towards rare subword pieces. With the plausibility constraint (alpha 0.1) and temperature 0.5,
-# 1.3% (mean log p/token -2.24 against -5.46; greedy's -1.91), the fallback reply never needed,
-# Dist-2 0.42 over the served alternatives (a beam search's n-best: 0.08, its replies generic).
+# 1.3% (mean log p/token under the model -2.24 against -5.49; the blocked greedy replies' own
+# -2.22), the fallback reply never needed, Dist-2 0.42 over the served alternatives (a beam
+# search's n-best: 0.08, its replies generic).
 ALTERNATIVES_TOP_P = 0.9
 ALTERNATIVES_TEMPERATURE = 0.5
 ALTERNATIVES_PLAUSIBILITY = 0.1

@@ -33,28 +33,42 @@ def test_probe_runs_the_service_on_tiny_bundles(dailydialog_dir: Path, tmp_path:
     assert served["replies"] == 33 and served["pairs"] == 3 and served["risk_statements"] == 1
     assert 1 <= served["distinct"] <= 33 and 0 <= served["unseen_share"] <= 1
     assert "teacher_written_share" in result["arms"]["retrieval (served)"]
+    assert result["response_set"]["responses"] > 0
+    assert (
+        0
+        <= result["response_set"]["teacher_written_with_unseen_word"]
+        <= (result["response_set"]["teacher_written"])
+    )
     assert all(len(r) == 34 for r in result["replies"].values())
     # the baseline here is the served bundle itself: every ratio is 1
     assert result["served_vs_baseline"]["distinct replies"] == 1.0
 
 
-class _Filter:
-    """Blocks every reply containing 'bad'."""
+class _Scorer:
+    """log p per token = minus the number of words, whatever the context."""
 
-    def check(self, turns: list[str], replies: list[str]) -> list[str | None]:
-        return ["classifier" if "bad" in r else None for r in replies]
+    def score(self, contexts: list[list[str]], texts: list[str]) -> tuple[list[float], list[float]]:
+        return [-float(len(t.split())) for t in texts], []
 
 
-def test_alternatives_are_settled_as_the_service_settles_them() -> None:
+def test_alternatives_are_settled_by_the_service_filter() -> None:
+    from models.blocklist import Blocklist
+    from models.generator import Reply
+    from service.metrics import ServiceMetrics
+    from service.safety import SafetyFilter
+
+    safety = SafetyFilter("blocklist", metrics=ServiceMetrics(), blocklist=Blocklist(["bad"]))
     drawn = [
-        [("bad one", -1.0), ("", -0.5), ("good", -2.0), ("also good", -0.1)],
-        [("bad", -1.0), ("bad too", -1.0)],
+        [Reply("a bad one", []), Reply("", []), Reply("good", []), Reply("also good", [])],
+        [Reply("bad", []), Reply("bad too", [])],
     ]
-    chosen = safety_alternatives.settle(_Filter(), ["x", "y"], drawn)
-    # the first safe, non-empty alternative, not the likeliest; none safe: the fallback (None)
-    assert chosen == [("good", -2.0), None]
-    figures = safety_alternatives.figures(chosen, drawn, {"good": 1, "also": 1, "one": 1})
+    chosen = safety_alternatives.settle(safety, ["x", "y"], drawn)
+    # the first safe, non-empty alternative; none safe: the fallback reply (None)
+    assert chosen == ["good", None]
+    counts = {"good": 1, "also": 1, "a": 1, "one": 1}
+    figures = safety_alternatives.figures(chosen, drawn, [["x"], ["y"]], _Scorer(), counts)  # type: ignore[arg-type]
     assert figures["fallback_share"] == 0.5
-    assert figures["served_unseen"] == 0.0 and figures["served_log_p_per_token"] == -2.0
-    # "bad", "too" and the empty reply's nothing: 3 of 6 drawn hold an unseen word
+    assert figures["served_unseen"] == 0.0 and figures["served_log_p_per_token"] == -1.0
+    # "bad" (three replies) and "too": 3 of the 6 drawn hold an unseen word
     assert figures["drawn_unseen"] == pytest.approx(3 / 6)
+    assert figures["drawn_log_p_per_token"] == pytest.approx(-(3 + 0 + 1 + 2 + 1 + 2) / 6)

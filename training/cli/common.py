@@ -97,6 +97,14 @@ def print_manifest(manifest: Any) -> None:
         print(json.dumps(manifest.to_dict(), indent=2))
 
 
+def label_path(spec: str) -> tuple[str, Path]:
+    """``LABEL=PATH`` -> (label, path); anything else is a ValueError (argparse's type error)."""
+    label, sep, path = spec.partition("=")
+    if not sep or not label or not path:
+        raise ValueError(f"expected LABEL=PATH, got {spec!r}")
+    return label, Path(path)
+
+
 def command_text() -> str:
     """The command line that is running, for reports."""
     return "python -m training " + " ".join(sys.argv[1:])

@@ -13,6 +13,7 @@ from training.cli.common import (
     add_common,
     command_text,
     distributed,
+    label_path,
     preset_from_args,
     print_manifest,
     run_spec,
@@ -362,7 +363,7 @@ def _compare(args: argparse.Namespace) -> int:
     from training.core.distributed import resolve_device
     from training.eval.compare import compare_generators, write_comparison
 
-    bundles = dict(_label_path(b) for b in args.bundle)
+    bundles = dict(label_path(b) for b in args.bundle)
     first = GenerativeResponder.load(next(iter(bundles.values())))
     splits = load_splits(args.data, max_context_turns=first.inputs.max_context_turns)
     examples = splits.test if args.split == "test" else splits.validation
@@ -406,10 +407,3 @@ def print_replies(bundles: list[Path], contexts: list[list[str]], device: str) -
         for turns, g, b in zip(contexts, greedy, beam, strict=True):
             print(f"> {' / '.join(turns)}\n  greedy: {g}\n  beam 5: {b}")
     return 0
-
-
-def _label_path(spec: str) -> tuple[str, Path]:
-    label, sep, path = spec.partition("=")
-    if not sep or not label or not path:
-        raise ValueError(f"--bundle takes LABEL=DIR, got {spec!r}")
-    return label, Path(path)

@@ -70,9 +70,9 @@ PRESET = Preset(
             # step-2,100 weights (validation Hits@1/100 .255/.257/.250 at 2,100 against
             # .248/.242/.247 at 2,400), and the schedule does not depend on max_steps, so the
             # last 300 updates (~45 s) bought nothing. 3,100 since session 24: 1,000 more updates
-            # (75 s) lift test Hits@1/100 as served 0.3129 -> 0.3269, dense 0.2763 -> 0.2912,
-            # validation .298 -> .324 (reports/retriever_3100_small.md), and the whole build
-            # stays inside 15 minutes (reports/build_small.md, session 24)
+            # (training 139.4 s -> 214.2 s) lift test Hits@1/100 as served 0.3129 -> 0.3269, dense
+            # 0.2763 -> 0.2912, validation .298 -> .324 (reports/retriever_3100_small.md); the
+            # whole build timed 8 min 52 s with them, on a fast day (reports/build_small.md)
             max_steps=3100,
             batch_size=128,
             warmup_steps=60,

@@ -23,6 +23,9 @@ from training.eval.tables import markdown_table as table
 
 logger = logging.getLogger(__name__)
 
+# the metrics each comparison also gives as ratios against its first label
+RATIO_METRICS = ("dist-1", "dist-2", "dist-3", "bleu-3", "bleu-4", "max-ratio", "avg-len")
+
 
 def compare_generators(
     bundles: Mapping[str, Path],
@@ -88,15 +91,16 @@ def comparison_markdown(results: Mapping[str, Any], *, title: str, command: str)
             markdown_table({label: r["decodings"][decoding] for label, r in results.items()})
         )
     baseline = next(iter(results))
-    ratio_metrics = ("dist-1", "dist-2", "dist-3", "bleu-3", "bleu-4", "max-ratio", "avg-len")
     for decoding in first["decodings"]:
         parts += ["", f"## {decoding}: ratios against {baseline} (same run)", ""]
         base = results[baseline]["decodings"][decoding]
         rows = []
         for label, r in results.items():
             m = r["decodings"][decoding]
-            rows.append([label, *(_ratio(m[k], base[k]) for k in ratio_metrics), f"{m['lf']:.4f}"])
-        parts.append(table(["model", *ratio_metrics, "lf"], rows))
+            rows.append(
+                [label, *(ratio_text(m[k], base[k]) for k in RATIO_METRICS), f"{m['lf']:.4f}"]
+            )
+        parts.append(table(["model", *RATIO_METRICS, "lf"], rows))
     parts += ["", "## Sample replies (greedy)", ""]
     labels = list(results)
     rows = [
@@ -108,7 +112,8 @@ def comparison_markdown(results: Mapping[str, Any], *, title: str, command: str)
     return "\n".join(parts) + "\n"
 
 
-def _ratio(value: float, base: float) -> str:
+def ratio_text(value: float, base: float) -> str:
+    """``value / base`` as ``1.23x`` ("n/a" where the base is 0)."""
     return f"{value / base:.2f}x" if base else "n/a"
 
 
