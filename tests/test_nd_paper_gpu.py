@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tarfile
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "reports" / "commands" / "nd_paper_gpu.sh"
@@ -21,11 +22,12 @@ def test_nd_paper_gpu_script_dry_run_on_the_cpu(dailydialog_dir: Path, tmp_path:
         "DATA": str(dailydialog_dir),
         "STD_S": "3",
         "TEACHER_S": "2",
-        "FT_S": "3",
+        "FT_STEPS": "6",
         "CLUSTERS": "50",
         "EVAL_EXAMPLES": "100",
         "WORK": str(work),
         "OUT": str(out),
+        "PACK": str(tmp_path / "packed.tar.gz"),
         "OMP_NUM_THREADS": "2",
     }
     proc = subprocess.run(
@@ -38,7 +40,7 @@ def test_nd_paper_gpu_script_dry_run_on_the_cpu(dailydialog_dir: Path, tmp_path:
     assert names == sorted(
         [f"nd_paper_gpu{s}" for s in (".json", ".md", "_stages.json", "_log.txt")]
         + [f"nd_paper_gpu_ratios{c}{e}" for c in ("", "_control") for e in (".json", ".md")]
-        + ["nd_paper_gpu_replies"]
+        + ["nd_paper_gpu_replies", "nd_paper_gpu_logs"]
     )
     labels = ["standard", "negative-teacher", "nd-ft-s0", "mle-ft-s0", "nd-ft-s1", "mle-ft-s1"]
     assert sorted(p.name for p in (out / "nd_paper_gpu_replies").iterdir()) == sorted(
@@ -55,13 +57,20 @@ def test_nd_paper_gpu_script_dry_run_on_the_cpu(dailydialog_dir: Path, tmp_path:
         assert reason == "max_steps" or reason.startswith(("max_seconds", "early stop")), reason
     # the fine-tunes and their controls: all from Standard, the same update count sized from
     # Standard's measured rate; per seed, ND and control differ only in lambda
-    std = stages["standard"]
-    expected = max(20, int(std["steps"] / std["wall_time_s"] * 3 / 1.5))
+    # every training stage's own log (the stages of a phase run at once)
+    assert sorted(p.name for p in (out / "nd_paper_gpu_logs").iterdir()) == sorted(
+        f"{label}.txt" for label in labels
+    )
+    # all of $OUT packed into one file, for a device tool that brings back few files
+    with tarfile.open(tmp_path / "packed.tar.gz") as packed:
+        assert {"./nd_paper_gpu_ratios_control.md", "./nd_paper_gpu_stages.json"} <= set(
+            packed.getnames()
+        )
     for seed in (0, 1):
         nd, control = compare[f"nd-ft-s{seed}"]["training"], compare[f"mle-ft-s{seed}"]["training"]
         assert nd["method"] == control["method"] == "nd"
         assert nd["seed"] == control["seed"] == seed
-        assert nd["steps"] == control["steps"] <= expected
+        assert nd["steps"] == control["steps"] == 6
         assert nd["nd"]["init_from"] == control["nd"]["init_from"] == str(work / "standard")
         assert nd["nd"]["lambda"] > 0 and control["nd"]["lambda"] == 0
         assert {k: v for k, v in nd["nd"].items() if k != "lambda"} == {
