@@ -139,7 +139,7 @@ finish() {
     --query-gpu=utilization.gpu,memory.used --format=csv,noheader | sed 's/^/GPU 45 s in: /'; }
   for entry in "${PIDS[@]}"; do
     if wait "${entry%%:*}"; then
-      echo "stage ${entry#*:}: done ($(( $(date +%s) - T0 )) s into the run)"
+      echo "stage ${entry#*:}: done, found finished $(( $(date +%s) - T0 )) s into the run"
     else
       echo "stage ${entry#*:}: FAILED; the end of its log:"
       tail -n 40 "$OUT/${NAME}_logs/${entry#*:}.txt"
