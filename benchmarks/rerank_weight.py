@@ -125,9 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         se = math.sqrt(0.27 * 0.73 / n_test)
         parts.append(
             f"## {label}: `{r['bundle']}` (built with weight {r['built_weight']})\n\n"
-            + markdown_table(
-                ["weight", *(f"{n} ({r['pairs'][n]} pairs)" for n in names)], table
-            )
+            + markdown_table(["weight", *(f"{n} ({r['pairs'][n]} pairs)" for n in names)], table)
             + "\n\n"
             + markdown_table(
                 [

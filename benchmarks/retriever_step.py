@@ -221,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---:|---:|",
     ]
     for name, row in result["settings"].items():
-        lines.append(f"| {name} | {row['step_ms_median']:.1f} | {row['speedup_vs_baseline']:.2f}x |")
+        lines.append(
+            f"| {name} | {row['step_ms_median']:.1f} | {row['speedup_vs_baseline']:.2f}x |"
+        )
     markdown = "\n".join(lines) + "\n"
     print(markdown)
     write_report(args.out, result, markdown)

@@ -76,6 +76,29 @@ def _gather_rows(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.nda
     return owner, m.indices[pos], m.data[pos]
 
 
+def _cosines(
+    context: ContextTerms, matrix: sp.csr_matrix, ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``ids`` of ``matrix`` (L2-normalised TF-IDF rows) against every row of ``context``:
+    their cosine with the query, and whether each is an echo (cosine >= ``ECHO_COSINE`` with one
+    of the turns). The rows are gathered once and scored against all of ``context`` in one pass."""
+    rows = context.weights.shape[0]
+    if ids.size == 0 or context.cols.size == 0:
+        return np.zeros(ids.size), np.zeros(ids.size, dtype=bool)
+    owner, cols, vals = _gather_rows(matrix, ids)
+    # each gathered entry's column among the context's (a lookup in its sorted columns);
+    # entries of columns the context lacks contribute 0 and are dropped
+    at = np.minimum(np.searchsorted(context.cols, cols), context.cols.size - 1)
+    held = context.cols[at] == cols
+    owner, at, vals = owner[held], at[held], vals[held]
+    flat = owner + ids.size * np.arange(rows)[:, None]  # (rows, entries): row-major cells
+    cos = np.bincount(
+        flat.ravel(), weights=(context.weights[:, at] * vals).ravel(), minlength=rows * ids.size
+    ).reshape(rows, ids.size)
+    echo = cos[1:].max(axis=0) >= ECHO_COSINE if rows > 1 else np.zeros(ids.size, bool)
+    return cos[0], np.asarray(echo)
+
+
 def lexical_tokens(text: str) -> list[str]:
     """Word tokens: whitespace tokens (lower-cased) with at least one letter or digit."""
     return [t for t in text.lower().split() if any(ch.isalnum() for ch in t)]
@@ -251,21 +274,14 @@ class LexicalReranker:
         against every row of ``context`` (:meth:`context_terms`) in one pass."""
         if self._responses is None:
             raise RuntimeError("index_responses() first")
-        rows = context.weights.shape[0]
-        if ids.size == 0 or context.cols.size == 0:
-            return np.zeros(ids.size), np.zeros(ids.size, dtype=bool)
-        owner, cols, vals = _gather_rows(self._responses, ids)
-        # each gathered entry's column among the context's (a lookup in its sorted columns);
-        # entries of columns the context lacks contribute 0 and are dropped
-        at = np.minimum(np.searchsorted(context.cols, cols), context.cols.size - 1)
-        held = context.cols[at] == cols
-        owner, at, vals = owner[held], at[held], vals[held]
-        flat = owner + ids.size * np.arange(rows)[:, None]  # (rows, entries): row-major cells
-        cos = np.bincount(
-            flat.ravel(), weights=(context.weights[:, at] * vals).ravel(), minlength=rows * ids.size
-        ).reshape(rows, ids.size)
-        echo = cos[1:].max(axis=0) >= ECHO_COSINE if rows > 1 else np.zeros(ids.size, bool)
-        return cos[0], np.asarray(echo)
+        return _cosines(context, self._responses, ids)
+
+    def text_scores(
+        self, context: ContextTerms, texts: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`candidate_scores` for texts outside the response set (a generator's candidate
+        replies, service/backends.py): their TF-IDF cosine with the query, and which are echoes."""
+        return _cosines(context, self.query_vectors(texts), np.arange(len(texts)))
 
     def lexical_candidates(self, query: TermWeights, k: int) -> np.ndarray:
         """The ids of the (at most) ``k`` responses with the highest TF-IDF cosine above 0 with

@@ -455,6 +455,43 @@ class RetrievalResponder(Responder):
         observe(on_stage, "search", started)
         return hits
 
+    @torch.inference_mode()
+    def rank_replies(
+        self, contexts: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]]
+    ) -> list[np.ndarray]:
+        """Scores (higher is better) of each context's candidate replies, texts from outside the
+        response set (a generator's n-best: generate, then rank), as :meth:`search` scores its
+        own candidates: R(c, r) = <e_c, e_r> (G2R's eq. 1), mixed with the re-ranker's TF-IDF
+        cosine where the bundle has one (models/lexical.py). A candidate that repeats a turn of
+        the context word for word, or restates one (the re-ranker's echo test), scores -inf,
+        unless every candidate does (then they keep their scores: something must be served)."""
+        out: list[np.ndarray] = []
+        if not contexts:
+            return out
+        turns = [[normalize_text(t) for t in c] for c in contexts]
+        ctx = self.embed(self.encode_contexts(turns, normalized=True))
+        texts = [t for row in candidates for t in row]
+        ids = self.tokenizer.encode_responses(texts, self.inputs.max_target_len)
+        resp = as_float32(self.model.encode_responses(self.tokenizer.pad(ids, self.device)))
+        reranker = self.reranker if self.reranker is not None and self.reranker.weight > 0 else None
+        last = self.inputs.max_context_turns
+        start = 0
+        for i, row in enumerate(candidates):
+            row = list(row)
+            scores = (resp[start : start + len(row)] @ ctx[i]).astype(np.float64)
+            start += len(row)
+            echo = np.array([normalize_text(t) in turns[i] for t in row], dtype=bool)
+            if reranker is not None and row:
+                lexical, restates = reranker.text_scores(
+                    reranker.context_terms(turns[i][-last:]), row
+                )
+                scores = reranker.mix(scores[None, :], lexical[None, :])[0]
+                echo |= restates
+            if echo.any() and not echo.all():
+                scores = np.where(echo, -np.inf, scores)
+            out.append(scores)
+        return out
+
     def candidate_scores(
         self,
         contexts: Sequence[Sequence[str]],

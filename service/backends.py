@@ -222,10 +222,16 @@ class GenerativeBackend(Backend):
         *args: Any,
         continuous: str = "off",
         prefill_thread: bool = False,
+        rerank: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.continuous: ContinuousBatcher[Job, Answer] | None = None
+        # Generate, then rank (GENERATIVE_RERANK, options.rerank): the n-best this many replies
+        # long, ranked by ``ranker`` (a retrieval backend the service loaded; load_serving sets
+        # it), the best served. Below 2, or without a ranker: the decoding's own reply.
+        self.rerank = rerank
+        self.ranker: RetrievalBackend | None = None
         ours = isinstance(self.responder, GenerativeResponder)
         if continuous == "on" and not ours:
             raise ValueError(
@@ -285,24 +291,62 @@ class GenerativeBackend(Backend):
             overrides["min_length"] = max_length
         if overrides.get("strategy", base.strategy) != "beam":
             overrides.pop("beam_size", None)
+        n = self.rerank if options is None or options.rerank is None else options.rerank
+        if n > 1 and self.ranks:
+            # the n-best of a beam search n wide (greedy is a beam of 1), or n samples
+            overrides["num_return_sequences"] = n
+            if overrides.get("strategy", base.strategy) != "sample":
+                overrides["strategy"] = "beam"
+                overrides["beam_size"] = max(n, overrides.get("beam_size", 1))
         try:
-            return base.with_overrides(num_return_sequences=1, **overrides)
+            return base.with_overrides(**{"num_return_sequences": 1, **overrides})
         except ValueError as exc:
             raise InvalidOptions(f"invalid decoding options: {exc}") from None
+
+    @property
+    def ranks(self) -> bool:
+        """Whether replies can be ranked: one of our own generators (whose n-best is exact) and
+        a retrieval backend to rank with."""
+        return self.ranker is not None and isinstance(self.responder, GenerativeResponder)
+
+    def _rank(self, contexts: list[list[str]], replies: list[list[Reply]]) -> list[list[Reply]]:
+        """Each row of several replies in the ranker's order, best first (generate, then rank:
+        ``RetrievalResponder.rank_replies``); rows of one reply as they are. A ranker that fails
+        leaves the decoding's own order (logged): ranking improves a reply, it never costs one."""
+        rows = [i for i, row in enumerate(replies) if len(row) > 1]
+        ranker = self.ranker
+        if not rows or ranker is None:
+            return replies
+        started = time.perf_counter()
+        try:
+            scores = ranker.responder.rank_replies(
+                [contexts[i] for i in rows], [[r.text for r in replies[i]] for i in rows]
+            )
+        except Exception:
+            logger.warning("ranking generated replies failed; served unranked", exc_info=True)
+            return replies
+        self.metrics.observe_stage("rank", time.perf_counter() - started)
+        out = list(replies)
+        for i, row_scores in zip(rows, scores, strict=True):
+            order = sorted(range(len(row_scores)), key=lambda j: -row_scores[j])
+            out[i] = [replies[i][j] for j in order]
+        return out
 
     def infer(
         self, contexts: list[list[str]], params: list[Hashable], deadline: float | None = None
     ) -> list[Answer]:
         configs = [cast(DecodingConfig, p) for p in params]
-        replies = self._generate(contexts, configs, deadline=deadline)
-        answers = [Answer(text=r.text, generated_tokens=len(r.tokens)) for [r] in replies]
+        replies = self._rank(contexts, self._generate(contexts, configs, deadline=deadline))
+        answers = [Answer(text=row[0].text, generated_tokens=len(row[0].tokens)) for row in replies]
         if self.safety is not None:
 
             def alternatives(rows: list[int], k: int) -> list[list[Reply]]:
                 # Sampling, not the n-best of the same search: alternatives that differ from
-                # the blocked reply (service/continuous.py draws them the same way).
+                # the blocked reply (service/continuous.py draws them the same way); a ranked
+                # n-best's runners-up go first, in the ranker's order.
                 alt = [alternatives_config(configs[r], k) for r in rows]
-                return self._generate([contexts[r] for r in rows], alt, deadline=deadline)
+                drawn = self._generate([contexts[r] for r in rows], alt, deadline=deadline)
+                return [replies[r][1:] + d for r, d in zip(rows, drawn, strict=True)]
 
             self.safety.resample([c[-1] for c in contexts], answers, alternatives)
         return answers

@@ -265,6 +265,7 @@ def load_serving(settings: Settings, metrics: ServiceMetrics) -> Serving:
                         safety,
                         continuous=settings.continuous_batching,
                         prefill_thread=settings.prefill_thread,
+                        rerank=settings.generative_rerank,
                     )
                 else:
                     backend = RetrievalBackend.load(
@@ -306,6 +307,14 @@ def load_serving(settings: Settings, metrics: ServiceMetrics) -> Serving:
         raise
     if not loaded:
         raise BundleError(f"no generator or retriever bundle found in {settings.models_dir}")
+    # generate, then rank (GENERATIVE_RERANK): the generators rank their n-best with the
+    # retriever of the first retrieval arm that has one (the served retriever by default)
+    ranker = next(
+        (a.backend for a in arms.values() if isinstance(a.backend, RetrievalBackend)), None
+    )
+    for backend in loaded.values():
+        if isinstance(backend, GenerativeBackend):
+            backend.ranker = ranker
     for name, spec in specs.items():  # fallbacks once every arm is known
         arm = arms[name]
         if spec.fallback is not None:

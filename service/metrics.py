@@ -26,7 +26,7 @@ from models.metrics import RollingResponseStats
 # From 1 ms: retrieval answers in a few ms, generation in tens to hundreds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-STAGES = ("tokenize", "encode", "search", "generate", "queue", "safety")
+STAGES = ("tokenize", "encode", "search", "generate", "rank", "queue", "safety")
 
 
 class ServiceMetrics:

@@ -124,6 +124,7 @@ MAX_ANTI_LM = (
 MIN_TOP_P = 0.001  # below float32's smallest value top_p is 0 on the device and drops every token
 MAX_LENGTH_BOUND = 1024
 MAX_CANDIDATES_BOUND = 1000
+MAX_RERANK = 16  # generate, then rank: the widest n-best a request may ask for
 
 
 class _Strict(BaseModel):
@@ -213,6 +214,15 @@ class ResponseOptions(_Strict):
         allow_inf_nan=False,
         description="generative: at the anti_lm positions only tokens with p >= this x the "
         "most likely token's p are eligible (0 = every token); our generators only",
+    )
+    rerank: JsonInt = Field(
+        default=None,
+        ge=0,
+        le=MAX_RERANK,
+        description="generative: generate, then rank: a beam search's n-best this long (n "
+        "samples with strategy 'sample'), ranked by the service's retriever, the best served; "
+        "0 or 1 = off (default: GENERATIVE_RERANK); ignored without a retriever loaded or for "
+        "an imported or remote generator",
     )
     # retrieval
     num_candidates: JsonInt = Field(

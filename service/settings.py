@@ -18,7 +18,7 @@ from service.routing import (
     parse_weights,
     validate_weights,
 )
-from service.schemas import ResponseOptions
+from service.schemas import MAX_RERANK, ResponseOptions
 
 MIN_ADMIN_TOKEN_CHARS = 16
 _SETTINGS_ARMS_REPLACE = ("ab_weights", "generative_bundle", "retrieval_bundle")
@@ -164,6 +164,13 @@ class Settings(BaseSettings):
     # the decoder steps (service/continuous_batcher.py), instead of the decoder stopping to
     # encode newcomers at each step boundary; a lone request is admitted without it.
     prefill_thread: bool = True
+    # Generate, then rank: a generative reply is the best of a beam search's n-best this long,
+    # ranked by the loaded retriever's relevance score (RetrievalResponder.rank_replies: the
+    # bi-encoder's R(c, r) mixed with its TF-IDF re-ranker, echoes out); reports/
+    # generate_and_rank_small.md measures it. 0 or 1 = off: the bundle's decoding as it is
+    # (greedy replies then take the continuous batch; ranked ones are micro-batched). A
+    # request's options.rerank overrides it; without a retriever loaded nothing is ranked.
+    generative_rerank: int = Field(default=8, ge=0, le=MAX_RERANK)
 
     # --- response-quality gauges
     quality_window: int = Field(

@@ -80,9 +80,7 @@ def test_symmetric_cross_entropy_adds_the_response_to_context_direction_by_hand(
     )
     both = symmetric_contrastive_cross_entropy(SCORES, POSITIVE, NEGATIVE).item()
     assert both == pytest.approx(0.361206, abs=1e-6)
-    loss, logs = G2RDistillationLoss(alpha=1.0, symmetric=True)(
-        SCORES, POSITIVE, NEGATIVE, TEACHER
-    )
+    loss, logs = G2RDistillationLoss(alpha=1.0, symmetric=True)(SCORES, POSITIVE, NEGATIVE, TEACHER)
     assert loss.item() == pytest.approx(both) and set(logs) == {"ce"}
 
 
@@ -415,8 +413,7 @@ def test_bundle_teacher_samples_m_replies_and_scores_eq3_eq6(
         )
         dummies = [tok.encode_contexts([["."]], 8)[0], [tok.unk_id], [tok.sep_id]]
         log_p = [
-            sequence_log_likelihood(model, tok.pad([d]), tgt_in, tgt_out)[0].item()
-            for d in dummies
+            sequence_log_likelihood(model, tok.pad([d]), tgt_in, tgt_out)[0].item() for d in dummies
         ]
     assert ll[0] == pytest.approx(total.item() / n.item(), rel=rel)
     prior = math.log(sum(math.exp(x) for x in log_p) / 3)

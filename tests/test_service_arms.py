@@ -122,7 +122,9 @@ def test_two_arms_on_one_bundle_share_one_loaded_model_with_their_own_options(
         },
         "g2r": {"bundle": "retriever-g2r", "weight": 2, "options": {"num_candidates": 2}},
     }
-    app = create_app(make_settings(models_dir, arms=arms))
+    # ranking off: the arms' own decoding options are what is checked (generate-then-rank
+    # widens a beam to its n-best: tests/test_generate_and_rank.py)
+    app = create_app(make_settings(models_dir, arms=arms, generative_rerank=0))
     with TestClient(app) as client:
         serving = app.state.engine.serving
         assert loads == [models_dir / "generator-nd"]  # one load for the two arms

@@ -104,7 +104,10 @@ def test_a_blocked_reply_is_resampled_as_rows_of_the_running_batch(
     """Its SAFETY_CANDIDATES (4) alternatives join the decoder when they fit max_batch rows;
     otherwise they are a request-level batch of their own, as without continuous batching."""
     body = {"context": ["hello , how are you ?"], "backend": "generative"}
-    app, client = _serve(models_dir, safety_filter="off", continuous_batching="on")
+    # ranking off: a ranked request is a beam search, micro-batched, never in the decoder
+    app, client = _serve(
+        models_dir, safety_filter="off", continuous_batching="on", generative_rerank=0
+    )
     with client:
         greedy = client.post("/respond", json=body).json()["response"]
     if not greedy.strip():
@@ -117,6 +120,7 @@ def test_a_blocked_reply_is_resampled_as_rows_of_the_running_batch(
         safety_blocklist=blocklist,
         continuous_batching="on",
         max_batch=max_batch,
+        generative_rerank=0,
     )
     with client:
         backend = _generative(app)

@@ -177,7 +177,12 @@ def test_a_finished_run_continues_when_its_step_budget_is_raised(toy_data, tmp_p
     ],
 )
 def test_a_checkpoint_of_other_settings_is_set_aside_not_resumed(
-    toy_data, tmp_path: Path, caplog: pytest.LogCaptureFixture, first: dict, then: dict, changed: str
+    toy_data,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    first: dict,
+    then: dict,
+    changed: str,
 ) -> None:
     # A run dir left by a run of other settings (another loss, learning rate...): resuming it
     # would finish the old run under the new name. The new run starts over instead, exactly as
