@@ -72,9 +72,14 @@ def generic_replies(data: Path, n: int) -> tuple[list[str], dict[str, int]]:
 
 
 def ask(
-    artifacts: Path, contexts: list[dict[str, Any]], backends: list[str], generator: str | None
+    artifacts: Path,
+    contexts: list[dict[str, Any]],
+    backends: list[str],
+    generator: str | None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Each backend's answers to every context, from one in-process service."""
+    """Each backend's answers to every context, from one in-process service (``options``: the
+    requests' options, e.g. ``{"rerank": 0}``)."""
     from fastapi.testclient import TestClient
 
     from service.app import create_app
@@ -91,7 +96,10 @@ def ask(
         for backend in backends:
             rows = []
             for c in contexts:
-                r = client.post("/respond", json={"context": c["turns"], "backend": backend})
+                body_in: dict[str, Any] = {"context": c["turns"], "backend": backend}
+                if options:
+                    body_in["options"] = options
+                r = client.post("/respond", json=body_in)
                 if r.status_code != 200:
                     raise RuntimeError(f"{backend} {c['turns']!r}: HTTP {r.status_code} {r.text}")
                 body = r.json()
@@ -245,7 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     generic = set(top)
     risk_reply = Settings(_env_file=None).safety_risk_reply  # type: ignore[call-arg]
     served = ask(args.artifacts, contexts, ["generative", "retrieval"], None)
-    baseline = ask(args.artifacts, contexts, ["generative"], args.baseline)["generative"]
+    # generate, then rank (GENERATIVE_RERANK) is on by default: the served generator without
+    # it, and the baseline as its bundle decodes
+    unranked = ask(args.artifacts, contexts, ["generative"], None, {"rerank": 0})["generative"]
+    baseline = ask(args.artifacts, contexts, ["generative"], args.baseline, {"rerank": 0})[
+        "generative"
+    ]
     retriever = served["retrieval"][0]["model"].split("@")[0]
     response_info = response_set(args.artifacts, retriever, train_counts)
     sources = response_info.pop("sources")
@@ -253,14 +266,17 @@ def main(argv: list[str] | None = None) -> int:
         "generative (served)": summarise(
             served["generative"], contexts, generic, risk_reply, train_counts
         ),
+        "generative (served, unranked)": summarise(
+            unranked, contexts, generic, risk_reply, train_counts
+        ),
         "retrieval (served)": summarise(
             served["retrieval"], contexts, generic, risk_reply, train_counts, sources
         ),
-        f"generative ({args.baseline})": summarise(
+        f"generative ({args.baseline}, unranked)": summarise(
             baseline, contexts, generic, risk_reply, train_counts
         ),
     }
-    gen, base = arms["generative (served)"], arms[f"generative ({args.baseline})"]
+    gen, base = arms["generative (served)"], arms[f"generative ({args.baseline}, unranked)"]
     results = {
         "arms": arms,
         "baseline": args.baseline,
@@ -276,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         "contexts": contexts,
         "replies": {
             "generative (served)": [r["response"] for r in served["generative"]],
+            "generative (served, unranked)": [r["response"] for r in unranked],
             "retrieval (served)": [r["response"] for r in served["retrieval"]],
-            f"generative ({args.baseline})": [r["response"] for r in baseline],
+            f"generative ({args.baseline}, unranked)": [r["response"] for r in baseline],
         },
         "machine": {
             "machine": platform.machine(),

@@ -2,7 +2,7 @@
 relevance score R(c, r) give replies that fit the context better than greedy decoding?
 
 The served generator reads one turn and, at `small`'s size, often answers fluently but beside
-the point ("What time does the train leave?" -> "$ 10 .", reports/everyday_probe_small.md).
+the point ("What time does the train leave?" -> "$ 10 .", reports/everyday_probe_small_s24.md).
 The retriever loaded beside it reads three turns and ranks the gold response first among 100 in
 a third of test contexts. This draws ``K`` candidates from the generator per context, scores
 them with the retriever as it ranks its own responses (``RetrievalResponder.candidate_scores``:

@@ -202,6 +202,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"`{meta['generative_bundle']}` and `{meta['retrieval_bundle']}`; micro-batching on = "
         f"MAX_BATCH={meta['max_batch']}, off = MAX_BATCH=1; MAX_WAIT_MS={meta['max_wait_ms']}, "
         f"CONTINUOUS_BATCHING={meta.get('continuous_batching', 'auto')}, "
+        f"GENERATIVE_RERANK={_or_default(meta.get('generative_rerank'))}, "
         f"MAX_QUEUE={meta['max_queue']}, REQUEST_TIMEOUT_S={meta['request_timeout_s']}, "
         f"FALLBACK=off, LOG_LEVEL={meta['server_log_level']}, OMP_WAIT_POLICY "
         f"{meta.get('server_omp_wait_policy', 'unset')}.",
@@ -357,3 +358,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("warnings"):
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     return "\n".join(lines) + "\n"
+
+
+def _or_default(value: object) -> str:
+    """A setting the run left to the service (None) reads "default"."""
+    return "default" if value is None else str(value)

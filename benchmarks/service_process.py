@@ -48,6 +48,8 @@ def server_env(
     }
     threads_text = str(threads if threads is not None else args.threads[0])
     workers = workers if workers is not None else args.workers[0]
+    if getattr(args, "generative_rerank", None) is not None:
+        env["DIALOGUE_GENERATIVE_RERANK"] = str(args.generative_rerank)
     if args.server_omp_wait_policy != "unset":
         env["OMP_WAIT_POLICY"] = args.server_omp_wait_policy.upper()
     env.update(

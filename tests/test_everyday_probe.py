@@ -40,8 +40,13 @@ def test_probe_runs_the_service_on_tiny_bundles(dailydialog_dir: Path, tmp_path:
         <= (result["response_set"]["teacher_written"])
     )
     assert all(len(r) == 34 for r in result["replies"].values())
-    # the baseline here is the served bundle itself: every ratio is 1
-    assert result["served_vs_baseline"]["distinct replies"] == 1.0
+    # the baseline here is the served bundle itself: unranked, its replies are the served
+    # generator's own without generate-then-rank
+    replies = result["replies"]
+    assert (
+        replies["generative (served, unranked)"] == replies["generative (generator-nd, unranked)"]
+    )
+    assert result["arms"]["generative (served, unranked)"]["replies"] == 33
 
 
 class _Scorer:

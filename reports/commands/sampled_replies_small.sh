@@ -28,13 +28,17 @@ done
 # service.continuous.alternatives_config draws now (temperature 0.5, alpha 0.1)
 $PY -m benchmarks.safety_alternatives --artifacts artifacts --data $D \
   --out reports/safety_alternatives_small
-# the served figures with alpha 0.1, and the everyday probe again
+# the served figures with alpha 0.1, and the everyday probe again (written to
+# reports/everyday_probe_small.md then; renamed reports/everyday_probe_small_s24.md in session 25,
+# when generate-then-rank came on and reports/commands/generate_and_rank_small.sh reran the probe;
+# that run's "generative (served, unranked)" column is this one's "generative (served)")
 /usr/bin/time -v $PY -m benchmarks.quality_report --artifacts artifacts --out reports/quality_small
-$PY -m benchmarks.everyday_probe --artifacts artifacts --data $D --out reports/everyday_probe_small
+$PY -m benchmarks.everyday_probe --artifacts artifacts --data $D --out reports/everyday_probe_small_s24
 
 # the same policies on base's served generator (plain greedy, no anti-LM: the plausibility rows
 # equal `before` there, and only the temperature acts)
 $PY -m benchmarks.safety_alternatives --artifacts artifacts-base --data $D \
   --out reports/safety_alternatives_base
-# what a user of base's bundles sees, for comparison
-$PY -m benchmarks.everyday_probe --artifacts artifacts-base --data $D --out reports/everyday_probe_base
+# what a user of base's bundles sees, for comparison (renamed reports/everyday_probe_base_s24.md
+# in session 25, as above)
+$PY -m benchmarks.everyday_probe --artifacts artifacts-base --data $D --out reports/everyday_probe_base_s24
