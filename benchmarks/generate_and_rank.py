@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks import command_line, write_report
+from benchmarks import command_line, safety_alternatives, write_report
 from models.decoding import DecodingConfig
 from models.generator import GenerativeResponder
 from models.metrics import bleu, distinct_n, max_ratio, unseen_word_share
@@ -61,16 +61,12 @@ def draw(
     config: DecodingConfig,
     k: int,
     seed: int,
-    batch: int = 64,
 ) -> list[list[str]]:
     """``k`` candidate texts per context under ``config`` (a beam search's k best)."""
-    config = config.with_overrides(num_return_sequences=k)
-    g = torch.Generator().manual_seed(seed)
-    out: list[list[str]] = []
-    for start in range(0, len(contexts), batch):
-        texts = responder.respond(contexts[start : start + batch], config, generator=g)
-        out += [texts[i : i + k] for i in range(0, len(texts), k)]
-    return out
+    return [
+        [r.text for r in row]
+        for row in safety_alternatives.draw(responder, contexts, config, k, seed)
+    ]
 
 
 def rank(

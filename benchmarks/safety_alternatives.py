@@ -86,10 +86,7 @@ def draw(
     seed: int,
     batch: int = 64,
 ) -> list[list[Reply]]:
-    """``k`` alternatives per context (a beam search: its ``k + 1`` best, the caller drops the
-    blocked reply from them)."""
-    if config.strategy == "beam":
-        k += 1
+    """``k`` replies per context under ``config`` (a beam search: its ``k`` best), seeded."""
     config = config.with_overrides(num_return_sequences=k)
     out: list[list[Reply]] = []
     g = torch.Generator().manual_seed(seed)
@@ -175,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         per_seed = []
         samples: list[str] = []
         for seed in range(args.seeds if config.strategy != "beam" else 1):
-            drawn = draw(responder, contexts, config, settings.safety_candidates, seed)
+            # a beam's k + 1 best: its n-best holds the blocked reply itself, dropped below
+            k = settings.safety_candidates + (config.strategy == "beam")
+            drawn = draw(responder, contexts, config, k, seed)
             if config.strategy == "beam":  # its n-best holds the blocked reply itself
                 drawn = [
                     [r for r in row if r.text != greedy[i]][: settings.safety_candidates]

@@ -213,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="DIALOGUE_GENERATIVE_RERANK (unset: the service's default); the in-process "
         "baseline calls the generator alone, unranked",
     )
+    parser.add_argument(
+        "--generative-rerank-below",
+        type=int,
+        help="DIALOGUE_GENERATIVE_RERANK_BELOW (unset: the service's default)",
+    )
     parser.add_argument("--max-queue", type=int, default=4096, help="DIALOGUE_MAX_QUEUE")
     parser.add_argument("--request-timeout-s", type=float, default=300.0)
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
@@ -377,6 +382,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "max_wait_ms": args.max_wait_ms,
         "continuous_batching": args.continuous_batching,
         "generative_rerank": args.generative_rerank,
+        "generative_rerank_below": args.generative_rerank_below,
         "max_queue": args.max_queue,
         "request_timeout_s": args.request_timeout_s,
         "server_log_level": server_log_level(args),

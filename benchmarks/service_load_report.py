@@ -203,6 +203,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"MAX_BATCH={meta['max_batch']}, off = MAX_BATCH=1; MAX_WAIT_MS={meta['max_wait_ms']}, "
         f"CONTINUOUS_BATCHING={meta.get('continuous_batching', 'auto')}, "
         f"GENERATIVE_RERANK={_or_default(meta.get('generative_rerank'))}, "
+        f"GENERATIVE_RERANK_BELOW={_or_default(meta.get('generative_rerank_below'))}, "
         f"MAX_QUEUE={meta['max_queue']}, REQUEST_TIMEOUT_S={meta['request_timeout_s']}, "
         f"FALLBACK=off, LOG_LEVEL={meta['server_log_level']}, OMP_WAIT_POLICY "
         f"{meta.get('server_omp_wait_policy', 'unset')}.",

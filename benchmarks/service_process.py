@@ -50,6 +50,8 @@ def server_env(
     workers = workers if workers is not None else args.workers[0]
     if getattr(args, "generative_rerank", None) is not None:
         env["DIALOGUE_GENERATIVE_RERANK"] = str(args.generative_rerank)
+    if getattr(args, "generative_rerank_below", None) is not None:
+        env["DIALOGUE_GENERATIVE_RERANK_BELOW"] = str(args.generative_rerank_below)
     if args.server_omp_wait_policy != "unset":
         env["OMP_WAIT_POLICY"] = args.server_omp_wait_policy.upper()
     env.update(

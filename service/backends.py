@@ -223,6 +223,7 @@ class GenerativeBackend(Backend):
         continuous: str = "off",
         prefill_thread: bool = False,
         rerank: int = 0,
+        rerank_below: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -231,6 +232,10 @@ class GenerativeBackend(Backend):
         # long, ranked by ``ranker`` (a retrieval backend the service loaded; load_serving sets
         # it), the best served. Below 2, or without a ranker: the decoding's own reply.
         self.rerank = rerank
+        # ... while fewer than this many generative requests are queued or running (0: at any
+        # load): a busy backend serves its own decoding, which costs less (greedy, continuous)
+        # (GENERATIVE_RERANK_BELOW; a request's own options.rerank is always honoured)
+        self.rerank_below = rerank_below
         self.ranker: RetrievalBackend | None = None
         ours = isinstance(self.responder, GenerativeResponder)
         if continuous == "on" and not ours:
@@ -291,7 +296,10 @@ class GenerativeBackend(Backend):
             overrides["min_length"] = max_length
         if overrides.get("strategy", base.strategy) != "beam":
             overrides.pop("beam_size", None)
-        n = self.rerank if options is None or options.rerank is None else options.rerank
+        if options is not None and options.rerank is not None:
+            n = options.rerank
+        else:
+            n = self.rerank if not self.rerank_below or self.busy < self.rerank_below else 0
         if n > 1 and self.ranks:
             # the n-best of a beam search n wide (greedy is a beam of 1), or n samples
             overrides["num_return_sequences"] = n
@@ -302,6 +310,11 @@ class GenerativeBackend(Backend):
             return base.with_overrides(**{"num_return_sequences": 1, **overrides})
         except ValueError as exc:
             raise InvalidOptions(f"invalid decoding options: {exc}") from None
+
+    @property
+    def busy(self) -> int:
+        """Generative requests queued or running, in the micro-batcher and the continuous batch."""
+        return self.batcher.busy + (self.continuous.busy if self.continuous is not None else 0)
 
     @property
     def ranks(self) -> bool:

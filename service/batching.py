@@ -207,6 +207,11 @@ class MicroBatcher(Generic[Request, Result]):
             await asyncio.to_thread(self.executor.shutdown, wait=True)
             self.executor = None
 
+    @property
+    def busy(self) -> int:
+        """Requests queued or in the call now running."""
+        return (len(self._queue) if self._queue is not None else 0) + len(self._current)
+
     # --- serving -----------------------------------------------------------------------------
 
     async def submit(self, request: Request, deadline: float) -> Result:

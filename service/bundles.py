@@ -266,6 +266,7 @@ def load_serving(settings: Settings, metrics: ServiceMetrics) -> Serving:
                         continuous=settings.continuous_batching,
                         prefill_thread=settings.prefill_thread,
                         rerank=settings.generative_rerank,
+                        rerank_below=settings.generative_rerank_below,
                     )
                 else:
                     backend = RetrievalBackend.load(

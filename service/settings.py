@@ -171,6 +171,11 @@ class Settings(BaseSettings):
     # (greedy replies then take the continuous batch; ranked ones are micro-batched). A
     # request's options.rerank overrides it; without a retriever loaded nothing is ranked.
     generative_rerank: int = Field(default=8, ge=0, le=MAX_RERANK)
+    # ... only while fewer than this many generative requests are queued or running (0 = at any
+    # load): at concurrency 32 the service answered 95.0 ranked requests a second against 225.5
+    # unranked (reports/service_load_rerank8_small.md, reports/service_load_rerank0_small.md), so a
+    # busy service serves the bundle's own decoding instead of queueing up
+    generative_rerank_below: int = Field(default=4, ge=0)
 
     # --- response-quality gauges
     quality_window: int = Field(

@@ -148,3 +148,40 @@ def test_rerank_beyond_its_bound_is_refused(served: tuple[FastAPI, TestClient]) 
     for bad in (-1, 17, 2.5, "4"):
         resp = client.post("/respond", json={"context": ["hi"], "options": {"rerank": bad}})
         assert resp.status_code == 422, (bad, resp.text)
+
+
+def test_a_busy_backend_serves_its_own_decoding(
+    served: tuple[FastAPI, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, _ = served
+    backend = _generative(app)
+    backend.rerank_below = 3
+    monkeypatch.setattr(GenerativeBackend, "busy", property(lambda self: 2))
+    assert backend.prepare(None).num_return_sequences == 4  # below the bound: ranked
+    monkeypatch.setattr(GenerativeBackend, "busy", property(lambda self: 3))
+    unranked = backend.prepare(None)
+    assert unranked == backend.responder.decoding.with_overrides(num_return_sequences=1)
+    # a request's own rerank is honoured whatever the load
+    assert backend.prepare(ResponseOptions(rerank=2)).num_return_sequences == 2
+    backend.rerank_below = 0  # 0: ranked at any load
+    assert backend.prepare(None).num_return_sequences == 4
+
+
+def test_busy_counts_queued_and_running_requests(served: tuple[FastAPI, TestClient]) -> None:
+    app, client = served
+    backend = _generative(app)
+    assert backend.busy == 0
+    seen: list[int] = []
+    infer = backend.infer
+
+    def watching(contexts, params, deadline=None):  # type: ignore[no-untyped-def]
+        seen.append(backend.batcher.busy)
+        return infer(contexts, params, deadline)
+
+    backend.infer = watching  # type: ignore[method-assign]
+    assert (
+        client.post("/respond", json={"context": ["hi"], "backend": "generative"}).status_code
+        == 200
+    )
+    assert seen == [1]  # the request being answered
+    assert backend.busy == 0
