@@ -19,3 +19,9 @@ OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.everyday_probe --artifacts arti
   --data ../shared/data/dailydialog --out reports/everyday_probe_small
 OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.everyday_probe --artifacts artifacts-base \
   --data ../shared/data/dailydialog --out reports/everyday_probe_base
+# base's served generator ranked by base's served retriever, judged by small's retriever and
+# small's Standard generator (models base's ranking took no part in); 2,000 test contexts
+OMP_NUM_THREADS=2 .venv/bin/python -m benchmarks.generate_and_rank --artifacts artifacts-base \
+  --split test --contexts 2000 --beams 8 --judge artifacts/retriever-g2r \
+  --judge-generator artifacts/generator-standard --latency-contexts 200 \
+  --out reports/generate_and_rank_base
