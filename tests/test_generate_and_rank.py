@@ -185,3 +185,12 @@ def test_busy_counts_queued_and_running_requests(served: tuple[FastAPI, TestClie
     )
     assert seen == [1]  # the request being answered
     assert backend.busy == 0
+
+
+def test_empty_replies_and_turns_rank_without_nan(models_dir: Path) -> None:
+    retriever = RetrievalResponder.load(models_dir / "retriever-g2r")
+    scores = retriever.rank_replies(
+        [["hello"], [""]], [["", "good night ."], ["no , thanks .", ""]]
+    )
+    assert not any(np.isnan(row).any() for row in scores)
+    assert scores[1][1] == -np.inf  # an empty reply to an empty turn repeats it
