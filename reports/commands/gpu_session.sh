@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One lent-GPU call that does both device jobs of a session, inside the call's 10-minute limit:
-#   1. reports/commands/nd_paper_gpu.sh: the ND claim at the paper's model size (~8 min in
-#      session 24's version; the version with two seeds of the fine-tune and its control may
-#      need a second call, which leaves no time for the check);
+#   1. reports/commands/nd_paper_gpu.sh: the ND claim at the paper's model size (387 s in
+#      session 25, stages sharing the GPU), its files packed into $OUT/nd_paper_gpu.tar.gz (the
+#      device tool brings back 8 files; gpu_check's own files go beside it);
 #   2. benchmarks/gpu_check.py with whatever time is left before DEADLINE_S (counted from this
 #      script's start): fp16 against fp32 greedy replies and continuous decoding on the carried
 #      small bundle, then 20-token generation speed of it and of a paper-sized model in fp16.
@@ -24,7 +24,8 @@ if [ -z "${PY:-}" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 
-OUT=$OUT DEVICE=$DEVICE DATA=$DATA PY=$PY bash reports/commands/nd_paper_gpu.sh
+PACK=$OUT/nd_paper_gpu.tar.gz OUT=/tmp/nd_paper_gpu_out DEVICE=$DEVICE DATA=$DATA PY=$PY \
+  bash reports/commands/nd_paper_gpu.sh
 echo "nd_paper_gpu.sh: exit $? after $(( $(date +%s) - START )) s"
 
 LEFT=$(( DEADLINE_S - ($(date +%s) - START) ))
