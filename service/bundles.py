@@ -316,6 +316,19 @@ def load_serving(settings: Settings, metrics: ServiceMetrics) -> Serving:
     for backend in loaded.values():
         if isinstance(backend, GenerativeBackend):
             backend.ranker = ranker
+            if backend.ranks and backend.rerank > 1:
+                below = (
+                    f"while fewer than {backend.rerank_below} requests are in flight"
+                    if backend.rerank_below
+                    else "at any load"
+                )
+                logger.info(
+                    "%s: replies are the best of a %d-best ranked by %s, %s (GENERATIVE_RERANK)",
+                    backend.model_id,
+                    backend.rerank,
+                    ranker.model_id if ranker is not None else "-",
+                    below,
+                )
     for name, spec in specs.items():  # fallbacks once every arm is known
         arm = arms[name]
         if spec.fallback is not None:
