@@ -194,3 +194,34 @@ def test_empty_replies_and_turns_rank_without_nan(models_dir: Path) -> None:
     )
     assert not any(np.isnan(row).any() for row in scores)
     assert scores[1][1] == -np.inf  # an empty reply to an empty turn repeats it
+
+
+def test_ranked_and_unranked_arms_of_one_generator_make_an_experiment(models_dir: Path) -> None:
+    # the ranker is a retrieval arm's retriever: weight 0 loads it without routing users to it
+    arms = {
+        "ranked": {"bundle": "generator-nd", "weight": 1},
+        "greedy": {"bundle": "generator-nd", "weight": 1, "options": {"rerank": 0}},
+        "ranker": {"bundle": "retriever-g2r", "weight": 0},
+    }
+    app = create_app(make_settings(models_dir, arms=arms, generative_rerank=4))
+    with TestClient(app) as client:
+        serving = app.state.engine.serving
+        backend = serving.arms["ranked"].backend
+        assert backend is serving.arms["greedy"].backend  # one model, two arms
+        context = ["what time is it ?"]
+        retriever = serving.arms["ranked"].backend.ranker.responder
+        retriever.rank_replies = lambda contexts, rows: [
+            np.arange(len(r), dtype=float) for r in rows
+        ]  # prefers the beam's last reply
+        n_best = backend.responder.respond(
+            [context],
+            backend.responder.decoding.with_overrides(
+                strategy="beam", beam_size=4, num_return_sequences=4
+            ),
+        )
+        greedy = backend.responder.respond([context], backend.responder.decoding)[0]
+        assert n_best[-1] != greedy  # else the two arms could not be told apart here
+        for arm, want in (("ranked", n_best[-1]), ("greedy", greedy)):
+            resp = client.post("/respond", json={"context": context, "arm": arm})
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["response"] == want, arm
