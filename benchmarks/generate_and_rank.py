@@ -4,18 +4,18 @@ relevance score R(c, r) give replies that fit the context better than greedy dec
 The served generator reads one turn and, at `small`'s size, often answers fluently but beside
 the point ("What time does the train leave?" -> "$ 10 .", reports/everyday_probe_small_s24.md).
 The retriever loaded beside it reads three turns and ranks the gold response first among 100 in
-a third of test contexts. This draws ``K`` candidates from the generator per context, scores
-them with the retriever as it ranks its own responses (``RetrievalResponder.candidate_scores``:
-the bi-encoder's R(c, r) = <e_c, e_r>, G2R's eq. 1, with the bundle's TF-IDF re-ranker mixed in),
-and keeps the best, under several policies:
+a third of test contexts. This draws candidates from the generator per context, scores them
+as the service does (``RetrievalResponder.rank_replies``: the bi-encoder's R(c, r) = <e_c, e_r>,
+G2R's eq. 1, with the bundle's TF-IDF re-ranker mixed in, replies that repeat or restate a turn
+last), and keeps the best, under several policies:
 
-- ``greedy``: the served reply (no ranking);
-- ``beam<K>``: the K best of a beam search (the bundle's anti-LM and plausibility kept);
-- ``sample<K>``: K samples drawn as the safety filter's alternatives are drawn
-  (``service.continuous.alternatives_config``: T <= 0.5, nucleus 0.9, alpha >= 0.1);
-- ``greedy+sample<K-1>``: the greedy reply among K-1 such samples;
-- ``rank-mix``: as ``greedy+sample`` with the generator's own log p per token added to the
-  ranker's score with weight ``--lm-weight`` (a relevance/likelihood trade-off).
+- ``greedy``: the bundle's own reply (no ranking);
+- ``beam<B> (its best)``: the top of a beam search B wide (the bundle's anti-LM and
+  plausibility kept), unranked: the control that separates the ranking from the beam search;
+- ``beam<B> ranked``: the B best of that search, ranked (what the service serves, B = 8);
+- ``greedy+sample<K-1> ranked``: the greedy reply among K-1 samples drawn as the safety
+  filter's alternatives are drawn (``service.continuous.alternatives_config``: T <= 0.5,
+  nucleus 0.9, alpha >= 0.1), ranked.
 
 The judges are models that took no part in the choice: ``--judge`` (another retriever bundle,
 by default `base`'s plain bi-encoder) gives each chosen reply's percentile among ``--distractors``
@@ -73,20 +73,16 @@ def rank(
     ranker: RetrievalResponder,
     contexts: list[list[str]],
     candidates: list[list[str]],
-    lm: list[list[float]] | None = None,
-    lm_weight: float = 0.0,
     batch: int = 256,
 ) -> list[str]:
     """The best candidate per context as the service ranks them
-    (``RetrievalResponder.rank_replies``), plus ``lm_weight`` x log p per token."""
+    (``RetrievalResponder.rank_replies``)."""
     best: list[str] = []
     for start in range(0, len(contexts), batch):
         scores = ranker.rank_replies(
             contexts[start : start + batch], candidates[start : start + batch]
         )
         for i, row_scores in enumerate(scores, start):
-            if lm is not None and lm_weight:
-                row_scores = row_scores + lm_weight * np.asarray(lm[i])
             best.append(candidates[i][int(np.argmax(row_scores))])
     return best
 
@@ -146,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--contexts", type=int, default=1000, help="seeded sample (0: all)")
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--beams", type=lambda v: [int(x) for x in v.split(",")], default=[4, 8])
-    ap.add_argument("--lm-weight", type=float, default=0.0)
     ap.add_argument("--judge", type=Path, default=Path("artifacts-base/retriever-biencoder"))
     ap.add_argument(
         "--judge-generator", type=Path, default=Path("artifacts-base/generator-standard")
@@ -165,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
     ranker = RetrievalResponder.load(args.artifacts / serving["retrieval"], device="cpu")
     judge = RetrievalResponder.load(args.judge, device="cpu")
     judge_gen = BundleTeacher.load(args.judge_generator)
-    own = BundleTeacher(gen)
     splits = load_splits(args.data, max_context_turns=3)
     examples = getattr(splits, args.split)
     rng = np.random.default_rng(args.seed)
@@ -203,13 +197,6 @@ def main(argv: list[str] | None = None) -> int:
         # the control: the beam search's own best, no ranking
         policies[f"beam{b} (its best)"] = [row[0] for row in cands]
         policies[f"beam{b} ranked"] = rank(ranker, contexts, cands)
-        if b == max(beams) and args.lm_weight:
-            flat = [(c, t) for c, row in zip(contexts, cands, strict=True) for t in row]
-            lp = own.score([c for c, _ in flat], [t for _, t in flat])[0]
-            lm = [lp[i : i + b] for i in range(0, len(lp), b)]
-            policies[f"beam{b} ranked + {args.lm_weight:g} log p"] = rank(
-                ranker, contexts, cands, lm, args.lm_weight
-            )
     policies[f"greedy+sample{k - 1} ranked"] = rank(ranker, contexts, mixed)
     policies["gold (ceiling)"] = golds
     rows: dict[str, dict[str, Any]] = {}
@@ -246,7 +233,6 @@ def main(argv: list[str] | None = None) -> int:
         "split": args.split,
         "contexts": len(contexts),
         "k": k,
-        "lm_weight": args.lm_weight,
         "policies": rows,
         "latency": timed,
         "samples_contexts": [" / ".join(c) for c in contexts[: args.samples]],

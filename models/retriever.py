@@ -471,8 +471,9 @@ class RetrievalResponder(Responder):
         turns = [[normalize_text(t) for t in c] for c in contexts]
         ctx = self.embed(self.encode_contexts(turns, normalized=True))
         texts = [t for row in candidates for t in row]
-        ids = self.tokenizer.encode_responses(texts, self.inputs.max_target_len)
-        resp = as_float32(self.model.encode_responses(self.tokenizer.pad(ids, self.device)))
+        if not texts:
+            return [np.zeros(0) for _ in candidates]
+        resp = np.concatenate(list(embed_responses(self.model, self.tokenizer, texts, self.inputs)))
         reranker = self.reranker if self.reranker is not None and self.reranker.weight > 0 else None
         last = self.inputs.max_context_turns
         start = 0

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, Self, cast
 
+import numpy as np
 import torch
 
 from models.bundle import Manifest
@@ -341,8 +342,7 @@ class GenerativeBackend(Backend):
         self.metrics.observe_stage("rank", time.perf_counter() - started)
         out = list(replies)
         for i, row_scores in zip(rows, scores, strict=True):
-            order = sorted(range(len(row_scores)), key=lambda j: -row_scores[j])
-            out[i] = [replies[i][j] for j in order]
+            out[i] = [replies[i][j] for j in np.argsort(-row_scores, kind="stable").tolist()]
         return out
 
     def infer(
@@ -354,12 +354,20 @@ class GenerativeBackend(Backend):
         if self.safety is not None:
 
             def alternatives(rows: list[int], k: int) -> list[list[Reply]]:
-                # Sampling, not the n-best of the same search: alternatives that differ from
-                # the blocked reply (service/continuous.py draws them the same way); a ranked
-                # n-best's runners-up go first, in the ranker's order.
-                alt = [alternatives_config(configs[r], k) for r in rows]
-                drawn = self._generate([contexts[r] for r in rows], alt, deadline=deadline)
-                return [replies[r][1:] + d for r, d in zip(rows, drawn, strict=True)]
+                # A ranked n-best's runners-up, in the ranker's order, already drawn (a beam's
+                # n-best as alternatives: no non-words and no fallback reply needed,
+                # reports/safety_alternatives_small.md); a row with fewer than k of them gets
+                # samples instead, alternatives that differ from the blocked reply
+                # (service/continuous.py draws them the same way).
+                short = [r for r in rows if len(replies[r]) - 1 < k]
+                alt = [alternatives_config(configs[r], k) for r in short]
+                drawn = (
+                    self._generate([contexts[r] for r in short], alt, deadline=deadline)
+                    if short
+                    else []
+                )
+                sampled = dict(zip(short, drawn, strict=True))
+                return [replies[r][1:] if r not in sampled else sampled[r] for r in rows]
 
             self.safety.resample([c[-1] for c in contexts], answers, alternatives)
         return answers

@@ -326,7 +326,7 @@ def load_serving(settings: Settings, metrics: ServiceMetrics) -> Serving:
                     "%s: replies are the best of a %d-best ranked by %s, %s (GENERATIVE_RERANK)",
                     backend.model_id,
                     backend.rerank,
-                    ranker.model_id if ranker is not None else "-",
+                    backend.ranker.model_id if backend.ranker is not None else "-",
                     below,
                 )
     for name, spec in specs.items():  # fallbacks once every arm is known

@@ -193,6 +193,7 @@ class Settings(BaseSettings):
     safety_candidates: int = Field(
         default=4, ge=1, le=32
     )  # retrieval: candidates searched for a safe one; generative: samples drawn when blocked
+    # (a ranked n-best's runners-up are tried instead when there are at least this many)
     safety_fallback_reply: str = Field(
         default="i'd rather not talk about that . can we talk about something else ?",
         min_length=1,

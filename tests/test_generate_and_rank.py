@@ -225,3 +225,71 @@ def test_ranked_and_unranked_arms_of_one_generator_make_an_experiment(models_dir
             resp = client.post("/respond", json={"context": context, "arm": arm})
             assert resp.status_code == 200, resp.text
             assert resp.json()["response"] == want, arm
+
+
+def test_a_blocked_ranked_reply_gives_way_to_its_runner_up_without_sampling(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    context = ["what time is it ?"]
+    app = create_app(make_settings(models_dir, generative_rerank=4, safety_filter="off"))
+    with TestClient(app) as client:
+        backend = _generative(app)
+        n_best = backend.responder.respond(
+            [context],
+            backend.responder.decoding.with_overrides(
+                strategy="beam", beam_size=4, num_return_sequences=4
+            ),
+        )
+        served = client.post("/respond", json={"context": context, "backend": "generative"})
+        best = served.json()["response"]
+    blocklist = tmp_path / "blocklist.txt"
+    blocklist.write_text(best + "\n")
+    app = create_app(
+        make_settings(
+            models_dir,
+            generative_rerank=4,
+            safety_filter="blocklist",
+            safety_blocklist=blocklist,
+            safety_candidates=3,
+        )
+    )
+    with TestClient(app) as client:
+        backend = _generative(app)
+        calls: list[int] = []
+        generate = backend._generate
+
+        def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            return generate(*args, **kwargs)
+
+        backend._generate = counted  # type: ignore[method-assign]
+        resp = client.post("/respond", json={"context": context, "backend": "generative"})
+    body = resp.json()
+    assert resp.status_code == 200 and body["filtered"] == "reranked"
+    assert body["response"] in n_best and body["response"] != best
+    assert calls == [1]  # the n-best only: its runners-up were the alternatives
+
+
+def test_the_benchmark_runs_on_tiny_bundles(dailydialog_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    from benchmarks import generate_and_rank
+
+    models = build_tiny_bundles(tmp_path / "models")
+    serving = {"generative": "generator-nd", "retrieval": "retriever-g2r"}
+    (models / "serving.json").write_text(json.dumps(serving))
+    out = tmp_path / "gar"
+    argv = [
+        "--artifacts", str(models), "--data", str(dailydialog_dir), "--contexts", "12",
+        "--beams", "2", "--k", "3", "--distractors", "5", "--latency-contexts", "2",
+        "--judge", str(models / "retriever-g2r"), "--judge-generator", str(models / "generator-nd"),
+        "--out", str(out),
+    ]  # fmt: skip
+    assert generate_and_rank.main(argv) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert list(result["policies"]) == [
+        "greedy", "beam2 (its best)", "beam2 ranked", "greedy+sample2 ranked", "gold (ceiling)"
+    ]  # fmt: skip
+    for row in result["policies"].values():
+        assert 0 <= row["judge_percentile"] <= 1 and len(row["samples"]) == 12
+    assert set(result["latency"]) == {"greedy", "beam2 ranked"}
