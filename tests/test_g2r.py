@@ -7,8 +7,10 @@ import argparse
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -257,6 +259,68 @@ def test_augmentation_shards_by_rank_and_refuses_other_settings(tmp_path: Path) 
         augment_contexts(FakeTeacher(name="other"), GROUPS, tmp_path, AUG, progress=False)
 
 
+class FakeRanker:
+    """Scores a candidate by its number; "echo" candidates are ruled out (-inf), as
+    RetrievalResponder.rank_replies rules out a reply that repeats a turn."""
+
+    bundle_id = "ranker@0"
+
+    def rank_replies(
+        self, contexts: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]]
+    ) -> list[np.ndarray]:
+        return [
+            np.array([-np.inf if "echo" in t else float(t.split()[1]) for t in row])
+            for row in candidates
+        ]
+
+
+class NBestTeacher(FakeTeacher):
+    def nbest(
+        self, contexts: Sequence[Sequence[str]], n: int, *, max_length: int = 32
+    ) -> list[list[str]]:
+        # in beam order: an echo, candidate 0 twice (a duplicate), then candidates 1..n-3
+        return [
+            ["echo " + c[-1], "cand 0 x", *(f"cand {k} x" for k in range(n - 2))][:n]
+            for c in contexts
+        ]
+
+
+def test_ranked_augmentation_keeps_the_rankers_m_best_of_the_teachers_nbest(
+    tmp_path: Path,
+) -> None:
+    cfg = replace(AUG, m=2, rank_pool=6)
+    assert (
+        augment_contexts(NBestTeacher(), GROUPS, tmp_path, cfg, progress=False, ranker=FakeRanker())
+        == 10
+    )
+    lines = _shard_lines(shard_path(tmp_path, 0, 1))
+    assert lines[0]["header"]["ranker"] == "ranker@0"
+    assert lines[0]["header"]["config"]["rank_pool"] == 6
+    rec = lines[1]
+    # the two highest-scoring of the n-best, best first; the echo and the duplicate never kept
+    assert [g["text"] for g in rec["generated"]] == ["cand 3 x", "cand 2 x"]
+    assert [g["min_length"] for g in rec["generated"]] == [0, 0]
+    assert rec["generated"][0]["ll"] == -8.0  # the teacher still scores what it kept
+    # a sampled augmentation's header is unchanged by the option (old shards stay readable)
+    augment_contexts(FakeTeacher(), GROUPS, tmp_path / "sampled", AUG, progress=False)
+    assert (
+        "rank_pool"
+        not in _shard_lines(shard_path(tmp_path / "sampled", 0, 1))[0]["header"]["config"]
+    )
+
+
+def test_ranked_augmentation_refuses_a_teacher_without_an_nbest_or_half_a_setting(
+    tmp_path: Path,
+) -> None:
+    cfg = replace(AUG, rank_pool=4)
+    with pytest.raises(ValueError, match="cannot give a beam n-best"):
+        augment_contexts(FakeTeacher(), GROUPS, tmp_path, cfg, progress=False, ranker=FakeRanker())
+    with pytest.raises(ValueError, match="needs both"):
+        augment_contexts(NBestTeacher(), GROUPS, tmp_path, cfg, progress=False)
+    with pytest.raises(AssertionError, match="at least m"):
+        AugmentConfig(m=4, rank_pool=2)
+
+
 # --- D^G, R^G and batches ----------------------------------------------------------------------
 
 
@@ -399,6 +463,9 @@ def test_bundle_teacher_samples_m_replies_and_scores_eq3_eq6(
     assert replies == teacher.sample(
         [["hi"], ["how are you ?"]], 3, min_length=2, max_length=6, seed=1
     )
+    nbest = teacher.nbest([["hi"], ["how are you ?"]], 3, max_length=6)
+    assert [len(r) for r in nbest] == [3, 3]
+    assert nbest == teacher.nbest([["hi"], ["how are you ?"]], 3, max_length=6)  # a beam search
     ll, mi = teacher.score([["hi"], ["bye"]], ["hello .", "see you ."])
     # By hand from the model: LL = sum log p / (tokens + EOS); MI subtracts log mean_d P(r|d).
     # The teacher scores under bf16 autocast where the CPU has native bf16, so the hand

@@ -58,7 +58,15 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--max-contexts", type=int, help="override the preset's context subset (0 = all)"
     )
-
+    p.add_argument(
+        "--rank-with",
+        type=Path,
+        help="a retriever bundle: keep the m best of the teacher's beam n-best as it ranks them "
+        "(generate, then rank) instead of sampling; n is --rank-pool",
+    )
+    p.add_argument(
+        "--rank-pool", type=int, default=16, help="n of --rank-with's n-best (default 16)"
+    )
     p.set_defaults(run=distributed(_augment))
 
     p = sub.add_parser("train-retriever", help="train a bi-encoder retriever and write its bundle")
@@ -193,6 +201,12 @@ def _augment(args: argparse.Namespace, ctx: Any) -> None:
         cfg = replace(cfg, m=args.m)
     if args.max_contexts is not None:
         cfg = replace(cfg, max_contexts=args.max_contexts)
+    ranker = None
+    if args.rank_with is not None:
+        from models.retriever import RetrievalResponder
+
+        cfg = replace(cfg, rank_pool=args.rank_pool)
+        ranker = RetrievalResponder.load(args.rank_with, device=ctx.device)
     out = _augmentation_dir(args, preset, args.out)
     if args.no_resume and ctx.is_main:
         for old in out.glob("shard-*-of-*.jsonl"):
@@ -202,7 +216,14 @@ def _augment(args: argparse.Namespace, ctx: Any) -> None:
     groups = select_contexts(group_by_context(splits.train), cfg.max_contexts, cfg.seed)
     teacher = load_teacher(args.teacher, ctx.device, max_concurrency=args.concurrency)
     augment_contexts(
-        teacher, groups, out, cfg, rank=ctx.rank, world_size=ctx.world_size, progress=True
+        teacher,
+        groups,
+        out,
+        cfg,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        progress=True,
+        ranker=ranker,
     )
     barrier(ctx)
     if ctx.is_main:

@@ -43,12 +43,19 @@ class AugmentConfig:
     max_contexts: int = 0  # training contexts augmented: a seeded subset (0 = all)
     batch_contexts: int = 16  # contexts per teacher call (and per shard flush)
     seed: int = 0
+    # 0: sample the m replies as the paper does. n > 0: generate, then rank (the service's
+    # GENERATIVE_RERANK): the teacher's beam-n n-best, ranked by a retriever bundle given to
+    # `augment --rank-with`, its m best kept (min_lengths and top_k then unused)
+    rank_pool: int = 0
 
     def __post_init__(self) -> None:
         assert self.m >= 1, f"m must be >= 1, got {self.m}"
         assert self.min_lengths, "min_lengths must name at least one minimum length"
         assert all(0 <= n <= self.max_length for n in self.min_lengths), (
             f"min_lengths {self.min_lengths} must lie in [0, max_length={self.max_length}]"
+        )
+        assert self.rank_pool == 0 or self.rank_pool >= self.m, (
+            f"rank_pool {self.rank_pool} must be 0 (sampling) or at least m={self.m}"
         )
 
     def replies_per_min_length(self) -> list[tuple[int, int]]:

@@ -18,7 +18,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -63,18 +63,27 @@ def shard_path(out_dir: Path, rank: int, world_size: int) -> Path:
 
 
 def _shard_header(
-    teacher: str, cfg: AugmentConfig, groups: Sequence[ContextGroup], scores: bool = True
+    teacher: str,
+    cfg: AugmentConfig,
+    groups: Sequence[ContextGroup],
+    scores: bool = True,
+    ranker: str | None = None,
 ) -> dict[str, Any]:
     digest = hashlib.sha256(json.dumps([g.context for g in groups]).encode()).hexdigest()
+    config = asdict(cfg)
+    if not cfg.rank_pool:
+        del config["rank_pool"]  # sampled shards read as they did before the option existed
     header: dict[str, Any] = {
         "format": SHARD_FORMAT,
         "teacher": teacher,
-        "config": asdict(cfg),
+        "config": config,
         "n_contexts": len(groups),
         "contexts_sha256": digest,
     }
     if not scores:
         header["scores"] = False
+    if ranker is not None:
+        header["ranker"] = ranker
     return dict(json.loads(json.dumps(header)))  # as read back from disk (tuples become lists)
 
 
@@ -114,6 +123,43 @@ def _truncate_partial_line(path: Path) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
+class ReplyRanker(Protocol):
+    """What ranks a teacher's n-best (models.retriever.RetrievalResponder.rank_replies)."""
+
+    @property
+    def bundle_id(self) -> str: ...
+
+    def rank_replies(
+        self, contexts: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]]
+    ) -> list[np.ndarray]: ...
+
+
+def ranked_replies(
+    teacher: Teacher,
+    ranker: ReplyRanker,
+    contexts: Sequence[Sequence[str]],
+    cfg: AugmentConfig,
+) -> list[list[str]]:
+    """Generate, then rank: the teacher's beam-``rank_pool`` n-best per context (duplicates
+    after normalisation dropped), ordered by the ranker's score, the ``m`` best kept. A candidate
+    the ranker rules out (-inf: it repeats or restates a turn) is never kept."""
+    nbest = getattr(teacher, "nbest", None)
+    if nbest is None:
+        raise ValueError(
+            f"teacher {teacher.name} cannot give a beam n-best (only our generator bundles can); "
+            "sample its replies instead (rank_pool 0)"
+        )
+    pools = [
+        list(dict.fromkeys(t for t in row if t))
+        for row in nbest(contexts, cfg.rank_pool, max_length=cfg.max_length)
+    ]
+    kept = []
+    for pool, scores in zip(pools, ranker.rank_replies(contexts, pools), strict=True):
+        order = [int(k) for k in np.argsort(-scores, kind="stable") if np.isfinite(scores[k])]
+        kept.append([pool[k] for k in order[: cfg.m]])
+    return kept
+
+
 def augment_contexts(
     teacher: Teacher,
     groups: Sequence[ContextGroup],
@@ -123,16 +169,23 @@ def augment_contexts(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    ranker: ReplyRanker | None = None,
 ) -> int:
     """Write m teacher replies (and teacher scores of gold and replies) for this rank's contexts.
 
+    The replies are sampled (the paper's way) or, with ``cfg.rank_pool`` and a ``ranker``, the
+    ranked best of the teacher's n-best (:func:`ranked_replies`; recorded with min_length 0).
     Context i goes to rank ``i % world_size``. Contexts already in any shard of ``out_dir`` are
     skipped, so a killed run continues where it stopped. Returns the contexts written now.
     """
+    if bool(cfg.rank_pool) != (ranker is not None):
+        raise ValueError("a ranked augmentation needs both rank_pool > 0 and a ranker")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scores = bool(getattr(teacher, "has_scores", True))
-    header = _shard_header(teacher.name, cfg, groups, scores)
+    header = _shard_header(
+        teacher.name, cfg, groups, scores, ranker.bundle_id if ranker is not None else None
+    )
     old_header, done = read_shards(out_dir)
     if old_header is not None and old_header != header:
         raise ValueError(
@@ -159,7 +212,10 @@ def augment_contexts(
             indices = [pending[r] for r in rows]
             contexts = [groups[i].context for i in indices]
             generated: list[list[tuple[str, int]]] = [[] for _ in indices]
-            for min_length, count in cfg.replies_per_min_length():
+            if ranker is not None:
+                for j, texts in enumerate(ranked_replies(teacher, ranker, contexts, cfg)):
+                    generated[j] = [(t, 0) for t in texts]
+            for min_length, count in [] if ranker is not None else cfg.replies_per_min_length():
                 seed = int(
                     np.random.SeedSequence([cfg.seed, indices[0], min_length]).generate_state(1)[0]
                 )

@@ -125,6 +125,21 @@ class BundleTeacher:
         ]
         return [texts[i * m : (i + 1) * m] for i in range(len(contexts))]
 
+    def nbest(
+        self, contexts: Sequence[Sequence[str]], n: int, *, max_length: int = 32
+    ) -> list[list[str]]:
+        """The ``n`` best of a beam search ``n`` wide per context (the bundle's own decoding
+        settings otherwise, as the service's generate-then-rank asks for), normalised; the
+        candidates of a ranked augmentation (``AugmentConfig.rank_pool``)."""
+        decoding = self.responder.decoding.with_overrides(
+            strategy="beam",
+            beam_size=n,
+            num_return_sequences=n,
+            max_length=min(max_length, self.responder.decoding.max_length),
+        )
+        texts = [normalize_text(t) for t in self.responder.respond(contexts, decoding)]
+        return [texts[i * n : (i + 1) * n] for i in range(len(contexts))]
+
     @torch.inference_mode()
     def score(
         self, contexts: Sequence[Sequence[str]], responses: Sequence[str]

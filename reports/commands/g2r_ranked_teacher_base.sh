@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Issue 11 (session 26): G2R-D with the teacher's replies chosen as the service chooses its
+# generative replies (generate, then rank: reports/generate_and_rank_base.md) instead of sampled.
+# base's NT teacher (the build's G2R teacher) writes the beam-16 n-best for the same 3,000 training
+# contexts as the build's augmentation; base's bi-encoder + TF-IDF ranks it (rank_replies) and the
+# 4 best (the preset's m) enter D^G. Then G2R-D at base's 3,000 updates, three seeds, beside the
+# bi-encoder and the build's G2R-D (sampled teacher) at the same seeds and starting weights.
+# Seed 0 of those two is the build's own bundle (artifacts-base); their scores must repeat
+# reports/retrievers_base_3000.md's. Resumable: the augmentation by context, each run by checkpoint.
+# ~6 min a retriever on the idle 2-core machine.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=.venv/bin/python
+RUNS=runs-exp/s26-g2r-ranked
+SHARDS=$RUNS/g2r-augment-nt-ranked16
+OUT=artifacts-s26/base-g2r-ranked
+$PY -m training --threads 2 augment --preset base --teacher artifacts-base/generator-nt \
+    --rank-with artifacts-base/retriever-biencoder --rank-pool 16 --runs $RUNS --out $SHARDS
+mkdir -p $OUT
+ln -sfn ../../artifacts-base/retriever-biencoder $OUT/biencoder-s0
+ln -sfn ../../artifacts-base/retriever-g2r $OUT/g2rd-s0
+train() {  # name method seed [augmented shards]
+  [ -f $OUT/$1-s$3/manifest.json ] || \
+    $PY -m training --threads 2 train-retriever --preset base --method $2 --seed $3 --max-steps 3000 \
+        --tokenizer runs-base/base/tokenizer.json --init-from artifacts-base/generator-standard \
+        ${4:+--augmented $4} --runs $RUNS --name $1-s$3 --out $OUT/$1-s$3
+}
+for seed in 0 1 2; do train g2rdranked g2r-d $seed $SHARDS; done
+for seed in 1 2; do
+  train biencoder biencoder $seed
+  train g2rd g2r-d $seed runs-base/base/g2r-augment-generator-nt
+done
+OMP_NUM_THREADS=2 $PY -m benchmarks.retriever_seeds --bundles $OUT --baseline biencoder \
+    --out reports/retrievers_base_g2r_ranked
