@@ -73,13 +73,17 @@ def baseline_responder(src: Path, bundle: Path) -> Any:
     return responder
 
 
-def agreement(a: Any, b: Any, contexts: Sequence[Sequence[str]]) -> dict[str, float]:
-    """Share of contexts with the same top-3 texts, and the largest score difference."""
+def agreement(
+    a: Any, b: Any, contexts: Sequence[Sequence[str]], batch: int = 1
+) -> dict[str, float]:
+    """Share of contexts with the same top-3 texts, and the largest score difference (the
+    contexts asked ``batch`` at a time)."""
     same, worst = 0, 0.0
-    for context in contexts:
-        x, y = a.respond([context], 3)[0], b.respond([context], 3)[0]
-        same += [t for t, _ in x] == [t for t, _ in y]
-        worst = max([worst, *(abs(s - t) for (_, s), (_, t) in zip(x, y, strict=False))])
+    for start in range(0, len(contexts), batch):
+        chunk = list(contexts[start : start + batch])
+        for x, y in zip(a.respond(chunk, 3), b.respond(chunk, 3), strict=True):
+            same += [t for t, _ in x] == [t for t, _ in y]
+            worst = max([worst, *(abs(s - t) for (_, s), (_, t) in zip(x, y, strict=False))])
     return {"same_top3": same / len(contexts), "max_score_diff": worst}
 
 
@@ -111,7 +115,8 @@ def to_markdown(r: dict[str, Any]) -> str:
         f"{m['faiss']} with {m['threads']} thread(s); load average before {r['load_before']}, "
         f"after {r['load_after']}.  ",
         f"Bundle {r['bundle']}; {r['n_contexts']} seeded test contexts x {r['rounds']} passes, "
-        "both responders once per context, in an order shuffled per context (seeded).",
+        f"{r.get('batch', 1)} per `respond` call (a micro-batch; times per context), both "
+        "responders once per call, in an order shuffled per call (seeded).",
         "",
         "| code | mean ms | p50 ms | p90 ms | x faster than the baseline (mean) |",
         "|---|---:|---:|---:|---:|",
@@ -140,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--agreement", type=int, default=2000)
+    p.add_argument(
+        "--batch", type=int, default=1, help="contexts per respond() call; times are per context"
+    )
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
@@ -154,14 +162,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     contexts = [test[i].context for i in seeded_indices(len(test), args.queries)]
     others = [test[i].context for i in seeded_indices(len(test), args.agreement, seed=1)]
 
-    def served(r: Any) -> Callable[[Sequence[str]], Any]:
-        return lambda context: r.respond([context], 1)
+    def served(r: Any) -> Callable[[Sequence[Sequence[str]]], Any]:
+        return lambda batch: r.respond(list(batch), 1)
 
+    batches = [contexts[i : i + args.batch] for i in range(0, len(contexts), args.batch)]
     seconds = time_interleaved(
         {"baseline": served(baseline), "current": served(current)},
-        contexts,
+        batches,
         args.rounds,
     )
+    seconds = {name: [t / args.batch for t in v] for name, v in seconds.items()}
     diff = np.asarray(seconds["baseline"]) - np.asarray(seconds["current"])
     results = {
         "command": "python -m benchmarks.served_path_ab "
@@ -174,13 +184,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "n_contexts": len(contexts),
         "rounds": args.rounds,
+        "batch": args.batch,
         "latency": {name: latency_summary(v) for name, v in seconds.items()},
         "difference": {
             "mean_ms": float(diff.mean() * 1e3),
             "se_ms": float(diff.std(ddof=1) / np.sqrt(diff.size) * 1e3),
         },
         "n_agreement": len(others),
-        "agreement": agreement(baseline, current, others),
+        "agreement": agreement(baseline, current, others, args.batch),
     }
     markdown = to_markdown(results)
     print(markdown)

@@ -29,3 +29,19 @@ def test_the_checkout_against_itself_serves_the_same_replies(tmp_path: Path) -> 
     }
     assert r["difference"]["se_ms"] >= 0.0
     assert "x faster than the baseline" in out.with_suffix(".md").read_text()
+
+
+def test_micro_batches_are_timed_per_context(tmp_path: Path) -> None:
+    bundle = build_tiny_bundles(tmp_path / "bundles") / "retriever-g2r"
+    out = tmp_path / "ab"
+    main(
+        [
+            "--bundle", str(bundle), "--baseline-src", str(ROOT), "--queries", "12",
+            "--batch", "4", "--rounds", "2", "--agreement", "10", "--out", str(out),
+        ]
+    )  # fmt: skip
+    r = json.loads(out.with_suffix(".json").read_text())
+    assert r["batch"] == 4 and r["agreement"]["same_top3"] == 1.0
+    # 3 calls of 4 contexts x 2 passes, each call's time shared by its contexts
+    assert {row["n"] for row in r["latency"].values()} == {6.0}
+    assert "4 per `respond` call" in out.with_suffix(".md").read_text()
