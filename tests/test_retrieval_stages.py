@@ -43,6 +43,8 @@ def test_stage_report_splits_the_served_path_and_sweeps_ef(tmp_path: Path) -> No
         "as served at efSearch 4",
         "dense path alone (tokenize + encode + HNSW top-1)",
         "dense path alone at efSearch 4",
+        "tokenize + encode alone (no search: what any retrieval with this encoder pays)",
     ]
     assert all(row["n"] == 8 for row in rows.values())  # every row timed on every context
     assert r["generator"].startswith("generator-nd@")
+    assert "20x faster than generation is a served path of" in md
