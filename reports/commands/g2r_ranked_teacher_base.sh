@@ -32,3 +32,16 @@ for seed in 1 2; do
 done
 OMP_NUM_THREADS=2 $PY -m benchmarks.retriever_seeds --bundles $OUT --baseline biencoder \
     --out reports/retrievers_base_g2r_ranked
+# what each augmentation put into D^G and R^G (the training manifests' counts): distinct teacher
+# texts before and after the quality bar, teacher pairs, new responses in R^G
+$PY - > reports/retrievers_base_g2r_ranked_counts.txt <<'PYEOF'
+import json
+keys = ["teacher_filter_pairs_input", "teacher_filter_input", "teacher_filter_kept",
+        "teacher_pairs", "pairs", "responses_teacher"]
+print("bundle | " + " | ".join(keys))
+for name in ["g2rd-s0", "g2rdranked-s0"]:
+    m = json.load(open(f"artifacts-s26/base-g2r-ranked/{name}/manifest.json"))
+    c = m["training"]["counts"]
+    print(f"{name} ({m['training']['teacher']}) | " + " | ".join(str(c[k]) for k in keys))
+PYEOF
+cat reports/retrievers_base_g2r_ranked_counts.txt
