@@ -64,34 +64,6 @@ class ContextTerms:
         return TermWeights(self.cols[held], self.weights[1 + i][held])
 
 
-@dataclass(frozen=True)
-class BatchTerms:
-    """The :class:`ContextTerms` of a micro-batch's contexts side by side, so that one pass
-    scores every context's candidates: a column of context ``r`` is keyed ``r * width + col``
-    (``width`` = the vocabulary size; keys ascending), row 0 of ``weights`` holds each query's
-    weights and row 1 + i each context's turn i (0 where a context has fewer turns)."""
-
-    keys: np.ndarray  # int64, ascending
-    weights: np.ndarray  # float64 (1 + most turns, keys.size)
-    width: int
-
-    @classmethod
-    def stack(cls, contexts: Sequence[ContextTerms], width: int) -> BatchTerms:
-        if len(contexts) == 1:  # batch 1: the context's own arrays, no copy
-            return cls(contexts[0].cols, contexts[0].weights, width)
-        rows = max((c.weights.shape[0] for c in contexts), default=1)
-        sizes = [c.cols.size for c in contexts]
-        keys = np.concatenate(
-            [r * width + c.cols for r, c in enumerate(contexts)] or [np.zeros(0, np.int64)]
-        )
-        weights = np.zeros((rows, keys.size))
-        start = 0
-        for c, size in zip(contexts, sizes, strict=True):
-            weights[: c.weights.shape[0], start : start + size] = c.weights
-            start += size
-        return cls(keys, weights, width)
-
-
 def _gather_rows(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The stored entries of CSR rows ``rows`` as flat arrays (position in ``rows``, column,
     value), in row order: ``m[rows]`` without scipy's per-call validation, which cost more than
@@ -105,21 +77,19 @@ def _gather_rows(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def _cosines(
-    context: BatchTerms, matrix: sp.csr_matrix, ids: np.ndarray, owners: np.ndarray | None = None
+    context: ContextTerms, matrix: sp.csr_matrix, ids: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``ids`` of ``matrix`` (L2-normalised TF-IDF rows), row ``j`` a candidate of context
-    ``owners[j]`` (all of context 0 when None), against every row of its context: their cosine
-    with the query, and whether each is an echo (cosine >= ``ECHO_COSINE`` with one of the
-    turns). The rows are gathered once and scored against all contexts in one pass."""
+    """Rows ``ids`` of ``matrix`` (L2-normalised TF-IDF rows) against every row of ``context``:
+    their cosine with the query, and whether each is an echo (cosine >= ``ECHO_COSINE`` with one
+    of the turns). The rows are gathered once and scored against all of ``context`` in one pass."""
     rows = context.weights.shape[0]
-    if ids.size == 0 or context.keys.size == 0:
+    if ids.size == 0 or context.cols.size == 0:
         return np.zeros(ids.size), np.zeros(ids.size, dtype=bool)
     owner, cols, vals = _gather_rows(matrix, ids)
-    keys = cols if owners is None else owners[owner] * context.width + cols
-    # each gathered entry's column among its context's (a lookup in the sorted keys); entries
-    # of columns the context lacks contribute 0 and are dropped
-    at = np.minimum(np.searchsorted(context.keys, keys), context.keys.size - 1)
-    held = context.keys[at] == keys
+    # each gathered entry's column among the context's (a lookup in its sorted columns);
+    # entries of columns the context lacks contribute 0 and are dropped
+    at = np.minimum(np.searchsorted(context.cols, cols), context.cols.size - 1)
+    held = context.cols[at] == cols
     owner, at, vals = owner[held], at[held], vals[held]
     flat = owner + ids.size * np.arange(rows)[:, None]  # (rows, entries): row-major cells
     cos = np.bincount(
@@ -147,16 +117,6 @@ def zscore(x: np.ndarray) -> np.ndarray:
     d = x - x.mean(axis=-1, keepdims=True)
     std = np.sqrt((d * d).mean(axis=-1, keepdims=True))
     return d / np.where(std > 0, std, 1.0)
-
-
-def zscore_by_owner(x: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:
-    """:func:`zscore` over each context's candidates where the candidates of ``n`` contexts lie
-    in one flat array, ``owners[j]`` the context of entry ``j`` (one pass for a micro-batch)."""
-    x = np.asarray(x, dtype=np.float64)
-    counts = np.maximum(np.bincount(owners, minlength=n), 1)
-    d = x - (np.bincount(owners, weights=x, minlength=n) / counts)[owners]
-    std = np.sqrt(np.bincount(owners, weights=d * d, minlength=n) / counts)
-    return d / np.where(std > 0, std, 1.0)[owners]
 
 
 def mix_scores(dense: np.ndarray, lexical: np.ndarray, weight: float) -> np.ndarray:
@@ -312,89 +272,40 @@ class LexicalReranker:
         cosine with one of the context's turns is at least ``ECHO_COSINE`` (it restates the
         conversation instead of answering it). The candidates' rows are gathered once and scored
         against every row of ``context`` (:meth:`context_terms`) in one pass."""
-        return self.batch_candidate_scores(BatchTerms.stack([context], len(self.vocabulary)), ids)
-
-    def batch_candidate_scores(
-        self, contexts: BatchTerms, ids: np.ndarray, owners: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`candidate_scores` for a micro-batch: response ``ids[j]`` is a candidate of
-        context ``owners[j]`` of ``contexts`` (:meth:`BatchTerms.stack`), all in one pass."""
         if self._responses is None:
             raise RuntimeError("index_responses() first")
-        return _cosines(contexts, self._responses, ids, owners)
+        return _cosines(context, self._responses, ids)
 
     def text_scores(
         self, context: ContextTerms, texts: Sequence[str]
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`candidate_scores` for texts outside the response set (a generator's candidate
         replies, service/backends.py): their TF-IDF cosine with the query, and which are echoes."""
-        return self.batch_text_scores(BatchTerms.stack([context], len(self.vocabulary)), texts)
-
-    def batch_text_scores(
-        self, contexts: BatchTerms, texts: Sequence[str], owners: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`text_scores` for a micro-batch: ``texts[j]`` is a candidate of context
-        ``owners[j]``."""
-        return _cosines(contexts, self.query_vectors(texts), np.arange(len(texts)), owners)
+        return _cosines(context, self.query_vectors(texts), np.arange(len(texts)))
 
     def lexical_candidates(self, query: TermWeights, k: int) -> np.ndarray:
         """The ids of the (at most) ``k`` responses with the highest TF-IDF cosine above 0 with
         ``query``'s ``QUERY_TERMS`` heaviest rare terms, best first (ties: lower id first): the
         lexical half of a hybrid candidate set. A word like "you" is in a third of the responses
         and would make every query touch most of the set, so only rare terms fetch."""
-        return self.batch_lexical_candidates([query], k)[1]
-
-    def batch_lexical_candidates(
-        self, queries: Sequence[TermWeights], k: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`lexical_candidates` of every query of a micro-batch in one pass, as flat
-        (query, response id) arrays: each query's ids best first, the queries in order."""
         if self._by_term is None:
             raise RuntimeError("index_responses() first")
-        picked = []
-        for query in queries:
-            rare = self._rare[query.cols]
-            cols, weights = query.cols[rare], query.weights[rare]
-            if cols.size > QUERY_TERMS:
-                heaviest = np.argsort(-weights, kind="stable")[:QUERY_TERMS]
-                cols, weights = cols[heaviest], weights[heaviest]
-            picked.append((cols, weights))
-        if len(picked) == 1:
-            (cols, weights), term_query = picked[0], None
-        else:
-            cols = np.concatenate([c for c, _ in picked])
-            weights = np.concatenate([w for _, w in picked])
-            term_query = np.repeat(np.arange(len(picked)), [c.size for c, _ in picked])
+        rare = self._rare[query.cols]
+        cols, weights = query.cols[rare], query.weights[rare]
+        if cols.size > QUERY_TERMS:
+            heaviest = np.argsort(-weights, kind="stable")[:QUERY_TERMS]
+            cols, weights = cols[heaviest], weights[heaviest]
         owner, ids, vals = _gather_rows(self._by_term, cols)
         if ids.size == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        n = self._by_term.shape[1]
-        keys = ids if term_query is None else term_query[owner] * n + ids
-        unique, where = np.unique(keys, return_inverse=True)
+            return np.zeros(0, dtype=np.int64)
+        unique, where = np.unique(ids, return_inverse=True)
         scores = np.bincount(where, weights=vals * weights[owner])
-        query_of, ids = np.divmod(unique, n)
-        # per query, sort only those at or above its k-th best score (ties included)
-        bounds = np.searchsorted(query_of, np.arange(len(picked) + 1))
-        keep = np.ones(unique.size, dtype=bool)
-        for q in np.flatnonzero(np.diff(bounds) > k).tolist():
-            span = slice(bounds[q], bounds[q + 1])
-            size = bounds[q + 1] - bounds[q]
-            keep[span] = scores[span] >= np.partition(scores[span], size - k)[size - k]
-        query_of, ids, scores = query_of[keep], ids[keep], scores[keep]
-        order = np.lexsort((ids, -scores, query_of))
-        query_of, ids = query_of[order], ids[order]
-        rank = np.arange(ids.size) - np.searchsorted(query_of, query_of)
-        return query_of[rank < k].astype(np.int64), ids[rank < k].astype(np.int64)
+        if unique.size > k:  # sort only those at or above the k-th best score (ties included)
+            kth = np.partition(scores, unique.size - k)[unique.size - k]
+            keep = scores >= kth
+            unique, scores = unique[keep], scores[keep]
+        return unique[np.lexsort((unique, -scores))[:k]].astype(np.int64)
 
     def mix(self, dense: np.ndarray, lexical: np.ndarray) -> np.ndarray:
         """hybrid = z(dense) + weight * z(lexical), row by row (see the module doc)."""
         return mix_scores(dense, lexical, self.weight)
-
-    def mix_by_owner(
-        self, dense: np.ndarray, lexical: np.ndarray, owners: np.ndarray, n: int
-    ) -> np.ndarray:
-        """:meth:`mix` over flat arrays of ``n`` contexts' candidates (``owners[j]``: entry
-        ``j``'s context), each context's candidates standardised among themselves."""
-        if self.weight <= 0:
-            return np.asarray(dense, dtype=np.float64)
-        return zscore_by_owner(dense, owners, n) + self.weight * zscore_by_owner(lexical, owners, n)

@@ -39,7 +39,7 @@ from models.index import (
     gpu_faiss_available,
 )
 from models.inputs import InputConfig, encode_contexts
-from models.lexical import LEXICAL_FILE, BatchTerms, LexicalReranker, context_text, mix_scores
+from models.lexical import LEXICAL_FILE, LexicalReranker, context_text, mix_scores
 from models.responder import Responder, StageObserver, load_tokenizer, load_weights, observe
 from models.text import normalize_text
 from models.tokenizer import DialogueTokenizer
@@ -405,59 +405,31 @@ class RetrievalResponder(Responder):
         last = self.inputs.max_context_turns
         if self._vectors is None:  # a re-ranker attached after construction (evaluations)
             self._vectors = self.index.vectors()
+        out: list[list[tuple[str, float]]] = []
         if self._ids_by_text is None:
             self._ids_by_text = ids_by_text(self.responses)
-        # The whole micro-batch in one pass: every context's candidates in flat arrays keyed
-        # owner * n + id (owner = the context's row), so each step below is one numpy call for
-        # the batch, not one per context (numpy's per-call cost is most of a batch-1 re-rank).
-        n, rows = len(self.responses), len(contexts)
-        turns = [list(c) if normalized else [normalize_text(t) for t in c] for c in contexts]
-        # the query is the last turns joined (= context_text(context, last)); each turn's row
-        # too, for the near-echo test below
-        terms = [reranker.context_terms(t[-last:]) for t in turns]
-        lexical_owner, lexical_ids = reranker.batch_lexical_candidates(
-            [t.query for t in terms], reranker.candidates
-        )
-        dense_owner = np.repeat(np.arange(rows), dense_ids.shape[1])
-        found = dense_ids.ravel() >= 0
-        keys = np.unique(
-            np.concatenate(
-                [dense_owner[found] * n + dense_ids.ravel()[found], lexical_owner * n + lexical_ids]
-            )
-        )
-        # no reply that repeats a turn of the context word for word
-        repeats = [
-            r * n + i
-            for r, ts in enumerate(turns)
-            for t in ts
-            for i in self._ids_by_text.get(t, ())
-        ]
-        if repeats:
-            keys = keys[~np.isin(keys, repeats)]
-        owner, cand = np.divmod(keys, n)
-        # near-echoes too: a reply that restates one of the recent turns
-        lexical, echo = reranker.batch_candidate_scores(
-            BatchTerms.stack(terms, len(reranker.vocabulary)), cand, owner
-        )
-        owner, cand, lexical = owner[~echo], cand[~echo], lexical[~echo]
-        query = np.asarray(embeddings, dtype=np.float32)
-        dense = np.einsum("cd,cd->c", self._vectors[cand], query[owner])
-        mixed = reranker.mix_by_owner(dense, lexical, owner, rows)
-        # each context's candidates best first (ties: the lower id, as they came), its top_k
-        order = np.lexsort((-mixed, owner))
-        owner, cand, mixed = owner[order], cand[order], mixed[order]
-        bounds = np.searchsorted(owner, np.arange(rows + 1))
-        return [
-            [
-                (self.responses[i], s)
-                for i, s in zip(
-                    cand[bounds[r] : min(bounds[r + 1], bounds[r] + top_k)].tolist(),
-                    mixed[bounds[r] : min(bounds[r + 1], bounds[r] + top_k)].tolist(),
-                    strict=True,
-                )
-            ]
-            for r in range(rows)
-        ]
+        for row, context in enumerate(contexts):
+            turns = list(context) if normalized else [normalize_text(t) for t in context]
+            # the query is the last turns joined (= context_text(context, last)); each turn's
+            # row too, for the near-echo test below
+            terms = reranker.context_terms(turns[-last:])
+            lexical_ids = reranker.lexical_candidates(terms.query, reranker.candidates)
+            cand = np.unique(np.concatenate([dense_ids[row][dense_ids[row] >= 0], lexical_ids]))
+            # no reply that repeats a turn of the context word for word
+            repeats = [i for t in turns for i in self._ids_by_text.get(t, ())]
+            if repeats:
+                cand = cand[~np.isin(cand, repeats)]
+            # near-echoes too: a reply that restates one of the recent turns
+            lexical, echo = reranker.candidate_scores(terms, cand)
+            cand, lexical = cand[~echo], lexical[~echo]
+            if cand.size == 0:
+                out.append([])
+                continue
+            dense = self._vectors[cand] @ np.asarray(embeddings[row], dtype=np.float32)
+            mixed = reranker.mix(dense[None, :], lexical[None, :])[0]
+            order = np.argsort(-mixed, kind="stable")[:top_k]
+            out.append([(self.responses[int(cand[j])], float(mixed[j])) for j in order])
+        return out
 
     def respond(
         self,
@@ -502,28 +474,23 @@ class RetrievalResponder(Responder):
         if not texts:
             return [np.zeros(0) for _ in candidates]
         resp = np.concatenate(list(embed_responses(self.model, self.tokenizer, texts, self.inputs)))
-        # every context's candidates in one pass (as search() does), then split per context
-        owner = np.repeat(np.arange(len(candidates)), [len(row) for row in candidates])
-        scores = np.einsum("cd,cd->c", resp, ctx[owner]).astype(np.float64)
-        echo = np.array(
-            [normalize_text(t) in turns[o] for t, o in zip(texts, owner.tolist(), strict=True)]
-        )
         reranker = self.reranker if self.reranker is not None and self.reranker.weight > 0 else None
-        if reranker is not None:
-            last = self.inputs.max_context_turns
-            terms = [reranker.context_terms(t[-last:]) for t in turns]
-            lexical, restates = reranker.batch_text_scores(
-                BatchTerms.stack(terms, len(reranker.vocabulary)), texts, owner
-            )
-            scores = reranker.mix_by_owner(scores, lexical, owner, len(candidates))
-            echo |= restates
-        bounds = np.cumsum([len(row) for row in candidates])[:-1]
-        for row_scores, row_echo in zip(
-            np.split(scores, bounds), np.split(echo, bounds), strict=True
-        ):
-            if row_echo.any() and not row_echo.all():
-                row_scores = np.where(row_echo, -np.inf, row_scores)
-            out.append(row_scores)
+        last = self.inputs.max_context_turns
+        start = 0
+        for i, row in enumerate(candidates):
+            row = list(row)
+            scores = (resp[start : start + len(row)] @ ctx[i]).astype(np.float64)
+            start += len(row)
+            echo = np.array([normalize_text(t) in turns[i] for t in row], dtype=bool)
+            if reranker is not None and row:
+                lexical, restates = reranker.text_scores(
+                    reranker.context_terms(turns[i][-last:]), row
+                )
+                scores = reranker.mix(scores[None, :], lexical[None, :])[0]
+                echo |= restates
+            if echo.any() and not echo.all():
+                scores = np.where(echo, -np.inf, scores)
+            out.append(scores)
         return out
 
     def candidate_scores(

@@ -537,9 +537,9 @@ def test_lexical_scores_of_gathered_rows_equal_the_sparse_products() -> None:
 def test_a_micro_batch_is_reranked_as_its_contexts_one_by_one(
     responder: RetrievalResponder,
 ) -> None:
-    """search() scores a micro-batch in one pass (flat arrays keyed by context); each context
-    gets what it gets alone, whatever its neighbours: an echo of one context's turn is dropped
-    for that context only, and a context with no known word keeps its dense candidates."""
+    """A micro-batch gets what each of its contexts gets alone, whatever its neighbours: an echo
+    of one context's turn is dropped for that context only, and a context with no known word
+    keeps its dense candidates."""
     hybrid = _with_reranker(responder, weight=0.7)
     contexts = [
         ["good night .", "What time is it now?"],
@@ -560,25 +560,6 @@ def test_a_micro_batch_is_reranked_as_its_contexts_one_by_one(
     for c, row, scores in zip(contexts[:3], replies, ranked, strict=True):
         np.testing.assert_allclose(scores, hybrid.rank_replies([c], [row])[0], rtol=1e-5)
     assert ranked[0][1] == -np.inf and ranked[1].size == 0
-
-
-def test_batch_lexical_candidates_are_each_querys_own() -> None:
-    from models.lexical import LexicalReranker
-
-    texts = [f"filler {i} ." for i in range(300)] + [
-        "the museum opens at nine .",
-        "the museum is closed on monday .",
-        "nine o'clock then .",
-        "monday at nine .",
-    ]
-    lex = LexicalReranker.fit(texts, weight=1.0)
-    lex.index_responses(texts)
-    queries = [lex.terms(q) for q in ["museum at nine ?", "xyzzy", "monday then", "nine"]]
-    for k in (1, 2, 10):
-        owners, ids = lex.batch_lexical_candidates(queries, k)
-        for q, query in enumerate(queries):
-            assert ids[owners == q].tolist() == lex.lexical_candidates(query, k).tolist()
-        assert owners.tolist() == sorted(owners.tolist())
 
 
 def test_rerank_weight_benchmark_scores_every_weight_as_the_build_does(
