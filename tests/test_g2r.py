@@ -618,6 +618,20 @@ def _cli(argv: list[str]) -> int | None:
     return int(args.run(args))
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--rank-pool", "8"], "--rank-pool needs --rank-with"),
+        (["--rank-with", "nowhere", "--rank-pool", "2", "--m", "4"], "must be at least m=4"),
+    ],
+)
+def test_augment_refuses_half_a_ranked_setting_before_loading_anything(
+    extra: list[str], message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit, match=message):
+        _cli(["augment", "--teacher", "nowhere", "--runs", str(tmp_path), *extra])
+
+
 def test_tiny_pipeline_end_to_end(tiny_generator: tuple[Path, Path], dailydialog_dir: Path) -> None:
     base, generator = tiny_generator
     out = base / "artifacts" / "retriever-g2r"

@@ -65,7 +65,7 @@ def add_parsers(sub: Any) -> None:
         "(generate, then rank) instead of sampling; n is --rank-pool",
     )
     p.add_argument(
-        "--rank-pool", type=int, default=16, help="n of --rank-with's n-best (default 16)"
+        "--rank-pool", type=int, help="n of --rank-with's n-best (default 16; at least m)"
     )
     p.set_defaults(run=distributed(_augment))
 
@@ -202,10 +202,15 @@ def _augment(args: argparse.Namespace, ctx: Any) -> None:
     if args.max_contexts is not None:
         cfg = replace(cfg, max_contexts=args.max_contexts)
     ranker = None
+    if args.rank_pool is not None and args.rank_with is None:
+        raise SystemExit("--rank-pool needs --rank-with (the retriever bundle that ranks)")
     if args.rank_with is not None:
         from models.retriever import RetrievalResponder
 
-        cfg = replace(cfg, rank_pool=args.rank_pool)
+        pool = 16 if args.rank_pool is None else args.rank_pool
+        if pool < cfg.m:
+            raise SystemExit(f"--rank-pool {pool} must be at least m={cfg.m} (replies kept)")
+        cfg = replace(cfg, rank_pool=pool)
         ranker = RetrievalResponder.load(args.rank_with, device=ctx.device)
     out = _augmentation_dir(args, preset, args.out)
     if args.no_resume and ctx.is_main:
