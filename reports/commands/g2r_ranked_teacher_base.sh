@@ -45,3 +45,21 @@ for name in ["g2rd-s0", "g2rdranked-s0"]:
     print(f"{name} ({m['training']['teacher']}) | " + " | ".join(str(c[k]) for k in keys))
 PYEOF
 cat reports/retrievers_base_g2r_ranked_counts.txt
+# Is G2R-D training deterministic? (the sampled-teacher seeds 1-2 above differ from session 17's)
+# Seed 1 trained a second time in another run dir, its weights compared with the first's (~6 min).
+[ -f artifacts-s26/determinism/g2rd-s1/manifest.json ] || \
+  $PY -m training --threads 2 train-retriever --preset base --method g2r-d --seed 1 --max-steps 3000 \
+      --tokenizer runs-base/base/tokenizer.json --init-from artifacts-base/generator-standard \
+      --augmented runs-base/base/g2r-augment-generator-nt --runs runs-exp/s26-determinism \
+      --name g2rd-s1 --out artifacts-s26/determinism/g2rd-s1
+$PY - > reports/g2r_determinism_base.txt <<'PYEOF'
+import json
+from safetensors.numpy import load_file
+first, second = "artifacts-s26/base-g2r-ranked/g2rd-s1", "artifacts-s26/determinism/g2rd-s1"
+a, b = load_file(f"{first}/model.safetensors"), load_file(f"{second}/model.safetensors")
+same = a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+print(f"{first} vs {second}: {len(a)} tensors, bit-identical weights: {same}")
+for path in (first, second):
+    print(path, json.load(open(f"{path}/manifest.json"))["metrics"])
+PYEOF
+cat reports/g2r_determinism_base.txt
