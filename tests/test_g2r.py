@@ -309,6 +309,34 @@ def test_ranked_augmentation_keeps_the_rankers_m_best_of_the_teachers_nbest(
     )
 
 
+def test_ranked_augmentation_caps_how_often_a_reply_is_kept_and_a_resumed_run_counts_on(
+    tmp_path: Path,
+) -> None:
+    # every context gets the same n-best (cand 0..3): with a cap of 1 use, the first context
+    # takes the two best, the second the next two, the rest nothing, also when the run is
+    # killed after two contexts and resumed (it counts the uses its shards already hold)
+    cfg = replace(AUG, m=2, rank_pool=6, rank_max_uses=1, batch_contexts=1)
+    four = GROUPS[:4]
+
+    class Dies(NBestTeacher):
+        def nbest(
+            self, contexts: Sequence[Sequence[str]], n: int, *, max_length: int = 32
+        ) -> list[list[str]]:
+            self.calls += 1
+            if self.calls > 2:
+                raise KeyboardInterrupt("killed")
+            return super().nbest(contexts, n, max_length=max_length)
+
+    with pytest.raises(KeyboardInterrupt):
+        augment_contexts(Dies(), four, tmp_path, cfg, progress=False, ranker=FakeRanker())
+    assert augmentation_status(tmp_path) == (2, 4)
+    augment_contexts(NBestTeacher(), four, tmp_path, cfg, progress=False, ranker=FakeRanker())
+    _, records = read_shards(tmp_path)
+    kept = [[g["text"] for g in records[i]["generated"]] for i in range(4)]
+    assert kept == [["cand 3 x", "cand 2 x"], ["cand 1 x", "cand 0 x"], [], []]
+    assert _shard_lines(shard_path(tmp_path, 0, 1))[0]["header"]["config"]["rank_max_uses"] == 1
+
+
 def test_ranked_augmentation_refuses_a_teacher_without_an_nbest_or_half_a_setting(
     tmp_path: Path,
 ) -> None:
@@ -621,7 +649,8 @@ def _cli(argv: list[str]) -> int | None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--rank-pool", "8"], "--rank-pool needs --rank-with"),
+        (["--rank-pool", "8"], "--rank-pool and --rank-max-uses need --rank-with"),
+        (["--rank-max-uses", "1"], "need --rank-with"),
         (["--rank-with", "nowhere", "--rank-pool", "2", "--m", "4"], "must be at least m=4"),
     ],
 )

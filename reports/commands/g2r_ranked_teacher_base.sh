@@ -63,3 +63,25 @@ for path in (first, second):
     print(path, json.load(open(f"{path}/manifest.json"))["metrics"])
 PYEOF
 cat reports/g2r_determinism_base.txt
+# The ranked replies are generic (the counts above). So the same ranked augmentation with each
+# reply text kept for at most one context (`--rank-max-uses 1`: the next best of the beam-16
+# n-best takes a used text's place), G2R-D on it at the same three seeds, and every bundle above
+# scored again in one run beside it (~25 min).
+DIVERSE=$RUNS/g2r-augment-nt-ranked16-uses1
+$PY -m training --threads 2 augment --preset base --teacher artifacts-base/generator-nt \
+    --rank-with artifacts-base/retriever-biencoder --rank-pool 16 --rank-max-uses 1 \
+    --runs $RUNS --out $DIVERSE
+for seed in 0 1 2; do train g2rdrankeduses1 g2r-d $seed $DIVERSE; done
+OMP_NUM_THREADS=2 $PY -m benchmarks.retriever_seeds --bundles $OUT --baseline biencoder \
+    --out reports/retrievers_base_g2r_ranked_uses1
+$PY - > reports/retrievers_base_g2r_ranked_uses1_counts.txt <<'PYEOF'
+import json
+keys = ["teacher_filter_pairs_input", "teacher_filter_input", "teacher_filter_kept",
+        "teacher_pairs", "pairs", "responses_teacher"]
+print("bundle | " + " | ".join(keys))
+for name in ["g2rd-s0", "g2rdranked-s0", "g2rdrankeduses1-s0"]:
+    m = json.load(open(f"artifacts-s26/base-g2r-ranked/{name}/manifest.json"))
+    c = m["training"]["counts"]
+    print(f"{name} ({m['training']['teacher']}) | " + " | ".join(str(c[k]) for k in keys))
+PYEOF
+cat reports/retrievers_base_g2r_ranked_uses1_counts.txt

@@ -67,6 +67,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--rank-pool", type=int, help="n of --rank-with's n-best (default 16; at least m)"
     )
+    p.add_argument(
+        "--rank-max-uses",
+        type=int,
+        help="with --rank-with: keep a reply text for at most this many contexts (default: no cap)",
+    )
     p.set_defaults(run=distributed(_augment))
 
     p = sub.add_parser("train-retriever", help="train a bi-encoder retriever and write its bundle")
@@ -202,15 +207,19 @@ def _augment(args: argparse.Namespace, ctx: Any) -> None:
     if args.max_contexts is not None:
         cfg = replace(cfg, max_contexts=args.max_contexts)
     ranker = None
-    if args.rank_pool is not None and args.rank_with is None:
-        raise SystemExit("--rank-pool needs --rank-with (the retriever bundle that ranks)")
+    if (args.rank_pool is not None or args.rank_max_uses is not None) and args.rank_with is None:
+        raise SystemExit(
+            "--rank-pool and --rank-max-uses need --rank-with (the retriever that ranks)"
+        )
     if args.rank_with is not None:
         from models.retriever import RetrievalResponder
 
         pool = 16 if args.rank_pool is None else args.rank_pool
         if pool < cfg.m:
             raise SystemExit(f"--rank-pool {pool} must be at least m={cfg.m} (replies kept)")
-        cfg = replace(cfg, rank_pool=pool)
+        if args.rank_max_uses is not None and args.rank_max_uses < 1:
+            raise SystemExit(f"--rank-max-uses must be at least 1, got {args.rank_max_uses}")
+        cfg = replace(cfg, rank_pool=pool, rank_max_uses=args.rank_max_uses or 0)
         ranker = RetrievalResponder.load(args.rank_with, device=ctx.device)
     out = _augmentation_dir(args, preset, args.out)
     if args.no_resume and ctx.is_main:

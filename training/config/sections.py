@@ -47,6 +47,9 @@ class AugmentConfig:
     # GENERATIVE_RERANK): the teacher's beam-n n-best, ranked by a retriever bundle given to
     # `augment --rank-with`, its m best kept (min_lengths and top_k then unused)
     rank_pool: int = 0
+    # ranked only: a reply text is kept for at most this many contexts (0 = no cap), the next
+    # best of the n-best taking its place: ranked replies are generic and repeat across contexts
+    rank_max_uses: int = 0
 
     def __post_init__(self) -> None:
         assert self.m >= 1, f"m must be >= 1, got {self.m}"

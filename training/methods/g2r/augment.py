@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,8 +72,9 @@ def _shard_header(
 ) -> dict[str, Any]:
     digest = hashlib.sha256(json.dumps([g.context for g in groups]).encode()).hexdigest()
     config = asdict(cfg)
-    if not cfg.rank_pool:
-        del config["rank_pool"]  # sampled shards read as they did before the option existed
+    for key in ("rank_pool", "rank_max_uses"):  # options off: headers read as before them
+        if not config[key]:
+            del config[key]
     header: dict[str, Any] = {
         "format": SHARD_FORMAT,
         "teacher": teacher,
@@ -139,10 +141,13 @@ def ranked_replies(
     ranker: ReplyRanker,
     contexts: Sequence[Sequence[str]],
     cfg: AugmentConfig,
+    uses: Counter[str] | None = None,
 ) -> list[list[str]]:
     """Generate, then rank: the teacher's beam-``rank_pool`` n-best per context (duplicates
     after normalisation dropped), ordered by the ranker's score, the ``m`` best kept. A candidate
-    the ranker rules out (-inf: it repeats or restates a turn) is never kept."""
+    the ranker rules out (-inf: it repeats or restates a turn) is never kept. With
+    ``cfg.rank_max_uses``, a text already kept for that many contexts (counted in ``uses``,
+    updated here, in context order) is passed over for the next best."""
     nbest = getattr(teacher, "nbest", None)
     if nbest is None:
         raise ValueError(
@@ -156,7 +161,12 @@ def ranked_replies(
     kept = []
     for pool, scores in zip(pools, ranker.rank_replies(contexts, pools), strict=True):
         order = [int(k) for k in np.argsort(-scores, kind="stable") if np.isfinite(scores[k])]
-        kept.append([pool[k] for k in order[: cfg.m]])
+        if cfg.rank_max_uses and uses is not None:
+            order = [k for k in order if uses[pool[k]] < cfg.rank_max_uses]
+        chosen = [pool[k] for k in order[: cfg.m]]
+        if uses is not None:
+            uses.update(chosen)
+        kept.append(chosen)
     return kept
 
 
@@ -196,6 +206,8 @@ def augment_contexts(
     if path.exists():
         _truncate_partial_line(path)
     pending = [i for i in range(rank, len(groups), world_size) if i not in done]
+    # what a resumed ranked run has kept so far (rank_max_uses counts over all shards)
+    uses = Counter(g["text"] for rec in done.values() for g in rec["generated"])
     logger.info(
         "G2R augmentation rank %d/%d: %d of %d contexts left -> %s",
         rank,
@@ -213,7 +225,7 @@ def augment_contexts(
             contexts = [groups[i].context for i in indices]
             generated: list[list[tuple[str, int]]] = [[] for _ in indices]
             if ranker is not None:
-                for j, texts in enumerate(ranked_replies(teacher, ranker, contexts, cfg)):
+                for j, texts in enumerate(ranked_replies(teacher, ranker, contexts, cfg, uses)):
                     generated[j] = [(t, 0) for t in texts]
             for min_length, count in [] if ranker is not None else cfg.replies_per_min_length():
                 seed = int(
