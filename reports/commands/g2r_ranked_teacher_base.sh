@@ -32,18 +32,21 @@ for seed in 1 2; do
 done
 OMP_NUM_THREADS=2 $PY -m benchmarks.retriever_seeds --bundles $OUT --baseline biencoder \
     --out reports/retrievers_base_g2r_ranked
-# what each augmentation put into D^G and R^G (the training manifests' counts): distinct teacher
-# texts before and after the quality bar, teacher pairs, new responses in R^G
-$PY - > reports/retrievers_base_g2r_ranked_counts.txt <<'PYEOF'
-import json
+counts() {  # out bundle...: what each augmentation put into D^G and R^G (the training manifests'
+  # counts): distinct teacher texts before and after the quality bar, teacher pairs, new responses
+  local out=$1; shift
+  $PY - "$@" > $out <<'PYEOF'
+import json, sys
 keys = ["teacher_filter_pairs_input", "teacher_filter_input", "teacher_filter_kept",
         "teacher_pairs", "pairs", "responses_teacher"]
 print("bundle | " + " | ".join(keys))
-for name in ["g2rd-s0", "g2rdranked-s0"]:
+for name in sys.argv[1:]:
     m = json.load(open(f"artifacts-s26/base-g2r-ranked/{name}/manifest.json"))
     c = m["training"]["counts"]
     print(f"{name} ({m['training']['teacher']}) | " + " | ".join(str(c[k]) for k in keys))
 PYEOF
+}
+counts reports/retrievers_base_g2r_ranked_counts.txt g2rd-s0 g2rdranked-s0
 cat reports/retrievers_base_g2r_ranked_counts.txt
 # Is G2R-D training deterministic? (the sampled-teacher seeds 1-2 above differ from session 17's)
 # Seed 1 trained a second time in another run dir, its weights compared with the first's (~6 min).
@@ -74,14 +77,5 @@ $PY -m training --threads 2 augment --preset base --teacher artifacts-base/gener
 for seed in 0 1 2; do train g2rdrankeduses1 g2r-d $seed $DIVERSE; done
 OMP_NUM_THREADS=2 $PY -m benchmarks.retriever_seeds --bundles $OUT --baseline biencoder \
     --out reports/retrievers_base_g2r_ranked_uses1
-$PY - > reports/retrievers_base_g2r_ranked_uses1_counts.txt <<'PYEOF'
-import json
-keys = ["teacher_filter_pairs_input", "teacher_filter_input", "teacher_filter_kept",
-        "teacher_pairs", "pairs", "responses_teacher"]
-print("bundle | " + " | ".join(keys))
-for name in ["g2rd-s0", "g2rdranked-s0", "g2rdrankeduses1-s0"]:
-    m = json.load(open(f"artifacts-s26/base-g2r-ranked/{name}/manifest.json"))
-    c = m["training"]["counts"]
-    print(f"{name} ({m['training']['teacher']}) | " + " | ".join(str(c[k]) for k in keys))
-PYEOF
+counts reports/retrievers_base_g2r_ranked_uses1_counts.txt g2rd-s0 g2rdranked-s0 g2rdrankeduses1-s0
 cat reports/retrievers_base_g2r_ranked_uses1_counts.txt
