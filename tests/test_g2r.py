@@ -343,6 +343,7 @@ def test_ranked_augmentation_refuses_a_teacher_without_an_nbest_or_half_a_settin
     cfg = replace(AUG, rank_pool=4)
     with pytest.raises(ValueError, match="cannot give a beam n-best"):
         augment_contexts(FakeTeacher(), GROUPS, tmp_path, cfg, progress=False, ranker=FakeRanker())
+    assert not list(tmp_path.glob("shard-*"))  # refused before a shard was started
     with pytest.raises(ValueError, match="needs both"):
         augment_contexts(NBestTeacher(), GROUPS, tmp_path, cfg, progress=False)
     with pytest.raises(AssertionError, match="at least m"):

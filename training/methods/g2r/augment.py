@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 from tqdm import tqdm
@@ -125,6 +125,16 @@ def _truncate_partial_line(path: Path) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
+class NBestTeacher(Protocol):
+    """A teacher that also gives a beam n-best (training/methods/g2r/teachers.py: BundleTeacher)."""
+
+    name: str
+
+    def nbest(
+        self, contexts: Sequence[Sequence[str]], n: int, *, max_length: int = 32
+    ) -> list[list[str]]: ...
+
+
 class ReplyRanker(Protocol):
     """What ranks a teacher's n-best (models.retriever.RetrievalResponder.rank_replies)."""
 
@@ -136,8 +146,30 @@ class ReplyRanker(Protocol):
     ) -> list[np.ndarray]: ...
 
 
+def sampled_replies(
+    teacher: Teacher, contexts: Sequence[Sequence[str]], first: int, cfg: AugmentConfig
+) -> list[list[tuple[str, int]]]:
+    """The paper's way: m replies per context sampled with top-k, split over the minimum lengths
+    (each reply with its min_length), seeded by the batch's first context index ``first``."""
+    generated: list[list[tuple[str, int]]] = [[] for _ in contexts]
+    for min_length, count in cfg.replies_per_min_length():
+        seed = int(np.random.SeedSequence([cfg.seed, first, min_length]).generate_state(1)[0])
+        replies = teacher.sample(
+            contexts,
+            count,
+            min_length=min_length,
+            top_k=cfg.top_k,
+            no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+            max_length=cfg.max_length,
+            seed=seed,
+        )
+        for j, texts in enumerate(replies):
+            generated[j] += [(t, min_length) for t in texts]
+    return generated
+
+
 def ranked_replies(
-    teacher: Teacher,
+    teacher: NBestTeacher,
     ranker: ReplyRanker,
     contexts: Sequence[Sequence[str]],
     cfg: AugmentConfig,
@@ -148,15 +180,9 @@ def ranked_replies(
     the ranker rules out (-inf: it repeats or restates a turn) is never kept. With
     ``cfg.rank_max_uses``, a text already kept for that many contexts (counted in ``uses``,
     updated here, in context order) is passed over for the next best."""
-    nbest = getattr(teacher, "nbest", None)
-    if nbest is None:
-        raise ValueError(
-            f"teacher {teacher.name} cannot give a beam n-best (only our generator bundles can); "
-            "sample its replies instead (rank_pool 0)"
-        )
     pools = [
         list(dict.fromkeys(t for t in row if t))
-        for row in nbest(contexts, cfg.rank_pool, max_length=cfg.max_length)
+        for row in teacher.nbest(contexts, cfg.rank_pool, max_length=cfg.max_length)
     ]
     kept = []
     for pool, scores in zip(pools, ranker.rank_replies(contexts, pools), strict=True):
@@ -190,6 +216,11 @@ def augment_contexts(
     """
     if bool(cfg.rank_pool) != (ranker is not None):
         raise ValueError("a ranked augmentation needs both rank_pool > 0 and a ranker")
+    if ranker is not None and not hasattr(teacher, "nbest"):
+        raise ValueError(
+            f"teacher {teacher.name} cannot give a beam n-best (only our generator bundles can); "
+            "sample its replies instead (rank_pool 0)"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scores = bool(getattr(teacher, "has_scores", True))
@@ -206,8 +237,12 @@ def augment_contexts(
     if path.exists():
         _truncate_partial_line(path)
     pending = [i for i in range(rank, len(groups), world_size) if i not in done]
-    # what a resumed ranked run has kept so far (rank_max_uses counts over all shards)
-    uses = Counter(g["text"] for rec in done.values() for g in rec["generated"])
+    # what a resumed capped run has kept so far (rank_max_uses counts over all shards)
+    uses = (
+        Counter(g["text"] for rec in done.values() for g in rec["generated"])
+        if cfg.rank_max_uses
+        else None
+    )
     logger.info(
         "G2R augmentation rank %d/%d: %d of %d contexts left -> %s",
         rank,
@@ -223,25 +258,11 @@ def augment_contexts(
         for rows in batch_ranges(len(pending), cfg.batch_contexts):
             indices = [pending[r] for r in rows]
             contexts = [groups[i].context for i in indices]
-            generated: list[list[tuple[str, int]]] = [[] for _ in indices]
             if ranker is not None:
-                for j, texts in enumerate(ranked_replies(teacher, ranker, contexts, cfg, uses)):
-                    generated[j] = [(t, 0) for t in texts]
-            for min_length, count in [] if ranker is not None else cfg.replies_per_min_length():
-                seed = int(
-                    np.random.SeedSequence([cfg.seed, indices[0], min_length]).generate_state(1)[0]
-                )
-                replies = teacher.sample(
-                    contexts,
-                    count,
-                    min_length=min_length,
-                    top_k=cfg.top_k,
-                    no_repeat_ngram_size=cfg.no_repeat_ngram_size,
-                    max_length=cfg.max_length,
-                    seed=seed,
-                )
-                for j, texts in enumerate(replies):
-                    generated[j] += [(t, min_length) for t in texts]
+                ranked = ranked_replies(cast(NBestTeacher, teacher), ranker, contexts, cfg, uses)
+                generated = [[(t, 0) for t in texts] for texts in ranked]
+            else:
+                generated = sampled_replies(teacher, contexts, indices[0], cfg)
             pairs = [
                 (j, text)
                 for j, i in enumerate(indices)
