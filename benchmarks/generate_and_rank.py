@@ -103,9 +103,7 @@ def latency(
         gen.respond([context], greedy)
         rows["greedy"].append(time.perf_counter() - started)
         for b in beams:
-            config = gen.decoding.with_overrides(
-                strategy="beam", beam_size=b, num_return_sequences=b
-            )
+            config = gen.decoding.n_best(b)
             started = time.perf_counter()
             ranker.rank_replies([context], [gen.respond([context], config)])
             rows[f"beam{b} ranked"].append(time.perf_counter() - started)
@@ -185,10 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     k = args.k
     started = time.perf_counter()
     greedy = draw(gen, contexts, served.with_overrides(strategy="greedy"), 1, args.seed)
-    beams = {
-        b: draw(gen, contexts, served.with_overrides(strategy="beam", beam_size=b), b, args.seed)
-        for b in args.beams
-    }
+    beams = {b: draw(gen, contexts, served.n_best(b), b, args.seed) for b in args.beams}
     samples = draw(gen, contexts, alt, k - 1, args.seed)
     print(f"decoded in {time.perf_counter() - started:.1f} s")
     mixed = [[g[0], *s] for g, s in zip(greedy, samples, strict=True)]

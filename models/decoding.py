@@ -97,6 +97,11 @@ class DecodingConfig:
         """A copy with some fields replaced (validated again)."""
         return replace(self, **overrides)  # type: ignore[arg-type]
 
+    def n_best(self, n: int) -> DecodingConfig:
+        """The ``n`` best of a beam search ``n`` wide, the other settings kept: the candidates
+        of generate, then rank (the service's GENERATIVE_RERANK, G2R's ranked augmentation)."""
+        return self.with_overrides(strategy="beam", beam_size=n, num_return_sequences=n)
+
 
 @dataclass
 class Generation:

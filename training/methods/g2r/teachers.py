@@ -131,12 +131,8 @@ class BundleTeacher:
         """The ``n`` best of a beam search ``n`` wide per context (the bundle's own decoding
         settings otherwise, as the service's generate-then-rank asks for), normalised; the
         candidates of a ranked augmentation (``AugmentConfig.rank_pool``)."""
-        decoding = self.responder.decoding.with_overrides(
-            strategy="beam",
-            beam_size=n,
-            num_return_sequences=n,
-            max_length=min(max_length, self.responder.decoding.max_length),
-        )
+        own = self.responder.decoding
+        decoding = own.n_best(n).with_overrides(max_length=min(max_length, own.max_length))
         texts = [normalize_text(t) for t in self.responder.respond(contexts, decoding)]
         return [texts[i * n : (i + 1) * n] for i in range(len(contexts))]
 
