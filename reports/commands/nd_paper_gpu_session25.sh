@@ -28,24 +28,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
-D=reports/nd_paper_gpu_s25
-R=reports/nd_paper_gpu_s25/nd_paper_gpu_replies
-$PY -m benchmarks.rescore_replies --report $D/nd_paper_gpu.json --data ../shared/data/dailydialog \
-  --replies standard=$R/standard.greedy.json.gz \
-  --replies negative-teacher=$R/negative-teacher.greedy.json.gz \
-  --replies nd-ft-s0=$R/nd-ft-s0.greedy.json.gz --replies mle-ft-s0=$R/mle-ft-s0.greedy.json.gz \
-  --replies nd-ft-s1=$R/nd-ft-s1.greedy.json.gz --replies mle-ft-s1=$R/mle-ft-s1.greedy.json.gz \
-  --baseline standard --tolerance 0.00005 \
-  --title "Session 25, round 1, checked here: ND fine-tuned from the paper-size Standard and its lambda-0 control (H200, bf16; test split, greedy)" \
-  --out /tmp/nd_paper_gpu_s25_check
-D=reports/nd_paper_gpu_s25_round2
-R=reports/nd_paper_gpu_s25_round2/nd_paper_gpu_round2_replies
-$PY -m benchmarks.rescore_replies --report $D/nd_paper_gpu_round2.json \
-  --data ../shared/data/dailydialog \
-  --replies standard=$R/standard.greedy.json.gz \
-  --replies negative-teacher=$R/negative-teacher.greedy.json.gz \
-  --replies nd-ft-s0=$R/nd-ft-s0.greedy.json.gz --replies mle-ft-s0=$R/mle-ft-s0.greedy.json.gz \
-  --replies nd-ft-s1=$R/nd-ft-s1.greedy.json.gz --replies mle-ft-s1=$R/mle-ft-s1.greedy.json.gz \
-  --baseline standard --tolerance 0.00005 \
-  --title "Session 25, round 2, checked here: the same from round 1's mle-ft-s0 (H200, bf16; test split, greedy)" \
-  --out /tmp/nd_paper_gpu_s25_round2_check
+check() {  # report replies-dir title out: every figure of the report scored again from its replies
+  local R=$2
+  $PY -m benchmarks.rescore_replies --report $1 --data ../shared/data/dailydialog \
+    --replies standard=$R/standard.greedy.json.gz \
+    --replies negative-teacher=$R/negative-teacher.greedy.json.gz \
+    --replies nd-ft-s0=$R/nd-ft-s0.greedy.json.gz --replies mle-ft-s0=$R/mle-ft-s0.greedy.json.gz \
+    --replies nd-ft-s1=$R/nd-ft-s1.greedy.json.gz --replies mle-ft-s1=$R/mle-ft-s1.greedy.json.gz \
+    --baseline standard --tolerance 0.00005 --title "$3" --out $4
+}
+check reports/nd_paper_gpu_s25/nd_paper_gpu.json reports/nd_paper_gpu_s25/nd_paper_gpu_replies \
+  "Session 25, round 1, checked here: ND fine-tuned from the paper-size Standard and its lambda-0 control (H200, bf16; test split, greedy)" \
+  /tmp/nd_paper_gpu_s25_check
+check reports/nd_paper_gpu_s25_round2/nd_paper_gpu_round2.json \
+  reports/nd_paper_gpu_s25_round2/nd_paper_gpu_round2_replies \
+  "Session 25, round 2, checked here: the same from round 1's mle-ft-s0 (H200, bf16; test split, greedy)" \
+  /tmp/nd_paper_gpu_s25_round2_check
